@@ -1,0 +1,19 @@
+# The whole interface a newcomer needs. Each target runs the idempotent bootstrap first.
+#   make demo   deploy Qwen3-32B-FP8 on the imitations through a local Prefect server (the main job)
+#   make test   run every test (unit + integration against real docker, Prefect and the imitations)
+#   make down   stop what `make demo` started
+.PHONY: demo test down bootstrap
+
+PY := .venv/bin/python
+
+bootstrap:
+	@bash deployments/bootstrap.sh
+
+demo: bootstrap
+	@bash deployments/demo.sh up
+
+down:
+	@bash deployments/demo.sh down
+
+test: bootstrap
+	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,408 @@
+"""The served engine: what `vllm serve` runs, as a Prefect block an operator edits in the UI.
+
+Every default is the runbook's compose file (`../shared/seed/000_2893f9d7df783e64.txt`,
+"Service Configuration"); the presets are its three "Performance Tuning" blocks. The methods
+here are pure: they render the spec, they never touch docker or the Prefect API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from prefect.blocks.core import Block
+from pydantic import Field, field_validator, model_validator
+
+if TYPE_CHECKING:  # pragma: no cover
+    from blocks.target import TargetMachine
+
+#: docker's restart policies (`docker run --restart`, compose `restart:`).
+RestartPolicy = Literal["no", "always", "on-failure", "unless-stopped"]
+PresetName = Literal["runbook", "throughput", "latency", "max-context"]
+
+#: The runbook's three tuning blocks, field by field. Each block lists only the flags it changes;
+#: everything else (prefix caching, trust-remote-code, image, paths) stays at the runbook's service.
+PRESETS: dict[str, dict[str, Any]] = {
+    # "Service Configuration": the compose file itself.
+    "runbook": {},
+    # "For Maximum Throughput"
+    "throughput": {
+        "max_model_len": 32000,
+        "gpu_memory_utilization": 0.90,
+        "max_num_batched_tokens": 20480,
+        "max_num_seqs": 64,
+        "enable_prefix_caching": True,
+    },
+    # "For Minimum Latency"
+    "latency": {
+        "max_model_len": 16384,
+        "gpu_memory_utilization": 0.85,
+        "max_num_batched_tokens": 8192,
+        "max_num_seqs": 16,
+    },
+    # "For Maximum Context (Lower Concurrency)"
+    "max-context": {
+        "max_model_len": 32000,
+        "gpu_memory_utilization": 0.85,
+        "max_num_batched_tokens": 16384,
+        "max_num_seqs": 32,
+    },
+}
+
+#: Environment variables that carry secrets. They only ever come from Secret blocks (see
+#: `blocks.render.secret_environment`), never from the plain `env` / `extra_env` fields.
+SECRET_ENV_KEYS: frozenset[str] = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY"})
+
+#: Flags the spec renders from its own fields; `extra_args` may not repeat them (argparse would
+#: silently let the last one win, and the labels/hash would describe the wrong server).
+MANAGED_FLAGS: dict[str, str] = {
+    "--model": "model",
+    "--download-dir": "download_dir",
+    "--max-model-len": "max_model_len",
+    "--gpu-memory-utilization": "gpu_memory_utilization",
+    "--max-num-batched-tokens": "max_num_batched_tokens",
+    "--max-num-seqs": "max_num_seqs",
+    "--enable-prefix-caching": "enable_prefix_caching",
+    "--no-enable-prefix-caching": "enable_prefix_caching",
+    "--trust-remote-code": "trust_remote_code",
+    "--no-trust-remote-code": "trust_remote_code",
+    "--served-model-name": "served_model_name",
+    "--revision": "revision",
+    "--quantization": "quantization",
+    "--enable-chunked-prefill": "enable_chunked_prefill",
+    "--no-enable-chunked-prefill": "enable_chunked_prefill",
+    "--port": "container_port",
+}
+
+#: The fields that shape the container (all of them): the input of `spec_hash`.
+HASHED_FIELDS: tuple[str, ...] = (
+    "image",
+    "model",
+    "served_model_name",
+    "revision",
+    "container_name",
+    "download_dir",
+    "max_model_len",
+    "gpu_memory_utilization",
+    "max_num_batched_tokens",
+    "max_num_seqs",
+    "enable_prefix_caching",
+    "enable_chunked_prefill",
+    "trust_remote_code",
+    "quantization",
+    "container_port",
+    "restart_policy",
+    "extra_args",
+    "env",
+)
+
+DEFAULT_PORT = 8000
+
+# Container labels: how the flows find (only) their own containers. One place for the keys.
+LABEL_PREFIX = "org.spark-vllm"
+LABEL_MANAGED_BY = f"{LABEL_PREFIX}.managed-by"
+LABEL_TARGET = f"{LABEL_PREFIX}.target"
+LABEL_SPEC_HASH = f"{LABEL_PREFIX}.spec-hash"
+LABEL_SERVED_MODEL = f"{LABEL_PREFIX}.served-model"
+MANAGED_BY = "spark-vllm"
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_PREQUANTIZED_FP8 = re.compile(r"(?i)(?:^|[-_/.])fp8(?:$|[-_.])")
+
+RUNBOOK_FP8_TROUBLESHOOTING = (
+    "the runbook's troubleshooting 'FP8 Quantization Fails with On-the-Fly Quantization': "
+    "`--quantization fp8` fails on the DGX Spark with `RuntimeError: Error Internal` / "
+    "`cutlass_scaled_mm failed`; use the pre-quantized model Qwen/Qwen3-32B-FP8 instead"
+)
+
+
+def format_utilization(value: float) -> str:
+    """Format a memory fraction as the runbook writes it: 0.9 -> "0.90", 0.925 -> "0.925"."""
+    text = f"{value:.2f}"
+    if float(text) != value:
+        text = format(value, ".15g")
+    return text
+
+
+class EngineSpec(Block):
+    """What `vllm serve` runs: the runbook's compose service, field by field.
+
+    Defaults reproduce `docker compose up -d vllm-qwen3-32b-fp8` from the runbook exactly.
+    Change a value here (UI: Blocks -> vLLM Engine Spec) and the next deploy replaces the
+    container; leave it and a re-run is a no-op.
+    """
+
+    _block_type_name = "vLLM Engine Spec"
+    _block_type_slug = "vllm-engine-spec"
+    _description = (
+        "The vLLM server to run: image, model and `vllm serve` arguments. Defaults are the "
+        "runbook's compose service for Qwen/Qwen3-32B-FP8 on an NVIDIA DGX Spark."
+    )
+
+    image: str = Field(
+        default="nvcr.io/nvidia/vllm:25.09-py3",
+        title="Container image",
+        description=(
+            "The runbook REQUIRES NVIDIA's image on the DGX Spark (GB10); vllm/vllm-openai:latest "
+            "fails there (FP8 CUTLASS errors, wrong memory detection)."
+        ),
+    )
+    model: str = Field(
+        default="Qwen/Qwen3-32B-FP8",
+        title="Model (Hugging Face repo id)",
+        description="Pre-quantized FP8 checkpoint by the Qwen team (7 safetensors shards, ~32 GB).",
+    )
+    served_model_name: str | None = Field(
+        default=None,
+        title="Served model name",
+        description="Name clients use in requests (`--served-model-name`). Empty: the model id.",
+    )
+    revision: str | None = Field(
+        default=None,
+        title="Model revision",
+        description="Branch, tag or commit to serve (`--revision`). Empty: main.",
+    )
+    container_name: str = Field(default="vllm-qwen3-32b-fp8", title="Container name")
+    download_dir: str = Field(
+        default="/root/.cache/huggingface",
+        title="Download dir (in the container)",
+        description="`--download-dir`; the target's cache dir is mounted here.",
+    )
+    max_model_len: int = Field(default=32000, title="Max model length (tokens)")
+    gpu_memory_utilization: float = Field(
+        default=0.90,
+        title="GPU memory utilization",
+        description="Fraction of the GPU (on GB10: unified) memory vLLM may take, in (0, 1].",
+    )
+    max_num_batched_tokens: int = Field(default=16384, title="Max batched tokens per step")
+    max_num_seqs: int = Field(default=64, title="Max concurrent sequences")
+    enable_prefix_caching: bool = Field(default=True, title="Prefix caching")
+    enable_chunked_prefill: bool = Field(
+        default=True,
+        title="Chunked prefill",
+        description=(
+            "vLLM V1 always chunks prefills, which lets max batched tokens be below max model "
+            "length. Off renders `--no-enable-chunked-prefill`."
+        ),
+    )
+    trust_remote_code: bool = Field(
+        default=True, title="Trust remote code", description="Required for Qwen models."
+    )
+    quantization: str | None = Field(
+        default=None,
+        title="Quantization",
+        description="`--quantization`. Leave empty for pre-quantized checkpoints (the FP8 model).",
+    )
+    container_port: int = Field(default=DEFAULT_PORT, title="Port in the container")
+    restart_policy: RestartPolicy = Field(default="unless-stopped", title="Restart policy")
+    extra_args: list[str] = Field(
+        default_factory=list,
+        title="Extra `vllm serve` arguments",
+        description="Appended verbatim after the rendered ones. No secrets (no --api-key).",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        title="Extra container environment (not secret)",
+        description="Secrets (HF token, API key) come from the target's Secret blocks instead.",
+    )
+
+    # ---------------------------------------------------------------- validation (field level)
+
+    @field_validator("image", "model", "container_name", "download_dir")
+    @classmethod
+    def _not_blank(cls, value: str, info) -> str:
+        value = value.strip()
+        if not value or any(ch.isspace() for ch in value):
+            raise ValueError(
+                f"{info.field_name} must be a non-empty value without spaces (got {value!r})"
+            )
+        return value
+
+    @field_validator("container_name")
+    @classmethod
+    def _container_name(cls, value: str) -> str:
+        if not _CONTAINER_NAME.match(value):
+            raise ValueError(
+                f"container_name {value!r} is not a valid docker container name: use letters, "
+                "digits, '_', '.', '-', starting with a letter or digit (runbook: vllm-qwen3-32b-fp8)"
+            )
+        return value
+
+    @field_validator("download_dir")
+    @classmethod
+    def _absolute_download_dir(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(
+                f"download_dir must be an absolute path inside the container (got {value!r}); "
+                "the runbook uses /root/.cache/huggingface"
+            )
+        return value
+
+    @field_validator("served_model_name", "revision", "quantization", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("max_model_len", "max_num_batched_tokens", "max_num_seqs")
+    @classmethod
+    def _positive(cls, value: int, info) -> int:
+        if value <= 0:
+            runbook = {"max_model_len": 32000, "max_num_batched_tokens": 16384, "max_num_seqs": 64}
+            raise ValueError(
+                f"{info.field_name} must be a positive integer (got {value}); "
+                f"the runbook uses {runbook[info.field_name]}"
+            )
+        return value
+
+    @field_validator("gpu_memory_utilization")
+    @classmethod
+    def _utilization(cls, value: float) -> float:
+        if not (0.0 < value <= 1.0):
+            raise ValueError(
+                f"gpu_memory_utilization must be a fraction in (0, 1] (got {value}); the runbook "
+                "uses 0.90, and 0.70-0.75 when memory is short"
+            )
+        return value
+
+    @field_validator("container_port")
+    @classmethod
+    def _port(cls, value: int) -> int:
+        if not (1 <= value <= 65535):
+            raise ValueError(
+                f"container_port must be a TCP port in 1-65535 (got {value}); the runbook uses 8000"
+            )
+        return value
+
+    @field_validator("quantization")
+    @classmethod
+    def _quantization_lower(cls, value: str | None) -> str | None:
+        return value.lower() if value else value
+
+    @field_validator("extra_args")
+    @classmethod
+    def _extra_args(cls, value: list[str]) -> list[str]:
+        for arg in value:
+            flag = arg.split("=", 1)[0]
+            if flag == "--api-key":
+                raise ValueError(
+                    "extra_args must not carry --api-key: the key would show in `docker inspect`, "
+                    "logs and artifacts. Put it in a Prefect Secret block and name that block in "
+                    "the target's api_key_secret (the container gets it as VLLM_API_KEY)"
+                )
+            if flag in MANAGED_FLAGS:
+                raise ValueError(
+                    f"extra_args repeats {flag}, which the spec renders from its field "
+                    f"{MANAGED_FLAGS[flag]!r}: set that field instead"
+                )
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"env has an invalid variable name {key!r}")
+            if key in SECRET_ENV_KEYS:
+                raise ValueError(
+                    f"env must not set {key}: secrets come from Prefect Secret blocks named in the "
+                    "target (hf_token_secret, api_key_secret), never from plain fields"
+                )
+        return value
+
+    # ---------------------------------------------------------------- validation (cross-field)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EngineSpec:
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_model_len "
+                f"({self.max_model_len}) when enable_chunked_prefill is off: raise "
+                "max_num_batched_tokens, lower max_model_len, or turn enable_chunked_prefill on"
+            )
+        if self.max_num_seqs > self.max_num_batched_tokens:
+            raise ValueError(
+                f"max_num_seqs ({self.max_num_seqs}) must be <= max_num_batched_tokens "
+                f"({self.max_num_batched_tokens}): every running sequence needs at least one token "
+                "per step; lower max_num_seqs or raise max_num_batched_tokens"
+            )
+        if self.quantization == "fp8" and _PREQUANTIZED_FP8.search(self.model):
+            raise ValueError(
+                f"quantization 'fp8' asks vLLM to quantize {self.model} on the fly, but it is "
+                f"already an FP8 checkpoint: leave quantization empty. See {RUNBOOK_FP8_TROUBLESHOOTING}"
+            )
+        return self
+
+    # ---------------------------------------------------------------- presets
+
+    PRESET_NAMES: ClassVar[tuple[str, ...]] = tuple(PRESETS)
+
+    @classmethod
+    def preset(cls, name: PresetName, **overrides: Any) -> EngineSpec:
+        """The runbook's service (`runbook`) or one of its tuning blocks, then `overrides`."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    # ---------------------------------------------------------------- rendering (pure)
+
+    @property
+    def served_name(self) -> str:
+        """The name clients put in `"model"` and `/v1/models` lists."""
+        return self.served_model_name or self.model
+
+    def vllm_command(self) -> list[str]:
+        """The container command, in the runbook's order; never contains a secret."""
+        cmd = [
+            "vllm",
+            "serve",
+            self.model,
+            "--download-dir",
+            self.download_dir,
+            "--max-model-len",
+            str(self.max_model_len),
+            "--gpu-memory-utilization",
+            format_utilization(self.gpu_memory_utilization),
+            "--max-num-batched-tokens",
+            str(self.max_num_batched_tokens),
+            "--max-num-seqs",
+            str(self.max_num_seqs),
+        ]
+        # V1 turns prefix caching on by default: leaving the flag out would not turn it off.
+        cmd.append("--enable-prefix-caching" if self.enable_prefix_caching else "--no-enable-prefix-caching")
+        if self.trust_remote_code:
+            cmd.append("--trust-remote-code")
+        if self.served_model_name and self.served_model_name != self.model:
+            cmd += ["--served-model-name", self.served_model_name]
+        if self.revision:
+            cmd += ["--revision", self.revision]
+        if self.quantization:
+            cmd += ["--quantization", self.quantization]
+        if not self.enable_chunked_prefill:
+            cmd.append("--no-enable-chunked-prefill")
+        if self.container_port != DEFAULT_PORT:
+            cmd += ["--port", str(self.container_port)]
+        cmd += list(self.extra_args)
+        return cmd
+
+    def hashed_fields(self) -> dict[str, Any]:
+        """The fields that shape the container, as plain JSON-able values."""
+        return self.model_dump(mode="json", include=set(HASHED_FIELDS))
+
+    def spec_hash(self, target: TargetMachine | None = None) -> str:
+        """Stable 12-hex digest of what the container is made of (for the spec-hash label).
+
+        Without a target: the spec's fields only. With a target: also the target's fields that
+        shape the container (cache dir, GPUs, published address and port, extra volumes and env,
+        which Secret blocks are used), so moving the port or the cache replaces the container
+        too. `container_labels(spec, target)` uses the latter. Secret values never enter it.
+        """
+        data: dict[str, Any] = {"spec": self.hashed_fields()}
+        if target is not None:
+            data["target"] = target.container_identity()
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]

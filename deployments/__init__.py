@@ -1,0 +1,1 @@
+"""Everything `prefect deploy` needs besides prefect.yaml: targets, blocks, pool, limits."""

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One idempotent set-up for a fresh machine of this kind (as root), and a few seconds on a ready one:
+#   1. the virtualenv with the project installed (re-installed only when pyproject.toml changes);
+#   2. docker.io when dockerd is missing, and a running daemon;
+#   3. the imitation images (base from mmdebstrap + `docker import`, vLLM imitation on top),
+#      skipped when images with the same content label exist (sim/image.py decides).
+# Everything stays on loopback; nothing here is needed on a real DGX Spark except step 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+log() { printf '[bootstrap] %s\n' "$*"; }
+
+apt_install() {
+    if [ -z "${APT_UPDATED:-}" ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# 1. virtualenv
+stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+    log "installing the project into $VENV"
+    [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "is ignored: it is neither" || true
+    "$VENV/bin/python" -c "import prefect, prefect_docker, huggingface_hub, httpx, pydantic" 
+    rm -f "$VENV"/.installed-*
+    touch "$stamp"
+fi
+
+# 2. docker daemon
+if ! command -v dockerd >/dev/null 2>&1; then
+    log "installing docker.io (dockerd, containerd, runc)"
+    apt_install docker.io
+fi
+if ! docker info >/dev/null 2>&1; then
+    log "starting dockerd (log: /var/log/spark-vllm-dockerd.log)"
+    setsid nohup dockerd >/var/log/spark-vllm-dockerd.log 2>&1 < /dev/null &
+    for _ in $(seq 1 60); do
+        docker info >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    docker info >/dev/null 2>&1 || { log "dockerd did not come up: see /var/log/spark-vllm-dockerd.log"; exit 1; }
+fi
+
+# 3. imitation images (mmdebstrap only when the base image must be built)
+if ! "$VENV/bin/python" -m sim.image check >/dev/null 2>&1; then
+    command -v mmdebstrap >/dev/null 2>&1 || { log "installing mmdebstrap"; apt_install mmdebstrap; }
+fi
+"$VENV/bin/python" -m sim.image ensure
+log "ready"

@@ -1,0 +1,60 @@
+"""The two kinds of target the project knows, as settings of one TargetMachine block type.
+
+``spark_target()`` is the runbook's machine; ``sim_target()`` points the same flows at the
+imitations (the vLLM imitation image and the local Hub). Nothing else differs: no flow or task
+branches on which one it runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from blocks.target import TargetMachine
+from sim.image import SIM_IMAGE
+
+#: Where the imitation keeps its memory ledger inside the container (VLLM_SIM_LEDGER_DIR's default).
+SIM_LEDGER_MOUNT = "/var/lib/vllm-sim"
+
+
+def spark_target(name: str = "spark", **overrides) -> TargetMachine:
+    """The DGX Spark of the runbook: local docker, /opt/hf, all GPUs, port 8000, the real Hub."""
+    return TargetMachine(name=name, **overrides)
+
+
+def sim_target(
+    name: str,
+    root: Path,
+    hub_endpoint: str,
+    host_port: int,
+    time_scale: float = 0.05,
+    decode_time_scale: float = 0.0,
+    extra_env: dict[str, str] | None = None,
+    **overrides,
+) -> TargetMachine:
+    """A target on this rig: the imitation image, a cache and a memory ledger under ``root``.
+
+    The ledger directory stands for the Spark's unified memory: every imitation container of
+    this target mounts it, it exposes a ``meminfo`` file shaped like /proc/meminfo, and writing 3
+    to its ``drop_caches`` clears the page-cache term, as /proc/sys/vm/drop_caches does on a Spark.
+    """
+    root = Path(root).absolute()
+    cache, ledger = root / "hf", root / "ledger"
+    cache.mkdir(parents=True, exist_ok=True)
+    ledger.mkdir(parents=True, exist_ok=True)
+    env = {"VLLM_SIM_TIME_SCALE": str(time_scale), "VLLM_SIM_DECODE_TIME_SCALE": str(decode_time_scale)}
+    return TargetMachine(
+        name=name,
+        image=SIM_IMAGE,
+        image_pull=False,
+        gpus="none",
+        cache_dir=str(cache),
+        publish_host="127.0.0.1",
+        client_host="127.0.0.1",
+        host_port=host_port,
+        hub_endpoint=hub_endpoint,
+        drop_caches_path=str(ledger / "drop_caches"),
+        meminfo_path=str(ledger / "meminfo"),
+        extra_volumes={str(ledger): SIM_LEDGER_MOUNT},
+        extra_env={**env, **(extra_env or {})},
+        **overrides,
+    )

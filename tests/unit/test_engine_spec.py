@@ -1,0 +1,343 @@
+"""EngineSpec: defaults are the runbook's compose file, presets its tuning blocks, rendering exact."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from blocks.engine import PRESETS, EngineSpec, format_utilization
+from blocks.render import compose_yaml
+from blocks.target import TargetMachine
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+RUNBOOK_COMPOSE = DATA / "runbook_compose.yaml"
+SEED = Path(__file__).resolve().parents[2] / ".." / "shared" / "seed" / "000_2893f9d7df783e64.txt"
+SERVICE = "vllm-qwen3-32b-fp8"
+
+
+def runbook_service() -> dict:
+    return yaml.safe_load(RUNBOOK_COMPOSE.read_text())["services"][SERVICE]
+
+
+# ------------------------------------------------------------------------------ defaults
+
+
+def test_block_identity():
+    assert EngineSpec._block_type_name == "vLLM Engine Spec"
+    assert EngineSpec.get_block_type_slug() == "vllm-engine-spec"
+    assert EngineSpec._description
+
+
+def test_block_schema_and_document_round_trip():
+    from uuid import uuid4
+
+    for block in (EngineSpec(), TargetMachine(name="spark")):
+        schema = type(block)._to_block_schema(block_type_id=uuid4())
+        assert set(schema.fields["properties"]) == set(type(block).model_fields)
+        document = block._to_block_document(name="x", block_schema_id=uuid4(), block_type_id=uuid4())
+        assert type(block).model_validate(document.data) == block
+    assert EngineSpec._to_block_schema(block_type_id=uuid4()).fields["properties"]["restart_policy"]["enum"] == [
+        "no", "always", "on-failure", "unless-stopped",
+    ]  # fmt: skip
+
+
+def test_defaults_are_the_runbook_compose_file():
+    spec = EngineSpec()
+    service = runbook_service()
+    assert spec.image == service["image"] == "nvcr.io/nvidia/vllm:25.09-py3"
+    assert spec.container_name == service["container_name"] == SERVICE
+    assert spec.restart_policy == service["restart"] == "unless-stopped"
+    assert spec.model == "Qwen/Qwen3-32B-FP8"
+    assert spec.served_model_name is None and spec.served_name == "Qwen/Qwen3-32B-FP8"
+    assert spec.revision is None and spec.quantization is None
+    assert spec.download_dir == "/root/.cache/huggingface"
+    assert spec.max_model_len == 32000
+    assert spec.gpu_memory_utilization == 0.90
+    assert spec.max_num_batched_tokens == 16384
+    assert spec.max_num_seqs == 64
+    assert spec.enable_prefix_caching is True
+    assert spec.trust_remote_code is True
+    assert spec.enable_chunked_prefill is True
+    assert spec.container_port == 8000
+    assert spec.extra_args == [] and spec.env == {}
+    # the command IS the runbook's command list, item for item
+    assert spec.vllm_command() == service["command"]
+
+
+def test_command_in_runbook_order_and_format():
+    assert EngineSpec().vllm_command() == [
+        "vllm", "serve", "Qwen/Qwen3-32B-FP8",
+        "--download-dir", "/root/.cache/huggingface",
+        "--max-model-len", "32000",
+        "--gpu-memory-utilization", "0.90",
+        "--max-num-batched-tokens", "16384",
+        "--max-num-seqs", "64",
+        "--enable-prefix-caching",
+        "--trust-remote-code",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("value,text", [(0.9, "0.90"), (0.85, "0.85"), (0.7, "0.70"), (1.0, "1.00"), (0.925, "0.925")])
+def test_utilization_formatting(value, text):
+    assert format_utilization(value) == text
+
+
+def test_optional_flags_render_after_the_runbook_ones():
+    spec = EngineSpec(
+        served_model_name="qwen3",
+        revision="abc123",
+        container_port=8001,
+        enable_prefix_caching=False,
+        trust_remote_code=False,
+        extra_args=["--enable-reasoning", "--reasoning-parser", "qwen3"],
+    )
+    cmd = spec.vllm_command()
+    assert cmd[:12] == EngineSpec().vllm_command()[:12]
+    assert "--no-enable-prefix-caching" in cmd and "--enable-prefix-caching" not in cmd
+    assert "--trust-remote-code" not in cmd
+    assert cmd[cmd.index("--served-model-name") + 1] == "qwen3"
+    assert cmd[cmd.index("--revision") + 1] == "abc123"
+    assert cmd[cmd.index("--port") + 1] == "8001"
+    assert cmd[-3:] == ["--enable-reasoning", "--reasoning-parser", "qwen3"]
+    assert spec.served_name == "qwen3"
+
+
+def test_quantization_and_chunked_prefill_flags():
+    spec = EngineSpec(model="Qwen/Qwen3-32B", quantization="FP8", enable_chunked_prefill=False, max_num_batched_tokens=32768)
+    cmd = spec.vllm_command()
+    assert cmd[cmd.index("--quantization") + 1] == "fp8"
+    assert "--no-enable-chunked-prefill" in cmd
+
+
+def test_served_name_equal_to_model_is_not_rendered():
+    assert "--served-model-name" not in EngineSpec(served_model_name="Qwen/Qwen3-32B-FP8").vllm_command()
+    assert EngineSpec(served_model_name="").served_model_name is None
+
+
+def test_no_api_key_ever_in_the_command():
+    assert not any("api-key" in a for a in EngineSpec().vllm_command())
+    with pytest.raises(ValidationError, match="extra_args must not carry --api-key"):
+        EngineSpec(extra_args=["--api-key", "sk-123"])
+    with pytest.raises(ValidationError, match="api_key_secret"):
+        EngineSpec(extra_args=["--api-key=sk-123"])
+
+
+# ------------------------------------------------------------------------------ presets
+
+
+def test_runbook_preset_is_the_default():
+    assert EngineSpec.preset("runbook") == EngineSpec()
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("throughput", (32000, 0.90, 20480, 64)),
+        ("latency", (16384, 0.85, 8192, 16)),
+        ("max-context", (32000, 0.85, 16384, 32)),
+    ],
+)
+def test_presets_are_the_runbook_tuning_blocks(name, expected):
+    spec = EngineSpec.preset(name)
+    assert (spec.max_model_len, spec.gpu_memory_utilization, spec.max_num_batched_tokens, spec.max_num_seqs) == expected
+    # the blocks list only what they change: the rest stays the runbook's service
+    assert spec.enable_prefix_caching and spec.trust_remote_code
+    assert spec.image == EngineSpec().image and spec.model == EngineSpec().model
+
+
+def test_preset_values_render_like_the_runbook_blocks():
+    """The runbook's tuning blocks as flags, parsed from its text, equal the preset's command."""
+    blocks = {
+        "throughput": "--max-model-len 32000 --gpu-memory-utilization 0.90 --max-num-batched-tokens 20480 --max-num-seqs 64",
+        "latency": "--max-model-len 16384 --gpu-memory-utilization 0.85 --max-num-batched-tokens 8192 --max-num-seqs 16",
+        "max-context": "--max-model-len 32000 --gpu-memory-utilization 0.85 --max-num-batched-tokens 16384 --max-num-seqs 32",
+    }
+    for name, flags in blocks.items():
+        cmd = " ".join(EngineSpec.preset(name).vllm_command())
+        assert flags in cmd, name
+
+
+def test_preset_overrides_and_unknown_name():
+    spec = EngineSpec.preset("latency", max_num_seqs=8, served_model_name="fast")
+    assert spec.max_num_seqs == 8 and spec.max_model_len == 16384 and spec.served_name == "fast"
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        EngineSpec.preset("huge")  # type: ignore[arg-type]
+    assert set(PRESETS) == {"runbook", "throughput", "latency", "max-context"}
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="../shared/seed not beside the clone")
+def test_presets_match_the_runbook_text():
+    text = SEED.read_text()
+    titles = {"throughput": "For Maximum Throughput", "latency": "For Minimum Latency", "max-context": "For Maximum Context"}
+    flag_field = {
+        "--max-model-len": "max_model_len",
+        "--gpu-memory-utilization": "gpu_memory_utilization",
+        "--max-num-batched-tokens": "max_num_batched_tokens",
+        "--max-num-seqs": "max_num_seqs",
+    }
+    for name, title in titles.items():
+        section = text[text.index(title):]
+        block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+        spec = EngineSpec.preset(name)
+        for flag, value in re.findall(r"^(--[\w-]+)\s+([\d.]+)", block, re.M):
+            assert float(getattr(spec, flag_field[flag])) == float(value), (name, flag)
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"gpu_memory_utilization": 0}, "gpu_memory_utilization"),
+        ({"gpu_memory_utilization": 1.2}, "gpu_memory_utilization"),
+        ({"gpu_memory_utilization": -0.5}, "gpu_memory_utilization"),
+        ({"max_model_len": 0}, "max_model_len"),
+        ({"max_num_batched_tokens": -1}, "max_num_batched_tokens"),
+        ({"max_num_seqs": 0}, "max_num_seqs"),
+        ({"container_port": 0}, "container_port"),
+        ({"container_port": 70000}, "container_port"),
+        ({"restart_policy": "sometimes"}, "restart_policy"),
+        ({"max_num_seqs": 20000}, "max_num_seqs"),
+        ({"enable_chunked_prefill": False}, "max_num_batched_tokens"),
+        ({"quantization": "fp8"}, "quantization"),
+        ({"container_name": "bad name!"}, "container_name"),
+        ({"download_dir": "relative/dir"}, "download_dir"),
+        ({"image": ""}, "image"),
+        ({"env": {"HF_TOKEN": "hf_x"}}, "env"),
+        ({"env": {"1BAD": "x"}}, "env"),
+        ({"extra_args": ["--max-model-len", "4096"]}, "max_model_len"),
+    ],
+)
+def test_validation_errors_name_the_field(kwargs, field):
+    with pytest.raises(ValidationError) as info:
+        EngineSpec(**kwargs)
+    assert field in str(info.value)
+
+
+def test_utilization_bounds_and_fix_text():
+    EngineSpec(gpu_memory_utilization=1.0)  # 1 is allowed: (0, 1]
+    with pytest.raises(ValidationError, match=r"in \(0, 1\].*0.90"):
+        EngineSpec(gpu_memory_utilization=1.01)
+
+
+def test_batched_tokens_below_model_len_only_with_chunked_prefill():
+    assert EngineSpec(max_model_len=32000, max_num_batched_tokens=8192).max_num_batched_tokens == 8192
+    with pytest.raises(ValidationError, match=r"max_num_batched_tokens \(8192\) must be >= max_model_len \(32000\)"):
+        EngineSpec(max_model_len=32000, max_num_batched_tokens=8192, enable_chunked_prefill=False)
+    EngineSpec(max_model_len=16384, max_num_batched_tokens=16384, enable_chunked_prefill=False)
+
+
+def test_max_num_seqs_at_most_batched_tokens():
+    with pytest.raises(ValidationError, match=r"max_num_seqs \(128\) must be <= max_num_batched_tokens \(64\)"):
+        EngineSpec(max_num_seqs=128, max_num_batched_tokens=64, max_model_len=64)
+
+
+def test_fp8_on_an_fp8_model_quotes_the_runbook():
+    with pytest.raises(ValidationError) as info:
+        EngineSpec(quantization="fp8")
+    text = str(info.value)
+    assert "already an FP8 checkpoint" in text
+    assert "cutlass_scaled_mm failed" in text and "Qwen/Qwen3-32B-FP8" in text
+    # the base model with on-the-fly FP8 is allowed (it fails at runtime, classified as fp8_kernel)
+    assert EngineSpec(model="Qwen/Qwen3-32B", quantization="fp8").quantization == "fp8"
+
+
+@pytest.mark.parametrize("policy", ["no", "always", "on-failure", "unless-stopped"])
+def test_docker_restart_policies(policy):
+    assert EngineSpec(restart_policy=policy).restart_policy == policy
+
+
+# ------------------------------------------------------------------------------ hash
+
+
+def test_spec_hash_is_stable_and_short():
+    a, b = EngineSpec(), EngineSpec()
+    assert a.spec_hash() == b.spec_hash()
+    assert re.fullmatch(r"[0-9a-f]{12}", a.spec_hash())
+    # a pinned value: the hash must not drift between releases for an unchanged spec
+    assert a.spec_hash() == EngineSpec.model_validate(a.model_dump()).spec_hash()
+
+
+def test_spec_hash_changes_with_every_container_field():
+    base = EngineSpec().spec_hash()
+    changes = [
+        {"image": "nvcr.io/nvidia/vllm:25.10-py3"},
+        {"max_model_len": 16384},
+        {"gpu_memory_utilization": 0.85},
+        {"max_num_batched_tokens": 20480},
+        {"max_num_seqs": 32},
+        {"enable_prefix_caching": False},
+        {"served_model_name": "qwen"},
+        {"revision": "main"},
+        {"container_port": 8001},
+        {"restart_policy": "always"},
+        {"extra_args": ["--enforce-eager"]},
+        {"env": {"VLLM_LOGGING_LEVEL": "DEBUG"}},
+    ]
+    hashes = {EngineSpec(**change).spec_hash() for change in changes}
+    assert base not in hashes and len(hashes) == len(changes)
+
+
+def test_spec_hash_with_target_covers_the_container_shape():
+    spec = EngineSpec()
+    spark = TargetMachine(name="spark")
+    assert spec.spec_hash(spark) != spec.spec_hash()
+    assert spec.spec_hash(spark) == spec.spec_hash(TargetMachine(name="spark"))
+    assert spec.spec_hash(spark) != spec.spec_hash(TargetMachine(name="spark", host_port=8001))
+    assert spec.spec_hash(spark) != spec.spec_hash(TargetMachine(name="spark", cache_dir="/srv/hf"))
+    assert spec.spec_hash(spark) != spec.spec_hash(TargetMachine(name="spark", api_key_secret="vllm-api-key"))
+    # the target's name and docker address do not change the container itself
+    assert spec.spec_hash(spark) == spec.spec_hash(TargetMachine(name="other", docker_base_url="ssh://me@spark"))
+
+
+# ------------------------------------------------------------------------------ compose
+
+
+def test_compose_yaml_equals_the_runbook_service_plus_offline_env():
+    ours = yaml.safe_load(compose_yaml(EngineSpec(), TargetMachine(name="spark")))
+    assert list(ours) == ["services"] and list(ours["services"]) == [SERVICE]
+    mine, runbook = ours["services"][SERVICE], runbook_service()
+    assert set(mine) == set(runbook)
+    for key in ("image", "container_name", "restart", "ports", "command", "volumes", "deploy"):
+        assert mine[key] == runbook[key], key
+    assert mine["command"] == runbook["command"]  # EXACTLY, as strings
+    assert mine["ports"] == ["8000:8000"]
+    assert mine["volumes"] == ["/opt/hf:/root/.cache/huggingface"]
+    assert mine["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
+    ]
+    # the token lines are the runbook's; the only additions are the two offline settings
+    for key, value in runbook["environment"].items():
+        assert mine["environment"][key] == value
+    assert set(mine["environment"]) - set(runbook["environment"]) == {"HF_HUB_OFFLINE", "HF_HUB_CACHE"}
+    assert mine["environment"]["HF_HUB_OFFLINE"] == "1"
+    assert mine["environment"]["HF_HUB_CACHE"] == "/root/.cache/huggingface"
+
+
+def test_compose_yaml_for_other_targets():
+    target = TargetMachine(
+        name="sim", gpus="none", publish_host="127.0.0.1", host_port=18000, cache_dir="/tmp/hf",
+        hf_token_secret=None, api_key_secret="vllm-api-key", extra_volumes={"/tmp/ledger": "/ledger:ro"},
+    )  # fmt: skip
+    service = yaml.safe_load(compose_yaml(EngineSpec(), target))["services"][SERVICE]
+    assert service["ports"] == ["127.0.0.1:18000:8000"]
+    assert "deploy" not in service
+    assert service["volumes"] == ["/tmp/hf:/root/.cache/huggingface", "/tmp/ledger:/ledger:ro"]
+    assert "HF_TOKEN" not in service["environment"]
+    assert service["environment"]["VLLM_API_KEY"] == "${VLLM_API_KEY}"
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="../shared/seed not beside the clone")
+def test_runbook_compose_copy_has_not_drifted():
+    text = SEED.read_text()
+    section = text[text.index("## Service Configuration"):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    copy = RUNBOOK_COMPOSE.read_text()
+    body = "".join(line for line in copy.splitlines(keepends=True) if not line.startswith("#"))
+    assert copy.startswith("#") and "000_2893f9d7df783e64.txt" in copy.splitlines()[0]
+    assert body == block
