@@ -1,0 +1,108 @@
+"""Every environment knob of the imitation, read in one place.
+
+Why one module: the knobs are the imitation's whole configuration surface (the
+command line must stay identical to vLLM's), so they are documented and parsed
+together, and tests can build a `Knobs` from a plain dict instead of patching
+`os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+GIB = 1024 ** 3
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        return default
+
+
+def _opt_float(env: Mapping[str, str], name: str) -> Optional[float]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        return None
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The imitation's tunables; defaults reproduce a DGX Spark (GB10)."""
+
+    # --- the device (memory model) ---
+    device_total_gib: float = 119.7          # VLLM_SIM_DEVICE_TOTAL_GIB: CUDA total = MemTotal on GB10
+    system_baseline_gib: float = 3.0         # VLLM_SIM_SYSTEM_BASELINE_GIB: OS, desktop, docker
+    non_torch_gib: float = 6.94              # VLLM_SIM_NON_TORCH_GIB: CUDA context, cuBLAS, GB10 accounting (calibrated)
+    ledger_dir: str = "/var/lib/vllm-sim"    # VLLM_SIM_LEDGER_DIR: shared state between containers
+    instance_id: str = ""                    # VLLM_SIM_INSTANCE_ID: ledger name (default: hostname)
+    heartbeat_stale_s: float = 5.0           # VLLM_SIM_HEARTBEAT_STALE_S
+    # --- time ---
+    time_scale: float = 1.0                  # VLLM_SIM_TIME_SCALE: startup + stats-log interval
+    decode_time_scale: float = 1.0           # VLLM_SIM_DECODE_TIME_SCALE: 0 = instant decoding
+    load_gbps: float = 0.168                 # VLLM_SIM_LOAD_GBPS: safetensors shard read rate (GB/s)
+    # --- the roofline ---
+    mem_bw_gbps: float = 273.0               # VLLM_SIM_MEM_BW_GBPS: LPDDR5x bandwidth
+    bw_efficiency: float = 0.80              # VLLM_SIM_BW_EFFICIENCY: achieved fraction of it
+    compute_tflops: float = 100.0            # VLLM_SIM_COMPUTE_TFLOPS: effective FP8 dense TFLOPS
+    step_overhead_ms: float = 4.0            # VLLM_SIM_STEP_OVERHEAD_MS: scheduler + sampler per step
+    frontend_overhead_ms: float = 60.0       # VLLM_SIM_FRONTEND_OVERHEAD_MS: template, tokenize, detokenize
+    # --- faults ---
+    fault_die_after_s: Optional[float] = None   # VLLM_SIM_FAULT_DIE_AFTER_S
+    fault_hang_after_s: Optional[float] = None  # VLLM_SIM_FAULT_HANG_AFTER_S
+    fault_hang_scope: str = "all"               # VLLM_SIM_FAULT_HANG_SCOPE: all | engine
+    fault_empty_output: bool = False            # VLLM_SIM_FAULT_EMPTY_OUTPUT
+    fault_slow_start: float = 1.0               # VLLM_SIM_FAULT_SLOW_START
+    fault_cuda_oom: bool = False                # VLLM_SIM_FAULT_CUDA_OOM
+    # --- environment seen by "vLLM" ---
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Knobs":
+        """Read the knobs from `env` (default: the process environment)."""
+        e: Mapping[str, str] = dict(os.environ) if env is None else dict(env)
+        return cls(
+            device_total_gib=_float(e, "VLLM_SIM_DEVICE_TOTAL_GIB", cls.device_total_gib),
+            system_baseline_gib=_float(e, "VLLM_SIM_SYSTEM_BASELINE_GIB", cls.system_baseline_gib),
+            non_torch_gib=_float(e, "VLLM_SIM_NON_TORCH_GIB", cls.non_torch_gib),
+            ledger_dir=e.get("VLLM_SIM_LEDGER_DIR", "").strip() or cls.ledger_dir,
+            instance_id=e.get("VLLM_SIM_INSTANCE_ID", "").strip(),
+            heartbeat_stale_s=_float(e, "VLLM_SIM_HEARTBEAT_STALE_S", cls.heartbeat_stale_s),
+            time_scale=max(0.0, _float(e, "VLLM_SIM_TIME_SCALE", cls.time_scale)),
+            decode_time_scale=max(0.0, _float(e, "VLLM_SIM_DECODE_TIME_SCALE", cls.decode_time_scale)),
+            load_gbps=max(1e-6, _float(e, "VLLM_SIM_LOAD_GBPS", cls.load_gbps)),
+            mem_bw_gbps=max(1e-6, _float(e, "VLLM_SIM_MEM_BW_GBPS", cls.mem_bw_gbps)),
+            bw_efficiency=min(1.0, max(1e-3, _float(e, "VLLM_SIM_BW_EFFICIENCY", cls.bw_efficiency))),
+            compute_tflops=max(1e-6, _float(e, "VLLM_SIM_COMPUTE_TFLOPS", cls.compute_tflops)),
+            step_overhead_ms=max(0.0, _float(e, "VLLM_SIM_STEP_OVERHEAD_MS", cls.step_overhead_ms)),
+            frontend_overhead_ms=max(0.0, _float(e, "VLLM_SIM_FRONTEND_OVERHEAD_MS", cls.frontend_overhead_ms)),
+            fault_die_after_s=_opt_float(e, "VLLM_SIM_FAULT_DIE_AFTER_S"),
+            fault_hang_after_s=_opt_float(e, "VLLM_SIM_FAULT_HANG_AFTER_S"),
+            fault_hang_scope=(e.get("VLLM_SIM_FAULT_HANG_SCOPE", "").strip().lower() or "all"),
+            fault_empty_output=_flag(e, "VLLM_SIM_FAULT_EMPTY_OUTPUT"),
+            fault_slow_start=max(0.0, _float(e, "VLLM_SIM_FAULT_SLOW_START", 1.0)),
+            fault_cuda_oom=_flag(e, "VLLM_SIM_FAULT_CUDA_OOM"),
+            env=e,
+        )
+
+    @property
+    def startup_scale(self) -> float:
+        """Multiplier applied to every modelled startup duration."""
+        return self.time_scale * self.fault_slow_start
+
+    @property
+    def device_total_bytes(self) -> int:
+        return int(self.device_total_gib * GIB)

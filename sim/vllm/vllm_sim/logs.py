@@ -1,0 +1,119 @@
+"""vLLM 0.10.1.1's log format, the process prefixes and tqdm's bar texts.
+
+Why: operators and the project's log classifier read `docker logs`; every line
+must look like the real server's.  Format (vllm/logger.py):
+`%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s`, date
+`%m-%d %H:%M:%S`, each line prefixed `(APIServer pid=N) ` or
+`(EngineCore_0 pid=N) `.  Everything goes to stdout with a flush per line so
+`docker logs -f` streams it live.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import IO, Iterable, Optional
+
+API = "api"
+ENGINE = "engine"
+NONE = "none"
+
+
+def format_interval(seconds: float) -> str:
+    """tqdm.format_interval: MM:SS, or H:MM:SS past an hour."""
+    mins, secs = divmod(int(seconds), 60)
+    hours, mins = divmod(mins, 60)
+    return f"{hours:d}:{mins:02d}:{secs:02d}" if hours else f"{mins:02d}:{secs:02d}"
+
+
+def _rate_fmt(n: int, elapsed: float, unit: str = "it") -> str:
+    """tqdm's rate: `29.14s/it` below one per second, ` 4.65it/s` above."""
+    if n <= 0 or elapsed <= 0:
+        return f"?{unit}/s"
+    rate = n / elapsed
+    inv = 1.0 / rate
+    return f"{inv:5.2f}s/{unit}" if inv > 1 else f"{rate:5.2f}{unit}/s"
+
+
+def _remaining(n: int, total: int, elapsed: float) -> str:
+    if n <= 0 or elapsed <= 0:
+        return "?"
+    return format_interval((total - n) * elapsed / n)
+
+
+def shard_bar(n: int, total: int, elapsed: float) -> str:
+    """vLLM's weight_utils bar: `{desc}: {percentage:3.0f}% Completed | n/total [elapsed<remaining, rate]`."""
+    pct = 100.0 * n / total if total else 100.0
+    return (f"Loading safetensors checkpoint shards: {pct:3.0f}% Completed | {n}/{total} "
+            f"[{format_interval(elapsed)}<{_remaining(n, total, elapsed)}, {_rate_fmt(n, elapsed)}]")
+
+
+def tqdm_bar(desc: str, n: int, total: int, elapsed: float, width: int = 10) -> str:
+    """tqdm's default bar as printed without a terminal (10 cells wide)."""
+    frac = n / total if total else 1.0
+    full = int(frac * width)
+    bar = "█" * full + (" " * (width - full))
+    return (f"{desc}: {100 * frac:3.0f}%|{bar}| {n}/{total} "
+            f"[{format_interval(elapsed)}<{_remaining(n, total, elapsed)}, {_rate_fmt(n, elapsed)}]")
+
+
+class VllmLog:
+    """Thread-safe writer of vLLM-looking lines for the API server and EngineCore."""
+
+    def __init__(self, api_pid: int, engine_pid: int, stream: Optional[IO[str]] = None) -> None:
+        self.api_pid = api_pid
+        self.engine_pid = engine_pid
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    @property
+    def stream(self) -> IO[str]:
+        return self._stream if self._stream is not None else sys.stdout
+
+    def prefix(self, proc: str) -> str:
+        if proc == API:
+            return f"(APIServer pid={self.api_pid}) "
+        if proc == ENGINE:
+            return f"(EngineCore_0 pid={self.engine_pid}) "
+        return ""
+
+    @staticmethod
+    def header(level: str, where: str) -> str:
+        return f"{level} {time.strftime('%m-%d %H:%M:%S')} [{where}] "
+
+    def write_lines(self, lines: Iterable[str]) -> None:
+        text = "".join(line + "\n" for line in lines)
+        with self._lock:
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass  # stdout closed (e.g. a detached pipe): logging must never kill the server
+
+    def log(self, proc: str, level: str, where: str, message: str) -> None:
+        """One logger record; multi-line messages repeat the prefix+header like vLLM's formatter."""
+        pre = self.prefix(proc) + self.header(level, where)
+        self.write_lines(pre + part for part in message.split("\n"))
+
+    def info(self, proc: str, where: str, message: str) -> None:
+        self.log(proc, "INFO", where, message)
+
+    def warning(self, proc: str, where: str, message: str) -> None:
+        self.log(proc, "WARNING", where, message)
+
+    def error(self, proc: str, where: str, message: str) -> None:
+        self.log(proc, "ERROR", where, message)
+
+    def raw(self, proc: str, text: str) -> None:
+        """Lines not produced by the logger (tracebacks, warnings, uvicorn) with the process prefix."""
+        pre = self.prefix(proc)
+        self.write_lines(pre + part for part in text.split("\n"))
+
+    def uvicorn(self, message: str) -> None:
+        """uvicorn's `INFO:     ...` lines, which run inside the API server process."""
+        self.raw(API, f"INFO:     {message}")
+
+    def bar(self, text: str) -> None:
+        """tqdm bars print without the process prefix (tqdm's \\r overwrites it on a terminal)."""
+        self.write_lines([text])
