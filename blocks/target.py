@@ -59,6 +59,14 @@ class TargetMachine(Block):
             "on a rig without GPUs). Empty: the spec's image (the runbook's NVIDIA image)."
         ),
     )
+    container_name: str | None = Field(
+        default=None,
+        title="Container name override",
+        description=(
+            "Name the container differently on this machine. Several targets that share one docker "
+            "daemon (the imitations, tests) need distinct names. Empty: the spec's (vllm-qwen3-32b-fp8)."
+        ),
+    )
     docker_base_url: str | None = Field(
         default=None,
         title="Docker base URL",
@@ -271,6 +279,7 @@ class TargetMachine(Block):
         """The target's fields that shape the container (input of the spec-hash label)."""
         return {
             "image": self.image,
+            "container_name": self.container_name,
             "cache_dir": self.cache_dir,
             "gpus": self.gpus,
             "publish_host": self.publish_host,
@@ -280,6 +289,10 @@ class TargetMachine(Block):
             "hf_token_secret": self.hf_token_secret,
             "api_key_secret": self.api_key_secret,
         }
+
+    def engine_overrides(self) -> dict[str, str]:
+        """Engine spec fields this machine sets for itself (image, container name), when set."""
+        return {k: v for k, v in (("image", self.image), ("container_name", self.container_name)) if v}
 
     def docker_host(self, **kwargs: Any) -> DockerHost:
         """A prefect-docker `DockerHost` for this machine (local daemon when no base URL).

@@ -41,10 +41,11 @@ def sim_target(
     cache, ledger = root / "hf", root / "ledger"
     cache.mkdir(parents=True, exist_ok=True)
     ledger.mkdir(parents=True, exist_ok=True)
+    (ledger / "drop_caches").touch()  # the file the drop-caches helper mounts, as /proc/sys/vm/drop_caches
     env = {"VLLM_SIM_TIME_SCALE": str(time_scale), "VLLM_SIM_DECODE_TIME_SCALE": str(decode_time_scale)}
-    return TargetMachine(
-        name=name,
+    settings = dict(
         image=SIM_IMAGE,
+        container_name=f"vllm-qwen3-32b-fp8-{name}",
         image_pull=False,
         gpus="none",
         cache_dir=str(cache),
@@ -56,5 +57,5 @@ def sim_target(
         meminfo_path=str(ledger / "meminfo"),
         extra_volumes={str(ledger): SIM_LEDGER_MOUNT},
         extra_env={**env, **(extra_env or {})},
-        **overrides,
     )
+    return TargetMachine(name=name, **{**settings, **overrides})

@@ -1,0 +1,72 @@
+"""stop-qwen: the runbook's `docker compose down`, then proof that the memory came back.
+
+Stale processes holding GPU memory after a stop are a known pain on these servers; a stop that
+does not check leaves the next start to fail with "Free memory on device". This flow stops and
+removes only our containers for the target, then reads the target's meminfo until a start at the
+spec's utilization would fit again, and says what still holds memory when it would not.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from blocks.target import TargetMachine
+from flows.deploy import load_engine_spec
+from tasks.container import docker_client, managed_containers, remove_managed
+from tasks.events import emit_service_event
+from tasks.locks import gpu_lock
+from tasks.memory import try_read_meminfo, wait_for_release
+from tasks.report import artifact_key, publish_report
+
+
+class StopResult(BaseModel):
+    target: str
+    removed: list[str]
+    free_before_gib: float | None
+    free_after_gib: float | None
+    page_cache_gib: float | None
+    memory_released: bool
+
+
+@task(name="stop-containers", cache_policy=NO_CACHE)
+def stop_containers(machine: TargetMachine, stop_timeout_s: int) -> list[str]:
+    client = docker_client(machine.docker_host())
+    removed = []
+    for container in managed_containers(client, machine.name):
+        get_run_logger().info("stopping and removing %s", container.name)
+        remove_managed(container, stop_timeout=stop_timeout_s)
+        removed.append(container.name)
+    return removed
+
+
+@flow(name="stop-qwen", flow_run_name="stop-{target}")
+def stop_qwen(target: str = "spark", engine: str | None = None, stop_timeout_s: int = 30, memory_timeout_s: float = 60) -> StopResult:
+    """Stop and remove the target's vLLM container(s); confirm the memory they held came back.
+
+    "Came back" means a start at the spec's utilization would fit once the page cache is dropped
+    (deploy-qwen drops it before a start; vLLM 0.10.1.1 on GB10 counts it as used).
+    """
+    logger = get_run_logger()
+    machine = TargetMachine.load(target)
+    spec = load_engine_spec(engine, None, machine.engine_overrides())
+    util = spec.gpu_memory_utilization
+    with gpu_lock(machine.name):
+        before = try_read_meminfo(machine.meminfo_path)
+        removed = stop_containers(machine, stop_timeout_s)
+        released, after = wait_for_release(machine.meminfo_path, util, timeout_s=memory_timeout_s)
+    if released:
+        logger.info("memory released: %.1f GiB free and %.1f GiB page cache of %.1f GiB; a start at %.2f needs %.1f GiB",
+                    after.free_gib, after.cached_gib, after.total_gib, util, util * after.total_gib)
+    else:
+        logger.warning(
+            "memory NOT released after %.0f s: %.1f of %.1f GiB free, %.1f GiB page cache; something else holds"
+            " the rest (a stale process: `docker ps -a`, `nvidia-smi` on the host), and a start at %.2f would fail",
+            memory_timeout_s, after.free_gib, after.total_gib, after.cached_gib, util,
+        )
+    result = StopResult(target=machine.name, removed=removed, free_before_gib=before.free_gib if before else None,
+                        free_after_gib=after.free_gib, page_cache_gib=after.cached_gib, memory_released=released)
+    publish_report(artifact_key("stop", machine.name), f"stop-qwen on {machine.name}", result.model_dump())
+    emit_service_event(machine.name, "stopped", result.model_dump())
+    return result

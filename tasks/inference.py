@@ -1,0 +1,89 @@
+"""Smoke inference with a known answer, so "ready" also means "answers correctly".
+
+The runbook's check is one curl whose output is read by eye; the DGX Spark playbook asks "12*17"
+and expects 204 by eye. Here both OpenAI endpoints are asked and the answer is checked. Qwen3
+thinks first unless told not to: the chat request disables thinking through
+``chat_template_kwargs`` and any ``<think>`` block that still comes is stripped before checking.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
+QUESTION = "What is 12*17? Answer with the number only."
+EXPECTED = "204"
+
+
+class SmokeFailed(RuntimeError):
+    """The server answered, but not correctly (or not at all)."""
+
+
+class SmokeResult(BaseModel):
+    chat_answer: str
+    chat_latency_s: float
+    completion_answer: str
+    completion_latency_s: float
+    completion_tokens: int
+
+
+def visible_answer(text: str | None) -> str:
+    """The answer without Qwen3's thinking block (closed or left open) and surrounding blanks."""
+    text = THINK_BLOCK.sub("", text or "")
+    if "<think>" in text:  # unterminated thinking: nothing after it is an answer
+        text = text.split("<think>", 1)[0]
+    return text.strip()
+
+
+def contains_expected(answer: str, expected: str = EXPECTED) -> bool:
+    return re.search(rf"(?<!\d){re.escape(expected)}(?!\d)", answer) is not None
+
+
+def _post(client: httpx.Client, path: str, body: dict) -> tuple[dict, float]:
+    started = time.perf_counter()
+    response = client.post(path, json=body)
+    elapsed = time.perf_counter() - started
+    if response.status_code == 401:
+        raise SmokeFailed(f"{path} answered 401: the server has an API key; set the target's api_key_secret to its Secret block")
+    if response.status_code != 200:
+        raise SmokeFailed(f"{path} answered HTTP {response.status_code}: {response.text[:300]}")
+    return response.json(), elapsed
+
+
+@task(name="smoke-inference", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+def smoke_inference(base_url: str, served_name: str, api_key: str | None = None, timeout_s: float = 120.0) -> SmokeResult:
+    """Ask both endpoints 12*17 and require 204; an empty or wrong answer fails the deploy."""
+    logger = get_run_logger()
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s) as client:
+        chat, chat_s = _post(client, "/v1/chat/completions", {
+            "model": served_name,
+            "messages": [{"role": "user", "content": QUESTION}],
+            "max_tokens": 64,
+            "temperature": 0,
+            "chat_template_kwargs": {"enable_thinking": False},
+        })
+        chat_answer = visible_answer(chat["choices"][0]["message"].get("content"))
+        completion, completion_s = _post(client, "/v1/completions", {
+            "model": served_name, "prompt": "12*17=", "max_tokens": 16, "temperature": 0,
+        })
+    completion_answer = visible_answer(completion["choices"][0].get("text"))
+    for endpoint, answer in (("chat", chat_answer), ("completion", completion_answer)):
+        if not answer:
+            raise SmokeFailed(f"the {endpoint} endpoint returned an empty answer to 12*17")
+        if not contains_expected(answer):
+            raise SmokeFailed(f"the {endpoint} endpoint answered {answer[:200]!r} to 12*17; expected {EXPECTED}")
+    logger.info("smoke: chat %r in %.2f s, completion %r in %.2f s", chat_answer, chat_s, completion_answer, completion_s)
+    return SmokeResult(
+        chat_answer=chat_answer,
+        chat_latency_s=round(chat_s, 3),
+        completion_answer=completion_answer,
+        completion_latency_s=round(completion_s, 3),
+        completion_tokens=completion.get("usage", {}).get("completion_tokens", 0),
+    )

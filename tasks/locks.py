@@ -1,0 +1,41 @@
+"""One GPU-touching flow at a time per target machine, through a Prefect global concurrency limit.
+
+The limit ``gpu:<target>`` (limit 1) is created by ``deployments/setup.py``; the flow also creates it
+when missing, because a non-strict ``concurrency()`` on a missing limit silently does not limit,
+and two deploys at once on one machine would start two servers that fight for its memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prefect import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+
+def gpu_limit_name(target_name: str) -> str:
+    return f"gpu:{target_name}"
+
+
+def ensure_gpu_limit(target_name: str) -> str:
+    """Create the target's limit (1 slot) unless it exists; return its name."""
+    name = gpu_limit_name(target_name)
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:  # a concurrent run created it first
+                pass
+    return name
+
+
+@contextmanager
+def gpu_lock(target_name: str, timeout_s: float | None = 3600) -> Iterator[None]:
+    """Hold the target's single GPU slot for the duration of the block."""
+    with concurrency(ensure_gpu_limit(target_name), occupy=1, timeout_seconds=timeout_s, strict=True):
+        yield

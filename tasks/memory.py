@@ -1,0 +1,137 @@
+"""Unified memory of the target, as vLLM 0.10.1.1 sees it: /proc/meminfo, page cache included.
+
+On GB10, CUDA's "free" memory is the host's free memory, and the Linux page cache counts as used
+(vllm issue 48140). So "is the memory free again?" is read from meminfo: ``MemFree`` is what the
+next vLLM start can have, ``MemAvailable - MemFree`` is mostly page cache that only
+``drop_caches`` returns. The imitation keeps a file of the same format in its ledger directory;
+a Spark target reads /proc/meminfo: same code, another path.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from docker.types import Mount
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.logs import suggest_utilization
+
+KIB_PER_GIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class MemInfo:
+    total_gib: float
+    free_gib: float
+    available_gib: float
+    cached_gib: float
+
+    def can_start(self, utilization: float) -> bool:
+        """vLLM 0.10.1.1 refuses to start when free < utilization x total."""
+        return self.free_gib >= utilization * self.total_gib
+
+    def released_for(self, utilization: float) -> bool:
+        """Nothing but page cache (which drop_caches returns) stands between us and a start."""
+        return self.available_gib >= utilization * self.total_gib
+
+
+def parse_meminfo(text: str) -> MemInfo:
+    """Numbers of /proc/meminfo (kB) as GiB."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts:
+            try:
+                values[key.strip()] = float(parts[0]) / KIB_PER_GIB
+            except ValueError:
+                continue
+    missing = {"MemTotal", "MemFree"} - values.keys()
+    if missing:
+        raise ValueError(f"meminfo lacks {', '.join(sorted(missing))}: is this a /proc/meminfo file?")
+    return MemInfo(
+        total_gib=round(values["MemTotal"], 2),
+        free_gib=round(values["MemFree"], 2),
+        available_gib=round(values.get("MemAvailable", values["MemFree"]), 2),
+        cached_gib=round(values.get("Cached", 0.0), 2),
+    )
+
+
+def read_meminfo(path: str | Path) -> MemInfo:
+    return parse_meminfo(Path(path).read_text())
+
+
+def try_read_meminfo(path: str | Path) -> MemInfo | None:
+    """None when the file is absent (an imitation ledger before its first server)."""
+    try:
+        return read_meminfo(path)
+    except FileNotFoundError:
+        return None
+
+
+def wait_for_release(path: str | Path, utilization: float, timeout_s: float = 30.0, interval_s: float = 0.25) -> tuple[bool, MemInfo]:
+    """Poll until only page cache would stand in a start's way, or the timeout; (released, last reading)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        info = read_meminfo(path)
+        if info.released_for(utilization) or time.monotonic() >= deadline:
+            return info.released_for(utilization), info
+        time.sleep(interval_s)
+
+
+def drop_caches_command() -> list[str]:
+    """What runs in the helper container: flush dirty pages, then drop page cache, dentries, inodes."""
+    return ["sh", "-c", "sync; echo 3 > /drop_caches"]
+
+
+def drop_page_cache(client, image: str, drop_caches_path: str) -> None:
+    """``sync; echo 3 > /proc/sys/vm/drop_caches`` on the docker host, with the least privilege.
+
+    A privileged container is not needed (and is refused on some hosts): the one file is bind-
+    mounted into a throwaway container with CAP_SYS_ADMIN (rig.md). The sim target points
+    ``drop_caches_path`` at its memory ledger's file; a Spark at /proc/sys/vm/drop_caches.
+    """
+    # a Mount, not a -v volume: a missing source must fail, not become an empty directory
+    client.containers.run(
+        image, drop_caches_command(), remove=True, cap_add=["SYS_ADMIN"],
+        mounts=[Mount(target="/drop_caches", source=drop_caches_path, type="bind")],
+        entrypoint=[], network_mode="none",
+    )
+
+
+class NotEnoughMemory(RuntimeError):
+    """Other processes hold memory a start at this utilization needs; says how much is missing."""
+
+
+@task(name="make-room-for-start", cache_policy=NO_CACHE)
+def make_room_for_start(client, image: str, meminfo_path: str, drop_caches_path: str, utilization: float) -> str:
+    """Before a start: fits -> nothing; only page cache in the way -> drop it; else fail now.
+
+    vLLM 0.10.1.1 refuses to start when free memory is below utilization x total, and on unified
+    memory the previous load's page cache counts as used (vllm issue 48140): without this step a
+    redeploy at the runbook's 0.90 fails although nothing else runs.
+    """
+    logger = get_run_logger()
+    info = try_read_meminfo(meminfo_path)
+    if info is None:
+        logger.info("no meminfo at %s yet: memory check skipped", meminfo_path)
+        return "unknown"
+    need = utilization * info.total_gib
+    if info.free_gib >= need:
+        logger.info("memory: %.1f GiB free, a start at %.2f needs %.1f GiB", info.free_gib, utilization, need)
+        return "fits"
+    if info.free_gib + info.cached_gib >= need:
+        logger.info("memory: %.1f GiB free but %.1f GiB is page cache (counted as used on GB10): dropping caches",
+                    info.free_gib, info.cached_gib)
+        drop_page_cache(client, image, drop_caches_path)
+        return "dropped-page-cache"
+    raise NotEnoughMemory(
+        f"only {info.free_gib:.1f} of {info.total_gib:.1f} GiB is free ({info.cached_gib:.1f} GiB page cache);"
+        f" a start at gpu_memory_utilization {utilization:.2f} needs {need:.1f} GiB. Other processes hold the"
+        " rest: stop them (`docker ps`; the runbook's `docker system prune -f`), or deploy with a lower"
+        " utilization, e.g. overrides={\"gpu_memory_utilization\": "
+        f"{suggest_utilization(info.free_gib + info.cached_gib, info.total_gib):.2f}}}."
+    )

@@ -1,0 +1,92 @@
+"""Integration rig: the real docker daemon, the imitation image, the Hub imitation, a Prefect server.
+
+Every test target is named ``test-<hex>``; containers of earlier runs with such a target label
+are removed when the session starts (a restarted dockerd brings back containers with a restart
+policy, and CI may reuse a machine where an earlier run was killed). The demo's containers
+(target ``sim``) are never touched, so ``make test`` works while ``make demo`` runs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from blocks.engine import LABEL_MANAGED_BY, LABEL_TARGET, MANAGED_BY
+from blocks.target import TargetMachine
+from deployments.targets import sim_target
+from sim.hub import HubServer, RepoSpec
+from sim.image import ensure_sim_image
+from sim.ports import free_port
+
+TEST_TOKEN = "hf_test_token_7f3a9c1e5b2d4f60"
+TEST_API_KEY = "sk-test-api-key-0c9e8d7f6a5b"
+TEST_TARGET_PREFIX = "test-"
+REPO = "Qwen/Qwen3-32B-FP8"
+
+
+def target_containers(client: docker.DockerClient, target: str | None = None) -> list:
+    """Our containers for test targets (or for one target)."""
+    found = client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED_BY}={MANAGED_BY}"})
+    if target is None:
+        return [c for c in found if c.labels.get(LABEL_TARGET, "").startswith(TEST_TARGET_PREFIX)]
+    return [c for c in found if c.labels.get(LABEL_TARGET) == target]
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    client = docker.from_env()
+    client.ping()
+    for stale in target_containers(client):
+        stale.remove(force=True)
+    yield client
+    for leftover in target_containers(client):
+        leftover.remove(force=True)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def sim_image(docker_client: docker.DockerClient) -> str:
+    return ensure_sim_image(docker_client)
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
+    spec = RepoSpec(repo_id=REPO, n_shards=7, shard_bytes=512 * 1024, seed=0)
+    with HubServer(repos=[spec], data_dir=tmp_path_factory.mktemp("hub"), token=TEST_TOKEN) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def hf_token_block(prefect_server: str) -> str:
+    from prefect.blocks.system import Secret
+
+    Secret(value=TEST_TOKEN).save("hf-token-test", overwrite=True)
+    return "hf-token-test"
+
+
+@pytest.fixture
+def make_sim_target(
+    prefect_server: str, docker_client: docker.DockerClient, sim_image: str, hub: HubServer,
+    hf_token_block: str, tmp_path: Path,
+) -> Iterator[Callable[..., TargetMachine]]:
+    """Save a fresh sim TargetMachine block (own name, port, cache, ledger) and clean up after."""
+    made: list[str] = []
+
+    def make(**overrides) -> TargetMachine:
+        name = f"{TEST_TARGET_PREFIX}{uuid.uuid4().hex[:8]}"
+        root = tmp_path / name
+        options = dict(time_scale=0.01, hf_token_secret=hf_token_block)
+        options.update(overrides)
+        target = sim_target(name, root, hub.url, options.pop("host_port", None) or free_port(), **options)
+        target.save(name, overwrite=True)
+        made.append(name)
+        return target
+
+    yield make
+    for name in made:
+        for container in target_containers(docker_client, name):
+            container.remove(force=True)

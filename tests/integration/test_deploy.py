@@ -1,0 +1,180 @@
+"""deploy-qwen and stop-qwen end to end: real docker, the imitation image, the Hub imitation,
+a real Prefect server. Each test has its own target (port, cache, memory ledger)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+from prefect.blocks.system import Secret
+
+from blocks.engine import LABEL_SPEC_HASH
+from flows.deploy import deploy_qwen
+from flows.teardown import stop_qwen
+from sim.vllm.vllm_sim.ledger import Ledger
+from tasks.memory import parse_meminfo
+from tests.integration.conftest import TEST_API_KEY, TEST_TOKEN, target_containers
+from tests.integration.prefect_reads import flow_run_artifacts, flow_run_logs, flush_logs
+
+pytestmark = pytest.mark.integration
+
+
+def run(flow, **params):
+    """Run a flow in-process; return (state, flow_run_id)."""
+    state = flow(return_state=True, **params)
+    return state, state.state_details.flow_run_id
+
+
+def test_deploy_then_noop_then_replace_then_stop(make_sim_target, docker_client):
+    target = make_sim_target()
+    state, _ = run(deploy_qwen, target=target.name)
+    assert state.is_completed(), state.message
+    first = state.result()
+    assert first.status == "deployed"
+    assert first.smoke_answer and "204" in first.smoke_answer
+    assert first.kv_cache_tokens and 200_000 < first.kv_cache_tokens < 300_000
+    models = httpx.get(f"{first.endpoint}/v1/models").json()
+    assert models["data"][0]["id"] == "Qwen/Qwen3-32B-FP8"
+    [container] = target_containers(docker_client, target.name)
+    assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+    assert env["HF_HUB_OFFLINE"] == "1" and env["HF_HUB_CACHE"] == "/root/.cache/huggingface"
+
+    state, _ = run(deploy_qwen, target=target.name)
+    second = state.result()
+    assert second.status == "unchanged"
+    [same] = target_containers(docker_client, target.name)
+    assert same.id == container.id
+
+    state, _ = run(deploy_qwen, target=target.name, overrides={"max_num_seqs": 32})
+    third = state.result()
+    assert third.status == "deployed" and third.spec_hash != first.spec_hash
+    [replaced] = target_containers(docker_client, target.name)
+    assert replaced.id != container.id
+    assert replaced.labels[LABEL_SPEC_HASH] == third.spec_hash
+
+    state, _ = run(stop_qwen, target=target.name, memory_timeout_s=15)
+    stopped = state.result()
+    assert stopped.removed == [replaced.name]
+    assert target_containers(docker_client, target.name) == []
+    assert stopped.memory_released is True
+    assert stopped.page_cache_gib > 30  # the weights stay in page cache: deploy drops it before a start
+
+
+def test_two_deploys_at_once_are_serialised(make_sim_target, docker_client):
+    target = make_sim_target()
+    seen_max = 0
+    done = threading.Event()
+
+    def watch():
+        nonlocal seen_max
+        while not done.is_set():
+            running = [c for c in target_containers(docker_client, target.name) if c.status in ("created", "running", "restarting")]
+            seen_max = max(seen_max, len(running))
+            done.wait(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    results: list = []
+    runs = [threading.Thread(target=lambda: results.append(deploy_qwen(target=target.name, return_state=True))) for _ in range(2)]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join(timeout=240)
+    done.set()
+    watcher.join()
+    assert len(results) == 2 and all(s.is_completed() for s in results), [s.message for s in results]
+    statuses = sorted(s.result().status for s in results)
+    assert statuses == ["deployed", "unchanged"]
+    assert seen_max == 1
+    assert len(target_containers(docker_client, target.name)) == 1
+
+
+def test_missing_model_files_fail_with_their_cause_and_leave_nothing(make_sim_target, docker_client):
+    target = make_sim_target()
+    state, _ = run(deploy_qwen, target=target.name, stage=False)
+    assert state.is_failed()
+    assert "missing_model_files" in _failure_text(state) or "LocalEntryNotFoundError" in _failure_text(state)
+    assert target_containers(docker_client, target.name) == []
+
+
+def test_container_exiting_during_startup_is_classified_at_once(make_sim_target, docker_client):
+    target = make_sim_target(extra_env={"VLLM_SIM_FAULT_CUDA_OOM": "1"})
+    state, _ = run(deploy_qwen, target=target.name)
+    assert state.is_failed()
+    text = _failure_text(state)
+    assert "CUDA out of memory" in text and "cuda_oom" in text.lower().replace(" ", "_") or "OutOfMemoryError" in text
+    assert target_containers(docker_client, target.name) == []
+
+
+def test_memory_held_by_another_process_fails_before_starting(make_sim_target, docker_client):
+    target = make_sim_target()
+    ledger = Path(target.meminfo_path).parent
+    # another "process" on the machine holds 40 GiB, with a live heartbeat
+    other = Ledger(ledger, "someone-else", total_gib=119.7, baseline_gib=3.0)
+    other.publish(40.0, "running", "another/model")
+    state, _ = run(deploy_qwen, target=target.name)
+    assert state.is_failed()
+    text = _failure_text(state)
+    assert "NotEnoughMemory" in text and "gpu_memory_utilization" in text
+    assert target_containers(docker_client, target.name) == []
+
+
+def test_page_cache_from_an_earlier_load_is_dropped_before_a_start(make_sim_target, docker_client):
+    target = make_sim_target()
+    ledger = Path(target.meminfo_path).parent
+    Ledger(ledger, "earlier", total_gib=119.7, baseline_gib=3.0).record_load("Qwen/Qwen3-32B-FP8@old", 31.97)
+    assert parse_meminfo(Path(target.meminfo_path).read_text()).cached_gib > 30
+    state, _ = run(deploy_qwen, target=target.name)
+    assert state.is_completed(), state.message
+    assert (ledger / "drop_caches").read_text().strip() == "3"
+
+
+def test_busy_port_fails_in_preflight(make_sim_target, docker_client):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        target = make_sim_target(host_port=port)
+        state, _ = run(deploy_qwen, target=target.name)
+    assert state.is_failed()
+    text = _failure_text(state)
+    assert "preflight" in text and f"port {port}" in text
+    assert target_containers(docker_client, target.name) == []
+
+
+def test_missing_gpu_runtime_fails_in_preflight(make_sim_target, docker_client):
+    target = make_sim_target(gpus="all")
+    state, _ = run(deploy_qwen, target=target.name)
+    assert state.is_failed()
+    assert "NVIDIA Container Toolkit" in _failure_text(state)
+    assert target_containers(docker_client, target.name) == []
+
+
+def test_secrets_never_reach_logs_or_artifacts(make_sim_target, docker_client):
+    Secret(value=TEST_API_KEY).save("vllm-api-key-test", overwrite=True)
+    target = make_sim_target(api_key_secret="vllm-api-key-test")
+    state, run_id = run(deploy_qwen, target=target.name)
+    assert state.is_completed(), state.message
+    endpoint = state.result().endpoint
+    assert httpx.get(f"{endpoint}/v1/models").status_code == 401
+    assert httpx.get(f"{endpoint}/v1/models", headers={"Authorization": f"Bearer {TEST_API_KEY}"}).status_code == 200
+    flush_logs()
+    logs, artifacts = flow_run_logs(run_id), flow_run_artifacts(run_id)
+    assert any("Application startup complete." in line for line in logs)
+    assert artifacts
+    for text in logs + artifacts:
+        assert TEST_TOKEN not in text and TEST_API_KEY not in text
+    [container] = target_containers(docker_client, target.name)
+    assert TEST_API_KEY not in " ".join(container.attrs["Config"]["Cmd"])
+
+
+def _failure_text(state) -> str:
+    try:
+        state.result()
+    except Exception as exc:  # the flow's exception, as an operator sees it
+        return f"{type(exc).__name__}: {exc}"
+    return state.message or ""
