@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,12 @@ def register_blocks(targets: list[TargetMachine], hf_token: str | None) -> None:
 def deploy_all() -> None:
     """`prefect deploy --all` from the project root (the worker runs the flows from there)."""
     prefect = Path(sys.executable).with_name("prefect")
-    subprocess.run([str(prefect), "--no-prompt", "deploy", "--all"], cwd=ROOT, check=True)
+    run = subprocess.run([str(prefect), "--no-prompt", "deploy", "--all"], cwd=ROOT, capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.stderr.write(run.stdout + run.stderr)
+        raise SystemExit(f"`prefect deploy --all` failed (exit {run.returncode}); its output is above")
+    for name in re.findall(r"Deployment '([^']+)' successfully", run.stdout.replace("\n", " ")):
+        print(f"deployment {name} ready")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,7 +165,7 @@ def _start_and_gate(client, spec: EngineSpec, machine: TargetMachine, secrets: S
             artifact_key("vllm-load", machine.name),
         )
     except BaseException:
-        remove_managed(container, stop_timeout=10)
+        remove_managed(container, stop_timeout=None)  # it never served: kill, keep its log in the report
         raise
     return container, readiness
 

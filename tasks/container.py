@@ -50,15 +50,16 @@ def is_managed(container: Container) -> bool:
     return (container.labels or {}).get(LABEL_MANAGED_BY) == MANAGED_BY
 
 
-def remove_managed(container: Container, stop_timeout: int = 30) -> None:
-    """Stop (SIGTERM, then SIGKILL after ``stop_timeout``) and remove one of our containers."""
+def remove_managed(container: Container, stop_timeout: int | None = 30) -> None:
+    """Stop (SIGTERM, then SIGKILL after ``stop_timeout``) and remove one of our containers.
+
+    ``stop_timeout=None`` kills at once: for a server that failed to start, nothing is lost.
+    """
     if not is_managed(container):
         raise PermissionError(f"refusing to remove container {container.name}: not managed by {MANAGED_BY}")
     try:
-        container.stop(timeout=stop_timeout)
-    except NotFound:
-        return
-    try:
+        if stop_timeout is not None:
+            container.stop(timeout=stop_timeout)
         container.remove(force=True)
     except NotFound:
         pass

@@ -162,8 +162,12 @@ def wait_until_ready(
             if stream_ended or now >= next_state_check:
                 next_state_check = now + 1.0
                 if container_exited(container, restarts_before):
-                    for line in _drain(lines, 0.5):  # the follower may still hold the traceback's tail
-                        if line is not _EOF:
+                    # the follower may still hold the traceback's tail: take it until the stream's end
+                    while not stream_ended:
+                        line = next(iter(_drain(lines, 0.5)), _EOF)
+                        if line is _EOF:
+                            stream_ended = True
+                        else:
                             take(line)
                     raise fail(exit_summary(container))
                 if stream_ended:
