@@ -28,12 +28,16 @@ TEST_TARGET_PREFIX = "test-"
 REPO = "Qwen/Qwen3-32B-FP8"
 
 
+TEST_LABEL = "org.spark-vllm.test"  # on containers a test starts by hand (not through the flows)
+
+
 def target_containers(client: docker.DockerClient, target: str | None = None) -> list:
-    """Our containers for test targets (or for one target)."""
+    """Containers of test targets (or of one target), and those tests started by hand."""
     found = client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED_BY}={MANAGED_BY}"})
-    if target is None:
-        return [c for c in found if c.labels.get(LABEL_TARGET, "").startswith(TEST_TARGET_PREFIX)]
-    return [c for c in found if c.labels.get(LABEL_TARGET) == target]
+    if target is not None:
+        return [c for c in found if c.labels.get(LABEL_TARGET) == target]
+    by_hand = client.containers.list(all=True, filters={"label": TEST_LABEL})
+    return [c for c in found if c.labels.get(LABEL_TARGET, "").startswith(TEST_TARGET_PREFIX)] + by_hand
 
 
 @pytest.fixture(scope="session")
