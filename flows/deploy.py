@@ -23,7 +23,14 @@ from blocks.engine import PRESETS, EngineSpec
 from blocks.render import container_kwargs, redacted, secret_environment
 from blocks.target import TargetMachine
 from flows.stage import stage_model
-from tasks.container import docker_client, replace_or_keep, start_vllm_container, remove_managed
+from tasks.container import (
+    arm_restart_policy,
+    docker_client,
+    remove_managed,
+    replace_or_keep,
+    restart_policy_after_ready,
+    start_vllm_container,
+)
 from tasks.events import emit_service_event
 from tasks.health import ReadinessTimeouts, endpoint_ready, wait_until_ready
 from tasks.inference import smoke_inference
@@ -116,7 +123,9 @@ def deploy_qwen(
             # Prerequisites: docker, GPU runtime, port, image.
             preflight(client, spec.image, machine.gpus == "all", machine.client_host, machine.host_port, machine.image_pull)
             # Model download into /opt/hf: resumable, verified, skipped when the manifest verifies.
-            staged = stage_model(
+            # stage-model's steps run as tasks of this flow run (`.fn`), not as a subflow: a subflow
+            # costs ~1.3 s here (its own run, and Prefect's heartbeat thread joined at its exit).
+            staged = stage_model.fn(
                 repo_id=spec.model, revision=spec.revision or "main", cache_dir=machine.cache_dir,
                 endpoint=machine.hub_endpoint, token_secret_block=machine.hf_token_secret,
             ) if stage else None
@@ -158,12 +167,14 @@ def _start_and_gate(client, spec: EngineSpec, machine: TargetMachine, secrets: S
     """Make room in memory, start the container, wait until it serves; remove it if it never does."""
     kwargs = container_kwargs(spec, machine, secret_env=secret_environment(hf_token=secrets.hf_token, api_key=secrets.api_key))
     make_room_for_start(client, spec.image, machine.meminfo_path, machine.drop_caches_path, spec.gpu_memory_utilization)
-    container = start_vllm_container(client, kwargs, redacted(kwargs))
+    first_start, restart_policy = restart_policy_after_ready(kwargs)
+    container = start_vllm_container(client, first_start, redacted(first_start))
     try:
         readiness = wait_until_ready(
             container, machine.endpoint, spec.served_name, secrets.api_key, timeouts, secrets.values,
             artifact_key("vllm-load", machine.name),
         )
+        arm_restart_policy(container, restart_policy)  # the runbook's `restart: unless-stopped`, from now on
     except BaseException:
         remove_managed(container, stop_timeout=None)  # it never served: kill, keep its log in the report
         raise

@@ -80,17 +80,34 @@ def container_exited(container: Container, restarts_before: int = 0) -> bool:
 
 
 def exit_summary(container: Container) -> str:
-    """``exited with code 1`` or ``restarting (restart 2)``: what docker says of the container."""
-    try:
-        container.reload()
-    except NotFound:
-        return "removed"
+    """``exited with code 1`` or ``restarting (restart 2)``, from the state docker last reported.
+
+    No reload here: right after an exit, docker is restarting the container (restart policy) and an
+    inspect waits for that restart, which would delay the failure by the container's start time.
+    """
     state = container.attrs.get("State", {})
     if state.get("Restarting"):
         return f"restarting after exit code {state.get('ExitCode')} (restart {container.attrs.get('RestartCount', 0)})"
     if state.get("Running"):
         return f"running again after a restart (restart {container.attrs.get('RestartCount', 0)})"
     return f"exited with code {state.get('ExitCode')}"
+
+
+def restart_policy_after_ready(create_kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Split the restart policy off: the container is created with none and gets it once ready.
+
+    A start that fails fails the same way again with the same arguments; docker restarting it in
+    a loop (the CrashLoopBackOff pattern) only hides the first failure's log and, on the Spark,
+    pushes memory again. The runbook's `unless-stopped` is armed once the server has served.
+    """
+    policy = create_kwargs.get("restart_policy")
+    return {**create_kwargs, "restart_policy": {"Name": "no"}}, policy
+
+
+def arm_restart_policy(container: Container, policy: dict[str, Any] | None) -> None:
+    """Give a ready container its restart policy (`docker update --restart ...`)."""
+    if policy and policy.get("Name", "no") != "no":
+        container.update(restart_policy=policy)
 
 
 def image_present(client: docker.DockerClient, image: str) -> bool:

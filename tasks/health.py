@@ -50,6 +50,7 @@ class ReadinessFailed(RuntimeError):
     def __init__(self, cause: FailureCause, status: str) -> None:
         self.cause = cause
         self.status = status
+        self.detected_at = time.time()  # wall clock, to compare with docker's own event times
         evidence = "\n".join(f"    {line}" for line in cause.evidence[-12:])
         super().__init__(f"vLLM did not become ready ({status}): {cause.summary}\nFix: {cause.fix}\nLog:\n{evidence}")
 
