@@ -18,9 +18,7 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +35,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.report import write_section  # noqa: E402
+from sim.ports import free_port  # noqa: E402
 from sim.vllm.vllm_sim.testing import build_hf_cache  # noqa: E402
 
 MODEL = "Qwen/Qwen3-32B-FP8"
@@ -105,12 +105,6 @@ def start_server(port: int, workdir: Path) -> subprocess.Popen:
     raise SystemExit("imitation did not become ready")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(base_url: str, singles: int, ttft_probes: int, concurrency: int, max_tokens: int) -> dict:
     limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
     with httpx.Client(base_url=base_url, timeout=300, limits=limits) as client:
@@ -144,9 +138,7 @@ def run(base_url: str, singles: int, ttft_probes: int, concurrency: int, max_tok
 def section(r: dict) -> str:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    return f"""{SECTION}
-
-Measured {now} by `python bench/sim_roofline.py` on {machine} (no GPU): the imitation
+    return f"""Measured {now} by `python bench/sim_roofline.py` on {machine} (no GPU): the imitation
 (`sim/vllm`) with the runbook's command line, `VLLM_SIM_DECODE_TIME_SCALE=1` (real-time Spark
 decoding), streamed `/v1/completions` timed like `vllm bench serve` (TTFT = first streamed chunk,
 TPOT = (latency - TTFT) / (tokens - 1)). These are the imitation's *roofline model* seen through its
@@ -165,14 +157,6 @@ The burst's TTFT is longer because all {r['concurrency']} prompts arrive within 
 prefilled in one or two compute-bound steps (~{r['concurrency']} x 20 tokens at the modelled 100 TFLOPS)
 before their first token.
 """
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace our section (up to the next `## ` heading) or append it; keep everything else."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    path.write_text(new.rstrip("\n") + "\n")
 
 
 def main() -> int:
@@ -200,9 +184,9 @@ def main() -> int:
             proc.wait(10)
         tmp.cleanup()
     text = section(results)
-    print(text)
+    print(f"{SECTION}\n\n{text}")
     if not args.no_write:
-        write_section(args.output, text)
+        write_section(SECTION.removeprefix("## "), text, args.output)
     return 0
 
 

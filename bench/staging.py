@@ -39,6 +39,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.report import write_section  # noqa: E402
 PY = sys.executable
 HF = str(Path(PY).parent / "hf")
 REPO_ID = "Qwen/Qwen3-32B-FP8"
@@ -250,8 +251,6 @@ def mb(n: float) -> str:
 def render(args, hub: Hub, links: dict, started: float) -> str:
     cores = os.cpu_count()
     lines = [
-        SECTION,
-        "",
         f"`python bench/staging.py` — {dt.date.today().isoformat()}, {platform.machine()}, {cores} cores, "
         f"Python {platform.python_version()}, huggingface_hub 2.4.0 `hf download` vs `stage-model` "
         f"({(time.monotonic() - started) / 60:.1f} min for the whole run).",
@@ -311,14 +310,6 @@ def render(args, hub: Hub, links: dict, started: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> Path:
-    path = ROOT / "docs" / "benchmarks.md"
-    old = path.read_text() if path.exists() else "# Benchmarks\n\nMeasured results; each section is written by its bench script.\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _m: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
-    return path
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -371,9 +362,9 @@ def main() -> None:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     text = render(args, hub, links, started)
-    print(text)
+    print(f"{SECTION}\n\n{text}")
     if not args.no_write:
-        print(f"[bench] wrote {write_section(text)}")
+        print(f"[bench] wrote {write_section(SECTION.removeprefix('## '), text)}")
 
 
 if __name__ == "__main__":

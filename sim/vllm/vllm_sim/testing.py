@@ -24,36 +24,11 @@ COMMIT = "98a63908b41686889a6ade39c37616e54d49974d"
 DEFAULT_TOTAL_SIZE = 34_322_434_048
 NUM_SHARDS = 7
 
-QWEN3_32B_FP8_CONFIG: Dict[str, object] = {
-    "architectures": ["Qwen3ForCausalLM"],
-    "attention_bias": False,
-    "attention_dropout": 0.0,
-    "bos_token_id": 151643,
-    "eos_token_id": 151645,
-    "head_dim": 128,
-    "hidden_act": "silu",
-    "hidden_size": 5120,
-    "initializer_range": 0.02,
-    "intermediate_size": 25600,
-    "max_position_embeddings": 40960,
-    "max_window_layers": 64,
-    "model_type": "qwen3",
-    "num_attention_heads": 64,
-    "num_hidden_layers": 64,
-    "num_key_value_heads": 8,
-    "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                            "weight_block_size": [128, 128]},
-    "rms_norm_eps": 1e-06,
-    "rope_scaling": None,
-    "rope_theta": 1000000,
-    "sliding_window": None,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-    "transformers_version": "4.51.0",
-    "use_cache": True,
-    "use_sliding_window": False,
-    "vocab_size": 151936,
-}
+# The same config.json and index total_size the Hub imitation serves (one source of truth). This
+# module is a host-side test helper: unlike the rest of vllm_sim it is never imported in the image.
+from sim.hub.repo import QWEN3_32B_FP8_CONFIG, REAL_TOTAL_SIZE  # noqa: E402
+
+assert REAL_TOTAL_SIZE == DEFAULT_TOTAL_SIZE
 GENERATION_CONFIG: Dict[str, object] = {
     "bos_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643], "pad_token_id": 151643,
     "temperature": 0.6, "top_k": 20, "top_p": 0.95, "transformers_version": "4.51.0",
