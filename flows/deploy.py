@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -22,7 +21,7 @@ from pydantic import BaseModel
 from blocks.engine import PRESETS, EngineSpec
 from blocks.render import container_kwargs, redacted, secret_environment
 from blocks.target import TargetMachine
-from flows.stage import stage_model
+from flows.stage import DOTENV, TOKEN_ENV_VARS, stage_model
 from tasks.container import (
     arm_restart_policy,
     docker_client,
@@ -36,12 +35,10 @@ from tasks.health import ReadinessTimeouts, endpoint_ready, wait_until_ready
 from tasks.inference import smoke_inference
 from tasks.locks import gpu_lock
 from tasks.memory import make_room_for_start
-from tasks.preflight import preflight
 from tasks.logs import scrub
+from tasks.preflight import preflight
 from tasks.report import artifact_key, fenced, publish_report
 from tasks.secrets import load_secret
-
-DOTENV = Path(".env")
 
 
 class DeployResult(BaseModel):
@@ -84,7 +81,7 @@ class Secrets:
 
     @classmethod
     def for_target(cls, machine: TargetMachine) -> "Secrets":
-        token = load_secret(machine.hf_token_secret, ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"), DOTENV)
+        token = load_secret(machine.hf_token_secret, TOKEN_ENV_VARS, DOTENV)
         key = load_secret(machine.api_key_secret, ("VLLM_API_KEY",), DOTENV) if machine.api_key_secret else None
         return cls(token.get_secret_value() if token else None, key.get_secret_value() if key else None)
 
@@ -151,7 +148,7 @@ def deploy_qwen(
         served_model=spec.served_name, container=container.name, image=spec.image, spec_hash=spec_hash,
         kv_cache_tokens=stats.kv_cache_tokens if stats else None,
         max_concurrency=stats.max_concurrency if stats else None,
-        load_s=stats.model_load_seconds if stats else None,
+        load_s=round(stats.model_load_seconds, 2) if stats and stats.model_load_seconds else None,
         time_to_ready_s=round(readiness.time_to_ready_s, 3) if readiness else None,
         ready_at=datetime.fromtimestamp(readiness.ready_wall, timezone.utc) if readiness else None,
         smoke_answer=smoke.chat_answer, smoke_latency_s=smoke.chat_latency_s,
@@ -196,7 +193,8 @@ def _report(result: DeployResult, spec: EngineSpec, readiness) -> None:
     rows = {
         "status": result.status, "endpoint": result.endpoint, "served model": result.served_model,
         "image": result.image, "container": result.container, "spec hash": result.spec_hash,
-        "staged commit": result.staged_commit, "KV cache tokens": result.kv_cache_tokens,
+        "staged commit": result.staged_commit,
+        "KV cache tokens": f"{result.kv_cache_tokens:,}" if result.kv_cache_tokens else None,
         "max concurrency (at max-model-len)": result.max_concurrency, "model load (s)": result.load_s,
         "time to ready (s)": result.time_to_ready_s, "smoke answer (12*17)": result.smoke_answer,
         "smoke latency (s)": result.smoke_latency_s, "flow duration (s)": result.duration_s,

@@ -15,7 +15,7 @@ def artifact_key(*parts: str) -> str:
 
 
 def markdown_table(rows: Iterable[tuple[str, Any]]) -> str:
-    lines = ["| | |", "|---|---|"]
+    lines = ["| what | value |", "|---|---|"]
     lines += [f"| {key} | {str(value).replace('|', '/')} |" for key, value in rows if value is not None]
     return "\n".join(lines)
 
