@@ -175,9 +175,19 @@ target (fresh container; staging of a 7-shard repo on the first run of each targ
 | flow wall time, s | {med(col('flow_wall')):.2f} | {max(col('flow_wall')):.2f} | |
 
 For comparison: docker's HEALTHCHECK polls every 30 s, the DGX Spark playbook every 10 s (with a
-900 s window before it gives up on a dead server). The overhead includes a first staging of the
-repository into an empty cache, preflight, the smoke inference and the report; it is measured on
-these 2 cores, not on a Spark.
+900 s window before it gives up on a dead server).
+
+Where the time goes. Readiness: the gate wakes on every container log line, so /health is asked
+right after "Application startup complete." (otherwise every 0.2 s). Failure: the log stream ends
+when the container exits, so the cause is classified within ~0.2 s; the rest, to the run's Failed
+state, is Prefect's failure bookkeeping (task and flow states, the report artifact, the event) and
+removing the container. A failing start is never restarted by docker (the restart policy is armed
+only once the server has served), so no docker call waits on a restart. Overhead: the flow's ~15
+task runs (staging included: it runs inside the deploy's flow run, a subflow costs ~1.3 s more
+here), preflight, staging 7 small files into an empty cache, the smoke inference and the report;
+the call-to-return figure also carries Prefect 3.9's heartbeat thread, which the engine joins at
+exit and which sleeps in 1 s steps (up to 1 s per flow run). Measured on these 2 cores with the
+imitation, not on a Spark.
 """
     print(body)
     if not args.no_write:
