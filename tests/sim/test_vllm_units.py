@@ -339,19 +339,3 @@ def test_metrics_text_matches_prometheus_client_byte_for_byte() -> None:
     strip = lambda text: [l for l in text.splitlines() if "_created{" not in l]  # noqa: E731 - timestamps differ
     ours_lines = strip("\n".join(ours.generation_tokens.render() + ours.e2e.render()))
     assert ours_lines == strip(theirs)
-
-
-def test_benchmark_section_replaces_only_its_own(tmp_path: Path) -> None:
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("sim_roofline", REPO_ROOT / "bench" / "sim_roofline.py")
-    bench = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["sim_roofline"] = bench  # dataclasses look their module up
-    spec.loader.exec_module(bench)  # type: ignore[union-attr]
-    doc = tmp_path / "benchmarks.md"
-    doc.write_text("# Benchmarks\n\n## Other\n\nkeep me\n")
-    bench.write_section(doc, f"{bench.SECTION}\n\nfirst\n")
-    bench.write_section(doc, f"{bench.SECTION}\n\nsecond\n")
-    text = doc.read_text()
-    assert text.count(bench.SECTION) == 1 and "second" in text and "first" not in text and "keep me" in text
