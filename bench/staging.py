@@ -292,7 +292,7 @@ def render(args, hub: Hub, links: dict, started: float) -> str:
         "them. That fixed cost is what the *re-run wall* shows: 4-7 s for a fresh stage-model process here "
         "(Python + Prefect import about 3 s, flow-run creation and teardown 1-2 s — Prefect 3.9's flow engine "
         "waits up to 1 s for its heartbeat thread at exit), under 1 s for the CLI. Inside the deploy flow "
-        "staging is a subflow of an already running process, so that import is not paid per staging. On the "
+        "staging runs inside the deploy's own flow run, so neither the import nor a flow run's set-up is paid per staging. On the "
         "100 MB/s link both tools move bytes at the link's rate, and the fixed cost is the whole difference "
         "in wall time.",
         "- *+ `sync` after*: the time a `sync` takes once the tool has exited. stage-model writes back as it "

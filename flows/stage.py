@@ -13,8 +13,8 @@ The runbook lets vLLM download ~32 GB at first start and, when that breaks, says
 6. reports (progress artifact while it runs, markdown artifact at the end).
 
 Offline (`offline=True` or HF_HUB_OFFLINE=1), or with the Hub unreachable, it succeeds from the
-manifest when the cache is complete, and says what is missing otherwise. Called as a subflow by
-deploy-qwen; run alone with `python -m flows.stage [repo_id]` or as a deployment.
+manifest when the cache is complete, and says what is missing otherwise. deploy-qwen runs these
+steps inside its own flow run (`stage_model.fn(...)`); run alone with `python -m flows.stage [repo_id]` or as a deployment.
 """
 
 from __future__ import annotations
