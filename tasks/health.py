@@ -162,7 +162,9 @@ def wait_until_ready(
             now = time.monotonic()
             if stream_ended or now >= next_state_check:
                 next_state_check = now + 1.0
-                if container_exited(container, restarts_before):
+                if container_exited(container, restarts_before) or (
+                    stream_ended and _exits_soon(container, restarts_before)
+                ):
                     # the follower may still hold the traceback's tail: take it until the stream's end
                     while not stream_ended:
                         line = next(iter(_drain(lines, 0.5)), _EOF)
@@ -182,6 +184,16 @@ def wait_until_ready(
             limit = timeouts.limit_for(tracker.phase.value)
             if now - phase_started > limit:
                 raise fail(f"timed out after {limit:.0f} s in phase {tracker.phase.value!r}")
+
+
+def _exits_soon(container: Container, restarts_before: int, grace_s: float = 2.0) -> bool:
+    """The log stream ended: docker may not have recorded the exit yet; give it a moment."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        if container_exited(container, restarts_before):
+            return True
+    return False
 
 
 def _drain(lines: queue.Queue, wait_s: float) -> Iterable[object]:

@@ -1,0 +1,41 @@
+"""Pure helpers of the deploy: preflight's GPU check, restart policy split, report keys, timeouts."""
+
+from tasks.container import restart_policy_after_ready
+from tasks.health import ReadinessTimeouts
+from tasks.locks import gpu_limit_name
+from tasks.preflight import gpu_runtime_problem
+from tasks.report import artifact_key, markdown_table
+
+
+def test_gpu_runtime_check_names_the_toolkit():
+    assert gpu_runtime_problem({"Runtimes": {"runc": {}, "nvidia": {}}}) is None
+    assert gpu_runtime_problem({"Runtimes": {"runc": {}}, "DefaultRuntime": "nvidia"}) is None
+    problem = gpu_runtime_problem({"Runtimes": {"runc": {}}})
+    assert "NVIDIA Container Toolkit" in problem and 'could not select device driver "nvidia"' in problem
+
+
+def test_restart_policy_is_armed_only_after_ready():
+    first, policy = restart_policy_after_ready({"image": "x", "restart_policy": {"Name": "unless-stopped"}})
+    assert first["restart_policy"] == {"Name": "no"} and first["image"] == "x"
+    assert policy == {"Name": "unless-stopped"}
+
+
+def test_artifact_keys_are_what_prefect_accepts():
+    assert artifact_key("deploy", "Spark_2") == "deploy-spark-2"
+    assert artifact_key("vllm-load", "sim") == "vllm-load-sim"
+
+
+def test_markdown_table_skips_missing_values_and_escapes_pipes():
+    table = markdown_table([("a", 1), ("b", None), ("c", "x|y")])
+    assert "| a | 1 |" in table and "| b |" not in table and "x/y" in table
+
+
+def test_each_phase_has_a_limit():
+    timeouts = ReadinessTimeouts(loading_s=5)
+    assert timeouts.limit_for("loading") == 5
+    assert timeouts.limit_for("kv_cache") == timeouts.kv_cache_s
+    assert timeouts.limit_for("ready") == timeouts.serving_s
+
+
+def test_gpu_limit_per_target():
+    assert gpu_limit_name("spark") == "gpu:spark"

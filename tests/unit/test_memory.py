@@ -1,0 +1,45 @@
+"""tasks/memory.py: meminfo as vLLM 0.10.1.1 on GB10 sees it, from /proc/meminfo or the imitation's ledger."""
+
+import pytest
+
+from sim.vllm.vllm_sim.ledger import Ledger
+from tasks.memory import drop_caches_command, parse_meminfo
+
+SPARK_LIKE = """MemTotal:       125515968 kB
+MemFree:        89000000 kB
+MemAvailable:   122000000 kB
+Buffers:          100000 kB
+Cached:         33000000 kB
+"""
+
+
+def test_parse_proc_meminfo():
+    info = parse_meminfo(SPARK_LIKE)
+    assert info.total_gib == pytest.approx(119.7, abs=0.01)
+    assert info.free_gib == pytest.approx(84.88, abs=0.01)
+    assert info.cached_gib == pytest.approx(31.47, abs=0.01)
+    # the runbook's 0.90 does not fit in free memory, but would once the page cache is dropped
+    assert not info.can_start(0.90) and info.released_for(0.90)
+
+
+def test_parse_rejects_what_is_not_meminfo():
+    with pytest.raises(ValueError, match="MemFree"):
+        parse_meminfo("MemTotal: 1 kB\n")
+
+
+def test_imitation_ledger_meminfo_reads_like_proc(tmp_path):
+    ledger = Ledger(tmp_path, "server-a", total_gib=119.7, baseline_gib=3.0)
+    ledger.publish(60.0, "running", "Qwen/Qwen3-32B-FP8")
+    ledger.record_load("Qwen/Qwen3-32B-FP8@abc", 31.97)
+    info = parse_meminfo((tmp_path / "meminfo").read_text())
+    assert info.total_gib == pytest.approx(119.7, abs=0.01)
+    assert info.free_gib == pytest.approx(119.7 - 3.0 - 60.0 - 31.97, abs=0.01)
+    assert info.cached_gib == pytest.approx(31.97, abs=0.01)
+    ledger.release()
+    after = parse_meminfo((tmp_path / "meminfo").read_text())
+    assert after.free_gib == pytest.approx(119.7 - 3.0 - 31.97, abs=0.01)
+    assert after.released_for(0.90) and not after.can_start(0.90)
+
+
+def test_drop_caches_command_is_the_playbooks():
+    assert drop_caches_command() == ["sh", "-c", "sync; echo 3 > /drop_caches"]
