@@ -157,8 +157,9 @@ def container_kwargs(
     `secret_env` comes from `secret_environment(...)`; `labels` default to
     `container_labels(spec, target)`. The runbook implies no ipc/shm settings, so none are set.
     """
+    spec = target.apply_to(spec)
     kw: dict[str, Any] = {
-        "image": target.image or spec.image,
+        "image": spec.image,
         "command": spec.vllm_command(),
         "name": spec.container_name,
         "detach": True,
@@ -258,6 +259,7 @@ def _arg(text: str) -> str:
 
 def compose_service(spec: EngineSpec, target: TargetMachine) -> dict[str, Any]:
     """The compose service as a plain dict (the structure `compose_yaml` writes)."""
+    spec = target.apply_to(spec)
     host_port = f"{target.host_port}:{spec.container_port}"
     if target.publish_host != "0.0.0.0":
         host = target.publish_host
@@ -275,7 +277,7 @@ def compose_service(spec: EngineSpec, target: TargetMachine) -> dict[str, Any]:
         for host, mount in _volumes(spec, target).items()
     ]
     service: dict[str, Any] = {
-        "image": target.image or spec.image,
+        "image": spec.image,
         "container_name": spec.container_name,
         "restart": spec.restart_policy,
         "ports": [_Quoted(host_port)],
@@ -297,7 +299,7 @@ def compose_service(spec: EngineSpec, target: TargetMachine) -> dict[str, Any]:
 def compose_yaml(spec: EngineSpec, target: TargetMachine) -> str:
     """The equivalent docker compose file: the runbook's service plus `HF_HUB_OFFLINE` and
     `HF_HUB_CACHE`. Secrets stay `${VAR}` references to the `.env` file, as in the runbook."""
-    document = {"services": {spec.container_name: compose_service(spec, target)}}
+    document = {"services": {target.apply_to(spec).container_name: compose_service(spec, target)}}
     header = (
         f"# Rendered by spark-vllm from the engine spec and target {target.name!r}.\n"
         "# The runbook's compose service plus HF_HUB_OFFLINE/HF_HUB_CACHE (start offline from the\n"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator
 
-from blocks.engine import SECRET_ENV_KEYS
+from blocks.engine import SECRET_ENV_KEYS, EngineSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from prefect_docker.host import DockerHost
@@ -290,9 +290,11 @@ class TargetMachine(Block):
             "api_key_secret": self.api_key_secret,
         }
 
-    def engine_overrides(self) -> dict[str, str]:
-        """Engine spec fields this machine sets for itself (image, container name), when set."""
-        return {k: v for k, v in (("image", self.image), ("container_name", self.container_name)) if v}
+    def apply_to(self, spec: "EngineSpec") -> "EngineSpec":
+        """The spec as it runs on this machine (its image and container name overrides, when set):
+        the one place the machine's overrides are applied."""
+        overrides = {k: v for k, v in (("image", self.image), ("container_name", self.container_name)) if v}
+        return spec.model_copy(update=overrides) if overrides else spec
 
     def docker_host(self, **kwargs: Any) -> DockerHost:
         """A prefect-docker `DockerHost` for this machine (local daemon when no base URL).

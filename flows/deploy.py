@@ -111,7 +111,7 @@ def deploy_qwen(
     """
     started = time.monotonic()
     machine = TargetMachine.load(target)
-    spec = load_engine_spec(engine, preset, {**machine.engine_overrides(), **(overrides or {})})
+    spec = machine.apply_to(load_engine_spec(engine, preset, overrides))
     secrets = Secrets.for_target(machine)
     spec_hash = spec.spec_hash(machine)
     try:

@@ -27,7 +27,7 @@ class StopResult(BaseModel):
     free_before_gib: float | None
     free_after_gib: float | None
     page_cache_gib: float | None
-    memory_released: bool
+    memory_released: bool | None  # None: the target has no meminfo to read
 
 
 @task(name="stop-containers", cache_policy=NO_CACHE)
@@ -50,13 +50,15 @@ def stop_qwen(target: str = "spark", engine: str | None = None, stop_timeout_s: 
     """
     logger = get_run_logger()
     machine = TargetMachine.load(target)
-    spec = load_engine_spec(engine, None, machine.engine_overrides())
+    spec = machine.apply_to(load_engine_spec(engine, None, None))
     util = spec.gpu_memory_utilization
     with gpu_lock(machine.name):
         before = try_read_meminfo(machine.meminfo_path)
         removed = stop_containers(machine, stop_timeout_s)
         released, after = wait_for_release(machine.meminfo_path, util, timeout_s=memory_timeout_s)
-    if released:
+    if after is None:
+        logger.warning("no meminfo at %s: the memory the containers held could not be checked", machine.meminfo_path)
+    elif released:
         logger.info("memory released: %.1f GiB free and %.1f GiB page cache of %.1f GiB; a start at %.2f needs %.1f GiB",
                     after.free_gib, after.cached_gib, after.total_gib, util, util * after.total_gib)
     else:
@@ -66,7 +68,8 @@ def stop_qwen(target: str = "spark", engine: str | None = None, stop_timeout_s: 
             memory_timeout_s, after.free_gib, after.total_gib, after.cached_gib, util,
         )
     result = StopResult(target=machine.name, removed=removed, free_before_gib=before.free_gib if before else None,
-                        free_after_gib=after.free_gib, page_cache_gib=after.cached_gib, memory_released=released)
+                        free_after_gib=after.free_gib if after else None,
+                        page_cache_gib=after.cached_gib if after else None, memory_released=released)
     publish_report(artifact_key("stop", machine.name), f"stop-qwen on {machine.name}", result.model_dump())
     emit_service_event(machine.name, "stopped", result.model_dump())
     return result

@@ -17,7 +17,8 @@ from docker.models.containers import Container
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.engine import LABEL_MANAGED_BY, LABEL_SPEC_HASH, LABEL_TARGET, MANAGED_BY
+from blocks.engine import LABEL_MANAGED_BY, LABEL_SPEC_HASH, MANAGED_BY
+from blocks.render import label_filters
 
 GPU_DRIVER_ERROR = 'could not select device driver "nvidia"'
 
@@ -42,8 +43,7 @@ def docker_client(docker_host: Any) -> docker.DockerClient:
 
 def managed_containers(client: docker.DockerClient, target_name: str) -> list[Container]:
     """Every container (running or not) that this project created for ``target_name``."""
-    filters = {"label": [f"{LABEL_MANAGED_BY}={MANAGED_BY}", f"{LABEL_TARGET}={target_name}"]}
-    return client.containers.list(all=True, filters=filters)
+    return client.containers.list(all=True, filters=label_filters(target_name))
 
 
 def is_managed(container: Container) -> bool:

@@ -72,11 +72,18 @@ def try_read_meminfo(path: str | Path) -> MemInfo | None:
         return None
 
 
-def wait_for_release(path: str | Path, utilization: float, timeout_s: float = 30.0, interval_s: float = 0.25) -> tuple[bool, MemInfo]:
-    """Poll until only page cache would stand in a start's way, or the timeout; (released, last reading)."""
+def wait_for_release(
+    path: str | Path, utilization: float, timeout_s: float = 30.0, interval_s: float = 0.25
+) -> tuple[bool | None, MemInfo | None]:
+    """Poll until only page cache would stand in a start's way, or the timeout.
+
+    Returns (released, last reading); (None, None) when the target has no meminfo to read.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
-        info = read_meminfo(path)
+        info = try_read_meminfo(path)
+        if info is None:
+            return None, None
         if info.released_for(utilization) or time.monotonic() >= deadline:
             return info.released_for(utilization), info
         time.sleep(interval_s)

@@ -15,7 +15,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from blocks.engine import LABEL_MANAGED_BY, LABEL_TARGET, MANAGED_BY
+from blocks.engine import LABEL_TARGET
+from blocks.render import label_filters
 from blocks.target import TargetMachine
 from deployments.targets import sim_target
 from sim.hub import HubServer, RepoSpec
@@ -33,7 +34,7 @@ TEST_LABEL = "org.spark-vllm.test"  # on containers a test starts by hand (not t
 
 def target_containers(client: docker.DockerClient, target: str | None = None) -> list:
     """Containers of test targets (or of one target), and those tests started by hand."""
-    found = client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED_BY}={MANAGED_BY}"})
+    found = client.containers.list(all=True, filters=label_filters())
     if target is not None:
         return [c for c in found if c.labels.get(LABEL_TARGET) == target]
     by_hand = client.containers.list(all=True, filters={"label": TEST_LABEL})
