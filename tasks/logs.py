@@ -25,6 +25,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from tasks.memory import suggest_utilization
+
 # ============================================================================ lines
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -526,16 +528,6 @@ class FailureCause(BaseModel):
         if self.evidence:
             parts += ["", "```", *self.evidence, "```"]
         return "\n".join(parts)
-
-
-def suggest_utilization(free_gib: float, total_gib: float, margin: float = 0.02) -> float:
-    """The largest `--gpu-memory-utilization` that fits what is free: free/total minus `margin`,
-    rounded down to a multiple of 0.05 (never below 0). 85.92/121.69 GiB -> 0.65."""
-    if total_gib <= 0:
-        raise ValueError(f"total_gib must be positive (got {total_gib})")
-    fraction = free_gib / total_gib - margin
-    steps = math.floor(fraction * 20 + 1e-9)
-    return max(0.0, round(steps / 20, 2))
 
 
 def suggest_max_model_len(estimate: int) -> int:

@@ -9,6 +9,7 @@ a Spark target reads /proc/meminfo: same code, another path.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,6 @@ from pathlib import Path
 from docker.types import Mount
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-
-from tasks.logs import suggest_utilization
 
 KIB_PER_GIB = 1024 * 1024
 
@@ -58,6 +57,16 @@ def parse_meminfo(text: str) -> MemInfo:
         available_gib=round(values.get("MemAvailable", values["MemFree"]), 2),
         cached_gib=round(values.get("Cached", 0.0), 2),
     )
+
+
+def suggest_utilization(free_gib: float, total_gib: float, margin: float = 0.02) -> float:
+    """The largest `--gpu-memory-utilization` that fits what is free: free/total minus `margin`,
+    rounded down to a multiple of 0.05 (never below 0). 85.92/121.69 GiB -> 0.65."""
+    if total_gib <= 0:
+        raise ValueError(f"total_gib must be positive (got {total_gib})")
+    fraction = free_gib / total_gib - margin
+    steps = math.floor(fraction * 20 + 1e-9)
+    return max(0.0, round(steps / 20, 2))
 
 
 def read_meminfo(path: str | Path) -> MemInfo:

@@ -1,13 +1,16 @@
 """Integration rig: the real docker daemon, the imitation image, the Hub imitation, a Prefect server.
 
-Every test target is named ``test-<hex>``; containers of earlier runs with such a target label
-are removed when the session starts (a restarted dockerd brings back containers with a restart
-policy, and CI may reuse a machine where an earlier run was killed). The demo's containers
-(target ``sim``) are never touched, so ``make test`` works while ``make demo`` runs.
+Every test target is named ``test-<pid>-<hex>``, the pid being the pytest session's. When a
+session starts it removes the containers of sessions that are no longer alive (a restarted dockerd
+brings back containers with a restart policy, and CI may reuse a machine where an earlier run was
+killed), and never those of a session still running: two ``make test`` at once do not destroy each
+other's servers. The demo's containers (target ``sim``) are never touched, so ``make test`` works
+while ``make demo`` runs.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,10 +29,13 @@ from sim.ports import free_port
 TEST_TOKEN = "hf_test_token_7f3a9c1e5b2d4f60"
 TEST_API_KEY = "sk-test-api-key-0c9e8d7f6a5b"
 TEST_TARGET_PREFIX = "test-"
+SESSION = str(os.getpid())  # this pytest session: its containers' targets start with test-<pid>-
+SESSION_PREFIX = f"{TEST_TARGET_PREFIX}{SESSION}-"
 REPO = "Qwen/Qwen3-32B-FP8"
 
 
 TEST_LABEL = "org.spark-vllm.test"  # on containers a test starts by hand (not through the flows)
+TEST_LABELS = {TEST_LABEL: SESSION}  # value: the session's pid, as in target names
 
 
 def target_containers(client: docker.DockerClient, target: str | None = None) -> list:
@@ -41,15 +47,38 @@ def target_containers(client: docker.DockerClient, target: str | None = None) ->
     return [c for c in found if c.labels.get(LABEL_TARGET, "").startswith(TEST_TARGET_PREFIX)] + by_hand
 
 
+def session_of(container) -> str:
+    """The pid of the pytest session that made a test container ('' when it carries none)."""
+    labels = container.labels or {}
+    if TEST_LABEL in labels:
+        return labels[TEST_LABEL]
+    return labels.get(LABEL_TARGET, "").removeprefix(TEST_TARGET_PREFIX).partition("-")[0]
+
+
+def session_alive(session: str) -> bool:
+    """A session is alive while its pid runs on this machine (the only machine tests use)."""
+    if not session.isdigit():
+        return False
+    try:
+        os.kill(int(session), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
     client = docker.from_env()
     client.ping()
     for stale in target_containers(client):
-        stale.remove(force=True)
+        if session_of(stale) != SESSION and not session_alive(session_of(stale)):
+            stale.remove(force=True)
     yield client
     for leftover in target_containers(client):
-        leftover.remove(force=True)
+        if session_of(leftover) == SESSION:
+            leftover.remove(force=True)
     client.close()
 
 
@@ -82,7 +111,7 @@ def make_sim_target(
     made: list[str] = []
 
     def make(**overrides) -> TargetMachine:
-        name = f"{TEST_TARGET_PREFIX}{uuid.uuid4().hex[:8]}"
+        name = f"{SESSION_PREFIX}{uuid.uuid4().hex[:6]}"
         root = tmp_path / name
         options = dict(time_scale=0.01, hf_token_secret=hf_token_block)
         options.update(overrides)

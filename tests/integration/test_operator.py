@@ -19,7 +19,7 @@ from deployments.setup import ensure_work_pool
 from deployments.targets import spark_target
 from flows.deploy import deploy_qwen
 from sim.ports import free_port
-from tests.integration.conftest import TEST_TARGET_PREFIX, target_containers
+from tests.integration.conftest import SESSION_PREFIX, target_containers
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def test_deployment_run_through_a_worker(make_sim_target, prefect_server, docker
 
 
 def test_spark_path_here_fails_in_preflight_and_leaves_nothing(prefect_server, docker_client, tmp_path):
-    name = f"{TEST_TARGET_PREFIX}spark-{uuid.uuid4().hex[:6]}"
+    name = f"{SESSION_PREFIX}spark-{uuid.uuid4().hex[:6]}"
     cache = tmp_path / "hf"
     cache.mkdir()
     spark_target(name=name, host_port=free_port(), cache_dir=str(cache)).save(name, overwrite=True)

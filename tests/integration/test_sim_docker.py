@@ -17,7 +17,7 @@ from huggingface_hub import snapshot_download
 from blocks.engine import EngineSpec
 from sim.ports import free_port
 from sim.vllm.vllm_sim.ledger import Ledger
-from tests.integration.conftest import REPO, TEST_LABEL, TEST_TOKEN
+from tests.integration.conftest import REPO, TEST_LABELS, TEST_TOKEN
 
 pytestmark = pytest.mark.integration
 RUNBOOK_COMMAND = [
@@ -42,7 +42,7 @@ def run_imitation(docker_client, sim_image: str, cache: Path, ledger: Path, port
         volumes={str(cache): {"bind": "/root/.cache/huggingface", "mode": "rw"},
                  str(ledger): {"bind": "/var/lib/vllm-sim", "mode": "rw"}},
         environment={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": "/root/.cache/huggingface", "VLLM_SIM_TIME_SCALE": "0.01"},
-        labels={TEST_LABEL: "sim-docker"},
+        labels=TEST_LABELS,
     )
 
 
