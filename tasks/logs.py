@@ -1,4 +1,4 @@
-"""vLLM's container log, understood: startup milestones, phases, and the cause of a failure.
+"""vLLM's container log, understood: lines, startup milestones, phases and numbers.
 
 Pure functions and small pure classes only (no Prefect, no I/O), so the deploy/recover flows
 can feed them line by line and the unit tests can feed them the texts in
@@ -9,23 +9,24 @@ forms noted where they differ).
     for line in lines:                      # e.g. LineSplitter().feed(chunk) from docker logs
         event = tracker.feed(line)          # LogEvent | None
         ... tracker.phase, tracker.stats.shards_done, tracker.stats.kv_cache_tokens ...
-    cause = classify_failure(tracker.recent, exit_code=1)   # FailureCause
+    cause = classify_failure(tracker.recent, exit_code=1)   # tasks.failures: FailureCause
+
+What a failed start's log *means* (the failure rules, their causes and fixes) is `tasks.failures`,
+which builds on this module; hiding secrets in lines is `tasks.secrets.scrub`. This module imports
+only `tasks.secrets` of the project, never `tasks.failures`, so there is no import cycle.
 """
 
 from __future__ import annotations
 
 import ast
-import math
 import re
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
-
-from tasks.memory import suggest_utilization
+from tasks.secrets import scrub
 
 # ============================================================================ lines
 
@@ -44,10 +45,15 @@ _COLON_HEADER = re.compile(r"^(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL):\s+(?
 _LINE_BREAKS = re.compile(r"\r\n|\r|\n")
 
 
+def strip_ansi(text: str) -> str:
+    """The text without terminal colour codes (vLLM colours its level names when run in a tty)."""
+    return _ANSI.sub("", text)
+
+
 def strip_prefix(line: str) -> str:
     """The line without docker's timestamp, colour codes, vLLM's `(Process pid=N) ` prefix and
     the trailing newline. A tqdm line redrawn with `\\r` keeps only its last drawing."""
-    text = _ANSI.sub("", line)
+    text = strip_ansi(line)
     segments = [s for s in _LINE_BREAKS.split(text) if s.strip()]
     text = segments[-1] if segments else ""
     text = _DOCKER_TIMESTAMP.sub("", text)
@@ -82,23 +88,6 @@ class LineSplitter:
     def flush(self) -> list[str]:
         rest, self._partial = self._partial, ""
         return [rest] if rest.strip() else []
-
-
-# ============================================================================ secrets in logs
-
-_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{8,}")
-_API_KEY_ARG = re.compile(r"""(['"]?api[-_]key['"]?\s*[:=]\s*)(['"]?)[^'",\s}]+""", re.IGNORECASE)
-_BEARER = re.compile(r"(Bearer\s+)\S+", re.IGNORECASE)
-
-
-def scrub(line: str, secrets: Iterable[str] = ()) -> str:
-    """Hide secrets in a log line: the given values, HF tokens, `api_key=...`, bearer tokens."""
-    for secret in secrets:
-        if secret:
-            line = line.replace(secret, "***")
-    line = _HF_TOKEN.sub("hf_***", line)
-    line = _API_KEY_ARG.sub(lambda m: f"{m.group(1)}{m.group(2)}***", line)
-    return _BEARER.sub(r"\1***", line)
 
 
 # ============================================================================ phases and events
@@ -302,9 +291,6 @@ _STATS_FIELDS = {
 }
 _CONFIG_FIELD = re.compile(r"(\w+)=('(?:[^']*)'|[^,]+)")
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception|Interrupt)\b(?::|$)")
-_EXCEPTION_IN_MESSAGE = re.compile(
-    r"(?:^|\] )(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception)\b: "
-)
 _SECRET_ARG_KEYS = {"api_key", "hf_token"}
 _TEXT_VALUES = {"platform", "version", "architecture", "model", "weights_format", "url"}
 
@@ -313,7 +299,12 @@ def _number(text: str) -> int | float:
     return int(text) if re.fullmatch(r"-?\d+", text) else float(text)
 
 
-def _split_header(text: str) -> tuple[str | None, str | None, str]:
+def split_header(text: str) -> tuple[str | None, str | None, str]:
+    """``(level, source, message)`` of a line without prefixes: vLLM's ``LEVEL date [file:line] msg``
+    or uvicorn's ``LEVEL:     msg``; ``(None, None, text)`` for anything else (tracebacks, tqdm).
+
+    The message alone is what two printings of one error share (the engine's and the API server's).
+    """
     match = _VLLM_HEADER.match(text)
     if match:
         return match["level"], match["source"], match["message"]
@@ -321,6 +312,12 @@ def _split_header(text: str) -> tuple[str | None, str | None, str]:
     if match:
         return match["level"], None, match["message"]
     return None, None, text
+
+
+def is_exception(message: str) -> bool:
+    """The message is a Python exception line (``ValueError: ...``, ``torch.OutOfMemoryError: ...``):
+    the line of a traceback that names what went wrong."""
+    return _EXCEPTION_LINE.match(message) is not None
 
 
 def _literal_dict(text: str) -> dict[str, Any] | None:
@@ -339,7 +336,7 @@ def parse_line(line: str) -> LogEvent | None:
     text = scrub(strip_prefix(line))
     if not text:
         return None
-    level, source, message = _split_header(text)
+    level, source, message = split_header(text)
 
     def event(kind: EventKind, **values: Any) -> LogEvent:
         return LogEvent(kind, message, text, level, source, values)
@@ -458,7 +455,7 @@ _STATS_KINDS = {
 
 class StartupTracker:
     """Feed log lines; keeps the phase, the startup numbers and the recent lines (for
-    `classify_failure`). Pure: the caller owns clocks and timeouts (per phase)."""
+    `tasks.failures.classify_failure`). Pure: the caller owns clocks and timeouts (per phase)."""
 
     def __init__(self, keep: int = 500) -> None:
         self.phase: Phase = Phase.STARTING
@@ -489,413 +486,3 @@ def summarize_startup(lines: Iterable[str]) -> StartupStats:
     tracker = StartupTracker()
     tracker.feed_all(lines)
     return tracker.stats
-
-
-# ============================================================================ failures
-
-
-class FailureKind(StrEnum):
-    FREE_MEMORY = "free_memory"
-    KV_TOO_SMALL = "kv_too_small"
-    NO_KV_MEMORY = "no_kv_memory"
-    CUDA_OOM = "cuda_oom"
-    MISSING_MODEL_FILES = "missing_model_files"
-    FP8_KERNEL = "fp8_kernel"
-    GPU_RUNTIME_MISSING = "gpu_runtime_missing"
-    BAD_ARGUMENTS = "bad_arguments"
-    ENGINE_DEAD = "engine_dead"
-    UNKNOWN = "unknown"
-
-
-class FailureCause(BaseModel):
-    """Why the server failed, in operator terms, with the log lines that show it."""
-
-    kind: FailureKind
-    summary: str
-    fix: str
-    evidence: list[str] = Field(default_factory=list)
-    numbers: dict[str, float] = Field(default_factory=dict)
-    #: engine spec overrides the numbers support (e.g. {"gpu_memory_utilization": 0.65}).
-    suggested: dict[str, float | int] = Field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return f"{self.kind.value}: {self.summary}"
-
-    def markdown(self) -> str:
-        parts = [f"**Failure: `{self.kind.value}`** {self.summary}", "", f"**Fix:** {self.fix}"]
-        if self.suggested:
-            parts += ["", "**Suggested spec changes:** " + ", ".join(f"`{k}={v}`" for k, v in self.suggested.items())]
-        if self.evidence:
-            parts += ["", "```", *self.evidence, "```"]
-        return "\n".join(parts)
-
-
-def suggest_max_model_len(estimate: int) -> int:
-    """vLLM's estimated maximum model length rounded down to a multiple of 1024 (12688 -> 12288);
-    0 when the estimate is below 1024 (then only more memory helps)."""
-    return max(0, (int(estimate) // 1024) * 1024)
-
-
-_FREE_MEMORY = re.compile(
-    r"Free memory on device(?: (?P<device>\S+))? \((?P<free>[\d.]+)/(?P<total>[\d.]+) GiB\) on startup "
-    r"is less than desired GPU memory utilization \((?P<util>[\d.]+), (?P<req>[\d.]+) GiB\)"
-)
-_KV_TOO_SMALL = re.compile(
-    r"To serve at least one request with the models?'s max seq len \((?P<len>\d+)\),\s*"
-    r"\((?P<needed>[\d.]+) GiB KV cache is needed, which is larger than the available KV cache memory "
-    r"\((?P<avail>[\d.]+) GiB\)\.\s*(?:Based on the available memory, the estimated maximum model "
-    r"length is (?P<est>\d+)\.)?"
-)
-_CUDA_OOM_DETAIL = {
-    "tried_to_allocate_gib": re.compile(r"Tried to allocate ([\d.]+) ([KMG]iB)"),
-    "total_capacity_gib": re.compile(r"total capacity of ([\d.]+) ([KMG]iB)"),
-    "free_gib": re.compile(r"of which ([\d.]+) ([KMG]iB) is free"),
-}
-_UNIT = {"KiB": 1 / (1024 * 1024), "MiB": 1 / 1024, "GiB": 1.0}
-
-_PATTERNS: dict[FailureKind, list[re.Pattern[str]]] = {
-    FailureKind.GPU_RUNTIME_MISSING: [
-        re.compile(r'could not select device driver "nvidia"'),
-        re.compile(r"could not select device driver \"\" with capabilities: \[\[gpu\]\]"),
-        re.compile(r"nvidia-container-cli: initialization error"),
-        re.compile(r"unknown or invalid runtime name: nvidia"),
-        re.compile(r"Failed to infer device type"),
-        re.compile(r"No CUDA GPUs are available"),
-        re.compile(r"Found no NVIDIA driver on your system"),
-    ],
-    FailureKind.BAD_ARGUMENTS: [
-        re.compile(r": error: unrecognized arguments: "),
-        re.compile(r": error: argument \S+"),
-        re.compile(r": error: the following arguments are required"),
-        re.compile(r"\d+ validation errors? for \w*(?:Config|EngineArgs)\b"),
-        re.compile(r"max_num_batched_tokens \(\d+\) is smaller than max_model_len"),
-    ],
-    FailureKind.FP8_KERNEL: [
-        re.compile(r"cutlass_scaled_mm failed"),
-        re.compile(r"RuntimeError: Error Internal"),
-    ],
-    FailureKind.FREE_MEMORY: [_FREE_MEMORY],
-    FailureKind.KV_TOO_SMALL: [_KV_TOO_SMALL],
-    FailureKind.NO_KV_MEMORY: [re.compile(r"No available memory for the cache blocks")],
-    FailureKind.CUDA_OOM: [
-        re.compile(r"CUDA out of memory"),
-        re.compile(r"torch(?:\.cuda)?\.OutOfMemoryError"),
-        re.compile(r"CUDA error: out of memory"),
-    ],
-    FailureKind.MISSING_MODEL_FILES: [
-        re.compile(r"LocalEntryNotFoundError"),
-        re.compile(r"Cannot find an appropriate cached snapshot"),
-        re.compile(r"FileNotFoundError: .*\.safetensors"),
-        re.compile(r"No such file or directory: .*(?:\.safetensors|config\.json|tokenizer)"),
-        re.compile(r"SafetensorError: Error while deserializing header"),
-        re.compile(r"does not appear to have a file named"),
-        re.compile(r"Cannot find any model weights with"),
-        re.compile(r"outgoing traffic has been disabled"),
-        re.compile(r"Can't load tokenizer for"),
-        re.compile(r"config file at .* is not a valid JSON file"),
-        re.compile(r"JSONDecodeError: .*\.json"),
-    ],
-    FailureKind.ENGINE_DEAD: [
-        re.compile(r"EngineDeadError"),
-        re.compile(r"EngineCore encountered (?:a fatal error|an issue)"),
-        re.compile(r"Engine core proc \S+ died unexpectedly"),
-        re.compile(r"AsyncLLM output_handler failed"),
-    ],
-}
-_CONTEXT = [
-    re.compile(r"RuntimeError: Engine core initialization failed"),
-]
-_PRIORITY = [
-    FailureKind.GPU_RUNTIME_MISSING,
-    FailureKind.BAD_ARGUMENTS,
-    FailureKind.FP8_KERNEL,
-    FailureKind.FREE_MEMORY,
-    FailureKind.KV_TOO_SMALL,
-    FailureKind.NO_KV_MEMORY,
-    FailureKind.CUDA_OOM,
-    FailureKind.MISSING_MODEL_FILES,
-    FailureKind.ENGINE_DEAD,
-]
-MAX_EVIDENCE = 6
-
-_RUNBOOK_MEMORY_STEPS = (
-    "the runbook's steps: stop the containers (`docker compose down`; the flows stop only their "
-    "own), clean up (`docker system prune -f`)"
-)
-
-
-def _normalise(lines: Sequence[str] | str) -> list[str]:
-    if isinstance(lines, (str, bytes)):
-        lines = [lines]  # type: ignore[list-item]
-    out: list[str] = []
-    for item in lines:
-        for line in split_lines(item):
-            text = _ANSI.sub("", line).strip()
-            if text and not is_cosmetic(text):
-                out.append(text)
-    return out
-
-
-def _evidence(lines: list[str], patterns: list[re.Pattern[str]], secrets: Iterable[str]) -> list[str]:
-    seen: set[str] = set()
-    picked: list[str] = []
-    for line in lines:
-        body = strip_prefix(line)
-        if any(p.search(body) for p in patterns):
-            key = _split_header(body)[2]
-            if key not in seen:
-                seen.add(key)
-                picked.append(scrub(line, secrets))
-    return picked[:MAX_EVIDENCE]
-
-
-def _gib(value: str, unit: str) -> float:
-    return round(float(value) * _UNIT[unit], 4)
-
-
-def classify_failure(
-    lines: Sequence[str] | str, *, exit_code: int | None = None, secrets: Iterable[str] = ()
-) -> FailureCause:
-    """Name the cause of a failed start (or a died server) from its log lines.
-
-    `lines` may also hold docker's own error text (e.g. `str(APIError)` when the container could
-    not start). `exit_code` (the container's) refines the unknown case; `secrets` are scrubbed
-    from the evidence. The GB10 `cuda capability 12.1` warning is never a cause.
-    """
-    secrets = [s for s in secrets if s]
-    text_lines = _normalise(lines)
-    bodies = [strip_prefix(line) for line in text_lines]
-    ready = any("Application startup complete." in body for body in bodies)
-
-    for kind in _PRIORITY:
-        patterns = _PATTERNS[kind]
-        if not any(p.search(body) for body in bodies for p in patterns):
-            continue
-        if kind is FailureKind.ENGINE_DEAD:  # the death lines and the exceptions around them
-            evidence = _evidence(text_lines, [*patterns, _EXCEPTION_IN_MESSAGE], secrets)
-        else:
-            evidence = _evidence(text_lines, patterns, secrets)
-        context = _evidence(text_lines, _CONTEXT, secrets)
-        evidence += [line for line in context if line not in evidence][: max(0, MAX_EVIDENCE - len(evidence))]
-        first = next(body for body in bodies for p in patterns if p.search(body))
-        return _BUILDERS[kind](first, evidence, ready)
-
-    evidence = []
-    for line, body in zip(text_lines, bodies):
-        parsed = parse_line(body)
-        if parsed is not None and parsed.kind is EventKind.ERROR:
-            evidence.append(scrub(line, secrets))
-    exceptions = [e for e in evidence if _EXCEPTION_LINE.match(_split_header(strip_prefix(e))[2])]
-    evidence = (exceptions or evidence or [scrub(line, secrets) for line in text_lines])[-MAX_EVIDENCE:]
-    if exit_code == 137:
-        summary = (
-            "the container was killed (exit code 137, SIGKILL) without a vLLM error: the kernel's "
-            "OOM killer (host memory exhausted) or a `docker kill`"
-        )
-        fix = (
-            "Check `dmesg` for the OOM killer. On the DGX Spark GPU and CPU share memory: drop the page "
-            "cache, stop other memory users, and lower gpu_memory_utilization before retrying; "
-            "do not retry in a loop (pushing memory on GB10 can hang the host)."
-        )
-    else:
-        code = f" with exit code {exit_code}" if exit_code is not None else ""
-        summary = f"the server stopped{code} and its log matches no known failure"
-        fix = "Read the evidence and the full container log (`docker logs <container>`); the lines above the last error name the cause."
-    numbers = {"exit_code": float(exit_code)} if exit_code is not None else {}
-    return FailureCause(kind=FailureKind.UNKNOWN, summary=summary, fix=fix, evidence=evidence, numbers=numbers)
-
-
-# ----------------------------------------------------------------------------- per-kind texts
-
-
-def _free_memory(first: str, evidence: list[str], ready: bool) -> FailureCause:
-    m = _FREE_MEMORY.search(first)
-    assert m is not None
-    free, total = float(m["free"]), float(m["total"])
-    util, requested = float(m["util"]), float(m["req"])
-    suggested_util = suggest_utilization(free, total)
-    held = total - free
-    device = f" {m['device']}" if m["device"] else ""
-    numbers = {
-        "free_gib": free,
-        "total_gib": total,
-        "held_gib": round(held, 2),
-        "requested_utilization": util,
-        "requested_gib": requested,
-        "suggested_utilization": suggested_util,
-    }
-    summary = (
-        f"vLLM found {free:.2f} of {total:.2f} GiB free on device{device} but gpu_memory_utilization "
-        f"{util:.2f} asks for {requested:.2f} GiB; {held:.2f} GiB is held by something else"
-    )
-    lower = (
-        f"lower gpu_memory_utilization to {suggested_util:.2f} (free/total {free / total:.3f} minus a "
-        "0.02 margin, rounded down to 0.05), and max_model_len to 16384 if the KV cache then gets too small"
-        if suggested_util > 0
-        else "there is too little free memory for any utilization: free memory first"
-    )
-    fix = (
-        "Find out what holds the memory before lowering anything. On the DGX Spark (GB10, unified "
-        "memory) vLLM 0.10.1.1 counts the Linux page cache as used, and a previous load leaves the "
-        "weights there: if the host's page cache (`Cached` in /proc/meminfo) is about that size, drop "
-        "it (`sync; echo 3 > /proc/sys/vm/drop_caches`) and retry with the same utilization. If other "
-        f"processes or containers hold it, follow {_RUNBOOK_MEMORY_STEPS}, and retry. Only if nothing "
-        f"can be freed, {lower}."
-    )
-    suggested = {"gpu_memory_utilization": suggested_util} if 0 < suggested_util < util else {}
-    return FailureCause(
-        kind=FailureKind.FREE_MEMORY, summary=summary, fix=fix, evidence=evidence, numbers=numbers, suggested=suggested
-    )
-
-
-def _kv_too_small(first: str, evidence: list[str], ready: bool) -> FailureCause:
-    m = _KV_TOO_SMALL.search(first)
-    assert m is not None
-    length, needed, available = int(m["len"]), float(m["needed"]), float(m["avail"])
-    numbers: dict[str, float] = {"max_model_len": length, "needed_gib": needed, "available_gib": available}
-    suggested: dict[str, float | int] = {}
-    summary = (
-        f"max_model_len {length} needs {needed:.2f} GiB of KV cache for one request, but only "
-        f"{available:.2f} GiB is left for the KV cache"
-    )
-    if m["est"]:
-        estimate = int(m["est"])
-        new_len = suggest_max_model_len(estimate)
-        numbers.update(estimated_max_model_len=estimate, suggested_max_model_len=new_len)
-        summary += f" (vLLM estimates a maximum model length of {estimate})"
-        if new_len:
-            suggested["max_model_len"] = new_len
-            lower = f"lower max_model_len to {new_len} (vLLM's estimate {estimate} rounded down to a multiple of 1024)"
-        else:
-            lower = "the estimate is below 1024 tokens: only more memory helps"
-    else:
-        lower = "lower max_model_len"
-    fix = (
-        f"Either {lower}, or raise gpu_memory_utilization so that about {needed - available:.2f} GiB more "
-        "is left for the KV cache (if free memory allows; on the Spark drop the page cache first). "
-        "The runbook's max-context preset keeps 32000 with max_num_seqs 32."
-    )
-    return FailureCause(
-        kind=FailureKind.KV_TOO_SMALL, summary=summary, fix=fix, evidence=evidence, numbers=numbers, suggested=suggested
-    )
-
-
-def _no_kv_memory(first: str, evidence: list[str], ready: bool) -> FailureCause:
-    return FailureCause(
-        kind=FailureKind.NO_KV_MEMORY,
-        summary="after loading the weights and profiling, no memory was left for the KV cache",
-        fix=(
-            "Raise gpu_memory_utilization if free memory allows (the ~32 GB of FP8 weights must fit with "
-            "room to spare; the runbook uses 0.90), or lower max_num_batched_tokens / max_num_seqs to shrink "
-            "the profiling peak. On the DGX Spark drop the page cache first "
-            "(`sync; echo 3 > /proc/sys/vm/drop_caches`)."
-        ),
-        evidence=evidence,
-    )
-
-
-def _cuda_oom(first: str, evidence: list[str], ready: bool) -> FailureCause:
-    joined = " ".join(strip_prefix(e) for e in evidence) + " " + first
-    numbers: dict[str, float] = {}
-    for name, pattern in _CUDA_OOM_DETAIL.items():
-        if found := pattern.search(joined):
-            numbers[name] = _gib(found[1], found[2])
-    detail = ""
-    if "tried_to_allocate_gib" in numbers:
-        detail = f" (tried to allocate {numbers['tried_to_allocate_gib']:.2f} GiB"
-        if "free_gib" in numbers and "total_capacity_gib" in numbers:
-            detail += f" with {numbers['free_gib']:.2f} of {numbers['total_capacity_gib']:.2f} GiB free"
-        detail += ")"
-    when = "while serving" if ready else "during startup"
-    numbers["after_ready"] = 1.0 if ready else 0.0
-    return FailureCause(
-        kind=FailureKind.CUDA_OOM,
-        summary=f"PyTorch ran out of GPU memory {when}{detail}",
-        fix=(
-            "On GB10 the utilization is not a hard cap during profiling, so other memory users count: drop "
-            "the page cache and stop other GPU containers, then retry once. If it repeats, lower "
-            "max_num_batched_tokens or max_num_seqs (smaller activation peak) or gpu_memory_utilization. "
-            "Do not retry in a loop: pushing memory on the Spark can hang the host."
-        ),
-        evidence=evidence,
-        numbers=numbers,
-    )
-
-
-def _missing_model_files(first: str, evidence: list[str], ready: bool) -> FailureCause:
-    return FailureCause(
-        kind=FailureKind.MISSING_MODEL_FILES,
-        summary="vLLM could not find or read the model files in the staged cache (it runs offline: HF_HUB_OFFLINE=1)",
-        fix=(
-            "Run the staging flow for this model and revision to download and verify it into the target's "
-            "cache_dir, and check that cache_dir is the directory mounted at the spec's download_dir. "
-            "Runbook 'Model Download Incomplete': check disk space (`df -h /opt/hf`), remove the "
-            "`*.incomplete` files under models--<org>--<name>/, and restart."
-        ),
-        evidence=evidence,
-    )
-
-
-def _fp8_kernel(first: str, evidence: list[str], ready: bool) -> FailureCause:
-    return FailureCause(
-        kind=FailureKind.FP8_KERNEL,
-        summary="the FP8 CUTLASS kernel failed (`cutlass_scaled_mm failed` / `RuntimeError: Error Internal`)",
-        fix=(
-            "Runbook 'FP8 Quantization Fails with On-the-Fly Quantization': use the pre-quantized model "
-            "Qwen/Qwen3-32B-FP8 instead and clear the spec's quantization (no `--quantization fp8` with the "
-            "base model). Use the image nvcr.io/nvidia/vllm:25.09-py3: vllm/vllm-openai:latest fails FP8 on GB10."
-        ),
-        evidence=evidence,
-    )
-
-
-def _gpu_runtime_missing(first: str, evidence: list[str], ready: bool) -> FailureCause:
-    return FailureCause(
-        kind=FailureKind.GPU_RUNTIME_MISSING,
-        summary="the container gets no GPU: docker has no NVIDIA runtime (or the container sees no CUDA device)",
-        fix=(
-            "Install the NVIDIA Container Toolkit on the target (`nvidia-ctk runtime configure --runtime=docker`, "
-            "then restart docker) and check `docker run --rm --gpus all nvcr.io/nvidia/vllm:25.09-py3 nvidia-smi`. "
-            "For an imitation without GPUs set the target's gpus to none."
-        ),
-        evidence=evidence,
-    )
-
-
-def _bad_arguments(first: str, evidence: list[str], ready: bool) -> FailureCause:
-    return FailureCause(
-        kind=FailureKind.BAD_ARGUMENTS,
-        summary="vllm serve rejected its command line",
-        fix=(
-            "Fix the flag named in the evidence in the engine spec (most often extra_args); the image runs "
-            "vLLM 0.10.1.1, so check it against `vllm serve --help` in that image."
-        ),
-        evidence=evidence,
-    )
-
-
-def _engine_dead(first: str, evidence: list[str], ready: bool) -> FailureCause:
-    when = "after the server was ready" if ready else "during startup"
-    return FailureCause(
-        kind=FailureKind.ENGINE_DEAD,
-        summary=f"the engine core process died {when}; the API server stops serving (500 in 0.10.x, 503 in 0.11+) and exits",
-        fix=(
-            "Read the lines before the evidence for the root cause, then recover (restart the container: the "
-            "recover flow). If it repeats under load, lower max_num_seqs or max_num_batched_tokens."
-        ),
-        evidence=evidence,
-        numbers={"after_ready": 1.0 if ready else 0.0},
-    )
-
-
-_BUILDERS = {
-    FailureKind.FREE_MEMORY: _free_memory,
-    FailureKind.KV_TOO_SMALL: _kv_too_small,
-    FailureKind.NO_KV_MEMORY: _no_kv_memory,
-    FailureKind.CUDA_OOM: _cuda_oom,
-    FailureKind.MISSING_MODEL_FILES: _missing_model_files,
-    FailureKind.FP8_KERNEL: _fp8_kernel,
-    FailureKind.GPU_RUNTIME_MISSING: _gpu_runtime_missing,
-    FailureKind.BAD_ARGUMENTS: _bad_arguments,
-    FailureKind.ENGINE_DEAD: _engine_dead,
-}

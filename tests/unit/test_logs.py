@@ -1,7 +1,9 @@
-"""tasks/logs.py: milestones, phases and failure classes from vLLM's exact texts (vllm.md)."""
+"""tasks/logs.py: lines, milestones and phases from vLLM's exact texts (vllm.md); tasks/secrets.py:
+scrubbing those lines and logging where a secret came from. Failure classes: test_failures.py."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -9,23 +11,21 @@ import pytest
 from tasks.logs import (
     PHASE_ORDER,
     EventKind,
-    FailureCause,
-    FailureKind,
     LineSplitter,
     Phase,
     StartupTracker,
     advance,
-    classify_failure,
     is_cosmetic,
+    is_exception,
     parse_line,
     phase_of,
-    scrub,
+    split_header,
     split_lines,
+    strip_ansi,
     strip_prefix,
-    suggest_max_model_len,
-    suggest_utilization,
     summarize_startup,
 )
+from tasks.secrets import load_secret, scrub
 
 LOGS = Path(__file__).resolve().parents[1] / "data" / "logs"
 
@@ -212,158 +212,7 @@ def test_tracker_handles_tqdm_carriage_returns_in_one_docker_line():
     assert event.values["done"] == 1 and tracker.stats.shards_done == 1
 
 
-# ------------------------------------------------------------------------------ failures
-
-
-def test_suggest_utilization():
-    assert suggest_utilization(85.92, 121.69) == 0.65  # 0.706 - 0.02 -> 0.65
-    assert suggest_utilization(100.0, 121.69) == 0.80  # 0.822 - 0.02 -> 0.80
-    assert suggest_utilization(121.69, 121.69) == 0.95
-    assert suggest_utilization(91.27, 121.69, margin=0.0) == 0.75  # exactly 0.75
-    assert suggest_utilization(1.0, 121.69) == 0.0
-    with pytest.raises(ValueError):
-        suggest_utilization(1.0, 0.0)
-
-
-def test_suggest_max_model_len():
-    assert suggest_max_model_len(12688) == 12288
-    assert suggest_max_model_len(32000) == 31744
-    assert suggest_max_model_len(16384) == 16384
-    assert suggest_max_model_len(900) == 0
-
-
-def test_free_memory_0_10():
-    cause = classify_failure(log("fail_free_memory.log"))
-    assert cause.kind is FailureKind.FREE_MEMORY
-    assert cause.numbers["free_gib"] == 85.92 and cause.numbers["total_gib"] == 121.69
-    assert cause.numbers["requested_utilization"] == 0.92 and cause.numbers["requested_gib"] == 111.95
-    assert cause.numbers["suggested_utilization"] == 0.65
-    assert cause.suggested == {"gpu_memory_utilization": 0.65}
-    assert "Free memory on device (85.92/121.69 GiB)" in cause.evidence[0]
-    assert any("Engine core initialization failed" in e for e in cause.evidence)
-    assert not any("cuda capability" in e for e in cause.evidence)  # the GB10 warning is cosmetic
-    assert "drop_caches" in cause.fix and "page cache" in cause.fix
-    assert "docker compose down" in cause.fix and "docker system prune -f" in cause.fix
-    assert "0.65" in cause.fix
-
-
-def test_free_memory_0_17_cuda0_form():
-    cause = classify_failure(log("fail_free_memory_v017.log"))
-    assert cause.kind is FailureKind.FREE_MEMORY
-    assert cause.numbers["free_gib"] == 85.92 and cause.numbers["requested_gib"] == 112.0
-    assert "cuda:0" in cause.summary
-
-
-def test_kv_too_small():
-    cause = classify_failure(log("fail_kv_too_small.log"))
-    assert cause.kind is FailureKind.KV_TOO_SMALL
-    assert cause.numbers == {
-        "max_model_len": 32000, "needed_gib": 7.81, "available_gib": 3.10,
-        "estimated_max_model_len": 12688, "suggested_max_model_len": 12288,
-    }  # fmt: skip
-    assert cause.suggested == {"max_model_len": 12288}
-    assert "12288" in cause.fix and "gpu_memory_utilization" in cause.fix
-    assert "models's max seq len (32000)" in cause.evidence[0]
-
-
-def test_no_kv_memory():
-    cause = classify_failure(log("fail_no_kv_memory.log"))
-    assert cause.kind is FailureKind.NO_KV_MEMORY
-    assert "No available memory for the cache blocks" in cause.evidence[0]
-
-
-def test_cuda_oom():
-    cause = classify_failure(log("fail_cuda_oom.log"))
-    assert cause.kind is FailureKind.CUDA_OOM
-    assert cause.numbers["tried_to_allocate_gib"] == 0.75
-    assert cause.numbers["total_capacity_gib"] == 119.70
-    assert cause.numbers["after_ready"] == 0.0
-    assert "torch.OutOfMemoryError: CUDA out of memory" in cause.evidence[0]
-
-
-@pytest.mark.parametrize("name", ["fail_missing_model.log", "fail_missing_shard.log"])
-def test_missing_model_files(name):
-    cause = classify_failure(log(name))
-    assert cause.kind is FailureKind.MISSING_MODEL_FILES
-    assert "staging" in cause.fix and "df -h /opt/hf" in cause.fix and ".incomplete" in cause.fix
-
-
-@pytest.mark.parametrize(
-    "line",
-    [
-        "huggingface_hub.errors.LocalEntryNotFoundError: Cannot find an appropriate cached snapshot folder for the specified revision on the local disk and outgoing traffic has been disabled. ...",
-        "FileNotFoundError: [Errno 2] No such file or directory: '/root/.cache/huggingface/models--Qwen--Qwen3-32B-FP8/snapshots/abc/model-00003-of-00007.safetensors'",
-        "safetensors_rust.SafetensorError: Error while deserializing header: HeaderTooLarge",
-        "RuntimeError: Cannot find any model weights with `Qwen/Qwen3-32B-FP8`",
-        "OSError: Can't load tokenizer for 'Qwen/Qwen3-32B-FP8'. If you were trying to load it from 'https://huggingface.co/models', ...",
-    ],
-)
-def test_missing_model_file_texts(line):
-    assert classify_failure([line]).kind is FailureKind.MISSING_MODEL_FILES
-
-
-def test_fp8_kernel_is_the_runbook_entry():
-    cause = classify_failure(log("fail_fp8_kernel.log"))
-    assert cause.kind is FailureKind.FP8_KERNEL
-    assert any("cutlass_scaled_mm failed" in e for e in cause.evidence)
-    assert any("RuntimeError: Error Internal" in e for e in cause.evidence)
-    assert "Qwen/Qwen3-32B-FP8" in cause.fix and "--quantization fp8" in cause.fix
-
-
-def test_gpu_runtime_missing():
-    cause = classify_failure(log("fail_gpu_runtime.log"))
-    assert cause.kind is FailureKind.GPU_RUNTIME_MISSING
-    assert "NVIDIA Container Toolkit" in cause.fix
-    assert classify_failure(["RuntimeError: Failed to infer device type"]).kind is FailureKind.GPU_RUNTIME_MISSING
-
-
-def test_bad_arguments():
-    cause = classify_failure(log("fail_bad_args.log"))
-    assert cause.kind is FailureKind.BAD_ARGUMENTS
-    assert cause.evidence == ["vllm serve: error: unrecognized arguments: --max-model-length 32000"]
-    assert classify_failure(["api_server.py: error: argument --max-model-len: invalid int value: 'x'"]).kind is FailureKind.BAD_ARGUMENTS
-
-
-def test_engine_dead_after_ready():
-    cause = classify_failure(log("engine_dead.log"))
-    assert cause.kind is FailureKind.ENGINE_DEAD
-    assert cause.numbers["after_ready"] == 1.0
-    assert any("EngineDeadError" in e for e in cause.evidence)
-    assert any("illegal memory access" in e for e in cause.evidence)  # the root cause comes along
-
-
-def test_unknown_and_the_cosmetic_warning_is_never_a_failure():
-    lines = [
-        "WARNING: Found GPU0 NVIDIA GB10 which is of cuda capability 12.1",
-        "Maximum cuda capability supported is 12.0",
-    ]
-    cause = classify_failure(lines, exit_code=1)
-    assert cause.kind is FailureKind.UNKNOWN
-    assert cause.evidence == [] and cause.numbers == {"exit_code": 1.0}
-    other = classify_failure(
-        lines + ["(EngineCore_0 pid=2) ERROR 01-01 00:00:00 [core.py:1] EngineCore failed to start.", "(EngineCore_0 pid=2) ZeroDivisionError: division by zero"]
-    )
-    assert other.kind is FailureKind.UNKNOWN
-    assert other.evidence == ["(EngineCore_0 pid=2) ZeroDivisionError: division by zero"]
-    killed = classify_failure([], exit_code=137)
-    assert killed.kind is FailureKind.UNKNOWN and "137" in killed.summary and "OOM" in killed.summary
-
-
-def test_classify_accepts_one_text_and_scrubs_secrets():
-    text = (LOGS / "fail_bad_args.log").read_text().replace("--max-model-length 32000", "--api-key sk-123456 hf_abcdefghijkl1234")
-    cause = classify_failure(text, secrets=["sk-123456"])
-    assert cause.kind is FailureKind.BAD_ARGUMENTS
-    joined = "\n".join(cause.evidence)
-    assert "sk-123456" not in joined and "hf_abcdefghijkl1234" not in joined
-
-
-def test_failure_cause_is_serialisable_and_readable():
-    cause = classify_failure(log("fail_kv_too_small.log"))
-    assert isinstance(cause, FailureCause)
-    dumped = cause.model_dump(mode="json")
-    assert dumped["kind"] == "kv_too_small" and dumped["suggested"] == {"max_model_len": 12288}
-    assert str(cause).startswith("kv_too_small: ")
-    assert "**Fix:**" in cause.markdown() and "12288" in cause.markdown()
+# ------------------------------------------------------------------------------ secrets in lines (tasks.secrets)
 
 
 def test_scrub():
@@ -372,3 +221,97 @@ def test_scrub():
     assert scrub("{'api_key': 'abc'}") == "{'api_key': '***'}"
     assert scrub("--api-key=abc") == "--api-key=***"
     assert scrub("value s3cr3t here", ["s3cr3t"]) == "value *** here"
+    assert scrub("Authorization: Bearer sk-1", ["", "sk-1"]) == "Authorization: Bearer ***"  # empty values ignored
+
+
+def test_parsed_lines_are_scrubbed():
+    event = parse_line("(APIServer pid=1) ERROR 01-01 00:00:00 [x.py:1] ValueError: bad token hf_abcdefghijklmnop")
+    assert event.kind is EventKind.ERROR and "hf_abcdefghijklmnop" not in event.line and "hf_***" in event.message
+
+
+def test_line_helpers_for_the_failure_rules():
+    assert strip_ansi("\x1b[31mERROR\x1b[0m x") == "ERROR x"
+    assert split_header("ERROR 11-07 12:02:20 [core.py:700] EngineCore failed to start.") == ("ERROR", "core.py:700", "EngineCore failed to start.")
+    assert split_header("INFO:     Application startup complete.") == ("INFO", None, "Application startup complete.")
+    assert split_header("Traceback (most recent call last):") == (None, None, "Traceback (most recent call last):")
+    assert is_exception("torch.OutOfMemoryError: CUDA out of memory.") and is_exception("KeyboardInterrupt")
+    assert not is_exception("EngineCore failed to start.")
+
+
+def test_secrets_module_imports_no_log_parser_and_logs_no_failures():
+    """tasks.secrets <- tasks.logs <- tasks.failures: one direction, so no import cycle."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tasks.secrets; assert 'tasks.logs' not in sys.modules and 'prefect' not in sys.modules;"
+        "import tasks.logs; assert 'tasks.failures' not in sys.modules and 'prefect' not in sys.modules;"
+        "import tasks.failures"
+    )
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
+    subprocess.run([sys.executable, "-c", "import tasks.failures, tasks.logs"], cwd=root, check=True)
+
+
+def test_hf_token_names_and_dotenv():
+    from tasks.secrets import DOTENV, HF_TOKEN_ENV_VARS
+
+    assert HF_TOKEN_ENV_VARS == ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+    assert DOTENV == Path(".env") and not DOTENV.is_absolute()
+
+
+def test_load_secret_outside_a_run_logs_to_the_module_logger(monkeypatch, caplog):
+    monkeypatch.setenv("SPARK_TEST_TOKEN", "hf_outsideabcdefgh")
+    with caplog.at_level(logging.INFO, logger="tasks.secrets"):
+        got = load_secret(None, ("SPARK_TEST_TOKEN",), None)
+    assert got.get_secret_value() == "hf_outsideabcdefgh"
+    records = [r for r in caplog.records if r.name == "tasks.secrets"]
+    assert [r.getMessage() for r in records] == ["secret taken from environment variable SPARK_TEST_TOKEN"]
+    assert "hf_outsideabcdefgh" not in caplog.text
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_load_secret_inside_a_run_logs_to_the_run_logger(prefect_server, monkeypatch, tmp_path):
+    """The source of a secret shows in the run's log in the Prefect UI (its run logger), never its value."""
+    from prefect import flow, task
+    from prefect.context import get_run_context
+
+    monkeypatch.setenv("SPARK_TEST_TOKEN", "hf_insideabcdefgh12")
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("SPARK_TEST_KEY=sk-from-dotenv-123\n")
+
+    @task
+    def key_in_a_task() -> str:
+        return load_secret(None, ("SPARK_TEST_KEY",), dotenv).get_secret_value()
+
+    @flow
+    def uses_secrets() -> tuple[str, str, str]:
+        token = load_secret(None, ("SPARK_TEST_TOKEN",), None).get_secret_value()
+        return token, key_in_a_task(), str(get_run_context().flow_run.id)
+
+    handlers = {name: _Collect() for name in ("prefect.flow_runs", "prefect.task_runs", "tasks.secrets")}
+    for name, handler in handlers.items():
+        logging.getLogger(name).addHandler(handler)
+    try:
+        token, key, flow_run_id = uses_secrets()
+    finally:
+        for name, handler in handlers.items():
+            logging.getLogger(name).removeHandler(handler)
+    assert (token, key) == ("hf_insideabcdefgh12", "sk-from-dotenv-123")
+
+    flow_lines = [r for r in handlers["prefect.flow_runs"].records if r.getMessage().startswith("secret taken")]
+    assert [r.getMessage() for r in flow_lines] == ["secret taken from environment variable SPARK_TEST_TOKEN"]
+    assert str(flow_lines[0].flow_run_id) == flow_run_id  # the run's metadata: it goes to the run's log
+    task_lines = [r for r in handlers["prefect.task_runs"].records if r.getMessage().startswith("secret taken")]
+    assert [r.getMessage() for r in task_lines] == [f"secret taken from {dotenv} (SPARK_TEST_KEY)"]
+    assert handlers["tasks.secrets"].records == []  # not (also) the module logger
+    everything = [r.getMessage() for h in handlers.values() for r in h.records]
+    assert not any("hf_insideabcdefgh12" in m or "sk-from-dotenv-123" in m for m in everything)

@@ -1,0 +1,623 @@
+"""Why a vLLM server failed: one table of failure rules, tried in priority order.
+
+vLLM (0.10.1.1 in ``nvcr.io/nvidia/vllm:25.09-py3``) has no failure codes: a start that fails prints
+a traceback, the API server adds ``RuntimeError: Engine core initialization failed. See root cause
+above.``, and the container exits. The cause is in the exact error texts (``../shared/notes/vllm.md``)
+and, when the kernel killed the container, only in docker's ``State`` (``ExitCode`` 137,
+``OOMKilled``). This module turns those into a `FailureCause`: a kind that recovery code can branch
+on (``cause.kind``), an operator's summary and fix, the log lines that show it, the numbers of the
+error (``cause.numbers``) and the spec changes the numbers support (``cause.suggested``).
+
+The rule table
+--------------
+`RULES` is the whole classifier: `classify_failure` returns the cause built by the first rule that
+matches. A `FailureRule` holds everything about one kind in one place: the log patterns it matches
+(or a test of the container's exit code and OOMKilled flag), which lines it shows as evidence, and
+its texts: a fixed ``summary``/``fix``, or a ``build`` function that computes them from the matched
+error's numbers. Order matters because one failure prints several errors: the root cause must win
+over its consequences. The order, first to last:
+
+1. `gpu_runtime_missing`: docker gives the container no GPU; everything vLLM says afterwards follows from that.
+2. `bad_arguments`: ``vllm serve`` rejected its command line; nothing ran.
+3. `fp8_kernel`: the runbook's FP8 CUTLASS failure; it is followed by generic CUDA and engine errors.
+4. `free_memory`: vLLM's own check at startup, with exact numbers.
+5. `kv_too_small`: vLLM's KV sizing check for max_model_len, with exact numbers.
+6. `no_kv_memory`: vLLM's KV sizing found no room at all.
+7. `cuda_oom`: PyTorch's generic out-of-memory (vLLM's own checks above name the cause better).
+8. `missing_model_files`: the staged cache lacks or has a broken file.
+9. `oom_killed`: no vLLM error above, and docker reports OOMKilled: the kernel's OOM killer ended the
+   container, and the engine-death lines it may leave are the consequence.
+10. `engine_dead`: the engine core died; a symptom, so any cause above wins over it.
+11. `killed`: no vLLM error above, exit code 137 (SIGKILL) without OOMKilled: the host's OOM killer
+    or a `docker kill`.
+12. `unknown`: always matches; shows the last error lines of the log.
+
+The ``RuntimeError: Engine core initialization failed`` line is context, never a kind: it follows
+every startup failure, so it is added to the evidence of the kind that matched.
+
+Adding a kind
+-------------
+Add a member to `FailureKind` and one `FailureRule` to `RULES` at its place in the order, with its
+patterns and its texts (a ``build`` function when the texts need the error's numbers), then extend
+the list above and add a recorded log to ``tests/data/logs/`` for it. Nothing else: the table is
+checked at import (each kind exactly once, the catch-all last).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from tasks.logs import EventKind, is_cosmetic, is_exception, parse_line, split_header, split_lines, strip_ansi, strip_prefix
+from tasks.memory import suggest_utilization
+from tasks.secrets import scrub
+
+__all__ = [
+    "MAX_EVIDENCE",
+    "RULES",
+    "Diagnosis",
+    "Evidence",
+    "FailureCause",
+    "FailureKind",
+    "FailureRule",
+    "Hit",
+    "classify_failure",
+    "rule_for",
+    "suggest_max_model_len",
+]
+
+#: At most this many log lines are kept as a cause's evidence.
+MAX_EVIDENCE = 6
+
+
+class FailureKind(StrEnum):
+    """What went wrong, as recovery code branches on it (`RULES` gives the priority order)."""
+
+    FREE_MEMORY = "free_memory"
+    KV_TOO_SMALL = "kv_too_small"
+    NO_KV_MEMORY = "no_kv_memory"
+    CUDA_OOM = "cuda_oom"
+    MISSING_MODEL_FILES = "missing_model_files"
+    FP8_KERNEL = "fp8_kernel"
+    GPU_RUNTIME_MISSING = "gpu_runtime_missing"
+    BAD_ARGUMENTS = "bad_arguments"
+    ENGINE_DEAD = "engine_dead"
+    OOM_KILLED = "oom_killed"
+    KILLED = "killed"
+    UNKNOWN = "unknown"
+
+
+class FailureCause(BaseModel):
+    """Why the server failed, in operator terms, with the log lines that show it."""
+
+    kind: FailureKind
+    summary: str
+    fix: str
+    evidence: list[str] = Field(default_factory=list)
+    numbers: dict[str, float] = Field(default_factory=dict)
+    #: engine spec overrides the numbers support (e.g. {"gpu_memory_utilization": 0.65}).
+    suggested: dict[str, float | int] = Field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}: {self.summary}"
+
+    def markdown(self) -> str:
+        """The cause for a Prefect artifact or a report: kind and summary, fix, suggestions, evidence."""
+        parts = [f"**Failure: `{self.kind.value}`** {self.summary}", "", f"**Fix:** {self.fix}"]
+        if self.suggested:
+            parts += ["", "**Suggested spec changes:** " + ", ".join(f"`{k}={v}`" for k, v in self.suggested.items())]
+        if self.evidence:
+            parts += ["", "```", *self.evidence, "```"]
+        return "\n".join(parts)
+
+
+# ============================================================================ the rule type
+
+
+class Evidence(StrEnum):
+    """Which log lines a rule shows as its evidence."""
+
+    #: the lines its patterns (and ``evidence_patterns``) match, then the engine-init context line.
+    MATCHES = "matches"
+    #: the log's error lines, exceptions preferred, the last `MAX_EVIDENCE` (no pattern names the cause).
+    ERRORS = "errors"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """What a rule matched: the inputs its ``build`` function explains."""
+
+    #: the first log line (docker/process prefixes stripped) a pattern matched; "" for an exit match.
+    line: str
+    #: the scrubbed lines that show the failure (see `Evidence`).
+    evidence: tuple[str, ...]
+    #: the log shows ``Application startup complete.``: the server had been ready (died while serving).
+    ready: bool
+    exit_code: int | None
+    oom_killed: bool
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A rule's explanation of its hit; the rule adds its kind and the evidence."""
+
+    summary: str
+    fix: str
+    numbers: dict[str, float] = field(default_factory=dict)
+    suggested: dict[str, float | int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FailureRule:
+    """One kind of failure: how to recognise it and how to explain it.
+
+    A rule matches when one of its ``patterns`` is found in a log line (prefixes stripped) or when
+    ``exit_matches(exit_code, oom_killed)`` is true. Its texts are either fixed (``summary`` and
+    ``fix``) or computed by ``build`` from the `Hit` (for fixes with the error's own numbers).
+    """
+
+    kind: FailureKind
+    patterns: tuple[re.Pattern[str], ...] = ()
+    summary: str = ""
+    fix: str = ""
+    build: Callable[[Hit], Diagnosis] | None = None
+    #: a test of the container's exit (docker's ``State.ExitCode`` and ``State.OOMKilled``).
+    exit_matches: Callable[[int | None, bool], bool] | None = None
+    evidence: Evidence = Evidence.MATCHES
+    #: more lines to show as evidence, never matched on (e.g. the exceptions around an engine death).
+    evidence_patterns: tuple[re.Pattern[str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.patterns and self.exit_matches is None:
+            raise ValueError(f"rule {self.kind.value}: give patterns or exit_matches, or it never matches")
+        if self.build is None and not (self.summary and self.fix):
+            raise ValueError(f"rule {self.kind.value}: give a build function or both summary and fix")
+
+    def first_match(self, bodies: Sequence[str]) -> str | None:
+        """The first line (prefixes stripped) one of the patterns matches, or None."""
+        for body in bodies:
+            if any(p.search(body) for p in self.patterns):
+                return body
+        return None
+
+    def diagnose(self, hit: Hit) -> Diagnosis:
+        """The summary, fix and numbers of this rule for `hit`."""
+        if self.build is not None:
+            return self.build(hit)
+        return Diagnosis(summary=self.summary, fix=self.fix)
+
+
+# ============================================================================ patterns with numbers
+
+_FREE_MEMORY = re.compile(
+    r"Free memory on device(?: (?P<device>\S+))? \((?P<free>[\d.]+)/(?P<total>[\d.]+) GiB\) on startup "
+    r"is less than desired GPU memory utilization \((?P<util>[\d.]+), (?P<req>[\d.]+) GiB\)"
+)
+_KV_TOO_SMALL = re.compile(
+    r"To serve at least one request with the models?'s max seq len \((?P<len>\d+)\),\s*"
+    r"\((?P<needed>[\d.]+) GiB KV cache is needed, which is larger than the available KV cache memory "
+    r"\((?P<avail>[\d.]+) GiB\)\.\s*(?:Based on the available memory, the estimated maximum model "
+    r"length is (?P<est>\d+)\.)?"
+)
+_CUDA_OOM_DETAIL = {
+    "tried_to_allocate_gib": re.compile(r"Tried to allocate ([\d.]+) ([KMG]iB)"),
+    "total_capacity_gib": re.compile(r"total capacity of ([\d.]+) ([KMG]iB)"),
+    "free_gib": re.compile(r"of which ([\d.]+) ([KMG]iB) is free"),
+}
+_UNIT = {"KiB": 1 / (1024 * 1024), "MiB": 1 / 1024, "GiB": 1.0}
+# The API server's line after every failed engine start: context for the evidence, never a cause.
+_CONTEXT = (re.compile(r"RuntimeError: Engine core initialization failed"),)
+_EXCEPTION_IN_MESSAGE = re.compile(r"(?:^|\] )(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception)\b: ")
+
+_RUNBOOK_MEMORY_STEPS = (
+    "the runbook's steps: stop the containers (`docker compose down`; the flows stop only their "
+    "own), clean up (`docker system prune -f`)"
+)
+_KILLED_FIX = (
+    "Check `dmesg` for the OOM killer. On the DGX Spark GPU and CPU share memory: drop the page "
+    "cache, stop other memory users, and lower gpu_memory_utilization before retrying; "
+    "do not retry in a loop (pushing memory on GB10 can hang the host)."
+)
+
+
+def _gib(value: str, unit: str) -> float:
+    return round(float(value) * _UNIT[unit], 4)
+
+
+def suggest_max_model_len(estimate: int) -> int:
+    """vLLM's estimated maximum model length rounded down to a multiple of 1024 (12688 -> 12288).
+
+    A round length leaves a little slack under vLLM's estimate, so the retry does not fail on the
+    same check by a few tokens. Returns 0 when the estimate is below 1024: then only more memory helps.
+    """
+    return max(0, (int(estimate) // 1024) * 1024)
+
+
+# ============================================================================ texts with numbers
+
+
+def _free_memory(hit: Hit) -> Diagnosis:
+    m = _FREE_MEMORY.search(hit.line)
+    assert m is not None
+    free, total = float(m["free"]), float(m["total"])
+    util, requested = float(m["util"]), float(m["req"])
+    suggested_util = suggest_utilization(free, total)
+    held = total - free
+    device = f" {m['device']}" if m["device"] else ""
+    numbers = {
+        "free_gib": free,
+        "total_gib": total,
+        "held_gib": round(held, 2),
+        "requested_utilization": util,
+        "requested_gib": requested,
+        "suggested_utilization": suggested_util,
+    }
+    summary = (
+        f"vLLM found {free:.2f} of {total:.2f} GiB free on device{device} but gpu_memory_utilization "
+        f"{util:.2f} asks for {requested:.2f} GiB; {held:.2f} GiB is held by something else"
+    )
+    lower = (
+        f"lower gpu_memory_utilization to {suggested_util:.2f} (free/total {free / total:.3f} minus a "
+        "0.02 margin, rounded down to 0.05), and max_model_len to 16384 if the KV cache then gets too small"
+        if suggested_util > 0
+        else "there is too little free memory for any utilization: free memory first"
+    )
+    fix = (
+        "Find out what holds the memory before lowering anything. On the DGX Spark (GB10, unified "
+        "memory) vLLM 0.10.1.1 counts the Linux page cache as used, and a previous load leaves the "
+        "weights there: if the host's page cache (`Cached` in /proc/meminfo) is about that size, drop "
+        "it (`sync; echo 3 > /proc/sys/vm/drop_caches`) and retry with the same utilization. If other "
+        f"processes or containers hold it, follow {_RUNBOOK_MEMORY_STEPS}, and retry. Only if nothing "
+        f"can be freed, {lower}."
+    )
+    suggested = {"gpu_memory_utilization": suggested_util} if 0 < suggested_util < util else {}
+    return Diagnosis(summary=summary, fix=fix, numbers=numbers, suggested=suggested)
+
+
+def _kv_too_small(hit: Hit) -> Diagnosis:
+    m = _KV_TOO_SMALL.search(hit.line)
+    assert m is not None
+    length, needed, available = int(m["len"]), float(m["needed"]), float(m["avail"])
+    numbers: dict[str, float] = {"max_model_len": length, "needed_gib": needed, "available_gib": available}
+    suggested: dict[str, float | int] = {}
+    summary = (
+        f"max_model_len {length} needs {needed:.2f} GiB of KV cache for one request, but only "
+        f"{available:.2f} GiB is left for the KV cache"
+    )
+    if m["est"]:
+        estimate = int(m["est"])
+        new_len = suggest_max_model_len(estimate)
+        numbers.update(estimated_max_model_len=estimate, suggested_max_model_len=new_len)
+        summary += f" (vLLM estimates a maximum model length of {estimate})"
+        if new_len:
+            suggested["max_model_len"] = new_len
+            lower = f"lower max_model_len to {new_len} (vLLM's estimate {estimate} rounded down to a multiple of 1024)"
+        else:
+            lower = "the estimate is below 1024 tokens: only more memory helps"
+    else:
+        lower = "lower max_model_len"
+    fix = (
+        f"Either {lower}, or raise gpu_memory_utilization so that about {needed - available:.2f} GiB more "
+        "is left for the KV cache (if free memory allows; on the Spark drop the page cache first). "
+        "The runbook's max-context preset keeps 32000 with max_num_seqs 32."
+    )
+    return Diagnosis(summary=summary, fix=fix, numbers=numbers, suggested=suggested)
+
+
+def _cuda_oom(hit: Hit) -> Diagnosis:
+    joined = " ".join(strip_prefix(e) for e in hit.evidence) + " " + hit.line
+    numbers: dict[str, float] = {}
+    for name, pattern in _CUDA_OOM_DETAIL.items():
+        if found := pattern.search(joined):
+            numbers[name] = _gib(found[1], found[2])
+    detail = ""
+    if "tried_to_allocate_gib" in numbers:
+        detail = f" (tried to allocate {numbers['tried_to_allocate_gib']:.2f} GiB"
+        if "free_gib" in numbers and "total_capacity_gib" in numbers:
+            detail += f" with {numbers['free_gib']:.2f} of {numbers['total_capacity_gib']:.2f} GiB free"
+        detail += ")"
+    when = "while serving" if hit.ready else "during startup"
+    numbers["after_ready"] = 1.0 if hit.ready else 0.0
+    return Diagnosis(
+        summary=f"PyTorch ran out of GPU memory {when}{detail}",
+        fix=(
+            "On GB10 the utilization is not a hard cap during profiling, so other memory users count: drop "
+            "the page cache and stop other GPU containers, then retry once. If it repeats, lower "
+            "max_num_batched_tokens or max_num_seqs (smaller activation peak) or gpu_memory_utilization. "
+            "Do not retry in a loop: pushing memory on the Spark can hang the host."
+        ),
+        numbers=numbers,
+    )
+
+
+def _engine_dead(hit: Hit) -> Diagnosis:
+    when = "after the server was ready" if hit.ready else "during startup"
+    return Diagnosis(
+        summary=f"the engine core process died {when}; the API server stops serving (500 in 0.10.x, 503 in 0.11+) and exits",
+        fix=(
+            "Read the lines before the evidence for the root cause, then recover (restart the container: the "
+            "recover flow). If it repeats under load, lower max_num_seqs or max_num_batched_tokens."
+        ),
+        numbers={"after_ready": 1.0 if hit.ready else 0.0},
+    )
+
+
+def _exit_numbers(hit: Hit) -> dict[str, float]:
+    return {"exit_code": float(hit.exit_code)} if hit.exit_code is not None else {}
+
+
+def _oom_flagged(exit_code: int | None, oom_killed: bool) -> bool:
+    return oom_killed
+
+
+def _sigkilled(exit_code: int | None, oom_killed: bool) -> bool:
+    return exit_code == 137
+
+
+def _always(exit_code: int | None, oom_killed: bool) -> bool:
+    return True
+
+
+def _oom_killed(hit: Hit) -> Diagnosis:
+    code = f", exit code {hit.exit_code}" if hit.exit_code is not None else ""
+    summary = (
+        f"the kernel's OOM killer killed the container (docker reports OOMKilled{code}) without a vLLM "
+        "error: host memory was exhausted; on the DGX Spark (GB10) GPU and CPU share one memory, so "
+        "the weights, the KV cache and every other process on the host draw from the same pool"
+    )
+    return Diagnosis(summary=summary, fix=_KILLED_FIX, numbers={**_exit_numbers(hit), "oom_killed": 1.0})
+
+
+def _killed(hit: Hit) -> Diagnosis:
+    summary = (
+        "the container was killed (exit code 137, SIGKILL) without a vLLM error: the kernel's "
+        "OOM killer (host memory exhausted) or a `docker kill`"
+    )
+    return Diagnosis(summary=summary, fix=_KILLED_FIX, numbers={**_exit_numbers(hit), "oom_killed": 0.0})
+
+
+def _unknown(hit: Hit) -> Diagnosis:
+    code = f" with exit code {hit.exit_code}" if hit.exit_code is not None else ""
+    return Diagnosis(
+        summary=f"the server stopped{code} and its log matches no known failure",
+        fix=(
+            "Read the evidence and the full container log (`docker logs <container>`); the lines above the "
+            "last error name the cause."
+        ),
+        numbers=_exit_numbers(hit),
+    )
+
+
+# ============================================================================ the table
+
+#: The failure rules, highest priority first (the module docstring says why this order).
+RULES: tuple[FailureRule, ...] = (
+    FailureRule(
+        kind=FailureKind.GPU_RUNTIME_MISSING,
+        patterns=(
+            re.compile(r'could not select device driver "nvidia"'),
+            re.compile(r"could not select device driver \"\" with capabilities: \[\[gpu\]\]"),
+            re.compile(r"nvidia-container-cli: initialization error"),
+            re.compile(r"unknown or invalid runtime name: nvidia"),
+            re.compile(r"Failed to infer device type"),
+            re.compile(r"No CUDA GPUs are available"),
+            re.compile(r"Found no NVIDIA driver on your system"),
+        ),
+        summary="the container gets no GPU: docker has no NVIDIA runtime (or the container sees no CUDA device)",
+        fix=(
+            "Install the NVIDIA Container Toolkit on the target (`nvidia-ctk runtime configure --runtime=docker`, "
+            "then restart docker) and check `docker run --rm --gpus all nvcr.io/nvidia/vllm:25.09-py3 nvidia-smi`. "
+            "For an imitation without GPUs set the target's gpus to none."
+        ),
+    ),
+    FailureRule(
+        kind=FailureKind.BAD_ARGUMENTS,
+        patterns=(
+            re.compile(r": error: unrecognized arguments: "),
+            re.compile(r": error: argument \S+"),
+            re.compile(r": error: the following arguments are required"),
+            re.compile(r"\d+ validation errors? for \w*(?:Config|EngineArgs)\b"),
+            re.compile(r"max_num_batched_tokens \(\d+\) is smaller than max_model_len"),
+        ),
+        summary="vllm serve rejected its command line",
+        fix=(
+            "Fix the flag named in the evidence in the engine spec (most often extra_args); the image runs "
+            "vLLM 0.10.1.1, so check it against `vllm serve --help` in that image."
+        ),
+    ),
+    FailureRule(
+        kind=FailureKind.FP8_KERNEL,
+        patterns=(
+            re.compile(r"cutlass_scaled_mm failed"),
+            re.compile(r"RuntimeError: Error Internal"),
+        ),
+        summary="the FP8 CUTLASS kernel failed (`cutlass_scaled_mm failed` / `RuntimeError: Error Internal`)",
+        fix=(
+            "Runbook 'FP8 Quantization Fails with On-the-Fly Quantization': use the pre-quantized model "
+            "Qwen/Qwen3-32B-FP8 instead and clear the spec's quantization (no `--quantization fp8` with the "
+            "base model). Use the image nvcr.io/nvidia/vllm:25.09-py3: vllm/vllm-openai:latest fails FP8 on GB10."
+        ),
+    ),
+    FailureRule(kind=FailureKind.FREE_MEMORY, patterns=(_FREE_MEMORY,), build=_free_memory),
+    FailureRule(kind=FailureKind.KV_TOO_SMALL, patterns=(_KV_TOO_SMALL,), build=_kv_too_small),
+    FailureRule(
+        kind=FailureKind.NO_KV_MEMORY,
+        patterns=(re.compile(r"No available memory for the cache blocks"),),
+        summary="after loading the weights and profiling, no memory was left for the KV cache",
+        fix=(
+            "Raise gpu_memory_utilization if free memory allows (the ~32 GB of FP8 weights must fit with "
+            "room to spare; the runbook uses 0.90), or lower max_num_batched_tokens / max_num_seqs to shrink "
+            "the profiling peak. On the DGX Spark drop the page cache first "
+            "(`sync; echo 3 > /proc/sys/vm/drop_caches`)."
+        ),
+    ),
+    FailureRule(
+        kind=FailureKind.CUDA_OOM,
+        patterns=(
+            re.compile(r"CUDA out of memory"),
+            re.compile(r"torch(?:\.cuda)?\.OutOfMemoryError"),
+            re.compile(r"CUDA error: out of memory"),
+        ),
+        build=_cuda_oom,
+    ),
+    FailureRule(
+        kind=FailureKind.MISSING_MODEL_FILES,
+        patterns=(
+            re.compile(r"LocalEntryNotFoundError"),
+            re.compile(r"Cannot find an appropriate cached snapshot"),
+            re.compile(r"FileNotFoundError: .*\.safetensors"),
+            re.compile(r"No such file or directory: .*(?:\.safetensors|config\.json|tokenizer)"),
+            re.compile(r"SafetensorError: Error while deserializing header"),
+            re.compile(r"does not appear to have a file named"),
+            re.compile(r"Cannot find any model weights with"),
+            re.compile(r"outgoing traffic has been disabled"),
+            re.compile(r"Can't load tokenizer for"),
+            re.compile(r"config file at .* is not a valid JSON file"),
+            re.compile(r"JSONDecodeError: .*\.json"),
+        ),
+        summary="vLLM could not find or read the model files in the staged cache (it runs offline: HF_HUB_OFFLINE=1)",
+        fix=(
+            "Run the staging flow for this model and revision to download and verify it into the target's "
+            "cache_dir, and check that cache_dir is the directory mounted at the spec's download_dir. "
+            "Runbook 'Model Download Incomplete': check disk space (`df -h /opt/hf`), remove the "
+            "`*.incomplete` files under models--<org>--<name>/, and restart."
+        ),
+    ),
+    FailureRule(kind=FailureKind.OOM_KILLED, exit_matches=_oom_flagged, build=_oom_killed, evidence=Evidence.ERRORS),
+    FailureRule(
+        kind=FailureKind.ENGINE_DEAD,
+        patterns=(
+            re.compile(r"EngineDeadError"),
+            re.compile(r"EngineCore encountered (?:a fatal error|an issue)"),
+            re.compile(r"Engine core proc \S+ died unexpectedly"),
+            re.compile(r"AsyncLLM output_handler failed"),
+        ),
+        build=_engine_dead,
+        evidence_patterns=(_EXCEPTION_IN_MESSAGE,),  # the root cause comes along with the death lines
+    ),
+    FailureRule(kind=FailureKind.KILLED, exit_matches=_sigkilled, build=_killed, evidence=Evidence.ERRORS),
+    FailureRule(kind=FailureKind.UNKNOWN, exit_matches=_always, build=_unknown, evidence=Evidence.ERRORS),
+)
+
+
+def _check_rules(rules: Sequence[FailureRule]) -> None:
+    """Fail at import, not in a deploy, when the table loses or doubles a kind or its catch-all."""
+    kinds = [rule.kind for rule in rules]
+    if sorted(kinds) != sorted(FailureKind):
+        raise ValueError(f"RULES must name every FailureKind exactly once, got {kinds}")
+    if kinds[-1] is not FailureKind.UNKNOWN:
+        raise ValueError("the catch-all rule (unknown) must come last")
+
+
+_check_rules(RULES)
+
+
+def rule_for(kind: FailureKind | str) -> FailureRule:
+    """The rule of one kind (e.g. to show its fix without a log)."""
+    kind = FailureKind(kind)
+    return next(rule for rule in RULES if rule.kind is kind)
+
+
+# ============================================================================ classification
+
+
+def _normalise(lines: Iterable[str] | str | bytes) -> list[str]:
+    """Whole lines without colour codes, blank lines and the GB10 cosmetic warning (never a cause)."""
+    items: Iterable[str | bytes] = [lines] if isinstance(lines, (str, bytes)) else lines
+    out: list[str] = []
+    for item in items:
+        for line in split_lines(item):
+            text = strip_ansi(line).strip()
+            if text and not is_cosmetic(text):
+                out.append(text)
+    return out
+
+
+def _matching_lines(lines: Sequence[str], patterns: Iterable[re.Pattern[str]], secrets: Sequence[str]) -> list[str]:
+    """The lines a pattern matches, scrubbed, once per message (a traceback is often printed twice)."""
+    patterns = tuple(patterns)
+    seen: set[str] = set()
+    picked: list[str] = []
+    for line in lines:
+        body = strip_prefix(line)
+        if any(p.search(body) for p in patterns):
+            key = split_header(body)[2]
+            if key not in seen:
+                seen.add(key)
+                picked.append(scrub(line, secrets))
+    return picked[:MAX_EVIDENCE]
+
+
+def _pattern_evidence(rule: FailureRule, lines: Sequence[str], secrets: Sequence[str]) -> list[str]:
+    evidence = _matching_lines(lines, (*rule.patterns, *rule.evidence_patterns), secrets)
+    context = _matching_lines(lines, _CONTEXT, secrets)
+    room = max(0, MAX_EVIDENCE - len(evidence))
+    return evidence + [line for line in context if line not in evidence][:room]
+
+
+def _error_evidence(lines: Sequence[str], bodies: Sequence[str], secrets: Sequence[str]) -> list[str]:
+    """The last error lines, exceptions preferred; the last lines of all when none is an error."""
+    errors = []
+    for line, body in zip(lines, bodies):
+        parsed = parse_line(body)
+        if parsed is not None and parsed.kind is EventKind.ERROR:
+            errors.append(scrub(line, secrets))
+    exceptions = [e for e in errors if is_exception(split_header(strip_prefix(e))[2])]
+    return (exceptions or errors or [scrub(line, secrets) for line in lines])[-MAX_EVIDENCE:]
+
+
+def classify_failure(
+    lines: Iterable[str] | str,
+    *,
+    exit_code: int | None = None,
+    oom_killed: bool = False,
+    secrets: Iterable[str] = (),
+) -> FailureCause:
+    """Name the cause of a failed start (or of a server that died) from its log and its exit.
+
+    The first rule of `RULES` that matches builds the cause, so a root cause wins over the errors
+    that follow from it, and a kill without a vLLM error is still named (docker's state is the only
+    witness of the kernel's OOM killer).
+
+    Args:
+        lines: the container's log lines (or one text), e.g. `StartupTracker.recent`; may also hold
+            docker's own error text (``str(APIError)`` when the container could not start).
+        exit_code: the container's ``State.ExitCode`` once it stopped (137: SIGKILL), else None.
+        oom_killed: docker's ``State.OOMKilled``: the kernel's OOM killer hit the container.
+        secrets: values to scrub from the evidence (patterns for HF tokens, API keys and bearer
+            tokens are always scrubbed).
+
+    Returns:
+        The cause; ``unknown`` (with the last error lines) when no other rule matches. The GB10
+        ``cuda capability 12.1`` warning is never a cause.
+    """
+    secret_values = [s for s in secrets if s]
+    text_lines = _normalise(lines)
+    bodies = [strip_prefix(line) for line in text_lines]
+    ready = any("Application startup complete." in body for body in bodies)
+
+    for rule in RULES:
+        first = rule.first_match(bodies) if rule.patterns else None
+        if first is None:
+            if rule.exit_matches is None or not rule.exit_matches(exit_code, oom_killed):
+                continue
+            first = ""
+        if rule.evidence is Evidence.MATCHES:
+            evidence = _pattern_evidence(rule, text_lines, secret_values)
+        else:
+            evidence = _error_evidence(text_lines, bodies, secret_values)
+        hit = Hit(line=first, evidence=tuple(evidence), ready=ready, exit_code=exit_code, oom_killed=oom_killed)
+        diagnosis = rule.diagnose(hit)
+        return FailureCause(
+            kind=rule.kind,
+            summary=diagnosis.summary,
+            fix=diagnosis.fix,
+            evidence=evidence,
+            numbers=diagnosis.numbers,
+            suggested=diagnosis.suggested,
+        )
+    raise AssertionError("unreachable: the last rule matches every failure")  # pragma: no cover
