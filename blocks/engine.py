@@ -1,22 +1,54 @@
 """The served engine: what `vllm serve` runs, as a Prefect block an operator edits in the UI.
 
-Every default is the runbook's compose file (`../shared/seed/000_2893f9d7df783e64.txt`,
-"Service Configuration"); the presets are its three "Performance Tuning" blocks. The methods
-here are pure: they render the spec, they never touch docker or the Prefect API.
+Every default is the runbook's compose service ("Service Configuration", copied verbatim in
+`tests/data/runbook_compose.yaml`); the presets are its three "Performance Tuning" blocks. The
+methods here are pure: they render the spec, they never touch docker or the Prefect API.
+`load_engine_spec` is the one path from the flows' parameters (engine block, preset, overrides)
+to a spec. This module imports nothing from `blocks.target` (see `blocks.shared`).
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator, model_validator
 
-if TYPE_CHECKING:  # pragma: no cover
-    from blocks.target import TargetMachine
+# Re-exported: callers import the label keys and secret names from here (and from blocks.render).
+from blocks.shared import (
+    ENV_NAME,
+    LABEL_MANAGED_BY,
+    LABEL_PREFIX,
+    LABEL_SERVED_MODEL,
+    LABEL_SPEC_HASH,
+    LABEL_TARGET,
+    MANAGED_BY,
+    RUNBOOK_CONTAINER_NAME,
+    SECRET_ENV_KEYS,
+    ContainerIdentity,
+    check_container_name,
+)
+
+__all__ = [
+    "EngineSpec",
+    "PRESETS",
+    "PresetName",
+    "RestartPolicy",
+    "SECRET_ENV_KEYS",
+    "LABEL_PREFIX",
+    "LABEL_MANAGED_BY",
+    "LABEL_TARGET",
+    "LABEL_SPEC_HASH",
+    "LABEL_SERVED_MODEL",
+    "MANAGED_BY",
+    "format_utilization",
+    "load_engine_spec",
+]
 
 #: docker's restart policies (`docker run --restart`, compose `restart:`).
 RestartPolicy = Literal["no", "always", "on-failure", "unless-stopped"]
@@ -50,10 +82,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_num_seqs": 32,
     },
 }
-
-#: Environment variables that carry secrets. They only ever come from Secret blocks (see
-#: `blocks.render.secret_environment`), never from the plain `env` / `extra_env` fields.
-SECRET_ENV_KEYS: frozenset[str] = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY"})
 
 #: Flags the spec renders from its own fields; `extra_args` may not repeat them (argparse would
 #: silently let the last one win, and the labels/hash would describe the wrong server).
@@ -100,16 +128,6 @@ HASHED_FIELDS: tuple[str, ...] = (
 
 DEFAULT_PORT = 8000
 
-# Container labels: how the flows find (only) their own containers. One place for the keys.
-LABEL_PREFIX = "org.spark-vllm"
-LABEL_MANAGED_BY = f"{LABEL_PREFIX}.managed-by"
-LABEL_TARGET = f"{LABEL_PREFIX}.target"
-LABEL_SPEC_HASH = f"{LABEL_PREFIX}.spec-hash"
-LABEL_SERVED_MODEL = f"{LABEL_PREFIX}.served-model"
-MANAGED_BY = "spark-vllm"
-
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _PREQUANTIZED_FP8 = re.compile(r"(?i)(?:^|[-_/.])fp8(?:$|[-_.])")
 
 RUNBOOK_FP8_TROUBLESHOOTING = (
@@ -165,7 +183,7 @@ class EngineSpec(Block):
         title="Model revision",
         description="Branch, tag or commit to serve (`--revision`). Empty: main.",
     )
-    container_name: str = Field(default="vllm-qwen3-32b-fp8", title="Container name")
+    container_name: str = Field(default=RUNBOOK_CONTAINER_NAME, title="Container name")
     download_dir: str = Field(
         default="/root/.cache/huggingface",
         title="Download dir (in the container)",
@@ -211,7 +229,7 @@ class EngineSpec(Block):
 
     # ---------------------------------------------------------------- validation (field level)
 
-    @field_validator("image", "model", "container_name", "download_dir")
+    @field_validator("image", "model", "download_dir")
     @classmethod
     def _not_blank(cls, value: str, info) -> str:
         value = value.strip()
@@ -224,12 +242,7 @@ class EngineSpec(Block):
     @field_validator("container_name")
     @classmethod
     def _container_name(cls, value: str) -> str:
-        if not _CONTAINER_NAME.match(value):
-            raise ValueError(
-                f"container_name {value!r} is not a valid docker container name: use letters, "
-                "digits, '_', '.', '-', starting with a letter or digit (runbook: vllm-qwen3-32b-fp8)"
-            )
-        return value
+        return check_container_name(value.strip())  # the same rule as the target's override
 
     @field_validator("download_dir")
     @classmethod
@@ -305,7 +318,7 @@ class EngineSpec(Block):
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         for key in value:
-            if not _ENV_NAME.match(key):
+            if not ENV_NAME.match(key):
                 raise ValueError(f"env has an invalid variable name {key!r}")
             if key in SECRET_ENV_KEYS:
                 raise ValueError(
@@ -343,10 +356,15 @@ class EngineSpec(Block):
 
     @classmethod
     def preset(cls, name: PresetName, **overrides: Any) -> EngineSpec:
-        """The runbook's service (`runbook`) or one of its tuning blocks, then `overrides`."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        """The runbook's service (`runbook`) or one of its tuning blocks, then `overrides`.
+
+        A shorthand for `load_engine_spec(None, name, overrides)`, so that Python callers and the
+        flows' parameters go through one lookup and one set of checks.
+
+        Raises:
+            ValueError: unknown preset, unknown field in `overrides`, or an invalid value.
+        """
+        return load_engine_spec(None, name, overrides)
 
     # ---------------------------------------------------------------- rendering (pure)
 
@@ -393,7 +411,7 @@ class EngineSpec(Block):
         """The fields that shape the container, as plain JSON-able values."""
         return self.model_dump(mode="json", include=set(HASHED_FIELDS))
 
-    def spec_hash(self, target: TargetMachine | None = None) -> str:
+    def spec_hash(self, target: ContainerIdentity | None = None) -> str:
         """Stable 12-hex digest of what the container is made of (for the spec-hash label).
 
         Without a target: the spec's fields only. With a target: also the target's fields that
@@ -406,3 +424,70 @@ class EngineSpec(Block):
             data["target"] = target.container_identity()
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+# -------------------------------------------------------------------- resolving a spec (one path)
+
+
+def _preset_fields(name: str) -> dict[str, Any]:
+    """The fields one of the runbook's tuning blocks sets (a copy), or a ValueError naming the choices."""
+    if name not in PRESETS:
+        raise ValueError(
+            f"unknown preset {name!r}: choose one of {', '.join(PRESETS)} (runbook = the compose "
+            "file; the others are the runbook's 'Performance Tuning' blocks), or none"
+        )
+    return dict(PRESETS[name])
+
+
+def _check_override_fields(overrides: Mapping[str, Any]) -> None:
+    """Refuse keys that are not EngineSpec fields.
+
+    Prefect blocks allow extra attributes (`extra="allow"`), so without this check a misspelt
+    override (`max_num_seq`) would be kept as a stray attribute and silently change nothing.
+    """
+    valid = list(EngineSpec.model_fields)
+    unknown = [key for key in overrides if key not in EngineSpec.model_fields]
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), valid, n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ValueError(
+        f"overrides has unknown engine spec field{'s' if len(unknown) > 1 else ''} "
+        f"{', '.join(hints)}: use one of {', '.join(valid)}"
+    )
+
+
+def load_engine_spec(
+    engine: str | None, preset: str | None, overrides: Mapping[str, Any] | None
+) -> EngineSpec:
+    """The engine spec a run serves: a saved block (or the runbook's defaults), a preset, overrides.
+
+    The one place the deploy-qwen / stop-qwen parameters (`engine`, `preset`, `overrides`) and
+    `EngineSpec.preset(...)` become a spec, so a preset means the same thing everywhere and every
+    value passes the spec's validation (the result is built anew, never `model_copy`'d).
+
+    Args:
+        engine: name of a saved EngineSpec block; None or "" = the runbook's compose service.
+        preset: one of `PRESETS` (its fields replace the block's); None or "" = none.
+        overrides: EngineSpec fields to change last, e.g. {"gpu_memory_utilization": 0.75}.
+
+    Returns:
+        A validated EngineSpec (not bound to the block document it was loaded from, so saving it
+        never overwrites that block by accident).
+
+    Raises:
+        ValueError: unknown preset (names the choices), unknown override field (names it and the
+            valid ones), or a value the spec's validators refuse (a pydantic ValidationError).
+    """
+    fields: dict[str, Any] = {}
+    if engine:
+        loaded = EngineSpec.load(engine)
+        fields = loaded.model_dump(include=set(EngineSpec.model_fields))
+    if preset:
+        fields.update(_preset_fields(preset))
+    if overrides:
+        _check_override_fields(overrides)
+        fields.update(overrides)
+    return EngineSpec(**fields)

@@ -18,7 +18,8 @@ from typing import Any
 import docker.types
 import yaml
 
-from blocks.engine import (
+from blocks.engine import EngineSpec
+from blocks.shared import (
     LABEL_MANAGED_BY,
     LABEL_PREFIX,
     LABEL_SERVED_MODEL,
@@ -26,7 +27,6 @@ from blocks.engine import (
     LABEL_TARGET,
     MANAGED_BY,
     SECRET_ENV_KEYS,
-    EngineSpec,
 )
 from blocks.target import TargetMachine, split_volume_target
 

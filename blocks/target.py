@@ -1,8 +1,11 @@
 """The machine that runs the server: its docker daemon, cache, GPUs, address and secrets.
 
 A Prefect block an operator edits in the UI (Blocks -> vLLM Target Machine). One block per
-machine: `spark` (the DGX Spark of the runbook) and `sim` (this rig's imitation) are the two the
-project sets up. Secrets are referenced by Secret block name, never stored here.
+machine: `spark` (the DGX Spark of the runbook) and `sim` (the imitation on machines without a
+GPU) are the two the project sets up. Secrets are referenced by Secret block name, never stored here.
+
+Imports run one way: this module uses `blocks.engine` (the spec it applies its overrides to) and
+`blocks.shared`; `blocks.engine` never imports this module.
 """
 
 from __future__ import annotations
@@ -10,19 +13,45 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from prefect.blocks.core import Block
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
-from blocks.engine import SECRET_ENV_KEYS, EngineSpec
+from blocks.engine import EngineSpec
+from blocks.shared import (
+    API_KEY_BLOCK,
+    ENV_NAME,
+    RUNBOOK_CONTAINER_NAME,
+    SECRET_ENV_KEYS,
+    WORK_POOL,
+    check_container_name,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from prefect_docker.host import DockerHost
 
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _BLOCK_NAME = re.compile(r"^[a-z0-9-]+$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DOCKER_URL_SCHEMES = ("unix://", "ssh://", "tcp://", "npipe://", "http://", "https://")
+
+
+def gpu_limit_name(target_name: str) -> str:
+    """`gpu:<target>`: the global concurrency limit (1 slot) every GPU-touching flow holds.
+
+    The one definition: `TargetMachine.concurrency_limit` and `tasks.locks` both use it, so the
+    limit the setup creates is the one the flows take.
+    """
+    return f"gpu:{target_name}"
+
+
+def service_resource_id(target_name: str) -> str:
+    """`vllm.service.<target>`: the Prefect event resource every event about that server names.
+
+    The one definition: `TargetMachine.event_resource_id` and `tasks.events` both use it, so
+    automations that match on the resource see every event.
+    """
+    return f"vllm.service.{target_name}"
 
 
 def split_volume_target(value: str) -> tuple[str, str]:
@@ -32,14 +61,21 @@ def split_volume_target(value: str) -> tuple[str, str]:
     return value, "rw"
 
 
+def _error_text(error: Any) -> str:
+    """One pydantic error as `field: message`, without pydantic's prefix and links."""
+    field = ".".join(map(str, error["loc"])) or "spec"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return message if message.startswith(field) else f"{field}: {message}"
+
+
 class TargetMachine(Block):
     """Where and how the container runs: docker host, model cache, GPUs, network, secrets."""
 
     _block_type_name = "vLLM Target Machine"
     _block_type_slug = "vllm-target-machine"
     _description = (
-        "A machine that runs the vLLM container: its docker daemon (local socket, ssh:// or "
-        "tcp://), the host model cache mounted into the container, GPU request, published "
+        "A machine that runs the vLLM container: its docker daemon (the worker's own; a daemon "
+        "on another machine is refused until remote targets are supported), the host model cache mounted into the container, GPU request, published "
         "address and port, and the names of the Secret blocks holding the HF token and API key."
     )
 
@@ -64,7 +100,7 @@ class TargetMachine(Block):
         title="Container name override",
         description=(
             "Name the container differently on this machine. Several targets that share one docker "
-            "daemon (the imitations, tests) need distinct names. Empty: the spec's (vllm-qwen3-32b-fp8)."
+            f"daemon (the imitations, tests) need distinct names. Empty: the spec's ({RUNBOOK_CONTAINER_NAME})."
         ),
     )
     docker_base_url: str | None = Field(
@@ -72,7 +108,9 @@ class TargetMachine(Block):
         title="Docker base URL",
         description=(
             "Empty: the local daemon from the environment (DOCKER_HOST or /var/run/docker.sock). "
-            "Or unix:///path/docker.sock, ssh://user@host, tcp://host:2376."
+            "Or unix:///path/docker.sock, tcp://127.0.0.1:2375. A daemon on another machine "
+            "(ssh://, tcp://<other host>) is refused in preflight for now: staging and the memory "
+            "checks run on the worker, so run a worker on that machine instead."
         ),
     )
     cache_dir: str = Field(
@@ -153,7 +191,13 @@ class TargetMachine(Block):
         return value
 
     @field_validator(
-        "image", "docker_base_url", "hub_endpoint", "hf_token_secret", "api_key_secret", mode="before"
+        "image",
+        "container_name",
+        "docker_base_url",
+        "hub_endpoint",
+        "hf_token_secret",
+        "api_key_secret",
+        mode="before",
     )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
@@ -168,7 +212,7 @@ class TargetMachine(Block):
         if value is not None and not value.startswith(DOCKER_URL_SCHEMES):
             raise ValueError(
                 f"docker_base_url {value!r} must start with one of {', '.join(DOCKER_URL_SCHEMES)} "
-                "(e.g. ssh://user@spark or unix:///var/run/docker.sock), or be empty for the local daemon"
+                "(e.g. unix:///var/run/docker.sock), or be empty for the local daemon"
             )
         return value
 
@@ -185,6 +229,16 @@ class TargetMachine(Block):
         if value is not None and any(ch.isspace() for ch in value):
             raise ValueError(f"image must be an image reference without spaces (got {value!r})")
         return value
+
+    @field_validator("container_name")
+    @classmethod
+    def _container_name(cls, value: str | None) -> str | None:
+        # The engine spec's rule, so an override can never give docker a name the spec refuses.
+        if value is None:
+            return value
+        return check_container_name(
+            value, hint="; or leave it empty to use the engine spec's container name"
+        )
 
     @field_validator("publish_host")
     @classmethod
@@ -246,7 +300,7 @@ class TargetMachine(Block):
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         for key in value:
-            if not _ENV_NAME.match(key):
+            if not ENV_NAME.match(key):
                 raise ValueError(f"extra_env has an invalid variable name {key!r}")
             if key in SECRET_ENV_KEYS:
                 raise ValueError(
@@ -260,12 +314,12 @@ class TargetMachine(Block):
     @property
     def event_resource_id(self) -> str:
         """`vllm.service.<name>`: the resource every event of this target is about."""
-        return f"vllm.service.{self.name}"
+        return service_resource_id(self.name)
 
     @property
     def concurrency_limit(self) -> str:
         """`gpu:<name>`: the global concurrency limit serialising GPU-touching flows."""
-        return f"gpu:{self.name}"
+        return gpu_limit_name(self.name)
 
     @property
     def endpoint(self) -> str:
@@ -290,11 +344,100 @@ class TargetMachine(Block):
             "api_key_secret": self.api_key_secret,
         }
 
-    def apply_to(self, spec: "EngineSpec") -> "EngineSpec":
-        """The spec as it runs on this machine (its image and container name overrides, when set):
-        the one place the machine's overrides are applied."""
+    def apply_to(self, spec: EngineSpec) -> EngineSpec:
+        """The spec as it runs on this machine: its image and container name overrides, when set.
+
+        The one place the machine's overrides are applied (rendering and flows alike). The result
+        is built anew through the spec's validators, not `model_copy(update=...)` (which skips
+        them), so an override obeys every rule the spec's own field does. The new spec is not
+        bound to the block document `spec` came from: saving it cannot overwrite that block with
+        this machine's overrides.
+
+        Raises:
+            ValueError: the overrides make an invalid spec (the message names the target).
+        """
         overrides = {k: v for k, v in (("image", self.image), ("container_name", self.container_name)) if v}
-        return spec.model_copy(update=overrides) if overrides else spec
+        if not overrides:
+            return spec
+        fields = spec.model_dump(include=set(type(spec).model_fields))
+        try:
+            return type(spec).model_validate({**fields, **overrides})
+        except ValidationError as exc:
+            problems = "; ".join(_error_text(error) for error in exc.errors())
+            raise ValueError(
+                f"target {self.name!r}: its overrides ({', '.join(sorted(overrides))}) make an invalid "
+                f"engine spec: {problems}. Fix them in the target block, or leave them empty to use "
+                "the engine spec's values"
+            ) from exc
+
+    # ---------------------------------------------------------------- checks preflight reports (pure)
+
+    def open_to_network(self) -> bool:
+        """True when anyone on the network can use the server: published beyond loopback, no key.
+
+        The runbook publishes `8000:8000` (0.0.0.0) and sets no key; the project keeps that
+        reachability, so this is a warning for preflight and the deploy report, not a refusal.
+        """
+        return not ipaddress.ip_address(self.publish_host).is_loopback and not self.api_key_secret
+
+    def open_to_network_warning(self) -> str | None:
+        """The warning, with the fixes, when `open_to_network()`; None otherwise."""
+        if not self.open_to_network():
+            return None
+        where = (
+            f"every interface ({self.publish_host}, as the runbook's \"8000:8000\" does)"
+            if ipaddress.ip_address(self.publish_host).is_unspecified
+            else f"{self.publish_host}, a non-loopback address"
+        )
+        return (
+            f"target {self.name!r} publishes port {self.host_port} on {where} and has no API key "
+            "(api_key_secret is empty): anyone who can reach this machine can use the server. "
+            f"Fix: `python -m deployments.setup --targets spark --api-key` generates a key into the "
+            f"Secret block {API_KEY_BLOCK!r} and sets it as the spark target's api_key_secret (or "
+            "name any Secret block holding a key in api_key_secret); clients then send "
+            "`Authorization: Bearer <key>`. Or set publish_host to 127.0.0.1 to serve this machine only."
+        )
+
+    def docker_is_remote(self) -> bool:
+        """True when the docker daemon is on another machine than the worker running the flow.
+
+        Empty, `unix://` and `npipe://` are local; `ssh://` is remote; `tcp://` (and `http(s)://`)
+        are local only on a loopback address or `localhost`. Pure: no name is resolved, so a
+        `tcp://` URL naming this machine by another name counts as remote (use 127.0.0.1).
+        """
+        url = self.docker_base_url
+        if url is None or url.startswith(("unix://", "npipe://")):
+            return False
+        if url.startswith("ssh://"):
+            return True
+        host = urlsplit(url).hostname
+        if not host or host == "localhost" or host.endswith(".localhost"):
+            return False
+        try:
+            return not ipaddress.ip_address(host).is_loopback
+        except ValueError:  # a host name other than localhost
+            return True
+
+    def remote_docker_problem(self) -> str | None:
+        """Why a remote docker host is refused, with the fix, when `docker_is_remote()`; else None.
+
+        Only the container and the drop-caches helper would run on that machine: staging writes
+        `cache_dir` on the worker's own disk and `meminfo_path` is read from the worker's
+        filesystem, so the server would start without its model and the memory checks would
+        describe the wrong machine.
+        """
+        if not self.docker_is_remote():
+            return None
+        return (
+            f"target {self.name!r}: docker_base_url {self.docker_base_url!r} is a docker daemon on "
+            "another machine, which the flows do not support yet: only the container and the "
+            f"drop-caches helper would run there, while staging writes cache_dir ({self.cache_dir}) "
+            f"on this worker's disk and meminfo_path ({self.meminfo_path}) is read from this "
+            "worker's filesystem. Fix: run a Prefect worker on that machine "
+            f"(`prefect worker start --pool {WORK_POOL}`) with docker_base_url empty (its local "
+            "daemon); if the daemon is on this machine, use unix:///var/run/docker.sock or "
+            "tcp://127.0.0.1:<port>"
+        )
 
     def docker_host(self, **kwargs: Any) -> DockerHost:
         """A prefect-docker `DockerHost` for this machine (local daemon when no base URL).

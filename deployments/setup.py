@@ -2,11 +2,15 @@
 
     python -m deployments.setup --hub-endpoint http://127.0.0.1:18080 --sim-root .demo/sim
     python -m deployments.setup --targets spark            # on the Spark's own Prefect server
+    python -m deployments.setup --targets spark --api-key  # ... and require an API key
 
 Steps: register the block types; save the target blocks (``spark``, ``sim``), the engine spec
 ``qwen3-32b-fp8`` (the runbook's defaults) and, when a token is given in the environment, the
-``hf-token`` Secret block; create the process work pool and a ``gpu:<target>`` global concurrency
-limit of 1 per target; then ``prefect deploy --all`` from the project root.
+``hf-token`` Secret block; with ``--api-key``, a generated key in the ``vllm-api-key`` Secret block
+(kept when it exists) named by the spark target; create the process work pool and a
+``gpu:<target>`` global concurrency limit of 1 per target; then ``prefect deploy --all`` from the
+project root. A target block saved earlier keeps its ``api_key_secret``: a re-run never reopens a
+server that requires a key.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -21,16 +26,18 @@ from pathlib import Path
 from prefect import get_client
 from prefect.blocks.system import Secret
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from blocks.engine import EngineSpec
+from blocks.shared import API_KEY_BLOCK, WORK_POOL
 from blocks.target import TargetMachine
 from deployments.targets import sim_target, spark_target
 from tasks.locks import ensure_gpu_limit
 
 ROOT = Path(__file__).resolve().parent.parent
-WORK_POOL = "spark-vllm"
 ENGINE_BLOCK = "qwen3-32b-fp8"
+#: The target `--api-key` protects: the one published on every interface, as the runbook does.
+API_KEY_TARGET = "spark"
 
 
 def ensure_work_pool(name: str = WORK_POOL) -> None:
@@ -42,13 +49,71 @@ def ensure_work_pool(name: str = WORK_POOL) -> None:
             print(f"work pool {name} exists")
 
 
+def _secret_exists(name: str) -> bool:
+    """Whether the Secret block exists, asked without fetching its value."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_block_document_by_name(name, block_type_slug="secret", include_secrets=False)
+        except ObjectNotFound:
+            return False
+    return True
+
+
+def ensure_api_key(name: str = API_KEY_BLOCK, rotate: bool = False) -> bool:
+    """Save a generated API key in the Secret block `name`, unless it exists; True when written.
+
+    An existing key is kept: operators may already have handed it to clients, and replacing it
+    would lock them out. `rotate` replaces it on purpose. The key is never printed or logged;
+    the message says where it is and how to read it.
+    """
+    if _secret_exists(name) and not rotate:
+        print(f"Secret block {name} exists: its key is kept (clients may already use it; "
+              "--rotate-api-key replaces it)")
+        return False
+    Secret(value=secrets.token_urlsafe(32)).save(name, overwrite=True)
+    print(
+        f"API key {'rotated' if rotate else 'generated'} into the Prefect Secret block {name} (value not shown).\n"
+        f"  read it:  {sys.executable} -c \"from prefect.blocks.system import Secret; "
+        f"print(Secret.load('{name}').get())\"\n"
+        f"  (`prefect block inspect secret/{name}` shows the block, with the value masked)\n"
+        "  clients send it as `Authorization: Bearer <key>`"
+    )
+    if rotate:
+        print("  the running server still has the old key: run stop-qwen, then deploy-qwen, to replace it")
+    return True
+
+
+def _keep_saved_api_key(target: TargetMachine) -> TargetMachine:
+    """The target, with the `api_key_secret` of its saved block when this run sets none.
+
+    Saving with overwrite=True would otherwise clear a key an operator set (with --api-key or
+    in the UI) and silently reopen the server to the network on every re-run of the setup.
+    """
+    if target.api_key_secret:
+        return target
+    try:
+        saved = TargetMachine.load(target.name)
+    except ValueError:  # no such block yet (or one that no longer validates: replaced)
+        return target
+    if not saved.api_key_secret:
+        return target
+    print(f"target {target.name}: keeps api_key_secret {saved.api_key_secret!r} from its saved block "
+          "(clear it in the block to serve without a key)")
+    fields = target.model_dump(include=set(TargetMachine.model_fields))
+    return TargetMachine(**{**fields, "api_key_secret": saved.api_key_secret})
+
+
 def register_blocks(targets: list[TargetMachine], hf_token: str | None) -> None:
     EngineSpec.register_type_and_schema()
     TargetMachine.register_type_and_schema()
     EngineSpec().save(ENGINE_BLOCK, overwrite=True)
     for target in targets:
+        target = _keep_saved_api_key(target)
         target.save(target.name, overwrite=True)
         print(f"target block {target.name} saved")
+        warning = target.open_to_network_warning()
+        if warning:
+            print(f"  warning: {warning}")
     if hf_token:
         Secret(value=hf_token).save("hf-token", overwrite=True)
         print("Secret block hf-token saved (value not shown)")
@@ -74,17 +139,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sim-root", type=Path, default=ROOT / ".demo" / "sim", help="cache and memory ledger of the sim target")
     parser.add_argument("--sim-port", type=int, default=18000, help="host port of the sim target's server")
     parser.add_argument("--sim-time-scale", type=float, default=0.05, help="imitation startup time scale (1.0 = a Spark's 3-4 min)")
+    parser.add_argument("--api-key", action="store_true",
+                        help=f"require an API key on the {API_KEY_TARGET} target: generate one into the Secret "
+                             f"block {API_KEY_BLOCK} (kept if it exists) and set the target's api_key_secret")
+    parser.add_argument("--rotate-api-key", action="store_true",
+                        help=f"like --api-key, but replace the key in {API_KEY_BLOCK} (clients need the new one)")
     parser.add_argument("--no-deploy", action="store_true", help="skip `prefect deploy --all`")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
+    want_key = args.api_key or args.rotate_api_key
+    if want_key and API_KEY_TARGET not in names:
+        parser.error(f"--api-key protects the {API_KEY_TARGET} target: add it to --targets "
+                     f"(for another target, name a Secret block in its api_key_secret in the UI)")
     targets = []
     for name in names:
         if name == "spark":
-            targets.append(spark_target())
+            targets.append(spark_target(api_key_secret=API_KEY_BLOCK) if want_key else spark_target())
         elif name == "sim":
             targets.append(sim_target("sim", args.sim_root, args.hub_endpoint, args.sim_port, args.sim_time_scale))
         else:
             parser.error(f"unknown target {name!r}: spark or sim (edit other targets as blocks in the UI)")
+    if want_key:
+        ensure_api_key(API_KEY_BLOCK, rotate=args.rotate_api_key)
     register_blocks(targets, os.environ.get("HF_TOKEN"))
     ensure_work_pool()
     for target in targets:

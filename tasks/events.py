@@ -1,19 +1,80 @@
 """Prefect events about the served model: ``vllm.service.<what>`` on resource ``vllm.service.<target>``.
 
-Automations match on them (unhealthy -> recovery) and the UI's event feed shows them.
+Automations match on them (unhealthy -> recovery) and the UI's event feed shows them. The
+vocabulary is `ServiceEvent`, the one list of what may follow ``vllm.service.``: an automation
+written against a name that no flow emits would never fire, and nothing would say so. The
+resource id is defined once, in ``blocks.target.service_resource_id`` (also behind
+``TargetMachine.event_resource_id``). docs/design.md describes each event.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from prefect.events import emit_event
 
+from blocks.target import service_resource_id
+
+#: What every event name starts with.
+EVENT_PREFIX = "vllm.service"
+
+
+class ServiceEvent(StrEnum):
+    """What happened to a target's server; the event is ``vllm.service.<value>``."""
+
+    # deploy-qwen / stop-qwen
+    DEPLOYED = "deployed"
+    UNCHANGED = "unchanged"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    # health checks
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    STARTING = "starting"
+    UNHEALTHY = "unhealthy"
+    # recovery
+    RECOVERING = "recovering"
+    RECOVERED = "recovered"
+    NEEDS_OPERATOR = "needs-operator"
+
+    @property
+    def event(self) -> str:
+        """The full event name, e.g. ``vllm.service.unhealthy`` (what an automation matches)."""
+        return f"{EVENT_PREFIX}.{self.value}"
+
+
+def service_event(what: ServiceEvent | str) -> ServiceEvent:
+    """`what` as a `ServiceEvent`; a plain string must be one of the vocabulary's values.
+
+    Raises:
+        ValueError: `what` is not in the vocabulary (the message lists it).
+    """
+    try:
+        return ServiceEvent(what)
+    except ValueError:
+        raise ValueError(
+            f"unknown service event {what!r}: use one of {', '.join(e.value for e in ServiceEvent)} "
+            "(a new kind of event is a new member of tasks.events.ServiceEvent, documented in "
+            "docs/design.md)"
+        ) from None
+
 
 def service_resource(target_name: str) -> dict[str, str]:
-    return {"prefect.resource.id": f"vllm.service.{target_name}", "prefect.resource.name": f"vLLM on {target_name}"}
+    """The event resource for the target's server (id ``vllm.service.<target>``)."""
+    return {"prefect.resource.id": service_resource_id(target_name), "prefect.resource.name": f"vLLM on {target_name}"}
 
 
-def emit_service_event(target_name: str, what: str, payload: dict[str, Any] | None = None) -> None:
-    """Emit ``vllm.service.<what>``; never put secrets in ``payload``."""
-    emit_event(event=f"vllm.service.{what}", resource=service_resource(target_name), payload=payload or {})
+def emit_service_event(target_name: str, what: ServiceEvent | str, payload: dict[str, Any] | None = None) -> None:
+    """Emit ``vllm.service.<what>`` about the target's server; never put secrets in ``payload``.
+
+    Args:
+        target_name: the TargetMachine's name (the resource is ``vllm.service.<target_name>``).
+        what: a `ServiceEvent`, or its value as a string (e.g. "deployed").
+        payload: JSON-able details (endpoint, spec hash, failure kind...).
+
+    Raises:
+        ValueError: `what` is not in the vocabulary; refused before anything is emitted.
+    """
+    event = service_event(what)
+    emit_event(event=event.event, resource=service_resource(target_name), payload=payload or {})

@@ -3,6 +3,9 @@
 The limit ``gpu:<target>`` (limit 1) is created by ``deployments/setup.py``; the flow also creates it
 when missing, because a non-strict ``concurrency()`` on a missing limit silently does not limit,
 and two deploys at once on one machine would start two servers that fight for its memory.
+
+The limit's name is defined once, in ``blocks.target.gpu_limit_name`` (also behind
+``TargetMachine.concurrency_limit``); it is re-exported here for callers of this module.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from blocks.target import gpu_limit_name
 
-def gpu_limit_name(target_name: str) -> str:
-    return f"gpu:{target_name}"
+__all__ = ["ensure_gpu_limit", "gpu_limit_name", "gpu_lock"]
 
 
 def ensure_gpu_limit(target_name: str) -> str:

@@ -112,8 +112,154 @@ def test_validation_errors_name_the_field(kwargs, field):
 
 
 def test_empty_strings_mean_none():
-    t = TargetMachine(name="spark", docker_base_url="", hf_token_secret="", hub_endpoint=" ", image="")
+    t = TargetMachine(name="spark", docker_base_url="", hf_token_secret="", hub_endpoint=" ", image="", container_name=" ")
     assert t.docker_base_url is None and t.hf_token_secret is None and t.hub_endpoint is None and t.image is None
+    assert t.container_name is None
+
+
+# ------------------------------------------------------------------------------ overrides
+
+
+@pytest.mark.parametrize("bad", ["bad name!", "vllm/qwen", "-leading-dash", "x"])
+def test_a_bad_container_name_override_is_refused_with_the_fix(bad):
+    with pytest.raises(ValidationError) as info:
+        TargetMachine(name="spark", container_name=bad)
+    message = str(info.value)
+    assert "container_name" in message and "not a valid docker container name" in message
+    assert "runbook: vllm-qwen3-32b-fp8" in message and "leave it empty" in message
+
+
+def test_target_and_spec_share_one_container_name_rule():
+    for name in ("vllm-qwen3-32b-fp8", "a.b_c-1", "Qwen3"):
+        assert TargetMachine(name="sim", container_name=name).container_name == EngineSpec(container_name=name).container_name
+    with pytest.raises(ValidationError, match="not a valid docker container name"):
+        EngineSpec(container_name=" ")  # the spec needs a name; on the target, empty = the spec's
+    for name in ("bad name!", "x", "_x", "vllm/qwen"):
+        with pytest.raises(ValidationError, match="not a valid docker container name"):
+            EngineSpec(container_name=name)
+        with pytest.raises(ValidationError, match="not a valid docker container name"):
+            TargetMachine(name="sim", container_name=name)
+
+
+def test_apply_to_validates_the_overrides():
+    spec = EngineSpec(max_num_seqs=32)
+    applied = sim(container_name="vllm-sim-1").apply_to(spec)
+    assert (applied.image, applied.container_name, applied.max_num_seqs) == ("spark-vllm/vllm-sim:latest", "vllm-sim-1", 32)
+    assert spec.container_name == "vllm-qwen3-32b-fp8"  # the input is untouched
+    assert spark().apply_to(spec) is spec  # no overrides: the spec itself
+    # A block that skipped validation (model_construct, an old saved document) is still refused
+    # when applied: apply_to rebuilds the spec through its validators, unlike model_copy(update=).
+    unchecked = TargetMachine.model_construct(name="odd", container_name="vllm/qwen")
+    with pytest.raises(ValueError, match=r"target 'odd': its overrides \(container_name\)") as info:
+        unchecked.apply_to(spec)
+    assert "not a valid docker container name" in str(info.value)
+
+
+# ------------------------------------------------------------------------------ names shared with tasks
+
+
+def test_limit_and_resource_names_are_defined_once():
+    from blocks.target import gpu_limit_name, service_resource_id
+    from tasks import events, locks
+
+    t = spark()
+    assert t.concurrency_limit == gpu_limit_name("spark") == locks.gpu_limit_name("spark") == "gpu:spark"
+    assert locks.gpu_limit_name is gpu_limit_name
+    assert t.event_resource_id == service_resource_id("spark") == "vllm.service.spark"
+    assert events.service_resource("spark")["prefect.resource.id"] == t.event_resource_id
+
+
+def test_service_events_are_one_vocabulary(monkeypatch):
+    from tasks import events
+    from tasks.events import ServiceEvent, emit_service_event
+
+    assert {e.value for e in ServiceEvent} == {
+        "deployed", "unchanged", "failed", "stopped", "healthy", "degraded", "starting",
+        "unhealthy", "recovering", "recovered", "needs-operator",
+    }  # fmt: skip
+    assert ServiceEvent.NEEDS_OPERATOR.event == "vllm.service.needs-operator"
+    assert ServiceEvent("deployed") == "deployed"  # a StrEnum: compares and formats as its value
+    sent: list[dict] = []
+    monkeypatch.setattr(events, "emit_event", lambda **kw: sent.append(kw))
+    emit_service_event("spark", ServiceEvent.UNHEALTHY, {"reason": "x"})
+    emit_service_event("sim", "deployed")  # plain strings still work
+    assert [(kw["event"], kw["resource"]["prefect.resource.id"], kw["payload"]) for kw in sent] == [
+        ("vllm.service.unhealthy", "vllm.service.spark", {"reason": "x"}),
+        ("vllm.service.deployed", "vllm.service.sim", {}),
+    ]
+    with pytest.raises(ValueError, match="unknown service event 'deploy'.*deployed, unchanged"):
+        emit_service_event("spark", "deploy")
+    assert len(sent) == 2  # refused before anything is emitted
+
+
+# ------------------------------------------------------------------------------ network exposure
+
+
+def test_the_runbook_default_is_open_to_the_network_and_says_how_to_close_it():
+    t = spark()
+    assert t.open_to_network()
+    warning = t.open_to_network_warning()
+    assert "target 'spark' publishes port 8000 on every interface (0.0.0.0" in warning
+    assert "api_key_secret" in warning and "python -m deployments.setup --targets spark --api-key" in warning
+    assert "vllm-api-key" in warning and "publish_host to 127.0.0.1" in warning
+
+
+@pytest.mark.parametrize(
+    "kwargs,is_open",
+    [
+        ({}, True),
+        ({"publish_host": "::"}, True),
+        ({"publish_host": "192.168.1.20"}, True),
+        ({"api_key_secret": "vllm-api-key"}, False),
+        ({"publish_host": "127.0.0.1"}, False),
+        ({"publish_host": "127.0.0.2"}, False),
+        ({"publish_host": "::1"}, False),
+    ],
+)
+def test_open_to_network(kwargs, is_open):
+    t = TargetMachine(name="spark", **kwargs)
+    assert t.open_to_network() is is_open
+    assert (t.open_to_network_warning() is not None) is is_open
+
+
+def test_a_specific_address_is_named_in_the_warning():
+    assert "192.168.1.20, a non-loopback address" in TargetMachine(name="spark", publish_host="192.168.1.20").open_to_network_warning()
+
+
+# ------------------------------------------------------------------------------ remote docker hosts
+
+
+@pytest.mark.parametrize(
+    "url,remote",
+    [
+        (None, False),
+        ("unix:///var/run/docker.sock", False),
+        ("unix:///run/user/1000/docker.sock", False),
+        ("npipe:////./pipe/docker_engine", False),
+        ("ssh://ops@spark.local", True),
+        ("ssh://ops@127.0.0.1", True),  # ssh always goes through another login: treated as remote
+        ("tcp://127.0.0.1:2375", False),
+        ("tcp://127.1.2.3:2375", False),
+        ("tcp://localhost:2375", False),
+        ("tcp://LOCALHOST:2375", False),
+        ("tcp://[::1]:2375", False),
+        ("tcp://spark.local:2376", True),
+        ("tcp://10.0.0.5:2376", True),
+        ("tcp://[2001:db8::1]:2376", True),
+        ("https://spark.local:2376", True),
+    ],
+)
+def test_docker_is_remote(url, remote):
+    t = TargetMachine(name="spark", docker_base_url=url)
+    assert t.docker_is_remote() is remote
+    assert (t.remote_docker_problem() is not None) is remote
+
+
+def test_remote_docker_problem_says_why_and_the_fix():
+    problem = TargetMachine(name="spark", docker_base_url="ssh://ops@spark.local").remote_docker_problem()
+    assert "target 'spark'" in problem and "'ssh://ops@spark.local'" in problem
+    assert "cache_dir (/opt/hf)" in problem and "meminfo_path (/proc/meminfo)" in problem
+    assert "prefect worker start --pool spark-vllm" in problem and "docker_base_url empty" in problem
 
 
 # ------------------------------------------------------------------------------ labels
