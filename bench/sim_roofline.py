@@ -6,6 +6,10 @@ figures operators know from the runbook come out — single request 6-7 tok/s,
 64 concurrent 300-400 tok/s, TTFT 200-500 ms — and writes them to
 docs/benchmarks.md under `## vLLM imitation roofline` (other sections kept).
 
+The server is started with the command the deploy renders, ``EngineSpec().vllm_command()``
+(blocks/engine.py: the runbook's flags), with only the download dir, port and host changed for a
+host process; the streams are read with the ``openai`` client, as an operator's client would.
+
 Usage:
     python bench/sim_roofline.py                 # starts the imitation as a host process
     python bench/sim_roofline.py --base-url http://127.0.0.1:8000   # an already running one
@@ -14,10 +18,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -28,18 +29,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
 
 import httpx
+from openai import OpenAI
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.report import write_section  # noqa: E402
+from bench.report import machine_line, write_section  # noqa: E402
+from blocks.engine import EngineSpec  # noqa: E402
 from sim.ports import free_port  # noqa: E402
 from sim.vllm.vllm_sim.testing import build_hf_cache  # noqa: E402
 
-MODEL = "Qwen/Qwen3-32B-FP8"
+MODEL = EngineSpec().served_name
 SECTION = "## vLLM imitation roofline"
 PROMPT = "Explain how a memory-bandwidth-bound language model server batches requests, request {i}."
 
@@ -55,31 +57,48 @@ class Sample:
         return (self.e2e - self.ttft) / max(1, self.tokens - 1)
 
 
-def pct(values: List[float], q: float) -> float:
+def pct(values: list[float], q: float) -> float:
+    """The ``q``-th percentile by nearest rank (no interpolation: few samples, report a real one)."""
     ordered = sorted(values)
     k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[k]
 
 
-def stream_one(client: httpx.Client, i: int, max_tokens: int) -> Sample:
-    """One streamed /v1/completions request, timed like vllm bench serve."""
-    body = {"model": MODEL, "prompt": PROMPT.format(i=i), "max_tokens": max_tokens, "stream": True,
-            "stream_options": {"include_usage": True}, "temperature": 0.0}
+def stream_one(client: OpenAI, i: int, max_tokens: int) -> Sample:
+    """One streamed /v1/completions request, timed like vllm bench serve.
+
+    TTFT is the first chunk that carries a choice; the token count is the usage the server
+    reports in its last chunk (``stream_options.include_usage``), not a count of chunks.
+    """
     start = time.perf_counter()
-    ttft: Optional[float] = None
+    ttft: float | None = None
     tokens = 0
-    with client.stream("POST", "/v1/completions", json=body) as resp:
-        resp.raise_for_status()
-        for line in resp.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("choices") and ttft is None:
+    stream = client.completions.create(
+        model=MODEL, prompt=PROMPT.format(i=i), max_tokens=max_tokens, temperature=0.0, stream=True,
+        stream_options={"include_usage": True},
+    )
+    with stream:
+        for chunk in stream:
+            if chunk.choices and ttft is None:
                 ttft = time.perf_counter() - start
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
     end = time.perf_counter() - start
     return Sample(ttft if ttft is not None else end, end, tokens)
+
+
+def serve_command(port: int, download_dir: Path) -> list[str]:
+    """The deploy's own command line (``EngineSpec().vllm_command()``) for a host process.
+
+    Only what a host process needs differs from the container: the imitation's entry point for
+    ``vllm``, the local cache as ``--download-dir``, the port (a spec field), and a loopback host
+    with quiet access logs (extra args, after the runbook's flags, as the spec renders them).
+    """
+    spec = EngineSpec(download_dir=str(download_dir), container_port=port,
+                      extra_args=["--host", "127.0.0.1", "--disable-uvicorn-access-log"])
+    command = spec.vllm_command()
+    assert command[0] == "vllm", command
+    return [sys.executable, "-m", "sim.vllm", *command[1:]]
 
 
 def start_server(port: int, workdir: Path) -> subprocess.Popen:
@@ -89,11 +108,7 @@ def start_server(port: int, workdir: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "HF_"))}
     env.update({"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache.root), "VLLM_SIM_LEDGER_DIR": str(workdir / "ledger"),
                 "VLLM_SIM_TIME_SCALE": "0.002", "VLLM_SIM_DECODE_TIME_SCALE": "1.0"})
-    cmd = [sys.executable, "-m", "sim.vllm", "serve", MODEL, "--download-dir", str(cache.root), "--max-model-len",
-           "32000", "--gpu-memory-utilization", "0.90", "--max-num-batched-tokens", "16384", "--max-num-seqs", "64",
-           "--enable-prefix-caching", "--trust-remote-code", "--host", "127.0.0.1", "--port", str(port),
-           "--disable-uvicorn-access-log"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(serve_command(port, cache.root), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -106,8 +121,13 @@ def start_server(port: int, workdir: Path) -> subprocess.Popen:
 
 
 def run(base_url: str, singles: int, ttft_probes: int, concurrency: int, max_tokens: int) -> dict:
-    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
-    with httpx.Client(base_url=base_url, timeout=300, limits=limits) as client:
+    """Warm-up, idle-server TTFT probes, single streams, then one burst of ``concurrency`` streams.
+
+    One client for all threads (openai's client is thread-safe; its pool keeps 100 connections
+    alive, more than the burst opens); no retries, so a failed request fails the bench.
+    """
+    with OpenAI(base_url=f"{base_url.rstrip('/')}/v1", api_key=os.environ.get("VLLM_API_KEY", "EMPTY"),
+                max_retries=0, timeout=300) as client:
         stream_one(client, -1, 4)  # warm-up (connection, prefix cache of nothing)
         probes = [stream_one(client, 1000 + i, 1) for i in range(ttft_probes)]
         single = [stream_one(client, i, max_tokens) for i in range(singles)]
@@ -136,13 +156,14 @@ def run(base_url: str, singles: int, ttft_probes: int, concurrency: int, max_tok
 
 
 def section(r: dict) -> str:
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    return f"""Measured {now} by `python bench/sim_roofline.py` on {machine} (no GPU): the imitation
-(`sim/vllm`) with the runbook's command line, `VLLM_SIM_DECODE_TIME_SCALE=1` (real-time Spark
-decoding), streamed `/v1/completions` timed like `vllm bench serve` (TTFT = first streamed chunk,
-TPOT = (latency - TTFT) / (tokens - 1)). These are the imitation's *roofline model* seen through its
-HTTP path: they check the model, they are **not** measurements of a DGX Spark.
+    """The markdown section: the figures beside the runbook's."""
+    return f"""{machine_line()} No GPU.
+`python bench/sim_roofline.py`: the imitation (`sim/vllm`) started with the deploy's command line
+(`EngineSpec().vllm_command()`, the runbook's flags), `VLLM_SIM_DECODE_TIME_SCALE=1` (real-time
+Spark decoding), streamed `/v1/completions` read with the `openai` client and timed like
+`vllm bench serve` (TTFT = first streamed chunk, TPOT = (latency - TTFT) / (tokens - 1)). These are
+the imitation's *roofline model* seen through its HTTP path: they check the model, they are **not**
+measurements of a DGX Spark.
 
 | figure | imitation | runbook (DGX Spark) |
 |---|---|---|

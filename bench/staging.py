@@ -14,7 +14,11 @@ Both tools run as separate processes with 8 parallel files, against the imitatio
 own process (`python -m sim.hub`), on the same disk. Our flow reports to a Prefect server started
 here (prefect's test harness, SQLite).
 
-Usage: python bench/staging.py [--shards 7] [--shard-mib 320] [--throttle-mbps 100] [--work DIR]
+Usage: python bench/staging.py [--shards 7] [--shard-mib 320] [--throttle-mbps 100] [--links both]
+       [--work DIR] [--keep-hub-data]
+
+``--links no-throttle`` measures only the unthrottled link (about half the run time); the section
+written then has only that link's rows.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -33,6 +38,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import httpx
@@ -136,11 +142,22 @@ def on_disk(cache: Path) -> tuple[int, int]:
     return complete, partial
 
 
+def child_cpu_s() -> float:
+    """CPU seconds of every child reaped so far: the delta around one tool's run is that run's CPU.
+
+    The Hub imitation and the Prefect server are children too, but they are reaped only at the
+    end, so they never enter a delta; the `sync` after a run is measured after the delta is taken.
+    """
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 @dataclass
 class Run:
     wall_s: float = 0.0
     window_s: float = 0.0  # first byte on disk -> every blob complete on disk
     sync_s: float = 0.0
+    cpu_s: float = 0.0  # user + system CPU of the tool's process (and its children), start-up included
     returncode: int | None = None
     killed_at: tuple[int, int] | None = None  # (complete, partial) at the kill
     result: dict = field(default_factory=dict)
@@ -164,6 +181,7 @@ def run(tool: str, cache: Path, hub: Hub, api: str, kill_at: float | None = None
     first_byte: list[float] = []
     all_done: list[float] = []
     t0 = time.monotonic()
+    cpu0 = child_cpu_s()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     baseline = sum(on_disk(cache))
     while proc.poll() is None:
@@ -180,6 +198,7 @@ def run(tool: str, cache: Path, hub: Hub, api: str, kill_at: float | None = None
         time.sleep(0.01)
     end = time.monotonic()
     out.close()
+    r.cpu_s = child_cpu_s() - cpu0  # the tool was the only child reaped in between
     r.returncode = proc.returncode
     r.wall_s = end - t0
     if not all_done and sum(on_disk(cache)) >= hub.total:
@@ -248,18 +267,24 @@ def mb(n: float) -> str:
     return f"{n / 1e6:,.0f} MB"
 
 
+def transfer_cpu_per_gb(cold: Run, rerun: Run, total: int) -> float:
+    """CPU seconds per GB the bytes themselves cost: the cold run's CPU minus the re-run's (the same
+    process start-up, listing and flow run with no byte to move), over the repo size."""
+    return max(cold.cpu_s - rerun.cpu_s, 0.0) / (total / 1e9)
+
+
 def render(args, hub: Hub, links: dict, started: float) -> str:
     cores = os.cpu_count()
     lines = [
         f"`python bench/staging.py` — {dt.date.today().isoformat()}, {platform.machine()}, {cores} cores, "
-        f"Python {platform.python_version()}, huggingface_hub 2.4.0 `hf download` vs `stage-model` "
+        f"Python {platform.python_version()}, huggingface_hub {version('huggingface_hub')} `hf download` vs `stage-model` "
         f"({(time.monotonic() - started) / 60:.1f} min for the whole run).",
         f"Repo: the Hub imitation's `{REPO_ID}`, {args.shards} shards x {args.shard_mib} MiB + the small files "
         f"= {mb(hub.total)} ({hub.total} bytes). Both tools: separate processes, 8 files in parallel, same disk; "
         f"the imitation in its own process on loopback.",
         "",
-        "| link | tool | cold wall | transfer window | MB/s (window) | + `sync` after | kill at 50 %: re-downloaded / missing | partials left after resume | re-run wall | re-run bytes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| link | tool | cold wall | transfer window | MB/s (window) | + `sync` after | CPU cold / re-run | transfer CPU per GB | kill at 50 %: re-downloaded / missing | partials left after resume | re-run wall | re-run bytes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for link, data in links.items():
         for tool in ("ours", "hf"):
@@ -272,7 +297,8 @@ def render(args, hub: Hub, links: dict, started: float) -> str:
             name = "stage-model" if tool == "ours" else "`hf download`"
             lines.append(
                 f"| {link} | {name} | {c.wall_s:.1f} s | {c.window_s:.1f} s | {hub.total / c.window_s / 1e6:.0f} | "
-                f"{c.sync_s:.1f} s | {kill_txt} | {left} | {rr.wall_s:.1f} s | {rb} |"
+                f"{c.sync_s:.1f} s | {c.cpu_s:.1f} s / {rr.cpu_s:.1f} s | {transfer_cpu_per_gb(c, rr, hub.total):.2f} s | "
+                f"{kill_txt} | {left} | {rr.wall_s:.1f} s | {rb} |"
             )
     lines += ["", "Ratios (stage-model over `hf download`, > 1 means ours is faster):", ""]
     for link, data in links.items():
@@ -283,18 +309,28 @@ def render(args, hub: Hub, links: dict, started: float) -> str:
         )
     ours_rr = links[next(iter(links))]["ours"]["rerun"][0]
     in_flow = [d["ours"]["rerun_result"].get("duration_s") for d in links.values() if d["ours"].get("rerun_result")]
+    ours_walls = [d["ours"]["rerun"][0].wall_s for d in links.values()]
+    hf_walls = [d["hf"]["rerun"][0].wall_s for d in links.values()]
+    throttled = [link for link in links if link != "no throttle"]
+    link_rate = (
+        f" On the {throttled[0].removesuffix(' total')} link both tools move bytes at the link's rate, and the "
+        "fixed cost is the whole difference in wall time." if throttled else ""
+    )
     lines += [
         "",
         "Reading the figures:",
         "",
         "- *Transfer window* is first byte on disk to the moment every blob is complete on disk (polled every "
         "10 ms the same way for both tools): process start-up and teardown are left out; *cold wall* includes "
-        "them. That fixed cost is what the *re-run wall* shows: 4-7 s for a fresh stage-model process here "
-        "(Python + Prefect import about 3 s, flow-run creation and teardown 1-2 s — Prefect 3.9's flow engine "
-        "waits up to 1 s for its heartbeat thread at exit), under 1 s for the CLI. Inside the deploy flow "
-        "staging runs inside the deploy's own flow run, so neither the import nor a flow run's set-up is paid per staging. On the "
-        "100 MB/s link both tools move bytes at the link's rate, and the fixed cost is the whole difference "
-        "in wall time.",
+        "them. That fixed cost is what the *re-run wall* shows: "
+        f"{min(ours_walls):.1f}-{max(ours_walls):.1f} s for a fresh stage-model process here (Python + Prefect "
+        "import, flow-run creation and teardown — Prefect 3.9's flow engine waits up to 1 s for its heartbeat "
+        f"thread at exit), {max(hf_walls):.1f} s at most for the CLI. Inside the deploy flow staging runs inside "
+        "the deploy's own flow run, so neither the import nor a flow run's set-up is paid per staging."
+        + link_rate,
+        "- *CPU cold / re-run*: user + system CPU of the tool's process; *transfer CPU per GB* is their "
+        "difference over the repo size, i.e. what moving, hashing and writing the bytes costs once start-up, "
+        "listing and the flow run (the same in both runs) are taken out.",
         "- *+ `sync` after*: the time a `sync` takes once the tool has exited. stage-model writes back as it "
         "goes (`fdatasync` every 64 MiB, `fsync` before each rename), so its blobs are durable when it exits; "
         "`hf download` leaves them as dirty pages. *Wall + sync* compares the time until the model is safely "
@@ -311,11 +347,23 @@ def render(args, hub: Hub, links: dict, started: float) -> str:
 
 
 
+def selected_links(which: str, throttle_mbps: float) -> list[tuple[str, float | None]]:
+    """The (label, total bytes/s or None) links ``--links`` asks for, unthrottled first."""
+    links: list[tuple[str, float | None]] = []
+    if which in ("both", "no-throttle"):
+        links.append(("no throttle", None))
+    if which in ("both", "throttled"):
+        links.append((f"{throttle_mbps:.0f} MB/s total", throttle_mbps * 1e6))
+    return links
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", type=int, default=7)
     ap.add_argument("--shard-mib", type=int, default=320)
     ap.add_argument("--throttle-mbps", type=float, default=100.0, help="total link rate, MB/s")
+    ap.add_argument("--links", choices=("both", "no-throttle", "throttled"), default="both",
+                    help="which links to measure (default both)")
     ap.add_argument("--work", type=Path, default=None, help="scratch dir (default: a temp dir, removed)")
     ap.add_argument("--keep-hub-data", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="print the section, do not touch docs/")
@@ -334,7 +382,7 @@ def main() -> None:
     try:
         with prefect_test_harness(server_startup_timeout=120):
             api = PREFECT_API_URL.value()
-            for link, rate in (("no throttle", None), (f"{args.throttle_mbps:.0f} MB/s total", args.throttle_mbps * 1e6)):
+            for link, rate in selected_links(args.links, args.throttle_mbps):
                 hub.throttle(rate)
                 data: dict[str, dict] = {}
                 for tool in ("ours", "hf"):
@@ -344,6 +392,8 @@ def main() -> None:
                           f"sync {d['cold'].sync_s:.1f}s", flush=True)
                     rr = rerun(tool, cache, hub, api, work)
                     d["rerun"] = rr
+                    print(f"[bench] {link} {tool} CPU: cold {d['cold'].cpu_s:.1f}s, re-run {rr[0].cpu_s:.1f}s, "
+                          f"transfer {transfer_cpu_per_gb(d['cold'], rr[0], hub.total):.2f} s/GB", flush=True)
                     if tool == "ours":
                         log = (work / "ours-rerun.log").read_text(errors="replace").splitlines()
                         d["rerun_result"] = next((json.loads(x[7:]) for x in log if x.startswith("RESULT ")), {})

@@ -3,21 +3,33 @@
 ``spark_target()`` is the runbook's machine; ``sim_target()`` points the same flows at the
 imitations (the vLLM imitation image and the local Hub). Nothing else differs: no flow or task
 branches on which one it runs.
+
+The product never imports the imitations (``sim/``): the imitation image's tag is defined here,
+where the sim target needs it, and ``sim/image.py`` builds the image under this tag by importing
+it from here. This module stays light to import (``TargetMachine``, and with it Prefect, is
+imported only by the functions that build a target), so ``python -m sim.image check`` in
+deployments/bootstrap.sh does not pay Prefect's import for one string.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from blocks.target import TargetMachine
-from sim.image import SIM_IMAGE
+if TYPE_CHECKING:  # pragma: no cover
+    from blocks.target import TargetMachine
+
+#: The vLLM imitation's image, as ``sim/image.py`` tags it (built locally, never pulled).
+SIM_IMAGE = "spark-vllm/vllm-sim:latest"
 
 #: Where the imitation keeps its memory ledger inside the container (VLLM_SIM_LEDGER_DIR's default).
 SIM_LEDGER_MOUNT = "/var/lib/vllm-sim"
 
 
-def spark_target(name: str = "spark", **overrides) -> TargetMachine:
+def spark_target(name: str = "spark", **overrides: Any) -> TargetMachine:
     """The DGX Spark of the runbook: local docker, /opt/hf, all GPUs, port 8000, the real Hub."""
+    from blocks.target import TargetMachine
+
     return TargetMachine(name=name, **overrides)
 
 
@@ -29,7 +41,7 @@ def sim_target(
     time_scale: float = 0.05,
     decode_time_scale: float = 0.0,
     extra_env: dict[str, str] | None = None,
-    **overrides,
+    **overrides: Any,
 ) -> TargetMachine:
     """A target on this rig: the imitation image, a cache and a memory ledger under ``root``.
 
@@ -37,6 +49,8 @@ def sim_target(
     this target mounts it, it exposes a ``meminfo`` file shaped like /proc/meminfo, and writing 3
     to its ``drop_caches`` clears the page-cache term, as /proc/sys/vm/drop_caches does on a Spark.
     """
+    from blocks.target import TargetMachine
+
     root = Path(root).absolute()
     cache, ledger = root / "hf", root / "ledger"
     cache.mkdir(parents=True, exist_ok=True)

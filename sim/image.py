@@ -20,9 +20,11 @@ from pathlib import Path
 import docker
 from docker.errors import ImageNotFound
 
+# The tag is the product's (the sim target runs it): sim may import the product, never the reverse.
+from deployments.targets import SIM_IMAGE
+
 CONTENT_LABEL = "org.spark-vllm.content"
 BASE_IMAGE = "spark-vllm/sim-base:bookworm"
-SIM_IMAGE = "spark-vllm/vllm-sim:latest"
 BASE_RECIPE = ("mmdebstrap", "--variant=apt", "--include=python3", "bookworm")
 SIM_CONTEXT = Path(__file__).parent / "vllm"
 

@@ -138,14 +138,30 @@ def classify_response(status: int, headers: Mapping[str, str]) -> str:
     return "http"
 
 
+def _transient_transport_errors() -> tuple[type[BaseException], ...]:
+    """The connection-level exceptions ``HfApi`` lets through, which a retry may cure.
+
+    huggingface_hub raises its own classes for HTTP statuses but lets its HTTP library's transport
+    errors through unwrapped: in 2.4 that library is ``httpx2`` (httpx's fork), whose classes are
+    *not* httpx's, so catching ``httpx.ConnectError`` would miss a refused connection. The library
+    is taken from ``huggingface_hub.utils.httpx``, the public alias huggingface_hub keeps "for
+    downstream libraries across major versions" (httpx in 1.x, httpx2 in 2.x), so this follows
+    whatever huggingface_hub uses without importing an undeclared package. The classes are the
+    ones huggingface_hub's own ``http_backoff`` retries on: timeouts, network errors (connect,
+    read, write) and a protocol error from the server (a connection dropped mid-response).
+    """
+    from huggingface_hub.utils import httpx as hub_http
+
+    return (hub_http.TimeoutException, hub_http.NetworkError, hub_http.RemoteProtocolError)
+
+
 def _map_hub_exception(exc: BaseException, **ctx) -> StagingError | None:
     """A huggingface_hub exception -> our error; None when it is transient (worth a retry)."""
-    import httpx2
     from huggingface_hub import errors as hf
 
     if isinstance(exc, hf.OfflineModeIsEnabled):
         return HubUnreachableError("huggingface_hub is in offline mode (HF_HUB_OFFLINE was set when it was imported)")
-    if isinstance(exc, (httpx2.ConnectError, httpx2.TimeoutException, httpx2.RemoteProtocolError, httpx2.ReadError)):
+    if isinstance(exc, _transient_transport_errors()):
         return None
     status = None
     response = getattr(exc, "response", None)

@@ -2,37 +2,22 @@
 
 Worker threads only add to a counter (``add``); the task's own thread calls ``tick`` about twice a
 second and pushes at most one artifact update per ``min_interval`` (1 s), so a 32 GB download makes
-a few hundred API calls, not millions. Outside a Prefect run (tests calling ``task.fn``) the artifact
-is skipped.
+a few hundred API calls, not millions. The artifact is ``tasks.report.ProgressArtifact`` (the one
+every flow uses): outside a Prefect run (tests calling ``task.fn``) it does nothing.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import threading
 import time
 from typing import Any
 
+from tasks.report import ProgressArtifact, in_prefect_run
+
 from .models import FileOutcome
 from .plan import human_bytes
-
-
-def artifact_key(prefix: str, repo_id: str) -> str:
-    """Prefect artifact keys: lowercase letters, digits and dashes only."""
-    slug = re.sub(r"[^a-z0-9]+", "-", repo_id.lower()).strip("-")
-    return f"{prefix}-{slug}"[:100]
-
-
-def in_prefect_run() -> bool:
-    try:
-        from prefect.context import get_run_context
-
-        get_run_context()
-        return True
-    except Exception:  # MissingContextError outside a flow/task run
-        return False
 
 
 def describe_outcome(o: FileOutcome) -> str:
@@ -60,6 +45,19 @@ def describe_outcome(o: FileOutcome) -> str:
 
 
 class Progress:
+    """Bytes done of a staging run, shown as a progress artifact, a tqdm bar and per-file log lines.
+
+    Args:
+        total_bytes: the repo's bytes (the bar's 100 %).
+        done_bytes: bytes already in the cache when the transfer starts (reused + kept partials).
+        key: the progress artifact's key (``artifact_key("staging-progress", repo_id)``).
+        description: what is staged (``repo@commit``); the artifact shows it with the byte counts.
+        logger: where per-file lines go (the task's run logger).
+        min_interval: seconds between two artifact updates (the bar updates on every tick).
+        artifact: show the artifact; None = when inside a Prefect run.
+        bar: show the tqdm bar; None = when stderr is a terminal.
+    """
+
     def __init__(
         self,
         *,
@@ -79,10 +77,9 @@ class Progress:
         self.logger = logger or logging.getLogger(__name__)
         self.min_interval = min_interval
         self._lock = threading.Lock()
-        self._artifact_enabled = in_prefect_run() if artifact is None else artifact
-        self._artifact_id = None
+        enabled = in_prefect_run() if artifact is None else artifact
+        self._artifact = ProgressArtifact(key, ndigits=2) if enabled else None
         self._last_push = 0.0
-        self._last_pct = -1.0
         self._bar_enabled = sys.stderr.isatty() if bar is None else bar
         self._bar = None
         self._bar_pos = done_bytes
@@ -90,23 +87,14 @@ class Progress:
 
     # -- worker threads -------------------------------------------------------------------------
     def add(self, n: int) -> None:
+        """Count ``n`` more bytes done (negative when a restart drops a prefix); any thread."""
         with self._lock:
             self.done += n
 
     # -- the task's thread ------------------------------------------------------------------------
     def start(self) -> None:
-        if self._artifact_enabled:
-            try:
-                from prefect.artifacts import create_progress_artifact
-
-                self._artifact_id = create_progress_artifact(
-                    progress=self.percent(), key=self.key, description=self._text()
-                )
-                self._last_push = time.monotonic()
-                self._last_pct = self.percent()
-            except Exception as exc:  # the API being slow must never stop the bytes
-                self.logger.warning("progress artifact unavailable: %s", type(exc).__name__)
-                self._artifact_id = None
+        """Show the starting point at once (a resumed run starts above 0 %), and open the bar."""
+        self._push()
         if self._bar_enabled:
             from tqdm import tqdm
 
@@ -125,7 +113,13 @@ class Progress:
             done = self.done
         return f"{self.description}: {human_bytes(done)} of {human_bytes(self.total)}"
 
+    def _push(self) -> None:
+        if self._artifact is not None and self._artifact.update(self.percent(), self._text()):
+            self.artifact_updates += 1
+        self._last_push = time.monotonic()
+
     def tick(self, force: bool = False) -> None:
+        """Move the bar; update the artifact when ``min_interval`` has passed (or ``force``)."""
         if self._bar is not None:
             with self._lock:
                 done = self.done
@@ -133,28 +127,16 @@ class Progress:
             if delta:
                 self._bar.update(delta)
                 self._bar_pos = done
-        if self._artifact_id is None:
+        if self._artifact is None:
             return
-        now = time.monotonic()
-        pct = self.percent()
-        if not force and (now - self._last_push < self.min_interval or pct == self._last_pct):
-            return
-        if pct == self._last_pct and not force:
-            return
-        try:
-            from prefect.artifacts import update_progress_artifact
-
-            update_progress_artifact(self._artifact_id, progress=pct, description=self._text())
-            self.artifact_updates += 1
-        except Exception as exc:
-            self.logger.debug("progress artifact update failed: %s", type(exc).__name__)
-        self._last_push = now
-        self._last_pct = pct
+        if force or time.monotonic() - self._last_push >= self.min_interval:
+            self._push()  # an unchanged value is skipped by ProgressArtifact itself
 
     def file_done(self, outcome: FileOutcome) -> None:
         self.logger.info(describe_outcome(outcome))
 
     def close(self) -> None:
+        """Final artifact value and description (100 % on success), and close the bar."""
         self.tick(force=True)
         if self._bar is not None:
             self._bar.close()

@@ -18,6 +18,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
+from tasks.report import artifact_key, in_prefect_run, markdown_table, publish_report
+
 from .cache import RepoCache
 from .check import inspect_cache as _inspect
 from .errors import HubUnreachableError, OfflineCacheError
@@ -26,7 +28,7 @@ from .manifest import ManifestFile, load_manifest, manifest_path, save_manifest
 from .models import CacheState, FileOutcome, RepoListing, StagePlan, StageResult, TransferReport
 from .plan import human_bytes, make_plan, summarize
 from .preflight import preflight
-from .progress import Progress, artifact_key
+from .progress import Progress
 from .transfer import TransferConfig, run_transfers
 
 
@@ -222,12 +224,6 @@ def write_manifest(listing: RepoListing, state: CacheState, report: TransferRepo
     return str(save_manifest(cache, listing, entries))
 
 
-def _md_table(rows: list[tuple[str, str]]) -> str:
-    out = ["| | |", "|---|---|"]
-    out += [f"| {k} | {v} |" for k, v in rows]
-    return "\n".join(out)
-
-
 @task(name="report-staging", cache_policy=NO_CACHE)
 def report_staging(
     listing: RepoListing,
@@ -280,39 +276,38 @@ def report_staging(
         f"{human_bytes(result.bytes_downloaded)} downloaded, {human_bytes(result.bytes_resumed)} resumed, "
         f"{human_bytes(result.bytes_reused)} reused in {duration:.2f}s"
     )
-    if artifact:
-        from prefect.artifacts import create_markdown_artifact
-
-        from .progress import in_prefect_run
-
-        if in_prefect_run():
-            rows = [
-                ("repo", f"`{listing.repo_id}`"),
-                ("revision", f"`{listing.revision}` = `{listing.commit}`"),
-                ("source", listing.source),
-                ("snapshot", f"`{snapshot_path}`"),
-                ("files", f"{result.files_total} ({result.files_downloaded} downloaded, {result.files_resumed} resumed, "
-                          f"{result.files_reused} reused, {result.files_repaired} repaired)"),
-                ("bytes downloaded", f"{human_bytes(result.bytes_downloaded)} ({result.bytes_downloaded})"),
-                ("bytes resumed", f"{human_bytes(result.bytes_resumed)} ({result.bytes_resumed})"),
-                ("bytes reused", f"{human_bytes(result.bytes_reused)} ({result.bytes_reused})"),
-                ("bytes re-hashed", human_bytes(result.bytes_hashed)),
-                ("throughput", f"{thr / 1e6:.1f} MB/s over {report.duration_s:.1f}s" if thr else "no transfer"),
-                ("retries / restarts", f"{result.retries} / {result.restarts}"),
-                ("duration", f"{duration:.2f}s"),
-                ("manifest", f"`{manifest}`"),
-            ]
-            files = ["| file | size | action |", "|---|---:|---|"]
-            by_path = {o.path: o for o in outcomes}
-            for p in plan.files:
-                o = by_path.get(p.path)
-                act = o.result if o else p.action
-                if o and o.adopted:
-                    act += " (huggingface_hub partial adopted)"
-                if p.path in state.corrupt:
-                    act += " (was corrupt)"
-                files.append(f"| `{p.path}` | {human_bytes(p.size)} | {act} |")
-            md = f"# Staged {listing.repo_id}\n\n{_md_table(rows)}\n\n## Files\n\n" + "\n".join(files) + "\n"
-            create_markdown_artifact(md, key=artifact_key("staging", listing.repo_id),
-                                     description=f"Model staging of {listing.repo_id}@{listing.commit[:12]}")
+    if artifact and in_prefect_run():
+        rows = {
+            "repo": f"`{listing.repo_id}`",
+            "revision": f"`{listing.revision}` = `{listing.commit}`",
+            "source": listing.source,
+            "snapshot": f"`{snapshot_path}`",
+            "files": f"{result.files_total} ({result.files_downloaded} downloaded, {result.files_resumed} resumed, "
+                     f"{result.files_reused} reused, {result.files_repaired} repaired)",
+            "bytes downloaded": f"{human_bytes(result.bytes_downloaded)} ({result.bytes_downloaded})",
+            "bytes resumed": f"{human_bytes(result.bytes_resumed)} ({result.bytes_resumed})",
+            "bytes reused": f"{human_bytes(result.bytes_reused)} ({result.bytes_reused})",
+            "bytes re-hashed": human_bytes(result.bytes_hashed),
+            "throughput": f"{thr / 1e6:.1f} MB/s over {report.duration_s:.1f}s" if thr else "no transfer",
+            "retries / restarts": f"{result.retries} / {result.restarts}",
+            "duration": f"{duration:.2f}s",
+            "manifest": f"`{manifest}`",
+        }
+        by_path = {o.path: o for o in outcomes}
+        files = []
+        for p in plan.files:
+            o = by_path.get(p.path)
+            act = o.result if o else p.action
+            if o and o.adopted:
+                act += " (huggingface_hub partial adopted)"
+            if p.path in state.corrupt:
+                act += " (was corrupt)"
+            files.append((f"`{p.path}`", human_bytes(p.size), act))
+        publish_report(
+            artifact_key("staging", listing.repo_id),
+            f"Staged {listing.repo_id}",
+            rows,
+            {"Files": markdown_table(("file", "size", "action"), files, align=("left", "right", "left"))},
+            description=f"Model staging of {listing.repo_id}@{listing.commit[:12]}",
+        )
     return result

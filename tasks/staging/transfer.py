@@ -29,14 +29,12 @@ import logging
 import os
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import httpcore
 import httpx
 from filelock import FileLock, Timeout
 from huggingface_hub import hf_hub_url
@@ -78,79 +76,19 @@ class TransferConfig:
         return hf_hub_url(self.repo_id, path, revision=self.commit, endpoint=self.endpoint)
 
     def client(self, max_workers: int) -> httpx.Client:
+        """One pooled client for all workers, on httpx's own transport.
+
+        httpx's transport honours ``HTTP(S)_PROXY`` and ``SSL_CERT_FILE`` and is what runs against
+        the real Hub. A custom transport reading 1 MiB per ``recv`` was measured and dropped
+        (docs/staging.md, "How bytes move"): it only helps plain HTTP, about 12 % less CPU per GB on
+        the imitation, and over TLS a ``recv`` returns one 16 KiB record whatever is asked.
+        """
         limits = httpx.Limits(max_connections=max_workers * 2, max_keepalive_connections=max_workers * 2)
         return httpx.Client(
             follow_redirects=True,  # httpx drops Authorization on a redirect to another host
             timeout=httpx.Timeout(self.read_timeout, connect=self.connect_timeout),
             limits=limits,
-            transport=large_read_transport(limits),
         )
-
-
-# -- a leaner body path ------------------------------------------------------------------------
-# httpcore reads the socket 64 KiB at a time and h11 turns every read into an event (with copies);
-# on a 2-core machine that per-read cost, not the network, capped a plain-HTTP transfer at about
-# 190 MB/s. Reading up to 1 MiB per recv through httpcore's public NetworkBackend interface cut
-# the client's CPU per byte by ~40 % here (270 MB/s). Over TLS a recv returns one record (16 KiB)
-# whatever the size asked, so it changes nothing there and costs nothing.
-LARGE_READ = 1024 * 1024
-
-
-class _LargeReadStream(httpcore.NetworkStream):
-    def __init__(self, inner: httpcore.NetworkStream, size: int) -> None:
-        self._inner = inner
-        self._size = size
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max(max_bytes, self._size), timeout)
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, timeout)
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore.NetworkStream:
-        return _LargeReadStream(self._inner.start_tls(ssl_context, server_hostname, timeout), self._size)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class _LargeReadBackend(httpcore.NetworkBackend):
-    def __init__(self, size: int = LARGE_READ) -> None:
-        self._inner = httpcore.SyncBackend()
-        self._size = size
-
-    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None) -> httpcore.NetworkStream:
-        return _LargeReadStream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options), self._size)
-
-    def connect_unix_socket(self, path, timeout=None, socket_options=None) -> httpcore.NetworkStream:
-        return _LargeReadStream(self._inner.connect_unix_socket(path, timeout, socket_options), self._size)
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
-
-
-def large_read_transport(limits: httpx.Limits) -> httpx.HTTPTransport | None:
-    """httpx's own transport with the large-read backend; None (httpx's default, which also
-    honours HTTP(S)_PROXY) when a proxy is configured in the environment or httpx changed."""
-    if urllib.request.getproxies():
-        return None
-    try:
-        transport = httpx.HTTPTransport(limits=limits)
-        transport._pool = httpcore.ConnectionPool(  # noqa: SLF001 - same pool httpx builds, other backend
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
-            network_backend=_LargeReadBackend(),
-        )
-        return transport
-    except Exception:  # noqa: BLE001 - any surprise: the stock transport is always correct
-        return None
 
 
 class Busy(Exception):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub.utils.sha import git_hash
 
+from tasks.report import artifact_key
 from tasks.secrets import load_secret, read_dotenv
 from tasks.staging import errors
 from tasks.staging.cache import HF_ORPHAN_RE, GitBlobSha1, RepoCache, is_hf_orphan
@@ -18,7 +19,7 @@ from tasks.staging.manifest import ManifestFile, load_manifest, save_manifest
 from tasks.staging.models import BlobState, RemoteFile, RepoListing
 from tasks.staging.plan import choose_partial, is_trusted, make_plan, needs_hash, plan_file
 from tasks.staging.preflight import check_space, margin_for
-from tasks.staging.progress import Progress, artifact_key
+from tasks.staging.progress import Progress
 from tasks.staging.transfer import backoff_delay, parse_content_range, parse_retry_after
 
 SHA = "a" * 64

@@ -15,12 +15,39 @@ from blocks.target import TargetMachine
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 RUNBOOK_COMPOSE = DATA / "runbook_compose.yaml"
+RUNBOOK_TUNING = DATA / "runbook_tuning.yaml"
 SEED = Path(__file__).resolve().parents[2] / ".." / "shared" / "seed" / "000_2893f9d7df783e64.txt"
 SERVICE = "vllm-qwen3-32b-fp8"
 
 
 def runbook_service() -> dict:
     return yaml.safe_load(RUNBOOK_COMPOSE.read_text())["services"][SERVICE]
+
+
+def runbook_tuning() -> dict[str, dict[str, str]]:
+    """Preset name -> {title, block}: the runbook's "Performance Tuning" blocks (tests/data copy)."""
+    return yaml.safe_load(RUNBOOK_TUNING.read_text())
+
+
+#: The runbook's flags in the tuning blocks, and the EngineSpec field each one sets.
+TUNING_FLAG_FIELD = {
+    "--max-model-len": "max_model_len",
+    "--gpu-memory-utilization": "gpu_memory_utilization",
+    "--max-num-batched-tokens": "max_num_batched_tokens",
+    "--max-num-seqs": "max_num_seqs",
+    "--enable-prefix-caching": "enable_prefix_caching",
+}
+
+
+def block_flags(block: str) -> list[tuple[str, str | None]]:
+    """``(flag, value or None)`` per line of a tuning block, comments dropped."""
+    flags = []
+    for line in block.splitlines():
+        words = line.split("#", 1)[0].split()
+        if words:
+            assert words[0].startswith("--") and len(words) <= 2, line
+            flags.append((words[0], words[1] if len(words) == 2 else None))
+    return flags
 
 
 # ------------------------------------------------------------------------------ defaults
@@ -150,15 +177,15 @@ def test_presets_are_the_runbook_tuning_blocks(name, expected):
 
 
 def test_preset_values_render_like_the_runbook_blocks():
-    """The runbook's tuning blocks as flags, parsed from its text, equal the preset's command."""
-    blocks = {
-        "throughput": "--max-model-len 32000 --gpu-memory-utilization 0.90 --max-num-batched-tokens 20480 --max-num-seqs 64",
-        "latency": "--max-model-len 16384 --gpu-memory-utilization 0.85 --max-num-batched-tokens 8192 --max-num-seqs 16",
-        "max-context": "--max-model-len 32000 --gpu-memory-utilization 0.85 --max-num-batched-tokens 16384 --max-num-seqs 32",
-    }
-    for name, flags in blocks.items():
-        cmd = " ".join(EngineSpec.preset(name).vllm_command())
-        assert flags in cmd, name
+    """Each tuning block's flags, in the block's order, are in the preset's rendered command."""
+    for name, entry in runbook_tuning().items():
+        cmd = EngineSpec.preset(name).vllm_command()
+        rendered = " ".join(cmd)
+        valued = " ".join(f"{flag} {value}" for flag, value in block_flags(entry["block"]) if value is not None)
+        assert valued in rendered, name
+        for flag, value in block_flags(entry["block"]):
+            if value is None:
+                assert flag in cmd, (name, flag)
 
 
 def test_preset_overrides_and_unknown_name():
@@ -169,22 +196,37 @@ def test_preset_overrides_and_unknown_name():
     assert set(PRESETS) == {"runbook", "throughput", "latency", "max-context"}
 
 
-@pytest.mark.skipif(not SEED.exists(), reason="../shared/seed not beside the clone")
-def test_presets_match_the_runbook_text():
-    text = SEED.read_text()
-    titles = {"throughput": "For Maximum Throughput", "latency": "For Minimum Latency", "max-context": "For Maximum Context"}
-    flag_field = {
-        "--max-model-len": "max_model_len",
-        "--gpu-memory-utilization": "gpu_memory_utilization",
-        "--max-num-batched-tokens": "max_num_batched_tokens",
-        "--max-num-seqs": "max_num_seqs",
-    }
-    for name, title in titles.items():
-        section = text[text.index(title):]
-        block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+def test_presets_match_the_runbook_tuning_blocks():
+    """Every flag of every tuning block (tests/data copy) is the preset's field value."""
+    tuning = runbook_tuning()
+    assert set(tuning) == set(PRESETS) - {"runbook"}
+    for name, entry in tuning.items():
         spec = EngineSpec.preset(name)
-        for flag, value in re.findall(r"^(--[\w-]+)\s+([\d.]+)", block, re.M):
-            assert float(getattr(spec, flag_field[flag])) == float(value), (name, flag)
+        flags = block_flags(entry["block"])
+        assert {flag for flag, _ in flags} >= set(TUNING_FLAG_FIELD) - {"--enable-prefix-caching"}, name
+        for flag, value in flags:
+            field = TUNING_FLAG_FIELD[flag]
+            if value is None:
+                assert getattr(spec, field) is True, (name, flag)
+            else:
+                assert float(getattr(spec, field)) == float(value), (name, flag)
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="../shared/seed not beside the clone")
+def test_runbook_tuning_copy_has_not_drifted():
+    """The tests/data copy is still the runbook's text, block for block (only when the seed is here)."""
+    text = SEED.read_text()
+    tuning_section = text[text.index("## Performance Tuning"):]
+    tuning_section = tuning_section[: tuning_section.index("\n## ", 1)]
+    titles = re.findall(r"^### (.+)$", tuning_section, re.M)
+    copy = runbook_tuning()
+    assert titles == [entry["title"] for entry in copy.values()]
+    first = RUNBOOK_TUNING.read_text().splitlines()[0]
+    assert first.startswith("#") and "000_2893f9d7df783e64.txt" in first
+    for entry in copy.values():
+        section = tuning_section[tuning_section.index(f"### {entry['title']}\n"):]
+        block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+        assert entry["block"] == block, entry["title"]
 
 
 # ------------------------------------------------------------------------------ validation
