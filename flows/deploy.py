@@ -16,29 +16,28 @@ from datetime import datetime, timezone
 from typing import Any
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel
+from prefect_docker.host import DockerHost
+from pydantic import BaseModel, Field
 
-from blocks.engine import PRESETS, EngineSpec
+from blocks.engine import EngineSpec, load_engine_spec
 from blocks.render import container_kwargs, redacted, secret_environment
 from blocks.target import TargetMachine
-from flows.stage import DOTENV, TOKEN_ENV_VARS, stage_model
 from tasks.container import (
     arm_restart_policy,
-    docker_client,
-    remove_managed,
+    remove_container,
     replace_or_keep,
     restart_policy_after_ready,
     start_vllm_container,
 )
-from tasks.events import emit_service_event
-from tasks.health import ReadinessTimeouts, endpoint_ready, wait_until_ready
+from tasks.events import ServiceEvent, emit_service_event
+from tasks.health import Readiness, ReadinessTimeouts, endpoint_ready, wait_until_ready
 from tasks.inference import smoke_inference
 from tasks.locks import gpu_lock
 from tasks.memory import make_room_for_start
-from tasks.logs import scrub
 from tasks.preflight import preflight
 from tasks.report import artifact_key, fenced, publish_report
-from tasks.secrets import load_secret
+from tasks.secrets import DOTENV, HF_TOKEN_ENV_VARS, load_secret, scrub
+from tasks.staging.stage import stage_steps
 
 
 class DeployResult(BaseModel):
@@ -60,16 +59,7 @@ class DeployResult(BaseModel):
     smoke_latency_s: float
     staged_commit: str | None = None
     duration_s: float
-
-
-def load_engine_spec(engine: str | None, preset: str | None, overrides: dict[str, Any] | None) -> EngineSpec:
-    """The named EngineSpec block (or the runbook's defaults), then a preset, then overrides."""
-    fields = (EngineSpec.load(engine) if engine else EngineSpec()).model_dump(exclude={"block_type_slug"})
-    if preset:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
-        fields.update(PRESETS[preset])
-    return EngineSpec(**{**fields, **(overrides or {})})
+    warnings: list[str] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -81,7 +71,7 @@ class Secrets:
 
     @classmethod
     def for_target(cls, machine: TargetMachine) -> "Secrets":
-        token = load_secret(machine.hf_token_secret, TOKEN_ENV_VARS, DOTENV)
+        token = load_secret(machine.hf_token_secret, HF_TOKEN_ENV_VARS, DOTENV)
         key = load_secret(machine.api_key_secret, ("VLLM_API_KEY",), DOTENV) if machine.api_key_secret else None
         return cls(token.get_secret_value() if token else None, key.get_secret_value() if key else None)
 
@@ -114,30 +104,31 @@ def deploy_qwen(
     spec = machine.apply_to(load_engine_spec(engine, preset, overrides))
     secrets = Secrets.for_target(machine)
     spec_hash = spec.spec_hash(machine)
+    docker_host = machine.docker_host()
     try:
+        # Prerequisites: docker on this machine, GPU runtime, port, image. Changes nothing.
+        warnings = preflight(machine, spec.image)
+        # Model download into /opt/hf: resumable, verified, skipped when the manifest verifies. Outside
+        # the GPU lock (staging has file locks of its own): a 32 GB download must not hold up stop-qwen.
+        # stage-model's steps run as tasks of this flow run, not as a subflow: a subflow costs
+        # ~1.3 s here (its own run, and Prefect's heartbeat thread joined at its exit).
+        staged = stage_steps(
+            repo_id=spec.model, revision=spec.revision or "main", cache_dir=machine.cache_dir,
+            endpoint=machine.hub_endpoint, token_secret_block=machine.hf_token_secret,
+        ) if stage else None
         with gpu_lock(machine.name):
-            client = docker_client(machine.docker_host())
-            # Prerequisites: docker, GPU runtime, port, image.
-            preflight(client, spec.image, machine.gpus == "all", machine.client_host, machine.host_port, machine.image_pull)
-            # Model download into /opt/hf: resumable, verified, skipped when the manifest verifies.
-            # stage-model's steps run as tasks of this flow run (`.fn`), not as a subflow: a subflow
-            # costs ~1.3 s here (its own run, and Prefect's heartbeat thread joined at its exit).
-            staged = stage_model.fn(
-                repo_id=spec.model, revision=spec.revision or "main", cache_dir=machine.cache_dir,
-                endpoint=machine.hub_endpoint, token_secret_block=machine.hf_token_secret,
-            ) if stage else None
             # `docker compose up -d`: keep a healthy identical server, else replace ours and gate on health.
             healthy = endpoint_ready(machine.endpoint, spec.served_name, secrets.api_key)
-            container = replace_or_keep(client, machine.name, spec.container_name, spec_hash, healthy)
+            kept = replace_or_keep(docker_host, machine.name, spec.container_name, spec_hash, healthy)
             readiness = None
-            if container is None:
-                container, readiness = _start_and_gate(client, spec, machine, secrets, timeouts)
+            if kept is None:
+                container_id, readiness = _start_and_gate(docker_host, spec, machine, secrets, timeouts)
             # "Test inference", checked instead of read by eye.
             try:
                 smoke = smoke_inference(machine.endpoint, spec.served_name, secrets.api_key)
             except Exception:
                 if readiness is not None:  # a server we just started and that answers wrongly does not stay
-                    remove_managed(container, stop_timeout=10)
+                    remove_container(docker_host, container_id, stop_timeout=10)
                 raise
     except Exception as exc:
         _report_failure(machine, spec, spec_hash, exc, secrets)
@@ -145,7 +136,7 @@ def deploy_qwen(
     stats = readiness.stats if readiness else None
     result = DeployResult(
         target=machine.name, status="unchanged" if readiness is None else "deployed", endpoint=machine.endpoint,
-        served_model=spec.served_name, container=container.name, image=spec.image, spec_hash=spec_hash,
+        served_model=spec.served_name, container=spec.container_name, image=spec.image, spec_hash=spec_hash,
         kv_cache_tokens=stats.kv_cache_tokens if stats else None,
         max_concurrency=stats.max_concurrency if stats else None,
         load_s=round(stats.model_load_seconds, 2) if stats and stats.model_load_seconds else None,
@@ -153,29 +144,32 @@ def deploy_qwen(
         ready_at=datetime.fromtimestamp(readiness.ready_wall, timezone.utc) if readiness else None,
         smoke_answer=smoke.chat_answer, smoke_latency_s=smoke.chat_latency_s,
         staged_commit=staged.commit if staged else None, duration_s=round(time.monotonic() - started, 3),
+        warnings=warnings,
     )
     _report(result, spec, readiness)
-    emit_service_event(machine.name, result.status, {"endpoint": result.endpoint, "spec_hash": spec_hash, "served_model": spec.served_name})
+    emit_service_event(machine.name, ServiceEvent(result.status), {"endpoint": result.endpoint, "spec_hash": spec_hash, "served_model": spec.served_name})
     get_run_logger().info("vLLM %s on %s: %s (served model %s)", result.status, machine.name, result.endpoint, spec.served_name)
     return result
 
 
-def _start_and_gate(client, spec: EngineSpec, machine: TargetMachine, secrets: Secrets, timeouts: ReadinessTimeouts):
+def _start_and_gate(
+    docker_host: DockerHost, spec: EngineSpec, machine: TargetMachine, secrets: Secrets, timeouts: ReadinessTimeouts
+) -> tuple[str, Readiness]:
     """Make room in memory, start the container, wait until it serves; remove it if it never does."""
     kwargs = container_kwargs(spec, machine, secret_env=secret_environment(hf_token=secrets.hf_token, api_key=secrets.api_key))
-    make_room_for_start(client, spec.image, machine.meminfo_path, machine.drop_caches_path, spec.gpu_memory_utilization)
+    make_room_for_start(machine, spec.image, spec.gpu_memory_utilization)
     first_start, restart_policy = restart_policy_after_ready(kwargs)
-    container = start_vllm_container(client, first_start, redacted(first_start))
+    container_id = start_vllm_container(docker_host, first_start, redacted(first_start))
     try:
         readiness = wait_until_ready(
-            container, machine.endpoint, spec.served_name, secrets.api_key, timeouts, secrets.values,
+            docker_host, container_id, machine.endpoint, spec.served_name, secrets.api_key, timeouts, secrets.values,
             artifact_key("vllm-load", machine.name),
         )
-        arm_restart_policy(container, restart_policy)  # the runbook's `restart: unless-stopped`, from now on
+        arm_restart_policy(docker_host, container_id, restart_policy)  # the runbook's `restart: unless-stopped`, from now on
     except BaseException:
-        remove_managed(container, stop_timeout=None)  # it never served: kill, keep its log in the report
+        remove_container(docker_host, container_id, stop_timeout=None)  # it never served: kill, its log is in the run's
         raise
-    return container, readiness
+    return container_id, readiness
 
 
 def _report_failure(machine: TargetMachine, spec: EngineSpec, spec_hash: str, exc: BaseException, secrets: Secrets) -> None:
@@ -183,7 +177,7 @@ def _report_failure(machine: TargetMachine, spec: EngineSpec, spec_hash: str, ex
     message = scrub(str(exc), secrets.values)
     cause = getattr(exc, "cause", None)
     kind = str(cause.kind) if cause is not None else type(exc).__name__
-    emit_service_event(machine.name, "failed", {"kind": kind, "reason": message[:1000], "spec_hash": spec_hash})
+    emit_service_event(machine.name, ServiceEvent.FAILED, {"kind": kind, "reason": message[:1000], "spec_hash": spec_hash})
     sections = {"What happened": cause.markdown() if cause is not None else fenced(message.splitlines())}
     publish_report(artifact_key("deploy", machine.name), f"deploy-qwen on {machine.name}: FAILED",
                    {"target": machine.name, "image": spec.image, "failure": kind}, sections)
@@ -199,6 +193,8 @@ def _report(result: DeployResult, spec: EngineSpec, readiness) -> None:
         "time to ready (s)": result.time_to_ready_s, "smoke answer (12*17)": result.smoke_answer,
         "smoke latency (s)": result.smoke_latency_s, "flow duration (s)": result.duration_s,
     }
+    if result.warnings:
+        rows = {"warning": " ".join(result.warnings), **rows}
     sections = {"Command": fenced([" ".join(spec.vllm_command())])}
     if readiness:
         sections["Phases (s)"] = fenced(f"{k}: {v}" for k, v in readiness.phase_seconds.items())

@@ -14,41 +14,17 @@ The runbook lets vLLM download ~32 GB at first start and, when that breaks, says
 
 Offline (`offline=True` or HF_HUB_OFFLINE=1), or with the Hub unreachable, it succeeds from the
 manifest when the cache is complete, and says what is missing otherwise. deploy-qwen runs these
-steps inside its own flow run (`stage_model.fn(...)`); run alone with `python -m flows.stage [repo_id]` or as a deployment.
+steps inside its own flow run (`tasks.staging.stage.stage_steps`); run alone with `python -m flows.stage [repo_id]` or as a deployment.
 """
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
-
 from prefect import flow
 
-from tasks.secrets import describe_sources, load_secret
-from tasks.staging import (
-    DEFAULT_ALLOW_PATTERNS,
-    StageResult,
-    check_disk_space,
-    inspect_cache,
-    link_snapshot,
-    plan_staging,
-    report_staging,
-    resolve_endpoint,
-    resolve_repo,
-    transfer_files,
-    write_manifest,
-)
+from tasks.staging import DEFAULT_ALLOW_PATTERNS, StageResult
+from tasks.staging.stage import stage_steps
 
 __all__ = ["stage_model", "StageResult", "DEFAULT_ALLOW_PATTERNS"]
-
-TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-DOTENV = Path(".env")  # the runbook's `.env` next to the compose file (the working directory)
-
-
-def offline_from_env() -> bool:
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 @flow(name="stage-model", flow_run_name="stage {repo_id}@{revision}", log_prints=False)
@@ -78,27 +54,7 @@ def stage_model(
             only the wrong ones.
         offline: never contact the Hub; None reads HF_HUB_OFFLINE.
     """
-    started = time.monotonic()
-    offline = offline_from_env() if offline is None else offline
-    endpoint = resolve_endpoint(endpoint)
-    patterns = list(allow_patterns) if allow_patterns is not None else list(DEFAULT_ALLOW_PATTERNS)
-    token_help = "set one in " + describe_sources(token_secret_block, TOKEN_ENV_VARS, DOTENV)
-    token = None if offline else load_secret(token_secret_block, TOKEN_ENV_VARS, DOTENV)
-
-    # 1. Which commit, which files.
-    listing = resolve_repo(repo_id, revision, cache_dir, patterns, endpoint, token, offline, token_help)
-    # 2. What the cache already has: reuse, resume, download.
-    state = inspect_cache(listing, cache_dir, verify, workers=min(max_workers, os.cpu_count() or 1))
-    plan = plan_staging(listing, state)
-    # 3. Enough disk for the rest, before a byte moves.
-    check_disk_space(plan, cache_dir)
-    # 4. The bytes.
-    report = transfer_files(listing, plan, cache_dir, token, max_workers, token_help)
-    # 5. The snapshot vLLM reads, and the manifest later runs verify against.
-    snapshot = link_snapshot(listing, cache_dir)
-    manifest = write_manifest(listing, state, report, cache_dir)
-    # 6. What happened.
-    return report_staging(listing, plan, state, report, snapshot, manifest, cache_dir, started, verify)
+    return stage_steps(repo_id, revision, cache_dir, allow_patterns, max_workers, token_secret_block, endpoint, verify, offline)
 
 
 if __name__ == "__main__":  # pragma: no cover - operator convenience

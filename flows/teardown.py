@@ -8,14 +8,13 @@ spec's utilization would fit again, and says what still holds memory when it wou
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
+from blocks.engine import load_engine_spec
 from blocks.target import TargetMachine
-from flows.deploy import load_engine_spec
-from tasks.container import docker_client, managed_containers, remove_managed
-from tasks.events import emit_service_event
+from tasks.container import remove_managed_containers
+from tasks.events import ServiceEvent, emit_service_event
 from tasks.locks import gpu_lock
 from tasks.memory import try_read_meminfo, wait_for_release
 from tasks.report import artifact_key, publish_report
@@ -28,17 +27,6 @@ class StopResult(BaseModel):
     free_after_gib: float | None
     page_cache_gib: float | None
     memory_released: bool | None  # None: the target has no meminfo to read
-
-
-@task(name="stop-containers", cache_policy=NO_CACHE)
-def stop_containers(machine: TargetMachine, stop_timeout_s: int) -> list[str]:
-    client = docker_client(machine.docker_host())
-    removed = []
-    for container in managed_containers(client, machine.name):
-        get_run_logger().info("stopping and removing %s", container.name)
-        remove_managed(container, stop_timeout=stop_timeout_s)
-        removed.append(container.name)
-    return removed
 
 
 @flow(name="stop-qwen", flow_run_name="stop-{target}")
@@ -54,7 +42,7 @@ def stop_qwen(target: str = "spark", engine: str | None = None, stop_timeout_s: 
     util = spec.gpu_memory_utilization
     with gpu_lock(machine.name):
         before = try_read_meminfo(machine.meminfo_path)
-        removed = stop_containers(machine, stop_timeout_s)
+        removed = remove_managed_containers(machine.docker_host(), machine.name, stop_timeout_s)
         released, after = wait_for_release(machine.meminfo_path, util, timeout_s=memory_timeout_s)
     if after is None:
         logger.warning("no meminfo at %s: the memory the containers held could not be checked", machine.meminfo_path)
@@ -71,5 +59,5 @@ def stop_qwen(target: str = "spark", engine: str | None = None, stop_timeout_s: 
                         free_after_gib=after.free_gib if after else None,
                         page_cache_gib=after.cached_gib if after else None, memory_released=released)
     publish_report(artifact_key("stop", machine.name), f"stop-qwen on {machine.name}", result.model_dump())
-    emit_service_event(machine.name, "stopped", result.model_dump())
+    emit_service_event(machine.name, ServiceEvent.STOPPED, result.model_dump())
     return result

@@ -1,14 +1,21 @@
-"""The vLLM container on a target's docker daemon: find ours, replace or keep, create and start.
+"""The vLLM container on a target's docker daemon: find ours, replace or keep, create, start, remove.
 
-docker-py is reached through prefect-docker's ``DockerHost`` block (``TargetMachine.docker_host()``)
-rather than prefect-docker's container tasks: those are ``async`` tasks without label queries,
-restart-policy inspection or log following, all of which the deploy needs, and calling them from a
-sync flow without awaiting silently does nothing (prefect.md). Only containers that carry our
-``managed-by`` label are ever stopped or removed.
+Tasks here take values, never live objects: the target's prefect-docker ``DockerHost`` block and a
+container id or name. Each opens its docker-py client with ``with docker_client(docker_host) as
+client:`` and closes it before it returns, as prefect-docker's own ``containers.py`` does. So task
+inputs read well in the UI, no client is left open, and the same task can run in another process
+(an automation's flow run, a fleet worker).
+
+docker-py is used through ``DockerHost.get_client()`` rather than prefect-docker's container tasks:
+those are ``async`` tasks without label queries, restart-policy updates or log following, all of
+which the deploy needs (docs/design.md). Only containers that carry our ``managed-by`` label are ever
+stopped or removed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import docker
@@ -16,6 +23,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect_docker.host import DockerHost
 
 from blocks.engine import LABEL_MANAGED_BY, LABEL_SPEC_HASH, MANAGED_BY
 from blocks.render import label_filters
@@ -27,8 +35,13 @@ class ContainerStartError(RuntimeError):
     """The container could not be created or started; nothing was left behind."""
 
 
-def docker_client(docker_host: Any) -> docker.DockerClient:
-    """A docker-py client for a prefect-docker ``DockerHost`` with a clear error when unreachable."""
+@contextmanager
+def docker_client(docker_host: DockerHost) -> Iterator[docker.DockerClient]:
+    """A docker-py client for ``docker_host``, closed when the block ends.
+
+    Raises:
+        ConnectionError: the daemon does not answer; the message says how to start it.
+    """
     try:
         client = docker_host.get_client()
         client.ping()
@@ -38,7 +51,8 @@ def docker_client(docker_host: Any) -> docker.DockerClient:
             f"Docker is not reachable at {where}: {exc}. Start the daemon (`systemctl start docker`"
             " or `dockerd &`), or fix the target's docker_base_url."
         ) from None
-    return client
+    with client:
+        yield client
 
 
 def managed_containers(client: docker.DockerClient, target_name: str) -> list[Container]:
@@ -51,10 +65,7 @@ def is_managed(container: Container) -> bool:
 
 
 def remove_managed(container: Container, stop_timeout: int | None = 30) -> None:
-    """Stop (SIGTERM, then SIGKILL after ``stop_timeout``) and remove one of our containers.
-
-    ``stop_timeout=None`` kills at once: for a server that failed to start, nothing is lost.
-    """
+    """Stop (SIGTERM, then SIGKILL after ``stop_timeout``; None kills at once) and remove ours."""
     if not is_managed(container):
         raise PermissionError(f"refusing to remove container {container.name}: not managed by {MANAGED_BY}")
     try:
@@ -63,34 +74,6 @@ def remove_managed(container: Container, stop_timeout: int | None = 30) -> None:
         container.remove(force=True)
     except NotFound:
         pass
-
-
-def container_exited(container: Container, restarts_before: int = 0) -> bool:
-    """True once the container stopped, or restarted, since we started it."""
-    try:
-        container.reload()
-    except NotFound:
-        return True
-    state = container.attrs.get("State", {})
-    return (
-        not state.get("Running", False)
-        or state.get("Restarting", False)
-        or container.attrs.get("RestartCount", 0) > restarts_before
-    )
-
-
-def exit_summary(container: Container) -> str:
-    """``exited with code 1`` or ``restarting (restart 2)``, from the state docker last reported.
-
-    No reload here: right after an exit, docker is restarting the container (restart policy) and an
-    inspect waits for that restart, which would delay the failure by the container's start time.
-    """
-    state = container.attrs.get("State", {})
-    if state.get("Restarting"):
-        return f"restarting after exit code {state.get('ExitCode')} (restart {container.attrs.get('RestartCount', 0)})"
-    if state.get("Running"):
-        return f"running again after a restart (restart {container.attrs.get('RestartCount', 0)})"
-    return f"exited with code {state.get('ExitCode')}"
 
 
 def restart_policy_after_ready(create_kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -104,12 +87,6 @@ def restart_policy_after_ready(create_kwargs: dict[str, Any]) -> tuple[dict[str,
     return {**create_kwargs, "restart_policy": {"Name": "no"}}, policy
 
 
-def arm_restart_policy(container: Container, policy: dict[str, Any] | None) -> None:
-    """Give a ready container its restart policy (`docker update --restart ...`)."""
-    if policy and policy.get("Name", "no") != "no":
-        container.update(restart_policy=policy)
-
-
 def image_present(client: docker.DockerClient, image: str) -> bool:
     try:
         client.images.get(image)
@@ -118,68 +95,115 @@ def image_present(client: docker.DockerClient, image: str) -> bool:
     return True
 
 
-@task(name="replace-or-keep", cache_policy=NO_CACHE)
+@task(name="replace-or-keep", cache_policy=NO_CACHE, task_run_name="replace-or-keep {container_name}")
 def replace_or_keep(
-    client: docker.DockerClient, target_name: str, container_name: str, spec_hash: str, healthy: bool
-) -> Container | None:
+    docker_host: DockerHost, target_name: str, container_name: str, spec_hash: str, healthy: bool
+) -> str | None:
     """Keep our running container when its spec is unchanged and it is healthy; else remove ours.
 
-    Returns the kept container, or None when a new one must be started. A container holding the
-    name that is not ours is never touched: the flow fails with the name to free instead.
+    Returns the kept container's name, or None when a new one must be started. A container holding
+    the name that is not ours is never touched: the flow fails with the name to free instead.
     """
     logger = get_run_logger()
-    kept: Container | None = None
-    for container in managed_containers(client, target_name):
-        same = container.labels.get(LABEL_SPEC_HASH) == spec_hash and container.status == "running"
-        if same and healthy and kept is None:
-            logger.info("container %s runs spec %s and is healthy: unchanged", container.name, spec_hash)
-            kept = container
-            continue
-        reason = "spec changed" if container.labels.get(LABEL_SPEC_HASH) != spec_hash else f"status {container.status}, healthy={healthy}"
-        logger.info("removing our container %s (%s)", container.name, reason)
-        remove_managed(container)
-    if kept is None:
-        try:
-            other = client.containers.get(container_name)
-        except NotFound:
-            other = None
-        if other is not None and not is_managed(other):
-            raise ContainerStartError(
-                f"a container named {container_name!r} exists and was not created by this project;"
-                f" remove or rename it (`docker rm -f {container_name}`), or set another container_name"
-                " in the engine spec."
-            )
+    kept: str | None = None
+    with docker_client(docker_host) as client:
+        for container in managed_containers(client, target_name):
+            same = container.labels.get(LABEL_SPEC_HASH) == spec_hash and container.status == "running"
+            if same and healthy and kept is None:
+                logger.info("container %s runs spec %s and is healthy: unchanged", container.name, spec_hash)
+                kept = container.name
+                continue
+            reason = "spec changed" if container.labels.get(LABEL_SPEC_HASH) != spec_hash else f"status {container.status}, healthy={healthy}"
+            logger.info("removing our container %s (%s)", container.name, reason)
+            remove_managed(container, stop_timeout=30)
+        if kept is None:
+            try:
+                other = client.containers.get(container_name)
+            except NotFound:
+                other = None
+            if other is not None and not is_managed(other):
+                raise ContainerStartError(
+                    f"a container named {container_name!r} exists and was not created by this project;"
+                    f" remove or rename it (`docker rm -f {container_name}`), or set another container_name"
+                    " in the engine spec."
+                )
     return kept
 
 
 @task(name="start-vllm-container", cache_policy=NO_CACHE)
-def start_vllm_container(client: docker.DockerClient, create_kwargs: dict[str, Any], redacted: dict[str, Any]) -> Container:
+def start_vllm_container(docker_host: DockerHost, create_kwargs: dict[str, Any], redacted: dict[str, Any]) -> str:
     """Create and start the server; on any failure remove what was created, and say why.
 
-    ``redacted`` is the same configuration with secrets masked: only it is ever logged.
+    Args:
+        docker_host: the target's docker daemon.
+        create_kwargs: docker-py ``containers.create`` arguments (secrets as masked ``SecretValue``s).
+        redacted: the same configuration with secrets replaced by ``***``: only it is ever logged.
+
+    Returns:
+        The started container's id.
     """
     logger = get_run_logger()
     logger.info("docker run %s", " ".join(redacted.get("command", [])))
-    try:
-        container = client.containers.create(**create_kwargs)
-    except ImageNotFound:
-        raise ContainerStartError(
-            f"image {create_kwargs['image']} is not on the docker host: `docker pull {create_kwargs['image']}`"
-        ) from None
-    except APIError as exc:
-        raise ContainerStartError(f"docker could not create the container: {exc.explanation or exc}") from None
-    try:
-        container.start()
-    except APIError as exc:
-        container.remove(force=True)
-        text = str(exc.explanation or exc)
-        if GPU_DRIVER_ERROR in text:
+    with docker_client(docker_host) as client:
+        try:
+            container = client.containers.create(**create_kwargs)
+        except ImageNotFound:
             raise ContainerStartError(
-                f"docker says: {text}. The NVIDIA Container Toolkit is missing on the docker host:"
-                " install nvidia-container-toolkit and run `nvidia-ctk runtime configure --runtime=docker`"
-                " then restart docker; or set the target's gpus to 'none' for a CPU-only imitation."
+                f"image {create_kwargs['image']} is not on the docker host: `docker pull {create_kwargs['image']}`"
             ) from None
-        raise ContainerStartError(f"docker could not start the container: {text}") from None
-    container.reload()
-    logger.info("started container %s (%s)", container.name, container.short_id)
-    return container
+        except APIError as exc:
+            raise ContainerStartError(f"docker could not create the container: {exc.explanation or exc}") from None
+        try:
+            container.start()
+        except APIError as exc:
+            container.remove(force=True)
+            text = str(exc.explanation or exc)
+            if GPU_DRIVER_ERROR in text:
+                raise ContainerStartError(
+                    f"docker says: {text}. The NVIDIA Container Toolkit is missing on the docker host:"
+                    " install nvidia-container-toolkit and run `nvidia-ctk runtime configure --runtime=docker`"
+                    " then restart docker; or set the target's gpus to 'none' for a CPU-only imitation."
+                ) from None
+            raise ContainerStartError(f"docker could not start the container: {text}") from None
+        logger.info("started container %s (%s)", container.name, container.short_id)
+        return container.id
+
+
+@task(name="arm-restart-policy", cache_policy=NO_CACHE)
+def arm_restart_policy(docker_host: DockerHost, container_id: str, policy: dict[str, Any] | None) -> None:
+    """Give a ready container its restart policy (`docker update --restart ...`)."""
+    if not policy or policy.get("Name", "no") == "no":
+        return
+    with docker_client(docker_host) as client:
+        client.containers.get(container_id).update(restart_policy=policy)
+    get_run_logger().info("restart policy %s armed: the server has served", policy["Name"])
+
+
+@task(name="remove-container", cache_policy=NO_CACHE, task_run_name="remove-container {container_id}")
+def remove_container(docker_host: DockerHost, container_id: str, stop_timeout: int | None = 30) -> None:
+    """Stop and remove one of our containers; ``stop_timeout=None`` kills at once (a server that
+    never served loses nothing, and its log is already in the flow run's)."""
+    with docker_client(docker_host) as client:
+        try:
+            container = client.containers.get(container_id)
+        except NotFound:
+            return
+        remove_managed(container, stop_timeout)
+    get_run_logger().info("removed container %s", container.name)
+
+
+@task(name="stop-containers", cache_policy=NO_CACHE, task_run_name="stop-containers {target_name}")
+def remove_managed_containers(docker_host: DockerHost, target_name: str, stop_timeout: int = 30) -> list[str]:
+    """The runbook's `docker compose down`, limited to our own containers of ``target_name``.
+
+    Returns:
+        The names of the containers removed.
+    """
+    logger = get_run_logger()
+    removed = []
+    with docker_client(docker_host) as client:
+        for container in managed_containers(client, target_name):
+            logger.info("stopping and removing %s", container.name)
+            remove_managed(container, stop_timeout)
+            removed.append(container.name)
+    return removed

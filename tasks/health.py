@@ -5,6 +5,10 @@ Why not docker's HEALTHCHECK or a plain poll loop: a 30 s healthcheck interval (
 the server has already died. Here three signals are merged: log lines (milestones, progress and the
 failure text), the container's state (exit or restart ends the wait at once), and /health at a
 short interval, polled at once when the log says the API server is up.
+
+The gate takes values (the target's ``DockerHost`` and a container id) and owns what it opens: its
+docker client, the log stream and the thread that follows it are closed before it returns, on
+failure too, and the queue between the thread and the gate is bounded.
 """
 
 from __future__ import annotations
@@ -15,17 +19,24 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import docker
 import httpx
+from docker.errors import NotFound
 from docker.models.containers import Container
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect_docker.host import DockerHost
 from pydantic import BaseModel, Field
 
-from tasks.container import container_exited, exit_summary
-from tasks.logs import EventKind, FailureCause, LineSplitter, StartupStats, StartupTracker, classify_failure, scrub
+from tasks.container import docker_client
+from tasks.failures import FailureCause, classify_failure
+from tasks.logs import EventKind, LineSplitter, StartupStats, StartupTracker
+from tasks.report import ProgressArtifact
+from tasks.secrets import scrub
 
 _EOF = object()
+#: Lines the follower may queue ahead of the gate; past that it waits (the gate drains in 0.2 s turns).
+LOG_QUEUE_LINES = 10_000
 
 
 class ReadinessTimeouts(BaseModel):
@@ -52,7 +63,9 @@ class ReadinessFailed(RuntimeError):
         self.status = status
         self.detected_at = time.time()  # wall clock, to compare with docker's own event times
         evidence = "\n".join(f"    {line}" for line in cause.evidence[-12:])
-        super().__init__(f"vLLM did not become ready ({status}): {cause.summary}\nFix: {cause.fix}\nLog:\n{evidence}")
+        super().__init__(
+            f"vLLM did not become ready ({status}): [{cause.kind.value}] {cause.summary}\nFix: {cause.fix}\nLog:\n{evidence}"
+        )
 
 
 @dataclass
@@ -70,6 +83,47 @@ class Readiness:
         return self.ready_at - self.started_at
 
 
+@dataclass(frozen=True)
+class ExitState:
+    """What docker last said about a container that stopped: the classifier's inputs."""
+
+    summary: str  # "exited with code 1", "restarting after exit code 1 (restart 2)", ...
+    exit_code: int | None
+    oom_killed: bool
+
+
+def exit_state(attrs: dict) -> ExitState:
+    """Read docker's ``State`` (of ``docker inspect``) as the gate reports it.
+
+    No reload here: right after an exit, an inspect of a container that docker is restarting waits
+    for that restart, which would delay the failure by the container's start time.
+    """
+    state = attrs.get("State", {})
+    code = state.get("ExitCode")
+    oom = bool(state.get("OOMKilled"))
+    if state.get("Restarting"):
+        summary = f"restarting after exit code {code} (restart {attrs.get('RestartCount', 0)})"
+    elif state.get("Running"):
+        summary = f"running again after a restart (restart {attrs.get('RestartCount', 0)})"
+    else:
+        summary = f"exited with code {code}" + (" (OOMKilled)" if oom else "")
+    return ExitState(summary, code, oom)
+
+
+def _container_stopped(container: Container, restarts_before: int) -> bool:
+    """True once the container stopped, or restarted, since the gate began."""
+    try:
+        container.reload()
+    except NotFound:
+        return True
+    state = container.attrs.get("State", {})
+    return (
+        not state.get("Running", False)
+        or state.get("Restarting", False)
+        or container.attrs.get("RestartCount", 0) > restarts_before
+    )
+
+
 def endpoint_ready(base_url: str, served_name: str, api_key: str | None = None, timeout: float = 2.0) -> bool:
     """Ready = /health answers 200 and /v1/models lists the served model."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -77,44 +131,68 @@ def endpoint_ready(base_url: str, served_name: str, api_key: str | None = None, 
         return _healthy(client, served_name)
 
 
-def _follow_logs(container: Container, sink: queue.Queue) -> None:
-    """Push the container's log lines into ``sink`` as they come; _EOF when the stream ends."""
-    splitter = LineSplitter()
-    try:
-        for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
-            for line in splitter.feed(chunk.decode("utf-8", "replace")):
-                sink.put(line)
-    except Exception:  # the stream dies with the container; the state check says why
-        pass
-    for line in splitter.flush():
-        sink.put(line)
-    sink.put(_EOF)
+class LogFollower:
+    """A thread that streams a container's log into a bounded queue until closed.
+
+    It opens a docker client of its own (docker-py's client is not shared across threads here) and
+    ``close()`` ends the stream, the thread and the client, whatever state they are in.
+    """
+
+    def __init__(self, docker_host: DockerHost, container_id: str, maxsize: int = LOG_QUEUE_LINES) -> None:
+        self.lines: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._host, self._id = docker_host, container_id
+        self._stop = threading.Event()
+        self._client: docker.DockerClient | None = None
+        self._stream = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"vllm-logs-{container_id[:12]}")
+
+    def __enter__(self) -> LogFollower:
+        self._client = self._host.get_client()
+        self._stream = self._client.api.logs(self._id, stream=True, follow=True, stdout=True, stderr=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self.lines.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        splitter = LineSplitter()
+        try:
+            for chunk in self._stream:
+                for line in splitter.feed(chunk.decode("utf-8", "replace")):
+                    if not self._put(line):
+                        return
+        except Exception:  # the stream dies with the container (or with close()); the state check says why
+            pass
+        for line in splitter.flush():
+            self._put(line)
+        self._put(_EOF)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop following: close the stream (which ends the thread's read), join, close the client."""
+        self._stop.set()
+        if self._stream is not None:
+            self._stream.close()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
-class _LoadProgress:
-    """A Prefect progress artifact fed by 'Loading safetensors checkpoint shards: x/y'."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.artifact_id = None
-        self.last = -1.0
-
-    def update(self, done: int, total: int) -> None:
-        percent = round(100.0 * done / max(total, 1), 1)
-        if percent == self.last:
-            return
-        self.last = percent
-        if self.artifact_id is None:
-            self.artifact_id = create_progress_artifact(
-                progress=percent, key=self.key, description=f"Loading safetensors checkpoint shards ({total})"
-            )
-        else:
-            update_progress_artifact(self.artifact_id, progress=percent)
-
-
-@task(name="wait-until-ready", cache_policy=NO_CACHE)
+@task(name="wait-until-ready", cache_policy=NO_CACHE, task_run_name="wait-until-ready {base_url}")
 def wait_until_ready(
-    container: Container,
+    docker_host: DockerHost,
+    container_id: str,
     base_url: str,
     served_name: str,
     api_key: str | None,
@@ -122,34 +200,57 @@ def wait_until_ready(
     secrets: list[str],
     progress_key: str,
 ) -> Readiness:
-    """Block until the server is ready; fail fast with the classified cause when it cannot be."""
+    """Block until the server is ready; fail fast with the classified cause when it cannot be.
+
+    Args:
+        docker_host: the target's docker daemon.
+        container_id: the container just started.
+        base_url: where the flow reaches the server (the target's endpoint).
+        served_name: the model name /v1/models must list.
+        api_key: the server's API key, if it has one.
+        timeouts: per-phase limits.
+        secrets: values scrubbed from every forwarded log line and from the failure's evidence.
+        progress_key: artifact key of the shard-loading progress.
+    """
     logger = get_run_logger()
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=_follow_logs, args=(container, lines), daemon=True, name="vllm-logs").start()
+    with docker_client(docker_host) as client, LogFollower(docker_host, container_id) as follower:
+        container = client.containers.get(container_id)
+        return _gate(logger, container, follower.lines, base_url, served_name, api_key, timeouts, secrets, progress_key)
+
+
+def _gate(logger, container: Container, lines: queue.Queue, base_url: str, served_name: str, api_key: str | None,
+          timeouts: ReadinessTimeouts, secrets: list[str], progress_key: str) -> Readiness:
     restarts_before = container.attrs.get("RestartCount", 0)
     readiness = Readiness(started_at=time.monotonic())
     tracker = StartupTracker()
-    progress = _LoadProgress(progress_key)
+    progress: ProgressArtifact | None = None
     phase_started = readiness.started_at
     next_state_check = 0.0
     stream_ended = False
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def take(line: str) -> None:
-        nonlocal phase_started
+        nonlocal phase_started, progress
         line = scrub(line, secrets)
         logger.info("%s", line)
         before = tracker.phase
         event = tracker.feed(line)
         if event is not None and event.kind is EventKind.SHARD_PROGRESS:
-            progress.update(event.values["done"], event.values["total"])
+            total = event.values["total"]
+            if progress is None:
+                progress = ProgressArtifact(progress_key, f"Loading safetensors checkpoint shards ({total})")
+            progress.update(100.0 * event.values["done"] / max(total, 1))
         if tracker.phase != before:
             now = time.monotonic()
             readiness.phase_seconds[before.value] = round(now - phase_started, 3)
             phase_started = now
 
-    def fail(status: str) -> ReadinessFailed:
-        return ReadinessFailed(classify_failure(list(tracker.recent), secrets=secrets), status)
+    def fail(status: ExitState | str) -> ReadinessFailed:
+        if isinstance(status, str):
+            cause = classify_failure(list(tracker.recent), secrets=secrets)
+            return ReadinessFailed(cause, status)
+        cause = classify_failure(list(tracker.recent), exit_code=status.exit_code, oom_killed=status.oom_killed, secrets=secrets)
+        return ReadinessFailed(cause, status.summary)
 
     with httpx.Client(base_url=base_url, timeout=max(timeouts.poll_interval_s, 1.0), headers=headers) as http:
         while True:
@@ -162,8 +263,8 @@ def wait_until_ready(
             now = time.monotonic()
             if stream_ended or now >= next_state_check:
                 next_state_check = now + 1.0
-                if container_exited(container, restarts_before) or (
-                    stream_ended and _exits_soon(container, restarts_before)
+                if _container_stopped(container, restarts_before) or (
+                    stream_ended and _stops_soon(container, restarts_before)
                 ):
                     # the follower may still hold the traceback's tail: take it until the stream's end
                     while not stream_ended:
@@ -172,7 +273,7 @@ def wait_until_ready(
                             stream_ended = True
                         else:
                             take(line)
-                    raise fail(exit_summary(container))
+                    raise fail(exit_state(container.attrs))
                 if stream_ended:
                     raise fail("log stream ended while the container still runs")
             if _healthy(http, served_name):
@@ -186,12 +287,12 @@ def wait_until_ready(
                 raise fail(f"timed out after {limit:.0f} s in phase {tracker.phase.value!r}")
 
 
-def _exits_soon(container: Container, restarts_before: int, grace_s: float = 2.0) -> bool:
+def _stops_soon(container: Container, restarts_before: int, grace_s: float = 2.0) -> bool:
     """The log stream ended: docker may not have recorded the exit yet; give it a moment."""
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         time.sleep(0.1)
-        if container_exited(container, restarts_before):
+        if _container_stopped(container, restarts_before):
             return True
     return False
 

@@ -14,9 +14,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker
 from docker.types import Mount
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+
+from blocks.target import TargetMachine
+from tasks.container import docker_client
 
 KIB_PER_GIB = 1024 * 1024
 
@@ -103,11 +107,11 @@ def drop_caches_command() -> list[str]:
     return ["sh", "-c", "sync; echo 3 > /drop_caches"]
 
 
-def drop_page_cache(client, image: str, drop_caches_path: str) -> None:
+def drop_page_cache(client: docker.DockerClient, image: str, drop_caches_path: str) -> None:
     """``sync; echo 3 > /proc/sys/vm/drop_caches`` on the docker host, with the least privilege.
 
     A privileged container is not needed (and is refused on some hosts): the one file is bind-
-    mounted into a throwaway container with CAP_SYS_ADMIN (rig.md). The sim target points
+    mounted into a throwaway container with CAP_SYS_ADMIN (docs/imitations.md). The sim target points
     ``drop_caches_path`` at its memory ledger's file; a Spark at /proc/sys/vm/drop_caches.
     """
     # a Mount, not a -v volume: a missing source must fail, not become an empty directory
@@ -122,28 +126,25 @@ class NotEnoughMemory(RuntimeError):
     """Other processes hold memory a start at this utilization needs; says how much is missing."""
 
 
-@task(name="make-room-for-start", cache_policy=NO_CACHE)
-def make_room_for_start(client, image: str, meminfo_path: str, drop_caches_path: str, utilization: float) -> str:
-    """Before a start: fits -> nothing; only page cache in the way -> drop it; else fail now.
+def room_for_start(info: MemInfo | None, utilization: float) -> str:
+    """What a start at ``utilization`` needs done first: 'fits', 'drop-page-cache', or 'unknown'
+    (no meminfo to read).
 
     vLLM 0.10.1.1 refuses to start when free memory is below utilization x total, and on unified
-    memory the previous load's page cache counts as used (vllm issue 48140): without this step a
+    memory the previous load's page cache counts as used (vllm issue 48140): without dropping it a
     redeploy at the runbook's 0.90 fails although nothing else runs.
+
+    Raises:
+        NotEnoughMemory: other processes hold memory that dropping the page cache does not return;
+            the message gives the utilization that would fit.
     """
-    logger = get_run_logger()
-    info = try_read_meminfo(meminfo_path)
     if info is None:
-        logger.info("no meminfo at %s yet: memory check skipped", meminfo_path)
         return "unknown"
     need = utilization * info.total_gib
     if info.free_gib >= need:
-        logger.info("memory: %.1f GiB free, a start at %.2f needs %.1f GiB", info.free_gib, utilization, need)
         return "fits"
     if info.free_gib + info.cached_gib >= need:
-        logger.info("memory: %.1f GiB free but %.1f GiB is page cache (counted as used on GB10): dropping caches",
-                    info.free_gib, info.cached_gib)
-        drop_page_cache(client, image, drop_caches_path)
-        return "dropped-page-cache"
+        return "drop-page-cache"
     raise NotEnoughMemory(
         f"only {info.free_gib:.1f} of {info.total_gib:.1f} GiB is free ({info.cached_gib:.1f} GiB page cache);"
         f" a start at gpu_memory_utilization {utilization:.2f} needs {need:.1f} GiB. Other processes hold the"
@@ -151,3 +152,31 @@ def make_room_for_start(client, image: str, meminfo_path: str, drop_caches_path:
         " utilization, e.g. overrides={\"gpu_memory_utilization\": "
         f"{suggest_utilization(info.free_gib + info.cached_gib, info.total_gib):.2f}}}."
     )
+
+
+@task(name="make-room-for-start", cache_policy=NO_CACHE, task_run_name="make-room-for-start {machine.name}")
+def make_room_for_start(machine: TargetMachine, image: str, utilization: float) -> str:
+    """Before a start: fits -> nothing; only page cache in the way -> drop it; else fail now.
+
+    Args:
+        machine: the target (its meminfo and drop_caches paths, its docker host).
+        image: an image on the docker host to run the drop-caches helper from (the server's own).
+        utilization: the spec's gpu_memory_utilization.
+
+    Returns:
+        What was done: 'fits', 'dropped-page-cache' or 'unknown'.
+    """
+    logger = get_run_logger()
+    info = try_read_meminfo(machine.meminfo_path)
+    action = room_for_start(info, utilization)
+    if action == "unknown":
+        logger.info("no meminfo at %s yet: memory check skipped", machine.meminfo_path)
+        return action
+    if action == "fits":
+        logger.info("memory: %.1f GiB free, a start at %.2f needs %.1f GiB", info.free_gib, utilization, utilization * info.total_gib)
+        return action
+    logger.info("memory: %.1f GiB free but %.1f GiB is page cache (counted as used on GB10): dropping caches",
+                info.free_gib, info.cached_gib)
+    with docker_client(machine.docker_host()) as client:
+        drop_page_cache(client, image, machine.drop_caches_path)
+    return "dropped-page-cache"

@@ -1,9 +1,11 @@
 """Preflight of a deploy: every check runs, and all problems are reported together, each with its fix.
 
-Checked before anything changes on the machine, so a failing deploy leaves nothing behind:
-docker reachable (done when the client is made), the NVIDIA runtime when GPUs are requested,
-the published port free or held by our own container, the image present or pullable.
-Free disk for the model is the staging flow's own preflight (it knows the bytes still missing).
+Checked before anything changes on the machine, so a failing deploy leaves nothing behind: the
+target's docker host is this machine (the worker's) and reachable, the NVIDIA runtime is there when
+GPUs are requested, the published port is free or held by our own container, the image is present or
+pullable. Free disk for the model is the staging flow's own preflight (it knows the bytes still
+missing). What is allowed but worth knowing (a server open to the network without an API key) comes
+back as warnings, for the log and the deploy report.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from docker.errors import APIError, DockerException
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.container import image_present, is_managed
+from blocks.target import TargetMachine
+from tasks.container import docker_client, image_present, is_managed
 
 
 class PreflightFailed(RuntimeError):
@@ -61,33 +64,29 @@ def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-@task(name="preflight", cache_policy=NO_CACHE)
-def preflight(
-    client: docker.DockerClient, image: str, want_gpus: bool, client_host: str, host_port: int, pull: bool
-) -> None:
-    """Run every check; raise one PreflightFailed that lists every problem found."""
-    logger = get_run_logger()
+def _docker_problems(client: docker.DockerClient, machine: TargetMachine, image: str) -> tuple[list[str], str | None]:
+    """The checks that need the daemon: GPU runtime, port, image. Returns (problems, docker version)."""
     problems: list[str] = []
     info = client.info()
-    if want_gpus and (problem := gpu_runtime_problem(info)):
+    if machine.gpus == "all" and (problem := gpu_runtime_problem(info)):
         problems.append(problem)
-    users = containers_on_port(client, host_port)
+    users = containers_on_port(client, machine.host_port)
     foreign = [u.container for u in users if not u.ours]
     if foreign:
         problems.append(
-            f"port {host_port} is published by container(s) {', '.join(foreign)} that this project does not"
+            f"port {machine.host_port} is published by container(s) {', '.join(foreign)} that this project does not"
             f" manage: stop them (`docker stop {foreign[0]}`) or set another host_port on the target."
         )
-    elif not users and port_answers(client_host, host_port):
+    elif not users and port_answers(machine.client_host, machine.host_port):
         problems.append(
-            f"port {host_port} on {client_host} is in use by a process outside docker: free it"
-            f" (`ss -ltnp 'sport = :{host_port}'` shows which) or set another host_port on the target."
+            f"port {machine.host_port} on {machine.client_host} is in use by a process outside docker: free it"
+            f" (`ss -ltnp 'sport = :{machine.host_port}'` shows which) or set another host_port on the target."
         )
     if not image_present(client, image):
-        if not pull:
+        if not machine.image_pull:
             problems.append(f"image {image} is not on the docker host and pulling is off: `docker pull {image}` or `docker load` it.")
         else:
-            logger.info("pulling %s (not on the docker host yet)", image)
+            get_run_logger().info("pulling %s (not on the docker host yet)", image)
             try:
                 client.images.pull(image)
             except (APIError, DockerException) as exc:
@@ -95,9 +94,39 @@ def preflight(
                     f"image {image} is not on the docker host and cannot be pulled ({_short(exc)}): check the"
                     " network and registry login (`docker login nvcr.io` with an NGC key), or `docker load` it."
                 )
+    return problems, info.get("ServerVersion")
+
+
+@task(name="preflight", cache_policy=NO_CACHE, task_run_name="preflight {machine.name}")
+def preflight(machine: TargetMachine, image: str) -> list[str]:
+    """Run every check; raise one PreflightFailed that lists every problem found.
+
+    Args:
+        machine: the target (its docker host, GPUs, port, addresses, API key setting).
+        image: the image the spec runs on this machine.
+
+    Returns:
+        Warnings: allowed, but an operator should know (each says what to do about it).
+    """
+    logger = get_run_logger()
+    problems: list[str] = []
+    version = None
+    if remote := machine.remote_docker_problem():
+        problems.append(remote)  # and no connection to that machine: nothing there would be used
+    else:
+        try:
+            with docker_client(machine.docker_host()) as client:
+                found, version = _docker_problems(client, machine, image)
+                problems += found
+        except ConnectionError as exc:
+            problems.append(str(exc))
     if problems:
         raise PreflightFailed("preflight found {} problem(s):\n- {}".format(len(problems), "\n- ".join(problems)))
-    logger.info("preflight passed: docker %s, port %s, image %s", info.get("ServerVersion"), host_port, image)
+    warnings = [machine.open_to_network_warning()] if machine.open_to_network() else []
+    for warning in warnings:
+        logger.warning("%s", warning)
+    logger.info("preflight passed: docker %s, port %s, image %s", version, machine.host_port, image)
+    return warnings
 
 
 def _short(exc: Exception) -> str:

@@ -11,12 +11,18 @@ import httpx
 import pytest
 from prefect.blocks.system import Secret
 
+from prefect import flow
+from prefect_docker.host import DockerHost
+
 from blocks.engine import LABEL_SPEC_HASH
 from flows.deploy import deploy_qwen
 from flows.teardown import stop_qwen
 from sim.vllm.vllm_sim.ledger import Ledger
-from tasks.memory import parse_meminfo
-from tests.integration.conftest import TEST_API_KEY, TEST_TOKEN, target_containers
+from tasks.failures import FailureCause, FailureKind
+from tasks.health import ReadinessFailed, ReadinessTimeouts, wait_until_ready
+from tasks.memory import NotEnoughMemory, parse_meminfo
+from tasks.preflight import PreflightFailed
+from tests.integration.conftest import TEST_API_KEY, TEST_LABELS, TEST_TOKEN, target_containers
 from tests.integration.prefect_reads import flow_run_artifacts, flow_run_logs, flush_logs
 
 pytestmark = pytest.mark.integration
@@ -97,7 +103,9 @@ def test_missing_model_files_fail_with_their_cause_and_leave_nothing(make_sim_ta
     target = make_sim_target()
     state, _ = run(deploy_qwen, target=target.name, stage=False)
     assert state.is_failed()
-    assert "missing_model_files" in _failure_text(state) or "LocalEntryNotFoundError" in _failure_text(state)
+    cause = _failure_cause(state)
+    assert cause.kind is FailureKind.MISSING_MODEL_FILES
+    assert any("LocalEntryNotFoundError" in line for line in cause.evidence)
     assert target_containers(docker_client, target.name) == []
 
 
@@ -105,9 +113,48 @@ def test_container_exiting_during_startup_is_classified_at_once(make_sim_target,
     target = make_sim_target(extra_env={"VLLM_SIM_FAULT_CUDA_OOM": "1"})
     state, _ = run(deploy_qwen, target=target.name)
     assert state.is_failed()
-    text = _failure_text(state)
-    assert "CUDA out of memory" in text and "cuda_oom" in text.lower().replace(" ", "_") or "OutOfMemoryError" in text
+    cause = _failure_cause(state)
+    assert cause.kind is FailureKind.CUDA_OOM
+    assert any("CUDA out of memory" in line for line in cause.evidence)
     assert target_containers(docker_client, target.name) == []
+
+
+def test_gate_passes_dockers_oom_killed_to_the_classifier(prefect_server, docker_client, sim_image):
+    """A real kernel OOM kill (a 48 MiB memory limit, a 300 MiB allocation mid-load): the gate reads
+    docker's State (exit 137, OOMKilled) and the cause says so, though the log has no vLLM error."""
+    script = (
+        "import time; print('INFO 12-01 10:00:00 [default_loader.py:262] Starting to load model Qwen/Qwen3-32B-FP8...',"
+        " flush=True); time.sleep(1); x = bytearray(300 * 1024 * 1024); time.sleep(30)"
+    )
+    container = docker_client.containers.run(
+        sim_image, ["-c", script], entrypoint=["python3"], detach=True, mem_limit="48m", memswap_limit="48m",
+        labels=TEST_LABELS,
+    )
+
+    @flow
+    def gate() -> None:
+        wait_until_ready(DockerHost(), container.id, "http://127.0.0.1:9", "Qwen/Qwen3-32B-FP8", None,
+                         ReadinessTimeouts(), [], "test-gate-oom")
+
+    try:
+        state = gate(return_state=True)
+    finally:
+        container.remove(force=True)
+    assert state.is_failed()
+    with pytest.raises(ReadinessFailed) as failed:
+        state.result()
+    assert failed.value.cause.kind is FailureKind.OOM_KILLED
+    assert failed.value.cause.numbers == {"exit_code": 137.0, "oom_killed": 1.0}
+    assert "OOMKilled" in failed.value.status
+
+
+def test_remote_docker_host_is_refused_in_preflight(make_sim_target, docker_client):
+    target = make_sim_target(docker_base_url="ssh://operator@spark-2.example")
+    state, _ = run(deploy_qwen, target=target.name)
+    assert state.is_failed()
+    assert "worker on that machine" in _preflight_problems(state)
+    assert target_containers(docker_client, target.name) == []
+    assert not any(Path(target.cache_dir).iterdir())  # refused before staging wrote a byte
 
 
 def test_memory_held_by_another_process_fails_before_starting(make_sim_target, docker_client):
@@ -118,8 +165,9 @@ def test_memory_held_by_another_process_fails_before_starting(make_sim_target, d
     other.publish(40.0, "running", "another/model")
     state, _ = run(deploy_qwen, target=target.name)
     assert state.is_failed()
-    text = _failure_text(state)
-    assert "NotEnoughMemory" in text and "gpu_memory_utilization" in text
+    with pytest.raises(NotEnoughMemory) as failed:
+        state.result()
+    assert "gpu_memory_utilization" in str(failed.value)
     assert target_containers(docker_client, target.name) == []
 
 
@@ -141,8 +189,7 @@ def test_busy_port_fails_in_preflight(make_sim_target, docker_client):
         target = make_sim_target(host_port=port)
         state, _ = run(deploy_qwen, target=target.name)
     assert state.is_failed()
-    text = _failure_text(state)
-    assert "preflight" in text and f"port {port}" in text
+    assert f"port {port}" in _preflight_problems(state)
     assert target_containers(docker_client, target.name) == []
 
 
@@ -150,7 +197,7 @@ def test_missing_gpu_runtime_fails_in_preflight(make_sim_target, docker_client):
     target = make_sim_target(gpus="all")
     state, _ = run(deploy_qwen, target=target.name)
     assert state.is_failed()
-    assert "NVIDIA Container Toolkit" in _failure_text(state)
+    assert "NVIDIA Container Toolkit" in _preflight_problems(state)
     assert target_containers(docker_client, target.name) == []
 
 
@@ -172,9 +219,15 @@ def test_secrets_never_reach_logs_or_artifacts(make_sim_target, docker_client):
     assert TEST_API_KEY not in " ".join(container.attrs["Config"]["Cmd"])
 
 
-def _failure_text(state) -> str:
-    try:
+def _failure_cause(state) -> FailureCause:
+    """The classified cause of a deploy that failed in the readiness gate."""
+    with pytest.raises(ReadinessFailed) as failed:
         state.result()
-    except Exception as exc:  # the flow's exception, as an operator sees it
-        return f"{type(exc).__name__}: {exc}"
-    return state.message or ""
+    return failed.value.cause
+
+
+def _preflight_problems(state) -> str:
+    """The problem list of a deploy that failed in preflight (and nowhere else)."""
+    with pytest.raises(PreflightFailed) as failed:
+        state.result()
+    return str(failed.value)

@@ -1,10 +1,10 @@
-"""Pure helpers of the deploy: preflight's GPU check, restart policy split, report keys, timeouts."""
+"""Pure helpers of the deploy: preflight's GPU check, restart policy split, report keys, timeouts, exit state."""
 
 from tasks.container import restart_policy_after_ready
-from tasks.health import ReadinessTimeouts
+from tasks.health import ExitState, ReadinessTimeouts, exit_state
 from tasks.locks import gpu_limit_name
 from tasks.preflight import gpu_runtime_problem
-from tasks.report import artifact_key, markdown_table
+from tasks.report import artifact_key, key_value_table
 
 
 def test_gpu_runtime_check_names_the_toolkit():
@@ -26,8 +26,8 @@ def test_artifact_keys_are_what_prefect_accepts():
 
 
 def test_markdown_table_skips_missing_values_and_escapes_pipes():
-    table = markdown_table([("a", 1), ("b", None), ("c", "x|y")])
-    assert "| a | 1 |" in table and "| b |" not in table and "x/y" in table
+    table = key_value_table([("a", 1), ("b", None), ("c", "x|y")])
+    assert "| a | 1 |" in table and "| b |" not in table and r"x\|y" in table
 
 
 def test_each_phase_has_a_limit():
@@ -39,3 +39,12 @@ def test_each_phase_has_a_limit():
 
 def test_gpu_limit_per_target():
     assert gpu_limit_name("spark") == "gpu:spark"
+
+
+def test_exit_state_reads_dockers_state_for_the_classifier():
+    oom = exit_state({"State": {"Running": False, "ExitCode": 137, "OOMKilled": True}, "RestartCount": 0})
+    assert oom == ExitState("exited with code 137 (OOMKilled)", 137, True)
+    plain = exit_state({"State": {"Running": False, "ExitCode": 1, "OOMKilled": False}})
+    assert plain == ExitState("exited with code 1", 1, False)
+    restarting = exit_state({"State": {"Restarting": True, "ExitCode": 1}, "RestartCount": 2})
+    assert restarting.summary == "restarting after exit code 1 (restart 2)" and not restarting.oom_killed

@@ -3,7 +3,7 @@
 import pytest
 
 from sim.vllm.vllm_sim.ledger import Ledger
-from tasks.memory import drop_caches_command, parse_meminfo
+from tasks.memory import NotEnoughMemory, drop_caches_command, parse_meminfo, room_for_start
 
 SPARK_LIKE = """MemTotal:       125515968 kB
 MemFree:        89000000 kB
@@ -43,3 +43,14 @@ def test_imitation_ledger_meminfo_reads_like_proc(tmp_path):
 
 def test_drop_caches_command_is_the_playbooks():
     assert drop_caches_command() == ["sh", "-c", "sync; echo 3 > /drop_caches"]
+
+
+def test_room_for_start_decides_from_free_memory_and_page_cache():
+    info = parse_meminfo(SPARK_LIKE)  # 84.9 free + 31.5 page cache of 119.7
+    assert room_for_start(None, 0.90) == "unknown"
+    assert room_for_start(info, 0.70) == "fits"  # 83.8 needed
+    assert room_for_start(info, 0.90) == "drop-page-cache"  # 107.7 needed, 116.4 once dropped
+    with pytest.raises(NotEnoughMemory) as short:
+        room_for_start(info, 0.99)  # 118.5 needed: more than free + page cache
+    # the message names what fits: (84.88 + 31.47) / 119.7 - 0.02 = 0.952 -> 0.95
+    assert '"gpu_memory_utilization": 0.95' in str(short.value) and "118.5 GiB" in str(short.value)
