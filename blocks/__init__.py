@@ -4,14 +4,8 @@
 and to a compose file lives in `blocks.render` (pure functions).
 """
 
-from blocks.engine import PRESETS, SECRET_ENV_KEYS, EngineSpec, format_utilization
+from blocks.engine import PRESETS, EngineSpec, format_utilization, load_engine_spec
 from blocks.render import (
-    LABEL_MANAGED_BY,
-    LABEL_PREFIX,
-    LABEL_SERVED_MODEL,
-    LABEL_SPEC_HASH,
-    LABEL_TARGET,
-    MANAGED_BY,
     REDACTED,
     SecretValue,
     compose_service,
@@ -26,18 +20,13 @@ from blocks.render import (
 )
 from blocks.target import TargetMachine
 
+# The label keys and secret names live in blocks.shared; import them from there.
 __all__ = [
     "EngineSpec",
     "TargetMachine",
     "PRESETS",
-    "SECRET_ENV_KEYS",
     "format_utilization",
-    "LABEL_PREFIX",
-    "LABEL_MANAGED_BY",
-    "LABEL_TARGET",
-    "LABEL_SPEC_HASH",
-    "LABEL_SERVED_MODEL",
-    "MANAGED_BY",
+    "load_engine_spec",
     "REDACTED",
     "SecretValue",
     "compose_service",

@@ -19,33 +19,13 @@ from typing import Any, ClassVar, Literal
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator, model_validator
 
-# Re-exported: callers import the label keys and secret names from here (and from blocks.render).
-from blocks.shared import (
-    ENV_NAME,
-    LABEL_MANAGED_BY,
-    LABEL_PREFIX,
-    LABEL_SERVED_MODEL,
-    LABEL_SPEC_HASH,
-    LABEL_TARGET,
-    MANAGED_BY,
-    RUNBOOK_CONTAINER_NAME,
-    SECRET_ENV_KEYS,
-    ContainerIdentity,
-    check_container_name,
-)
+from blocks.shared import ENV_NAME, RUNBOOK_CONTAINER_NAME, SECRET_ENV_KEYS, ContainerIdentity, check_container_name
 
 __all__ = [
     "EngineSpec",
     "PRESETS",
     "PresetName",
     "RestartPolicy",
-    "SECRET_ENV_KEYS",
-    "LABEL_PREFIX",
-    "LABEL_MANAGED_BY",
-    "LABEL_TARGET",
-    "LABEL_SPEC_HASH",
-    "LABEL_SERVED_MODEL",
-    "MANAGED_BY",
     "format_utilization",
     "load_engine_spec",
 ]

@@ -19,24 +19,10 @@ import docker.types
 import yaml
 
 from blocks.engine import EngineSpec
-from blocks.shared import (
-    LABEL_MANAGED_BY,
-    LABEL_PREFIX,
-    LABEL_SERVED_MODEL,
-    LABEL_SPEC_HASH,
-    LABEL_TARGET,
-    MANAGED_BY,
-    SECRET_ENV_KEYS,
-)
+from blocks.shared import LABEL_MANAGED_BY, LABEL_SERVED_MODEL, LABEL_SPEC_HASH, LABEL_TARGET, MANAGED_BY, SECRET_ENV_KEYS
 from blocks.target import TargetMachine, split_volume_target
 
 __all__ = [
-    "LABEL_PREFIX",
-    "LABEL_MANAGED_BY",
-    "LABEL_TARGET",
-    "LABEL_SPEC_HASH",
-    "LABEL_SERVED_MODEL",
-    "MANAGED_BY",
     "REDACTED",
     "OFFLINE_ENV_KEYS",
     "SecretValue",

@@ -27,34 +27,9 @@ from tasks.staging.stage import stage_steps
 __all__ = ["stage_model", "StageResult", "DEFAULT_ALLOW_PATTERNS"]
 
 
-@flow(name="stage-model", flow_run_name="stage {repo_id}@{revision}", log_prints=False)
-def stage_model(
-    repo_id: str = "Qwen/Qwen3-32B-FP8",
-    revision: str = "main",
-    cache_dir: str = "/opt/hf",
-    allow_patterns: list[str] | None = None,
-    max_workers: int = 8,
-    token_secret_block: str | None = "hf-token",
-    endpoint: str | None = None,
-    verify: bool = False,
-    offline: bool | None = None,
-) -> StageResult:
-    """Stage a Hub model into a Hugging Face cache so vLLM starts offline from it.
-
-    Args:
-        repo_id: the model on the Hub.
-        revision: branch, tag or commit; recorded as refs/<revision> in the cache.
-        cache_dir: the Hugging Face cache (mounted into the vLLM container).
-        allow_patterns: files to stage; default DEFAULT_ALLOW_PATTERNS (configs, tokenizer files,
-            safetensors index and shards, chat template, remote code, README/LICENSE).
-        max_workers: files transferred in parallel.
-        token_secret_block: Prefect Secret block holding the Hub token (a missing block is fine).
-        endpoint: the Hub; default HF_ENDPOINT or https://huggingface.co.
-        verify: re-hash every blob against the Hub listing (or the manifest offline) and re-fetch
-            only the wrong ones.
-        offline: never contact the Hub; None reads HF_HUB_OFFLINE.
-    """
-    return stage_steps(repo_id, revision, cache_dir, allow_patterns, max_workers, token_secret_block, endpoint, verify, offline)
+#: The flow is the staging function itself: its parameters and their docs are `stage_steps`'s, and
+#: deploy-qwen calls the same function inside its own flow run (flows never import each other).
+stage_model = flow(name="stage-model", flow_run_name="stage {repo_id}@{revision}", log_prints=False)(stage_steps)
 
 
 if __name__ == "__main__":  # pragma: no cover - operator convenience

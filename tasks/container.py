@@ -25,7 +25,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect_docker.host import DockerHost
 
-from blocks.engine import LABEL_MANAGED_BY, LABEL_SPEC_HASH, MANAGED_BY
+from blocks.shared import LABEL_MANAGED_BY, LABEL_SPEC_HASH, MANAGED_BY
 from blocks.render import label_filters
 
 GPU_DRIVER_ERROR = 'could not select device driver "nvidia"'

@@ -34,9 +34,9 @@ def offline_from_env() -> bool:
 
 
 def stage_steps(
-    repo_id: str,
-    revision: str,
-    cache_dir: str,
+    repo_id: str = "Qwen/Qwen3-32B-FP8",
+    revision: str = "main",
+    cache_dir: str = "/opt/hf",
     allow_patterns: list[str] | None = None,
     max_workers: int = 8,
     token_secret_block: str | None = "hf-token",
@@ -44,8 +44,25 @@ def stage_steps(
     verify: bool = False,
     offline: bool | None = None,
 ) -> StageResult:
-    """Resolve, inspect, plan, check disk, transfer, link, record, report. See flows/stage.py for
-    what each argument means; it must be called inside a flow run."""
+    """Stage a Hub model into a Hugging Face cache so vLLM starts offline from it.
+
+    Resolve, inspect, plan, check disk, transfer, link, record, report; each step a task of the
+    calling flow run (this function is the body of the `stage-model` flow, and deploy-qwen calls it
+    inside its own run).
+
+    Args:
+        repo_id: the model on the Hub.
+        revision: branch, tag or commit; recorded as refs/<revision> in the cache.
+        cache_dir: the Hugging Face cache (mounted into the vLLM container).
+        allow_patterns: files to stage; default DEFAULT_ALLOW_PATTERNS (configs, tokenizer files,
+            safetensors index and shards, chat template, remote code, README/LICENSE).
+        max_workers: files transferred in parallel.
+        token_secret_block: Prefect Secret block holding the Hub token (a missing block is fine).
+        endpoint: the Hub; default HF_ENDPOINT or https://huggingface.co.
+        verify: re-hash every blob against the Hub listing (or the manifest offline) and re-fetch
+            only the wrong ones.
+        offline: never contact the Hub; None reads HF_HUB_OFFLINE.
+    """
     started = time.monotonic()
     offline = offline_from_env() if offline is None else offline
     endpoint = resolve_endpoint(endpoint)

@@ -18,7 +18,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from blocks.engine import LABEL_TARGET
+from blocks.shared import LABEL_TARGET
 from blocks.render import label_filters
 from blocks.target import TargetMachine
 from deployments.targets import sim_target

@@ -14,7 +14,7 @@ from prefect.blocks.system import Secret
 from prefect import flow
 from prefect_docker.host import DockerHost
 
-from blocks.engine import LABEL_SPEC_HASH
+from blocks.shared import LABEL_SPEC_HASH
 from flows.deploy import deploy_qwen
 from flows.teardown import stop_qwen
 from sim.vllm.vllm_sim.ledger import Ledger

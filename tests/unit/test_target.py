@@ -11,15 +11,8 @@ import pytest
 from docker.api.client import APIClient
 from pydantic import ValidationError
 
-from blocks import render
-from blocks.engine import (
-    LABEL_MANAGED_BY,
-    LABEL_SERVED_MODEL,
-    LABEL_SPEC_HASH,
-    LABEL_TARGET,
-    MANAGED_BY,
-    EngineSpec,
-)
+from blocks.engine import EngineSpec
+from blocks.shared import LABEL_MANAGED_BY, LABEL_SERVED_MODEL, LABEL_SPEC_HASH, LABEL_TARGET, MANAGED_BY
 from blocks.render import (
     REDACTED,
     SecretValue,
@@ -275,8 +268,9 @@ def test_labels():
         "org.spark-vllm.served-model": "Qwen/Qwen3-32B-FP8",
     }
     assert (LABEL_MANAGED_BY, LABEL_TARGET, LABEL_SPEC_HASH, LABEL_SERVED_MODEL, MANAGED_BY) == (
-        render.LABEL_MANAGED_BY, render.LABEL_TARGET, render.LABEL_SPEC_HASH, render.LABEL_SERVED_MODEL, render.MANAGED_BY,
-    )  # fmt: skip
+        "org.spark-vllm.managed-by", "org.spark-vllm.target", "org.spark-vllm.spec-hash", "org.spark-vllm.served-model",
+        "spark-vllm",
+    )  # fmt: skip: the keys live in blocks.shared, once
     assert label_filters("spark") == {"label": ["org.spark-vllm.managed-by=spark-vllm", "org.spark-vllm.target=spark"]}
     assert label_filters() == {"label": ["org.spark-vllm.managed-by=spark-vllm"]}
 
