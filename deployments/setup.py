@@ -4,13 +4,14 @@
     python -m deployments.setup --targets spark            # on the Spark's own Prefect server
     python -m deployments.setup --targets spark --api-key  # ... and require an API key
 
-Steps: register the block types; save the target blocks (``spark``, ``sim``), the engine spec
-``qwen3-32b-fp8`` (the runbook's defaults) and, when a token is given in the environment, the
-``hf-token`` Secret block; with ``--api-key``, a generated key in the ``vllm-api-key`` Secret block
-(kept when it exists) named by the spark target; create the process work pool and a
-``gpu:<target>`` global concurrency limit of 1 per target; then ``prefect deploy --all`` from the
-project root. A target block saved earlier keeps its ``api_key_secret``: a re-run never reopens a
-server that requires a key.
+Steps: register the block types; save the target blocks (``spark``, ``sim``) and the engine spec
+``qwen3-32b-fp8`` (the runbook's defaults) that do not exist yet (saved ones are the operator's,
+edited in the UI, and are kept unless ``--reset-blocks``) and, when a token is given in the
+environment, the ``hf-token`` Secret block; with ``--api-key``, a generated key in the
+``vllm-api-key`` Secret block (kept when it exists) named by the spark target; create the process
+work pool and a ``gpu:<target>`` global concurrency limit of 1 per target; then
+``prefect deploy --all`` from the project root. A reset keeps a target's ``api_key_secret``: a
+re-run never reopens a server that requires a key.
 """
 
 from __future__ import annotations
@@ -83,36 +84,58 @@ def ensure_api_key(name: str = API_KEY_BLOCK, rotate: bool = False) -> bool:
     return True
 
 
-def _keep_saved_api_key(target: TargetMachine) -> TargetMachine:
-    """The target, with the `api_key_secret` of its saved block when this run sets none.
-
-    Saving with overwrite=True would otherwise clear a key an operator set (with --api-key or
-    in the UI) and silently reopen the server to the network on every re-run of the setup.
-    """
-    if target.api_key_secret:
-        return target
+def _saved(block_type, name: str):
+    """The saved block of that name, or None (absent, or one that no longer validates)."""
     try:
-        saved = TargetMachine.load(target.name)
-    except ValueError:  # no such block yet (or one that no longer validates: replaced)
-        return target
-    if not saved.api_key_secret:
-        return target
-    print(f"target {target.name}: keeps api_key_secret {saved.api_key_secret!r} from its saved block "
-          "(clear it in the block to serve without a key)")
-    fields = target.model_dump(include=set(TargetMachine.model_fields))
-    return TargetMachine(**{**fields, "api_key_secret": saved.api_key_secret})
+        return block_type.load(name)
+    except ValueError:
+        return None
 
 
-def register_blocks(targets: list[TargetMachine], hf_token: str | None) -> None:
+def _target_to_save(target: TargetMachine, saved: TargetMachine | None, reset: bool, api_key_block: str | None) -> TargetMachine | None:
+    """What to save for a target, or None to leave its saved block as it is.
+
+    A saved block is the operator's (edited in the UI): it is kept unless ``reset``. Even a reset
+    keeps the saved ``api_key_secret``: clearing it would silently reopen a server that requires a
+    key. ``api_key_block`` (from --api-key) is set on the saved block as the one change.
+    """
+    if saved is not None and not reset:
+        if api_key_block and saved.api_key_secret != api_key_block:
+            return TargetMachine(**{**saved.model_dump(include=set(TargetMachine.model_fields)), "api_key_secret": api_key_block})
+        return None
+    key = api_key_block or target.api_key_secret or (saved.api_key_secret if saved else None)
+    if key == target.api_key_secret:
+        return target
+    return TargetMachine(**{**target.model_dump(include=set(TargetMachine.model_fields)), "api_key_secret": key})
+
+
+def register_blocks(targets: list[TargetMachine], hf_token: str | None, reset: bool = False,
+                    api_key_for: dict[str, str] | None = None) -> None:
+    """Register the block types, then save the engine spec and target blocks that are missing.
+
+    Args:
+        targets: the targets this setup knows (their default settings).
+        hf_token: saved as the ``hf-token`` Secret block when given.
+        reset: overwrite saved blocks with the defaults (operators' UI edits are lost).
+        api_key_for: target name -> Secret block name of its API key (from --api-key).
+    """
     EngineSpec.register_type_and_schema()
     TargetMachine.register_type_and_schema()
-    EngineSpec().save(ENGINE_BLOCK, overwrite=True)
+    if reset or _saved(EngineSpec, ENGINE_BLOCK) is None:
+        EngineSpec().save(ENGINE_BLOCK, overwrite=True)
+        print(f"engine block {ENGINE_BLOCK} saved (the runbook's compose service)")
+    else:
+        print(f"engine block {ENGINE_BLOCK} exists: kept (--reset-blocks overwrites it)")
     for target in targets:
-        target = _keep_saved_api_key(target)
-        target.save(target.name, overwrite=True)
-        print(f"target block {target.name} saved")
-        warning = target.open_to_network_warning()
-        if warning:
+        saved = _saved(TargetMachine, target.name)
+        to_save = _target_to_save(target, saved, reset, (api_key_for or {}).get(target.name))
+        if to_save is None:
+            print(f"target block {target.name} exists: kept (--reset-blocks overwrites it)")
+        else:
+            to_save.save(target.name, overwrite=True)
+            print(f"target block {target.name} saved")
+        current = to_save or saved
+        if warning := current.open_to_network_warning():
             print(f"  warning: {warning}")
     if hf_token:
         Secret(value=hf_token).save("hf-token", overwrite=True)
@@ -144,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"block {API_KEY_BLOCK} (kept if it exists) and set the target's api_key_secret")
     parser.add_argument("--rotate-api-key", action="store_true",
                         help=f"like --api-key, but replace the key in {API_KEY_BLOCK} (clients need the new one)")
+    parser.add_argument("--reset-blocks", action="store_true",
+                        help="overwrite the saved engine spec and target blocks with these defaults (UI edits are lost)")
     parser.add_argument("--no-deploy", action="store_true", help="skip `prefect deploy --all`")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
@@ -154,14 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     targets = []
     for name in names:
         if name == "spark":
-            targets.append(spark_target(api_key_secret=API_KEY_BLOCK) if want_key else spark_target())
+            targets.append(spark_target())
         elif name == "sim":
             targets.append(sim_target("sim", args.sim_root, args.hub_endpoint, args.sim_port, args.sim_time_scale))
         else:
             parser.error(f"unknown target {name!r}: spark or sim (edit other targets as blocks in the UI)")
     if want_key:
         ensure_api_key(API_KEY_BLOCK, rotate=args.rotate_api_key)
-    register_blocks(targets, os.environ.get("HF_TOKEN"))
+    register_blocks(targets, os.environ.get("HF_TOKEN"), reset=args.reset_blocks,
+                    api_key_for={API_KEY_TARGET: API_KEY_BLOCK} if want_key else None)
     ensure_work_pool()
     for target in targets:
         print(f"concurrency limit {ensure_gpu_limit(target.name)} ready")
