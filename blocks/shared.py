@@ -17,6 +17,9 @@ LABEL_TARGET = f"{LABEL_PREFIX}.target"
 LABEL_SPEC_HASH = f"{LABEL_PREFIX}.spec-hash"
 LABEL_SERVED_MODEL = f"{LABEL_PREFIX}.served-model"
 MANAGED_BY = "spark-vllm"
+#: What a container of ours is for, when it is not the server: "helper" (memory reads, drop caches).
+LABEL_ROLE = f"{LABEL_PREFIX}.role"
+HELPER_LABELS: dict[str, str] = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_ROLE: "helper"}
 
 #: Environment variables that carry secrets. They only ever come from Secret blocks (see
 #: `blocks.render.secret_environment`), never from the plain `env` / `extra_env` fields.

@@ -31,6 +31,9 @@ from blocks.shared import (
 if TYPE_CHECKING:  # pragma: no cover
     from prefect_docker.host import DockerHost
 
+#: How a container on a Spark reads the host's memory (containers see the host's /proc/meminfo).
+SPARK_MEMINFO_COMMAND: tuple[str, ...] = ("cat", "/proc/meminfo")
+
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _BLOCK_NAME = re.compile(r"^[a-z0-9-]+$")
 DOCKER_URL_SCHEMES = ("unix://", "ssh://", "tcp://", "npipe://", "http://", "https://")
@@ -154,12 +157,24 @@ class TargetMachine(Block):
         title="drop_caches path (host)",
         description="Written with 3 to free the page cache that GB10 counts as used memory.",
     )
-    meminfo_path: str = Field(
-        default="/proc/meminfo",
-        title="meminfo path (host)",
+    meminfo_command: list[str] = Field(
+        default_factory=lambda: list(SPARK_MEMINFO_COMMAND),
+        title="meminfo command",
         description=(
-            "Where the flows read MemTotal/MemAvailable/Cached: the GB10's GPU memory is the host's "
-            "memory. The imitation exposes its own ledger file here."
+            "Prints the docker host's /proc/meminfo (MemTotal, MemFree, MemAvailable, Cached): the "
+            "GB10's GPU memory is the host's memory. It runs on the target's docker host, in a "
+            "throwaway container of the server image (or in the running server), so the numbers are "
+            "that machine's. A container sees the host's /proc/meminfo: `cat /proc/meminfo`. The "
+            "imitation renders its memory ledger instead."
+        ),
+    )
+    host_memory_floor_gib: float = Field(
+        default=4.0,
+        title="Host memory floor while a start runs (GiB)",
+        description=(
+            "While vLLM starts, MemAvailable of the docker host is watched; below this the start is "
+            "stopped at once: on GB10 the utilization is not a hard cap while vLLM profiles (vllm "
+            "issue 46307) and a start that exhausts memory can hang the machine. 0 turns the guard off."
         ),
     )
     extra_volumes: dict[str, str] = Field(
@@ -216,7 +231,24 @@ class TargetMachine(Block):
             )
         return value
 
-    @field_validator("cache_dir", "drop_caches_path", "meminfo_path")
+    @field_validator("meminfo_command")
+    @classmethod
+    def _meminfo_command(cls, value: list[str]) -> list[str]:
+        if not value or not all(isinstance(part, str) and part for part in value):
+            raise ValueError(
+                f"meminfo_command must be a non-empty command (list of words), got {value!r}; "
+                f"on a Spark: {SPARK_MEMINFO_COMMAND!r}"
+            )
+        return value
+
+    @field_validator("host_memory_floor_gib")
+    @classmethod
+    def _floor(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"host_memory_floor_gib must be >= 0 GiB (got {value}); 4 is the default, 0 turns the guard off")
+        return value
+
+    @field_validator("cache_dir", "drop_caches_path")
     @classmethod
     def _absolute(cls, value: str, info) -> str:
         if not value.startswith("/"):
@@ -421,19 +453,17 @@ class TargetMachine(Block):
     def remote_docker_problem(self) -> str | None:
         """Why a remote docker host is refused, with the fix, when `docker_is_remote()`; else None.
 
-        Only the container and the drop-caches helper would run on that machine: staging writes
-        `cache_dir` on the worker's own disk and `meminfo_path` is read from the worker's
-        filesystem, so the server would start without its model and the memory checks would
-        describe the wrong machine.
+        The container, the memory reads and the drop-caches helper go through the docker host, but
+        staging writes `cache_dir` on the worker's own disk: the server would start on that machine
+        without its model.
         """
         if not self.docker_is_remote():
             return None
         return (
             f"target {self.name!r}: docker_base_url {self.docker_base_url!r} is a docker daemon on "
-            "another machine, which the flows do not support yet: only the container and the "
-            f"drop-caches helper would run there, while staging writes cache_dir ({self.cache_dir}) "
-            f"on this worker's disk and meminfo_path ({self.meminfo_path}) is read from this "
-            "worker's filesystem. Fix: run a Prefect worker on that machine "
+            "another machine, which the flows do not support yet: the container and the memory checks "
+            f"would run there, while staging writes cache_dir ({self.cache_dir}) on this worker's "
+            "disk, so the server would start without its model. Fix: run a Prefect worker on that machine "
             f"(`prefect worker start --pool {WORK_POOL}`) with docker_base_url empty (its local "
             "daemon); if the daemon is on this machine, use unix:///var/run/docker.sock or "
             "tcp://127.0.0.1:<port>"

@@ -22,6 +22,9 @@ if TYPE_CHECKING:  # pragma: no cover
 #: The vLLM imitation's image, as ``sim/image.py`` tags it (built locally, never pulled).
 SIM_IMAGE = "spark-vllm/vllm-sim:latest"
 
+#: The imitation's /proc/meminfo: its memory ledger rendered when read (sim/vllm, `vllm_sim meminfo`).
+SIM_MEMINFO_COMMAND: tuple[str, ...] = ("python3", "-m", "vllm_sim", "meminfo")
+
 #: Where the imitation keeps its memory ledger inside the container (VLLM_SIM_LEDGER_DIR's default).
 SIM_LEDGER_MOUNT = "/var/lib/vllm-sim"
 
@@ -46,7 +49,8 @@ def sim_target(
     """A target on this rig: the imitation image, a cache and a memory ledger under ``root``.
 
     The ledger directory stands for the Spark's unified memory: every imitation container of
-    this target mounts it, it exposes a ``meminfo`` file shaped like /proc/meminfo, and writing 3
+    this target mounts it, the image's ``meminfo`` command renders it as /proc/meminfo at the moment
+    it is read (the target's meminfo_command, where a Spark has ``cat /proc/meminfo``), and writing 3
     to its ``drop_caches`` clears the page-cache term, as /proc/sys/vm/drop_caches does on a Spark.
     """
     from blocks.target import TargetMachine
@@ -68,7 +72,7 @@ def sim_target(
         host_port=host_port,
         hub_endpoint=hub_endpoint,
         drop_caches_path=str(ledger / "drop_caches"),
-        meminfo_path=str(ledger / "meminfo"),
+        meminfo_command=list(SIM_MEMINFO_COMMAND),
         extra_volumes={str(ledger): SIM_LEDGER_MOUNT},
         extra_env={**env, **(extra_env or {})},
     )

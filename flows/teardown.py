@@ -16,7 +16,7 @@ from blocks.target import TargetMachine
 from tasks.container import remove_managed_containers
 from tasks.events import ServiceEvent, emit_service_event
 from tasks.locks import gpu_lock
-from tasks.memory import try_read_meminfo, wait_for_release
+from tasks.memory import read_memory, wait_for_release
 from tasks.report import artifact_key, publish_report
 
 
@@ -26,7 +26,7 @@ class StopResult(BaseModel):
     free_before_gib: float | None
     free_after_gib: float | None
     page_cache_gib: float | None
-    memory_released: bool | None  # None: the target has no meminfo to read
+    memory_released: bool | None  # None: the target's memory could not be read
 
 
 @flow(name="stop-qwen", flow_run_name="stop-{target}")
@@ -41,11 +41,11 @@ def stop_qwen(target: str = "spark", engine: str | None = None, stop_timeout_s: 
     spec = machine.apply_to(load_engine_spec(engine, None, None))
     util = spec.gpu_memory_utilization
     with gpu_lock(machine.name):
-        before = try_read_meminfo(machine.meminfo_path)
+        before = read_memory(machine, spec.image, unreadable_ok=True)
         removed = remove_managed_containers(machine.docker_host(), machine.name, stop_timeout_s)
-        released, after = wait_for_release(machine.meminfo_path, util, timeout_s=memory_timeout_s)
+        released, after = (None, None) if before is None else wait_for_release(machine, spec.image, util, timeout_s=memory_timeout_s)
     if after is None:
-        logger.warning("no meminfo at %s: the memory the containers held could not be checked", machine.meminfo_path)
+        logger.warning("the memory of %s could not be read: whether the containers released theirs is unknown", machine.name)
     elif released:
         logger.info("memory released: %.1f GiB free and %.1f GiB page cache of %.1f GiB; a start at %.2f needs %.1f GiB",
                     after.free_gib, after.cached_gib, after.total_gib, util, util * after.total_gib)

@@ -3,8 +3,13 @@
 On GB10, CUDA's "free" memory is the host's free memory, and the Linux page cache counts as used
 (vllm issue 48140). So "is the memory free again?" is read from meminfo: ``MemFree`` is what the
 next vLLM start can have, ``MemAvailable - MemFree`` is mostly page cache that only
-``drop_caches`` returns. The imitation keeps a file of the same format in its ledger directory;
-a Spark target reads /proc/meminfo: same code, another path.
+``drop_caches`` returns.
+
+One reader for every kind of target: the target's ``meminfo_command`` runs on its docker host (a
+throwaway helper container, or ``docker exec`` in the running server) and its output is parsed as
+/proc/meminfo. On a Spark that is ``cat /proc/meminfo`` (a container sees the host's); the
+imitation's command renders its memory ledger at the moment it is read. The numbers are always
+the docker host's, wherever the worker runs.
 """
 
 from __future__ import annotations
@@ -14,12 +19,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import Any
+
 import docker
+from docker.errors import APIError, ContainerError, ImageNotFound
 from docker.types import Mount
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.target import TargetMachine
+from blocks.shared import HELPER_LABELS
+from blocks.target import SPARK_MEMINFO_COMMAND, TargetMachine, split_volume_target
 from tasks.container import docker_client
 
 KIB_PER_GIB = 1024 * 1024
@@ -73,33 +82,97 @@ def suggest_utilization(free_gib: float, total_gib: float, margin: float = 0.02)
     return max(0.0, round(steps / 20, 2))
 
 
-def read_meminfo(path: str | Path) -> MemInfo:
-    return parse_meminfo(Path(path).read_text())
+class MemoryReadError(RuntimeError):
+    """The target's memory could not be read; the message says what ran and how to fix it."""
 
 
-def try_read_meminfo(path: str | Path) -> MemInfo | None:
-    """None when the file is absent (an imitation ledger before its first server)."""
+def helper_container_kwargs(machine: TargetMachine, image: str, command: list[str], **extra: Any) -> dict[str, Any]:
+    """docker-py ``containers.run`` arguments of a throwaway helper on the target's docker host.
+
+    Why a container and not a file read on the worker: the numbers must be the docker host's (a
+    Spark, or the machine behind ``docker_base_url``), and a container sees the host's
+    /proc/meminfo. It runs the server's own image (present after preflight), with no network, the
+    image's entrypoint bypassed (the NVIDIA image prints a banner), the target's extra volumes and
+    environment (the imitation's memory ledger and knobs), and our labels, so nothing of it is
+    mistaken for someone else's.
+    """
+    volumes = {}
+    for host, target in machine.extra_volumes.items():
+        path, mode = split_volume_target(target)
+        volumes[host] = {"bind": path, "mode": mode}
+    return {
+        "image": image, "command": list(command), "entrypoint": [], "remove": True, "network_mode": "none",
+        "volumes": volumes, "environment": dict(machine.extra_env), "labels": dict(HELPER_LABELS), **extra,
+    }
+
+
+def read_meminfo(client: docker.DockerClient, machine: TargetMachine, image: str, container_id: str | None = None) -> MemInfo:
+    """The docker host's memory, by the target's ``meminfo_command``: in the running container
+    ``container_id`` when given (``docker exec``: fast enough to poll while a start runs), else in a
+    throwaway helper container (about half a second).
+
+    Raises:
+        MemoryReadError: the command failed or printed no meminfo.
+    """
+    command = list(machine.meminfo_command)
     try:
-        return read_meminfo(path)
-    except FileNotFoundError:
+        if container_id is not None:
+            code, output = client.containers.get(container_id).exec_run(command, stdout=True, stderr=False)
+            if code != 0:
+                raise MemoryReadError(f"`{' '.join(command)}` in the server container exited {code}: {output[:300]!r}")
+        else:
+            output = client.containers.run(**helper_container_kwargs(machine, image, command))
+    except (APIError, ContainerError, ImageNotFound) as exc:
+        raise MemoryReadError(
+            f"reading the memory of target {machine.name!r} with `{' '.join(command)}` in {image} failed:"
+            f" {getattr(exc, 'explanation', None) or exc}. Check the target's meminfo_command"
+            f" (a Spark: {' '.join(SPARK_MEMINFO_COMMAND)})."
+        ) from None
+    try:
+        return parse_meminfo(output.decode("utf-8", "replace"))
+    except ValueError as exc:
+        raise MemoryReadError(f"`{' '.join(command)}` on target {machine.name!r} printed no meminfo: {exc}") from None
+
+
+@task(name="read-memory", cache_policy=NO_CACHE, task_run_name="read-memory {machine.name}")
+def read_memory(machine: TargetMachine, image: str, unreadable_ok: bool = False) -> MemInfo | None:
+    """The target's memory now (a throwaway helper container on its docker host).
+
+    Args:
+        machine: the target.
+        image: the server image (the helper runs it).
+        unreadable_ok: return None, with a warning, when the memory cannot be read (a report
+            that says "unknown" is better than none); else raise MemoryReadError.
+    """
+    try:
+        with docker_client(machine.docker_host()) as client:
+            info = read_meminfo(client, machine, image)
+    except MemoryReadError as exc:
+        if not unreadable_ok:
+            raise
+        get_run_logger().warning("memory of %s unknown: %s", machine.name, exc)
         return None
+    get_run_logger().info("memory of %s: %.1f GiB free, %.1f GiB page cache, %.1f available of %.1f GiB",
+                          machine.name, info.free_gib, info.cached_gib, info.available_gib, info.total_gib)
+    return info
 
 
+@task(name="wait-for-release", cache_policy=NO_CACHE, task_run_name="wait-for-release {machine.name}")
 def wait_for_release(
-    path: str | Path, utilization: float, timeout_s: float = 30.0, interval_s: float = 0.25
-) -> tuple[bool | None, MemInfo | None]:
+    machine: TargetMachine, image: str, utilization: float, timeout_s: float = 30.0, interval_s: float = 0.25
+) -> tuple[bool, MemInfo]:
     """Poll until only page cache would stand in a start's way, or the timeout.
 
-    Returns (released, last reading); (None, None) when the target has no meminfo to read.
+    Returns:
+        (released, the last reading).
     """
     deadline = time.monotonic() + timeout_s
-    while True:
-        info = try_read_meminfo(path)
-        if info is None:
-            return None, None
-        if info.released_for(utilization) or time.monotonic() >= deadline:
-            return info.released_for(utilization), info
-        time.sleep(interval_s)
+    with docker_client(machine.docker_host()) as client:
+        while True:
+            info = read_meminfo(client, machine, image)
+            if info.released_for(utilization) or time.monotonic() >= deadline:
+                return info.released_for(utilization), info
+            time.sleep(interval_s)
 
 
 def drop_caches_command() -> list[str]:
@@ -107,7 +180,7 @@ def drop_caches_command() -> list[str]:
     return ["sh", "-c", "sync; echo 3 > /drop_caches"]
 
 
-def drop_page_cache(client: docker.DockerClient, image: str, drop_caches_path: str) -> None:
+def drop_page_cache(client: docker.DockerClient, machine: TargetMachine, image: str) -> None:
     """``sync; echo 3 > /proc/sys/vm/drop_caches`` on the docker host, with the least privilege.
 
     A privileged container is not needed (and is refused on some hosts): the one file is bind-
@@ -115,20 +188,18 @@ def drop_page_cache(client: docker.DockerClient, image: str, drop_caches_path: s
     ``drop_caches_path`` at its memory ledger's file; a Spark at /proc/sys/vm/drop_caches.
     """
     # a Mount, not a -v volume: a missing source must fail, not become an empty directory
-    client.containers.run(
-        image, drop_caches_command(), remove=True, cap_add=["SYS_ADMIN"],
-        mounts=[Mount(target="/drop_caches", source=drop_caches_path, type="bind")],
-        entrypoint=[], network_mode="none",
-    )
+    kwargs = helper_container_kwargs(machine, image, drop_caches_command(), cap_add=["SYS_ADMIN"],
+                                     mounts=[Mount(target="/drop_caches", source=machine.drop_caches_path, type="bind")])
+    kwargs["volumes"], kwargs["environment"] = {}, {}
+    client.containers.run(**kwargs)
 
 
 class NotEnoughMemory(RuntimeError):
     """Other processes hold memory a start at this utilization needs; says how much is missing."""
 
 
-def room_for_start(info: MemInfo | None, utilization: float) -> str:
-    """What a start at ``utilization`` needs done first: 'fits', 'drop-page-cache', or 'unknown'
-    (no meminfo to read).
+def room_for_start(info: MemInfo, utilization: float) -> str:
+    """What a start at ``utilization`` needs done first: 'fits' or 'drop-page-cache'.
 
     vLLM 0.10.1.1 refuses to start when free memory is below utilization x total, and on unified
     memory the previous load's page cache counts as used (vllm issue 48140): without dropping it a
@@ -138,8 +209,6 @@ def room_for_start(info: MemInfo | None, utilization: float) -> str:
         NotEnoughMemory: other processes hold memory that dropping the page cache does not return;
             the message gives the utilization that would fit.
     """
-    if info is None:
-        return "unknown"
     need = utilization * info.total_gib
     if info.free_gib >= need:
         return "fits"
@@ -164,19 +233,16 @@ def make_room_for_start(machine: TargetMachine, image: str, utilization: float) 
         utilization: the spec's gpu_memory_utilization.
 
     Returns:
-        What was done: 'fits', 'dropped-page-cache' or 'unknown'.
+        What was done: 'fits' or 'dropped-page-cache'.
     """
     logger = get_run_logger()
-    info = try_read_meminfo(machine.meminfo_path)
-    action = room_for_start(info, utilization)
-    if action == "unknown":
-        logger.info("no meminfo at %s yet: memory check skipped", machine.meminfo_path)
-        return action
-    if action == "fits":
-        logger.info("memory: %.1f GiB free, a start at %.2f needs %.1f GiB", info.free_gib, utilization, utilization * info.total_gib)
-        return action
-    logger.info("memory: %.1f GiB free but %.1f GiB is page cache (counted as used on GB10): dropping caches",
-                info.free_gib, info.cached_gib)
     with docker_client(machine.docker_host()) as client:
-        drop_page_cache(client, image, machine.drop_caches_path)
+        info = read_meminfo(client, machine, image)
+        action = room_for_start(info, utilization)
+        if action == "fits":
+            logger.info("memory: %.1f GiB free, a start at %.2f needs %.1f GiB", info.free_gib, utilization, utilization * info.total_gib)
+            return action
+        logger.info("memory: %.1f GiB free but %.1f GiB is page cache (counted as used on GB10): dropping caches",
+                    info.free_gib, info.cached_gib)
+        drop_page_cache(client, machine, image)
     return "dropped-page-cache"

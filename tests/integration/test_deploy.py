@@ -20,7 +20,7 @@ from flows.teardown import stop_qwen
 from sim.vllm.vllm_sim.ledger import Ledger
 from tasks.failures import FailureCause, FailureKind
 from tasks.health import ReadinessFailed, ReadinessTimeouts, wait_until_ready
-from tasks.memory import NotEnoughMemory, parse_meminfo
+from tasks.memory import NotEnoughMemory, read_meminfo
 from tasks.preflight import PreflightFailed
 from tests.integration.conftest import TEST_API_KEY, TEST_LABELS, TEST_TOKEN, target_containers
 from tests.integration.prefect_reads import flow_run_artifacts, flow_run_logs, flush_logs
@@ -159,7 +159,7 @@ def test_remote_docker_host_is_refused_in_preflight(make_sim_target, docker_clie
 
 def test_memory_held_by_another_process_fails_before_starting(make_sim_target, docker_client):
     target = make_sim_target()
-    ledger = Path(target.meminfo_path).parent
+    ledger = Path(target.drop_caches_path).parent
     # another "process" on the machine holds 40 GiB, with a live heartbeat
     other = Ledger(ledger, "someone-else", total_gib=119.7, baseline_gib=3.0)
     other.publish(40.0, "running", "another/model")
@@ -171,11 +171,11 @@ def test_memory_held_by_another_process_fails_before_starting(make_sim_target, d
     assert target_containers(docker_client, target.name) == []
 
 
-def test_page_cache_from_an_earlier_load_is_dropped_before_a_start(make_sim_target, docker_client):
+def test_page_cache_from_an_earlier_load_is_dropped_before_a_start(make_sim_target, docker_client, sim_image):
     target = make_sim_target()
-    ledger = Path(target.meminfo_path).parent
+    ledger = Path(target.drop_caches_path).parent
     Ledger(ledger, "earlier", total_gib=119.7, baseline_gib=3.0).record_load("Qwen/Qwen3-32B-FP8@old", 31.97)
-    assert parse_meminfo(Path(target.meminfo_path).read_text()).cached_gib > 30
+    assert read_meminfo(docker_client, target, sim_image).cached_gib > 30  # what the flow reads, as it reads it
     state, _ = run(deploy_qwen, target=target.name)
     assert state.is_completed(), state.message
     assert (ledger / "drop_caches").read_text().strip() == "3"

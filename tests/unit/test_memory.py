@@ -3,6 +3,7 @@
 import pytest
 
 from sim.vllm.vllm_sim.ledger import Ledger
+from sim.vllm.vllm_sim.machine import meminfo_text as imitation_meminfo
 from tasks.memory import NotEnoughMemory, drop_caches_command, parse_meminfo, room_for_start
 
 SPARK_LIKE = """MemTotal:       125515968 kB
@@ -28,15 +29,17 @@ def test_parse_rejects_what_is_not_meminfo():
 
 
 def test_imitation_ledger_meminfo_reads_like_proc(tmp_path):
+    """What `python3 -m vllm_sim meminfo` prints (rendered from the ledger when read) parses as /proc/meminfo."""
+    env = {"VLLM_SIM_LEDGER_DIR": str(tmp_path)}
     ledger = Ledger(tmp_path, "server-a", total_gib=119.7, baseline_gib=3.0)
     ledger.publish(60.0, "running", "Qwen/Qwen3-32B-FP8")
     ledger.record_load("Qwen/Qwen3-32B-FP8@abc", 31.97)
-    info = parse_meminfo((tmp_path / "meminfo").read_text())
+    info = parse_meminfo(imitation_meminfo(env))
     assert info.total_gib == pytest.approx(119.7, abs=0.01)
     assert info.free_gib == pytest.approx(119.7 - 3.0 - 60.0 - 31.97, abs=0.01)
     assert info.cached_gib == pytest.approx(31.97, abs=0.01)
     ledger.release()
-    after = parse_meminfo((tmp_path / "meminfo").read_text())
+    after = parse_meminfo(imitation_meminfo(env))
     assert after.free_gib == pytest.approx(119.7 - 3.0 - 31.97, abs=0.01)
     assert after.released_for(0.90) and not after.can_start(0.90)
 
@@ -47,7 +50,6 @@ def test_drop_caches_command_is_the_playbooks():
 
 def test_room_for_start_decides_from_free_memory_and_page_cache():
     info = parse_meminfo(SPARK_LIKE)  # 84.9 free + 31.5 page cache of 119.7
-    assert room_for_start(None, 0.90) == "unknown"
     assert room_for_start(info, 0.70) == "fits"  # 83.8 needed
     assert room_for_start(info, 0.90) == "drop-page-cache"  # 107.7 needed, 116.4 once dropped
     with pytest.raises(NotEnoughMemory) as short:

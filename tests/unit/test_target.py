@@ -42,7 +42,7 @@ def sim(**overrides) -> TargetMachine:
         host_port=18000,
         hub_endpoint="http://127.0.0.1:18080",
         drop_caches_path="/tmp/sim/ledger/drop_caches",
-        meminfo_path="/tmp/sim/ledger/meminfo",
+        meminfo_command=["python3", "-m", "vllm_sim", "meminfo"],
         extra_volumes={"/tmp/sim/ledger": "/var/lib/vllm-sim"},
         extra_env={"VLLM_SIM_TIME_SCALE": "0.05"},
         image_pull=False,
@@ -62,7 +62,8 @@ def test_block_identity_and_defaults():
     assert (t.publish_host, t.host_port, t.client_host) == ("0.0.0.0", 8000, "127.0.0.1")
     assert t.hf_token_secret == "hf-token" and t.api_key_secret is None
     assert t.hub_endpoint is None and t.image is None
-    assert t.drop_caches_path == "/proc/sys/vm/drop_caches" and t.meminfo_path == "/proc/meminfo"
+    assert t.drop_caches_path == "/proc/sys/vm/drop_caches" and t.meminfo_command == ["cat", "/proc/meminfo"]
+    assert t.host_memory_floor_gib == 4.0
     assert t.extra_volumes == {} and t.extra_env == {} and t.image_pull is True
     assert t.event_resource_id == "vllm.service.spark"
     assert t.concurrency_limit == "gpu:spark"
@@ -94,6 +95,8 @@ def test_docker_host_from_base_url():
         ({"api_key_secret": "key_1"}, "api_key_secret"),
         ({"hub_endpoint": "huggingface.co"}, "hub_endpoint"),
         ({"drop_caches_path": "drop"}, "drop_caches_path"),
+        ({"meminfo_command": []}, "meminfo_command"),
+        ({"host_memory_floor_gib": -1}, "host_memory_floor_gib"),
         ({"extra_volumes": {"/srv/x": "relative"}}, "extra_volumes"),
         ({"extra_env": {"VLLM_API_KEY": "x"}}, "extra_env"),
     ],
@@ -251,7 +254,7 @@ def test_docker_is_remote(url, remote):
 def test_remote_docker_problem_says_why_and_the_fix():
     problem = TargetMachine(name="spark", docker_base_url="ssh://ops@spark.local").remote_docker_problem()
     assert "target 'spark'" in problem and "'ssh://ops@spark.local'" in problem
-    assert "cache_dir (/opt/hf)" in problem and "meminfo_path (/proc/meminfo)" in problem
+    assert "cache_dir (/opt/hf)" in problem and "without its model" in problem
     assert "prefect worker start --pool spark-vllm" in problem and "docker_base_url empty" in problem
 
 

@@ -2,7 +2,7 @@
 
 It stands in for the real server where there is no GPU: same command line, log
 lines, errors, HTTP API and metrics, with memory, timing and decode speed from
-a model of the Spark.  See docs/imitations-vllm.md for the model and its limits.
+a model of the Spark.  See docs/imitations.md for the model and its limits.
 """
 
 from .cli import VERSION, main

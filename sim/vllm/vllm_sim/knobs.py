@@ -67,6 +67,8 @@ class Knobs:
     fault_empty_output: bool = False            # VLLM_SIM_FAULT_EMPTY_OUTPUT
     fault_slow_start: float = 1.0               # VLLM_SIM_FAULT_SLOW_START
     fault_cuda_oom: bool = False                # VLLM_SIM_FAULT_CUDA_OOM
+    fault_profile_overshoot_gib: Optional[float] = None  # VLLM_SIM_FAULT_PROFILE_OVERSHOOT_GIB: hold budget + N while profiling
+    fault_profile_overshoot_s: float = 5.0      # VLLM_SIM_FAULT_PROFILE_OVERSHOOT_S: least real seconds of that phase
     # --- environment seen by "vLLM" ---
     env: Mapping[str, str] = field(default_factory=dict)
 
@@ -95,6 +97,8 @@ class Knobs:
             fault_empty_output=_flag(e, "VLLM_SIM_FAULT_EMPTY_OUTPUT"),
             fault_slow_start=max(0.0, _float(e, "VLLM_SIM_FAULT_SLOW_START", 1.0)),
             fault_cuda_oom=_flag(e, "VLLM_SIM_FAULT_CUDA_OOM"),
+            fault_profile_overshoot_gib=_opt_float(e, "VLLM_SIM_FAULT_PROFILE_OVERSHOOT_GIB"),
+            fault_profile_overshoot_s=max(0.0, _float(e, "VLLM_SIM_FAULT_PROFILE_OVERSHOOT_S", cls.fault_profile_overshoot_s)),
             env=e,
         )
 

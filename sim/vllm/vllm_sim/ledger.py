@@ -5,7 +5,7 @@ unified memory, so a second vLLM sees the first one's allocation and the page
 cache left by earlier loads.  The deploy code bind-mounts one host directory
 into every imitation container; the files in it stand in for the machine:
 
-    held/<name>.json   one per running server: {"gib", "state", "model", "pid", "heartbeat"}
+    held/<name>.json   one per running server or holder: {"gib", "state", "model", "pid", "heartbeat"}
                        refreshed every ~1 s; ignored once the heartbeat is older than
                        VLLM_SIM_HEARTBEAT_STALE_S (default 5 s) or when the owner
                        deleted it on SIGTERM.  <name> = VLLM_SIM_INSTANCE_ID, else the
@@ -16,12 +16,12 @@ into every imitation container; the files in it stand in for the machine:
     drop_caches        write "3" (or "1") to it to drop the page cache, as
                        `sync; echo 3 > /proc/sys/vm/drop_caches` does on the Spark:
                        page-cache entries older than its mtime stop counting.
-    meminfo            the machine's memory in /proc/meminfo's format (MemTotal, MemFree,
-                       MemAvailable, Cached, in kB), rewritten by every server whenever the
-                       ledger changes (heartbeat, load, release), so the flows read the
-                       imitation's memory with the code that reads /proc/meminfo on a Spark.
-                       Between servers it keeps the last state written; a drop_caches shows
-                       in it once a server next writes.
+
+The machine's /proc/meminfo is not a file here: `python3 -m vllm_sim meminfo` (machine.py)
+renders `Ledger.meminfo_text()` from these files at the moment it runs, so it is always current
+(a drop_caches or a dead server's stale heartbeat shows at once, with no server running).
+A held entry need not be a server: `python3 -m vllm_sim hold --gib N` stands for any other
+process holding unified memory.
 """
 
 from __future__ import annotations
@@ -30,11 +30,14 @@ import fcntl
 import json
 import os
 import socket
-import tempfile
+import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, Optional
+
+KIB_PER_GIB = 1024 * 1024
 
 
 def default_instance_name(explicit: str = "") -> str:
@@ -45,17 +48,56 @@ def default_instance_name(explicit: str = "") -> str:
     return host if os.getpid() == 1 else f"{host}-{os.getpid()}"
 
 
+@dataclass(frozen=True)
+class MemoryView:
+    """The machine's memory at one moment, as the ledger describes it (GiB).
+
+    `free` is what vLLM 0.10.1.1's startup check sees (mem_get_info on GB10: page cache counts
+    as used).  `cached` is the page cache the kernel still keeps: when processes hold so much
+    that it no longer fits beside them it is shown reclaimed down to what is left, so
+    MemAvailable falls towards 0 under pressure as on a real machine (the ledger keeps the
+    recorded page cache: it counts again once the pressure ends).
+    """
+
+    total_gib: float
+    baseline_gib: float
+    held_gib: float
+    page_cache_gib: float
+
+    @property
+    def free_gib(self) -> float:
+        return max(0.0, self.total_gib - self.baseline_gib - self.held_gib - self.page_cache_gib)
+
+    @property
+    def cached_gib(self) -> float:
+        room = max(0.0, self.total_gib - self.baseline_gib - self.held_gib)
+        return min(self.page_cache_gib, room)
+
+    @property
+    def available_gib(self) -> float:
+        return self.free_gib + self.cached_gib
+
+    def meminfo_text(self) -> str:
+        """/proc/meminfo lines (kB, as the kernel writes them)."""
+        rows = (("MemTotal", self.total_gib), ("MemFree", self.free_gib),
+                ("MemAvailable", self.available_gib), ("Cached", self.cached_gib))
+        return "".join(f"{name + ':':<16}{int(round(gib * KIB_PER_GIB)):>8} kB\n" for name, gib in rows)
+
+
 class Ledger:
-    """File-backed view of what the other processes on this 'machine' hold."""
+    """File-backed view of what the other processes on this 'machine' hold.
+
+    Reading never writes: a reader (the meminfo command) may use a directory that does not
+    exist yet (an empty machine) or a read-only mount.  The writers create what they write.
+    """
 
     def __init__(self, root: Path, name: str, stale_s: float = 5.0,
                  total_gib: Optional[float] = None, baseline_gib: float = 0.0) -> None:
-        self.root = root
+        self.root = Path(root)
         self.name = name
         self.stale_s = stale_s
-        self.total_gib = total_gib  # None: no meminfo file is kept
+        self.total_gib = total_gib  # for meminfo_text / view
         self.baseline_gib = baseline_gib
-        (self.root / "held").mkdir(parents=True, exist_ok=True)
 
     @classmethod
     def open(cls, root: str, name: str, stale_s: float = 5.0,
@@ -63,12 +105,15 @@ class Ledger:
         """Use `root` when it exists (the bind mount); otherwise a private temp dir."""
         path = Path(root)
         if not path.is_dir():
+            import tempfile  # only here: the meminfo command must start fast
+
             path = Path(tempfile.mkdtemp(prefix="vllm-sim-ledger-"))
         return cls(path, name, stale_s, total_gib, baseline_gib)
 
     # --- locking -------------------------------------------------------------
     @contextmanager
     def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
@@ -77,7 +122,9 @@ class Ledger:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _write_json(self, path: Path, data: object) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # pid and thread in the name: two threads of one server never share a temp file
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, path)
 
@@ -89,7 +136,7 @@ class Ledger:
             return None
         return data if isinstance(data, dict) else None
 
-    # --- memory held by running servers --------------------------------------
+    # --- memory held by running servers (and holders) ------------------------
     @property
     def held_path(self) -> Path:
         return self.root / "held" / f"{self.name}.json"
@@ -100,7 +147,6 @@ class Ledger:
             "gib": round(gib, 3), "state": state, "model": model,
             "pid": os.getpid(), "heartbeat": time.time(),
         })
-        self.write_meminfo()
 
     def release(self) -> None:
         """Give the memory back (SIGTERM, failed start)."""
@@ -108,7 +154,6 @@ class Ledger:
             self.held_path.unlink()
         except FileNotFoundError:
             pass
-        self.write_meminfo()
 
     def others_held_gib(self, now: Optional[float] = None, include_self: bool = False) -> float:
         """Sum of live entries other than ours (or all of them)."""
@@ -120,9 +165,12 @@ class Ledger:
             entry = self._read_json(path)
             if not entry:
                 continue
-            if now - float(entry.get("heartbeat", 0)) > self.stale_s:
+            try:
+                if now - float(entry.get("heartbeat", 0)) > self.stale_s:
+                    continue
+                total += float(entry.get("gib", 0))
+            except (TypeError, ValueError):
                 continue
-            total += float(entry.get("gib", 0))
         return total
 
     # --- page cache ----------------------------------------------------------
@@ -160,22 +208,18 @@ class Ledger:
             gib = max(gib, float(prior.get("gib", 0))) if prior else gib
             live[key] = {"gib": round(gib, 3), "loaded_at": time.time()}
             self._write_json(self.root / "page_cache.json", live)
-        self.write_meminfo()
 
-    # --- the machine's meminfo -------------------------------------------------
+    # --- the machine's memory ------------------------------------------------
+    def view(self, include_self: bool = True, now: Optional[float] = None) -> MemoryView:
+        """The machine's memory now.  include_self=False is what this server's own startup
+        check sees (it does not count its own entry, e.g. a dead predecessor's)."""
+        return MemoryView(
+            total_gib=float(self.total_gib or 0.0),
+            baseline_gib=self.baseline_gib,
+            held_gib=self.others_held_gib(now=now, include_self=include_self),
+            page_cache_gib=self.page_cache_gib(),
+        )
+
     def meminfo_text(self) -> str:
         """/proc/meminfo lines for the state the ledger holds now (kB, as the kernel writes them)."""
-        total = float(self.total_gib or 0.0)
-        cached = self.page_cache_gib()
-        free = max(0.0, total - self.baseline_gib - self.others_held_gib(include_self=True) - cached)
-        kib = lambda gib: int(round(gib * 1024 * 1024))  # noqa: E731
-        rows = (("MemTotal", total), ("MemFree", free), ("MemAvailable", free + cached), ("Cached", cached))
-        return "".join(f"{name + ':':<16}{kib(value):>8} kB\n" for name, value in rows)
-
-    def write_meminfo(self) -> None:
-        if self.total_gib is None:
-            return
-        path = self.root / "meminfo"
-        tmp = path.with_name(f".meminfo.{os.getpid()}.tmp")
-        tmp.write_text(self.meminfo_text())
-        os.replace(tmp, path)
+        return self.view().meminfo_text()

@@ -30,7 +30,6 @@ from .memory import (
     KVPlan,
     check_free_memory,
     cuda_graph_sizes,
-    free_memory_gib,
     plan_kv_cache,
     validate_plan,
 )
@@ -98,6 +97,8 @@ class Runtime:
                                   knobs.device_total_gib, knobs.system_baseline_gib)
         self.held_gib = 0.0
         self.held_state = "starting"
+        self._held_lock = threading.Lock()  # one writer of our entry at a time, newest value last
+        self._overshoot_since: Optional[float] = None
         self._heartbeat: Optional[threading.Thread] = None
         self.httpd: Optional[SimHTTPServer] = None
 
@@ -117,10 +118,19 @@ class Runtime:
         self.exit_code = code
         self.stop.set()
 
+    def _hold(self, gib: float, state: str) -> None:
+        """Hold `gib` from now on, published at once (the heartbeat repeats it every second)."""
+        with self._held_lock:
+            self.held_gib, self.held_state = gib, state
+            self.ledger.publish(gib, state, self.args.model)
+
     def _start_heartbeat(self) -> None:
         def beat() -> None:
             while not self.stop.is_set():
-                self.ledger.publish(self.held_gib, self.held_state, self.args.model)
+                with self._held_lock:
+                    if self.stop.is_set():
+                        break
+                    self.ledger.publish(self.held_gib, self.held_state, self.args.model)
                 self.stop.wait(HEARTBEAT_S)
 
         self._heartbeat = threading.Thread(target=beat, name="ledger-heartbeat", daemon=True)
@@ -196,6 +206,7 @@ class Runtime:
         self._sleep(t(DEVICE_INIT_S))
         weights = self._load_weights()
         init_start = time.monotonic()
+        self._begin_profile_overshoot()
         self._compile(t)
         plan = self._kv_cache(cfg, settings, weights.total_size, t)
         self._graphs(plan, settings, t)
@@ -271,12 +282,13 @@ class Runtime:
             f"pooler_config=None, compilation_config={compilation}"))
 
     def _init_device(self) -> None:
-        """gpu_worker.init_device: the free-memory check against the shared ledger."""
-        others = self.ledger.others_held_gib()
-        cache = self.ledger.page_cache_gib()
-        free = free_memory_gib(self.knobs.device_total_gib, self.knobs.system_baseline_gib, others, cache)
-        check_free_memory(free, self.knobs.device_total_gib, self.args.gpu_memory_utilization)
-        self.held_gib, self.held_state = CUDA_CONTEXT_GIB, "loading"
+        """gpu_worker.init_device: the free-memory check against the shared ledger.
+
+        The same view as `python3 -m vllm_sim meminfo` renders (MemFree), minus our own entry.
+        """
+        view = self.ledger.view(include_self=False)
+        check_free_memory(view.free_gib, self.knobs.device_total_gib, self.args.gpu_memory_utilization)
+        self._hold(CUDA_CONTEXT_GIB, "loading")
         self._start_heartbeat()
 
     def _load_weights(self) -> model_files.WeightsSnapshot:
@@ -300,7 +312,7 @@ class Runtime:
                 raise self._cuda_oom(weights_gib * i / n)
             self._sleep(t.per_shard_s)
             loaded = weights_gib * (i + 1) / n
-            self.held_gib = CUDA_CONTEXT_GIB + loaded
+            self._hold(CUDA_CONTEXT_GIB + loaded, "loading")
             self.ledger.record_load(key, loaded)
             self.log.bar(shard_bar(i + 1, n, time.monotonic() - load_start))
         self.log.info(ENGINE, "default_loader.py:262", f"Loading weights took {time.monotonic() - load_start:.2f} seconds")
@@ -319,6 +331,24 @@ class Runtime:
             "PyTorch but unallocated. If reserved but unallocated memory is large try setting "
             "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory "
             "Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)")
+
+    def _begin_profile_overshoot(self) -> None:
+        """VLLM_SIM_FAULT_PROFILE_OVERSHOOT_GIB=N: the profiling run takes budget + N GiB (vllm issue
+        46307: on GB10 the utilization is no hard cap while vLLM profiles), beyond what is free if
+        need be, until the profile ends.  A real GB10 may hang there; the imitation goes on."""
+        extra = self.knobs.fault_profile_overshoot_gib
+        if extra is None:
+            return
+        budget = self.knobs.device_total_gib * self.args.gpu_memory_utilization
+        self._overshoot_since = time.monotonic()
+        self._hold(budget + extra, "profiling")
+
+    def _end_profile_overshoot(self) -> None:
+        """The overshooting phase lasts at least VLLM_SIM_FAULT_PROFILE_OVERSHOOT_S real seconds."""
+        if self._overshoot_since is None:
+            return
+        self._sleep(self.knobs.fault_profile_overshoot_s - (time.monotonic() - self._overshoot_since))
+        self._overshoot_since = None
 
     def _compile(self, t: StartupTimeline) -> None:
         if self.args.enforce_eager:
@@ -339,6 +369,7 @@ class Runtime:
 
     def _kv_cache(self, cfg: model_files.ModelConfig, s: Settings, weights_bytes: int, t: StartupTimeline) -> KVPlan:
         self._sleep(t(PROFILE_S))
+        self._end_profile_overshoot()
         plan = plan_kv_cache(cfg, self.knobs.device_total_gib, self.args.gpu_memory_utilization, weights_bytes,
                              s.max_model_len, s.max_num_batched_tokens, s.max_num_seqs, self.knobs.non_torch_gib)
         self.log.info(ENGINE, "gpu_worker.py:276", f"Available KV cache memory: {plan.available_gib:.2f} GiB")
@@ -346,7 +377,7 @@ class Runtime:
         self.log.info(ENGINE, "kv_cache_utils.py:849", f"GPU KV cache size: {plan.num_tokens:,} tokens")
         self.log.info(ENGINE, "kv_cache_utils.py:853",
                       f"Maximum concurrency for {s.max_model_len:,} tokens per request: {plan.max_concurrency:.2f}x")
-        self.held_gib, self.held_state = plan.requested_bytes / GIB, "profiled"
+        self._hold(plan.requested_bytes / GIB, "profiled")
         return plan
 
     def _graphs(self, plan: KVPlan, s: Settings, t: StartupTimeline) -> None:
@@ -361,7 +392,7 @@ class Runtime:
         self.log.bar(tqdm_bar(desc, n, n, elapsed))
         self.log.info(ENGINE, "gpu_model_runner.py:2708",
                       f"Graph capturing finished in {elapsed:.0f} secs, took {plan.graph_gib:.2f} GiB")
-        self.held_gib, self.held_state = plan.held_gib, "ready"
+        self._hold(plan.held_gib, "ready")
 
     def _build_server(self, cfg: model_files.ModelConfig, s: Settings, plan: KVPlan, weights_bytes: int) -> ServerState:
         a = self.args
