@@ -168,6 +168,15 @@ class TargetMachine(Block):
             "imitation renders its memory ledger instead."
         ),
     )
+    prune_scope: Literal["system", "project"] = Field(
+        default="system",
+        title="Prune scope (memory recovery)",
+        description=(
+            "What recovery prunes when other processes hold memory: system = the runbook's "
+            "`docker system prune -f` (stopped containers, unused networks, dangling images, build "
+            "cache; never volumes or running containers); project = only what this project labelled."
+        ),
+    )
     host_memory_floor_gib: float = Field(
         default=4.0,
         title="Host memory floor while a start runs (GiB)",

@@ -5,38 +5,34 @@
 
 Runbook steps -> flow steps: prerequisites (.env, /opt/hf) -> preflight; model download -> stage;
 `docker compose up -d` -> replace-or-keep + start; "Monitor Loading" and `curl /health` ->
-wait-until-ready; "Test inference" -> smoke-inference; "Key Metrics" -> the report.
+wait-until-ready; "Troubleshooting: Container Fails with Memory Errors" -> recovery (classify the
+failure, act once, retry: tasks/serve.py); "Test inference" -> smoke-inference; "Key Metrics" ->
+the report. A deploy that cannot start a new spec rolls back to the last spec that served on the
+target, so a failed deploy does not leave the target without a server.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect_docker.host import DockerHost
 from pydantic import BaseModel, Field
 
 from blocks.engine import EngineSpec, load_engine_spec
-from blocks.render import container_kwargs, redacted, secret_environment
 from blocks.target import TargetMachine
-from tasks.container import (
-    arm_restart_policy,
-    remove_container,
-    replace_or_keep,
-    restart_policy_after_ready,
-    start_vllm_container,
-)
+from tasks.container import remove_container, replace_or_keep
 from tasks.events import ServiceEvent, emit_service_event
-from tasks.health import Readiness, ReadinessTimeouts, endpoint_ready, wait_until_ready
+from tasks.health import ReadinessFailed, ReadinessTimeouts, endpoint_ready
 from tasks.inference import smoke_inference
 from tasks.locks import gpu_lock
-from tasks.memory import make_room_for_start
+from tasks.memory import NotEnoughMemory
 from tasks.preflight import preflight
+from tasks.recovery import RecoveryLimits
 from tasks.report import artifact_key, fenced, publish_report
-from tasks.secrets import DOTENV, HF_TOKEN_ENV_VARS, load_secret, scrub
+from tasks.secrets import scrub
+from tasks.serve import ServerSecrets, Served, StartFailed, last_healthy, record_healthy, serve
 from tasks.staging.stage import stage_steps
 
 
@@ -50,6 +46,9 @@ class DeployResult(BaseModel):
     container: str
     image: str
     spec_hash: str
+    requested_spec_hash: str
+    degraded: str | None = None  # "requested X, running Y, because Z" when recovery changed the spec
+    attempts: int = 0
     kv_cache_tokens: int | None = None
     max_concurrency: float | None = None
     load_s: float | None = None
@@ -62,22 +61,8 @@ class DeployResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Secrets:
-    """The HF token and the optional API key, resolved once; only their values are ever masked."""
-
-    hf_token: str | None
-    api_key: str | None
-
-    @classmethod
-    def for_target(cls, machine: TargetMachine) -> "Secrets":
-        token = load_secret(machine.hf_token_secret, HF_TOKEN_ENV_VARS, DOTENV)
-        key = load_secret(machine.api_key_secret, ("VLLM_API_KEY",), DOTENV) if machine.api_key_secret else None
-        return cls(token.get_secret_value() if token else None, key.get_secret_value() if key else None)
-
-    @property
-    def values(self) -> list[str]:
-        return [v for v in (self.hf_token, self.api_key) if v]
+class DeployFailed(RuntimeError):
+    """The requested spec did not start; the first line says whether the target still has a server."""
 
 
 @flow(name="deploy-qwen", flow_run_name="deploy-{target}", log_prints=True)
@@ -88,6 +73,8 @@ def deploy_qwen(
     overrides: dict[str, Any] | None = None,
     stage: bool = True,
     timeouts: ReadinessTimeouts = ReadinessTimeouts(),
+    recover: bool = True,
+    max_attempts: int = 2,
 ) -> DeployResult:
     """Deploy the engine spec on the target machine and prove it answers.
 
@@ -98,13 +85,16 @@ def deploy_qwen(
         overrides: EngineSpec fields to change for this run only, e.g. {"gpu_memory_utilization": 0.75}.
         stage: stage the model first (skipped in seconds when the cache's manifest verifies).
         timeouts: per-phase readiness limits.
+        recover: on a memory failure, classify it, act once and retry (docs/recovery.md); off: fail.
+        max_attempts: retries after the first start, at most.
     """
     started = time.monotonic()
     machine = TargetMachine.load(target)
     spec = machine.apply_to(load_engine_spec(engine, preset, overrides))
-    secrets = Secrets.for_target(machine)
+    secrets = ServerSecrets.for_target(machine)
     spec_hash = spec.spec_hash(machine)
     docker_host = machine.docker_host()
+    limits = RecoveryLimits(max_attempts=max_attempts)
     try:
         # Prerequisites: docker on this machine, GPU runtime, port, image. Changes nothing.
         warnings = preflight(machine, spec.image)
@@ -119,24 +109,81 @@ def deploy_qwen(
         with gpu_lock(machine.name):
             # `docker compose up -d`: keep a healthy identical server, else replace ours and gate on health.
             healthy = endpoint_ready(machine.endpoint, spec.served_name, secrets.api_key)
-            kept = replace_or_keep(docker_host, machine.name, spec.container_name, spec_hash, healthy)
-            readiness = None
+            kept = replace_or_keep(machine.docker_host(), machine.name, spec.container_name, spec_hash, healthy)
+            served = None
             if kept is None:
-                container_id, readiness = _start_and_gate(docker_host, spec, machine, secrets, timeouts)
+                try:
+                    served = serve(docker_host, machine, spec, secrets, timeouts, recover=recover, limits=limits)
+                except (StartFailed, ReadinessFailed, NotEnoughMemory) as exc:
+                    # a healthy server was replaced: do not leave the target without one
+                    outcome = _roll_back(machine, spec_hash, secrets, timeouts, exc, had_server=healthy)
+                    if outcome is exc:
+                        raise
+                    raise outcome from exc
             # "Test inference", checked instead of read by eye.
             try:
                 smoke = smoke_inference(machine.endpoint, spec.served_name, secrets.api_key)
             except Exception:
-                if readiness is not None:  # a server we just started and that answers wrongly does not stay
-                    remove_container(docker_host, container_id, stop_timeout=10)
+                if served is not None:  # a server we just started and that answers wrongly does not stay
+                    remove_container(docker_host, served.container_id, stop_timeout=10)
                 raise
+            running = served.spec if served else spec
+            record_healthy(machine.name, running, served.spec_hash if served else spec_hash)
     except Exception as exc:
         _report_failure(machine, spec, spec_hash, exc, secrets)
         raise
+    result = _result(machine, spec, spec_hash, served, smoke, staged, warnings, started)
+    _report(result, served.spec if served else spec, served)
+    emit_service_event(machine.name, ServiceEvent(result.status), {
+        "endpoint": result.endpoint, "spec_hash": result.spec_hash, "served_model": spec.served_name,
+        "degraded": result.degraded or ""})
+    get_run_logger().info("vLLM %s on %s: %s (served model %s)%s", result.status, machine.name, result.endpoint,
+                          spec.served_name, f"; {result.degraded}" if result.degraded else "")
+    return result
+
+
+def _roll_back(machine: TargetMachine, failed_hash: str, secrets: ServerSecrets, timeouts: ReadinessTimeouts,
+               failure: BaseException, had_server: bool) -> BaseException:
+    """After the requested spec failed to start: start the target's last healthy spec again when a
+    serving server was replaced for it. Returns the exception the flow raises (its first line says
+    whether the target has a server now)."""
+    logger = get_run_logger()
+    previous = last_healthy(machine.name)
+    if not had_server or previous is None or previous.spec_hash(machine) == failed_hash:
+        return failure
+    previous = machine.apply_to(previous)
+    logger.warning("the new spec did not start: rolling back to the last spec that served on %s (%s)",
+                   machine.name, previous.spec_hash(machine))
+    try:
+        served = serve(machine.docker_host(), machine, previous, secrets, timeouts, recover=True)
+        smoke_inference(machine.endpoint, previous.served_name, secrets.api_key)
+    except Exception as exc:  # noqa: BLE001 - reported: the target is down
+        emit_service_event(machine.name, ServiceEvent.FAILED, {"kind": "rollback_failed", "spec_hash": failed_hash})
+        return DeployFailed(
+            f"TARGET {machine.name} IS DOWN: the new spec did not start ({_first_line(failure)}) and the rollback to"
+            f" {previous.spec_hash(machine)} failed too ({_first_line(exc)})"
+        )
+    record_healthy(machine.name, served.spec, served.spec_hash)
+    emit_service_event(machine.name, ServiceEvent.ROLLED_BACK, {"spec_hash": served.spec_hash, "failed_spec_hash": failed_hash})
+    return DeployFailed(
+        f"rolled back: {machine.name} serves its last healthy spec {served.spec_hash} again; the new spec"
+        f" {failed_hash} did not start: {_first_line(failure)}"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def _result(machine: TargetMachine, spec: EngineSpec, spec_hash: str, served: Served | None, smoke, staged,
+            warnings: list[str], started: float) -> DeployResult:
+    readiness = served.readiness if served else None
     stats = readiness.stats if readiness else None
-    result = DeployResult(
-        target=machine.name, status="unchanged" if readiness is None else "deployed", endpoint=machine.endpoint,
-        served_model=spec.served_name, container=spec.container_name, image=spec.image, spec_hash=spec_hash,
+    return DeployResult(
+        target=machine.name, status="unchanged" if served is None else "deployed", endpoint=machine.endpoint,
+        served_model=spec.served_name, container=spec.container_name, image=spec.image,
+        spec_hash=served.spec_hash if served else spec_hash, requested_spec_hash=spec_hash,
+        degraded=served.degraded(spec) if served else None, attempts=len(served.attempts) if served else 0,
         kv_cache_tokens=stats.kv_cache_tokens if stats else None,
         max_concurrency=stats.max_concurrency if stats else None,
         load_s=round(stats.model_load_seconds, 2) if stats and stats.model_load_seconds else None,
@@ -146,47 +193,27 @@ def deploy_qwen(
         staged_commit=staged.commit if staged else None, duration_s=round(time.monotonic() - started, 3),
         warnings=warnings,
     )
-    _report(result, spec, readiness)
-    emit_service_event(machine.name, ServiceEvent(result.status), {"endpoint": result.endpoint, "spec_hash": spec_hash, "served_model": spec.served_name})
-    get_run_logger().info("vLLM %s on %s: %s (served model %s)", result.status, machine.name, result.endpoint, spec.served_name)
-    return result
 
 
-def _start_and_gate(
-    docker_host: DockerHost, spec: EngineSpec, machine: TargetMachine, secrets: Secrets, timeouts: ReadinessTimeouts
-) -> tuple[str, Readiness]:
-    """Make room in memory, start the container, wait until it serves; remove it if it never does."""
-    kwargs = container_kwargs(spec, machine, secret_env=secret_environment(hf_token=secrets.hf_token, api_key=secrets.api_key))
-    make_room_for_start(machine, spec.image, spec.gpu_memory_utilization)
-    first_start, restart_policy = restart_policy_after_ready(kwargs)
-    container_id = start_vllm_container(docker_host, first_start, redacted(first_start))
-    try:
-        readiness = wait_until_ready(
-            docker_host, container_id, machine.endpoint, spec.served_name, secrets.api_key, timeouts, secrets.values,
-            artifact_key("vllm-load", machine.name),
-        )
-        arm_restart_policy(docker_host, container_id, restart_policy)  # the runbook's `restart: unless-stopped`, from now on
-    except BaseException:
-        remove_container(docker_host, container_id, stop_timeout=None)  # it never served: kill, its log is in the run's
-        raise
-    return container_id, readiness
-
-
-def _report_failure(machine: TargetMachine, spec: EngineSpec, spec_hash: str, exc: BaseException, secrets: Secrets) -> None:
+def _report_failure(machine: TargetMachine, spec: EngineSpec, spec_hash: str, exc: BaseException, secrets: ServerSecrets) -> None:
     """A failed deploy still reports: the event for automations, an artifact for the operator."""
     message = scrub(str(exc), secrets.values)
-    cause = getattr(exc, "cause", None)
+    cause = getattr(exc, "cause", None) or getattr(exc.__cause__, "cause", None)
     kind = str(cause.kind) if cause is not None else type(exc).__name__
     emit_service_event(machine.name, ServiceEvent.FAILED, {"kind": kind, "reason": message[:1000], "spec_hash": spec_hash})
-    sections = {"What happened": cause.markdown() if cause is not None else fenced(message.splitlines())}
-    publish_report(artifact_key("deploy", machine.name), f"deploy-qwen on {machine.name}: FAILED",
+    sections = {"What happened": fenced(message.splitlines())}
+    if cause is not None:
+        sections["Cause"] = cause.markdown()
+    publish_report(artifact_key("deploy", machine.name), f"deploy-qwen on {machine.name}: FAILED: {_first_line(exc)[:160]}",
                    {"target": machine.name, "image": spec.image, "failure": kind}, sections)
 
 
-def _report(result: DeployResult, spec: EngineSpec, readiness) -> None:
+def _report(result: DeployResult, spec: EngineSpec, served: Served | None) -> None:
     rows = {
-        "status": result.status, "endpoint": result.endpoint, "served model": result.served_model,
-        "image": result.image, "container": result.container, "spec hash": result.spec_hash,
+        "status": result.status, "degraded": result.degraded, "endpoint": result.endpoint,
+        "served model": result.served_model, "image": result.image, "container": result.container,
+        "spec hash": result.spec_hash, "requested spec hash": result.requested_spec_hash
+        if result.requested_spec_hash != result.spec_hash else None, "starts": result.attempts or None,
         "staged commit": result.staged_commit,
         "KV cache tokens": f"{result.kv_cache_tokens:,}" if result.kv_cache_tokens else None,
         "max concurrency (at max-model-len)": result.max_concurrency, "model load (s)": result.load_s,
@@ -196,6 +223,9 @@ def _report(result: DeployResult, spec: EngineSpec, readiness) -> None:
     if result.warnings:
         rows = {"warning": " ".join(result.warnings), **rows}
     sections = {"Command": fenced([" ".join(spec.vllm_command())])}
-    if readiness:
-        sections["Phases (s)"] = fenced(f"{k}: {v}" for k, v in readiness.phase_seconds.items())
-    publish_report(artifact_key("deploy", result.target), f"deploy-qwen on {result.target}: {result.status}", rows, sections)
+    if served and served.steps:
+        sections["Recovery"] = "\n".join(f"- {s.klass.value}: {s.reason}" for s in served.steps)
+    if served:
+        sections["Phases (s)"] = fenced(f"{k}: {v}" for k, v in served.readiness.phase_seconds.items())
+    title = f"deploy-qwen on {result.target}: {result.status}" + (" (DEGRADED)" if result.degraded else "")
+    publish_report(artifact_key("deploy", result.target), title, rows, sections)

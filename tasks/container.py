@@ -24,9 +24,12 @@ from docker.models.containers import Container
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect_docker.host import DockerHost
+from pydantic import BaseModel
 
 from blocks.shared import LABEL_MANAGED_BY, LABEL_SPEC_HASH, MANAGED_BY
 from blocks.render import label_filters
+from tasks.logs import split_lines
+from tasks.secrets import scrub
 
 GPU_DRIVER_ERROR = 'could not select device driver "nvidia"'
 
@@ -207,3 +210,33 @@ def remove_managed_containers(docker_host: DockerHost, target_name: str, stop_ti
             remove_managed(container, stop_timeout)
             removed.append(container.name)
     return removed
+
+
+class ServerState(BaseModel):
+    """What docker says about our server of a target: the inputs of a failure's classification."""
+
+    name: str
+    status: str  # docker's: running, exited, restarting, ...
+    exit_code: int | None
+    oom_killed: bool
+    restart_count: int
+    log_tail: list[str]  # the last lines, secrets scrubbed
+
+
+@task(name="inspect-server", cache_policy=NO_CACHE, task_run_name="inspect-server {target_name}")
+def inspect_server(docker_host: DockerHost, target_name: str, secrets: list[str], tail: int = 500) -> ServerState | None:
+    """Our server of ``target_name`` (the newest, if several), with its state and log tail; None when
+    there is none."""
+    with docker_client(docker_host) as client:
+        containers = managed_containers(client, target_name)
+        if not containers:
+            return None
+        container = max(containers, key=lambda c: c.attrs.get("Created", ""))
+        state = container.attrs.get("State", {})
+        text = container.logs(tail=tail, stdout=True, stderr=True).decode("utf-8", "replace")
+    running = state.get("Running", False)
+    return ServerState(
+        name=container.name, status=container.status, exit_code=None if running else state.get("ExitCode"),
+        oom_killed=bool(state.get("OOMKilled")), restart_count=container.attrs.get("RestartCount", 0),
+        log_tail=[scrub(line, secrets) for line in split_lines(text)],
+    )

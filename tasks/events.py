@@ -36,6 +36,8 @@ class ServiceEvent(StrEnum):
     # recovery
     RECOVERING = "recovering"
     RECOVERED = "recovered"
+    RECOVERY_FAILED = "recovery-failed"
+    ROLLED_BACK = "rolled-back"
     NEEDS_OPERATOR = "needs-operator"
 
     @property

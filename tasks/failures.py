@@ -17,20 +17,22 @@ its texts: a fixed ``summary``/``fix``, or a ``build`` function that computes th
 error's numbers. Order matters because one failure prints several errors: the root cause must win
 over its consequences. The order, first to last:
 
-1. `gpu_runtime_missing`: docker gives the container no GPU; everything vLLM says afterwards follows from that.
-2. `bad_arguments`: ``vllm serve`` rejected its command line; nothing ran.
-3. `fp8_kernel`: the runbook's FP8 CUTLASS failure; it is followed by generic CUDA and engine errors.
-4. `free_memory`: vLLM's own check at startup, with exact numbers.
-5. `kv_too_small`: vLLM's KV sizing check for max_model_len, with exact numbers.
-6. `no_kv_memory`: vLLM's KV sizing found no room at all.
-7. `cuda_oom`: PyTorch's generic out-of-memory (vLLM's own checks above name the cause better).
-8. `missing_model_files`: the staged cache lacks or has a broken file.
-9. `oom_killed`: no vLLM error above, and docker reports OOMKilled: the kernel's OOM killer ended the
+1. `host_memory_guard`: the readiness gate stopped the start (its own line in the log): whatever vLLM
+   printed last was cut short by that stop.
+2. `gpu_runtime_missing`: docker gives the container no GPU; everything vLLM says afterwards follows from that.
+3. `bad_arguments`: ``vllm serve`` rejected its command line; nothing ran.
+4. `fp8_kernel`: the runbook's FP8 CUTLASS failure; it is followed by generic CUDA and engine errors.
+5. `free_memory`: vLLM's own check at startup, with exact numbers.
+6. `kv_too_small`: vLLM's KV sizing check for max_model_len, with exact numbers.
+7. `no_kv_memory`: vLLM's KV sizing found no room at all.
+8. `cuda_oom`: PyTorch's generic out-of-memory (vLLM's own checks above name the cause better).
+9. `missing_model_files`: the staged cache lacks or has a broken file.
+10. `oom_killed`: no vLLM error above, and docker reports OOMKilled: the kernel's OOM killer ended the
    container, and the engine-death lines it may leave are the consequence.
-10. `engine_dead`: the engine core died; a symptom, so any cause above wins over it.
-11. `killed`: no vLLM error above, exit code 137 (SIGKILL) without OOMKilled: the host's OOM killer
+11. `engine_dead`: the engine core died; a symptom, so any cause above wins over it.
+12. `killed`: no vLLM error above, exit code 137 (SIGKILL) without OOMKilled: the host's OOM killer
     or a `docker kill`.
-12. `unknown`: always matches; shows the last error lines of the log.
+13. `unknown`: always matches; shows the last error lines of the log.
 
 The ``RuntimeError: Engine core initialization failed`` line is context, never a kind: it follows
 every startup failure, so it is added to the evidence of the kind that matched.
@@ -84,6 +86,7 @@ class FailureKind(StrEnum):
     MISSING_MODEL_FILES = "missing_model_files"
     FP8_KERNEL = "fp8_kernel"
     GPU_RUNTIME_MISSING = "gpu_runtime_missing"
+    HOST_MEMORY_GUARD = "host_memory_guard"
     BAD_ARGUMENTS = "bad_arguments"
     ENGINE_DEAD = "engine_dead"
     OOM_KILLED = "oom_killed"
@@ -350,6 +353,51 @@ def _exit_numbers(hit: Hit) -> dict[str, float]:
     return {"exit_code": float(hit.exit_code)} if hit.exit_code is not None else {}
 
 
+#: The line the readiness gate writes into the log it classifies when it stops a start that pushed
+#: the host's memory below the target's floor (`guard_line`); the first rule recognises it.
+GUARD_PREFIX = "spark-vllm memory guard:"
+_GUARD = re.compile(
+    re.escape(GUARD_PREFIX) + r" MemAvailable (?P<avail>[\d.]+) GiB is below the host floor (?P<floor>[\d.]+) GiB"
+)
+
+
+def guard_line(available_gib: float, floor_gib: float) -> str:
+    """What the gate logs (and classifies) when its memory guard stops a start."""
+    return (
+        f"{GUARD_PREFIX} MemAvailable {available_gib:.2f} GiB is below the host floor {floor_gib:.2f} GiB"
+        " while vLLM starts: the container was stopped before the machine runs out of memory"
+    )
+
+
+def free_memory_error(free_gib: float, total_gib: float, utilization: float) -> str:
+    """vLLM 0.10.1.1's startup check, word for word, for a start refused before it ran (a memory
+    check that already knows it would fail): classified like the real error, same numbers."""
+    requested = round(total_gib * utilization, 2)
+    return (
+        f"ValueError: Free memory on device ({free_gib:.2f}/{total_gib:.2f} GiB) on startup is less than desired "
+        f"GPU memory utilization ({utilization}, {requested:.2f} GiB). Decrease GPU memory utilization or reduce "
+        "GPU memory used by other processes."
+    )
+
+
+def _host_memory_guard(hit: Hit) -> Diagnosis:
+    m = _GUARD.search(hit.line)
+    assert m is not None
+    available, floor = float(m["avail"]), float(m["floor"])
+    return Diagnosis(
+        summary=(
+            f"the host's MemAvailable fell to {available:.2f} GiB, below the floor of {floor:.2f} GiB, while vLLM "
+            "started, and the start was stopped: on GB10 the utilization is not a hard cap while vLLM profiles "
+            "(vllm issue 46307) and a machine out of memory can hang"
+        ),
+        fix=(
+            "Lower max_num_batched_tokens / max_num_seqs (a smaller profiling peak) or gpu_memory_utilization, and "
+            "stop other memory users; do not retry the same spec in a loop."
+        ),
+        numbers={"available_gib": available, "floor_gib": floor},
+    )
+
+
 def _oom_flagged(exit_code: int | None, oom_killed: bool) -> bool:
     return oom_killed
 
@@ -396,6 +444,7 @@ def _unknown(hit: Hit) -> Diagnosis:
 
 #: The failure rules, highest priority first (the module docstring says why this order).
 RULES: tuple[FailureRule, ...] = (
+    FailureRule(kind=FailureKind.HOST_MEMORY_GUARD, patterns=(_GUARD,), build=_host_memory_guard),
     FailureRule(
         kind=FailureKind.GPU_RUNTIME_MISSING,
         patterns=(

@@ -29,7 +29,8 @@ from prefect_docker.host import DockerHost
 from pydantic import BaseModel, Field
 
 from tasks.container import docker_client
-from tasks.failures import FailureCause, classify_failure
+from tasks.failures import FailureCause, classify_failure, guard_line
+from tasks.memory import MemoryReadError, exec_meminfo
 from tasks.logs import EventKind, LineSplitter, StartupStats, StartupTracker
 from tasks.report import ProgressArtifact
 from tasks.secrets import scrub
@@ -58,14 +59,28 @@ class ReadinessTimeouts(BaseModel):
 class ReadinessFailed(RuntimeError):
     """The server will not become ready; ``cause`` says why and what to do."""
 
-    def __init__(self, cause: FailureCause, status: str) -> None:
+    def __init__(self, cause: FailureCause, status: str, lines: list[str] | None = None) -> None:
         self.cause = cause
         self.status = status
+        self.lines = list(lines or [])  # the startup log, secrets already scrubbed (recovery calibrates from it)
         self.detected_at = time.time()  # wall clock, to compare with docker's own event times
         evidence = "\n".join(f"    {line}" for line in cause.evidence[-12:])
         super().__init__(
             f"vLLM did not become ready ({status}): [{cause.kind.value}] {cause.summary}\nFix: {cause.fix}\nLog:\n{evidence}"
         )
+
+
+class MemoryGuard(BaseModel):
+    """Watch the docker host's MemAvailable while a start runs; stop the start below the floor.
+
+    On GB10 the utilization is not a hard cap while vLLM profiles (vllm issue 46307): a start that
+    pushes memory can hang the whole machine, which then needs a power cycle. The gate reads the
+    target's meminfo command in the starting container once a second and kills it before that.
+    """
+
+    command: list[str] = Field(description="the target's meminfo_command, run in the starting container")
+    floor_gib: float = Field(gt=0, description="MemAvailable below this stops the start")
+    interval_s: float = Field(1.0, gt=0, description="how often MemAvailable is read")
 
 
 @dataclass
@@ -199,6 +214,7 @@ def wait_until_ready(
     timeouts: ReadinessTimeouts,
     secrets: list[str],
     progress_key: str,
+    guard: MemoryGuard | None = None,
 ) -> Readiness:
     """Block until the server is ready; fail fast with the classified cause when it cannot be.
 
@@ -211,21 +227,26 @@ def wait_until_ready(
         timeouts: per-phase limits.
         secrets: values scrubbed from every forwarded log line and from the failure's evidence.
         progress_key: artifact key of the shard-loading progress.
+        guard: the host-memory guard (None: no guard).
     """
     logger = get_run_logger()
     with docker_client(docker_host) as client, LogFollower(docker_host, container_id) as follower:
         container = client.containers.get(container_id)
-        return _gate(logger, container, follower.lines, base_url, served_name, api_key, timeouts, secrets, progress_key)
+        return _gate(logger, client, container, follower.lines, base_url, served_name, api_key, timeouts, secrets,
+                     progress_key, guard)
 
 
-def _gate(logger, container: Container, lines: queue.Queue, base_url: str, served_name: str, api_key: str | None,
-          timeouts: ReadinessTimeouts, secrets: list[str], progress_key: str) -> Readiness:
+def _gate(logger, client: docker.DockerClient, container: Container, lines: queue.Queue, base_url: str,
+          served_name: str, api_key: str | None, timeouts: ReadinessTimeouts, secrets: list[str], progress_key: str,
+          guard: MemoryGuard | None) -> Readiness:
     restarts_before = container.attrs.get("RestartCount", 0)
     readiness = Readiness(started_at=time.monotonic())
     tracker = StartupTracker()
     progress: ProgressArtifact | None = None
     phase_started = readiness.started_at
     next_state_check = 0.0
+    next_guard_check = 0.0
+    guard_tripped = False
     stream_ended = False
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
@@ -248,9 +269,9 @@ def _gate(logger, container: Container, lines: queue.Queue, base_url: str, serve
     def fail(status: ExitState | str) -> ReadinessFailed:
         if isinstance(status, str):
             cause = classify_failure(list(tracker.recent), secrets=secrets)
-            return ReadinessFailed(cause, status)
+            return ReadinessFailed(cause, status, list(tracker.recent))
         cause = classify_failure(list(tracker.recent), exit_code=status.exit_code, oom_killed=status.oom_killed, secrets=secrets)
-        return ReadinessFailed(cause, status.summary)
+        return ReadinessFailed(cause, status.summary, list(tracker.recent))
 
     with httpx.Client(base_url=base_url, timeout=max(timeouts.poll_interval_s, 1.0), headers=headers) as http:
         while True:
@@ -276,6 +297,17 @@ def _gate(logger, container: Container, lines: queue.Queue, base_url: str, serve
                     raise fail(exit_state(container.attrs))
                 if stream_ended:
                     raise fail("log stream ended while the container still runs")
+            if guard is not None and not guard_tripped and now >= next_guard_check:
+                next_guard_check = now + guard.interval_s
+                available = _available_gib(client, container, guard)
+                if available is not None and available < guard.floor_gib:
+                    guard_tripped = True  # the line goes into the log the failure is classified from
+                    line = guard_line(available, guard.floor_gib)
+                    tracker.feed(line)
+                    logger.warning("%s", line)
+                    _kill(container)
+                    next_state_check = 0.0
+                    continue
             if _healthy(http, served_name):
                 readiness.ready_at, readiness.ready_wall = time.monotonic(), time.time()
                 readiness.phase_seconds[tracker.phase.value] = round(readiness.ready_at - phase_started, 3)
@@ -285,6 +317,22 @@ def _gate(logger, container: Container, lines: queue.Queue, base_url: str, serve
             limit = timeouts.limit_for(tracker.phase.value)
             if now - phase_started > limit:
                 raise fail(f"timed out after {limit:.0f} s in phase {tracker.phase.value!r}")
+
+
+def _available_gib(client: docker.DockerClient, container: Container, guard: MemoryGuard) -> float | None:
+    """MemAvailable of the docker host now, or None when it cannot be read (the container is gone:
+    the state check says why)."""
+    try:
+        return exec_meminfo(client, container.id, guard.command).available_gib
+    except MemoryReadError:
+        return None
+
+
+def _kill(container: Container) -> None:
+    try:
+        container.kill()
+    except (NotFound, docker.errors.APIError):  # already gone
+        pass
 
 
 def _stops_soon(container: Container, restarts_before: int, grace_s: float = 2.0) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
-from docker.errors import APIError, ContainerError, ImageNotFound
+from docker.errors import APIError, ContainerError, ImageNotFound, NotFound
 from docker.types import Mount
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -106,32 +106,46 @@ def helper_container_kwargs(machine: TargetMachine, image: str, command: list[st
     }
 
 
-def read_meminfo(client: docker.DockerClient, machine: TargetMachine, image: str, container_id: str | None = None) -> MemInfo:
-    """The docker host's memory, by the target's ``meminfo_command``: in the running container
-    ``container_id`` when given (``docker exec``: fast enough to poll while a start runs), else in a
-    throwaway helper container (about half a second).
+def exec_meminfo(client: docker.DockerClient, container_id: str, command: list[str]) -> MemInfo:
+    """The docker host's memory, read by ``command`` inside the running container ``container_id``
+    (``docker exec``, about 0.06 s: fast enough to poll once a second while a start runs).
 
     Raises:
-        MemoryReadError: the command failed or printed no meminfo.
+        MemoryReadError: the container does not run, or the command failed or printed no meminfo.
+    """
+    try:
+        code, output = client.containers.get(container_id).exec_run(list(command), stdout=True, stderr=False)
+    except (APIError, NotFound) as exc:
+        raise MemoryReadError(f"`{' '.join(command)}` could not run in container {container_id[:12]}: {exc}") from None
+    if code != 0:
+        raise MemoryReadError(f"`{' '.join(command)}` in container {container_id[:12]} exited {code}: {output[:300]!r}")
+    return _parse(output, command)
+
+
+def read_meminfo(client: docker.DockerClient, machine: TargetMachine, image: str) -> MemInfo:
+    """The docker host's memory, by the target's ``meminfo_command`` in a throwaway helper container
+    of ``image`` (about 0.2 s).
+
+    Raises:
+        MemoryReadError: the command failed or printed no meminfo; the message names the fix.
     """
     command = list(machine.meminfo_command)
     try:
-        if container_id is not None:
-            code, output = client.containers.get(container_id).exec_run(command, stdout=True, stderr=False)
-            if code != 0:
-                raise MemoryReadError(f"`{' '.join(command)}` in the server container exited {code}: {output[:300]!r}")
-        else:
-            output = client.containers.run(**helper_container_kwargs(machine, image, command))
+        output = client.containers.run(**helper_container_kwargs(machine, image, command))
     except (APIError, ContainerError, ImageNotFound) as exc:
         raise MemoryReadError(
             f"reading the memory of target {machine.name!r} with `{' '.join(command)}` in {image} failed:"
             f" {getattr(exc, 'explanation', None) or exc}. Check the target's meminfo_command"
             f" (a Spark: {' '.join(SPARK_MEMINFO_COMMAND)})."
         ) from None
+    return _parse(output, command)
+
+
+def _parse(output: bytes, command: list[str]) -> MemInfo:
     try:
         return parse_meminfo(output.decode("utf-8", "replace"))
     except ValueError as exc:
-        raise MemoryReadError(f"`{' '.join(command)}` on target {machine.name!r} printed no meminfo: {exc}") from None
+        raise MemoryReadError(f"`{' '.join(command)}` printed no meminfo: {exc}") from None
 
 
 @task(name="read-memory", cache_policy=NO_CACHE, task_run_name="read-memory {machine.name}")
@@ -194,8 +208,24 @@ def drop_page_cache(client: docker.DockerClient, machine: TargetMachine, image: 
     client.containers.run(**kwargs)
 
 
+@task(name="drop-page-cache", cache_policy=NO_CACHE, task_run_name="drop-page-cache {machine.name}")
+def drop_caches(machine: TargetMachine, image: str) -> None:
+    """The runbook-free fix of vllm issue 48140: drop the docker host's page cache (see drop_page_cache)."""
+    with docker_client(machine.docker_host()) as client:
+        drop_page_cache(client, machine, image)
+    get_run_logger().info("page cache of %s dropped (sync; echo 3 > drop_caches)", machine.name)
+
+
 class NotEnoughMemory(RuntimeError):
-    """Other processes hold memory a start at this utilization needs; says how much is missing."""
+    """Other processes hold memory a start at this utilization needs; says how much is missing.
+
+    Carries the reading and the utilization, so recovery can plan from them without a start.
+    """
+
+    def __init__(self, message: str, info: MemInfo, utilization: float) -> None:
+        super().__init__(message)
+        self.info = info
+        self.utilization = utilization
 
 
 def room_for_start(info: MemInfo, utilization: float) -> str:
@@ -219,7 +249,9 @@ def room_for_start(info: MemInfo, utilization: float) -> str:
         f" a start at gpu_memory_utilization {utilization:.2f} needs {need:.1f} GiB. Other processes hold the"
         " rest: stop them (`docker ps`; the runbook's `docker system prune -f`), or deploy with a lower"
         " utilization, e.g. overrides={\"gpu_memory_utilization\": "
-        f"{suggest_utilization(info.free_gib + info.cached_gib, info.total_gib):.2f}}}."
+        f"{suggest_utilization(info.free_gib + info.cached_gib, info.total_gib):.2f}}}.",
+        info,
+        utilization,
     )
 
 

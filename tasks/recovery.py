@@ -132,6 +132,7 @@ MEMORY_KINDS: frozenset[FailureKind] = frozenset(
         FailureKind.CUDA_OOM,
         FailureKind.OOM_KILLED,
         FailureKind.KILLED,
+        FailureKind.HOST_MEMORY_GUARD,
     }
 )
 
@@ -955,6 +956,7 @@ def plan_recovery(
     Returns:
         The step; ``give_up`` with a ``next_step`` for a person when no retry should run.
     """
+    guard_tripped = guard_tripped or cause.kind is FailureKind.HOST_MEMORY_GUARD  # the gate's own stop
     case = Case(cause, memory, spec, attempt, limits, tuple(history), guard_tripped, now)
     rule = next(r for r in CLASSES if r.matches(case))
     plan = rule.plan(case)

@@ -22,6 +22,7 @@ from tasks.failures import FailureCause, FailureKind
 from tasks.health import ReadinessFailed, ReadinessTimeouts, wait_until_ready
 from tasks.memory import NotEnoughMemory, read_meminfo
 from tasks.preflight import PreflightFailed
+from tasks.serve import StartFailed
 from tests.integration.conftest import TEST_API_KEY, TEST_LABELS, TEST_TOKEN, target_containers
 from tests.integration.prefect_reads import flow_run_artifacts, flow_run_logs, flush_logs
 
@@ -111,7 +112,7 @@ def test_missing_model_files_fail_with_their_cause_and_leave_nothing(make_sim_ta
 
 def test_container_exiting_during_startup_is_classified_at_once(make_sim_target, docker_client):
     target = make_sim_target(extra_env={"VLLM_SIM_FAULT_CUDA_OOM": "1"})
-    state, _ = run(deploy_qwen, target=target.name)
+    state, _ = run(deploy_qwen, target=target.name, recover=False)
     assert state.is_failed()
     cause = _failure_cause(state)
     assert cause.kind is FailureKind.CUDA_OOM
@@ -157,13 +158,13 @@ def test_remote_docker_host_is_refused_in_preflight(make_sim_target, docker_clie
     assert not any(Path(target.cache_dir).iterdir())  # refused before staging wrote a byte
 
 
-def test_memory_held_by_another_process_fails_before_starting(make_sim_target, docker_client):
+def test_memory_held_by_another_process_fails_before_starting_without_recovery(make_sim_target, docker_client):
     target = make_sim_target()
     ledger = Path(target.drop_caches_path).parent
     # another "process" on the machine holds 40 GiB, with a live heartbeat
     other = Ledger(ledger, "someone-else", total_gib=119.7, baseline_gib=3.0)
     other.publish(40.0, "running", "another/model")
-    state, _ = run(deploy_qwen, target=target.name)
+    state, _ = run(deploy_qwen, target=target.name, recover=False)
     assert state.is_failed()
     with pytest.raises(NotEnoughMemory) as failed:
         state.result()
@@ -220,8 +221,8 @@ def test_secrets_never_reach_logs_or_artifacts(make_sim_target, docker_client):
 
 
 def _failure_cause(state) -> FailureCause:
-    """The classified cause of a deploy that failed in the readiness gate."""
-    with pytest.raises(ReadinessFailed) as failed:
+    """The classified cause of a deploy that failed in the readiness gate (or whose recovery gave up)."""
+    with pytest.raises((ReadinessFailed, StartFailed)) as failed:
         state.result()
     return failed.value.cause
 

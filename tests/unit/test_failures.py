@@ -18,6 +18,7 @@ from tasks.failures import (
     FailureKind,
     FailureRule,
     classify_failure,
+    free_memory_error,
     rule_for,
     suggest_max_model_len,
 )
@@ -193,6 +194,8 @@ def test_failure_cause_is_serialisable_and_readable():
 
 # (recorded log, cut after the first line with this text, classify_failure keywords) -> kind
 RECORDED = [
+    ("fail_host_memory_guard.log", None, {}, FailureKind.HOST_MEMORY_GUARD),
+    ("fail_host_memory_guard.log", None, {"exit_code": 137}, FailureKind.HOST_MEMORY_GUARD),  # the guard's kill
     ("fail_gpu_runtime.log", None, {}, FailureKind.GPU_RUNTIME_MISSING),
     ("fail_bad_args.log", None, {}, FailureKind.BAD_ARGUMENTS),
     ("fail_fp8_kernel.log", None, {}, FailureKind.FP8_KERNEL),
@@ -248,7 +251,7 @@ def test_priority_order_is_the_one_the_docstring_lists():
     documented = re.findall(r"^\d+\. `(\w+)`:", tasks.failures.__doc__, flags=re.MULTILINE)
     assert documented == [rule.kind.value for rule in RULES]
     assert documented == [
-        "gpu_runtime_missing", "bad_arguments", "fp8_kernel", "free_memory", "kv_too_small", "no_kv_memory",
+        "host_memory_guard", "gpu_runtime_missing", "bad_arguments", "fp8_kernel", "free_memory", "kv_too_small", "no_kv_memory",
         "cuda_oom", "missing_model_files", "oom_killed", "engine_dead", "killed", "unknown",
     ]  # fmt: skip
 
@@ -326,3 +329,19 @@ def test_killed_shows_the_last_errors_and_scrubs_them():
     cause = classify_failure(lines, exit_code=137, oom_killed=True, secrets=["sk-777"])
     assert cause.kind is FailureKind.OOM_KILLED
     assert cause.evidence == ["(EngineCore_0 pid=2) ZeroDivisionError: division by zero ***"]
+
+
+def test_the_guard_line_is_classified_with_its_numbers():
+    """The readiness gate writes this line into the log it classifies when it stops a start."""
+    cause = classify_failure(log("fail_host_memory_guard.log"), exit_code=137)
+    assert cause.kind is FailureKind.HOST_MEMORY_GUARD
+    assert cause.numbers == {"available_gib": 3.21, "floor_gib": 4.0}
+    assert "46307" in cause.summary and "max_num_batched_tokens" in cause.fix
+
+
+def test_a_start_refused_before_it_ran_reads_like_vllms_own_check():
+    """free_memory_error renders vLLM 0.10.1.1's text: the classifier gives the same numbers."""
+    cause = classify_failure([free_memory_error(85.92, 121.69, 0.92)])
+    assert cause.kind is FailureKind.FREE_MEMORY
+    assert cause.numbers["free_gib"] == 85.92 and cause.numbers["total_gib"] == 121.69
+    assert cause.numbers["requested_utilization"] == 0.92 and cause.numbers["requested_gib"] == 111.95

@@ -171,7 +171,7 @@ def test_service_events_are_one_vocabulary(monkeypatch):
 
     assert {e.value for e in ServiceEvent} == {
         "deployed", "unchanged", "failed", "stopped", "healthy", "degraded", "starting",
-        "unhealthy", "recovering", "recovered", "needs-operator",
+        "unhealthy", "recovering", "recovered", "recovery-failed", "rolled-back", "needs-operator",
     }  # fmt: skip
     assert ServiceEvent.NEEDS_OPERATOR.event == "vllm.service.needs-operator"
     assert ServiceEvent("deployed") == "deployed"  # a StrEnum: compares and formats as its value

@@ -1,0 +1,149 @@
+"""recover-vllm: bring back a server that was healthy and no longer is, as the runbook's
+troubleshooting does by hand, but classified first and acted on once.
+
+    prefect deployment run recover-vllm/spark --param reason="health check: /health 500"
+
+The health-check automation runs it on `vllm.service.unhealthy` (it never emits that event itself,
+so it cannot trigger itself). Steps: a server that answers again needs nothing; otherwise read what
+docker says about ours (state, exit code, OOMKilled, log tail) and classify it (tasks/failures.py),
+remove it, read the machine's memory, let the planner (tasks/recovery.py) name the class, the
+actions and the spec, act, and start again through the same recovery loop as deploy-qwen
+(tasks/serve.py); smoke-test; report.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel
+
+from blocks.engine import load_engine_spec
+from blocks.target import TargetMachine
+from tasks.container import inspect_server, remove_managed_containers
+from tasks.events import ServiceEvent, emit_service_event
+from tasks.failures import classify_failure
+from tasks.health import ReadinessTimeouts, endpoint_ready
+from tasks.inference import smoke_inference
+from tasks.locks import gpu_lock
+from tasks.memory import wait_for_release
+from tasks.recovery import RecoveryLimits, plan_recovery, retry_spec
+from tasks.report import artifact_key, publish_report
+from tasks.serve import ServerSecrets, StartFailed, act, observe_memory, recent_recoveries, record_healthy, serve
+
+
+class RecoverResult(BaseModel):
+    """What a recovery did."""
+
+    target: str
+    status: str  # "serving" (nothing to do) | "recovered"
+    reason: str
+    failure: str | None = None  # the classified kind of what stopped the server
+    classes: list[str] = []
+    spec_hash: str | None = None
+    degraded: str | None = None
+    attempts: int = 0
+    duration_s: float
+
+
+class RecoveryGaveUp(RuntimeError):
+    """The planner found nothing to do that would help; the message says what a person should do."""
+
+
+@flow(name="recover-vllm", flow_run_name="recover-{target}")
+def recover_vllm(
+    target: str = "spark",
+    reason: str = "",
+    engine: str | None = None,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    timeouts: ReadinessTimeouts = ReadinessTimeouts(),
+    max_attempts: int = 2,
+    release_timeout_s: float = 30.0,
+) -> RecoverResult:
+    """Recover the target's server; the engine/preset/overrides are the spec to serve, as in deploy-qwen.
+
+    Args:
+        target: name of the TargetMachine block.
+        reason: why recovery was asked for (free text from the triggering event).
+        engine: name of an EngineSpec block; None = the runbook's compose file.
+        preset: one of the runbook's tuning blocks.
+        overrides: EngineSpec fields to change.
+        timeouts: per-phase readiness limits.
+        max_attempts: retries after the first start, at most.
+        release_timeout_s: how long to wait for the dead server's memory to come back before planning.
+    """
+    started = time.monotonic()
+    logger = get_run_logger()
+    machine = TargetMachine.load(target)
+    spec = machine.apply_to(load_engine_spec(engine, preset, overrides))
+    secrets = ServerSecrets.for_target(machine)
+    docker_host = machine.docker_host()
+    limits = RecoveryLimits(max_attempts=max_attempts)
+    logger.info("recovering %s: %s", machine.name, reason or "(no reason given)")
+    with gpu_lock(machine.name):
+        if endpoint_ready(machine.endpoint, spec.served_name, secrets.api_key):
+            logger.info("%s serves %s again: nothing to recover", machine.endpoint, spec.served_name)
+            return RecoverResult(target=machine.name, status="serving", reason=reason, duration_s=_since(started))
+        history = recent_recoveries(machine.name)
+        state = inspect_server(docker_host, machine.name, secrets.values)
+        start_spec, steps, failure = spec, [], None
+        if state is not None:
+            cause = classify_failure(state.log_tail, exit_code=state.exit_code, oom_killed=state.oom_killed,
+                                     secrets=secrets.values)
+            failure = cause.kind.value
+            logger.info("%s is %s: [%s] %s", state.name, state.status, cause.kind.value, cause.summary)
+            remove_managed_containers(docker_host, machine.name, 10)
+        # a killed server's memory can come back seconds after its container is gone (vllm 34643):
+        # plan and start from the memory once it settled, not from what a dying process still held
+        wait_for_release(machine, spec.image, spec.gpu_memory_utilization, timeout_s=release_timeout_s)
+        if state is not None:
+            memory = observe_memory(machine, spec.image)
+            step = plan_recovery(cause, memory, spec, 0, limits.calibrated(state.log_tail), history,
+                                 now=datetime.now(timezone.utc))
+            step = step.model_copy(update={"at": datetime.now(timezone.utc)})
+            steps.append(step)
+            logger.warning("recovery (%s): %s", step.klass.value, step.reason)
+            if step.give_up:
+                emit_service_event(machine.name, ServiceEvent.RECOVERY_FAILED, {
+                    "kind": failure, "class": step.klass.value, "next_step": step.next_step or ""})
+                _report(machine.name, f"recover-vllm on {machine.name}: GAVE UP", reason, failure, steps, None)
+                raise RecoveryGaveUp(f"recover-vllm on {machine.name} gave up: [{failure}] {cause.summary}\n"
+                                     f"Next step: {step.next_step or cause.fix}")
+            act(docker_host, machine, spec.image, step)
+            start_spec = machine.apply_to(retry_spec(spec, step))
+        try:
+            served = serve(docker_host, machine, start_spec, secrets, timeouts, recover=True, limits=limits,
+                           history=[*history, *steps])
+        except StartFailed as exc:
+            _report(machine.name, f"recover-vllm on {machine.name}: FAILED", reason, failure, [*steps, *exc.steps], None)
+            raise
+        smoke_inference(machine.endpoint, spec.served_name, secrets.api_key)
+        record_healthy(machine.name, served.spec, served.spec_hash)
+    all_steps = [*steps, *served.steps]
+    result = RecoverResult(
+        target=machine.name, status="recovered", reason=reason, failure=failure,
+        classes=[s.klass.value for s in all_steps], spec_hash=served.spec_hash, degraded=served.degraded(spec),
+        attempts=len(served.attempts), duration_s=_since(started),
+    )
+    if not served.steps:  # serve() emits `recovered` itself when it had to retry
+        emit_service_event(machine.name, ServiceEvent.RECOVERED, {
+            "classes": result.classes, "failure": failure or "", "spec_hash": served.spec_hash, "degraded": result.degraded or ""})
+    _report(machine.name, f"recover-vllm on {machine.name}: recovered" + (" (DEGRADED)" if result.degraded else ""),
+            reason, failure, all_steps, result)
+    return result
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 3)
+
+
+def _report(target: str, title: str, reason: str, failure: str | None, steps, result: RecoverResult | None) -> None:
+    rows = {"target": target, "reason": reason or None, "failure": failure,
+            "spec hash": result.spec_hash if result else None, "degraded": result.degraded if result else None,
+            "starts": result.attempts if result else None, "duration (s)": result.duration_s if result else None}
+    sections = {"Steps": "\n".join(f"- {s.klass.value}: {s.reason}" + (f" Next step: {s.next_step}" if s.give_up else "")
+                                   for s in steps) or "none"}
+    publish_report(artifact_key("recover", target), title, rows, sections)

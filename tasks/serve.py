@@ -1,0 +1,306 @@
+"""Start the vLLM server and, when a start fails on memory, recover: the one code path that
+deploy-qwen and recover-vllm both run (no recovery is written twice).
+
+    served = serve(docker_host, machine, spec, secrets, timeouts, recover=True)
+
+`start_once` is the runbook's `docker compose up -d` plus the readiness gate: make room in memory,
+create and start the container, wait until it serves (with the host-memory guard), arm the restart
+policy. `serve` wraps it in the recovery loop: a failed start is classified (tasks/failures.py), the
+machine's memory is read (tasks/memory.py), the pure planner (tasks/recovery.py) names the class,
+the actions and the next spec, the actions run as tasks, and the next spec starts, until it serves
+or the planner gives up. Every attempt is a row of a table artifact; the outcome is an event.
+The last spec that served on a target is recorded in a Prefect Variable (`last_healthy`), so a
+deploy that cannot start a new spec can roll back to it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.variables import Variable
+from prefect_docker.host import DockerHost
+from pydantic import BaseModel
+
+from blocks.engine import EngineSpec
+from blocks.render import container_kwargs, redacted, secret_environment
+from blocks.target import TargetMachine
+from tasks.container import (
+    arm_restart_policy,
+    docker_client,
+    managed_containers,
+    remove_container,
+    restart_policy_after_ready,
+    start_vllm_container,
+)
+from tasks.events import ServiceEvent, emit_service_event
+from tasks.failures import FailureCause, classify_failure, free_memory_error
+from tasks.health import MemoryGuard, Readiness, ReadinessFailed, ReadinessTimeouts, wait_until_ready
+from tasks.memory import NotEnoughMemory, drop_caches, make_room_for_start, read_meminfo
+from tasks.prune import prune_docker
+from tasks.recovery import Action, MachineMemory, RecoveryLimits, RecoveryStep, plan_recovery, retry_spec
+from tasks.report import artifact_key
+from tasks.secrets import DOTENV, HF_TOKEN_ENV_VARS, load_secret
+
+#: Prefix of the Prefect Variable that holds a target's last healthy spec (runtime state, shown in
+#: the UI's Variables page, kept apart from the blocks an operator edits).
+LAST_HEALTHY_PREFIX = "vllm-last-healthy-"
+#: Prefix of the Prefect Variable that keeps a target's recent recovery steps (the planner's history
+#: across runs: "a second engine death within the hour is a failure for a person").
+RECOVERIES_PREFIX = "vllm-recoveries-"
+KEEP_RECOVERIES = 20
+
+
+@dataclass(frozen=True)
+class ServerSecrets:
+    """The HF token and the optional API key of a target, resolved once; only values are masked."""
+
+    hf_token: str | None
+    api_key: str | None
+
+    @classmethod
+    def for_target(cls, machine: TargetMachine) -> ServerSecrets:
+        token = load_secret(machine.hf_token_secret, HF_TOKEN_ENV_VARS, DOTENV)
+        key = load_secret(machine.api_key_secret, ("VLLM_API_KEY",), DOTENV) if machine.api_key_secret else None
+        return cls(token.get_secret_value() if token else None, key.get_secret_value() if key else None)
+
+    @property
+    def values(self) -> list[str]:
+        return [v for v in (self.hf_token, self.api_key) if v]
+
+
+class Attempt(BaseModel):
+    """One start, as a row of the attempts table."""
+
+    attempt: int
+    spec_hash: str
+    gpu_memory_utilization: float
+    max_model_len: int
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    outcome: str  # "serving" or the failure kind
+    kv_cache_tokens: int | None = None
+    seconds: float
+    then: str = ""  # the recovery step that followed a failure: "class: actions -> retry with"
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt, "utilization": self.gpu_memory_utilization, "max-model-len": self.max_model_len,
+            "batched tokens": self.max_num_batched_tokens, "seqs": self.max_num_seqs, "outcome": self.outcome,
+            "KV cache tokens": f"{self.kv_cache_tokens:,}" if self.kv_cache_tokens else "", "seconds": self.seconds,
+            "then": self.then, "spec hash": self.spec_hash,
+        }
+
+
+@dataclass
+class Served:
+    """A server that serves: its container, what the gate learned, and how it got there."""
+
+    container_id: str
+    readiness: Readiness
+    spec: EngineSpec
+    spec_hash: str
+    steps: list[RecoveryStep] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+
+    def degraded(self, requested: EngineSpec) -> str | None:
+        """"requested X, running Y, because Z" when recovery changed the spec; None when it did not."""
+        changed = [f for f in ("gpu_memory_utilization", "max_model_len", "max_num_batched_tokens", "max_num_seqs")
+                   if getattr(requested, f) != getattr(self.spec, f)]
+        if not changed:
+            return None
+        was = ", ".join(f"{f} {getattr(requested, f)}" for f in changed)
+        now = ", ".join(f"{f} {getattr(self.spec, f)}" for f in changed)
+        because = "; ".join(step.reason for step in self.steps if step.overrides) or "recovery"
+        return f"requested {was}, running {now}, because {because}"
+
+
+class StartFailed(RuntimeError):
+    """The server did not start, and recovery (when on) gave up: ``next_step`` is for a person."""
+
+    def __init__(self, target: str, cause: FailureCause, steps: list[RecoveryStep], attempts: list[Attempt]) -> None:
+        self.cause, self.steps, self.attempts = cause, steps, attempts
+        last = steps[-1] if steps else None
+        self.next_step = (last.next_step if last and last.give_up else None) or cause.fix
+        tried = f" after {len(attempts)} attempts" if len(attempts) > 1 else ""
+        evidence = "\n".join(f"    {line}" for line in cause.evidence[-8:])
+        super().__init__(
+            f"vLLM did not start on {target}{tried}: [{cause.kind.value}] {cause.summary}\n"
+            f"Next step: {self.next_step}\nLog:\n{evidence}"
+        )
+
+
+def failure_of(exc: BaseException) -> tuple[FailureCause, list[str]]:
+    """The classified cause of a failed start, and the log lines it came from (for calibration)."""
+    if isinstance(exc, ReadinessFailed):
+        return exc.cause, exc.lines
+    if isinstance(exc, NotEnoughMemory):  # refused before it ran: vLLM's own check, same numbers
+        text = free_memory_error(exc.info.free_gib, exc.info.total_gib, exc.utilization)
+        return classify_failure([text]), []
+    raise TypeError(f"not a start failure: {type(exc).__name__}")
+
+
+def start_once(
+    docker_host: DockerHost, machine: TargetMachine, spec: EngineSpec, secrets: ServerSecrets, timeouts: ReadinessTimeouts
+) -> tuple[str, Readiness]:
+    """Make room in memory, start the container, wait until it serves; remove it if it never does."""
+    kwargs = container_kwargs(spec, machine, secret_env=secret_environment(hf_token=secrets.hf_token, api_key=secrets.api_key))
+    make_room_for_start(machine, spec.image, spec.gpu_memory_utilization)
+    first_start, restart_policy = restart_policy_after_ready(kwargs)
+    container_id = start_vllm_container(docker_host, first_start, redacted(first_start))
+    guard = MemoryGuard(command=machine.meminfo_command, floor_gib=machine.host_memory_floor_gib) if machine.host_memory_floor_gib > 0 else None
+    try:
+        readiness = wait_until_ready(
+            docker_host, container_id, machine.endpoint, spec.served_name, secrets.api_key, timeouts, secrets.values,
+            artifact_key("vllm-load", machine.name), guard,
+        )
+        arm_restart_policy(docker_host, container_id, restart_policy)  # the runbook's `restart: unless-stopped`, from now on
+    except BaseException:
+        remove_container(docker_host, container_id, stop_timeout=None)  # it never served: kill, its log is in the run's
+        raise
+    return container_id, readiness
+
+
+@task(name="observe-memory", cache_policy=NO_CACHE, task_run_name="observe-memory {machine.name}")
+def observe_memory(machine: TargetMachine, image: str) -> MachineMemory:
+    """What holds the machine's memory after a failed start: meminfo, and our own servers of this
+    target that still run (the failed one is already removed)."""
+    with docker_client(machine.docker_host()) as client:
+        try:
+            info = read_meminfo(client, machine, image)
+        except Exception as exc:  # noqa: BLE001 - the planner can still decide from the error's own numbers
+            get_run_logger().warning("memory of %s unknown after the failure: %s", machine.name, exc)
+            info = None
+        stale = tuple(c.name for c in managed_containers(client, machine.name) if c.status in ("running", "restarting"))
+    return MachineMemory(meminfo=info, stale_containers=stale)
+
+
+def act(docker_host: DockerHost, machine: TargetMachine, image: str, step: RecoveryStep) -> None:
+    """Run a step's actions on the machine, in order, each as a task of its own."""
+    logger = get_run_logger()
+    for action in step.actions:
+        if action is Action.DROP_PAGE_CACHE:
+            drop_caches(machine, image)
+        elif action is Action.REMOVE_STALE_CONTAINERS:
+            with docker_client(docker_host) as client:
+                stale = [c.id for c in managed_containers(client, machine.name) if c.status in ("running", "restarting")]
+            for container_id in stale:
+                remove_container(docker_host, container_id, stop_timeout=30)
+        elif action is Action.PRUNE:
+            report = prune_docker(docker_host, machine.prune_scope, machine.name if machine.prune_scope == "project" else None)
+            logger.info("prune (%s): %s; a prune frees disk, not memory", machine.prune_scope, report.summary)
+
+
+def serve(
+    docker_host: DockerHost,
+    machine: TargetMachine,
+    requested: EngineSpec,
+    secrets: ServerSecrets,
+    timeouts: ReadinessTimeouts,
+    recover: bool = True,
+    limits: RecoveryLimits | None = None,
+    history: list[RecoveryStep] | None = None,
+) -> Served:
+    """Start ``requested``; on a failure, classify, plan, act and retry until it serves or the planner
+    gives up (then StartFailed, nothing left running). ``recover=False``: one start, its failure raised."""
+    logger = get_run_logger()
+    limits = limits or RecoveryLimits()
+    spec, steps, attempts = requested, [], []
+    past = list(history or [])
+    while True:
+        spec_hash = spec.spec_hash(machine)
+        started = time.monotonic()
+        try:
+            container_id, readiness = start_once(docker_host, machine, spec, secrets, timeouts)
+        except (ReadinessFailed, NotEnoughMemory) as exc:
+            cause, lines = failure_of(exc)
+            attempt = _attempt(len(attempts) + 1, spec, spec_hash, cause.kind.value, None, started)
+            attempts.append(attempt)
+            if not recover:
+                _publish_attempts(machine, attempts)
+                raise
+            memory = observe_memory(machine, spec.image)
+            step = plan_recovery(cause, memory, spec, len(steps), limits.calibrated(lines), [*past, *steps],
+                                 now=datetime.now(timezone.utc))
+            step = step.model_copy(update={"at": datetime.now(timezone.utc)})
+            steps.append(step)
+            attempt.then = _describe(step)
+            logger.warning("recovery (%s): %s", step.klass.value, step.reason)
+            if step.give_up:
+                _publish_attempts(machine, attempts)
+                _remember(machine.name, steps)
+                emit_service_event(machine.name, ServiceEvent.RECOVERY_FAILED, {
+                    "kind": cause.kind.value, "class": step.klass.value, "next_step": step.next_step or "", "attempts": len(attempts)})
+                raise StartFailed(machine.name, cause, steps, attempts) from None
+            act(docker_host, machine, spec.image, step)
+            spec = machine.apply_to(retry_spec(spec, step))
+            continue
+        attempts.append(_attempt(len(attempts) + 1, spec, spec_hash, "serving", readiness.stats.kv_cache_tokens, started))
+        served = Served(container_id, readiness, spec, spec_hash, steps, attempts)
+        if steps:
+            _publish_attempts(machine, attempts)
+            _remember(machine.name, steps)
+            emit_service_event(machine.name, ServiceEvent.RECOVERED, {
+                "classes": [s.klass.value for s in steps], "attempts": len(attempts), "spec_hash": spec_hash,
+                "degraded": served.degraded(requested) or ""})
+        return served
+
+
+def _attempt(n: int, spec: EngineSpec, spec_hash: str, outcome: str, kv: int | None, started: float) -> Attempt:
+    return Attempt(attempt=n, spec_hash=spec_hash, gpu_memory_utilization=spec.gpu_memory_utilization,
+                   max_model_len=spec.max_model_len, max_num_batched_tokens=spec.max_num_batched_tokens,
+                   max_num_seqs=spec.max_num_seqs, outcome=outcome, kv_cache_tokens=kv,
+                   seconds=round(time.monotonic() - started, 2))
+
+
+def _describe(step: RecoveryStep) -> str:
+    row = step.row()
+    return f"{row['class']}: {row['actions']} -> {'give up' if step.give_up else row['retry with']}"
+
+
+def _publish_attempts(machine: TargetMachine, attempts: list[Attempt]) -> None:
+    create_table_artifact(table=[a.row() for a in attempts], key=artifact_key("recovery", machine.name),
+                          description=f"Starts on {machine.name}: each attempt, the recovery that followed, the outcome")
+
+
+# ---------------------------------------------------------------------------- state kept per target
+
+
+def last_healthy(target_name: str) -> EngineSpec | None:
+    """The last spec that served on the target (None: none recorded, or it no longer validates)."""
+    value = Variable.get(LAST_HEALTHY_PREFIX + target_name, default=None)
+    if not isinstance(value, dict) or not isinstance(value.get("spec"), dict):
+        return None
+    try:
+        return EngineSpec(**value["spec"])
+    except ValueError:
+        return None
+
+
+def record_healthy(target_name: str, spec: EngineSpec, spec_hash: str) -> None:
+    """Record the spec that serves now, for a later rollback."""
+    Variable.set(LAST_HEALTHY_PREFIX + target_name, {
+        "spec": spec.model_dump(mode="json", include=set(EngineSpec.model_fields)), "spec_hash": spec_hash,
+        "at": datetime.now(timezone.utc).isoformat()}, overwrite=True)
+
+
+def recent_recoveries(target_name: str) -> list[RecoveryStep]:
+    """The target's recent recovery steps, oldest first (the planner's history across runs)."""
+    value = Variable.get(RECOVERIES_PREFIX + target_name, default=None)
+    steps = []
+    for item in value if isinstance(value, list) else []:
+        try:
+            steps.append(RecoveryStep.model_validate(item))
+        except ValueError:
+            continue
+    return steps
+
+
+def _remember(target_name: str, steps: list[RecoveryStep]) -> None:
+    kept = [*recent_recoveries(target_name), *steps][-KEEP_RECOVERIES:]
+    Variable.set(RECOVERIES_PREFIX + target_name, [s.model_dump(mode="json") for s in kept], overwrite=True)

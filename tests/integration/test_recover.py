@@ -1,0 +1,202 @@
+"""Memory recovery end to end: real docker, the imitations, a real Prefect server.
+
+Each test sets up one memory situation on a fresh target (its own ledger: the machine's unified
+memory) with a real process holding memory where the case needs one (the imitation's `hold`
+command in a container, as another job on a Spark would be), then runs deploy-qwen or
+recover-vllm and checks what an operator would: the classified cause, the one retry, the spec the
+server runs with, what is left running.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from blocks.shared import LABEL_MANAGED_BY, LABEL_TARGET, MANAGED_BY
+from deployments.setup import ensure_work_pool
+from deployments.targets import SIM_LEDGER_MOUNT
+from deployments.worker import start_worker, stop_worker
+from flows.deploy import DeployFailed, deploy_qwen
+from flows.recover import recover_vllm
+from tasks.failures import FailureKind
+from tasks.health import ReadinessFailed
+from tasks.recovery import GIB, RecoveryLimits, fit_utilization
+from tasks.serve import StartFailed, last_healthy
+from tests.integration.conftest import TEST_LABELS, target_containers
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+TOTAL, BASELINE = 119.7, 3.0  # the imitation's Spark: CUDA's total and what the system holds
+
+
+@pytest.fixture
+def holder(docker_client, sim_image):
+    """Start processes that hold unified memory on a target's machine (another job, or a stale server)."""
+    started = []
+
+    def hold(target, gib: float, ours: bool = False):
+        labels = dict(TEST_LABELS)
+        if ours:  # a server of ours that an interrupted run left behind
+            labels.update({LABEL_MANAGED_BY: MANAGED_BY, LABEL_TARGET: target.name})
+        ledger = str(Path(target.drop_caches_path).parent)
+        container = docker_client.containers.run(
+            sim_image, ["python3", "-m", "vllm_sim", "hold", "--gib", str(gib)], detach=True, labels=labels,
+            volumes={ledger: {"bind": SIM_LEDGER_MOUNT, "mode": "rw"}}, network_mode="none",
+            name=f"holder-{uuid.uuid4().hex[:8]}",
+        )
+        started.append(container)
+        deadline = time.monotonic() + 30
+        while b"holding" not in container.logs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert b"holding" in container.logs(), container.logs()
+        return container
+
+    yield hold
+    for container in started:
+        try:
+            container.remove(force=True)
+        except Exception:  # noqa: BLE001 - already removed by the test (a stale server of ours)
+            pass
+
+
+@pytest.fixture
+def project_target(make_sim_target):
+    """A sim target whose prune is limited to this project's things: a system prune on the test
+    machine's shared daemon would remove other sessions' stopped containers."""
+    return lambda **kw: make_sim_target(prune_scope="project", **kw)
+
+
+def served_max_model_len(endpoint: str) -> int:
+    return httpx.get(f"{endpoint}/v1/models").json()["data"][0]["max_model_len"]
+
+
+def test_memory_held_by_another_job_heals_in_one_retry_at_the_computed_utilization(project_target, holder, docker_client):
+    target = project_target()
+    other = holder(target, 30)
+    state = deploy_qwen(target=target.name, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    free = TOTAL - BASELINE - 30
+    util = fit_utilization(free, TOTAL, RecoveryLimits().margin_gib)  # floor((86.7 - 1) / 119.7, 0.01) = 0.71
+    assert result.attempts == 2 and util == 0.71
+    assert f"gpu_memory_utilization 0.9, running gpu_memory_utilization {util}" in result.degraded
+    assert result.spec_hash != result.requested_spec_hash
+    # the KV cache is as large as that memory allows (the planner's KV model, within 1 %)
+    expected = RecoveryLimits().kv_gib(util, TOTAL, 16384, 64) * GIB / RecoveryLimits().kv_bytes_per_token
+    assert result.kv_cache_tokens == pytest.approx(expected, rel=0.01)
+    other.reload()
+    assert other.status == "running"  # not ours: never stopped, never pruned
+
+
+def test_a_stale_server_of_ours_holding_memory_is_removed(project_target, holder, docker_client):
+    target = project_target()
+    stale = holder(target, 60, ours=True)
+    state = deploy_qwen(target=target.name, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result.degraded is None and result.attempts == 1  # the full runbook spec, first time
+    assert stale.name not in [c.name for c in target_containers(docker_client, target.name)]
+
+
+def test_kv_cache_too_small_heals_at_vllms_estimate(project_target, holder, docker_client):
+    target = project_target()
+    holder(target, 70.5)  # 46.2 GiB free: 0.38 starts, and there is no room to raise it for 32000 tokens
+    state = deploy_qwen(target=target.name, overrides={"gpu_memory_utilization": 0.38}, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result.attempts == 2 and "max_model_len" in result.degraded
+    length = served_max_model_len(result.endpoint)
+    assert length % 256 == 0 and 8192 <= length < 32000
+    assert result.kv_cache_tokens >= length  # one request of the new max-model-len fits
+
+
+def test_a_shortage_no_utilization_above_the_floor_fixes_fails_cleanly(project_target, holder, docker_client):
+    target = project_target()
+    holder(target, 80)  # 36.7 GiB free: floor((36.7 - 1) / 119.7) = 0.29 < the 0.50 floor
+    state = deploy_qwen(target=target.name, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(StartFailed) as failed:
+        state.result()
+    assert failed.value.cause.kind is FailureKind.FREE_MEMORY
+    assert len(failed.value.attempts) == 1 and failed.value.steps[-1].give_up
+    assert "36.7" in failed.value.next_step or "36.70" in str(failed.value)
+    assert target_containers(docker_client, target.name) == []
+
+
+def test_the_guard_stops_a_start_whose_profiling_overshoots(project_target, docker_client):
+    target = project_target(extra_env={"VLLM_SIM_FAULT_PROFILE_OVERSHOOT_GIB": "20"})
+    state = deploy_qwen(target=target.name, recover=False, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ReadinessFailed) as failed:
+        state.result()
+    assert failed.value.cause.kind is FailureKind.HOST_MEMORY_GUARD
+    assert failed.value.cause.numbers["available_gib"] < failed.value.cause.numbers["floor_gib"] == 4.0
+    assert target_containers(docker_client, target.name) == []
+
+
+def test_a_spec_that_cannot_start_rolls_back_to_the_last_healthy_one(project_target, docker_client):
+    target = project_target()
+    first = deploy_qwen(target=target.name)
+    assert last_healthy(target.name).spec_hash(target) == first.spec_hash
+    state = deploy_qwen(target=target.name, overrides={"extra_args": ["--no-such-flag"]}, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(DeployFailed) as failed:
+        state.result()
+    assert str(failed.value).startswith(f"rolled back: {target.name} serves its last healthy spec {first.spec_hash}")
+    [container] = target_containers(docker_client, target.name)
+    assert container.labels["org.spark-vllm.spec-hash"] == first.spec_hash
+    assert httpx.get(f"{first.endpoint}/health").status_code == 200
+
+
+def test_when_the_rollback_fails_too_the_report_says_the_target_is_down(project_target, holder, docker_client):
+    target = project_target()
+    deploy_qwen(target=target.name)
+    holder(target, 100)  # once the old server is gone, nothing fits
+    state = deploy_qwen(target=target.name, overrides={"max_num_seqs": 32}, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(DeployFailed) as failed:
+        state.result()
+    assert str(failed.value).startswith(f"TARGET {target.name} IS DOWN")
+    assert target_containers(docker_client, target.name) == []
+
+
+def test_recover_vllm_brings_back_a_removed_server(project_target, docker_client):
+    target = project_target()
+    deploy_qwen(target=target.name)
+    [container] = target_containers(docker_client, target.name)
+    container.remove(force=True)
+    result = recover_vllm(target=target.name, reason="test: server removed")
+    assert result.status == "recovered" and result.degraded is None
+    assert httpx.get(f"{target.endpoint}/health").status_code == 200
+    again = recover_vllm(target=target.name, reason="test: a second event for the same outage")
+    assert again.status == "serving"  # nothing to do: it serves
+
+
+def test_recover_vllm_through_a_worker(project_target, prefect_server, docker_client, tmp_path):
+    target = project_target()
+    deploy_qwen(target=target.name)
+    for container in target_containers(docker_client, target.name):
+        container.kill()  # docker's SIGKILL: exit 137, the engine never said anything
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    ensure_work_pool()
+    subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=180)
+    worker = start_worker("spark-vllm", f"test-{uuid.uuid4().hex[:6]}", tmp_path / "worker.log", env=env)
+    try:
+        run = subprocess.run(
+            [PREFECT, "deployment", "run", "recover-vllm/sim", "--param", f"target={target.name}",
+             "--param", "reason=test: killed", "--watch", "--watch-timeout", "300"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=360,
+        )
+    finally:
+        stop_worker(worker)
+    assert run.returncode == 0, run.stdout + run.stderr + (tmp_path / "worker.log").read_text()[-3000:]
+    assert "Completed" in run.stdout
+    assert httpx.get(f"{target.endpoint}/health").status_code == 200
