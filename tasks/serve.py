@@ -41,7 +41,7 @@ from tasks.container import (
 from tasks.events import ServiceEvent, emit_service_event
 from tasks.failures import FailureCause, classify_failure, free_memory_error
 from tasks.health import MemoryGuard, Readiness, ReadinessFailed, ReadinessTimeouts, wait_until_ready
-from tasks.memory import NotEnoughMemory, drop_caches, make_room_for_start, read_meminfo
+from tasks.memory import NotEnoughMemory, drop_caches, make_room_for_start, read_meminfo, read_memory
 from tasks.prune import prune_docker
 from tasks.recovery import Action, MachineMemory, RecoveryLimits, RecoveryStep, plan_recovery, retry_spec
 from tasks.report import artifact_key
@@ -192,8 +192,12 @@ def act(docker_host: DockerHost, machine: TargetMachine, image: str, step: Recov
             for container_id in stale:
                 remove_container(docker_host, container_id, stop_timeout=30)
         elif action is Action.PRUNE:
+            before = read_memory(machine, image, unreadable_ok=True)
             report = prune_docker(docker_host, machine.prune_scope, machine.name if machine.prune_scope == "project" else None)
-            logger.info("prune (%s): %s; a prune frees disk, not memory", machine.prune_scope, report.summary)
+            after = read_memory(machine, image, unreadable_ok=True)
+            freed = f"{after.free_gib - before.free_gib:+.1f} GiB free memory" if before and after else "memory unknown"
+            logger.info("prune (%s): %s; %s (stopped containers hold no memory: a prune frees disk)",
+                        machine.prune_scope, report.summary, freed)
 
 
 def serve(
