@@ -7,7 +7,7 @@
         os.environ["HF_ENDPOINT"] = hub.url   # before huggingface_hub is imported
         ...
 
-See docs/imitations-hub.md for what it serves, its knobs, its faults and how it differs from
+See docs/imitations.md ("The Hub imitation (`sim.hub`)") for what it serves, its knobs, its faults and how it differs from
 the real Hub.
 """
 

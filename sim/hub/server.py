@@ -4,7 +4,7 @@ Standard library only (``http.server``), one thread per connection, HTTP/1.1 kee
 bodies go out with ``socket.sendfile`` unless a fault shapes them (then ``pread`` + ``sendall``
 with pacing), so an unthrottled loopback transfer runs at several hundred MB/s or more.
 
-Behaviour follows what huggingface_hub 2.4 reads (see docs/imitations-hub.md):
+Behaviour follows what huggingface_hub 2.4 reads (see docs/imitations.md, "The Hub imitation (`sim.hub`)"):
 
 * ``GET /api/models/{repo}[/revision/{rev}]`` model info (``blobs=true`` adds sizes, blob ids, LFS).
 * ``GET /api/models/{repo}/tree/{rev}[/{path}]`` listing, paginated with ``Link: <...>; rel="next"``.

@@ -200,3 +200,15 @@ def test_recover_vllm_through_a_worker(project_target, prefect_server, docker_cl
     assert run.returncode == 0, run.stdout + run.stderr + (tmp_path / "worker.log").read_text()[-3000:]
     assert "Completed" in run.stdout
     assert httpx.get(f"{target.endpoint}/health").status_code == 200
+
+
+def test_memory_is_read_as_it_is_now_after_the_other_job_left(project_target, holder, docker_client):
+    """The imitation's memory view is computed when read: once the other job stopped, the next deploy
+    sees its memory back and starts the runbook's spec, with no stale numbers and no recovery."""
+    target = project_target()
+    other = holder(target, 40)
+    other.stop(timeout=10)  # SIGTERM: the job releases its memory
+    state = deploy_qwen(target=target.name, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result.attempts == 1 and result.degraded is None
