@@ -32,7 +32,8 @@ from tasks.preflight import preflight
 from tasks.recovery import RecoveryLimits
 from tasks.report import artifact_key, fenced, publish_report
 from tasks.secrets import scrub
-from tasks.serve import ServerSecrets, Served, StartFailed, last_healthy, record_healthy, serve
+from tasks.serve import ServerSecrets, Served, StartFailed, serve
+from tasks.state import last_healthy, record_healthy
 from tasks.staging.stage import stage_steps
 
 

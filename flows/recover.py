@@ -31,14 +31,15 @@ from tasks.locks import gpu_lock
 from tasks.memory import wait_for_release
 from tasks.recovery import RecoveryLimits, plan_recovery, retry_spec
 from tasks.report import artifact_key, publish_report
-from tasks.serve import ServerSecrets, StartFailed, act, observe_memory, recent_recoveries, record_healthy, serve
+from tasks.serve import ServerSecrets, StartFailed, act, observe_memory, serve
+from tasks.state import desired_state, recent_recoveries, record_healthy
 
 
 class RecoverResult(BaseModel):
     """What a recovery did."""
 
     target: str
-    status: str  # "serving" (nothing to do) | "recovered"
+    status: str  # "serving" (nothing to do) | "stopped" (stopped on purpose: nothing to do) | "recovered"
     reason: str
     failure: str | None = None  # the classified kind of what stopped the server
     classes: list[str] = []
@@ -84,6 +85,9 @@ def recover_vllm(
     limits = RecoveryLimits(max_attempts=max_attempts)
     logger.info("recovering %s: %s", machine.name, reason or "(no reason given)")
     with gpu_lock(machine.name):
+        if desired_state(machine.name) == "stopped":
+            logger.info("%s was stopped on purpose (stop-qwen): nothing to recover; deploy-qwen starts it again", machine.name)
+            return RecoverResult(target=machine.name, status="stopped", reason=reason, duration_s=_since(started))
         if endpoint_ready(machine.endpoint, spec.served_name, secrets.api_key):
             logger.info("%s serves %s again: nothing to recover", machine.endpoint, spec.served_name)
             return RecoverResult(target=machine.name, status="serving", reason=reason, duration_s=_since(started))

@@ -18,6 +18,7 @@ from tasks.events import ServiceEvent, emit_service_event
 from tasks.locks import gpu_lock
 from tasks.memory import read_memory, wait_for_release
 from tasks.report import artifact_key, publish_report
+from tasks.state import set_desired
 
 
 class StopResult(BaseModel):
@@ -41,6 +42,7 @@ def stop_qwen(target: str = "spark", engine: str | None = None, stop_timeout_s: 
     spec = machine.apply_to(load_engine_spec(engine, None, None))
     util = spec.gpu_memory_utilization
     with gpu_lock(machine.name):
+        set_desired(machine.name, "stopped")  # on purpose: health checks report it stopped, never recover it
         before = read_memory(machine, spec.image, unreadable_ok=True)
         removed = remove_managed_containers(machine.docker_host(), machine.name, stop_timeout_s)
         released, after = (None, None) if before is None else wait_for_release(machine, spec.image, util, timeout_s=memory_timeout_s)

@@ -9,8 +9,8 @@ policy. `serve` wraps it in the recovery loop: a failed start is classified (tas
 machine's memory is read (tasks/memory.py), the pure planner (tasks/recovery.py) names the class,
 the actions and the next spec, the actions run as tasks, and the next spec starts, until it serves
 or the planner gives up. Every attempt is a row of a table artifact; the outcome is an event.
-The last spec that served on a target is recorded in a Prefect Variable (`last_healthy`), so a
-deploy that cannot start a new spec can roll back to it.
+What is kept per target between runs (the last healthy spec, the recent recoveries) lives in
+tasks/state.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.variables import Variable
 from prefect_docker.host import DockerHost
 from pydantic import BaseModel
 
@@ -46,14 +45,8 @@ from tasks.prune import prune_docker
 from tasks.recovery import Action, MachineMemory, RecoveryLimits, RecoveryStep, plan_recovery, retry_spec
 from tasks.report import artifact_key
 from tasks.secrets import DOTENV, HF_TOKEN_ENV_VARS, load_secret
+from tasks.state import remember_recoveries
 
-#: Prefix of the Prefect Variable that holds a target's last healthy spec (runtime state, shown in
-#: the UI's Variables page, kept apart from the blocks an operator edits).
-LAST_HEALTHY_PREFIX = "vllm-last-healthy-"
-#: Prefix of the Prefect Variable that keeps a target's recent recovery steps (the planner's history
-#: across runs: "a second engine death within the hour is a failure for a person").
-RECOVERIES_PREFIX = "vllm-recoveries-"
-KEEP_RECOVERIES = 20
 
 
 @dataclass(frozen=True)
@@ -237,7 +230,7 @@ def serve(
             logger.warning("recovery (%s): %s", step.klass.value, step.reason)
             if step.give_up:
                 _publish_attempts(machine, attempts)
-                _remember(machine.name, steps)
+                remember_recoveries(machine.name, steps)
                 emit_service_event(machine.name, ServiceEvent.RECOVERY_FAILED, {
                     "kind": cause.kind.value, "class": step.klass.value, "next_step": step.next_step or "", "attempts": len(attempts)})
                 raise StartFailed(machine.name, cause, steps, attempts) from None
@@ -248,7 +241,7 @@ def serve(
         served = Served(container_id, readiness, spec, spec_hash, steps, attempts)
         if steps:
             _publish_attempts(machine, attempts)
-            _remember(machine.name, steps)
+            remember_recoveries(machine.name, steps)
             emit_service_event(machine.name, ServiceEvent.RECOVERED, {
                 "classes": [s.klass.value for s in steps], "attempts": len(attempts), "spec_hash": spec_hash,
                 "degraded": served.degraded(requested) or ""})
@@ -270,41 +263,3 @@ def _describe(step: RecoveryStep) -> str:
 def _publish_attempts(machine: TargetMachine, attempts: list[Attempt]) -> None:
     create_table_artifact(table=[a.row() for a in attempts], key=artifact_key("recovery", machine.name),
                           description=f"Starts on {machine.name}: each attempt, the recovery that followed, the outcome")
-
-
-# ---------------------------------------------------------------------------- state kept per target
-
-
-def last_healthy(target_name: str) -> EngineSpec | None:
-    """The last spec that served on the target (None: none recorded, or it no longer validates)."""
-    value = Variable.get(LAST_HEALTHY_PREFIX + target_name, default=None)
-    if not isinstance(value, dict) or not isinstance(value.get("spec"), dict):
-        return None
-    try:
-        return EngineSpec(**value["spec"])
-    except ValueError:
-        return None
-
-
-def record_healthy(target_name: str, spec: EngineSpec, spec_hash: str) -> None:
-    """Record the spec that serves now, for a later rollback."""
-    Variable.set(LAST_HEALTHY_PREFIX + target_name, {
-        "spec": spec.model_dump(mode="json", include=set(EngineSpec.model_fields)), "spec_hash": spec_hash,
-        "at": datetime.now(timezone.utc).isoformat()}, overwrite=True)
-
-
-def recent_recoveries(target_name: str) -> list[RecoveryStep]:
-    """The target's recent recovery steps, oldest first (the planner's history across runs)."""
-    value = Variable.get(RECOVERIES_PREFIX + target_name, default=None)
-    steps = []
-    for item in value if isinstance(value, list) else []:
-        try:
-            steps.append(RecoveryStep.model_validate(item))
-        except ValueError:
-            continue
-    return steps
-
-
-def _remember(target_name: str, steps: list[RecoveryStep]) -> None:
-    kept = [*recent_recoveries(target_name), *steps][-KEEP_RECOVERIES:]
-    Variable.set(RECOVERIES_PREFIX + target_name, [s.model_dump(mode="json") for s in kept], overwrite=True)

@@ -25,10 +25,12 @@ from deployments.targets import SIM_LEDGER_MOUNT
 from deployments.worker import start_worker, stop_worker
 from flows.deploy import DeployFailed, deploy_qwen
 from flows.recover import recover_vllm
+from flows.teardown import stop_qwen
 from tasks.failures import FailureKind
 from tasks.health import ReadinessFailed
 from tasks.recovery import GIB, RecoveryLimits, fit_utilization
-from tasks.serve import StartFailed, last_healthy
+from tasks.serve import StartFailed
+from tasks.state import last_healthy
 from tests.integration.conftest import TEST_LABELS, target_containers
 
 pytestmark = pytest.mark.integration
@@ -212,3 +214,12 @@ def test_memory_is_read_as_it_is_now_after_the_other_job_left(project_target, ho
     assert state.is_completed(), state.message
     result = state.result()
     assert result.attempts == 1 and result.degraded is None
+
+
+def test_a_target_stopped_on_purpose_is_never_recovered(project_target, docker_client):
+    target = project_target()
+    deploy_qwen(target=target.name)
+    stop_qwen(target=target.name, memory_timeout_s=10)
+    result = recover_vllm(target=target.name, reason="test: an unhealthy event after a stop")
+    assert result.status == "stopped"
+    assert target_containers(docker_client, target.name) == []
