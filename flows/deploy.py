@@ -33,7 +33,7 @@ from tasks.recovery import RecoveryLimits
 from tasks.report import artifact_key, fenced, publish_report
 from tasks.secrets import scrub
 from tasks.serve import ServerSecrets, Served, StartFailed, serve
-from tasks.state import last_healthy, record_healthy
+from tasks.state import clear_recover_runs, last_healthy, last_healthy_record, record_healthy
 from tasks.staging.stage import stage_steps
 
 
@@ -129,7 +129,9 @@ def deploy_qwen(
                     remove_container(docker_host, served.container_id, stop_timeout=10)
                 raise
             running = served.spec if served else spec
-            record_healthy(machine.name, running, served.spec_hash if served else spec_hash)
+            record_healthy(machine.name, running, served.spec_hash if served else spec_hash,
+                           degraded=served.degraded(spec) if served else last_healthy_record(machine.name).get("degraded"))
+            clear_recover_runs(machine.name)  # a person deployed: the cap on failing recoveries starts again
     except Exception as exc:
         _report_failure(machine, spec, spec_hash, exc, secrets)
         raise

@@ -32,14 +32,15 @@ from tasks.memory import wait_for_release
 from tasks.recovery import RecoveryLimits, plan_recovery, retry_spec
 from tasks.report import artifact_key, publish_report
 from tasks.serve import ServerSecrets, StartFailed, act, observe_memory, serve
-from tasks.state import desired_state, recent_recoveries, record_healthy
+from tasks.probes import needs_operator
+from tasks.state import desired_state, recent_recoveries, record_healthy, record_recover_run, recover_runs
 
 
 class RecoverResult(BaseModel):
     """What a recovery did."""
 
     target: str
-    status: str  # "serving" (nothing to do) | "stopped" (stopped on purpose: nothing to do) | "recovered"
+    status: str  # "serving" | "stopped" (on purpose) | "needs-operator" (nothing done) | "recovered"
     reason: str
     failure: str | None = None  # the classified kind of what stopped the server
     classes: list[str] = []
@@ -47,6 +48,10 @@ class RecoverResult(BaseModel):
     degraded: str | None = None
     attempts: int = 0
     duration_s: float
+
+
+#: Recoveries within an hour that did not end healthy, after which recover-vllm stops and asks for a person.
+NEEDS_OPERATOR_AFTER = 3
 
 
 class RecoveryGaveUp(RuntimeError):
@@ -91,41 +96,59 @@ def recover_vllm(
         if endpoint_ready(machine.endpoint, spec.served_name, secrets.api_key):
             logger.info("%s serves %s again: nothing to recover", machine.endpoint, spec.served_name)
             return RecoverResult(target=machine.name, status="serving", reason=reason, duration_s=_since(started))
-        history = recent_recoveries(machine.name)
-        state = inspect_server(docker_host, machine.name, secrets.values)
-        start_spec, steps, failure = spec, [], None
-        if state is not None:
-            cause = classify_failure(state.log_tail, exit_code=state.exit_code, oom_killed=state.oom_killed,
-                                     secrets=secrets.values)
-            failure = cause.kind.value
-            logger.info("%s is %s: [%s] %s", state.name, state.status, cause.kind.value, cause.summary)
-            remove_managed_containers(docker_host, machine.name, 10)
-        # a killed server's memory can come back seconds after its container is gone (vllm 34643):
-        # plan and start from the memory once it settled, not from what a dying process still held
-        wait_for_release(machine, spec.image, spec.gpu_memory_utilization, timeout_s=release_timeout_s)
-        if state is not None:
-            memory = observe_memory(machine, spec.image)
-            step = plan_recovery(cause, memory, spec, 0, limits.calibrated(state.log_tail), history,
-                                 now=datetime.now(timezone.utc))
-            step = step.model_copy(update={"at": datetime.now(timezone.utc)})
-            steps.append(step)
-            logger.warning("recovery (%s): %s", step.klass.value, step.reason)
-            if step.give_up:
-                emit_service_event(machine.name, ServiceEvent.RECOVERY_FAILED, {
-                    "kind": failure, "class": step.klass.value, "next_step": step.next_step or ""})
-                _report(machine.name, f"recover-vllm on {machine.name}: GAVE UP", reason, failure, steps, None)
-                raise RecoveryGaveUp(f"recover-vllm on {machine.name} gave up: [{failure}] {cause.summary}\n"
-                                     f"Next step: {step.next_step or cause.fix}")
-            act(docker_host, machine, spec.image, step)
-            start_spec = machine.apply_to(retry_spec(spec, step))
+        if needs_operator(recover_runs(machine.name), time.time(), limit=NEEDS_OPERATOR_AFTER):
+            message = (f"{NEEDS_OPERATOR_AFTER} recoveries of {machine.name} within the hour did not end healthy:"
+                       " recovery stops here until a person deploys again (deploy-qwen)")
+            logger.warning("%s", message)
+            emit_service_event(machine.name, ServiceEvent.NEEDS_OPERATOR, {"reason": message, "trigger": reason})
+            return RecoverResult(target=machine.name, status="needs-operator", reason=reason, duration_s=_since(started))
         try:
-            served = serve(docker_host, machine, start_spec, secrets, timeouts, recover=True, limits=limits,
-                           history=[*history, *steps])
-        except StartFailed as exc:
-            _report(machine.name, f"recover-vllm on {machine.name}: FAILED", reason, failure, [*steps, *exc.steps], None)
+            return _recover(machine, spec, secrets, docker_host, limits, reason, timeouts, release_timeout_s, started)
+        except BaseException:
+            record_recover_run(machine.name, time.time(), ended_healthy=False)
             raise
-        smoke_inference(machine.endpoint, spec.served_name, secrets.api_key)
-        record_healthy(machine.name, served.spec, served.spec_hash)
+
+
+def _recover(machine: TargetMachine, spec, secrets: ServerSecrets, docker_host, limits: RecoveryLimits, reason: str,
+             timeouts: ReadinessTimeouts, release_timeout_s: float, started: float) -> RecoverResult:
+    """The recovery itself, inside the target's GPU lock (see the module docstring)."""
+    logger = get_run_logger()
+    history = recent_recoveries(machine.name)
+    state = inspect_server(docker_host, machine.name, secrets.values)
+    start_spec, steps, failure = spec, [], None
+    if state is not None:
+        cause = classify_failure(state.log_tail, exit_code=state.exit_code, oom_killed=state.oom_killed,
+                                 secrets=secrets.values)
+        failure = cause.kind.value
+        logger.info("%s is %s: [%s] %s", state.name, state.status, cause.kind.value, cause.summary)
+        remove_managed_containers(docker_host, machine.name, 10)
+    # a killed server's memory can come back seconds after its container is gone (vllm 34643):
+    # plan and start from the memory once it settled, not from what a dying process still held
+    wait_for_release(machine, spec.image, spec.gpu_memory_utilization, timeout_s=release_timeout_s)
+    if state is not None:
+        memory = observe_memory(machine, spec.image)
+        step = plan_recovery(cause, memory, spec, 0, limits.calibrated(state.log_tail), history,
+                             now=datetime.now(timezone.utc))
+        step = step.model_copy(update={"at": datetime.now(timezone.utc)})
+        steps.append(step)
+        logger.warning("recovery (%s): %s", step.klass.value, step.reason)
+        if step.give_up:
+            emit_service_event(machine.name, ServiceEvent.RECOVERY_FAILED, {
+                "kind": failure, "class": step.klass.value, "next_step": step.next_step or ""})
+            _report(machine.name, f"recover-vllm on {machine.name}: GAVE UP", reason, failure, steps, None)
+            raise RecoveryGaveUp(f"recover-vllm on {machine.name} gave up: [{failure}] {cause.summary}\n"
+                                 f"Next step: {step.next_step or cause.fix}")
+        act(docker_host, machine, spec.image, step)
+        start_spec = machine.apply_to(retry_spec(spec, step))
+    try:
+        served = serve(docker_host, machine, start_spec, secrets, timeouts, recover=True, limits=limits,
+                       history=[*history, *steps])
+    except StartFailed as exc:
+        _report(machine.name, f"recover-vllm on {machine.name}: FAILED", reason, failure, [*steps, *exc.steps], None)
+        raise
+    smoke_inference(machine.endpoint, spec.served_name, secrets.api_key)
+    record_healthy(machine.name, served.spec, served.spec_hash, degraded=served.degraded(spec))
+    record_recover_run(machine.name, time.time(), ended_healthy=True)
     all_steps = [*steps, *served.steps]
     result = RecoverResult(
         target=machine.name, status="recovered", reason=reason, failure=failure,

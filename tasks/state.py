@@ -8,13 +8,18 @@ Every name is defined here, once:
 - `vllm-last-healthy-<target>`: the last spec that served (what a rollback returns to);
 - `vllm-recoveries-<target>`: the recent recovery steps (the planner's history across runs);
 - `vllm-desired-<target>`: "running" (deploy-qwen, recover-vllm) or "stopped" (stop-qwen): a
-  stopped target is never recovered.
+  stopped target is never recovered;
+- `vllm-health-<target>`: the health check's memory: the verdict and since when, the last
+  /metrics snapshot and restart count (progress and crash loops are judged between two checks), and
+  the last HEALTH_HISTORY rows;
+- `vllm-recover-runs-<target>`: when recover-vllm ran and whether it ended healthy (the cap on
+  recoveries that keep failing).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Any, Literal
 
 from prefect.variables import Variable
 
@@ -24,7 +29,10 @@ from tasks.recovery import RecoveryStep
 LAST_HEALTHY_PREFIX = "vllm-last-healthy-"
 RECOVERIES_PREFIX = "vllm-recoveries-"
 DESIRED_PREFIX = "vllm-desired-"
+HEALTH_PREFIX = "vllm-health-"
+RECOVER_RUNS_PREFIX = "vllm-recover-runs-"
 KEEP_RECOVERIES = 20
+HEALTH_HISTORY = 48
 
 DesiredState = Literal["running", "stopped"]
 
@@ -40,12 +48,19 @@ def last_healthy(target_name: str) -> EngineSpec | None:
         return None
 
 
-def record_healthy(target_name: str, spec: EngineSpec, spec_hash: str) -> None:
-    """Record the spec that serves now (for a rollback), and that the target should be running."""
+def record_healthy(target_name: str, spec: EngineSpec, spec_hash: str, degraded: str | None = None) -> None:
+    """Record the spec that serves now (for a rollback; ``degraded``: "requested X, running Y,
+    because Z" when recovery changed it), and that the target should be running."""
     Variable.set(LAST_HEALTHY_PREFIX + target_name, {
         "spec": spec.model_dump(mode="json", include=set(EngineSpec.model_fields)), "spec_hash": spec_hash,
-        "at": datetime.now(timezone.utc).isoformat()}, overwrite=True)
+        "degraded": degraded, "at": datetime.now(timezone.utc).isoformat()}, overwrite=True)
     set_desired(target_name, "running")
+
+
+def last_healthy_record(target_name: str) -> dict[str, Any]:
+    """The raw record of the last healthy spec ({} when none): spec_hash, degraded, at."""
+    value = Variable.get(LAST_HEALTHY_PREFIX + target_name, default=None)
+    return value if isinstance(value, dict) else {}
 
 
 def recent_recoveries(target_name: str) -> list[RecoveryStep]:
@@ -74,3 +89,30 @@ def desired_state(target_name: str) -> DesiredState | None:
 
 def set_desired(target_name: str, state: DesiredState) -> None:
     Variable.set(DESIRED_PREFIX + target_name, state, overwrite=True)
+
+
+def health_state(target_name: str) -> dict[str, Any]:
+    """The health check's memory of the target ({} before the first check)."""
+    value = Variable.get(HEALTH_PREFIX + target_name, default=None)
+    return value if isinstance(value, dict) else {}
+
+
+def save_health_state(target_name: str, state: dict[str, Any]) -> None:
+    state = {**state, "history": list(state.get("history", []))[-HEALTH_HISTORY:]}
+    Variable.set(HEALTH_PREFIX + target_name, state, overwrite=True)
+
+
+def recover_runs(target_name: str) -> list[tuple[float, bool]]:
+    """(epoch seconds, ended healthy) of the target's recent recover-vllm runs, oldest first."""
+    value = Variable.get(RECOVER_RUNS_PREFIX + target_name, default=None)
+    return [(float(at), bool(ok)) for at, ok in value] if isinstance(value, list) else []
+
+
+def record_recover_run(target_name: str, at: float, ended_healthy: bool) -> None:
+    kept = [*recover_runs(target_name), (at, ended_healthy)][-KEEP_RECOVERIES:]
+    Variable.set(RECOVER_RUNS_PREFIX + target_name, [list(item) for item in kept], overwrite=True)
+
+
+def clear_recover_runs(target_name: str) -> None:
+    """A person deployed: the cap on failing recoveries starts again."""
+    Variable.set(RECOVER_RUNS_PREFIX + target_name, [], overwrite=True)

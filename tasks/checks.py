@@ -1,0 +1,134 @@
+"""The health check's read-only probes of one target: what docker says, what the server answers,
+what the host has left. Each is a task that takes values and changes nothing; the verdict is the
+pure `tasks.probes.evaluate`.
+
+A check is cheap by design: one docker inspect, four small HTTP requests (/health, /v1/models, one
+16-token completion, /metrics) and one `docker exec` of the meminfo command in the running server.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from docker.errors import NotFound
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect_docker.host import DockerHost
+from pydantic import BaseModel
+
+from tasks.container import docker_client, managed_containers
+from tasks.inference import EXPECTED, contains_expected, visible_answer
+from tasks.memory import MemInfo, MemoryReadError, exec_meminfo
+
+#: The function layer's request: deterministic, the smoke test's question and token budget (the
+#: answer "12 * 17 = 204" needs about 10 tokens; about 2 s of decode on a Spark).
+PROMPT = "12*17="
+MAX_TOKENS = 16
+
+
+class ContainerFacts(BaseModel):
+    """Our server container of a target, as docker reports it (exists=False: there is none)."""
+
+    exists: bool
+    container_id: str | None = None
+    name: str | None = None
+    status: str | None = None
+    restart_count: int = 0
+    exit_code: int | None = None
+    oom_killed: bool = False
+    started_at: float | None = None  # when docker last started it (epoch seconds)
+
+
+class EndpointFacts(BaseModel):
+    """What the server answered, layer by layer (None: no HTTP answer at all)."""
+
+    health_status: int | None = None
+    health_latency_s: float | None = None
+    models_listed: bool | None = None
+    answer_ok: bool | None = None
+    answer: str | None = None
+    answer_latency_s: float | None = None
+    metrics_text: str | None = None
+
+
+@task(name="inspect-container", cache_policy=NO_CACHE, task_run_name="inspect-container {target_name}")
+def inspect_container(docker_host: DockerHost, target_name: str) -> ContainerFacts:
+    """The newest of our containers for the target, with docker's state."""
+    with docker_client(docker_host) as client:
+        containers = managed_containers(client, target_name)
+        if not containers:
+            return ContainerFacts(exists=False)
+        container = max(containers, key=lambda c: c.attrs.get("Created", ""))
+    state = container.attrs.get("State", {})
+    return ContainerFacts(
+        exists=True, container_id=container.id, name=container.name, status=container.status,
+        restart_count=container.attrs.get("RestartCount", 0),
+        exit_code=None if state.get("Running") else state.get("ExitCode"), oom_killed=bool(state.get("OOMKilled")),
+        started_at=_epoch(state.get("StartedAt")),
+    )
+
+
+@task(name="probe-endpoints", cache_policy=NO_CACHE, task_run_name="probe-endpoints {base_url}")
+def probe_endpoints(base_url: str, served_name: str, api_key: str | None, timeout_s: float = 10.0) -> EndpointFacts:
+    """/health, then (only when it answers 200) /v1/models, one tiny completion and /metrics.
+
+    vLLM accepts no connection while it loads: no answer is a fact ("starting" or dead, the verdict
+    decides from the container's age), not an error.
+    """
+    facts = EndpointFacts()
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s) as http:
+        try:
+            started = time.perf_counter()
+            facts.health_status = http.get("/health").status_code
+            facts.health_latency_s = round(time.perf_counter() - started, 4)
+        except httpx.HTTPError:
+            return facts
+        if facts.health_status != 200:
+            return facts
+        try:
+            models = http.get("/v1/models")
+            facts.models_listed = models.status_code == 200 and any(
+                m.get("id") == served_name for m in models.json().get("data", []))
+        except (httpx.HTTPError, ValueError):
+            facts.models_listed = False
+        try:
+            started = time.perf_counter()
+            response = http.post("/v1/completions", json={"model": served_name, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0})
+            facts.answer_latency_s = round(time.perf_counter() - started, 4)
+            text = visible_answer(response.json()["choices"][0].get("text")) if response.status_code == 200 else ""
+            facts.answer = text[:80]
+            facts.answer_ok = contains_expected(text, EXPECTED)
+        except (httpx.HTTPError, ValueError, KeyError, IndexError):
+            facts.answer_ok = False
+        try:
+            metrics = http.get("/metrics")
+            facts.metrics_text = metrics.text if metrics.status_code == 200 else None
+        except httpx.HTTPError:
+            facts.metrics_text = None
+    return facts
+
+
+@task(name="read-host-memory", cache_policy=NO_CACHE)
+def read_host_memory(docker_host: DockerHost, container_id: str, meminfo_command: list[str]) -> MemInfo | None:
+    """The docker host's memory, read in the running server (`docker exec`); None when it cannot be."""
+    with docker_client(docker_host) as client:
+        try:
+            return exec_meminfo(client, container_id, meminfo_command)
+        except (MemoryReadError, NotFound):
+            return None
+
+
+def _epoch(stamp: str | None) -> float | None:
+    """docker's RFC 3339 time with nanoseconds (2026-12-01T22:17:13.123456789Z) as epoch seconds."""
+    if not stamp or stamp.startswith("0001-"):
+        return None
+    from datetime import datetime
+
+    main, _, frac = stamp.rstrip("Z").partition(".")
+    try:
+        base = datetime.fromisoformat(main + "+00:00").timestamp()
+    except ValueError:
+        return None
+    return base + (float("0." + frac[:6]) if frac else 0.0)

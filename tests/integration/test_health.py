@@ -1,0 +1,80 @@
+"""health-check end to end: real docker, the imitations, a real Prefect server. Each test builds one
+state of a target and checks the verdict, the deciding layer, and what was published."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+from prefect.blocks.system import Secret
+
+from flows.deploy import deploy_qwen
+from flows.health import health_check
+from flows.teardown import stop_qwen
+from tasks.probes import Thresholds, Verdict
+from tasks.state import health_state
+from tests.integration.conftest import TEST_API_KEY, target_containers
+from tests.integration.prefect_reads import flow_run_artifacts
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_deployed_server_is_healthy_and_the_check_is_published(make_sim_target):
+    target = make_sim_target()
+    deploy_qwen(target=target.name)
+    state = health_check(target=target.name, return_state=True)
+    report = state.result()
+    assert report.verdict is Verdict.HEALTHY, report.reason
+    assert {layer.name.value for layer in report.layers} >= {"container", "liveness", "readiness", "function", "progress", "host"}
+    artifacts = " ".join(flow_run_artifacts(state.state_details.flow_run_id))
+    assert f"{target.name}: healthy" in artifacts and "deciding layer" in artifacts
+    again = health_check(target=target.name)
+    assert again.verdict is Verdict.HEALTHY
+    kept = health_state(target.name)
+    assert kept["verdict"] == "healthy" and len(kept["history"]) == 2 and kept["metrics"]
+
+
+def test_a_model_still_loading_is_starting_never_unhealthy(make_sim_target, docker_client):
+    target = make_sim_target(time_scale=0.05)  # a start of about 12 s: long enough to look at it loading
+    deploying = threading.Thread(target=lambda: deploy_qwen(target=target.name, return_state=True))
+    deploying.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not [c for c in target_containers(docker_client, target.name) if c.status == "running"]:
+            assert time.monotonic() < deadline, "the container never started"
+            time.sleep(0.2)
+        report = health_check(target=target.name)
+        assert report.verdict is Verdict.STARTING, report.reason
+    finally:
+        deploying.join(timeout=240)
+
+
+def test_a_target_stopped_on_purpose_is_stopped(make_sim_target):
+    target = make_sim_target()
+    deploy_qwen(target=target.name)
+    stop_qwen(target=target.name, memory_timeout_s=10)
+    report = health_check(target=target.name)
+    assert report.verdict is Verdict.STOPPED and report.layer.value == "desired"
+
+
+def test_a_wedged_engine_is_caught_by_the_progress_layer_while_health_says_200(make_sim_target):
+    # the imitation's engine deadlocks 1 s after ready; /health and /v1/models keep answering 200
+    target = make_sim_target(extra_env={"VLLM_SIM_FAULT_HANG_AFTER_S": "1", "VLLM_SIM_FAULT_HANG_SCOPE": "engine"})
+    deploy_qwen(target=target.name)
+    time.sleep(1.5)
+    assert httpx.get(f"{target.endpoint}/health").status_code == 200
+    thresholds = Thresholds(wedge_window_s=2, answer_slow_s=1, answer_budget_s=3)  # its answer never comes
+    health_check(target=target.name, thresholds=thresholds)  # its own tiny request stays queued: in flight
+    report = health_check(target=target.name, thresholds=thresholds)
+    assert report.verdict is Verdict.UNHEALTHY
+    assert report.layer.value == "progress" and "wedged" in report.reason, report.reason
+
+
+def test_a_server_with_an_api_key_is_checked_with_it(make_sim_target):
+    Secret(value=TEST_API_KEY).save("vllm-api-key-health", overwrite=True)
+    target = make_sim_target(api_key_secret="vllm-api-key-health")
+    deploy_qwen(target=target.name)
+    report = health_check(target=target.name)
+    assert report.verdict is Verdict.HEALTHY, report.reason

@@ -1,0 +1,687 @@
+"""tasks/probes.py: /metrics parsing (the imitation's renderer and vLLM 0.10.1.1's format), the health
+rules one by one, their priority, the layers, the history helpers and the recovery cap."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+import tasks.probes
+from sim.vllm.vllm_sim.metrics import VllmMetrics
+from tasks.memory import MemInfo
+from tasks.probes import (
+    LAYERS,
+    RULES,
+    Condition,
+    HealthReport,
+    HealthRule,
+    Layer,
+    LayerVerdict,
+    MetricsSnapshot,
+    Observation,
+    Thresholds,
+    Verdict,
+    counter_delta,
+    evaluate,
+    history_row,
+    needs_operator,
+    parse_metrics,
+    rule_for,
+    summarise_history,
+)
+
+MODEL = "Qwen/Qwen3-32B-FP8"
+NOW = 1_750_000_000.0
+
+# vLLM 0.10.1.1's exposition (prometheus_client 0.22 generate_latest), trimmed: counters as
+# `<name>_total` with a `<name>_created` gauge, histograms as buckets/count/sum, labels sorted.
+VLLM_0_10_SAMPLE = """\
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 3.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 5.0
+# HELP vllm:gpu_cache_usage_perc GPU KV-cache usage. 1 means 100 percent usage.(DEPRECATED: Use vllm:kv_cache_usage_perc instead.)
+# TYPE vllm:gpu_cache_usage_perc gauge
+vllm:gpu_cache_usage_perc{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 0.4217
+# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 0.4217
+# HELP vllm:num_preemptions_total Cumulative number of preemption from the engine.
+# TYPE vllm:num_preemptions_total counter
+vllm:num_preemptions_total{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 2.0
+# HELP vllm:num_preemptions_created Cumulative number of preemption from the engine.
+# TYPE vllm:num_preemptions_created gauge
+vllm:num_preemptions_created{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 1.7499e+09
+# HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.
+# TYPE vllm:prefix_cache_queries_total counter
+vllm:prefix_cache_queries_total{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 20480.0
+# HELP vllm:prefix_cache_hits_total Prefix cache hits, in terms of number of cached tokens.
+# TYPE vllm:prefix_cache_hits_total counter
+vllm:prefix_cache_hits_total{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 8192.0
+# HELP vllm:prompt_tokens_total Number of prefill tokens processed.
+# TYPE vllm:prompt_tokens_total counter
+vllm:prompt_tokens_total{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 45678.0
+# HELP vllm:prompt_tokens_created Number of prefill tokens processed.
+# TYPE vllm:prompt_tokens_created gauge
+vllm:prompt_tokens_created{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 1.7499e+09
+# HELP vllm:generation_tokens_total Number of generation tokens processed.
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 1234.0
+# HELP vllm:generation_tokens_created Number of generation tokens processed.
+# TYPE vllm:generation_tokens_created gauge
+vllm:generation_tokens_created{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 1.7499e+09
+# HELP vllm:request_success_total Count of successfully processed requests.
+# TYPE vllm:request_success_total counter
+vllm:request_success_total{engine="0",finished_reason="stop",model_name="Qwen/Qwen3-32B-FP8"} 40.0
+vllm:request_success_total{engine="0",finished_reason="length",model_name="Qwen/Qwen3-32B-FP8"} 2.0
+# HELP vllm:e2e_request_latency_seconds Histogram of e2e request latency in seconds.
+# TYPE vllm:e2e_request_latency_seconds histogram
+vllm:e2e_request_latency_seconds_bucket{engine="0",le="0.3",model_name="Qwen/Qwen3-32B-FP8"} 0.0
+vllm:e2e_request_latency_seconds_bucket{engine="0",le="+Inf",model_name="Qwen/Qwen3-32B-FP8"} 42.0
+vllm:e2e_request_latency_seconds_count{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 42.0
+vllm:e2e_request_latency_seconds_sum{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 210.5
+# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig
+# TYPE vllm:cache_config_info gauge
+vllm:cache_config_info{block_size="16",cache_dtype="auto",engine="0",gpu_memory_utilization="0.9"} 1.0
+"""
+
+
+# ------------------------------------------------------------------------------ builders
+
+
+def snap(taken_at: float = NOW, **fields) -> MetricsSnapshot:
+    base = dict(requests_running=0, requests_waiting=0, kv_cache_usage=0.10, generation_tokens_total=1_000,
+                prompt_tokens_total=5_000, preemptions_total=0)
+    base.update(fields)
+    return MetricsSnapshot(taken_at=taken_at, **base)
+
+
+def healthy(**changes) -> Observation:
+    """A server that is fine in every layer; tests change one thing (or a few)."""
+    obs = Observation(
+        desired="running",
+        now=NOW,
+        exists=True,
+        status="running",
+        restart_count_since_deploy=0,
+        exit_code=0,
+        started_at=NOW - 3600,
+        previous_restart_count=0,
+        health_status=200,
+        health_latency_s=0.004,
+        models_listed=True,
+        answer_ok=True,
+        answer_latency_s=1.4,
+        metrics=snap(NOW, requests_running=1, generation_tokens_total=2_000),
+        previous=snap(NOW - 300, requests_running=1, generation_tokens_total=1_000),
+        memory=MemInfo(total_gib=119.7, free_gib=8.0, available_gib=20.0, cached_gib=12.0),
+        degraded=None,
+    )
+    return dataclasses.replace(obs, **changes)
+
+
+def loading(age_s: float, **changes) -> Observation:
+    """A container that started `age_s` ago and does not accept connections yet (vLLM loading)."""
+    fields = dict(started_at=NOW - age_s, health_status=None, health_latency_s=None, models_listed=None,
+                  answer_ok=None, answer_latency_s=None, metrics=None)
+    return healthy(**{**fields, **changes})
+
+
+def wedged(**changes) -> Observation:
+    """Requests in flight at both checks 75 s apart, generation_tokens_total stuck at 1,234, /health 200."""
+    fields = dict(
+        metrics=snap(NOW, requests_running=3, requests_waiting=5, generation_tokens_total=1_234),
+        previous=snap(NOW - 75, requests_running=3, requests_waiting=4, generation_tokens_total=1_234),
+    )
+    return healthy(**{**fields, **changes})
+
+
+def layer(report: HealthReport, name: Layer):
+    return next(r for r in report.layers if r.name is name)
+
+
+# ------------------------------------------------------------------------------ /metrics: the imitation
+
+
+def test_parse_the_imitations_metrics():
+    m = VllmMetrics(MODEL, {"block_size": "16"})
+    m.running.set(3)
+    m.waiting.set(5)
+    m.kv_cache.set(0.42)
+    m.gpu_cache.set(0.99)  # the deprecated gauge must lose to vllm:kv_cache_usage_perc
+    m.generation_tokens.inc(1234)
+    m.prompt_tokens.inc(45678)
+    m.preemptions.inc(2)
+    m.prefix_queries.inc(100)
+    m.prefix_hits.inc(40)
+    m.success.inc(7, "stop")
+    m.e2e.observe(1.5)
+    s = parse_metrics(m.render(), taken_at=NOW)
+    assert s == MetricsSnapshot(
+        taken_at=NOW, requests_running=3, requests_waiting=5, kv_cache_usage=0.42, generation_tokens_total=1234,
+        prompt_tokens_total=45678, preemptions_total=2, prefix_cache_queries_total=100, prefix_cache_hits_total=40,
+    )
+    assert s.in_flight == 8
+
+
+def test_parse_the_imitation_at_rest():
+    s = parse_metrics(VllmMetrics(MODEL, {}).render(), taken_at=NOW)
+    assert (s.requests_running, s.requests_waiting, s.generation_tokens_total, s.kv_cache_usage) == (0, 0, 0, 0.0)
+    assert s.in_flight == 0
+
+
+# ------------------------------------------------------------------------------ /metrics: vLLM 0.10.1.1
+
+
+def test_parse_vllm_0_10_sample():
+    s = parse_metrics(VLLM_0_10_SAMPLE, taken_at=NOW)
+    assert s.taken_at == NOW
+    assert (s.requests_running, s.requests_waiting) == (3, 5)
+    assert s.kv_cache_usage == pytest.approx(0.4217)
+    assert s.generation_tokens_total == 1234
+    assert s.prompt_tokens_total == 45678
+    assert s.preemptions_total == 2
+    assert (s.prefix_cache_queries_total, s.prefix_cache_hits_total) == (20480, 8192)
+
+
+def test_kv_usage_falls_back_to_the_deprecated_gauge():
+    text = "\n".join(line for line in VLLM_0_10_SAMPLE.splitlines() if "vllm:kv_cache_usage_perc" not in line)
+    assert parse_metrics(text, NOW).kv_cache_usage == pytest.approx(0.4217)
+
+
+def test_counters_with_and_without_total():
+    # typed counter whose sample lacks _total (the parser adds it), untyped sample with _total,
+    # untyped sample without it: all three are read.
+    text = (
+        "# TYPE vllm:generation_tokens counter\n"
+        'vllm:generation_tokens{engine="0"} 11\n'
+        'vllm:prompt_tokens_total{engine="0"} 22\n'
+        'vllm:num_preemptions{engine="0"} 3\n'
+    )
+    s = parse_metrics(text, NOW)
+    assert (s.generation_tokens_total, s.prompt_tokens_total, s.preemptions_total) == (11, 22, 3)
+
+
+def test_sums_over_label_sets_and_takes_the_fullest_kv_cache():
+    text = (
+        "# TYPE vllm:num_requests_running gauge\n"
+        'vllm:num_requests_running{engine="0",model_name="a"} 2\n'
+        'vllm:num_requests_running{engine="1",model_name="a"} 3\n'
+        "# TYPE vllm:kv_cache_usage_perc gauge\n"
+        'vllm:kv_cache_usage_perc{engine="0",model_name="a"} 0.5\n'
+        'vllm:kv_cache_usage_perc{engine="1",model_name="a"} 0.97\n'
+        "# TYPE vllm:generation_tokens_total counter\n"
+        'vllm:generation_tokens_total{engine="0",model_name="a"} 100\n'
+        'vllm:generation_tokens_total{engine="1",model_name="a"} 23\n'
+    )
+    s = parse_metrics(text, NOW)
+    assert s.requests_running == 5
+    assert s.kv_cache_usage == 0.97  # a sum of fractions would be 1.47
+    assert s.generation_tokens_total == 123
+
+
+def test_missing_metrics_are_none():
+    s = parse_metrics('# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{engine="0"} 1\n', NOW)
+    assert s.requests_running == 1
+    assert s.requests_waiting is None and s.kv_cache_usage is None and s.generation_tokens_total is None
+    assert s.prefix_cache_hits_total is None and s.preemptions_total is None
+    assert s.in_flight == 1
+    empty = parse_metrics("", NOW)
+    assert empty == MetricsSnapshot(taken_at=NOW)
+    assert empty.in_flight is None
+
+
+def test_not_prometheus_text():
+    with pytest.raises(ValueError, match="not Prometheus text"):
+        parse_metrics("<html>502 Bad Gateway {</html>", NOW)
+
+
+def test_snapshot_round_trips_through_json():
+    s = parse_metrics(VLLM_0_10_SAMPLE, NOW)
+    assert MetricsSnapshot.model_validate_json(s.model_dump_json()) == s
+    with pytest.raises(ValidationError):
+        s.requests_running = 9  # frozen: stored between checks, never edited
+
+
+def test_counter_delta():
+    assert counter_delta(150, 100) == 50
+    assert counter_delta(30, 100) == 30  # went down: the server restarted, all of it is new
+    assert counter_delta(None, 100) is None and counter_delta(5, None) is None
+
+
+# ------------------------------------------------------------------------------ healthy
+
+
+def test_healthy_server():
+    report = evaluate(healthy())
+    assert (report.verdict, report.condition) == (Verdict.HEALTHY, Condition.HEALTHY)
+    assert [r.name for r in report.layers] == [spec.layer for spec in LAYERS]
+    assert {r.verdict for r in report.layers} == {LayerVerdict.OK}
+    assert "12*17 -> 204 in 1.4 s" in report.reason and "MemAvailable 20.0 GiB" in report.reason
+    assert report.also == []
+    assert layer(report, Layer.PROGRESS).numbers["generation_tokens_delta"] == 1000
+
+
+def test_healthy_with_only_liveness_observed():
+    report = evaluate(healthy(models_listed=None, answer_ok=None, answer_latency_s=None, metrics=None,
+                              previous=None, memory=None))
+    assert report.verdict is Verdict.HEALTHY
+    assert "not observed: readiness, function, progress, host" in report.reason
+    skipped = {r.name for r in report.layers if r.verdict is LayerVerdict.SKIPPED}
+    assert skipped == {Layer.READINESS, Layer.FUNCTION, Layer.PROGRESS, Layer.HOST}
+
+
+# ------------------------------------------------------------------------------ desired stopped
+
+
+@pytest.mark.parametrize(
+    "obs",
+    [
+        healthy(exists=False, status=None),
+        healthy(status="exited", exit_code=137, oom_killed=True, health_status=None),
+        healthy(status="restarting", restart_count_since_deploy=9),
+        healthy(health_status=500),
+        loading(age_s=5000),
+        wedged(),
+        healthy(answer_ok=False),
+        healthy(memory=MemInfo(119.7, 0.5, 1.0, 0.5), degraded="requested a, running b"),
+        healthy(),
+    ],
+    ids=["no-container", "oom-killed", "crash-loop", "health-500", "no-answer", "wedged", "wrong", "degraded", "fine"],
+)
+def test_stopped_wins_over_everything(obs):
+    report = evaluate(dataclasses.replace(obs, desired="stopped"))
+    assert (report.verdict, report.layer, report.condition) == (Verdict.STOPPED, Layer.DESIRED, Condition.DESIRED_STOPPED)
+    assert "never recovered" in report.reason
+    assert layer(report, Layer.DESIRED).verdict is LayerVerdict.OK
+    assert all(r.verdict is LayerVerdict.SKIPPED for r in report.layers if r.name is not Layer.DESIRED)
+
+
+def test_stopped_says_a_container_still_runs():
+    report = evaluate(healthy(desired="stopped"))
+    assert "a container of ours still runs" in report.reason
+    assert "running" in layer(report, Layer.CONTAINER).detail
+
+
+def test_desired_must_be_running_or_stopped():
+    with pytest.raises(ValueError, match="desired"):
+        healthy(desired="paused")
+
+
+# ------------------------------------------------------------------------------ container
+
+
+def test_no_container():
+    report = evaluate(healthy(exists=False, status=None, started_at=None, health_status=None))
+    assert (report.verdict, report.layer, report.condition) == (Verdict.UNHEALTHY, Layer.CONTAINER, Condition.NO_CONTAINER)
+    assert layer(report, Layer.CONTAINER).verdict is LayerVerdict.FAIL
+
+
+def test_exited_with_oom_killed():
+    report = evaluate(healthy(status="exited", exit_code=137, oom_killed=True, health_status=None))
+    assert (report.verdict, report.condition) == (Verdict.UNHEALTHY, Condition.NOT_RUNNING)
+    assert "exited" in report.reason and "exit code 137" in report.reason and "OOMKilled" in report.reason
+    assert layer(report, Layer.CONTAINER).numbers["exit_code"] == 137
+
+
+@pytest.mark.parametrize("status", ["dead", "paused", "created", "removing"])
+def test_not_running_states(status):
+    report = evaluate(healthy(status=status, health_status=None))
+    assert (report.verdict, report.layer, report.condition) == (Verdict.UNHEALTHY, Layer.CONTAINER, Condition.NOT_RUNNING)
+    assert status in report.reason
+
+
+def test_crash_loop_while_docker_restarts_it():
+    report = evaluate(healthy(status="restarting", restart_count_since_deploy=4, exit_code=1, health_status=None))
+    assert (report.verdict, report.layer, report.condition) == (Verdict.UNHEALTHY, Layer.CONTAINER, Condition.CRASH_LOOP)
+    assert "restarted 4 times since the deploy" in report.reason and "exit code 1" in report.reason
+
+
+def test_crash_loop_from_fast_growth_even_while_loading():
+    obs = loading(age_s=30, restart_count_since_deploy=2, previous_restart_count=0)
+    report = evaluate(obs)
+    assert (report.verdict, report.condition) == (Verdict.UNHEALTHY, Condition.CRASH_LOOP)
+    assert "restarted 2 times since the previous check (2 since the deploy)" in report.reason
+
+
+def test_crash_loop_from_restarts_since_deploy_when_not_serving():
+    report = evaluate(loading(age_s=30, restart_count_since_deploy=3, previous_restart_count=2))
+    assert (report.verdict, report.condition) == (Verdict.UNHEALTHY, Condition.CRASH_LOOP)
+    assert "restarted 3 times since the deploy (limit 3)" in report.reason
+
+
+def test_one_restart_then_loading_is_starting_not_a_loop():
+    report = evaluate(loading(age_s=30, restart_count_since_deploy=1, previous_restart_count=0))
+    assert report.verdict is Verdict.STARTING
+    assert layer(report, Layer.CONTAINER).verdict is LayerVerdict.WARN  # the restart still shows
+
+
+def test_many_restarts_but_serving_is_degraded_not_a_loop():
+    report = evaluate(healthy(restart_count_since_deploy=3, previous_restart_count=3))
+    assert (report.verdict, report.layer, report.condition) == (Verdict.DEGRADED, Layer.CONTAINER, Condition.RESTARTED)
+    assert "restarted 3 times since the deploy" in report.reason
+
+
+# ------------------------------------------------------------------------------ liveness
+
+
+@pytest.mark.parametrize("code", [500, 503])
+def test_engine_dead(code):
+    report = evaluate(healthy(health_status=code))
+    assert (report.verdict, report.layer, report.condition) == (Verdict.UNHEALTHY, Layer.LIVENESS, Condition.HEALTH_ERROR)
+    assert f"/health answered {code}" in report.reason and "engine core is dead" in report.reason
+    assert layer(report, Layer.LIVENESS).numbers["health_status"] == code
+
+
+def test_other_health_status():
+    report = evaluate(healthy(health_status=404))
+    assert report.condition is Condition.HEALTH_ERROR and "HTTP 404" in report.reason
+
+
+@pytest.mark.parametrize("age_s", [0, 5, 125, 599, 600])
+def test_loading_within_budget_is_starting_never_unhealthy(age_s):
+    report = evaluate(loading(age_s))
+    assert (report.verdict, report.layer, report.condition) == (Verdict.STARTING, Layer.LIVENESS, Condition.LOADING)
+    assert "within the startup budget of 600 s" in report.reason
+    assert not any(r.verdict is LayerVerdict.FAIL for r in report.layers)
+
+
+def test_loading_is_starting_even_if_the_flow_marked_later_layers_failed():
+    # a flow that tried /v1/models and the smoke question against a loading server anyway
+    report = evaluate(loading(125, models_listed=False, answer_ok=False))
+    assert report.verdict is Verdict.STARTING
+    assert "125 s after the container started" in report.reason
+
+
+def test_clock_skew_counts_as_just_started():
+    assert evaluate(loading(age_s=-20)).verdict is Verdict.STARTING
+
+
+@pytest.mark.parametrize("age_s", [601, 725, 86_400])
+def test_no_answer_past_the_budget_is_unhealthy(age_s):
+    report = evaluate(loading(age_s))
+    assert (report.verdict, report.layer, report.condition) == (Verdict.UNHEALTHY, Layer.LIVENESS, Condition.NO_ANSWER)
+    assert f"{age_s} s after the container started" in report.reason and "budget of 600 s" in report.reason
+
+
+def test_the_flow_can_pass_the_deploys_startup_budget():
+    limits = Thresholds(startup_budget_s=1200)
+    assert evaluate(loading(900), limits).verdict is Verdict.STARTING
+    assert evaluate(loading(1201), limits).verdict is Verdict.UNHEALTHY
+
+
+def test_no_answer_without_a_start_time_cannot_be_shown_loading():
+    report = evaluate(loading(10, started_at=None))
+    assert report.condition is Condition.NO_ANSWER and "start time is unknown" in report.reason
+
+
+def test_slow_health_is_degraded():
+    report = evaluate(healthy(health_latency_s=7.5))
+    assert (report.verdict, report.layer, report.condition) == (Verdict.DEGRADED, Layer.LIVENESS, Condition.SLOW_HEALTH)
+    assert "7.5 s" in report.reason and "5.0 s" in report.reason
+
+
+# ------------------------------------------------------------------------------ readiness, function
+
+
+def test_models_not_listed():
+    report = evaluate(healthy(models_listed=False))
+    assert (report.verdict, report.layer, report.condition) == (Verdict.UNHEALTHY, Layer.READINESS, Condition.MODELS_MISSING)
+    assert "/health answered 200" in report.reason
+
+
+def test_wrong_answer():
+    report = evaluate(healthy(answer_ok=False, answer_latency_s=2.1, answer_detail="answered '203'"))
+    assert (report.verdict, report.layer, report.condition) == (Verdict.UNHEALTHY, Layer.FUNCTION, Condition.WRONG_ANSWER)
+    assert "answered '203'" in report.reason and "2.1 s" in report.reason
+
+
+def test_answer_beyond_the_budget_is_unhealthy():
+    report = evaluate(healthy(answer_latency_s=75.0))
+    assert (report.verdict, report.layer, report.condition) == (Verdict.UNHEALTHY, Layer.FUNCTION, Condition.ANSWER_TOO_SLOW)
+    assert "75 s" in report.reason and "60 s" in report.reason
+
+
+def test_slow_answer_is_degraded():
+    report = evaluate(healthy(answer_latency_s=12.0))
+    assert (report.verdict, report.layer, report.condition) == (Verdict.DEGRADED, Layer.FUNCTION, Condition.SLOW_ANSWER)
+    assert "12 s" in report.reason and "10 s" in report.reason
+    assert layer(report, Layer.FUNCTION).verdict is LayerVerdict.WARN
+
+
+def test_thresholds_refuse_slow_above_budget():
+    with pytest.raises(ValidationError, match="answer_slow_s"):
+        Thresholds(answer_slow_s=90, answer_budget_s=60)
+
+
+# ------------------------------------------------------------------------------ progress
+
+
+def test_wedged_while_health_says_200():
+    report = evaluate(wedged())
+    assert (report.verdict, report.layer, report.condition) == (Verdict.UNHEALTHY, Layer.PROGRESS, Condition.WEDGED)
+    assert report.reason == (
+        "requests running 3, waiting 5, but generation_tokens_total stayed at 1,234 for 75 s: the engine is "
+        "wedged while /health says 200 (vllm issue 39863)"
+    )
+    assert layer(report, Layer.LIVENESS).verdict is LayerVerdict.OK  # the lie, shown as such
+    assert layer(report, Layer.PROGRESS).numbers["window_s"] == 75
+
+
+def test_wedged_outranks_the_failed_smoke_question_it_causes():
+    report = evaluate(wedged(answer_ok=False, answer_detail="timed out after 60 s"))
+    assert report.condition is Condition.WEDGED
+    assert any("timed out after 60 s" in reason for reason in report.also)
+    assert layer(report, Layer.FUNCTION).verdict is LayerVerdict.FAIL
+
+
+def test_not_wedged_when_idle():
+    idle = healthy(metrics=snap(NOW, generation_tokens_total=1_234), previous=snap(NOW - 300, generation_tokens_total=1_234))
+    assert evaluate(idle).verdict is Verdict.HEALTHY
+
+
+def test_not_wedged_when_tokens_moved():
+    moving = wedged(metrics=snap(NOW, requests_running=3, requests_waiting=5, generation_tokens_total=1_240))
+    assert evaluate(moving).verdict is Verdict.HEALTHY
+
+
+def test_not_wedged_when_the_snapshots_are_too_close():
+    close = wedged(previous=snap(NOW - 59, requests_running=3, generation_tokens_total=1_234))
+    assert evaluate(close).verdict is Verdict.HEALTHY
+    assert evaluate(close, Thresholds(wedge_window_s=30)).condition is Condition.WEDGED
+
+
+def test_not_wedged_when_the_work_just_arrived():
+    # idle at the previous check, requests arrived a moment ago and have no token yet
+    arrived = wedged(previous=snap(NOW - 300, generation_tokens_total=1_234))
+    assert evaluate(arrived).verdict is Verdict.HEALTHY
+
+
+def test_not_wedged_without_a_previous_snapshot_or_after_a_reset():
+    assert evaluate(wedged(previous=None)).verdict is Verdict.HEALTHY
+    reset = wedged(previous=snap(NOW - 300, requests_running=2, generation_tokens_total=99_999))
+    assert evaluate(reset).verdict is Verdict.HEALTHY
+
+
+def test_kv_cache_nearly_full_is_degraded():
+    report = evaluate(healthy(metrics=snap(NOW, requests_running=40, kv_cache_usage=0.97, generation_tokens_total=9_000)))
+    assert (report.verdict, report.layer, report.condition) == (Verdict.DEGRADED, Layer.PROGRESS, Condition.KV_CACHE_FULL)
+    assert "97.0%" in report.reason and "95.0%" in report.reason
+
+
+def test_preemptions_since_the_last_check_are_degraded():
+    report = evaluate(healthy(metrics=snap(NOW, requests_running=1, generation_tokens_total=2_000, preemptions_total=7),
+                              previous=snap(NOW - 300, requests_running=1, preemptions_total=3)))
+    assert (report.verdict, report.layer, report.condition) == (Verdict.DEGRADED, Layer.PROGRESS, Condition.PREEMPTIONS)
+    assert "preempted 4 request(s)" in report.reason and "300 s" in report.reason
+
+
+def test_old_preemptions_do_not_count():
+    assert evaluate(healthy(metrics=snap(NOW, preemptions_total=7), previous=None)).verdict is Verdict.HEALTHY
+    assert evaluate(healthy(metrics=snap(NOW, preemptions_total=7), previous=snap(NOW - 300, preemptions_total=7))).verdict is Verdict.HEALTHY
+
+
+# ------------------------------------------------------------------------------ host, desired
+
+
+def test_low_headroom_is_degraded():
+    report = evaluate(healthy(memory=MemInfo(total_gib=119.7, free_gib=1.0, available_gib=3.5, cached_gib=2.5)))
+    assert (report.verdict, report.layer, report.condition) == (Verdict.DEGRADED, Layer.HOST, Condition.LOW_HEADROOM)
+    assert "3.50 of 119.70 GiB" in report.reason and "4.00 GiB" in report.reason
+    assert layer(report, Layer.HOST).numbers["available_gib"] == 3.5
+
+
+def test_restarted_since_the_deploy_is_degraded():
+    report = evaluate(healthy(restart_count_since_deploy=1, previous_restart_count=1))
+    assert (report.verdict, report.layer, report.condition) == (Verdict.DEGRADED, Layer.CONTAINER, Condition.RESTARTED)
+    assert "restarted once since the deploy" in report.reason
+
+
+def test_running_a_recovered_spec_is_degraded():
+    why = "requested gpu_memory_utilization 0.90, running gpu_memory_utilization 0.69, because other processes hold 30 GiB"
+    report = evaluate(healthy(degraded=why))
+    assert (report.verdict, report.layer, report.condition) == (Verdict.DEGRADED, Layer.DESIRED, Condition.RECOVERED_SPEC)
+    assert why in report.reason
+    assert layer(report, Layer.DESIRED).verdict is LayerVerdict.WARN
+
+
+def test_every_degraded_condition_is_reported_the_first_decides():
+    obs = healthy(
+        answer_latency_s=12.0,
+        health_latency_s=6.0,
+        metrics=snap(NOW, requests_running=1, kv_cache_usage=0.99, generation_tokens_total=2_000, preemptions_total=1),
+        memory=MemInfo(119.7, 1.0, 2.0, 1.0),
+        restart_count_since_deploy=1,
+        degraded="requested a, running b",
+    )
+    report = evaluate(obs)
+    assert report.condition is Condition.SLOW_ANSWER
+    assert len(report.also) == 6
+    warned = {r.name for r in report.layers if r.verdict is LayerVerdict.WARN}
+    assert warned == {Layer.FUNCTION, Layer.LIVENESS, Layer.PROGRESS, Layer.HOST, Layer.CONTAINER, Layer.DESIRED}
+    assert layer(report, Layer.READINESS).verdict is LayerVerdict.OK
+
+
+# ------------------------------------------------------------------------------ the table
+
+
+def test_table_order():
+    assert [rule.condition for rule in RULES] == [
+        Condition.DESIRED_STOPPED,
+        Condition.NO_CONTAINER,
+        Condition.CRASH_LOOP,
+        Condition.NOT_RUNNING,
+        Condition.HEALTH_ERROR,
+        Condition.LOADING,
+        Condition.NO_ANSWER,
+        Condition.MODELS_MISSING,
+        Condition.WEDGED,
+        Condition.WRONG_ANSWER,
+        Condition.ANSWER_TOO_SLOW,
+        Condition.SLOW_ANSWER,
+        Condition.SLOW_HEALTH,
+        Condition.KV_CACHE_FULL,
+        Condition.PREEMPTIONS,
+        Condition.LOW_HEADROOM,
+        Condition.RESTARTED,
+        Condition.RECOVERED_SPEC,
+        Condition.HEALTHY,
+    ]
+
+
+def test_every_unhealthy_rule_comes_before_every_degraded_rule():
+    verdicts = [rule.verdict for rule in RULES[1:-1]]
+    last_bad = max(i for i, v in enumerate(verdicts) if v in (Verdict.UNHEALTHY, Verdict.STARTING))
+    first_degraded = min(i for i, v in enumerate(verdicts) if v is Verdict.DEGRADED)
+    assert last_bad < first_degraded
+
+
+def test_the_docstring_lists_the_table_in_order():
+    doc = tasks.probes.__doc__ or ""
+    for number, rule in enumerate(RULES, start=1):
+        assert f"{number}. `{rule.condition.value}`" in doc
+
+
+def test_rule_for():
+    assert rule_for("wedged").layer is Layer.PROGRESS
+    assert rule_for(Condition.LOADING).verdict is Verdict.STARTING
+
+
+def test_the_table_is_checked():
+    check = tasks.probes._check_rules
+    with pytest.raises(ValueError, match="exactly once"):
+        check(RULES[:-2] + RULES[-1:])
+    with pytest.raises(ValueError, match="first"):
+        check((RULES[1], RULES[0], *RULES[2:]))
+    with pytest.raises(ValueError, match="last"):
+        check((*RULES[:-2], RULES[-1], RULES[-2]))
+    bogus = HealthRule(Condition.HEALTHY, Verdict.DEGRADED, Layer.HOST, lambda c: True, lambda c: "")
+    with pytest.raises(ValueError, match="last"):
+        check((*RULES[:-1], bogus))
+
+
+# ------------------------------------------------------------------------------ JSON, history
+
+
+def test_report_and_observation_are_json_able():
+    report = evaluate(wedged())
+    again = HealthReport.model_validate_json(report.model_dump_json())
+    assert again == report
+    # Prefect validates task parameters with pydantic: an Observation must round-trip too.
+    adapter = TypeAdapter(Observation)
+    obs = wedged()
+    assert adapter.validate_json(adapter.dump_json(obs)) == obs
+    assert "| progress | fail |" in report.markdown()
+    assert report.layer_rows()[0] == {"layer": "desired", "verdict": "ok", "detail": "desired running"}
+
+
+def test_history_row():
+    row = history_row(evaluate(wedged()), checked_at=0.0)
+    assert row["checked at"] == "1970-01-01 00:00:00 UTC"
+    assert (row["verdict"], row["layer"], row["condition"]) == ("unhealthy", "progress", "wedged")
+    assert "1,234" in row["reason"]
+    assert row["layers"].startswith("desired ok, container ok, liveness ok")
+    assert all(isinstance(v, str) for v in row.values())
+    json.dumps(row)
+
+
+def test_summarise_history():
+    assert summarise_history([]) == "no checks yet"
+    rows = [
+        history_row(evaluate(loading(60)), 0.0),
+        history_row(evaluate(wedged()), 300.0),
+        history_row(evaluate(healthy()), 600.0),
+        history_row(evaluate(healthy()), 900.0),
+    ]
+    text = summarise_history(rows)
+    assert text.startswith("4 checks (1970-01-01 00:00:00 UTC to 1970-01-01 00:15:00 UTC): 2 healthy, 1 starting, 1 unhealthy")
+    assert "healthy for the last 2" in text
+    assert "last unhealthy at 1970-01-01 00:05:00 UTC: requests running 3" in text
+
+
+# ------------------------------------------------------------------------------ recovery cap
+
+
+def test_needs_operator_after_three_failed_recoveries_within_an_hour():
+    now = 10_000.0
+    assert needs_operator([(now - 3000, False), (now - 1200, False), (now - 60, False)], now)
+    assert not needs_operator([(now - 1200, False), (now - 60, False)], now)
+
+
+def test_needs_operator_ignores_healthy_and_old_recoveries():
+    now = 10_000.0
+    assert not needs_operator([(now - 3000, False), (now - 1200, True), (now - 60, False)], now)
+    assert not needs_operator([(now - 7200, False), (now - 1200, False), (now - 60, False)], now)
+    assert needs_operator([(now - 7200, False), (now - 60, False)], now, limit=2, window_s=7200)
+    assert not needs_operator([], now)
+
+
+def test_needs_operator_limit():
+    with pytest.raises(ValueError):
+        needs_operator([], 0.0, limit=0)
+    assert needs_operator([(0.0, False)], 10.0, limit=1)
