@@ -318,10 +318,12 @@ class Thresholds(BaseModel):
         description="KV cache usage above this fraction -> degraded: new requests wait and running ones get preempted",
     )
     crash_loop_restarts: int = Field(
-        3, ge=1,
+        1, ge=1,
         description=(
-            "this many restarts since the deploy and not serving now -> crash loop (unhealthy): a start that "
-            "failed fails the same way with the same arguments, so waiting out another load only hides it"
+            "this many restarts since the deploy and not serving now -> crash loop (unhealthy). One: deploy-qwen "
+            "arms the restart policy only once the server has served, so any docker restart means it died "
+            "after serving, and on GB10 that restart fails on the page cache the first load left (vllm issue "
+            "48140); a start that failed fails the same way, so waiting out another load only hides it"
         ),
     )
     crash_loop_growth: int = Field(

@@ -30,7 +30,7 @@ from tasks.failures import FailureKind
 from tasks.health import ReadinessFailed
 from tasks.recovery import GIB, RecoveryLimits, fit_utilization
 from tasks.serve import StartFailed
-from tasks.state import last_healthy
+from tasks.state import last_healthy, record_recover_run
 from tests.integration.conftest import TEST_LABELS, target_containers
 
 pytestmark = pytest.mark.integration
@@ -223,3 +223,17 @@ def test_a_target_stopped_on_purpose_is_never_recovered(project_target, docker_c
     result = recover_vllm(target=target.name, reason="test: an unhealthy event after a stop")
     assert result.status == "stopped"
     assert target_containers(docker_client, target.name) == []
+
+
+def test_after_three_failed_recoveries_within_the_hour_it_asks_for_a_person(project_target, docker_client):
+    target = project_target()
+    now = time.time()
+    for minutes_ago in (50, 30, 10):  # three recoveries this hour that did not end healthy
+        record_recover_run(target.name, now - 60 * minutes_ago, ended_healthy=False)
+    result = recover_vllm(target=target.name, reason="test: a fourth outage")
+    assert result.status == "needs-operator"
+    assert target_containers(docker_client, target.name) == []  # it did nothing else
+    deploy_qwen(target=target.name)  # a person deploys: the cap starts again
+    [container] = target_containers(docker_client, target.name)
+    container.remove(force=True)
+    assert recover_vllm(target=target.name, reason="test: an outage after the deploy").status == "recovered"

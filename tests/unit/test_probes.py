@@ -350,13 +350,21 @@ def test_crash_loop_from_fast_growth_even_while_loading():
 
 
 def test_crash_loop_from_restarts_since_deploy_when_not_serving():
-    report = evaluate(loading(age_s=30, restart_count_since_deploy=3, previous_restart_count=2))
+    report = evaluate(loading(age_s=30, restart_count_since_deploy=3, previous_restart_count=2), Thresholds(crash_loop_restarts=3))
     assert (report.verdict, report.condition) == (Verdict.UNHEALTHY, Condition.CRASH_LOOP)
     assert "restarted 3 times since the deploy (limit 3)" in report.reason
 
 
+def test_by_default_one_restart_without_serving_is_a_crash_loop():
+    """The restart policy is armed only once the server served: a docker restart means it died after
+    serving, and on GB10 its restart fails on the page cache; waiting out the load would hide that."""
+    report = evaluate(loading(age_s=1, restart_count_since_deploy=1, previous_restart_count=None))
+    assert (report.verdict, report.condition) == (Verdict.UNHEALTHY, Condition.CRASH_LOOP)
+    assert "(limit 1)" in report.reason
+
+
 def test_one_restart_then_loading_is_starting_not_a_loop():
-    report = evaluate(loading(age_s=30, restart_count_since_deploy=1, previous_restart_count=0))
+    report = evaluate(loading(age_s=30, restart_count_since_deploy=1, previous_restart_count=0), Thresholds(crash_loop_restarts=2))
     assert report.verdict is Verdict.STARTING
     assert layer(report, Layer.CONTAINER).verdict is LayerVerdict.WARN  # the restart still shows
 
