@@ -87,7 +87,7 @@ def recover_vllm(
     spec = machine.apply_to(load_engine_spec(engine, preset, overrides))
     secrets = ServerSecrets.for_target(machine)
     docker_host = machine.docker_host()
-    limits = RecoveryLimits(max_attempts=max_attempts)
+    limits = RecoveryLimits(max_attempts=max_attempts).guarded(machine.host_memory_floor_gib)
     logger.info("recovering %s: %s", machine.name, reason or "(no reason given)")
     with gpu_lock(machine.name):
         if desired_state(machine.name) == "stopped":

@@ -90,6 +90,9 @@ MODEL_LEN_STEP = 256
 UTIL_STEP = 0.01
 #: activation_peak lowers the utilization by this once the batch settings are at the latency preset.
 UTIL_PEAK_STEP = 0.05
+#: GiB kept above the host-memory floor by a computed retry: vLLM's CUDA-graph pool (~0.3 GiB at 64
+#: sequences) and what other processes may take between the reading and the start.
+GUARD_SLACK_GIB = 1.0
 _EPS = 1e-9
 _HOLDERS = "(`docker ps`, `ps aux --sort=-rss`)"
 
@@ -200,6 +203,19 @@ class RecoveryLimits(BaseModel):
     kv_bytes_per_token: int = Field(
         262_144, gt=0, description="Qwen3-32B: 64 layers x 8 KV heads x 128 x 2 (K, V) x 2 bytes = 0.25 MiB",
     )
+
+    def guarded(self, host_floor_gib: float) -> RecoveryLimits:
+        """These limits with a margin above the readiness gate's host-memory floor.
+
+        A retry's utilization leaves ``margin_gib`` free; the gate stops a start whose host falls
+        below ``host_floor_gib`` of MemAvailable. A margin under the floor makes every computed retry
+        a start the guard kills as soon as the server holds its memory (measured: 0.71 of 119.7 GiB
+        with 86.7 free left 1.7 GiB). So the margin is at least the floor plus the CUDA-graph pool
+        and slack (``GUARD_SLACK_GIB``).
+        """
+        if host_floor_gib <= 0:
+            return self
+        return self.model_copy(update={"margin_gib": max(self.margin_gib, host_floor_gib + GUARD_SLACK_GIB)})
 
     def calibrated(self, lines: Iterable[str]) -> RecoveryLimits:
         """These limits with ``weights_gib`` from a startup log's ``Model loading took X GiB``.

@@ -40,13 +40,18 @@ from tasks.container import (
 from tasks.events import ServiceEvent, emit_service_event
 from tasks.failures import FailureCause, classify_failure, free_memory_error
 from tasks.health import MemoryGuard, Readiness, ReadinessFailed, ReadinessTimeouts, wait_until_ready
-from tasks.memory import NotEnoughMemory, drop_caches, make_room_for_start, read_meminfo, read_memory
+from tasks.memory import NotEnoughMemory, drop_caches, make_room_for_start, read_meminfo, read_memory, wait_for_release
 from tasks.prune import prune_docker
 from tasks.recovery import Action, MachineMemory, RecoveryLimits, RecoveryStep, plan_recovery, retry_spec
 from tasks.report import artifact_key
 from tasks.secrets import DOTENV, HF_TOKEN_ENV_VARS, load_secret
 from tasks.state import remember_recoveries
 
+
+
+#: How long a failed start's memory may take to come back before recovery plans (a killed process's
+#: memory is released when the kernel reaps it; the imitation's, when its heartbeat goes stale: 5 s).
+RELEASE_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -206,7 +211,7 @@ def serve(
     """Start ``requested``; on a failure, classify, plan, act and retry until it serves or the planner
     gives up (then StartFailed, nothing left running). ``recover=False``: one start, its failure raised."""
     logger = get_run_logger()
-    limits = limits or RecoveryLimits()
+    limits = (limits or RecoveryLimits()).guarded(machine.host_memory_floor_gib)
     spec, steps, attempts = requested, [], []
     past = list(history or [])
     while True:
@@ -221,6 +226,10 @@ def serve(
             if not recover:
                 _publish_attempts(machine, attempts)
                 raise
+            if isinstance(exc, ReadinessFailed):
+                # a start that got a container: its memory may come back seconds after the kill (vllm
+                # 34643); plan from the memory once it settled, not from what the dying start held
+                wait_for_release(machine, spec.image, spec.gpu_memory_utilization, timeout_s=RELEASE_WAIT_S)
             memory = observe_memory(machine, spec.image)
             step = plan_recovery(cause, memory, spec, len(steps), limits.calibrated(lines), [*past, *steps],
                                  now=datetime.now(timezone.utc))

@@ -479,3 +479,16 @@ def test_runbook_ladder():
     for bad in (-1, 4):
         with pytest.raises(ValueError):
             runbook_ladder(bad)
+
+
+def test_a_computed_retry_keeps_more_free_than_the_host_memory_guard_needs():
+    """With the 1 GiB margin under the gate's 4 GiB floor, every computed retry was a start the guard
+    killed as soon as the server held its memory: the margin is raised above the floor."""
+    from tasks.recovery import GUARD_SLACK_GIB, RecoveryLimits, fit_utilization
+
+    limits = RecoveryLimits().guarded(4.0)
+    assert limits.margin_gib == 4.0 + GUARD_SLACK_GIB
+    util = fit_utilization(86.7, 119.7, limits.margin_gib)
+    assert 86.7 - util * 119.7 >= 4.0 + GUARD_SLACK_GIB - 0.01
+    assert RecoveryLimits().guarded(0).margin_gib == RecoveryLimits().margin_gib  # no guard, no change
+    assert RecoveryLimits(margin_gib=8).guarded(4.0).margin_gib == 8  # a larger margin stays
