@@ -772,14 +772,19 @@ def _no_kv_plan(case: Case) -> Plan:
 
 
 def _smaller_batch(spec: EngineSpec) -> dict[str, int]:
-    """One step toward the runbook's latency preset (8192 batched tokens, 16 sequences): each
-    setting halved, not below the preset's; {} when both are there already."""
+    """One step to the runbook's latency preset (8192 batched tokens, 16 sequences): each setting
+    above the preset's goes to the preset's at once; {} when both are there already.
+
+    One step, not halving: each retry costs a 3-4 minute start on a Spark, and the activation peak
+    the preset leaves is the runbook's own tested value; halving spent both retries of the attempt
+    cap on batch settings before utilization, the lever that returns memory, was tried
+    (bench/recovery.py, a profiling overshoot)."""
     latency = PRESETS["latency"]
     out: dict[str, int] = {}
     for name in ("max_num_batched_tokens", "max_num_seqs"):
         current, floor = getattr(spec, name), latency[name]
         if current > floor:
-            out[name] = max(floor, current // 2)
+            out[name] = floor
     if not spec.enable_chunked_prefill and "max_num_batched_tokens" in out:
         # without chunked prefill a step must hold a whole prompt (EngineSpec refuses less)
         out["max_num_batched_tokens"] = max(out["max_num_batched_tokens"], spec.max_model_len)
@@ -910,7 +915,7 @@ CLASSES: tuple[RecoveryRule, ...] = (
     RecoveryRule(
         RecoveryClass.ACTIVATION_PEAK, _peak_matches, _peak_plan,
         "cuda_oom, oom_killed, killed, or guard_tripped | -"
-        " | batch settings halved toward 8192/16, then utilization -0.05",
+        " | batch settings to the latency preset 8192/16 in one step, then utilization -0.05",
     ),
     RecoveryRule(
         RecoveryClass.ENGINE_DIED, _died_matches, _died_plan,
