@@ -20,7 +20,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
-from blocks.engine import EngineSpec, load_engine_spec
+from blocks.engine import EngineSpec
 from blocks.target import TargetMachine
 from tasks.container import remove_container, replace_or_keep
 from tasks.events import ServiceEvent, emit_service_event
@@ -32,7 +32,7 @@ from tasks.preflight import preflight
 from tasks.recovery import RecoveryLimits
 from tasks.report import artifact_key, fenced, publish_report
 from tasks.secrets import scrub
-from tasks.serve import ServerSecrets, Served, StartFailed, serve
+from tasks.serve import ServerSecrets, Served, StartFailed, load_target, serve
 from tasks.state import clear_recover_runs, last_healthy, last_healthy_record, record_healthy
 from tasks.staging.stage import stage_steps
 
@@ -90,11 +90,10 @@ def deploy_qwen(
         max_attempts: retries after the first start, at most.
     """
     started = time.monotonic()
-    machine = TargetMachine.load(target)
-    spec = machine.apply_to(load_engine_spec(engine, preset, overrides))
-    secrets = ServerSecrets.for_target(machine)
+    resolved = load_target(target, engine, preset, overrides)
+    machine, spec, secrets = resolved.machine, resolved.spec, resolved.secrets
     spec_hash = spec.spec_hash(machine)
-    docker_host = machine.docker_host()
+    docker_host = resolved.docker_host
     limits = RecoveryLimits(max_attempts=max_attempts)
     try:
         # Prerequisites: docker on this machine, GPU runtime, port, image. Changes nothing.

@@ -22,13 +22,12 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from blocks.engine import load_engine_spec
 from blocks.target import TargetMachine
 from tasks.checks import inspect_container, probe_endpoints, read_host_memory
 from tasks.events import ServiceEvent, emit_service_event
 from tasks.probes import HealthReport, MetricsSnapshot, Observation, Thresholds, evaluate, history_row, parse_metrics
 from tasks.report import artifact_key, publish_report
-from tasks.serve import ServerSecrets
+from tasks.serve import load_target
 from tasks.state import desired_state, health_state, last_healthy_record, save_health_state
 
 
@@ -51,10 +50,9 @@ def health_check(
     """
     started = time.monotonic()
     logger = get_run_logger()
-    machine = TargetMachine.load(target)
-    spec = machine.apply_to(load_engine_spec(engine, preset, overrides))
-    secrets = ServerSecrets.for_target(machine)
-    docker_host = machine.docker_host()
+    resolved = load_target(target, engine, preset, overrides)
+    machine, spec, secrets = resolved.machine, resolved.spec, resolved.secrets
+    docker_host = resolved.docker_host
     before = health_state(machine.name)
     desired = desired_state(machine.name) or "running"
     now = time.time()

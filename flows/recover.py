@@ -20,7 +20,6 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from blocks.engine import load_engine_spec
 from blocks.target import TargetMachine
 from tasks.container import inspect_server, remove_managed_containers
 from tasks.events import ServiceEvent, emit_service_event
@@ -31,7 +30,7 @@ from tasks.locks import gpu_lock
 from tasks.memory import wait_for_release
 from tasks.recovery import RecoveryLimits, plan_recovery, retry_spec
 from tasks.report import artifact_key, publish_report
-from tasks.serve import ServerSecrets, StartFailed, act, observe_memory, serve
+from tasks.serve import ServerSecrets, StartFailed, act, load_target, observe_memory, serve
 from tasks.probes import needs_operator
 from tasks.state import desired_state, recent_recoveries, record_healthy, record_recover_run, recover_runs
 
@@ -83,10 +82,9 @@ def recover_vllm(
     """
     started = time.monotonic()
     logger = get_run_logger()
-    machine = TargetMachine.load(target)
-    spec = machine.apply_to(load_engine_spec(engine, preset, overrides))
-    secrets = ServerSecrets.for_target(machine)
-    docker_host = machine.docker_host()
+    resolved = load_target(target, engine, preset, overrides)
+    machine, spec, secrets = resolved.machine, resolved.spec, resolved.secrets
+    docker_host = resolved.docker_host
     limits = RecoveryLimits(max_attempts=max_attempts).guarded(machine.host_memory_floor_gib)
     logger.info("recovering %s: %s", machine.name, reason or "(no reason given)")
     with gpu_lock(machine.name):

@@ -26,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect_docker.host import DockerHost
 from pydantic import BaseModel
 
-from blocks.engine import EngineSpec
+from blocks.engine import EngineSpec, load_engine_spec
 from blocks.render import container_kwargs, redacted, secret_environment
 from blocks.target import TargetMachine
 from tasks.container import (
@@ -70,6 +70,27 @@ class ServerSecrets:
     @property
     def values(self) -> list[str]:
         return [v for v in (self.hf_token, self.api_key) if v]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What every flow about a target starts from: its block, the spec it serves, its secrets."""
+
+    machine: TargetMachine
+    spec: EngineSpec
+    secrets: ServerSecrets
+
+    @property
+    def docker_host(self) -> DockerHost:
+        return self.machine.docker_host()
+
+
+def load_target(target: str, engine: str | None, preset: str | None, overrides: dict[str, Any] | None) -> Target:
+    """The TargetMachine block ``target``, the spec as it runs there (engine block or the runbook's,
+    then the preset, then the overrides, then the machine's own overrides) and its secrets."""
+    machine = TargetMachine.load(target)
+    spec = machine.apply_to(load_engine_spec(engine, preset, overrides))
+    return Target(machine, spec, ServerSecrets.for_target(machine))
 
 
 class Attempt(BaseModel):
