@@ -75,7 +75,9 @@ class MemoryGuard(BaseModel):
 
     On GB10 the utilization is not a hard cap while vLLM profiles (vllm issue 46307): a start that
     pushes memory can hang the whole machine, which then needs a power cycle. The gate reads the
-    target's meminfo command in the starting container once a second and kills it before that.
+    target's meminfo command in the starting container once a second and kills it before that,
+    and once more when the server is ready: a server holds its whole budget from then on, so a spec
+    that leaves the host below the floor is stopped rather than declared ready.
     """
 
     command: list[str] = Field(description="the target's meminfo_command, run in the starting container")
@@ -309,6 +311,18 @@ def _gate(logger, client: docker.DockerClient, container: Container, lines: queu
                     next_state_check = 0.0
                     continue
             if _healthy(http, served_name):
+                if guard is not None and not guard_tripped:
+                    # the server holds its whole budget once it serves, for as long as it serves: one
+                    # reading now, so a spec that leaves the host below the floor never counts as ready
+                    available = _available_gib(client, container, guard)
+                    if available is not None and available < guard.floor_gib:
+                        guard_tripped = True
+                        line = guard_line(available, guard.floor_gib)
+                        tracker.feed(line)
+                        logger.warning("%s", line)
+                        _kill(container)
+                        next_state_check = 0.0
+                        continue
                 readiness.ready_at, readiness.ready_wall = time.monotonic(), time.time()
                 readiness.phase_seconds[tracker.phase.value] = round(readiness.ready_at - phase_started, 3)
                 readiness.stats = tracker.stats

@@ -238,3 +238,17 @@ def test_after_three_failed_recoveries_within_the_hour_it_asks_for_a_person(proj
     [container] = target_containers(docker_client, target.name)
     container.remove(force=True)
     assert recover_vllm(target=target.name, reason="test: an outage after the deploy").status == "recovered"
+
+
+def test_a_spec_that_serves_but_leaves_the_host_below_the_floor_is_stopped(project_target, holder, docker_client):
+    """0.70 beside a 30 GiB job starts and becomes ready, but leaves 2.6 GiB MemAvailable: below the
+    guard's 4 GiB floor for as long as it serves. The gate stops it at ready instead of declaring it."""
+    target = project_target()
+    holder(target, 30)
+    state = deploy_qwen(target=target.name, overrides={"gpu_memory_utilization": 0.70}, recover=False, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ReadinessFailed) as failed:
+        state.result()
+    assert failed.value.cause.kind is FailureKind.HOST_MEMORY_GUARD
+    assert failed.value.cause.numbers["available_gib"] < 4.0
+    assert target_containers(docker_client, target.name) == []
