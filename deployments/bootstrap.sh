@@ -3,7 +3,9 @@
 #   1. the virtualenv with the project installed (re-installed only when pyproject.toml changes);
 #   2. docker.io when dockerd is missing, and a running daemon;
 #   3. the imitation images (base from mmdebstrap + `docker import`, vLLM imitation on top),
-#      skipped when images with the same content label exist (sim/image.py decides).
+#      skipped when images with the same content label exist (sim/image.py decides);
+#   4. a headless Chromium for the UI test and screenshots (Debian's chromium-headless-shell,
+#      or chromium where the archive has no such package), only when neither is installed.
 # Everything stays on loopback; nothing here is needed on a real DGX Spark except step 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,4 +53,13 @@ if ! "$VENV/bin/python" -m sim.image check >/dev/null 2>&1; then
     command -v mmdebstrap >/dev/null 2>&1 || { log "installing mmdebstrap"; apt_install mmdebstrap; }
 fi
 "$VENV/bin/python" -m sim.image ensure
+
+# 4. headless Chromium (tests/integration/test_ui.py, bench/ui_screenshots.py)
+if ! command -v chromium-headless-shell >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then
+    [ -n "${APT_UPDATED:-}" ] || { DEBIAN_FRONTEND=noninteractive apt-get update -qq; APT_UPDATED=1; }
+    chromium_pkg=chromium-headless-shell
+    apt-cache policy chromium-headless-shell 2>/dev/null | grep -q 'Candidate: [0-9]' || chromium_pkg=chromium
+    log "installing $chromium_pkg (the UI test and the screenshots render the Prefect UI with it)"
+    NEEDRESTART_SUSPEND=1 apt_install "$chromium_pkg"
+fi
 log "ready"

@@ -57,15 +57,56 @@ up() {
         exit "$status"
     fi
 
+    say "health-check/sim: one check now (then every 5 minutes on its schedule, run by the same worker)"
+    status=0
+    "$BIN/python" -m deployments.worker run health-check/sim --events-log "$DEMO/health-events.log" --report health-sim \
+        --timeout 300 || status=$?
+    # the verdict the check left, and the schedule the worker now runs (prefect.yaml: every 5 minutes)
+    verdict=$("$BIN/python" - <<'PY' 2>/dev/null || echo "unknown (see the report above)"
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from tasks.state import health_state
+
+state = health_state("sim")
+with get_client(sync_client=True) as client:
+    deployment = client.read_deployment_by_name("health-check/sim")
+    every = [f"every {s.schedule.interval.total_seconds():.0f} s" for s in deployment.schedules
+             if s.active and getattr(s.schedule, "interval", None)]
+    runs = client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1)
+following = f", next at {runs[0].expected_start_time.astimezone():%H:%M:%S}" if runs else ""
+print(f"{state.get('verdict', 'unknown')} since {state.get('since')}   "
+      f"(health-check/sim {', '.join(every) or 'with no active schedule'}{following}, worker demo-worker)")
+PY
+)
+    UI=http://127.0.0.1:${DEMO_PREFECT_PORT:-4200}
+
     cat <<MSG
 
 The imitation of vLLM serving Qwen/Qwen3-32B-FP8 is up:
   endpoint   http://127.0.0.1:18000/v1   (try: curl http://127.0.0.1:18000/v1/models)
-  Prefect UI http://127.0.0.1:${DEMO_PREFECT_PORT:-4200}   (flow runs, the deploy report and load progress artifacts)
+  verdict    ${verdict}
   again      make demo   (keeps the server, the Hub and the worker; "unchanged" if nothing changed)
-  event feed .demo/run-events.log, or: PREFECT_API_URL=$PREFECT_API_URL .venv/bin/prefect deployment run deploy-qwen/sim --watch
   stop all   make down
+
+Where to look in the Prefect UI ($UI; docs/ui.md shows each page):
+  verdict    $UI/artifacts/key/health-sim           (newest first; open one for its layers)
+  history    $UI/artifacts/key/health-history-sim   (the last checks, newest first)
+  deploy     $UI/artifacts/key/deploy-sim           (the last deploy's report: KV cache, timings, command)
+  recoveries $UI/artifacts/key/recover-sim          (recover-vllm's report, once a recovery ran)
+  events     $UI/events?resource=vllm.service.sim   (vllm.service.deployed, healthy, unhealthy, recovered, ...)
+  schedule   $UI/deployments                        (health-check/sim every 5 minutes; recover-vllm/sim on unhealthy)
+  memory     $UI/variables                          (vllm-health-sim, vllm-last-healthy-sim, vllm-desired-sim, ...)
+  terminal   .demo/run-events.log, .demo/health-events.log, .demo/worker.log
 MSG
+    if [ "$status" -ne 0 ]; then
+        printf '\nhealth-check/sim did not complete: its report above says why (worker log: .demo/worker.log).\n' >&2
+        exit "$status"
+    fi
 }
 
 down() {
