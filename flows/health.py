@@ -28,7 +28,7 @@ from tasks.events import ServiceEvent, emit_service_event
 from tasks.probes import HealthReport, MetricsSnapshot, Observation, Thresholds, evaluate, history_row, parse_metrics
 from tasks.report import artifact_key, publish_report
 from tasks.serve import load_target
-from tasks.state import desired_state, health_state, last_healthy_record, save_health_state
+from tasks.state import HEALTH_HISTORY, desired_state, health_history, health_state, last_healthy_record, save_health_state
 
 
 @flow(name="health-check", flow_run_name="health-{target}")
@@ -77,11 +77,11 @@ def health_check(
     report = evaluate(observation, thresholds)
     since = before.get("since") if before.get("verdict") == report.verdict.value else datetime.now(timezone.utc).isoformat()
     row = history_row(report, now)
-    history = [*before.get("history", []), row]
+    history = [*health_history(machine.name, artifact_key("health-history", machine.name)), row][-HEALTH_HISTORY:]
     save_health_state(machine.name, {
         "verdict": report.verdict.value, "since": since, "checked_at": now,
         "metrics": metrics.model_dump(mode="json") if metrics else before.get("metrics"),
-        "restart_count": container.restart_count, "history": history,
+        "restart_count": container.restart_count,
     })
     emit_service_event(machine.name, ServiceEvent(report.verdict.value), {
         "layer": report.layer.value, "condition": report.condition.value, "reason": report.reason, "since": since})

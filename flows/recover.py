@@ -23,8 +23,9 @@ from pydantic import BaseModel
 from blocks.target import TargetMachine
 from tasks.container import inspect_server, remove_managed_containers
 from tasks.events import ServiceEvent, emit_service_event
-from tasks.failures import classify_failure
-from tasks.health import ReadinessTimeouts, endpoint_ready
+from tasks.checks import probe_endpoints
+from tasks.failures import FailureKind, classify_failure, wedged_engine_cause
+from tasks.health import ReadinessTimeouts
 from tasks.inference import smoke_inference
 from tasks.locks import gpu_lock
 from tasks.memory import wait_for_release
@@ -67,6 +68,7 @@ def recover_vllm(
     timeouts: ReadinessTimeouts = ReadinessTimeouts(),
     max_attempts: int = 2,
     release_timeout_s: float = 30.0,
+    answer_timeout_s: float = 60.0,
 ) -> RecoverResult:
     """Recover the target's server; the engine/preset/overrides are the spec to serve, as in deploy-qwen.
 
@@ -79,6 +81,8 @@ def recover_vllm(
         timeouts: per-phase readiness limits.
         max_attempts: retries after the first start, at most.
         release_timeout_s: how long to wait for the dead server's memory to come back before planning.
+        answer_timeout_s: how long the server may take to answer the one tiny question that tells
+            "serving" from "wedged while /health says 200".
     """
     started = time.monotonic()
     logger = get_run_logger()
@@ -91,9 +95,12 @@ def recover_vllm(
         if desired_state(machine.name) == "stopped":
             logger.info("%s was stopped on purpose (stop-qwen): nothing to recover; deploy-qwen starts it again", machine.name)
             return RecoverResult(target=machine.name, status="stopped", reason=reason, duration_s=_since(started))
-        if endpoint_ready(machine.endpoint, spec.served_name, secrets.api_key):
+        facts = probe_endpoints(machine.endpoint, spec.served_name, secrets.api_key, timeout_s=answer_timeout_s)
+        if facts.health_status == 200 and facts.models_listed and facts.answer_ok:
             logger.info("%s serves %s again: nothing to recover", machine.endpoint, spec.served_name)
             return RecoverResult(target=machine.name, status="serving", reason=reason, duration_s=_since(started))
+        # /health 200 without an answer: the engine is wedged while the API server lies (vllm issue 39863)
+        wedged = facts.health_status == 200
         if needs_operator(recover_runs(machine.name), time.time(), limit=NEEDS_OPERATOR_AFTER):
             message = (f"{NEEDS_OPERATOR_AFTER} recoveries of {machine.name} within the hour did not end healthy:"
                        " recovery stops here until a person deploys again (deploy-qwen)")
@@ -101,14 +108,14 @@ def recover_vllm(
             emit_service_event(machine.name, ServiceEvent.NEEDS_OPERATOR, {"reason": message, "trigger": reason})
             return RecoverResult(target=machine.name, status="needs-operator", reason=reason, duration_s=_since(started))
         try:
-            return _recover(machine, spec, secrets, docker_host, limits, reason, timeouts, release_timeout_s, started)
+            return _recover(machine, spec, secrets, docker_host, limits, reason, timeouts, release_timeout_s, started, wedged)
         except BaseException:
             record_recover_run(machine.name, time.time(), ended_healthy=False)
             raise
 
 
 def _recover(machine: TargetMachine, spec, secrets: ServerSecrets, docker_host, limits: RecoveryLimits, reason: str,
-             timeouts: ReadinessTimeouts, release_timeout_s: float, started: float) -> RecoverResult:
+             timeouts: ReadinessTimeouts, release_timeout_s: float, started: float, wedged: bool) -> RecoverResult:
     """The recovery itself, inside the target's GPU lock (see the module docstring)."""
     logger = get_run_logger()
     history = recent_recoveries(machine.name)
@@ -117,6 +124,8 @@ def _recover(machine: TargetMachine, spec, secrets: ServerSecrets, docker_host, 
     if state is not None:
         cause = classify_failure(state.log_tail, exit_code=state.exit_code, oom_killed=state.oom_killed,
                                  secrets=secrets.values)
+        if wedged and cause.kind is FailureKind.UNKNOWN:  # a hang prints nothing: the engine is as good as dead
+            cause = wedged_engine_cause(cause.evidence)
         failure = cause.kind.value
         logger.info("%s is %s: [%s] %s", state.name, state.status, cause.kind.value, cause.summary)
         remove_managed_containers(docker_host, machine.name, 10)

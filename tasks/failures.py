@@ -380,6 +380,18 @@ def free_memory_error(free_gib: float, total_gib: float, utilization: float) -> 
     )
 
 
+def wedged_engine_cause(evidence: Sequence[str] = ()) -> FailureCause:
+    """A server whose /health says 200 but which answers nothing: a hang prints no log line, so no
+    rule of the table can see it; what the probes saw makes it an engine death after ready
+    (vllm issue 39863), which recovery restarts with the same spec."""
+    return FailureCause(
+        kind=FailureKind.ENGINE_DEAD,
+        summary="the engine stopped answering while /health and /v1/models still said 200: wedged (vllm issue 39863)",
+        fix="Restart the server with the same spec (recover-vllm does, once an hour); if it repeats, lower max_num_seqs.",
+        evidence=list(evidence)[-MAX_EVIDENCE:], numbers={"after_ready": 1.0},
+    )
+
+
 def _host_memory_guard(hit: Hit) -> Diagnosis:
     m = _GUARD.search(hit.line)
     assert m is not None

@@ -10,17 +10,20 @@ Every name is defined here, once:
 - `vllm-desired-<target>`: "running" (deploy-qwen, recover-vllm) or "stopped" (stop-qwen): a
   stopped target is never recovered;
 - `vllm-health-<target>`: the health check's memory: the verdict and since when, the last
-  /metrics snapshot and restart count (progress and crash loops are judged between two checks), and
-  the last HEALTH_HISTORY rows;
+  /metrics snapshot and restart count (progress and crash loops are judged between two checks); the
+  history itself is the `health-history-<target>` table artifact, read back with `health_history`
+  (Prefect refuses a Variable of more than 5,000 characters: every value here stays small);
 - `vllm-recover-runs-<target>`: when recover-vllm ran and whether it ended healthy (the cap on
   recoveries that keep failing).
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from prefect.artifacts import Artifact
 from prefect.variables import Variable
 
 from blocks.engine import EngineSpec
@@ -31,7 +34,7 @@ RECOVERIES_PREFIX = "vllm-recoveries-"
 DESIRED_PREFIX = "vllm-desired-"
 HEALTH_PREFIX = "vllm-health-"
 RECOVER_RUNS_PREFIX = "vllm-recover-runs-"
-KEEP_RECOVERIES = 20
+KEEP_RECOVERIES = 10
 HEALTH_HISTORY = 48
 
 DesiredState = Literal["running", "stopped"]
@@ -76,9 +79,15 @@ def recent_recoveries(target_name: str) -> list[RecoveryStep]:
 
 
 def remember_recoveries(target_name: str, steps: list[RecoveryStep]) -> None:
-    """Append steps to the target's recent recoveries (the last KEEP_RECOVERIES are kept)."""
+    """Append steps to the target's recent recoveries (the last KEEP_RECOVERIES are kept).
+
+    Only what the planner reads of its history is kept (class, actions, give-up, time): a whole step
+    with its reason is ~500 characters, and Prefect refuses a Variable of more than 5,000.
+    """
     kept = [*recent_recoveries(target_name), *steps][-KEEP_RECOVERIES:]
-    Variable.set(RECOVERIES_PREFIX + target_name, [s.model_dump(mode="json") for s in kept], overwrite=True)
+    compact = [{"klass": s.klass.value, "actions": [a.value for a in s.actions], "give_up": s.give_up,
+                "reason": "(kept: class, actions, outcome, time)", "at": s.at.isoformat() if s.at else None} for s in kept]
+    Variable.set(RECOVERIES_PREFIX + target_name, compact, overwrite=True)
 
 
 def desired_state(target_name: str) -> DesiredState | None:
@@ -98,8 +107,20 @@ def health_state(target_name: str) -> dict[str, Any]:
 
 
 def save_health_state(target_name: str, state: dict[str, Any]) -> None:
-    state = {**state, "history": list(state.get("history", []))[-HEALTH_HISTORY:]}
-    Variable.set(HEALTH_PREFIX + target_name, state, overwrite=True)
+    """Save the check's small state (no history: see `health_history`)."""
+    Variable.set(HEALTH_PREFIX + target_name, {k: v for k, v in state.items() if k != "history"}, overwrite=True)
+
+
+def health_history(target_name: str, key: str) -> list[dict[str, str]]:
+    """The last checks, oldest first, from the latest version of the history table artifact ``key``."""
+    artifact = Artifact.get(key)
+    if artifact is None or not artifact.data:
+        return []
+    try:
+        rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    except ValueError:
+        return []
+    return list(reversed([r for r in rows if isinstance(r, dict)]))[-HEALTH_HISTORY:]
 
 
 def recover_runs(target_name: str) -> list[tuple[float, bool]]:

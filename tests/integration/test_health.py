@@ -14,7 +14,7 @@ from flows.deploy import deploy_qwen
 from flows.health import health_check
 from flows.teardown import stop_qwen
 from tasks.probes import Thresholds, Verdict
-from tasks.state import health_state
+from tasks.state import health_history, health_state
 from tests.integration.conftest import TEST_API_KEY, target_containers
 from tests.integration.prefect_reads import flow_run_artifacts
 
@@ -30,10 +30,12 @@ def test_a_deployed_server_is_healthy_and_the_check_is_published(make_sim_target
     assert {layer.name.value for layer in report.layers} >= {"container", "liveness", "readiness", "function", "progress", "host"}
     artifacts = " ".join(flow_run_artifacts(state.state_details.flow_run_id))
     assert f"{target.name}: healthy" in artifacts and "deciding layer" in artifacts
-    again = health_check(target=target.name)
-    assert again.verdict is Verdict.HEALTHY
+    for _ in range(13):  # past the point where a growing Variable hit Prefect's 5,000-character limit
+        again = health_check(target=target.name)
+        assert again.verdict is Verdict.HEALTHY
     kept = health_state(target.name)
-    assert kept["verdict"] == "healthy" and len(kept["history"]) == 2 and kept["metrics"]
+    assert kept["verdict"] == "healthy" and kept["metrics"]
+    assert len(health_history(target.name, f"health-history-{target.name}")) == 14
 
 
 def test_a_model_still_loading_is_starting_never_unhealthy(make_sim_target, docker_client):

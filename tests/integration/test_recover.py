@@ -252,3 +252,17 @@ def test_a_spec_that_serves_but_leaves_the_host_below_the_floor_is_stopped(proje
     assert failed.value.cause.kind is FailureKind.HOST_MEMORY_GUARD
     assert failed.value.cause.numbers["available_gib"] < 4.0
     assert target_containers(docker_client, target.name) == []
+
+
+def test_recover_vllm_restarts_a_wedged_engine_whose_health_says_200(project_target, docker_client):
+    """The health that lies (vllm issue 39863): /health 200, no answer. recover-vllm asks the one tiny
+    question too, and restarts the same spec."""
+    target = project_target(extra_env={"VLLM_SIM_FAULT_HANG_AFTER_S": "1", "VLLM_SIM_FAULT_HANG_SCOPE": "engine"})
+    deploy_qwen(target=target.name)
+    time.sleep(1.5)
+    assert httpx.get(f"{target.endpoint}/health").status_code == 200
+    [wedged] = target_containers(docker_client, target.name)
+    result = recover_vllm(target=target.name, reason="test: wedged", answer_timeout_s=3)
+    assert result.status == "recovered" and result.classes == ["engine_died"] and result.degraded is None
+    [fresh] = target_containers(docker_client, target.name)
+    assert fresh.id != wedged.id
