@@ -25,3 +25,64 @@ def test_a_new_section_is_appended_to_a_new_file(tmp_path: Path) -> None:
 def test_machine_line_names_the_machine_and_the_date() -> None:
     line = machine_line()
     assert "cores" in line and "UTC" in line and "Python" in line
+
+
+def test_the_scaled_wall_time_scales_only_the_imitations_startup() -> None:
+    import pytest
+
+    from bench.recovery import scaled_back
+
+    # 10 s measured, 4.8 s of it the startup at scale 0.02: 5.2 s kept, 4.8 / 0.02 = 240 s put back
+    assert scaled_back(10.0, 4.8, 0.02) == pytest.approx(245.2)
+    assert scaled_back(3.0, 0.0, 0.02) == 3.0  # refused before any container started: nothing to scale
+    with pytest.raises(ValueError):
+        scaled_back(3.0, 4.0, 0.02)  # the startup cannot be longer than the wall time
+    with pytest.raises(ValueError):
+        scaled_back(3.0, 1.0, 0)
+
+
+def test_the_recovery_goals_read_from_the_numbers() -> None:
+    from bench.recovery import kv_verdict, one_retry
+
+    assert one_retry(1, True) and one_retry(2, True)
+    assert not one_retry(3, True) and not one_retry(2, False) and not one_retry(None, False)
+    assert kv_verdict(178_208, 173_296) == "more"
+    assert kv_verdict(271_360, 271_360) == "equal"
+    assert kv_verdict(16_416, None) == "more"  # the ladder ended without a server
+    assert kv_verdict(None, 173_296) == "less"
+    assert kv_verdict(None, None) == "neither"
+
+
+def test_docker_timestamps_with_trimmed_nanoseconds() -> None:
+    import pytest
+
+    from bench.recovery import docker_time
+
+    assert docker_time("2026-12-01T22:18:07.123456789Z") == pytest.approx(1796163487.123457, abs=1e-5)
+    assert docker_time("2026-12-01T22:18:07.5Z") - docker_time("2026-12-01T22:18:07Z") == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        docker_time("not a time")
+
+
+def test_the_health_bench_combines_its_parts_by_its_stated_formulas() -> None:
+    import pytest
+
+    from bench.health import at_interval, per_day, probe_anchor, wedge_named_after
+
+    # the next check after I/2 on average, I at worst; then the detection and what follows the event
+    assert at_interval(300, 1.5) == (151.5, 301.5)
+    assert at_interval(30, 1.5, after_s=20) == (36.5, 51.5)
+    # docker HEALTHCHECK 30 s x 3: 75 / 90 s when the probe fails at once, 165 / 180 s when each hangs 30 s
+    assert probe_anchor(30, 3) == (75, 90)
+    assert probe_anchor(30, 3, 30) == (165, 180)
+    assert probe_anchor(10, 3) == (25, 30)  # Kubernetes liveness 10 s x 3
+    assert per_day(12, 300) == pytest.approx(3456) and per_day(1, 30) == pytest.approx(2880)
+    # the wedge is named a window after the first check; a check that outlasts the interval makes the
+    # concurrency limit (CANCEL_NEW) cancel the next ones
+    assert wedge_named_after(300, 60, 61.5) == (361.5, 0)
+    assert wedge_named_after(30, 60, 1) == (61, 0)
+    assert wedge_named_after(30, 60, 61.5) == (151.5, 2)
+    with pytest.raises(ValueError):
+        at_interval(0, 1)
+    with pytest.raises(ValueError):
+        probe_anchor(30, 0)
