@@ -109,7 +109,7 @@ def deploy_qwen(
         with gpu_lock(machine.name):
             # `docker compose up -d`: keep a healthy identical server, else replace ours and gate on health.
             healthy = endpoint_ready(machine.endpoint, spec.served_name, secrets.api_key)
-            kept = replace_or_keep(machine.docker_host(), machine.name, spec.container_name, spec_hash, healthy)
+            kept = replace_or_keep(docker_host, machine.name, spec.container_name, spec_hash, healthy)
             served = None
             if kept is None:
                 try:

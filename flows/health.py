@@ -54,6 +54,7 @@ def health_check(
     machine, spec, secrets = resolved.machine, resolved.spec, resolved.secrets
     docker_host = resolved.docker_host
     before = health_state(machine.name)
+    record = last_healthy_record(machine.name)
     desired = desired_state(machine.name) or "running"
     now = time.time()
 
@@ -72,7 +73,7 @@ def health_check(
         answer_ok=endpoints.answer_ok, answer_latency_s=endpoints.answer_latency_s,
         answer_detail=f"answered {endpoints.answer!r}" if endpoints.answer_ok is False else None,
         metrics=metrics, previous=previous, memory=memory,
-        degraded=last_healthy_record(machine.name).get("degraded"),
+        degraded=record.get("degraded"),
     )
     report = evaluate(observation, thresholds)
     since = before.get("since") if before.get("verdict") == report.verdict.value else datetime.now(timezone.utc).isoformat()
@@ -86,7 +87,7 @@ def health_check(
     emit_service_event(machine.name, ServiceEvent(report.verdict.value), {
         "layer": report.layer.value, "condition": report.condition.value, "reason": report.reason, "since": since})
     duration = round(time.monotonic() - started, 3)
-    _publish(machine, spec.served_name, report, since, history, duration)
+    _publish(machine, spec.served_name, report, since, history, duration, record)
     logger.info("%s: %s (%s): %s [%.2f s]", machine.name, report.verdict.value, report.layer.value, report.reason, duration)
     return report
 
@@ -100,9 +101,9 @@ def _snapshot(text: str | None, now: float) -> MetricsSnapshot | None:
         return None
 
 
-def _publish(machine: TargetMachine, served: str, report: HealthReport, since: str, history: list[dict], duration: float) -> None:
+def _publish(machine: TargetMachine, served: str, report: HealthReport, since: str, history: list[dict], duration: float,
+             record: dict[str, Any]) -> None:
     """The status artifact (one key per target: Prefect keeps its versions) and the history table."""
-    record = last_healthy_record(machine.name)
     rows = {
         "verdict": report.verdict.value, "since": since, "deciding layer": report.layer.value,
         "endpoint": machine.endpoint, "served model": served, "running spec": record.get("spec_hash"),

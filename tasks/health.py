@@ -268,6 +268,23 @@ def _gate(logger, client: docker.DockerClient, container: Container, lines: queu
             readiness.phase_seconds[before.value] = round(now - phase_started, 3)
             phase_started = now
 
+    def guard_trips() -> bool:
+        """Read MemAvailable; below the floor, write the guard's line into the log the failure is
+        classified from, kill the start, and say so (once per start)."""
+        nonlocal guard_tripped, next_guard_check
+        if guard is None or guard_tripped:
+            return False
+        next_guard_check = time.monotonic() + guard.interval_s
+        available = _available_gib(client, container, guard)
+        if available is None or available >= guard.floor_gib:
+            return False
+        guard_tripped = True
+        line = guard_line(available, guard.floor_gib)
+        tracker.feed(line)
+        logger.warning("%s", line)
+        _kill(container)
+        return True
+
     def fail(status: ExitState | str) -> ReadinessFailed:
         if isinstance(status, str):
             cause = classify_failure(list(tracker.recent), secrets=secrets)
@@ -299,30 +316,15 @@ def _gate(logger, client: docker.DockerClient, container: Container, lines: queu
                     raise fail(exit_state(container.attrs))
                 if stream_ended:
                     raise fail("log stream ended while the container still runs")
-            if guard is not None and not guard_tripped and now >= next_guard_check:
-                next_guard_check = now + guard.interval_s
-                available = _available_gib(client, container, guard)
-                if available is not None and available < guard.floor_gib:
-                    guard_tripped = True  # the line goes into the log the failure is classified from
-                    line = guard_line(available, guard.floor_gib)
-                    tracker.feed(line)
-                    logger.warning("%s", line)
-                    _kill(container)
+            if now >= next_guard_check and guard_trips():
+                next_state_check = 0.0  # the kill ends the start: the state check classifies it
+                continue
+            if _healthy(http, served_name):
+                # the server holds its whole budget once it serves, for as long as it serves: one
+                # reading now, so a spec that leaves the host below the floor never counts as ready
+                if guard_trips():
                     next_state_check = 0.0
                     continue
-            if _healthy(http, served_name):
-                if guard is not None and not guard_tripped:
-                    # the server holds its whole budget once it serves, for as long as it serves: one
-                    # reading now, so a spec that leaves the host below the floor never counts as ready
-                    available = _available_gib(client, container, guard)
-                    if available is not None and available < guard.floor_gib:
-                        guard_tripped = True
-                        line = guard_line(available, guard.floor_gib)
-                        tracker.feed(line)
-                        logger.warning("%s", line)
-                        _kill(container)
-                        next_state_check = 0.0
-                        continue
                 readiness.ready_at, readiness.ready_wall = time.monotonic(), time.time()
                 readiness.phase_seconds[tracker.phase.value] = round(readiness.ready_at - phase_started, 3)
                 readiness.stats = tracker.stats

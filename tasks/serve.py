@@ -128,15 +128,18 @@ class Served:
     attempts: list[Attempt] = field(default_factory=list)
 
     def degraded(self, requested: EngineSpec) -> str | None:
-        """"requested X, running Y, because Z" when recovery changed the spec; None when it did not."""
-        changed = [f for f in ("gpu_memory_utilization", "max_model_len", "max_num_batched_tokens", "max_num_seqs")
-                   if getattr(requested, f) != getattr(self.spec, f)]
-        if not changed:
+        """"requested X, running Y, because Z" when recovery changed the spec; None when it did not.
+
+        One sentence for one step or many: the running spec's differences from the request, as the
+        planner's own `RecoveryStep.degraded` writes them, with every step's reason.
+        """
+        fields = set(EngineSpec.model_fields)
+        running, asked = self.spec.model_dump(include=fields), requested.model_dump(include=fields)
+        changed = {name: value for name, value in running.items() if asked.get(name) != value}
+        if not changed or not self.steps:
             return None
-        was = ", ".join(f"{f} {getattr(requested, f)}" for f in changed)
-        now = ", ".join(f"{f} {getattr(self.spec, f)}" for f in changed)
-        because = "; ".join(step.reason for step in self.steps if step.overrides) or "recovery"
-        return f"requested {was}, running {now}, because {because}"
+        reasons = "; ".join(step.reason for step in self.steps if step.overrides) or self.steps[-1].reason
+        return RecoveryStep(klass=self.steps[-1].klass, overrides=changed, reason=reasons).degraded(requested)
 
 
 class StartFailed(RuntimeError):

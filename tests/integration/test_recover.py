@@ -90,7 +90,7 @@ def test_memory_held_by_another_job_heals_in_one_retry_at_the_computed_utilizati
     margin = RecoveryLimits().guarded(target.host_memory_floor_gib).margin_gib  # 5 GiB: above the guard's 4 GiB floor
     util = fit_utilization(free, TOTAL, margin)  # floor((86.7 - 5) / 119.7, 0.01) = 0.68
     assert result.attempts == 2 and util == 0.68
-    assert f"gpu_memory_utilization 0.9, running gpu_memory_utilization {util}" in result.degraded
+    assert f"requested gpu_memory_utilization 0.90, running gpu_memory_utilization {util}" in result.degraded
     assert result.spec_hash != result.requested_spec_hash
     # the KV cache is as large as that memory allows (the planner's KV model, within 1 %)
     expected = RecoveryLimits().kv_gib(util, TOTAL, 16384, 64) * GIB / RecoveryLimits().kv_bytes_per_token
