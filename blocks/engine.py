@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator, model_validator
 
+from blocks.bench_gate import BenchGate
 from blocks.shared import ENV_NAME, RUNBOOK_CONTAINER_NAME, SECRET_ENV_KEYS, ContainerIdentity, check_container_name
 
 __all__ = [
@@ -205,6 +206,14 @@ class EngineSpec(Block):
         default_factory=dict,
         title="Extra container environment (not secret)",
         description="Secrets (HF token, API key) come from the target's Secret blocks instead.",
+    )
+    bench_gate: BenchGate | None = Field(
+        default=None,
+        title="Benchmark gate",
+        description=(
+            "Figures a deploy must reach in a short benchmark after its smoke test (docs/benchmark.md). "
+            "Empty: no gate. Not part of the spec hash: a new threshold never replaces the server."
+        ),
     )
 
     # ---------------------------------------------------------------- validation (field level)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from blocks.engine import EngineSpec
 from blocks.target import TargetMachine
+from tasks.bench.run import GateResult, run_gate
 from tasks.container import remove_container, replace_or_keep
 from tasks.events import ServiceEvent, emit_service_event
 from tasks.health import ReadinessFailed, ReadinessTimeouts, endpoint_ready
@@ -30,7 +31,7 @@ from tasks.locks import gpu_lock
 from tasks.memory import NotEnoughMemory
 from tasks.preflight import preflight
 from tasks.recovery import RecoveryLimits
-from tasks.report import artifact_key, fenced, publish_report
+from tasks.report import artifact_key, fenced, key_value_table, publish_report
 from tasks.secrets import scrub
 from tasks.serve import ServerSecrets, Served, StartFailed, load_target, serve
 from tasks.state import clear_recover_runs, last_healthy, last_healthy_record, record_healthy
@@ -58,12 +59,22 @@ class DeployResult(BaseModel):
     smoke_answer: str
     smoke_latency_s: float
     staged_commit: str | None = None
+    gate: GateResult | None = None
     duration_s: float
     warnings: list[str] = Field(default_factory=list)
 
 
 class DeployFailed(RuntimeError):
     """The requested spec did not start; the first line says whether the target still has a server."""
+
+
+class BenchGateFailed(RuntimeError):
+    """The new server answers but misses its spec's benchmark gate (`on_failure: fail`)."""
+
+    def __init__(self, target: str, gate: GateResult, stays: bool) -> None:
+        where = "the server keeps serving (no other healthy spec to roll back to)" if stays else ""
+        super().__init__(f"benchmark gate failed on {target}: " + "; ".join(gate.problems) + (f"; {where}" if where else ""))
+        self.gate = gate
 
 
 @flow(name="deploy-qwen", flow_run_name="deploy-{target}", log_prints=True)
@@ -127,14 +138,31 @@ def deploy_qwen(
                 if served is not None:  # a server we just started and that answers wrongly does not stay
                     remove_container(docker_host, served.container_id, stop_timeout=10)
                 raise
+            # The spec's benchmark gate: a short `vllm bench serve`-style run, judged against its thresholds,
+            # on a server this run started (a kept server passed it when it was deployed: a re-run stays a no-op).
+            gate = run_gate(machine.name, machine.endpoint, spec.served_name, secrets.api_key, spec.bench_gate) \
+                if spec.bench_gate is not None and served is not None else None
+            degraded = served.degraded(spec) if served else last_healthy_record(machine.name).get("degraded")
+            gate_note = None
+            if gate is not None and not gate.passed:
+                if spec.bench_gate.on_failure == "fail":
+                    previous = last_healthy(machine.name)
+                    stays = not healthy or previous is None or previous.spec_hash(machine) == spec_hash
+                    failure = BenchGateFailed(machine.name, gate, stays)
+                    if not stays:  # the slow server goes first: its memory is the rollback's
+                        remove_container(docker_host, served.container_id, stop_timeout=10)
+                        raise _roll_back(machine, spec_hash, secrets, timeouts, failure, had_server=healthy,
+                                         why="missed its benchmark gate") from failure
+                    raise failure
+                gate_note = "benchmark gate missed: " + "; ".join(gate.problems)
+                degraded = "; ".join(filter(None, [degraded, gate_note]))
             running = served.spec if served else spec
-            record_healthy(machine.name, running, served.spec_hash if served else spec_hash,
-                           degraded=served.degraded(spec) if served else last_healthy_record(machine.name).get("degraded"))
+            record_healthy(machine.name, running, served.spec_hash if served else spec_hash, degraded=degraded)
             clear_recover_runs(machine.name)  # a person deployed: the cap on failing recoveries starts again
     except Exception as exc:
         _report_failure(machine, spec, spec_hash, exc, secrets)
         raise
-    result = _result(machine, spec, spec_hash, served, smoke, staged, warnings, started)
+    result = _result(machine, spec, spec_hash, served, smoke, staged, warnings, started, gate, gate_note)
     _report(result, served.spec if served else spec, served)
     emit_service_event(machine.name, ServiceEvent(result.status), {
         "endpoint": result.endpoint, "spec_hash": result.spec_hash, "served_model": spec.served_name,
@@ -145,7 +173,7 @@ def deploy_qwen(
 
 
 def _roll_back(machine: TargetMachine, failed_hash: str, secrets: ServerSecrets, timeouts: ReadinessTimeouts,
-               failure: BaseException, had_server: bool) -> BaseException:
+               failure: BaseException, had_server: bool, why: str = "did not start") -> BaseException:
     """After the requested spec failed to start: start the target's last healthy spec again when a
     serving server was replaced for it. Returns the exception the flow raises (its first line says
     whether the target has a server now)."""
@@ -154,22 +182,22 @@ def _roll_back(machine: TargetMachine, failed_hash: str, secrets: ServerSecrets,
     if not had_server or previous is None or previous.spec_hash(machine) == failed_hash:
         return failure
     previous = machine.apply_to(previous)
-    logger.warning("the new spec did not start: rolling back to the last spec that served on %s (%s)",
-                   machine.name, previous.spec_hash(machine))
+    logger.warning("the new spec %s: rolling back to the last spec that served on %s (%s)",
+                   why, machine.name, previous.spec_hash(machine))
     try:
         served = serve(machine.docker_host(), machine, previous, secrets, timeouts, recover=True)
         smoke_inference(machine.endpoint, previous.served_name, secrets.api_key)
     except Exception as exc:  # noqa: BLE001 - reported: the target is down
         emit_service_event(machine.name, ServiceEvent.FAILED, {"kind": "rollback_failed", "spec_hash": failed_hash})
         return DeployFailed(
-            f"TARGET {machine.name} IS DOWN: the new spec did not start ({_first_line(failure)}) and the rollback to"
+            f"TARGET {machine.name} IS DOWN: the new spec {why} ({_first_line(failure)}) and the rollback to"
             f" {previous.spec_hash(machine)} failed too ({_first_line(exc)})"
         )
     record_healthy(machine.name, served.spec, served.spec_hash)
     emit_service_event(machine.name, ServiceEvent.ROLLED_BACK, {"spec_hash": served.spec_hash, "failed_spec_hash": failed_hash})
     return DeployFailed(
         f"rolled back: {machine.name} serves its last healthy spec {served.spec_hash} again; the new spec"
-        f" {failed_hash} did not start: {_first_line(failure)}"
+        f" {failed_hash} {why}: {_first_line(failure)}"
     )
 
 
@@ -178,21 +206,22 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _result(machine: TargetMachine, spec: EngineSpec, spec_hash: str, served: Served | None, smoke, staged,
-            warnings: list[str], started: float) -> DeployResult:
+            warnings: list[str], started: float, gate: GateResult | None, gate_note: str | None) -> DeployResult:
     readiness = served.readiness if served else None
     stats = readiness.stats if readiness else None
     return DeployResult(
         target=machine.name, status="unchanged" if served is None else "deployed", endpoint=machine.endpoint,
         served_model=spec.served_name, container=spec.container_name, image=spec.image,
         spec_hash=served.spec_hash if served else spec_hash, requested_spec_hash=spec_hash,
-        degraded=served.degraded(spec) if served else None, attempts=len(served.attempts) if served else 0,
+        degraded="; ".join(filter(None, [served.degraded(spec) if served else None, gate_note])) or None,
+        attempts=len(served.attempts) if served else 0,
         kv_cache_tokens=stats.kv_cache_tokens if stats else None,
         max_concurrency=stats.max_concurrency if stats else None,
         load_s=round(stats.model_load_seconds, 2) if stats and stats.model_load_seconds else None,
         time_to_ready_s=round(readiness.time_to_ready_s, 3) if readiness else None,
         ready_at=datetime.fromtimestamp(readiness.ready_wall, timezone.utc) if readiness else None,
         smoke_answer=smoke.chat_answer, smoke_latency_s=smoke.chat_latency_s,
-        staged_commit=staged.commit if staged else None, duration_s=round(time.monotonic() - started, 3),
+        staged_commit=staged.commit if staged else None, gate=gate, duration_s=round(time.monotonic() - started, 3),
         warnings=warnings,
     )
 
@@ -227,6 +256,12 @@ def _report(result: DeployResult, spec: EngineSpec, served: Served | None) -> No
     sections = {"Command": fenced([" ".join(spec.vllm_command())])}
     if served and served.steps:
         sections["Recovery"] = "\n".join(f"- {s.klass.value}: {s.reason}" for s in served.steps)
+    if result.gate is not None:
+        g = result.gate
+        verdict = "passed" if g.passed else "MISSED: " + "; ".join(g.problems)
+        sections["Benchmark gate"] = key_value_table([
+            ("verdict", verdict), ("single stream (tok/s)", g.single_stream_tps), ("p99 TTFT (ms)", g.p99_ttft_ms),
+            (f"{g.concurrency} concurrent (output tok/s)", g.aggregate_tps)])
     if served:
         sections["Phases (s)"] = fenced(f"{k}: {v}" for k, v in served.readiness.phase_seconds.items())
     title = f"deploy-qwen on {result.target}: {result.status}" + (" (DEGRADED)" if result.degraded else "")

@@ -134,6 +134,9 @@ class MetricsSnapshot(BaseModel):
     preemptions_total: int | None = Field(None, description="vllm:num_preemptions_total")
     prefix_cache_queries_total: int | None = Field(None, description="vllm:prefix_cache_queries_total")
     prefix_cache_hits_total: int | None = Field(None, description="vllm:prefix_cache_hits_total")
+    requests_succeeded_total: int | None = Field(None, description="vllm:request_success_total (all finish reasons)")
+    queue_time_sum: float | None = Field(None, description="vllm:request_queue_time_seconds_sum (seconds)")
+    queue_time_count: int | None = Field(None, description="vllm:request_queue_time_seconds_count")
 
     @property
     def in_flight(self) -> int | None:
@@ -156,10 +159,13 @@ _METRIC_SAMPLES: dict[str, tuple[str, ...]] = {
     "preemptions_total": ("vllm:num_preemptions_total", "vllm:num_preemptions"),
     "prefix_cache_queries_total": ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_queries"),
     "prefix_cache_hits_total": ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_hits"),
+    "requests_succeeded_total": ("vllm:request_success_total", "vllm:request_success"),
+    "queue_time_sum": ("vllm:request_queue_time_seconds_sum",),
+    "queue_time_count": ("vllm:request_queue_time_seconds_count",),
 }
 #: Fields whose label sets are combined by max, not sum (a fraction per engine).
 _MAX_FIELDS = frozenset({"kv_cache_usage"})
-_FLOAT_FIELDS = frozenset({"kv_cache_usage"})
+_FLOAT_FIELDS = frozenset({"kv_cache_usage", "queue_time_sum"})
 
 
 def parse_metrics(text: str, taken_at: float) -> MetricsSnapshot:

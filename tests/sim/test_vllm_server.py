@@ -147,6 +147,22 @@ def test_streamed_completion(runbook_server: SimServer) -> None:
     assert "204" in text and chunks[-1].usage.completion_tokens == len([c for c in chunks if c.choices])
 
 
+def test_ignore_eos_generates_exactly_max_tokens(runbook_server: SimServer) -> None:
+    """`vllm bench serve` sends token-id prompts with ignore_eos: every request yields max_tokens tokens."""
+    client = oai(runbook_server)
+    prompt = list(range(1000, 1100))  # 100 token ids
+    plain = client.completions.create(model=MODEL, prompt="What is 12*17?", max_tokens=200)
+    assert plain.choices[0].finish_reason == "stop" and plain.usage.completion_tokens < 200
+    chunks = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=200, stream=True,
+                                            stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
+    tokens = [c for c in chunks if c.choices]
+    assert len(tokens) == 200 and all(c.choices[0].text for c in tokens)
+    assert tokens[-1].choices[0].finish_reason == "length"
+    assert chunks[-1].usage.completion_tokens == 200 and chunks[-1].usage.prompt_tokens == 100
+    with pytest.raises(openai.BadRequestError, match="valid boolean"):
+        client.completions.create(model=MODEL, prompt="x", max_tokens=2, extra_body={"ignore_eos": "maybe"})
+
+
 def test_unknown_model_and_bad_json(runbook_server: SimServer) -> None:
     with pytest.raises(openai.NotFoundError) as exc:
         oai(runbook_server).chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])

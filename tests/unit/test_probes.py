@@ -161,10 +161,13 @@ def test_parse_the_imitations_metrics():
     m.prefix_hits.inc(40)
     m.success.inc(7, "stop")
     m.e2e.observe(1.5)
+    m.queue.observe(0.25)
+    m.queue.observe(0.5)
     s = parse_metrics(m.render(), taken_at=NOW)
     assert s == MetricsSnapshot(
         taken_at=NOW, requests_running=3, requests_waiting=5, kv_cache_usage=0.42, generation_tokens_total=1234,
         prompt_tokens_total=45678, preemptions_total=2, prefix_cache_queries_total=100, prefix_cache_hits_total=40,
+        requests_succeeded_total=7, queue_time_sum=0.75, queue_time_count=2,
     )
     assert s.in_flight == 8
 

@@ -120,10 +120,20 @@ class Protocol:
                 "Please reduce the length of the messages or completion.")
         return raw
 
-    def _plan(self, prompt_pieces: List[str], text: str, max_tokens: int, stop: Sequence[str]) -> Plan:
-        """Output = answer pieces + EOS, cut at a stop string or at max_tokens."""
+    def _plan(self, prompt_pieces: List[str], text: str, max_tokens: int, stop: Sequence[str],
+              ignore_eos: bool = False) -> Plan:
+        """Output = answer pieces + EOS, cut at a stop string or at max_tokens.
+
+        With `ignore_eos` (vLLM's sampling parameter, what `vllm bench serve` sends) the model keeps
+        sampling past its answer: exactly `max_tokens` tokens, finish reason "length".
+        """
         if self.empty_output:
             text = ""
+        if ignore_eos:
+            pieces = answers.tokenize(text) or [" the"]
+            while len(pieces) < max_tokens:
+                pieces = pieces + pieces
+            return Plan(prompt_pieces, pieces[:max_tokens], "length")
         stop_reason: Optional[str] = None
         cut = [(text.find(s), s) for s in stop if s and text.find(s) >= 0]
         if cut:
@@ -140,6 +150,13 @@ class Protocol:
         if stop is None:
             return []
         return [stop] if isinstance(stop, str) else [str(s) for s in stop]
+
+    @staticmethod
+    def _ignore_eos(body: Dict[str, Any]) -> bool:
+        value = body.get("ignore_eos", False)
+        if not isinstance(value, bool):
+            raise bad_request(f"[{{'type': 'bool_parsing', 'loc': ('body', 'ignore_eos'), 'msg': 'Input should be a valid boolean', 'input': {value!r}}}]")
+        return value
 
     @staticmethod
     def _stream_flags(body: Dict[str, Any]) -> tuple:
@@ -160,7 +177,8 @@ class Protocol:
         max_tokens = self._max_tokens(body, None, len(prompt_pieces))
         stream, usage = self._stream_flags(body)
         text = answers.chat_output(messages, thinking)
-        return ParsedRequest("chat", model, stream, usage, [self._plan(prompt_pieces, text, max_tokens, self._stop(body))])
+        plan = self._plan(prompt_pieces, text, max_tokens, self._stop(body), self._ignore_eos(body))
+        return ParsedRequest("chat", model, stream, usage, [plan])
 
     def parse_completion(self, body: Dict[str, Any]) -> ParsedRequest:
         model = self._model(body)
@@ -182,7 +200,7 @@ class Protocol:
             else:
                 pieces, text = answers.tokenize(str(p)) or [""], answers.completion_output(str(p))
             max_tokens = self._max_tokens(body, 16, len(pieces))
-            plans.append(self._plan(pieces, text, max_tokens, self._stop(body)))
+            plans.append(self._plan(pieces, text, max_tokens, self._stop(body), self._ignore_eos(body)))
         return ParsedRequest("completion", model, stream, usage, plans)
 
     # --- response bodies -----------------------------------------------------
