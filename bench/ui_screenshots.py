@@ -248,18 +248,24 @@ def operator_pages(base: str, target: str) -> dict[str, tuple[str, tuple[str, ..
     return pages
 
 
-def rendered_text(url: str, expected: Sequence[str] = (), attempts: int = 3) -> str:
-    """The page's visible text once it shows every one of ``expected`` (up to ``attempts``
+def rendered_dom(url: str, expected: Sequence[str] = (), attempts: int = 3) -> str:
+    """The page's DOM once its visible text shows every one of ``expected`` (up to ``attempts``
     renders, 2 s apart: on a loaded machine the API may answer after the budget); raises
-    RuntimeError naming what is missing otherwise."""
+    RuntimeError naming what is missing otherwise. For what the text has not: images, attributes."""
     for attempt in range(attempts):
-        text = page_text(dump_dom(url))
+        html = dump_dom(url)
+        text = page_text(html)
         missing = [needle for needle in expected if needle not in text]
         if not missing:
-            return text
+            return html
         if attempt + 1 < attempts:
             time.sleep(2)
     raise RuntimeError(f"{url} rendered without {missing}: {text[:2000]}")
+
+
+def rendered_text(url: str, expected: Sequence[str] = (), attempts: int = 3) -> str:
+    """The page's visible text once it shows every one of ``expected`` (as `rendered_dom`)."""
+    return page_text(rendered_dom(url, expected, attempts))
 
 
 def save_screenshots(base: str, target: str, out_dir: Path) -> list[Path]:

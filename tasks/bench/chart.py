@@ -156,12 +156,13 @@ def text_chart(rows: Sequence[Row], width: int = 40) -> str:
     API, ``prefect artifact inspect``), whereas an embedded image depends on the UI rendering
     data URLs. One line per level, in the order given; with ``width=20``::
 
-        1                       █▊                     52 tok/s  TTFT p50 41 ms · TPOT p50 19 ms
-        64                      ████████████████████  612 tok/s  TTFT p50 230 ms · TPOT p50 31 ms
-        65 (> max-num-seqs 64)                        failed
+        1                        52 tok/s  TTFT p50 41 ms · TPOT p50 19 ms   █▊
+        64                      612 tok/s  TTFT p50 230 ms · TPOT p50 31 ms  ████████████████████
+        65 (> max-num-seqs 64)  failed
 
-    Labels are padded to the longest label so every bar starts in the same column, and bars are
-    padded to ``width`` so the numbers line up too. The bars share one scale across all series
+    The numbers come first and the bar last: the Prefect UI draws block characters in a fallback
+    font whose cells are wider than its ASCII ones (docs/ui.md), so anything after a bar would
+    drift; before it, labels and numbers stay aligned and every bar starts in the same column. The bars share one scale across all series
     (the largest throughput in ``rows`` fills ``width`` cells), so series can be compared by eye.
     When rows carry more than one ``series``, each series gets a ``[name]`` header line, and a
     blank line separates the sections. A level without throughput (no successful request) shows no
@@ -189,16 +190,14 @@ def text_chart(rows: Sequence[Row], width: int = 40) -> str:
     numbers = [_format_number(t) for t in throughputs if t is not None]
     number_width = max((len(n) for n in numbers), default=0)
 
+    figures = [_figures(row, number_width) for row in rows]
+    figures_width = max(len(f) for f in figures)
+    by_row = {id(row): text for row, text in zip(rows, figures)}
+
     def line(row: Row) -> str:
         throughput = _value(row, "output_throughput")
-        head = f"{_label(row):<{label_width}}  {_bar(throughput, maximum, width):<{width}}  "
-        if throughput is None:
-            latency = _latency_text(row)
-            # No successful request means no latency either; say "failed" once rather than "—" thrice.
-            if latency.count(MISSING) == 2:
-                return (head + "failed").rstrip()
-            return head + f"{'failed':>{number_width + len(' tok/s')}}  {latency}"
-        return head + f"{_format_number(throughput):>{number_width}} tok/s  {_latency_text(row)}"
+        head = f"{_label(row):<{label_width}}  {by_row[id(row)]:<{figures_width}}  "
+        return (head + _bar(throughput, maximum, width)).rstrip()
 
     groups = _by_series(rows)
     if len(groups) == 1:
@@ -208,6 +207,18 @@ def text_chart(rows: Sequence[Row], width: int = 40) -> str:
         header = f"[{name if name is not None else '(no series)'}]"
         sections.append("\n".join([header, *(line(row) for row in members)]))
     return "\n\n".join(sections)
+
+
+def _figures(row: Row, number_width: int) -> str:
+    """The numbers of one line: throughput and latencies, or ``failed`` for a level without them."""
+    throughput = _value(row, "output_throughput")
+    latency = _latency_text(row)
+    if throughput is None:
+        # No successful request means no latency either; say "failed" once rather than "—" thrice.
+        if latency.count(MISSING) == 2:
+            return "failed"
+        return f"{'failed':>{number_width + len(' tok/s')}}  {latency}"
+    return f"{_format_number(throughput):>{number_width}} tok/s  {latency}"
 
 
 def _concurrency_ticks(values: Sequence[int]) -> tuple[list[float], list[str]]:

@@ -207,8 +207,9 @@ def calculate_metrics(outputs: Sequence[RequestOutput], duration_s: float,
         goodput = met / duration_s
     errors: list[str] = []
     for o in outputs:
-        if not o.success and o.error and o.error not in errors and len(errors) < 5:
-            errors.append(o.error[:300])
+        message = o.error[:300]
+        if not o.success and message and message not in errors and len(errors) < 5:
+            errors.append(message)
     return BenchmarkMetrics(
         completed=len(good), failed=len(outputs) - len(good), total_input=total_input, total_output=total_output,
         duration_s=duration_s, request_throughput=len(good) / duration_s, request_goodput=goodput,

@@ -57,8 +57,9 @@ class Level(BaseModel):
 
 def sweep_levels(concurrencies: Sequence[int] | None, request_rates: Sequence[float] | None,
                  max_num_seqs: int | None) -> list[Level]:
-    """The levels to run: the given concurrencies (default 1, 8, 16, 32, 64) plus one above the
-    server's `--max-num-seqs` to show queueing, then the request rates (each closed to no limit)."""
+    """The levels to run: the given concurrencies (default 1, 8, 16, 32, 64, plus one above the
+    server's `--max-num-seqs` to show queueing; a given one above it is marked so), or instead the
+    request rates (Poisson arrivals, no concurrency limit)."""
     if request_rates:
         return [Level(request_rate=r) for r in request_rates]
     values = sorted(set(concurrencies or DEFAULT_CONCURRENCIES))
@@ -87,6 +88,10 @@ class LevelResult(BaseModel):
     def row(self) -> dict[str, float | int | str | None]:
         """The level as a flat row (table artifact, chart, JSON)."""
         m, s = self.metrics, self.server
+        if not m.completed:  # no successful request: no figure (vLLM's zeros would read as a perfect TTFT)
+            return {"label": self.label, "concurrency": self.concurrency, "request_rate": self.request_rate,
+                    "completed": 0, "failed": m.failed, **{key: None for key in _FIGURE_KEYS},
+                    "client_cpu": round(self.client_cpu_fraction, 3), "tokens_agree": None}
         return {
             "label": self.label, "concurrency": self.concurrency, "request_rate": self.request_rate,
             "completed": m.completed, "failed": m.failed,
@@ -100,6 +105,12 @@ class LevelResult(BaseModel):
             "preemptions": s.preemptions, "queue_ms": _r(s.queue_time_mean_ms), "waiting_peak": s.waiting_peak,
             "client_cpu": round(self.client_cpu_fraction, 3), "tokens_agree": "yes" if self.token_check is None else "no",
         }
+
+
+#: The row's figures, None on a level without a successful request.
+_FIGURE_KEYS = ("output_throughput", "request_throughput", "goodput", "ttft_median_ms", "ttft_p99_ms",
+                "tpot_median_ms", "tpot_p99_ms", "itl_median_ms", "itl_p99_ms", "e2el_median_ms", "e2el_p99_ms",
+                "prefix_hit_rate", "kv_cache_peak", "preemptions", "queue_ms", "waiting_peak")
 
 
 def _r(value: float | None, digits: int = 1) -> float | None:
@@ -341,7 +352,7 @@ def judge_gate(gate: BenchGate, single: BenchmarkMetrics | None, aggregate: Benc
 
 
 def _fmt(value: float | None) -> str:
-    return "no" if value is None else f"{value:.1f}"
+    return "no" if value is None else f"{value:.2f}" if value < 10 else f"{value:.1f}"
 
 
 def gate_levels(gate: BenchGate) -> tuple[Level | None, Level | None]:

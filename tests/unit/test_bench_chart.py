@@ -138,16 +138,17 @@ def test_labels_are_aligned_so_every_bar_starts_in_the_same_column() -> None:
     assert len(lines) == len(SWEEP)
     longest = max(len(str(row["label"])) for row in SWEEP)
     starts = {BAR.search(line).start() for line in lines if BAR.search(line)}
-    assert starts == {longest + 2}
+    assert len(starts) == 1  # every bar starts in the same column, after the numbers
     for line, row in zip(lines, SWEEP):
         assert line.startswith(str(row["label"]).ljust(longest) + "  ")
-    # the numbers line up too: every "tok/s" in the same column
+    # the numbers come before the bars (the UI's block glyphs are wider than its ASCII ones) and line up
     assert len({line.index("tok/s") for line in lines if "tok/s" in line}) == 1
+    assert all(line.index("tok/s") < BAR.search(line).start() for line in lines if BAR.search(line))
 
 
 def test_a_line_carries_throughput_and_median_latencies() -> None:
     line = text_chart([level("64", 64, 412.4, ttft_median_ms=230.2, tpot_median_ms=31.0)]).splitlines()[0]
-    assert line.endswith("412 tok/s  TTFT p50 230 ms · TPOT p50 31 ms")
+    assert line.startswith("64  412 tok/s  TTFT p50 230 ms · TPOT p50 31 ms  ")
     assert bars(line) == ["█" * 40]  # a single row is its own maximum
 
 
@@ -160,7 +161,7 @@ def test_a_failed_level_has_no_bar_and_says_failed() -> None:
 
 def test_a_missing_latency_is_a_dash() -> None:
     line = text_chart([level("1", 1, 50.0, ttft_median_ms=None, tpot_median_ms=math.nan)])
-    assert line.endswith("50 tok/s  TTFT p50 — · TPOT p50 —")
+    assert "50 tok/s  TTFT p50 — · TPOT p50 —  " in line
 
 
 def test_all_zero_throughput_draws_no_bars() -> None:

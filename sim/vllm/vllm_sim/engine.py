@@ -308,6 +308,11 @@ class Engine:
             time.sleep(seconds)
 
     def _loop(self) -> None:
+        # Steps are paced against a deadline, not by sleeping their duration after the bookkeeping:
+        # a GPU runs step after step while the scheduler's Python work overlaps it, so this
+        # thread's own cost (planning, emitting 64 tokens, the GIL shared with the HTTP threads)
+        # must not add to the modelled step time. `step_end` is the previous step's planned end.
+        step_end = 0.0
         while True:
             with self._cond:
                 while not self._stop and (self.hung or self.dead or not (self._running or self._waiting)):
@@ -322,7 +327,9 @@ class Engine:
                 self._update_gauges()
             if not plan:
                 continue
-            self._sleep(self.roofline.step_seconds(batch_tokens, context) * self.scale)
+            start = max(step_end, now)
+            step_end = start + self.roofline.step_seconds(batch_tokens, context) * self.scale
+            self._sleep(step_end - time.monotonic())
             with self._cond:
                 if self.hung or self.dead or self._stop:
                     continue
