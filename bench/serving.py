@@ -162,6 +162,7 @@ def start_server(port: int, workdir: Path, decode_scale: float) -> subprocess.Po
 def measure(base: str, concurrency: int, workload: Workload) -> tuple[BenchmarkMetrics, float, float]:
     """One level through bench-qwen's load generator: (metrics, client CPU fraction, loop lag p99 ms)."""
     endpoint = Endpoint(base, EngineSpec().served_name)
+    workload = workload.with_seed()
     prompts = make_prompts(workload, workload.prompts_for(concurrency), salt=concurrency)
     run = asyncio.run(run_level(endpoint, prompts, workload, concurrency=concurrency, metrics_every_s=None))
     metrics = calculate_metrics(run.outputs, run.duration_s)
@@ -175,7 +176,7 @@ def with_server(decode_scale: float, body):
     port = free_port()
     proc = start_server(port, Path(tmp.name), decode_scale)
     try:
-        warm = Workload(input_len=8, output_len=2, num_prompts=1)
+        warm = Workload(input_len=8, output_len=2, num_prompts=1, seed=1)
         asyncio.run(run_level(Endpoint(f"http://127.0.0.1:{port}", EngineSpec().served_name),
                               make_prompts(warm, 1, salt=99), warm, concurrency=1, metrics_every_s=None))
         return body(f"http://127.0.0.1:{port}")
@@ -237,7 +238,7 @@ def accuracy(args) -> tuple[list[tuple], list[str], dict]:
 
 def capacity(args) -> dict:
     """Instant decoding: the client's streamed tokens per CPU second, at 64 streams."""
-    workload = Workload(input_len=16, output_len=args.capacity_tokens, num_prompts=128)
+    workload = Workload(input_len=16, output_len=args.capacity_tokens, num_prompts=128, seed=2)
 
     def body(base):
         endpoint = Endpoint(base, EngineSpec().served_name)

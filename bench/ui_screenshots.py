@@ -5,9 +5,11 @@
 
 Without ``--server``: a throwaway `prefect server start` (UI included; PREFECT_HOME in a temporary
 directory, a free port), the Hub imitation and the imitation image through real docker, and one
-target's story run in this process: deploy-qwen, a health check (healthy), the container removed,
-a health check (unhealthy), recover-vllm, a health check (healthy again). With ``--server``: only
-the screenshots, of a target that server already knows. Either way the pages are the classic UI's
+target's story run in this process: deploy-qwen, a small bench-qwen (concurrency 1 and 4, four
+short requests each, a few seconds at the imitation's instant decoding), a health check (healthy),
+the container removed, a health check (unhealthy), recover-vllm, a health check (healthy again).
+With ``--server``: only the screenshots, of a target that server already knows (the benchmark's
+page only once bench-qwen has run on it). Either way the pages are the classic UI's
 deep links (``/artifacts/artifact/<id>``, ``/events?resource=...``, ``/variables``), rendered with
 ``--virtual-time-budget`` (the UI fills them from ``/api`` after load), each checked for its
 content before its PNG is kept.
@@ -240,6 +242,11 @@ def operator_pages(base: str, target: str) -> dict[str, tuple[str, tuple[str, ..
         "ui-events": (f"{base}/events?resource=vllm.service.{target}", (f"vllm.service.{target}", "vllm.service."),
                       (1400, 1560)),
     }
+    try:  # tall: the runbook table, the text chart, the PNG chart (an <img> of a data URI), the results
+        pages["ui-bench"] = (f"{base}/artifacts/artifact/{latest_artifact_id(api, f'bench-report-{target}')}",
+                             (f"bench-qwen on {target}", "measured beside the runbook", "Results"), (1400, 1500))
+    except LookupError:  # no benchmark yet on this target
+        pass
     try:
         pages["ui-recover"] = (f"{base}/artifacts/artifact/{latest_artifact_id(api, f'recover-{target}')}",
                                (f"recover-vllm on {target}", "Steps"), (1400, 640))
@@ -283,21 +290,27 @@ def save_screenshots(base: str, target: str, out_dir: Path) -> list[Path]:
 
 
 def run_story(api_url: str, target: str, work: Path, hub_url: str) -> None:
-    """deploy, check (healthy), remove the container, check (unhealthy), recover, check (healthy)."""
+    """deploy, bench, check (healthy), remove the container, check (unhealthy), recover, check (healthy)."""
     import docker
     from prefect.blocks.system import Secret
 
     from deployments.targets import sim_target
+    from flows.bench import bench_qwen
     from flows.deploy import deploy_qwen
     from flows.health import health_check
     from flows.recover import recover_vllm
     from sim.ports import free_port
+    from tasks.bench.load import Workload
 
     with flows_against(api_url):
         Secret(value=TOKEN).save("hf-token-ui", overwrite=True)
         machine = sim_target(target, work / target, hub_url, free_port(), time_scale=0.01, hf_token_secret="hf-token-ui")
         machine.save(target, overwrite=True)
         print(f"deploy-qwen: {deploy_qwen(target=target).status}", flush=True)
+        [bench] = bench_qwen(target=target, concurrencies=[1, 4], results_dir=str(work / "bench"),
+                             workload=Workload(input_len=16, output_len=8, num_prompts=4))
+        print(f"bench-qwen: {', '.join(f'{lv.label}: {lv.metrics.output_throughput:.0f} tok/s' for lv in bench.levels)}",
+              flush=True)
         print(f"health-check: {health_check(target=target).verdict.value}", flush=True)
         client = docker.from_env()
         client.containers.get(machine.container_name).remove(force=True)

@@ -70,6 +70,9 @@ def bench_qwen(
         results_dir: where results.json, chart.png and report.md go (one folder per run); None = none.
         label: the series name in the chart and table (default: the spec hash, or the preset).
     """
+    workload = workload.with_seed()  # one seed for every level and preset: they all see the same prompts
+    get_run_logger().info("workload: %d prompt tokens (%d shared), %d output tokens, seed %d", workload.input_len,
+                          workload.prefix_len, workload.output_len, workload.seed)
     if presets:
         reports = _compare_presets(target, presets, deploy_deployment or f"deploy-qwen/{target}", concurrencies,
                                    request_rates, workload, slos, percentiles)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,7 +47,8 @@ class Workload(BaseModel):
     prefix_len: int = Field(0, ge=0, description="the first N prompt tokens are the same in every request (prefix caching)")
     num_prompts: int | None = Field(None, ge=1, description="requests per level; None = 2 x concurrency, at least 4")
     ignore_eos: bool = Field(True, description="keep sampling past EOS so every output has output_len tokens")
-    seed: int = 0
+    seed: int | None = Field(None, ge=0, description="the same seed sends the same prompts; None = new prompts each "
+                                                      "run (a repeated run must not hit the prefix cache of the last)")
 
     @model_validator(mode="after")
     def _prefix_fits(self) -> Workload:
@@ -54,6 +56,13 @@ class Workload(BaseModel):
             raise ValueError(f"prefix_len ({self.prefix_len}) must be <= input_len ({self.input_len}): the shared "
                              "prefix is part of the prompt; lower prefix_len or raise input_len")
         return self
+
+    def with_seed(self) -> Workload:
+        """This workload with a concrete seed (a fresh random one when none is set), so that every
+        level and every preset of one run draws from the same known seed (logged, in results.json)."""
+        if self.seed is not None:
+            return self
+        return self.model_copy(update={"seed": secrets.randbits(32)})
 
     def prompts_for(self, concurrency: int | None) -> int:
         """Requests in one level: the given number, or two full waves of the concurrency."""
@@ -66,11 +75,17 @@ def make_prompts(workload: Workload, count: int, salt: int = 0) -> list[list[int
     """`count` prompts of `input_len` random token ids; the first `prefix_len` are shared.
 
     Deterministic per (seed, salt) so two runs (two presets) send the same prompts; the salt keeps
-    levels apart so a later level does not hit the prefix cache on an earlier level's prompts.
+    levels apart so a later level does not hit the prefix cache on an earlier level's prompts, and
+    the prefix has a stream of its own so it is not the start of another workload's first prompt.
+
+    Raises:
+        ValueError: the workload has no seed yet (`Workload.with_seed()` gives it one).
     """
-    rng = np.random.default_rng([workload.seed, salt])
+    if workload.seed is None:
+        raise ValueError("make_prompts needs a seeded workload: call workload.with_seed() first")
     low, high = PROMPT_TOKEN_RANGE
-    prefix = rng.integers(low, high, size=workload.prefix_len).tolist()
+    prefix = np.random.default_rng([workload.seed, salt, 1]).integers(low, high, size=workload.prefix_len).tolist()
+    rng = np.random.default_rng([workload.seed, salt, 2])
     return [prefix + rng.integers(low, high, size=workload.input_len - workload.prefix_len).tolist()
             for _ in range(count)]
 
@@ -169,7 +184,7 @@ def arrival_delays(count: int, request_rate: float, burstiness: float, seed: int
     """Seconds between sends: 0 for rate inf, else gamma-distributed (burstiness 1 = Poisson), as vLLM."""
     if math.isinf(request_rate):
         return [0.0] * count
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, 3])
     theta = 1.0 / (request_rate * burstiness)
     return rng.gamma(shape=burstiness, scale=theta, size=count).tolist()
 
@@ -208,7 +223,7 @@ async def run_level(endpoint: Endpoint, prompts: Sequence[list[int]], workload: 
         cpu0 = time.thread_time()
         start = time.perf_counter()
         tasks = []
-        for prompt, delay in zip(prompts, arrival_delays(len(prompts), request_rate, burstiness, workload.seed)):
+        for prompt, delay in zip(prompts, arrival_delays(len(prompts), request_rate, burstiness, workload.seed or 0)):
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(limited(prompt)))

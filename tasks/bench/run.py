@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from blocks.bench_gate import BenchGate
 from tasks.bench.chart import png_chart, text_chart
 from tasks.bench.load import Endpoint, LevelRun, Workload, make_prompts, run_level
-from tasks.bench.metrics import DEFAULT_PERCENTILES, SLOs, BenchmarkMetrics, calculate_metrics
+from tasks.bench.metrics import DEFAULT_PERCENTILES, BenchmarkMetrics, RequestOutput, SLOs, calculate_metrics
 from tasks.bench.server import ServerSide, server_side, snapshots, token_disagreement
 from tasks.probes import MetricsSnapshot, parse_metrics
 from tasks.report import artifact_key, fenced, markdown_table
@@ -72,6 +72,24 @@ def sweep_levels(concurrencies: Sequence[int] | None, request_rates: Sequence[fl
     return levels
 
 
+class RequestRecord(BaseModel):
+    """One request of a level, raw (results.json): times in seconds from the level's first send."""
+
+    start_s: float
+    ttft_s: float | None
+    latency_s: float | None
+    prompt_tokens: int
+    output_tokens: int
+    itl_s: list[float]
+    error: str | None = None
+
+    @classmethod
+    def of(cls, out: RequestOutput, origin: float) -> RequestRecord:
+        return cls(start_s=round(out.start_time - origin, 6), ttft_s=round(out.ttft, 6) if out.success else None,
+                   latency_s=round(out.latency, 6) if out.success else None, prompt_tokens=out.prompt_len,
+                   output_tokens=out.output_tokens, itl_s=[round(g, 6) for g in out.itl], error=out.error or None)
+
+
 class LevelResult(BaseModel):
     """What one level measured: the client's metrics, the server's account, the client's own cost."""
 
@@ -84,6 +102,7 @@ class LevelResult(BaseModel):
     client_cpu_fraction: float = Field(description="the load generator's CPU time / wall time (1 = one core)")
     loop_lag_p99_ms: float = Field(description="p99 lateness of the client's event loop: its error on a timestamp")
     client_bound: bool
+    requests: list[RequestRecord] = Field(default_factory=list, description="every request, raw (results.json only)")
 
     def row(self) -> dict[str, float | int | str | None]:
         """The level as a flat row (table artifact, chart, JSON)."""
@@ -135,6 +154,7 @@ def summarize(level: Level, run: LevelRun, before: MetricsSnapshot, after: Metri
         server=server, token_check=token_disagreement(server, metrics.total_input, metrics.total_output),
         client_cpu_fraction=run.client_cpu_fraction, loop_lag_p99_ms=run.lag_percentile_ms(99),
         client_bound=run.client_bound,
+        requests=[RequestRecord.of(o, min(r.start_time for r in run.outputs)) for o in run.outputs],
     )
 
 
@@ -168,7 +188,7 @@ def measure_level(base_url: str, served_model: str, api_key: str | None, level: 
 def warm_up(base_url: str, served_model: str, api_key: str | None) -> float:
     """One short streamed request first (vllm bench serve's test prompt): connections, first-call costs."""
     endpoint = Endpoint(base_url, served_model, api_key)
-    workload = Workload(input_len=16, output_len=4, num_prompts=1)
+    workload = Workload(input_len=16, output_len=4, num_prompts=1).with_seed()
     run = asyncio.run(run_level(endpoint, make_prompts(workload, 1, salt=WARM_UP_SALT), workload, concurrency=1,
                                 metrics_every_s=None, timeout_s=120))
     out = run.outputs[0]
@@ -305,6 +325,7 @@ def bench_levels(target: str, series: str, base_url: str, served_model: str, api
                  slos: SLOs | None = None) -> BenchReport:
     """Warm up, then measure each level in turn (tasks of the calling flow run)."""
     started, t0 = datetime.now(timezone.utc), time.monotonic()
+    workload = workload.with_seed()
     warm_up(base_url, served_model, api_key)
     results = [measure_level(base_url, served_model, api_key, level, workload, salt=i, percentiles=percentiles,
                              slos=slos) for i, level in enumerate(levels)]
@@ -368,9 +389,11 @@ def run_gate(target: str, base_url: str, served_model: str, api_key: str | None,
     warm_up(base_url, served_model, api_key)
     single = agg = None
     if single_level is not None:
-        workload = Workload(input_len=gate.input_len, output_len=gate.output_len, num_prompts=gate.single_requests)
+        workload = Workload(input_len=gate.input_len, output_len=gate.output_len,
+                            num_prompts=gate.single_requests).with_seed()
         single = measure_level(base_url, served_model, api_key, single_level, workload, salt=1).metrics
     if agg_level is not None:
-        workload = Workload(input_len=gate.input_len, output_len=gate.output_len, num_prompts=gate.concurrency)
+        workload = Workload(input_len=gate.input_len, output_len=gate.output_len,
+                            num_prompts=gate.concurrency).with_seed()
         agg = measure_level(base_url, served_model, api_key, agg_level, workload, salt=2).metrics
     return judge_gate(gate, single, agg)

@@ -73,12 +73,22 @@ def test_bench_sweep_measures_queueing_and_agrees_with_the_server(make_sim_targe
     assert folder.parent == tmp_path / "results" / target.name
     saved = json.loads((folder / "results.json").read_text())
     assert saved[0]["levels"][1]["metrics"]["completed"] == 8
+    raw = saved[0]["levels"][1]["requests"]  # every request, raw: 12 tokens = a TTFT and 11 gaps
+    assert len(raw) == 8 and all(len(r["itl_s"]) == 11 and r["output_tokens"] == 12 for r in raw)
     assert (folder / "chart.png").read_bytes().startswith(b"\x89PNG")
     assert "| level |" in (folder / "report.md").read_text()
     flush_logs()
     text = " ".join(flow_run_logs(run_id) + flow_run_artifacts(run_id)) + (folder / "results.json").read_text()
     assert TEST_API_KEY not in text and TEST_TOKEN not in text
     assert "level 8 (> max-num-seqs 4): 8/8 ok" in text
+    assert one.server.prefix_cache_hit_rate == 0  # random prompts share nothing
+
+    # a shared-prefix workload: after the first request, every prompt's 48 shared tokens hit the cache
+    shared = Workload(input_len=64, output_len=4, prefix_len=48, num_prompts=8)
+    state = bench_qwen(target=target.name, concurrencies=[1], workload=shared, results_dir=None, return_state=True)
+    assert state.is_completed(), state.message
+    [level] = state.result()[0].levels
+    assert level.server.prefix_cache_hit_rate == pytest.approx(7 * 48 / (8 * 64))
 
 
 def test_bench_without_a_server_says_to_deploy_first(make_sim_target):

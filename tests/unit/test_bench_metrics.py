@@ -375,7 +375,7 @@ def test_make_prompts_lengths_prefix_and_range():
 
 
 def test_make_prompts_without_prefix():
-    prompts = make_prompts(Workload(input_len=16, prefix_len=0), 3)
+    prompts = make_prompts(Workload(input_len=16, prefix_len=0, seed=0), 3)
     assert [len(p) for p in prompts] == [16, 16, 16]
     assert prompts[0][:4] != prompts[1][:4]
 
@@ -426,3 +426,19 @@ def test_level_run_client_cost():
     assert not idle.client_bound  # at the limit is not above it
     assert idle.lag_percentile_ms(99) == 0.0
     assert LevelRun(outputs=[], duration_s=0.0, client_cpu_s=1.0).client_cpu_fraction == 0.0
+
+
+def test_an_unseeded_workload_gets_a_seed_per_run_and_make_prompts_insists_on_one():
+    unseeded = Workload(input_len=8)
+    with pytest.raises(ValueError, match="with_seed"):
+        make_prompts(unseeded, 1)
+    first, second = unseeded.with_seed(), unseeded.with_seed()
+    assert first.seed is not None and first.seed != second.seed  # a repeated run sends new prompts
+    assert Workload(input_len=8, seed=5).with_seed().seed == 5
+
+
+def test_a_shared_prefix_is_not_the_start_of_another_workloads_prompt():
+    """Else a shared-prefix level would hit the prefix cache left by a plain level of the same seed."""
+    plain = make_prompts(Workload(input_len=64, seed=9), 1)[0]
+    shared = make_prompts(Workload(input_len=64, prefix_len=48, seed=9), 1)[0]
+    assert plain[:48] != shared[:48]
