@@ -238,7 +238,7 @@ def operator_pages(base: str, target: str) -> dict[str, tuple[str, tuple[str, ..
         "ui-health-history": (f"{base}/artifacts/artifact/{latest_artifact_id(api, f'health-history-{target}')}",
                               ("checked at", "verdict"), (1400, 560)),
         "ui-deploy": (f"{base}/artifacts/artifact/{latest_artifact_id(api, f'deploy-{target}')}",
-                      (f"deploy-qwen on {target}", "spec hash"), (1400, 1250)),
+                      (f"deploy-qwen on {target}", "spec hash"), (1400, 1500)),
         "ui-events": (f"{base}/events?resource=vllm.service.{target}", (f"vllm.service.{target}", "vllm.service."),
                       (1400, 1560)),
     }
@@ -307,7 +307,7 @@ def run_story(api_url: str, target: str, work: Path, hub_url: str) -> None:
         machine = sim_target(target, work / target, hub_url, free_port(), time_scale=0.01, hf_token_secret="hf-token-ui")
         machine.save(target, overwrite=True)
         print(f"deploy-qwen: {deploy_qwen(target=target).status}", flush=True)
-        [bench] = bench_qwen(target=target, concurrencies=[1, 4], results_dir=str(work / "bench"),
+        [bench] = bench_qwen(target=target, concurrencies=[1, 4], results_dir=None,
                              workload=Workload(input_len=16, output_len=8, num_prompts=4))
         print(f"bench-qwen: {', '.join(f'{lv.label}: {lv.metrics.output_throughput:.0f} tok/s' for lv in bench.levels)}",
               flush=True)
