@@ -345,8 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         save_screenshots(args.server.rstrip("/"), args.target or "sim", args.out)
         return 0
 
-    from sim.hub import HubServer, RepoSpec
+    import docker
 
+    from sim.hub import HubServer, RepoSpec
+    from sim.image import ensure_sim_image
+
+    ensure_sim_image(docker.from_env())  # a fresh machine: the story's deploy needs the imitation image
     target = args.target or "sim-ui"
     with tempfile.TemporaryDirectory(prefix="ui-screenshots-") as tmp:
         work = Path(tmp)

@@ -41,7 +41,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,8 +221,12 @@ def start_worker(
     env: Mapping[str, str] | None = None,
     cwd: Path = ROOT,
     started_timeout_s: float | None = 120.0,
+    queues: Sequence[str] = (),
 ) -> Worker:
-    """Start `prefect worker start --pool POOL --name NAME` detached, logging to ``log``.
+    """Start `prefect worker start --pool POOL --name NAME [--work-queue Q ...]` detached, logging to ``log``.
+
+    ``queues``: the work queues it polls (a fleet's worker polls its machine's queue, named after
+    the target: docs/fleet.md); none = every queue of the pool (one machine).
 
     Its own session (so a terminal's or a test session's signals do not reach it, and it outlives
     the shell that started it), SIGINT at its default (see the module docstring), the project's
@@ -236,6 +240,8 @@ def start_worker(
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-c", _EXEC_WITH_DEFAULT_SIGINT, PREFECT, "worker", "start", "--pool", pool, "--name", name]
+    for queue in queues:
+        command += ["--work-queue", queue]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=cwd, env=environment, stdin=subprocess.DEVNULL, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
@@ -509,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--pid-file", type=Path)
         if command == "start":
             sub.add_argument("--log", type=Path, required=True)
+            sub.add_argument("--queue", action="append", default=[],
+                             help="work queue to poll (repeatable; a fleet machine's is its target name); default all")
             sub.add_argument("--started-timeout", type=float, default=120.0)
         if command == "stop":
             sub.add_argument("--grace", type=float, default=STOP_GRACE_S)
@@ -542,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  more than one is running ({running}): `make down` stops them all")
         else:
             try:
-                worker = start_worker(args.pool, args.name, args.log, started_timeout_s=args.started_timeout)
+                worker = start_worker(args.pool, args.name, args.log, started_timeout_s=args.started_timeout,
+                                      queues=args.queue)
             except WorkerError as failure:
                 print(failure, file=sys.stderr)
                 return 1

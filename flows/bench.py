@@ -111,7 +111,7 @@ def _bench_running(target: str, concurrencies: list[int] | None, request_rates: 
 
 def _deploy(deployment: str, target: str, parameters: dict) -> str | None:
     """Run the deploy-qwen deployment and wait; None when it completed, else its state's message."""
-    run = run_deployment(name=deployment, parameters={"target": target, **parameters}, timeout=None)
+    run = run_deployment(name=deployment, parameters={"target": target, **parameters}, timeout=None, poll_interval=1)
     state = run.state
     if state is not None and state.is_completed():
         return None

@@ -157,7 +157,8 @@ def deploy_qwen(
                 gate_note = "benchmark gate missed: " + "; ".join(gate.problems)
                 degraded = "; ".join(filter(None, [degraded, gate_note]))
             running = served.spec if served else spec
-            record_healthy(machine.name, running, served.spec_hash if served else spec_hash, degraded=degraded)
+            record_healthy(machine.name, running, served.spec_hash if served else spec_hash, degraded=degraded,
+                           kv_cache_tokens=served.kv_cache_tokens if served else None)
             clear_recover_runs(machine.name)  # a person deployed: the cap on failing recoveries starts again
     except Exception as exc:
         _report_failure(machine, spec, spec_hash, exc, secrets)
@@ -193,7 +194,7 @@ def _roll_back(machine: TargetMachine, failed_hash: str, secrets: ServerSecrets,
             f"TARGET {machine.name} IS DOWN: the new spec {why} ({_first_line(failure)}) and the rollback to"
             f" {previous.spec_hash(machine)} failed too ({_first_line(exc)})"
         )
-    record_healthy(machine.name, served.spec, served.spec_hash)
+    record_healthy(machine.name, served.spec, served.spec_hash, kv_cache_tokens=served.kv_cache_tokens)
     emit_service_event(machine.name, ServiceEvent.ROLLED_BACK, {"spec_hash": served.spec_hash, "failed_spec_hash": failed_hash})
     return DeployFailed(
         f"rolled back: {machine.name} serves its last healthy spec {served.spec_hash} again; the new spec"

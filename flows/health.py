@@ -81,6 +81,7 @@ def health_check(
     history = [*health_history(machine.name, artifact_key("health-history", machine.name)), row][-HEALTH_HISTORY:]
     save_health_state(machine.name, {
         "verdict": report.verdict.value, "since": since, "checked_at": now,
+        "layer": report.layer.value, "reason": report.reason[:300],
         "metrics": metrics.model_dump(mode="json") if metrics else before.get("metrics"),
         "restart_count": container.restart_count,
     })

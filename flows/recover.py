@@ -154,7 +154,8 @@ def _recover(machine: TargetMachine, spec, secrets: ServerSecrets, docker_host, 
         _report(machine.name, f"recover-vllm on {machine.name}: FAILED", reason, failure, [*steps, *exc.steps], None)
         raise
     smoke_inference(machine.endpoint, spec.served_name, secrets.api_key)
-    record_healthy(machine.name, served.spec, served.spec_hash, degraded=served.degraded(spec))
+    record_healthy(machine.name, served.spec, served.spec_hash, degraded=served.degraded(spec),
+                   kv_cache_tokens=served.kv_cache_tokens)
     record_recover_run(machine.name, time.time(), ended_healthy=True)
     all_steps = [*steps, *served.steps]
     result = RecoverResult(

@@ -127,6 +127,12 @@ class Served:
     steps: list[RecoveryStep] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
 
+    @property
+    def kv_cache_tokens(self) -> int | None:
+        """The KV cache size the server logged at startup ("GPU KV cache size: N tokens")."""
+        stats = self.readiness.stats if self.readiness else None
+        return stats.kv_cache_tokens if stats else None
+
     def degraded(self, requested: EngineSpec) -> str | None:
         """"requested X, running Y, because Z" when recovery changed the spec; None when it did not.
 

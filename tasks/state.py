@@ -51,12 +51,18 @@ def last_healthy(target_name: str) -> EngineSpec | None:
         return None
 
 
-def record_healthy(target_name: str, spec: EngineSpec, spec_hash: str, degraded: str | None = None) -> None:
+def record_healthy(target_name: str, spec: EngineSpec, spec_hash: str, degraded: str | None = None,
+                   kv_cache_tokens: int | None = None) -> None:
     """Record the spec that serves now (for a rollback; ``degraded``: "requested X, running Y,
-    because Z" when recovery changed it), and that the target should be running."""
+    because Z" when recovery changed it; its KV cache size when this run started it, for the fleet
+    view), and that the target should be running."""
+    previous = last_healthy_record(target_name)
+    if kv_cache_tokens is None and previous.get("spec_hash") == spec_hash:
+        kv_cache_tokens = previous.get("kv_cache_tokens")  # the same server, kept: its size is unchanged
     Variable.set(LAST_HEALTHY_PREFIX + target_name, {
         "spec": spec.model_dump(mode="json", include=set(EngineSpec.model_fields)), "spec_hash": spec_hash,
-        "degraded": degraded, "at": datetime.now(timezone.utc).isoformat()}, overwrite=True)
+        "degraded": degraded, "kv_cache_tokens": kv_cache_tokens, "at": datetime.now(timezone.utc).isoformat()},
+        overwrite=True)
     set_desired(target_name, "running")
 
 
