@@ -400,6 +400,14 @@ class EngineSpec(Block):
         """The fields that shape the container, as plain JSON-able values."""
         return self.model_dump(mode="json", include=set(HASHED_FIELDS))
 
+    def serving_hash(self) -> str:
+        """12-hex digest of what the server serves, whatever machine runs it: the spec hash's fields
+        without the container name (each machine may name its own), so one spec reads the same on
+        every target of a fleet (the fleet tables' "spec" column)."""
+        fields = {k: v for k, v in self.hashed_fields().items() if k != "container_name"}
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
     def spec_hash(self, target: ContainerIdentity | None = None) -> str:
         """Stable 12-hex digest of what the container is made of (for the spec-hash label).
 

@@ -5,8 +5,12 @@
 #   3. the imitation images (base from mmdebstrap + `docker import`, vLLM imitation on top),
 #      skipped when images with the same content label exist (sim/image.py decides);
 #   4. a headless Chromium for the UI test and screenshots (Debian's chromium-headless-shell,
-#      or chromium where the archive has no such package), only when neither is installed.
-# Everything stays on loopback; nothing here is needed on a real DGX Spark except step 1.
+#      or chromium where the archive has no such package), only when neither is installed;
+#   5. Debian's PostgreSQL binaries for a fleet's Prefect server (deployments/postgres.py starts a
+#      private cluster with them; tests/fleet), only when no /usr/lib/postgresql/<v>/bin/initdb exists.
+#      The distribution's own cluster is not created on a fresh install, and never used or stopped.
+# Everything stays on loopback; nothing here is needed on a real DGX Spark except step 1 (and
+# step 5 on the machine that runs a fleet's Prefect server, if it does not use postgres-compose.yaml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,5 +65,21 @@ if ! command -v chromium-headless-shell >/dev/null 2>&1 && ! command -v chromium
     apt-cache policy chromium-headless-shell 2>/dev/null | grep -q 'Candidate: [0-9]' || chromium_pkg=chromium
     log "installing $chromium_pkg (the UI test and the screenshots render the Prefect UI with it)"
     NEEDRESTART_SUSPEND=1 apt_install "$chromium_pkg"
+fi
+
+# 5. PostgreSQL binaries (a fleet's Prefect server: SQLite answers "database is locked" under
+#    several workers). postgresql-common first, so that its createcluster.conf can say "no main
+#    cluster" before postgresql-<v> is configured: nothing then listens on 5432 or starts at boot.
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    log "installing postgresql (binaries for deployments/postgres.py; no distribution cluster is created)"
+    NEEDRESTART_SUSPEND=1 apt_install postgresql-common
+    conf=/etc/postgresql-common/createcluster.conf
+    if grep -Eq '^#?[[:space:]]*create_main_cluster' "$conf" 2>/dev/null; then
+        sed -Ei 's/^#?[[:space:]]*create_main_cluster[[:space:]]*=.*/create_main_cluster = false/' "$conf"
+    else
+        echo 'create_main_cluster = false' >> "$conf"
+    fi
+    NEEDRESTART_SUSPEND=1 apt_install postgresql
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || { log "postgresql installed no initdb"; exit 1; }
 fi
 log "ready"

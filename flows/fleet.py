@@ -45,8 +45,8 @@ def _deploy_parameters(engine: str | None, preset: str | None, overrides: dict[s
     return {**parameters, **(extra or {})}
 
 
-def _table(fleet: str, kind: str, runs: dict[str, TargetRun | None], description: str) -> list[dict[str, Any]]:
-    """The fleet table artifact: one row per target (verdict of this run, what serves, last check)."""
+def _rows(runs: dict[str, TargetRun | None]) -> list[dict[str, Any]]:
+    """One row per target: this run's verdict, what serves (from the server's records), last check."""
     now = now_epoch()
     rows = []
     for target, run in runs.items():
@@ -55,6 +55,12 @@ def _table(fleet: str, kind: str, runs: dict[str, TargetRun | None], description
         except ValueError:
             endpoint = "(no target block)"
         rows.append(fleet_row(target, endpoint, run, last_healthy_record(target), health_state(target), now))
+    return rows
+
+
+def _table(fleet: str, kind: str, runs: dict[str, TargetRun | None], description: str) -> list[dict[str, Any]]:
+    """The fleet table artifact `<kind>-<fleet>` of `_rows`."""
+    rows = _rows(runs)
     create_table_artifact(table=rows, key=artifact_key(kind, fleet), description=description)
     return rows
 
@@ -161,10 +167,10 @@ def rolling_update(
             break
     for target in targets[len(steps):]:
         steps.append((target, "not attempted: still on the old spec"))
-    rows = _table(fleet, "rolling-update", runs, f"rolling-update {fleet}: " + ("done" if stopped is None else "STOPPED"))
     by_target = dict(steps)
-    for row in rows:
-        row["step"] = by_target[row["target"]]
+    rows = [{"target": row["target"], "step": by_target[row["target"]], **row} for row in _rows(runs)]
+    create_table_artifact(table=rows, key=artifact_key("rolling-update", fleet),
+                          description=f"rolling-update {fleet}: " + ("done" if stopped is None else "STOPPED"))
     create_markdown_artifact(
         key=artifact_key("rolling-update-report", fleet),
         description=f"rolling-update {fleet}: " + ("every target updated" if stopped is None else f"stopped at {stopped}"),

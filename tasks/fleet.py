@@ -9,6 +9,7 @@ Variables), never from the remote machine's memory.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -44,6 +45,17 @@ class TargetRun(BaseModel):
         return self.state == "COMPLETED"
 
 
+_ENGINE_PREFIX = "Flow run encountered an exception: "
+_EXCEPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*: ")
+
+
+def run_message(message: str | None) -> str:
+    """A failed run's state message as the flow raised it: without Prefect's "Flow run encountered
+    an exception: " and the exception's class name ("DeployFailed: rolled back: ..." -> "rolled back: ...")."""
+    text = (message or "").removeprefix(_ENGINE_PREFIX)
+    return _EXCEPTION_NAME.sub("", text, count=1)
+
+
 def _report_title(flow_run_id: UUID, key: str) -> str:
     """The description (title) of the artifact `key` the flow run published, "" when none."""
     with get_client(sync_client=True) as client:
@@ -74,7 +86,7 @@ def run_on_target(deployment: str, target: str, parameters: Mapping[str, Any] | 
         title = _report_title(run.id, artifact_key(report_key, target))
         outcome = title.split(": ", 1)[1] if ": " in title else title
     result = TargetRun(target=target, deployment=deployment, flow_run_id=run.id,
-                       state=state.type.value if state else "UNKNOWN", message=(state.message or "")[:500] if state else "",
+                       state=state.type.value if state else "UNKNOWN", message=run_message(state.message)[:500] if state else "",
                        outcome=outcome, seconds=round(time.monotonic() - started, 2))
     logger = get_run_logger()
     if result.ok:
@@ -85,7 +97,8 @@ def run_on_target(deployment: str, target: str, parameters: Mapping[str, Any] | 
 
 
 def spec_summary(record: Mapping[str, Any]) -> str:
-    """A spec as the fleet table shows it: its target-independent hash and the fields presets change."""
+    """A spec as the fleet table shows it: its serving hash (the same on every machine) and the
+    fields presets change."""
     spec_fields = record.get("spec")
     if not isinstance(spec_fields, dict):
         return ""
@@ -93,7 +106,7 @@ def spec_summary(record: Mapping[str, Any]) -> str:
         spec = EngineSpec(**spec_fields)
     except ValueError:
         return "(unreadable)"
-    return (f"{spec.spec_hash()} (seqs {spec.max_num_seqs}, util {spec.gpu_memory_utilization:.2f}, "
+    return (f"{spec.serving_hash()} (seqs {spec.max_num_seqs}, util {spec.gpu_memory_utilization:.2f}, "
             f"len {spec.max_model_len})")
 
 

@@ -38,6 +38,14 @@ def latest_artifact(key: str):
     return found[0]
 
 
+def table_rows(key: str) -> list[dict]:
+    """The rows of the newest table artifact ``key`` (the API returns its data as a JSON string)."""
+    import json
+
+    data = latest_artifact(key).data
+    return json.loads(data) if isinstance(data, str) else data
+
+
 def flush_logs() -> None:
     """Logs reach the server in batches; send what is queued before reading them back."""
     from prefect.logging.handlers import APILogWorker

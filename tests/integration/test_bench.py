@@ -23,7 +23,7 @@ from flows.deploy import deploy_qwen
 from tasks.bench.load import Workload
 from tasks.report import artifact_key
 from tests.integration.conftest import TEST_API_KEY, TEST_TOKEN, target_containers
-from tests.integration.prefect_reads import flow_run_artifacts, flow_run_logs, flush_logs, latest_artifact
+from tests.integration.prefect_reads import flow_run_artifacts, flow_run_logs, flush_logs, latest_artifact, table_rows
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,8 +63,7 @@ def test_bench_sweep_measures_queueing_and_agrees_with_the_server(make_sim_targe
     assert eight.metrics.ttft.p(99) > 3 * one.metrics.ttft.p(99)
     assert eight.server.running_peak <= 4
 
-    table = latest_artifact(artifact_key("bench", target.name))
-    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    rows = table_rows(artifact_key("bench", target.name))
     assert [r["label"] for r in rows] == ["1", "8 (> max-num-seqs 4)"] and rows[1]["tokens_agree"] == "yes"
     markdown = latest_artifact(artifact_key("bench-report", target.name)).data
     assert "measured beside the runbook" in markdown and "~6-7" in markdown
@@ -160,8 +159,7 @@ def test_preset_comparison_deploys_each_preset_and_puts_the_old_spec_back(make_s
     assert [r.series for r in reports] == ["latency", "throughput"]
     assert [r.max_num_seqs for r in reports] == [16, 64]
     assert all(lv.metrics.completed == 4 for r in reports for lv in r.levels)
-    table = latest_artifact(artifact_key("bench", target.name))
-    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    rows = table_rows(artifact_key("bench", target.name))
     assert [(r["series"], r["label"]) for r in rows] == [("latency", "1"), ("latency", "4"),
                                                          ("throughput", "1"), ("throughput", "4")]
     [container] = target_containers(docker_client, target.name)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from deployments.fleet import FLEET_QUEUE, FleetFile, load_fleet_file, render, spark_templates, worker_commands
-from tasks.fleet import TargetRun, fleet_row, spec_summary
+from tasks.fleet import TargetRun, fleet_row, run_message, spec_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEET = FleetFile(fleet="sparks", targets={"spark-a": {"cache_dir": "/opt/hf"},
@@ -90,3 +90,11 @@ def test_the_spec_summary_is_the_same_for_the_same_spec_on_any_target():
     a = spec_summary({"spec": {"max_num_seqs": 32}})
     assert a == spec_summary({"spec": {"max_num_seqs": 32}}) != spec_summary({"spec": {"max_num_seqs": 16}})
     assert spec_summary({}) == ""
+    # each machine names its container: still the same spec
+    assert spec_summary({"spec": {"max_num_seqs": 32, "container_name": "vllm-a"}}) == a
+
+
+def test_a_failed_runs_message_reads_as_the_flow_raised_it():
+    assert run_message("Flow run encountered an exception: DeployFailed: rolled back: a serves b") == "rolled back: a serves b"
+    assert run_message("Flow run encountered an exception: TARGET a IS DOWN: x") == "TARGET a IS DOWN: x"
+    assert run_message(None) == "" and run_message("Crashed: killed") == "killed"

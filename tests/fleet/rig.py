@@ -1,0 +1,399 @@
+"""A second docker daemon on this box: the fleet rig's second "machine" (tests/fleet, benches).
+
+A fleet test needs two docker hosts. One box can run two dockerd side by side as long as they share
+*nothing* that either one owns (docs: ../shared/notes/rig.md)::
+
+    ROOT/docker.sock     its API socket (base URL ``unix://ROOT/docker.sock``)
+    ROOT/data            --data-root (images, containers, volumes)
+    ROOT/exec            --exec-root (its own containerd, netns, plugins)
+    ROOT/docker.pid      --pidfile
+    ROOT/daemon.json     --config-file ({}): /etc/docker/daemon.json (the first daemon's) not read
+    ROOT/dockerd.log     its log
+    bridge br-sv2        172.29.0.1/16, made here before the daemon starts (--bridge br-sv2)
+
+HAZARD: a dockerd started with the default bridge or ``--bridge none`` takes over (or deletes) the
+host daemon's ``docker0`` and breaks every container of the first daemon. So the bridge is
+always given, is never ``docker0``/``none``, and must not overlap any other interface's network;
+the paths must not be the first daemon's (/var/lib/docker, /var/run/docker, /var/run/docker.sock).
+
+The daemon runs with ``--iptables=false`` (and ``--ip-forward=false``): it then never rewrites
+the nat/filter chains the first daemon keeps (dockerd's bridge driver cleans up "its" DOCKER
+chains at start-up, and both daemons would call them theirs). Published ports still work: on
+loopback they are served by dockerd's userland proxy (docker-proxy), which connects to the
+container over br-sv2. Containers of the second daemon get no outbound NAT (nothing here needs it:
+there is no internet anyway). ``--containerd-namespace`` keeps its containers apart even if both
+daemons ever talked to one containerd.
+
+The daemon is cheap to keep: tests leave it running and the next session reuses it (its socket
+answers ``/_ping``). `stop_second_dockerd` stops it (SIGTERM by the pid in its pid file, then
+SIGKILL of that pid and its own containerd).
+
+Test containers follow tests/integration/conftest.py's rule: a test target is named
+``test-<pid>-<hex>`` (label ``org.spark-vllm.target``), a container a test starts by hand carries
+``org.spark-vllm.test=<pid>``; the pid is the pytest session's. The session's PostgreSQL clusters
+(tests/fleet/conftest.py) live in ``/tmp/spark-vllm-pg-<pid>-*``: `remove_stale_clusters` stops and
+deletes those of sessions that were killed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import signal
+import socket
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+from docker.errors import ImageNotFound
+from filelock import FileLock
+
+from blocks.render import label_filters
+from blocks.shared import LABEL_TARGET
+from deployments import postgres
+
+#: Where the second daemon keeps everything (the environment may move it).
+DEFAULT_ROOT = Path(os.environ.get("SPARK_VLLM_D2_ROOT", "/var/lib/spark-vllm-d2"))
+BRIDGE = os.environ.get("SPARK_VLLM_D2_BRIDGE", "br-sv2")
+BRIDGE_CIDR = os.environ.get("SPARK_VLLM_D2_CIDR", "172.29.0.1/16")
+CONTAINERD_NAMESPACE = "spark-vllm-d2"
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+
+#: The first daemon's own places: never used for the second one.
+_HOST_DAEMON_PATHS = (Path("/var/lib/docker"), Path("/var/run/docker"), Path("/run/docker"),
+                      Path("/var/run/docker.sock"), Path("/run/docker.sock"))
+_FORBIDDEN_BRIDGES = {"", "none", "docker0", "host", "default"}
+
+# --- the naming rule of tests/integration/conftest.py ----------------------------------------
+TEST_TARGET_PREFIX = "test-"
+TEST_LABEL = "org.spark-vllm.test"
+SESSION = str(os.getpid())
+SESSION_PREFIX = f"{TEST_TARGET_PREFIX}{SESSION}-"
+TEST_LABELS = {TEST_LABEL: SESSION}
+
+
+class RigError(RuntimeError):
+    """The second daemon could not be started or stopped (its log's tail is in the message)."""
+
+
+# --- paths and checks ------------------------------------------------------------------------
+
+
+def socket_path(root: Path | str = DEFAULT_ROOT) -> Path:
+    return Path(root).absolute() / "docker.sock"
+
+
+def base_url(root: Path | str = DEFAULT_ROOT) -> str:
+    """``unix:///ROOT/docker.sock``: for ``docker.DockerClient(base_url=...)`` or ``DOCKER_HOST``."""
+    return f"unix://{socket_path(root)}"
+
+
+def _check_root(root: Path) -> None:
+    for path in _HOST_DAEMON_PATHS:
+        if root == path or path.is_relative_to(root) or root.is_relative_to(path):
+            raise RigError(f"{root}: overlaps the first docker daemon's {path}; choose e.g. /var/lib/spark-vllm-d2")
+    if len(str(root / "exec" / "containerd" / "containerd-debug.sock")) > 100:
+        raise RigError(f"{root}: too long a path for the daemon's unix sockets (108 bytes)")
+
+
+def ping(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether the daemon at ``unix://PATH`` answers ``GET /_ping`` with OK."""
+    path = url.removeprefix("unix://")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout_s)
+            sock.connect(path)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+    except OSError:
+        return False
+    return reply.startswith(b"HTTP/1.") and b" 200 " in reply.split(b"\r\n", 1)[0] and reply.endswith(b"OK")
+
+
+# --- the bridge ------------------------------------------------------------------------------
+
+
+def _ip_json(*args: str) -> list[dict]:
+    done = subprocess.run(["ip", "-j", *args], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout or "[]")
+
+
+def ensure_bridge(name: str = BRIDGE, cidr: str = BRIDGE_CIDR) -> None:
+    """Create the bridge ``name`` with address ``cidr`` (up) unless it is there: never docker0.
+
+    Refuses a network that overlaps another interface's (docker0's 172.17.0.0/16 in particular).
+    """
+    if name in _FORBIDDEN_BRIDGES or not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", name):
+        raise RigError(f"bridge {name!r}: the second daemon needs its own bridge device (never docker0 or none)")
+    wanted = ipaddress.ip_interface(cidr)
+    links = _ip_json("addr", "show")
+    ours = None
+    for link in links:
+        if link.get("ifname") == name:
+            ours = link
+            continue
+        for info in link.get("addr_info", []):
+            if info.get("family") != "inet":
+                continue
+            network = ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}").network
+            if network.overlaps(wanted.network):
+                raise RigError(f"{cidr} overlaps {link['ifname']}'s {network}: choose another SPARK_VLLM_D2_CIDR")
+    if ours is None:
+        subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
+        ours = {"addr_info": []}
+    present = {f"{i['local']}/{i['prefixlen']}" for i in ours.get("addr_info", []) if i.get("family") == "inet"}
+    if str(wanted) not in present:
+        if present:
+            raise RigError(f"bridge {name} already has {sorted(present)}, not {cidr}")
+        subprocess.run(["ip", "addr", "add", str(wanted), "dev", name], check=True)
+    subprocess.run(["ip", "link", "set", name, "up"], check=True)
+
+
+def remove_bridge(name: str = BRIDGE) -> None:
+    """Delete the second daemon's bridge (only ever that one): after `stop_second_dockerd`."""
+    if name in _FORBIDDEN_BRIDGES:
+        raise RigError(f"refusing to delete {name!r}")
+    if any(link.get("ifname") == name for link in _ip_json("link", "show")):
+        subprocess.run(["ip", "link", "del", name], check=True)
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return raw[raw.rindex(")") + 2:].split()[0] in ("Z", "X")
+
+
+def daemon_pid(root: Path | str = DEFAULT_ROOT) -> int | None:
+    """The live dockerd that ``ROOT/docker.pid`` names, if it really is ours (pid reuse checked)."""
+    root = Path(root).absolute()
+    try:
+        pid = int((root / "docker.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    argv = _cmdline(pid)
+    if not argv or _is_zombie(pid) or Path(argv[0]).name != "dockerd" or str(root / "docker.pid") not in argv:
+        return None
+    return pid
+
+
+def _log_tail(root: Path, chars: int = 3000) -> str:
+    try:
+        return (root / "dockerd.log").read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def dockerd_command(root: Path, bridge: str = BRIDGE) -> list[str]:
+    """The second daemon's command line (see the module docstring for each choice)."""
+    return [
+        "dockerd",
+        "--host", base_url(root),
+        "--data-root", str(root / "data"),
+        "--exec-root", str(root / "exec"),
+        "--pidfile", str(root / "docker.pid"),
+        "--config-file", str(root / "daemon.json"),
+        "--bridge", bridge,
+        "--iptables=false",
+        "--ip-forward=false",
+        "--containerd-namespace", CONTAINERD_NAMESPACE,
+        "--containerd-plugins-namespace", f"{CONTAINERD_NAMESPACE}-plugins",
+    ]
+
+
+def start_second_dockerd(root: Path | str = DEFAULT_ROOT, *, bridge: str = BRIDGE, cidr: str = BRIDGE_CIDR,
+                         timeout_s: float = START_TIMEOUT_S) -> str:
+    """Start the second daemon in ``root`` (or reuse the one running there); return its base URL.
+
+    Idempotent and safe to call from two sessions at once (a file lock in ``root``). Returns once
+    the daemon answers ``/_ping``; raises `RigError` with its log's tail otherwise.
+    """
+    root = Path(root).absolute()
+    _check_root(root)
+    url = base_url(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / "rig.lock"), timeout=timeout_s + 30):
+        if ping(url):
+            return url
+        process = None
+        if daemon_pid(root) is None:
+            ensure_bridge(bridge, cidr)
+            (root / "daemon.json").write_text("{}\n")
+            with open(root / "dockerd.log", "ab") as out:
+                out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start_second_dockerd\n".encode())
+                out.flush()
+                process = subprocess.Popen(dockerd_command(root, bridge), stdin=subprocess.DEVNULL, stdout=out,
+                                           stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+        deadline = time.monotonic() + timeout_s
+        while not ping(url):
+            if process is not None and process.poll() is not None:
+                raise RigError(f"the second dockerd exited ({process.returncode}); {root}/dockerd.log:\n{_log_tail(root)}")
+            if time.monotonic() > deadline:
+                raise RigError(f"the second dockerd did not answer within {timeout_s:.0f} s; "
+                               f"{root}/dockerd.log:\n{_log_tail(root)}")
+            time.sleep(0.2)
+    return url
+
+
+def stop_second_dockerd(root: Path | str = DEFAULT_ROOT, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """Stop the second daemon of ``root`` (False when none runs). Its containers stop with it.
+
+    Only the pid of ``ROOT/docker.pid`` (checked to be this daemon) is signalled, and on SIGKILL
+    its own supervised containerd too; the bridge stays (`remove_bridge` deletes it).
+    """
+    root = Path(root).absolute()
+    pid = daemon_pid(root)
+    if pid is None:
+        return False
+    children = [int(p) for p in _children(pid)]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if daemon_pid(root) != pid:
+            return True
+        time.sleep(0.2)
+    for victim in [pid, *children]:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return True
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` that are containerd (the daemon's own, supervised one)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(raw[raw.rindex(")") + 2:].split()[1]) == pid and "containerd" in " ".join(_cmdline(int(entry.name))):
+            found.append(int(entry.name))
+    return found
+
+
+# --- images ----------------------------------------------------------------------------------
+
+
+def copy_image(src_client: docker.DockerClient, dst_client: docker.DockerClient, tag: str) -> bool:
+    """Copy image ``tag`` from one daemon to the other (``docker save | docker load``, streamed).
+
+    Skipped (returns False) when the destination already has the same image id under ``tag``;
+    save/load keeps the id, the tag and the labels (sim/image.py's content label included).
+    """
+    source = src_client.images.get(tag)
+    try:
+        if dst_client.images.get(tag).id == source.id:
+            return False
+    except ImageNotFound:
+        pass
+    for message in dst_client.api.load_image(src_client.api.get_image(tag)):
+        if isinstance(message, dict) and message.get("error"):
+            raise RigError(f"loading {tag} into the second daemon: {message['error']}")
+    if dst_client.images.get(tag).id != source.id:
+        raise RigError(f"{tag}: the copy's image id differs from the source's")
+    return True
+
+
+# --- test containers (tests/integration/conftest.py's rule) ----------------------------------
+
+
+def test_containers(client: docker.DockerClient) -> list:
+    """Containers of test targets (``test-...``) and those tests started by hand (TEST_LABEL)."""
+    found = client.containers.list(all=True, filters=label_filters())
+    by_hand = client.containers.list(all=True, filters={"label": TEST_LABEL})
+    targets = [c for c in found if c.labels.get(LABEL_TARGET, "").startswith(TEST_TARGET_PREFIX)]
+    return targets + [c for c in by_hand if c.id not in {t.id for t in targets}]
+
+
+test_containers.__test__ = False  # not a pytest test, whatever the importing module is
+
+
+def session_of(container) -> str:
+    """The pid of the pytest session that made a test container ('' when it carries none)."""
+    labels = container.labels or {}
+    if TEST_LABEL in labels:
+        return labels[TEST_LABEL]
+    return labels.get(LABEL_TARGET, "").removeprefix(TEST_TARGET_PREFIX).partition("-")[0]
+
+
+def session_alive(session: str) -> bool:
+    if not session.isdigit():
+        return False
+    try:
+        os.kill(int(session), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_session_containers(client: docker.DockerClient, session: str = SESSION) -> list[str]:
+    """Remove the test containers of ``session``; the names removed."""
+    removed = []
+    for container in test_containers(client):
+        if session_of(container) == session:
+            container.remove(force=True)
+            removed.append(container.name)
+    return removed
+
+
+def remove_stale_containers(client: docker.DockerClient, session: str = SESSION) -> list[str]:
+    """Remove the test containers of sessions no longer alive (never a running session's)."""
+    removed = []
+    for container in test_containers(client):
+        owner = session_of(container)
+        if owner != session and not session_alive(owner):
+            container.remove(force=True)
+            removed.append(container.name)
+    return removed
+
+
+# --- PostgreSQL data directories of test sessions ------------------------------------------
+
+#: This session's PostgreSQL data directories: /tmp/spark-vllm-pg-<pid>-XXXX (not tmp_path_factory:
+#: pytest's tmp directories are 0700, and the postgres OS user must enter them).
+PG_DIR_PREFIX = f"spark-vllm-pg-{SESSION}-"
+
+
+def pg_data_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix=PG_DIR_PREFIX))
+
+
+def remove_stale_clusters() -> list[Path]:
+    """Stop and delete the clusters of killed sessions (their pid no longer runs)."""
+    removed = []
+    for data_dir in Path(tempfile.gettempdir()).glob("spark-vllm-pg-*-*"):
+        owner = data_dir.name.split("-")[3]
+        if not owner.isdigit() or owner == SESSION or session_alive(owner):
+            continue
+        try:
+            postgres.stop(data_dir)
+        except (postgres.PostgresError, subprocess.SubprocessError, OSError):
+            pass
+        shutil.rmtree(data_dir, ignore_errors=True)
+        removed.append(data_dir)
+    return removed

@@ -1,0 +1,165 @@
+"""The fleet end to end: two "machines" on this box, each a docker daemon of its own (the first, and
+the rig's second with its own bridge), its own cache and memory ledger, its own worker polling its
+own queue; a Prefect server on PostgreSQL; the deployments registered by deployments.fleet from a
+targets file, as an operator does. The fleet flows run in this process and reach the machines only
+through those deployments.
+
+The tests share the module's fleet and run in order: deploy both, fail one, roll an update that
+stops at a failing target then one that completes, check the fleet's health.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+import yaml
+from prefect import get_client
+from prefect.blocks.system import Secret
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentTaskRunId
+from prefect.client.schemas.sorting import FlowRunSort
+
+from blocks.shared import LABEL_SPEC_HASH
+from deployments.fleet import load_fleet_file, register
+from deployments.targets import sim_target
+from deployments.worker import Worker, start_worker, stop_worker
+from flows.fleet import deploy_fleet, health_check_fleet, rolling_update
+from sim.ports import free_port
+from tests.integration.conftest import SESSION_PREFIX, TEST_TOKEN, target_containers
+from tests.integration.prefect_reads import table_rows
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+#: A spec that cannot start on a Spark (the KV cache does not fit in 5% of the memory), no recovery.
+BAD = {"overrides": {"gpu_memory_utilization": 0.05}, "recover": False}
+
+
+@dataclass
+class Fleet:
+    name: str
+    a: str  # on the first daemon
+    b: str  # on the second daemon
+    clients: dict[str, docker.DockerClient]
+    workers: list[Worker]
+
+    @property
+    def targets(self) -> list[str]:
+        return [self.a, self.b]
+
+    def container(self, target: str):
+        [container] = target_containers(self.clients[target], target)
+        return container
+
+
+@pytest.fixture(scope="module")
+def fleet(fleet_api, second_docker, docker_client, sim_image, hub, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fleet")
+    a, b = (f"{SESSION_PREFIX}{uuid.uuid4().hex[:6]}" for _ in range(2))
+    Secret(value=TEST_TOKEN).save("hf-token-fleet", overwrite=True)
+    machines = {
+        a: sim_target(a, root / a, hub.url, free_port(), time_scale=0.01, hf_token_secret="hf-token-fleet"),
+        b: sim_target(b, root / b, hub.url, free_port(), time_scale=0.01, hf_token_secret="hf-token-fleet",
+                      docker_base_url=second_docker),
+    }
+    name = f"fleet-{uuid.uuid4().hex[:6]}"
+    path = root / "fleet.yaml"
+    path.write_text(yaml.safe_dump({"fleet": name, "targets": {
+        t: m.model_dump(mode="json", exclude={"name"}, exclude_none=True) for t, m in machines.items()}}))
+    env = {**os.environ, "PREFECT_API_URL": fleet_api}
+    register(load_fleet_file(path), env=env)
+    workers = [start_worker("spark-vllm", f"{t}-worker", root / f"{t}-worker.log", env=env, cwd=ROOT, queues=[t])
+               for t in (a, b)]
+    second = docker.DockerClient(base_url=second_docker)
+    try:
+        yield Fleet(name, a, b, {a: docker_client, b: second}, workers)
+    finally:
+        for worker in workers:
+            stop_worker(worker)
+        for target, client in ((a, docker_client), (b, second)):
+            for container in target_containers(client, target):
+                container.remove(force=True)
+        second.close()
+
+
+def child_runs(parent_flow_run_id):
+    """The deploy-qwen flow runs a fleet flow started (children of its run-on-target task runs)."""
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [parent_flow_run_id]}))
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[t.id for t in tasks])), sort=FlowRunSort.START_TIME_ASC)
+
+
+def serves(fleet: Fleet, target: str) -> bool:
+    from blocks.target import TargetMachine
+
+    return httpx.get(f"{TargetMachine.load(target).endpoint}/health", timeout=5).status_code == 200
+
+
+def test_a_fleet_deploy_brings_both_machines_up_at_once(fleet):
+    state = deploy_fleet(targets=fleet.targets, fleet=fleet.name, return_state=True)
+    assert state.is_completed(), f"{state.message}\n" + "\n".join(w.log_tail() for w in fleet.workers)
+    rows = {row["target"]: row for row in state.result()}
+    for target in fleet.targets:
+        assert rows[target]["verdict"] == "deployed", rows[target]
+        assert rows[target]["model"] == "Qwen/Qwen3-32B-FP8" and rows[target]["kv_cache_tokens"] > 0
+        assert serves(fleet, target)
+        assert fleet.container(target).status == "running"  # each on its own daemon
+    assert not target_containers(fleet.clients[fleet.a], fleet.b) and not target_containers(fleet.clients[fleet.b], fleet.a)
+    runs = child_runs(state.state_details.flow_run_id)
+    assert sorted(r.parameters["target"] for r in runs) == sorted(fleet.targets)
+    assert max(r.start_time for r in runs) < min(r.end_time for r in runs), "the two deploys did not overlap"
+    assert {row["target"] for row in table_rows(f"fleet-{fleet.name}")} == set(fleet.targets)
+
+
+def test_one_target_failing_leaves_the_other_serving(fleet):
+    before = {t: fleet.container(t).labels[LABEL_SPEC_HASH] for t in fleet.targets}
+    state = deploy_fleet(targets=fleet.targets, fleet=fleet.name, per_target={fleet.b: BAD}, return_state=True)
+    assert state.is_failed()
+    assert f"1 of 2 targets did not deploy (the others did): {fleet.b}: FAILED" in state.message
+    assert "rolled back" in state.message  # b's bad spec was replaced by its last healthy one
+    table = {row["target"]: row for row in table_rows(f"fleet-{fleet.name}")}
+    assert table[fleet.a]["verdict"] == "unchanged" and table[fleet.b]["verdict"].startswith("FAILED: rolled back")
+    for target in fleet.targets:
+        assert serves(fleet, target)
+        assert fleet.container(target).labels[LABEL_SPEC_HASH] == before[target]
+
+
+def test_a_rolling_update_stops_at_the_failing_target_and_leaves_the_rest_on_the_old_spec(fleet):
+    before = {t: fleet.container(t).labels[LABEL_SPEC_HASH] for t in fleet.targets}
+    new = {"max_num_seqs": 32}
+    state = rolling_update(targets=[fleet.b, fleet.a], fleet=fleet.name, overrides=new,
+                           per_target={fleet.b: {"overrides": {**new, **BAD["overrides"]}, "recover": False}},
+                           return_state=True)
+    assert state.is_failed() and f"stopped at {fleet.b}: deploy failed: rolled back" in state.message
+    steps = {row["target"]: row for row in table_rows(f"rolling-update-{fleet.name}")}
+    assert steps[fleet.a]["step"] == "not attempted: still on the old spec"
+    assert [r.parameters["target"] for r in child_runs(state.state_details.flow_run_id)] == [fleet.b]  # a untouched
+    for target in fleet.targets:
+        assert serves(fleet, target) and fleet.container(target).labels[LABEL_SPEC_HASH] == before[target]
+
+    state = rolling_update(targets=[fleet.a, fleet.b], fleet=fleet.name, overrides=new, return_state=True)
+    assert state.is_completed(), state.message
+    rows = {row["target"]: row for row in state.result()}
+    assert all(rows[t]["step"] == "updated" for t in fleet.targets)
+    assert rows[fleet.a]["spec"] == rows[fleet.b]["spec"] and "seqs 32" in rows[fleet.a]["spec"]  # one spec, both
+    runs = child_runs(state.state_details.flow_run_id)
+    deploys = [r for r in runs if r.parameters.get("overrides")]
+    assert [r.parameters["target"] for r in deploys] == [fleet.a, fleet.b]
+    assert deploys[0].end_time < deploys[1].start_time  # one at a time, a healthy before b is touched
+    for target in fleet.targets:
+        assert fleet.container(target).labels[LABEL_SPEC_HASH] != before[target]
+
+
+def test_a_fleet_health_check_reports_both(fleet):
+    state = health_check_fleet(targets=fleet.targets, fleet=fleet.name, run_checks=True, return_state=True)
+    assert state.is_completed(), state.message
+    rows = {row["target"]: row for row in state.result()}
+    for target in fleet.targets:
+        assert rows[target]["last_health_check"].startswith("healthy ("), rows[target]
+        assert "seqs 32" in rows[target]["spec"]
+    assert {row["target"] for row in table_rows(f"fleet-health-{fleet.name}")} == set(fleet.targets)
