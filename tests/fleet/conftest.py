@@ -1,6 +1,7 @@
 """Fleet rig: a Prefect server on PostgreSQL and a second docker daemon (a second "machine").
 
-Session fixtures (request them by name; none is autouse):
+Session fixtures (request them by name; none is autouse). Their start-up code is in rig.py
+(`start_postgres`, `start_prefect_server`, `prepare_second_docker`), which bench/fleet.py reuses:
 
 - ``postgres_url``: a private PostgreSQL cluster (deployments/postgres.py) in a fresh /tmp
   directory on a free loopback port; yields ``postgresql+asyncpg://prefect:<pw>@127.0.0.1:<port>/prefect``
@@ -25,120 +26,42 @@ Session fixtures (request them by name; none is autouse):
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import docker
-import httpx
 import pytest
-
-from deployments import postgres
-from sim.image import ensure_sim_image
-from sim.ports import free_port
 
 from . import rig
 
-PREFECT = str(Path(sys.executable).with_name("prefect"))
-SERVER_START_TIMEOUT_S = 90.0
-#: Settings of the test process that would point the server elsewhere: not passed to it.
-_SERVER_ENV_DROP = ("PREFECT_API_", "PREFECT_SERVER_", "PREFECT_PROFILE", "PREFECT_HOME", "PREFECT_UI_")
-
-
-def _die_with_parent() -> None:
-    """In the server's child: SIGTERM when pytest dies (even by SIGKILL), so no server outlives it."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+#: Kept for importers of the old names: the start-up code lives in rig.py (bench/fleet.py reuses it).
+PREFECT = rig.PREFECT
+SERVER_START_TIMEOUT_S = rig.SERVER_START_TIMEOUT_S
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    rig.remove_stale_clusters()
-    data_dir = rig.pg_data_dir()
+    data_dir, url = rig.start_postgres()
     try:
-        cluster = postgres.start(data_dir, free_port())
-        postgres.wait_ready(cluster.url)
-        yield cluster.url
+        yield url
     finally:
-        try:
-            postgres.stop(data_dir)
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
-
-
-async def _public_tables(url: str) -> set[str]:
-    import asyncpg
-
-    connection = await asyncpg.connect(postgres.asyncpg_dsn(url), timeout=10)
-    try:
-        rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-    finally:
-        await connection.close()
-    return {row["tablename"] for row in rows}
-
-
-def _stop_server(process: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
+        rig.stop_postgres(data_dir)
 
 
 @pytest.fixture(scope="session")
 def fleet_server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("fleet-prefect-home")
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SERVER_ENV_DROP)}
-    env.update({
-        "PREFECT_HOME": str(home),
-        postgres.URL_ENV: postgres_url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-    })
-    log_path = home / "server.log"
-    with open(log_path, "wb") as out:
-        process = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                   env=env, cwd=home, stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
-
-    def tail() -> str:
-        return log_path.read_text(errors="replace")[-3000:]
-
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"prefect server exited ({process.returncode}) before answering; its log:\n{tail()}")
-            try:
-                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prefect server did not answer /api/health in {SERVER_START_TIMEOUT_S:.0f} s:\n{tail()}")
-            time.sleep(0.25)
+        server = rig.start_prefect_server(postgres_url, home, timeout_s=SERVER_START_TIMEOUT_S)
+    except rig.RigError as failure:
+        pytest.fail(str(failure))
+    try:
         # Really on PostgreSQL: its tables are in the prefect database, and no SQLite file was made.
-        tables = asyncio.run(_public_tables(postgres_url))
+        tables = asyncio.run(rig.public_tables(postgres_url))
         assert {"flow_run", "deployment", "variable"} <= tables, f"Prefect's tables missing in PostgreSQL: {tables}"
         assert not list(home.glob("*.db")), f"the server made a SQLite database in {home}"
-        yield api_url
+        yield server.api_url
     finally:
-        _stop_server(process)
+        rig.stop_prefect_server(server.process)
 
 
 @pytest.fixture(scope="module")
@@ -155,16 +78,16 @@ def fleet_api(fleet_server: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def second_docker() -> Iterator[str]:
-    url = rig.start_second_dockerd(rig.DEFAULT_ROOT)
     first = docker.from_env()
-    second = docker.DockerClient(base_url=url)
     try:
-        rig.copy_image(first, second, ensure_sim_image(first))
-        rig.remove_stale_containers(second)
-        yield url
-        rig.remove_session_containers(second)
+        url = rig.prepare_second_docker(first, rig.DEFAULT_ROOT)
+        second = docker.DockerClient(base_url=url)
+        try:
+            yield url
+            rig.remove_session_containers(second)
+        finally:
+            second.close()
     finally:
-        second.close()
         first.close()
 
 

@@ -45,8 +45,10 @@ import signal
 import socket
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -71,11 +73,10 @@ _HOST_DAEMON_PATHS = (Path("/var/lib/docker"), Path("/var/run/docker"), Path("/r
 _FORBIDDEN_BRIDGES = {"", "none", "docker0", "host", "default"}
 
 # --- the naming rule of tests/integration/conftest.py ----------------------------------------
-TEST_TARGET_PREFIX = "test-"
-TEST_LABEL = "org.spark-vllm.test"
-SESSION = str(os.getpid())
-SESSION_PREFIX = f"{TEST_TARGET_PREFIX}{SESSION}-"
-TEST_LABELS = {TEST_LABEL: SESSION}
+# The test rig's naming rule is tests/integration's (one rule: a session's containers carry its pid).
+from tests.integration.conftest import (  # noqa: E402
+    SESSION, SESSION_PREFIX, TEST_LABEL, TEST_LABELS, TEST_TARGET_PREFIX, session_alive, session_of,
+)
 
 
 class RigError(RuntimeError):
@@ -331,26 +332,6 @@ def test_containers(client: docker.DockerClient) -> list:
 test_containers.__test__ = False  # not a pytest test, whatever the importing module is
 
 
-def session_of(container) -> str:
-    """The pid of the pytest session that made a test container ('' when it carries none)."""
-    labels = container.labels or {}
-    if TEST_LABEL in labels:
-        return labels[TEST_LABEL]
-    return labels.get(LABEL_TARGET, "").removeprefix(TEST_TARGET_PREFIX).partition("-")[0]
-
-
-def session_alive(session: str) -> bool:
-    if not session.isdigit():
-        return False
-    try:
-        os.kill(int(session), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_session_containers(client: docker.DockerClient, session: str = SESSION) -> list[str]:
     """Remove the test containers of ``session``; the names removed."""
     removed = []
@@ -397,3 +378,148 @@ def remove_stale_clusters() -> list[Path]:
         shutil.rmtree(data_dir, ignore_errors=True)
         removed.append(data_dir)
     return removed
+
+
+# --- start-up shared by tests/fleet/conftest.py and bench/fleet.py ----------------------------
+
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+SERVER_START_TIMEOUT_S = 90.0
+#: Settings of the calling process that would point the server elsewhere: not passed to it.
+_SERVER_ENV_DROP = ("PREFECT_API_", "PREFECT_SERVER_", "PREFECT_PROFILE", "PREFECT_HOME", "PREFECT_UI_")
+
+
+def start_postgres() -> tuple[Path, str]:
+    """A private PostgreSQL cluster in a fresh /tmp directory (`pg_data_dir`) on a free loopback
+    port, once it answers; returns ``(data_dir, url)``, the url being the value of
+    PREFECT_SERVER_DATABASE_CONNECTION_URL. Clusters of killed sessions are removed first.
+    `stop_postgres(data_dir)` stops and deletes it (done here already when the start fails)."""
+    from sim.ports import free_port
+
+    remove_stale_clusters()
+    data_dir = pg_data_dir()
+    try:
+        cluster = postgres.start(data_dir, free_port())
+        postgres.wait_ready(cluster.url)
+    except BaseException:
+        stop_postgres(data_dir)
+        raise
+    return data_dir, cluster.url
+
+
+def stop_postgres(data_dir: Path) -> None:
+    try:
+        postgres.stop(data_dir)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def die_with_parent() -> None:
+    """In a child (``preexec_fn``): SIGTERM when the parent dies (even by SIGKILL), so no server outlives it."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class PrefectServer:
+    """A `prefect server start` subprocess on PostgreSQL (`start_prefect_server`)."""
+
+    process: subprocess.Popen
+    api_url: str
+    home: Path
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "server.log"
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+def start_prefect_server(postgres_url: str, home: Path, *, timeout_s: float = SERVER_START_TIMEOUT_S) -> PrefectServer:
+    """`prefect server start` on ``postgres_url`` (its own PREFECT_HOME ``home``, a free port on
+    127.0.0.1, UI and analytics off, none of the caller's PREFECT_API_/SERVER_ settings), dying with
+    the caller (PDEATHSIG); returns once ``/api/health`` answers. Raises `RigError` with its log's
+    tail (having stopped it) when it exits or does not answer within ``timeout_s``."""
+    import httpx
+
+    from sim.ports import free_port
+
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SERVER_ENV_DROP)}
+    env.update({
+        "PREFECT_HOME": str(home),
+        postgres.URL_ENV: postgres_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    })
+    with open(home / "server.log", "wb") as out:
+        process = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                   env=env, cwd=home, stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
+    server = PrefectServer(process, f"http://127.0.0.1:{port}/api", home)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RigError(f"prefect server exited ({process.returncode}) before answering; its log:\n{server.log_tail()}")
+            try:
+                if httpx.get(f"{server.api_url}/health", timeout=2).status_code == 200:
+                    return server
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RigError(f"prefect server did not answer /api/health in {timeout_s:.0f} s:\n{server.log_tail()}")
+            time.sleep(0.25)
+    except BaseException:
+        stop_prefect_server(process)
+        raise
+
+
+def stop_prefect_server(process: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+async def public_tables(url: str) -> set[str]:
+    """The tables of the ``public`` schema of the database at ``url`` (a PostgreSQL URL)."""
+    import asyncpg
+
+    connection = await asyncpg.connect(postgres.asyncpg_dsn(url), timeout=10)
+    try:
+        rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    finally:
+        await connection.close()
+    return {row["tablename"] for row in rows}
+
+
+def prepare_second_docker(first: docker.DockerClient, root: Path | str = DEFAULT_ROOT) -> str:
+    """Start (or reuse) the second daemon, load the sim image into it from ``first`` and remove
+    the test containers of dead sessions from it; its base URL."""
+    from sim.image import ensure_sim_image
+
+    url = start_second_dockerd(root)
+    second = docker.DockerClient(base_url=url)
+    try:
+        copy_image(first, second, ensure_sim_image(first))
+        remove_stale_containers(second)
+    finally:
+        second.close()
+    return url
