@@ -31,11 +31,13 @@ from pydantic import BaseModel, Field
 from tasks.container import docker_client
 from tasks.failures import FailureCause, classify_failure, guard_line
 from tasks.memory import MemoryReadError, exec_meminfo
-from tasks.logs import EventKind, LineSplitter, StartupStats, StartupTracker
+from tasks.logs import EventKind, LineSplitter, Phase, StartupStats, StartupTracker
 from tasks.report import ProgressArtifact
 from tasks.secrets import scrub
 
 _EOF = object()
+#: Once /health answers, how long the gate waits for the startup lines the log stream still holds.
+LOG_CATCH_UP_S = 3.0
 #: Lines the follower may queue ahead of the gate; past that it waits (the gate drains in 0.2 s turns).
 LOG_QUEUE_LINES = 10_000
 
@@ -326,6 +328,16 @@ def _gate(logger, client: docker.DockerClient, container: Container, lines: queu
                     next_state_check = 0.0
                     continue
                 readiness.ready_at, readiness.ready_wall = time.monotonic(), time.time()
+                # The server printed its startup lines (KV cache size, "Application startup complete.")
+                # before it answered, but the follower may still hold them: on a loaded machine the
+                # log stream lags the HTTP answer. Take them (a bounded wait) so the stats are whole.
+                catch_up = time.monotonic() + LOG_CATCH_UP_S
+                while tracker.phase is not Phase.READY and not stream_ended and time.monotonic() < catch_up:
+                    for line in _drain(lines, 0.1):
+                        if line is _EOF:
+                            stream_ended = True
+                        else:
+                            take(line)
                 readiness.phase_seconds[tracker.phase.value] = round(readiness.ready_at - phase_started, 3)
                 readiness.stats = tracker.stats
                 logger.info("vLLM is ready: /health 200 and /v1/models lists %s", served_name)
