@@ -28,7 +28,12 @@ WORKER=(--pool spark-vllm --name demo-worker --pid-file "$DEMO/worker.pid")
 up() {
     say "Prefect server (SQLite in $PREFECT_HOME)"
     if ! curl -sf "$PREFECT_API_URL/health" >/dev/null; then
-        "$BIN/prefect" server start --host 127.0.0.1 --port "${DEMO_PREFECT_PORT:-4200}" --background >/dev/null
+        # Not `prefect server start --background`: Prefect 3.9.1 gives that server stdout/stderr pipes
+        # nobody reads once the CLI exits, so the first error it logs (a 500's traceback) killed it
+        # in the middle of a demo. A detached foreground server with its log in a file instead.
+        setsid nohup "$BIN/prefect" server start --host 127.0.0.1 --port "${DEMO_PREFECT_PORT:-4200}" \
+            >"$DEMO/server.log" 2>&1 </dev/null &
+        echo $! >"$DEMO/server.pid"
     fi
     "$BIN/prefect" server status --wait --timeout 90 >/dev/null
 
@@ -101,7 +106,7 @@ Where to look in the Prefect UI ($UI; docs/ui.md shows each page):
   events     $UI/events?resource=vllm.service.sim   (vllm.service.deployed, healthy, unhealthy, recovered, ...)
   schedule   $UI/deployments                        (health-check/sim every 5 minutes; recover-vllm/sim on unhealthy)
   memory     $UI/variables                          (vllm-health-sim, vllm-last-healthy-sim, vllm-desired-sim, ...)
-  terminal   .demo/run-events.log, .demo/health-events.log, .demo/worker.log
+  terminal   .demo/run-events.log, .demo/health-events.log, .demo/worker.log, .demo/server.log
 MSG
     if [ "$status" -ne 0 ]; then
         printf '\nhealth-check/sim did not complete: its report above says why (worker log: .demo/worker.log).\n' >&2
@@ -118,7 +123,12 @@ down() {
     "$BIN/python" -m deployments.worker stop "${WORKER[@]}"
     if alive "$DEMO/hub.pid"; then kill -- -"$(cat "$DEMO/hub.pid")" 2>/dev/null || kill "$(cat "$DEMO/hub.pid")" || true; fi
     rm -f "$DEMO/hub.pid"
-    "$BIN/prefect" server stop >/dev/null 2>&1 || true
+    if alive "$DEMO/server.pid"; then
+        kill -- -"$(cat "$DEMO/server.pid")" 2>/dev/null || kill "$(cat "$DEMO/server.pid")" || true
+        for _ in $(seq 1 40); do alive "$DEMO/server.pid" || break; sleep 0.25; done
+    fi
+    rm -f "$DEMO/server.pid"
+    "$BIN/prefect" server stop >/dev/null 2>&1 || true  # one an older demo started with --background
     say "stopped (state kept in .demo/; rm -rf .demo to start from nothing)"
 }
 
