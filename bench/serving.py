@@ -49,7 +49,7 @@ from sim.vllm.vllm_sim.knobs import Knobs  # noqa: E402
 from sim.vllm.vllm_sim.model_files import ModelConfig  # noqa: E402
 from sim.vllm.vllm_sim.testing import DEFAULT_TOTAL_SIZE, QWEN3_32B_FP8_CONFIG, build_hf_cache  # noqa: E402
 from sim.vllm.vllm_sim.timing import Roofline  # noqa: E402
-from tasks.bench.load import Endpoint, Workload, make_prompts, run_level  # noqa: E402
+from tasks.bench.load import Endpoint, LevelRun, Workload, make_prompts, run_level  # noqa: E402
 from tasks.bench.metrics import BenchmarkMetrics, calculate_metrics  # noqa: E402
 from tasks.bench.run import RUNBOOK_FIGURES  # noqa: E402
 
@@ -159,8 +159,8 @@ def start_server(port: int, workdir: Path, decode_scale: float) -> subprocess.Po
     raise SystemExit("the imitation did not become ready")
 
 
-def measure(base: str, concurrency: int, workload: Workload) -> tuple[BenchmarkMetrics, float, float]:
-    """One level through bench-qwen's load generator: (metrics, client CPU fraction, loop lag p99 ms)."""
+def measure(base: str, concurrency: int, workload: Workload) -> tuple[BenchmarkMetrics, float, float, LevelRun]:
+    """One level through bench-qwen's load generator: (metrics, client CPU fraction, loop lag p99 ms, the run)."""
     endpoint = Endpoint(base, EngineSpec().served_name)
     workload = workload.with_seed()
     prompts = make_prompts(workload, workload.prompts_for(concurrency), salt=concurrency)

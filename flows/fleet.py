@@ -158,9 +158,10 @@ def rolling_update(
             problem = f"deployed DEGRADED ({last_healthy_record(target).get('degraded')})"
         if problem is None and health_check:
             check = run_on_target(f"{HEALTH_FLOW}/{target}", target)
-            verdict = health_state(target).get("verdict")
+            health = health_state(target)
+            verdict = health.get("verdict")
             if not check.ok or verdict != "healthy":
-                problem = f"health check after the deploy: {verdict or check.state} {health_state(target).get('reason', '')}"
+                problem = f"health check after the deploy: {verdict or check.state} {health.get('reason', '')}"
         steps.append((target, "updated" if problem is None else f"STOPPED: {problem}"))
         if problem is not None:
             stopped = f"{target}: {problem}"

@@ -148,13 +148,14 @@ def summarize(level: Level, run: LevelRun, before: MetricsSnapshot, after: Metri
               percentiles: Sequence[float], slos: SLOs | None) -> LevelResult:
     """A level's result from its raw run and the /metrics reads around it (pure)."""
     metrics = calculate_metrics(run.outputs, run.duration_s, percentiles, slos)
+    origin = min((o.start_time for o in run.outputs), default=0.0)
     server = server_side(before, after, snapshots(run.metrics_texts))
     return LevelResult(
         label=level.label, concurrency=level.concurrency, request_rate=level.request_rate, metrics=metrics,
         server=server, token_check=token_disagreement(server, metrics.total_input, metrics.total_output),
         client_cpu_fraction=run.client_cpu_fraction, loop_lag_p99_ms=run.lag_percentile_ms(99),
         client_bound=run.client_bound,
-        requests=[RequestRecord.of(o, min(r.start_time for r in run.outputs)) for o in run.outputs],
+        requests=[RequestRecord.of(o, origin) for o in run.outputs],
     )
 
 
