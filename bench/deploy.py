@@ -125,8 +125,9 @@ def one_failure(client, root: Path, hub_url: str, name: str, time_scale: float) 
     from flows.deploy import deploy_qwen
 
     # the imitation fails its load with torch's CUDA OOM: the container exits during startup
-    sim_target(name, root / name, hub_url, free_port(), time_scale=time_scale,
-               extra_env={"VLLM_SIM_FAULT_CUDA_OOM": "1"}).save(name, overwrite=True)
+    sim_target(
+        name, root / name, hub_url, free_port(), time_scale=time_scale, extra_env={"VLLM_SIM_FAULT_CUDA_OOM": "1"}
+    ).save(name, overwrite=True)
     events = DockerEvents(client, name)
     state = deploy_qwen(target=name, return_state=True)
     returned_at = time.time()
@@ -137,7 +138,11 @@ def one_failure(client, root: Path, hub_url: str, name: str, time_scale: float) 
         state.result()
     except ReadinessFailed as failure:
         detected = failure.detected_at
-    return {"to_detection": detected - die, "to_failed_state": state.timestamp.timestamp() - die, "to_return": returned_at - die}
+    return {
+        "to_detection": detected - die,
+        "to_failed_state": state.timestamp.timestamp() - die,
+        "to_return": returned_at - die,
+    }
 
 
 def cli_deploy(env: dict[str, str], target: str) -> dict:
@@ -147,8 +152,24 @@ def cli_deploy(env: dict[str, str], target: str) -> dict:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     started = time.time()
-    run = subprocess.run([PREFECT, "deployment", "run", "deploy-qwen/sim", "--param", f"target={target}", "--watch",
-                          "--watch-timeout", "300"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=360)
+    run = subprocess.run(
+        [
+            PREFECT,
+            "deployment",
+            "run",
+            "deploy-qwen/sim",
+            "--param",
+            f"target={target}",
+            "--watch",
+            "--watch-timeout",
+            "300",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )
     ended = time.time()
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", run.stdout).group(1)
@@ -214,7 +235,10 @@ def cli_body(args: argparse.Namespace, project: list[dict], default: list[dict])
         ("**the wall time minus the flow run's own duration**", "around"),
         ("CLI start-up and the flow run's creation (CLI start -> Scheduled)", "cli_to_created"),
         ("waiting for the worker to pick it up (Scheduled -> Pending)", "pickup"),
-        ("the worker starting the flow-run process (Pending -> Running: `python -m prefect.engine`, imports, pull step)", "process_start"),
+        (
+            "the worker starting the flow-run process (Pending -> Running: `python -m prefect.engine`, imports, pull step)",
+            "process_start",
+        ),
         ("after the final state, until the CLI exits (`--watch` waits 3 s for late log lines)", "final_to_exit"),
     ]
     table = "\n".join(f"| {label}, s | {cells(project, key)} | {cells(default, key)} |" for label, key in rows)
@@ -266,36 +290,62 @@ def main() -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     operator_env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from prefect.settings import PREFECT_API_URL
     from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     client = docker.from_env()
     ensure_sim_image(client)
-    with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp, prefect_test_harness(server_startup_timeout=90), \
-            HubServer(repos=[RepoSpec(n_shards=7, shard_bytes=1024 * 1024)], data_dir=Path(tmp) / "hub", token=TOKEN) as hub:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp,
+        prefect_test_harness(server_startup_timeout=90),
+        HubServer(
+            repos=[RepoSpec(n_shards=7, shard_bytes=1024 * 1024)], data_dir=Path(tmp) / "hub", token=TOKEN
+        ) as hub,
+    ):
         Secret(value=TOKEN).save("hf-token", overwrite=True)
         root = Path(tmp)
         deploys, failures, cli_project, cli_default = [], [], [], []
         try:
             if args.only != "cli":
-                deploys = [one_deploy(client, root, hub.url, f"bench-ok-{i}", args.time_scale) for i in range(args.runs)]
-                failures = [one_failure(client, root, hub.url, f"bench-fail-{i}", args.time_scale) for i in range(args.failures)]
+                deploys = [
+                    one_deploy(client, root, hub.url, f"bench-ok-{i}", args.time_scale) for i in range(args.runs)
+                ]
+                failures = [
+                    one_failure(client, root, hub.url, f"bench-fail-{i}", args.time_scale) for i in range(args.failures)
+                ]
             if args.only != "flow":
                 from deployments.setup import ensure_work_pool
 
                 env = {**operator_env, "PREFECT_API_URL": PREFECT_API_URL.value()}
                 env.pop("PREFECT_WORKER_QUERY_SECONDS", None)
-                sim_target(CLI_TARGET, root / CLI_TARGET, hub.url, free_port(), time_scale=args.time_scale).save(CLI_TARGET, overwrite=True)
+                sim_target(CLI_TARGET, root / CLI_TARGET, hub.url, free_port(), time_scale=args.time_scale).save(
+                    CLI_TARGET, overwrite=True
+                )
                 ensure_work_pool(POOL)
-                subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+                subprocess.run(
+                    [PREFECT, "--no-prompt", "deploy", "--all"],
+                    cwd=ROOT,
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                    timeout=300,
+                )
                 cli_series(env, root, "bench-first", 1, gap_s=0)  # the first deploy starts the container: not measured
                 cli_project = cli_series(env, root, "bench-worker", args.cli_runs)
                 if args.cli_default_runs:
-                    cli_default = cli_series({**env, "PREFECT_WORKER_QUERY_SECONDS": "10"}, root, "bench-worker-default",
-                                             args.cli_default_runs)
+                    cli_default = cli_series(
+                        {**env, "PREFECT_WORKER_QUERY_SECONDS": "10"},
+                        root,
+                        "bench-worker-default",
+                        args.cli_default_runs,
+                    )
         finally:
-            names = [f"bench-ok-{i}" for i in range(args.runs)] + [f"bench-fail-{i}" for i in range(args.failures)] + [CLI_TARGET]
+            names = (
+                [f"bench-ok-{i}" for i in range(args.runs)]
+                + [f"bench-fail-{i}" for i in range(args.failures)]
+                + [CLI_TARGET]
+            )
             for name in names:
                 for container in managed_containers(client, name):
                     remove_managed(container, stop_timeout=5)
@@ -322,16 +372,16 @@ target (fresh container; staging of a 7-shard repo on the first run of each targ
 
 | figure | median | max | goal |
 |---|---|---|---|
-| readiness detection delay ("Application startup complete." -> flow ready), s | {med(col('readiness_delay')):.3f} | {max(col('readiness_delay')):.3f} | <= 0.25 |
-| failure detection (container `die` -> the readiness gate has the classified cause), s | {med(fcol('to_detection')):.3f} | {max(fcol('to_detection')):.3f} | |
-| failure detection delay (container `die` -> the flow run's Failed state), s | {med(fcol('to_failed_state')):.3f} | {max(fcol('to_failed_state')):.3f} | <= 1 |
-| same, to the flow call returning in the client (Prefect joins its heartbeat thread, up to 1 s), s | {med(fcol('to_return')):.3f} | {max(fcol('to_return')):.3f} | |
-| orchestration overhead (flow wall time - imitation startup), s | {med(col('overhead')):.2f} | {max(col('overhead')):.2f} | <= 3 |
-| of which docker's own container create + start (`create` -> `start` events), s | {med(col('docker_start')):.2f} | {max(col('docker_start')):.2f} | |
-| overhead of the flow itself (the above minus docker's create + start), s | {med(col('overhead_flow')):.2f} | {max(col('overhead_flow')):.2f} | |
-| same, over the run's recorded duration (Running -> Completed on the server), s | {med(col('overhead_run')):.2f} | {max(col('overhead_run')):.2f} | |
-| imitation startup at time scale {args.time_scale} (docker `start` -> ready line), s | {med(col('sim_startup')):.2f} | {max(col('sim_startup')):.2f} | |
-| flow wall time, s | {med(col('flow_wall')):.2f} | {max(col('flow_wall')):.2f} | |
+| readiness detection delay ("Application startup complete." -> flow ready), s | {med(col("readiness_delay")):.3f} | {max(col("readiness_delay")):.3f} | <= 0.25 |
+| failure detection (container `die` -> the readiness gate has the classified cause), s | {med(fcol("to_detection")):.3f} | {max(fcol("to_detection")):.3f} | |
+| failure detection delay (container `die` -> the flow run's Failed state), s | {med(fcol("to_failed_state")):.3f} | {max(fcol("to_failed_state")):.3f} | <= 1 |
+| same, to the flow call returning in the client (Prefect joins its heartbeat thread, up to 1 s), s | {med(fcol("to_return")):.3f} | {max(fcol("to_return")):.3f} | |
+| orchestration overhead (flow wall time - imitation startup), s | {med(col("overhead")):.2f} | {max(col("overhead")):.2f} | <= 3 |
+| of which docker's own container create + start (`create` -> `start` events), s | {med(col("docker_start")):.2f} | {max(col("docker_start")):.2f} | |
+| overhead of the flow itself (the above minus docker's create + start), s | {med(col("overhead_flow")):.2f} | {max(col("overhead_flow")):.2f} | |
+| same, over the run's recorded duration (Running -> Completed on the server), s | {med(col("overhead_run")):.2f} | {max(col("overhead_run")):.2f} | |
+| imitation startup at time scale {args.time_scale} (docker `start` -> ready line), s | {med(col("sim_startup")):.2f} | {max(col("sim_startup")):.2f} | |
+| flow wall time, s | {med(col("flow_wall")):.2f} | {max(col("flow_wall")):.2f} | |
 
 For comparison: docker's HEALTHCHECK polls every 30 s, the DGX Spark playbook every 10 s (with a
 900 s window before it gives up on a dead server).

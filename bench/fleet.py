@@ -53,7 +53,6 @@ import time
 import uuid
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -219,8 +218,13 @@ class FleetRig:
 
         from sim.hub import HubServer, RepoSpec
 
-        self.hub = stack.enter_context(HubServer(repos=[RepoSpec(repo_id=REPO, n_shards=7, shard_bytes=512 * 1024, seed=0)],
-                                                 data_dir=tmp / "hub", token=TOKEN))
+        self.hub = stack.enter_context(
+            HubServer(
+                repos=[RepoSpec(repo_id=REPO, n_shards=7, shard_bytes=512 * 1024, seed=0)],
+                data_dir=tmp / "hub",
+                token=TOKEN,
+            )
+        )
         from bench.ui_screenshots import flows_against
 
         stack.enter_context(flows_against(self.api_url))
@@ -243,13 +247,28 @@ class FleetRig:
         for i, (daemon, client) in enumerate(layout):
             name = f"{rig.SESSION_PREFIX}{'abcd'[i]}{uuid.uuid4().hex[:4]}"
             extra = {} if daemon == "first" else {"docker_base_url": self.second_url}
-            blocks[name] = sim_target(name, self.tmp / name, self.hub.url, free_port(), time_scale=self.time_scale,
-                                      hf_token_secret=SECRET, **extra)
+            blocks[name] = sim_target(
+                name,
+                self.tmp / name,
+                self.hub.url,
+                free_port(),
+                time_scale=self.time_scale,
+                hf_token_secret=SECRET,
+                **extra,
+            )
             self.machines.append(Machine(name, daemon, client))
         self.fleet = f"bench-{uuid.uuid4().hex[:6]}"
         path = self.tmp / "fleet.yaml"
-        path.write_text(yaml.safe_dump({"fleet": self.fleet, "targets": {
-            t: m.model_dump(mode="json", exclude={"name"}, exclude_none=True) for t, m in blocks.items()}}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "fleet": self.fleet,
+                    "targets": {
+                        t: m.model_dump(mode="json", exclude={"name"}, exclude_none=True) for t, m in blocks.items()
+                    },
+                }
+            )
+        )
         self.env["PREFECT_API_URL"] = self.api_url
         t0 = time.monotonic()
         rendered = register(load_fleet_file(path), env=self.env)
@@ -285,8 +304,14 @@ class FleetRig:
         for name in names:
             machine = self.machine(name)
             if machine.worker is None:
-                machine.worker = start_worker("spark-vllm", f"{name}-worker", self.tmp / f"{name}-worker.log",
-                                              env=self.env, cwd=ROOT, queues=[name])
+                machine.worker = start_worker(
+                    "spark-vllm",
+                    f"{name}-worker",
+                    self.tmp / f"{name}-worker.log",
+                    env=self.env,
+                    cwd=ROOT,
+                    queues=[name],
+                )
                 self.stack.callback(self.stop_worker, name)
 
     def stop_worker(self, name: str) -> None:
@@ -346,9 +371,16 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SAMPLE_S = 0.25
 DOCKER_COMMS = ("dockerd", "containerd", "docker-proxy", "runc")
 #: The components CPU time is charged to, in the order the section lists them.
-GROUPS = ("flow-run processes (deploy-qwen, health-check)", "workers (polling)", "bench process (the fleet flow; this sampler)",
-          "prefect server", "postgres", "dockerd, containerd, docker-proxy", "containers (imitation, helpers)",
-          "other")
+GROUPS = (
+    "flow-run processes (deploy-qwen, health-check)",
+    "workers (polling)",
+    "bench process (the fleet flow; this sampler)",
+    "prefect server",
+    "postgres",
+    "dockerd, containerd, docker-proxy",
+    "containers (imitation, helpers)",
+    "other",
+)
 
 
 def _stat(pid: str) -> tuple[str, int, int, int] | None:
@@ -357,8 +389,8 @@ def _stat(pid: str) -> tuple[str, int, int, int] | None:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    comm = raw[raw.index("(") + 1:raw.rindex(")")]
-    rest = raw[raw.rindex(")") + 2:].split()
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    rest = raw[raw.rindex(")") + 2 :].split()
     return comm, int(rest[1]), int(rest[11]) + int(rest[12]), int(rest[19])
 
 
@@ -438,8 +470,10 @@ def child_runs(parent_flow_run_id) -> list:
 
     with get_client(sync_client=True) as client:
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [parent_flow_run_id]}))
-        return client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[t.id for t in tasks])), sort=FlowRunSort.START_TIME_ASC)
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[t.id for t in tasks])),
+            sort=FlowRunSort.START_TIME_ASC,
+        )
 
 
 def children_of(rig: FleetRig, flow_run_id, started_containers: dict[str, str | None]) -> list[Child]:
@@ -453,9 +487,16 @@ def children_of(rig: FleetRig, flow_run_id, started_containers: dict[str, str | 
                 first.setdefault(state.type.value, state.timestamp.timestamp())
             kind = "health" if run.name.startswith("health-") else "deploy"
             target = run.parameters["target"]
-            found.append(Child(kind=kind, target=target, scheduled=first["SCHEDULED"],
-                               pending=first.get("PENDING", first["RUNNING"]),
-                               running=first["RUNNING"], final=run.state.timestamp.timestamp()))
+            found.append(
+                Child(
+                    kind=kind,
+                    target=target,
+                    scheduled=first["SCHEDULED"],
+                    pending=first.get("PENDING", first["RUNNING"]),
+                    running=first["RUNNING"],
+                    final=run.state.timestamp.timestamp(),
+                )
+            )
     for child in found:
         if child.kind == "deploy" and started_containers.get(child.target):
             child.sim_startup = rig.sim_startup(child.target)
@@ -481,30 +522,51 @@ def measure(rig: FleetRig, what: str, calls: list[tuple[Any, dict[str, Any]]], t
     same = [t for t in targets if after[t] is None or after[t] == before[t]]
     if same:
         raise BenchError(f"{what}: no new container on {same}: not a real start")
-    call = Call(what=what, targets=targets, started=started, ended=ended, busy=busy_fraction(busy0, busy1), calls=len(calls),
-                cpu=cpu)
+    call = Call(
+        what=what,
+        targets=targets,
+        started=started,
+        ended=ended,
+        busy=busy_fraction(busy0, busy1),
+        calls=len(calls),
+        cpu=cpu,
+    )
     for state in states:
         call.children += children_of(rig, state.state_details.flow_run_id, after)
     call.children.sort(key=lambda c: c.scheduled)
-    print(f"  {what}: {call.wall:.2f} s (CPU busy {call.busy:.0%}, {sum(cpu.values()):.1f} CPU-s: "
-          + ", ".join(f"{g.split(' (')[0]} {v:.1f}" for g, v in cpu.items() if v >= 0.05) + "); "
-          + ", ".join(f"{c.kind} {c.target[-5:]} {c.span:.1f}" for c in call.children), flush=True)
+    print(
+        f"  {what}: {call.wall:.2f} s (CPU busy {call.busy:.0%}, {sum(cpu.values()):.1f} CPU-s: "
+        + ", ".join(f"{g.split(' (')[0]} {v:.1f}" for g, v in cpu.items() if v >= 0.05)
+        + "); "
+        + ", ".join(f"{c.kind} {c.target[-5:]} {c.span:.1f}" for c in call.children),
+        flush=True,
+    )
     return call
 
 
 def run_all(args: argparse.Namespace, worker_env: dict[str, str]) -> dict[str, Any]:
     from flows.fleet import deploy_fleet, rolling_update
 
-    results: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k in ("runs", "time_scale", "four")},
-                               "machine": machine_line(), "cores": os.cpu_count()}
+    results: dict[str, Any] = {
+        "args": {k: v for k, v in vars(args).items() if k in ("runs", "time_scale", "four")},
+        "machine": machine_line(),
+        "cores": os.cpu_count(),
+    }
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp_name, ExitStack() as stack:
         tmp = Path(tmp_name)
         os.chmod(tmp, 0o755)
         rig = FleetRig(stack, tmp, args.time_scale, args.four, worker_env)
-        print(f"rig up in {rig.setup_s:.1f} s, registered {len(rig.names)} targets in {rig.register_s:.1f} s; "
-              f"schedules switched off: {sorted(set(rig.paused))}", flush=True)
-        results["setup"] = {"rig_s": rig.setup_s, "register_s": rig.register_s, "paused": sorted(set(rig.paused)),
-                            "targets": [(m.name, m.daemon) for m in rig.machines]}
+        print(
+            f"rig up in {rig.setup_s:.1f} s, registered {len(rig.names)} targets in {rig.register_s:.1f} s; "
+            f"schedules switched off: {sorted(set(rig.paused))}",
+            flush=True,
+        )
+        results["setup"] = {
+            "rig_s": rig.setup_s,
+            "register_s": rig.register_s,
+            "paused": sorted(set(rig.paused)),
+            "targets": [(m.name, m.daemon) for m in rig.machines],
+        }
         a, b = rig.names[:2]
         two = [a, b]
         rig.start_workers(two)
@@ -526,10 +588,22 @@ def run_all(args: argparse.Namespace, worker_env: dict[str, str]) -> dict[str, A
             fleet2.append(measure(rig, "fleet of 2", [fleet_call(two)], two))
         print("3. rolling update over 2 against two deploys in a row", flush=True)
         for i in range(args.runs):
-            rolling.append(measure(rig, "rolling update", [(rolling_update, {
-                "targets": two, "fleet": rig.fleet, "overrides": {"max_num_seqs": 32}})], two))
-            sequential.append(measure(rig, "two in a row", [fleet_call([a], overrides={"max_num_seqs": 48}),
-                                                             fleet_call([b], overrides={"max_num_seqs": 48})], two))
+            rolling.append(
+                measure(
+                    rig,
+                    "rolling update",
+                    [(rolling_update, {"targets": two, "fleet": rig.fleet, "overrides": {"max_num_seqs": 32}})],
+                    two,
+                )
+            )
+            sequential.append(
+                measure(
+                    rig,
+                    "two in a row",
+                    [fleet_call([a], overrides={"max_num_seqs": 48}), fleet_call([b], overrides={"max_num_seqs": 48})],
+                    two,
+                )
+            )
         if args.four:
             print("2b. fleet deploy of 4", flush=True)
             rig.remove_containers(two)
@@ -538,9 +612,18 @@ def run_all(args: argparse.Namespace, worker_env: dict[str, str]) -> dict[str, A
             for _ in range(args.runs):
                 rig.remove_containers(rig.names)
                 fleet4.append(measure(rig, "fleet of 4", [fleet_call(rig.names)], rig.names))
-        results.update({k: [call_dict(c) for c in v] for k, v in
-                        (("alone", alone), ("fleet2", fleet2), ("fleet4", fleet4), ("rolling", rolling),
-                         ("sequential", sequential))})
+        results.update(
+            {
+                k: [call_dict(c) for c in v]
+                for k, v in (
+                    ("alone", alone),
+                    ("fleet2", fleet2),
+                    ("fleet4", fleet4),
+                    ("rolling", rolling),
+                    ("sequential", sequential),
+                )
+            }
+        )
         results["daemons"] = {m.name: m.daemon for m in rig.machines}
         print("cleaning up", flush=True)
     return results
@@ -563,8 +646,13 @@ def body(results: dict[str, Any]) -> str:
     from tasks.fleet import POLL_INTERVAL_S
 
     args = results["args"]
-    calls = {k: [call_from(dict(c)) for c in results.get(k, [])] for k in ("alone", "fleet2", "fleet4", "rolling", "sequential")}
-    alone, fleet2, fleet4, rolling, sequential = (calls[k] for k in ("alone", "fleet2", "fleet4", "rolling", "sequential"))
+    calls = {
+        k: [call_from(dict(c)) for c in results.get(k, [])]
+        for k in ("alone", "fleet2", "fleet4", "rolling", "sequential")
+    }
+    alone, fleet2, fleet4, rolling, sequential = (
+        calls[k] for k in ("alone", "fleet2", "fleet4", "rolling", "sequential")
+    )
     daemons = results["daemons"]
     walls = {k: [c.wall for c in v] for k, v in calls.items()}
     m = {k: med(v) for k, v in walls.items()}
@@ -613,28 +701,45 @@ def body(results: dict[str, Any]) -> str:
     head = "| per deploy (median over every target and run), s | " + " | ".join(c for c, _ in columns) + " |"
     sep = "|---|" + "---|" * len(columns)
     phases = [
-        ("call -> the target's run created (the fleet flow starts, `run_deployment`)", lambda call, c: c.scheduled - call.started),
-        ("worker pickup (Scheduled -> Pending; polling every "
-         f"{WORKER_ENV['PREFECT_WORKER_QUERY_SECONDS']} s)", lambda call, c: c.pickup),
-        ("flow-run process start (Pending -> Running: a new Python imports Prefect and the flows)", lambda call, c: c.process),
+        (
+            "call -> the target's run created (the fleet flow starts, `run_deployment`)",
+            lambda call, c: c.scheduled - call.started,
+        ),
+        (
+            f"worker pickup (Scheduled -> Pending; polling every {WORKER_ENV['PREFECT_WORKER_QUERY_SECONDS']} s)",
+            lambda call, c: c.pickup,
+        ),
+        (
+            "flow-run process start (Pending -> Running: a new Python imports Prefect and the flows)",
+            lambda call, c: c.process,
+        ),
         ("the deploy flow itself (Running -> Completed)", lambda call, c: c.flow),
         ("of which the imitation's own startup (container start -> ready line)", lambda call, c: c.sim_startup),
-        ("the target's run final -> the call returns (fleet polls every "
-         f"{POLL_INTERVAL_S:g} s, table artifact, flow exit)", lambda call, c: call.ended - c.final),
+        (
+            "the target's run final -> the call returns (fleet polls every "
+            f"{POLL_INTERVAL_S:g} s, table artifact, flow exit)",
+            lambda call, c: call.ended - c.final,
+        ),
     ]
     phase_rows = [f"| {label} | " + " | ".join(phase(rows, fn) for _, rows in columns) + " |" for label, fn in phases]
     phase_rows += [
         "| deploys running at once (min end - max start of Running), s | - | "
-        + " | ".join(per_call(rows, lambda c: c.overlap) for _, rows in columns[1:]) + " |",
-        "| both cores busy during the call | " + " | ".join(fmt(100 * (med([c.busy for c in rows]) or 0), 0) + " %"
-                                                        for _, rows in columns) + " |",
+        + " | ".join(per_call(rows, lambda c: c.overlap) for _, rows in columns[1:])
+        + " |",
+        "| both cores busy during the call | "
+        + " | ".join(fmt(100 * (med([c.busy for c in rows]) or 0), 0) + " %" for _, rows in columns)
+        + " |",
     ]
 
     def per_target(rows: list[Call]) -> str:
         out = []
         for call in rows:
-            out.append("; ".join(f"{c.target[-5:]} {c.running - call.started:.1f}-{c.final - call.started:.1f}"
-                                 for c in sorted(call.deploys(), key=lambda c: c.target)))
+            out.append(
+                "; ".join(
+                    f"{c.target[-5:]} {c.running - call.started:.1f}-{c.final - call.started:.1f}"
+                    for c in sorted(call.deploys(), key=lambda c: c.target)
+                )
+            )
         return " / ".join(out)
 
     def split(rows: list[Call], kind: str) -> str:
@@ -654,29 +759,47 @@ def body(results: dict[str, Any]) -> str:
         f"| outside any child run (flow start, 1 s polling, reading state and artifacts, tables, exit) | "
         f"{per_call(rolling, lambda c: c.between)} | {per_call(sequential, lambda c: c.between)} |",
     ]
-    cpu_columns = [(c, rows) for c, rows in columns + [("rolling update", rolling), ("two in a row", sequential)] if rows]
+    cpu_columns = [
+        (c, rows) for c, rows in columns + [("rolling update", rolling), ("two in a row", sequential)] if rows
+    ]
 
     def cpu_cell(rows: list[Call], group: str | None) -> str:
         values = [sum(c.cpu.values()) if group is None else c.cpu.get(group, 0.0) for c in rows]
         return fmt(med(values), 1)
 
-    cpu_rows = [f"| {group} | " + " | ".join(cpu_cell(rows, group) for _, rows in cpu_columns) + " |" for group in GROUPS]
-    cpu_rows.append("| **total** (both cores: 2 CPU-s per second) | "
-                    + " | ".join(f"**{cpu_cell(rows, None)}**" for _, rows in cpu_columns) + " |")
-    cpu_rows.append("| all busy CPU time from /proc/stat (busy share x 2 cores x wall; also kernel work), CPU-s | "
-                    + " | ".join(fmt(med([c.busy * results.get('cores', os.cpu_count()) * c.wall for c in rows]), 1) for _, rows in cpu_columns) + " |")
-    cpu_rows.append("| wall time, s | " + " | ".join(per_call(rows, lambda c: c.wall) for _, rows in cpu_columns) + " |")
+    cpu_rows = [
+        f"| {group} | " + " | ".join(cpu_cell(rows, group) for _, rows in cpu_columns) + " |" for group in GROUPS
+    ]
+    cpu_rows.append(
+        "| **total** (both cores: 2 CPU-s per second) | "
+        + " | ".join(f"**{cpu_cell(rows, None)}**" for _, rows in cpu_columns)
+        + " |"
+    )
+    cpu_rows.append(
+        "| all busy CPU time from /proc/stat (busy share x 2 cores x wall; also kernel work), CPU-s | "
+        + " | ".join(
+            fmt(med([c.busy * results.get("cores", os.cpu_count()) * c.wall for c in rows]), 1)
+            for _, rows in cpu_columns
+        )
+        + " |"
+    )
+    cpu_rows.append(
+        "| wall time, s | " + " | ".join(per_call(rows, lambda c: c.wall) for _, rows in cpu_columns) + " |"
+    )
     cpu_head = "| CPU seconds during the call (median), by component | " + " | ".join(c for c, _ in cpu_columns) + " |"
     cpu_sep = "|---|" + "---|" * len(cpu_columns)
-    four = ("" if not fleet4 else
-            " With `--four`, two more targets (one more on each daemon, each with its own worker: four workers, four \"machines\"); "
-            "the 4-target figure is measured last, with all four workers up (1 to 3 run with the first two workers only).")
-    return f"""{results['machine']}
-`python -m bench.fleet --runs {n} --time-scale {args['time_scale']}{'' if args['four'] else ' --no-four'}`: the fleet rig of tests/fleet
+    four = (
+        ""
+        if not fleet4
+        else ' With `--four`, two more targets (one more on each daemon, each with its own worker: four workers, four "machines"); '
+        "the 4-target figure is measured last, with all four workers up (1 to 3 run with the first two workers only)."
+    )
+    return f"""{results["machine"]}
+`python -m bench.fleet --runs {n} --time-scale {args["time_scale"]}{"" if args["four"] else " --no-four"}`: the fleet rig of tests/fleet
 (a private PostgreSQL cluster, `prefect server start` on it, the second dockerd as the second "machine",
-the Hub imitation with a 7-shard repo, the vLLM imitation at time scale {args['time_scale']}), sim targets
+the Hub imitation with a 7-shard repo, the vLLM imitation at time scale {args["time_scale"]}), sim targets
 registered by `deployments.fleet.register` from a targets file: two, one per daemon, each with its own
-port, cache, memory ledger and process worker polling its own queue (`PREFECT_WORKER_QUERY_SECONDS={WORKER_ENV['PREFECT_WORKER_QUERY_SECONDS']}`).{four}
+port, cache, memory ledger and process worker polling its own queue (`PREFECT_WORKER_QUERY_SECONDS={WORKER_ENV["PREFECT_WORKER_QUERY_SECONDS"]}`).{four}
 The fleet flows run in the bench's process against that server. The deployments' schedules (the
 per-target health checks every 5 min) are switched off, so no scheduled run lands in a measurement.
 Every measured deploy starts a new container: for 1 and 2 the targets' containers are stopped and
@@ -712,7 +835,7 @@ Rolling update against two deploys in a row (medians, s):
 |---|---|---|
 {chr(10).join(roll_rows)}
 
-{results.get('notes', '').strip()}
+{results.get("notes", "").strip()}
 """
 
 
@@ -720,13 +843,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="repetitions of each figure (one alone: twice as many)")
     parser.add_argument("--time-scale", type=float, default=0.01, help="the imitation's startup time scale")
-    parser.add_argument("--four", action=argparse.BooleanOptionalAction, default=True,
-                        help="also measure a fleet of 4 targets (two per daemon, four workers)")
+    parser.add_argument(
+        "--four",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure a fleet of 4 targets (two per daemon, four workers)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print the section, do not write docs/benchmarks.md")
     parser.add_argument("--save", type=Path, help="also save the raw measurements as JSON")
     parser.add_argument("--from", dest="source", type=Path, help="write the section from saved measurements")
-    parser.add_argument("--compare", type=Path,
-                        help="saved measurements at another time scale: one sentence compares their ratio")
+    parser.add_argument(
+        "--compare", type=Path, help="saved measurements at another time scale: one sentence compares their ratio"
+    )
     args = parser.parse_args()
     if args.source:
         results = json.loads(args.source.read_text())
@@ -749,8 +877,13 @@ def main() -> int:
 def notes(results: dict[str, Any], other: dict[str, Any] | None = None) -> str:
     """The sentences on what limits the ratios, with their numbers (from the same measurements;
     ``other``: a run at another time scale, for one sentence of comparison)."""
-    calls = {k: [call_from(dict(c)) for c in results.get(k, [])] for k in ("alone", "fleet2", "fleet4", "rolling", "sequential")}
-    alone, fleet2, fleet4, rolling, sequential = (calls[k] for k in ("alone", "fleet2", "fleet4", "rolling", "sequential"))
+    calls = {
+        k: [call_from(dict(c)) for c in results.get(k, [])]
+        for k in ("alone", "fleet2", "fleet4", "rolling", "sequential")
+    }
+    alone, fleet2, fleet4, rolling, sequential = (
+        calls[k] for k in ("alone", "fleet2", "fleet4", "rolling", "sequential")
+    )
     if not alone or not fleet2:
         return ""
 
@@ -764,13 +897,19 @@ def notes(results: dict[str, Any], other: dict[str, Any] | None = None) -> str:
         return med([sum(c.cpu.values()) if group is None else c.cpu.get(group, 0.0) for c in rows])
 
     w1, w2 = wall(alone), wall(fleet2)
-    parts = [("the flow-run process start", lambda call, c: c.process), ("the deploy flow itself", lambda call, c: c.flow),
-             ("the fleet flow noticing the end and returning", lambda call, c: call.ended - c.final),
-             ("the worker pickup", lambda call, c: c.pickup), ("the submission", lambda call, c: c.scheduled - call.started)]
+    parts = [
+        ("the flow-run process start", lambda call, c: c.process),
+        ("the deploy flow itself", lambda call, c: c.flow),
+        ("the fleet flow noticing the end and returning", lambda call, c: call.ended - c.final),
+        ("the worker pickup", lambda call, c: c.pickup),
+        ("the submission", lambda call, c: c.scheduled - call.started),
+    ]
     deltas = [(label, phase(fleet2, fn) - phase(alone, fn)) for label, fn in parts]
     flow_run, server = GROUPS[0], GROUPS[3]
     c1, c2 = cpu(alone), cpu(fleet2)
-    fixed = phase(alone, lambda call, c: c.scheduled - call.started) + phase(alone, lambda call, c: call.ended - c.final)
+    fixed = phase(alone, lambda call, c: c.scheduled - call.started) + phase(
+        alone, lambda call, c: call.ended - c.final
+    )
     walls = [c.wall for c in alone]
     slower = med([max(x, y) for x, y in itertools.combinations(walls, 2)])  # the slower of two alone runs
     fractions = [w % 1.0 for w in walls + [c.wall for c in fleet2]]
@@ -806,11 +945,14 @@ def notes(results: dict[str, Any], other: dict[str, Any] | None = None) -> str:
             f"server takes minutes to load): one alone {o1:.2f} s, a fleet of 2 {o2:.2f} s, **{o2 / o1:.2f}x** "
             f"({o2 - o1:+.2f} s, against {w2 - w1:+.2f} s here). The seconds a fleet adds did not grow with the "
             f"deploy; at time scale {results['args']['time_scale']} they are measured against a deploy that is mostly "
-            "Prefect's own start-up and bookkeeping, which is what two deploys fight over on two cores.")
+            "Prefect's own start-up and bookkeeping, which is what two deploys fight over on two cores."
+        )
     if fleet4:
         c4, w4 = cpu(fleet4), wall(fleet4)
-        text.append(f"A fleet of 4 on the same 2 cores needs {c4:.1f} CPU-s: at least {c4 / 2:.1f} s even fully parallel "
-                    f"({c4 / 2 / w1:.2f}x one alone); it took {w4:.1f} s ({w4 / w1:.2f}x): four machines' work on two cores.")
+        text.append(
+            f"A fleet of 4 on the same 2 cores needs {c4:.1f} CPU-s: at least {c4 / 2:.1f} s even fully parallel "
+            f"({c4 / 2 / w1:.2f}x one alone); it took {w4:.1f} s ({w4 / w1:.2f}x): four machines' work on two cores."
+        )
     if rolling and sequential:
         health = med([sum(c.span for c in call.children if c.kind == "health") for call in rolling])
         health_start = med([sum(c.pickup + c.process for c in call.children if c.kind == "health") for call in rolling])
@@ -821,7 +963,8 @@ def notes(results: dict[str, Any], other: dict[str, Any] | None = None) -> str:
             "flow-run process each, the check itself about a second), and "
             f"{gaps:+.1f} s more of the rolling flow's own steps between the runs (each wait ends on the next 1 s "
             "poll, then the deploy report is read and the target's verdict checked before the next run is created). "
-            "That is the price of the gate: the next target is touched only once the previous one is proven healthy.")
+            "That is the price of the gate: the next target is touched only once the previous one is proven healthy."
+        )
     return "\n\n".join(text)
 
 

@@ -51,7 +51,9 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 POOL = "spark-vllm"  # prefect.yaml's work pool
 DAY_S = 86400.0
 FAST_INTERVAL_S = 30.0  # the interval compared with prefect.yaml's
-DIE_AFTER_S = 6.0  # crash: the imitation's engine dies this long after ready (after deploy-qwen armed the restart policy)
+DIE_AFTER_S = (
+    6.0  # crash: the imitation's engine dies this long after ready (after deploy-qwen armed the restart policy)
+)
 HANG_AFTER_S = 3.0  # wedge: the imitation's engine deadlocks this long after ready (after deploy-qwen's smoke test)
 # wedge: the checks of the wedge row run with a short window and answer budget (as tests/integration/test_health.py)
 WEDGE_LIMITS = {"wedge_window_s": 2.0, "answer_slow_s": 1.0, "answer_budget_s": 3.0}
@@ -175,16 +177,24 @@ class DbSnapshot:
     def minus(self, other: DbSnapshot) -> DbSnapshot:
         tables = set(self.rows) | set(other.rows)
         sized = set(self.table_bytes) | set(other.table_bytes)
-        return DbSnapshot({t: self.rows.get(t, 0) - other.rows.get(t, 0) for t in tables},
-                          self.used_bytes - other.used_bytes, self.file_bytes - other.file_bytes,
-                          {t: self.table_bytes.get(t, 0) - other.table_bytes.get(t, 0) for t in sized})
+        return DbSnapshot(
+            {t: self.rows.get(t, 0) - other.rows.get(t, 0) for t in tables},
+            self.used_bytes - other.used_bytes,
+            self.file_bytes - other.file_bytes,
+            {t: self.table_bytes.get(t, 0) - other.table_bytes.get(t, 0) for t in sized},
+        )
 
 
 def db_snapshot(path: Path) -> DbSnapshot:
     """Row counts of every table and the database's size, read through a read-only connection."""
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
-        tables = [r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
+        tables = [
+            r[0]
+            for r in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
         rows = {t: connection.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
         page_size = connection.execute("PRAGMA page_size").fetchone()[0]
         pages = connection.execute("PRAGMA page_count").fetchone()[0]
@@ -200,8 +210,9 @@ def db_snapshot(path: Path) -> DbSnapshot:
     finally:
         connection.close()
     wal = path.with_name(path.name + "-wal")
-    return DbSnapshot(rows, (pages - free) * page_size, path.stat().st_size + (wal.stat().st_size if wal.exists() else 0),
-                      table_bytes)
+    return DbSnapshot(
+        rows, (pages - free) * page_size, path.stat().st_size + (wal.stat().st_size if wal.exists() else 0), table_bytes
+    )
 
 
 def settled(path: Path, quiet_s: float, timeout_s: float = 30.0) -> DbSnapshot:
@@ -258,10 +269,15 @@ def run_rows(client, flow_run_id) -> dict[str, int]:
     since = run.created.timestamp() - 60
     from datetime import datetime
 
-    events = client.read_events(filter=EventFilter(
-        any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
-        occurred=EventOccurredFilter(since=datetime.fromtimestamp(since, UTC),
-                                     until=datetime.fromtimestamp(time.time() + 60, UTC))), limit=1)
+    events = client.read_events(
+        filter=EventFilter(
+            any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+            occurred=EventOccurredFilter(
+                since=datetime.fromtimestamp(since, UTC), until=datetime.fromtimestamp(time.time() + 60, UTC)
+            ),
+        ),
+        limit=1,
+    )
     return {
         "flow runs": 1,
         "flow run states": len(client.read_flow_run_states(flow_run_id)),
@@ -278,7 +294,10 @@ def variables(client) -> dict[str, tuple[float, int]]:
     """Every Variable: (updated, the length of its value as Prefect measures it: compact JSON bytes)."""
     import orjson
 
-    return {v.name: (v.updated.timestamp() if v.updated else 0.0, len(orjson.dumps(v.value))) for v in client.read_variables()}
+    return {
+        v.name: (v.updated.timestamp() if v.updated else 0.0, len(orjson.dumps(v.value)))
+        for v in client.read_variables()
+    }
 
 
 def service_events(client, target: str, names: list[str], since: float) -> list:
@@ -292,11 +311,16 @@ def service_events(client, target: str, names: list[str], since: float) -> list:
         EventResourceFilter,
     )
 
-    page = client.read_events(filter=EventFilter(
-        event=EventNameFilter(name=[f"vllm.service.{n}" for n in names]),
-        resource=EventResourceFilter(id=[f"vllm.service.{target}"]),
-        occurred=EventOccurredFilter(since=datetime.fromtimestamp(since - 1, UTC),
-                                     until=datetime.fromtimestamp(time.time() + 60, UTC))), limit=50)
+    page = client.read_events(
+        filter=EventFilter(
+            event=EventNameFilter(name=[f"vllm.service.{n}" for n in names]),
+            resource=EventResourceFilter(id=[f"vllm.service.{target}"]),
+            occurred=EventOccurredFilter(
+                since=datetime.fromtimestamp(since - 1, UTC), until=datetime.fromtimestamp(time.time() + 60, UTC)
+            ),
+        ),
+        limit=50,
+    )
     return sorted((e for e in page.events if e.occurred.timestamp() >= since), key=lambda e: e.occurred)
 
 
@@ -363,8 +387,16 @@ class Bench:
         from sim.ports import free_port
 
         name = f"sim-bh{self.run_id}-{key}"
-        target = sim_target(name, self.root / name, self.hub_url, free_port(), time_scale=self.scale,
-                            extra_env=extra_env, cache_dir=str(self.cache), prune_scope="project")
+        target = sim_target(
+            name,
+            self.root / name,
+            self.hub_url,
+            free_port(),
+            time_scale=self.scale,
+            extra_env=extra_env,
+            cache_dir=str(self.cache),
+            prune_scope="project",
+        )
         if save:
             target.save(name, overwrite=True)
             self.targets.append(name)
@@ -375,8 +407,15 @@ class Bench:
         (a fault that a restart clears), while the running container keeps them."""
         from deployments.targets import sim_target
 
-        clean = sim_target(target.name, self.root / target.name, self.hub_url, target.host_port, time_scale=self.scale,
-                           cache_dir=str(self.cache), prune_scope="project")
+        clean = sim_target(
+            target.name,
+            self.root / target.name,
+            self.hub_url,
+            target.host_port,
+            time_scale=self.scale,
+            cache_dir=str(self.cache),
+            prune_scope="project",
+        )
         clean.save(target.name, overwrite=True)
 
     def cleanup(self, name: str) -> None:
@@ -420,8 +459,9 @@ class Bench:
 
     # ---------------------------------------------------------------- the automation and recover-vllm
 
-    def follow_recovery(self, row: FaultRow, name: str, event_at: float, watch, old_ids: set[str],
-                        timeout_s: float = 180.0) -> None:
+    def follow_recovery(
+        self, row: FaultRow, name: str, event_at: float, watch, old_ids: set[str], timeout_s: float = 180.0
+    ) -> None:
         from prefect import get_client
         from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
@@ -431,8 +471,10 @@ class Bench:
         run = None
         with get_client(sync_client=True) as client:
             while time.monotonic() < deadline:
-                runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[self.recover_deployment_id])),
-                                             limit=50)
+                runs = client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[self.recover_deployment_id])),
+                    limit=50,
+                )
                 mine = [r for r in runs if r.parameters.get("target") == name]
                 if mine and mine[0].state and mine[0].state.is_final():
                     run = mine[0]
@@ -476,13 +518,18 @@ class Bench:
 
         deadline = time.monotonic() + timeout_s
         while True:
-            outcome = service_events(client, name, ["recovered", "recovery-failed", "needs-operator", "rolled-back"], running_at)
+            outcome = service_events(
+                client, name, ["recovered", "recovery-failed", "needs-operator", "rolled-back"], running_at
+            )
             if outcome:
                 return outcome[0].event.removeprefix("vllm.service.")
-            logs = [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200)]
+            logs = [
+                log.message
+                for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200)
+            ]
             said = next((m for m in logs if "nothing to recover" in m), None)
             if said:
-                return f"nothing to recover (its log: \"{said[:100]}\")"
+                return f'nothing to recover (its log: "{said[:100]}")'
             if time.monotonic() > deadline:
                 return f"{run.state.type.value.lower()}, no outcome event or line found"
             time.sleep(0.5)
@@ -505,7 +552,9 @@ class Bench:
             kind = classify_failure([line for _, line in start.lines]).kind.value
             if kind not in kinds:
                 kinds.append(kind)
-        return f"docker restarted it {len(restarts)} time(s) before it was removed; failed with: {', '.join(kinds) or '-'}"
+        return (
+            f"docker restarted it {len(restarts)} time(s) before it was removed; failed with: {', '.join(kinds) or '-'}"
+        )
 
     # ---------------------------------------------------------------- the faults
 
@@ -515,8 +564,11 @@ class Bench:
         from bench.recovery import Watch
         from flows.deploy import deploy_qwen
 
-        row = FaultRow("crash", f"crash: the engine core dies ({DIE_AFTER_S:g} s after ready; /health 500, exit 1 a second later)",
-                       "the first /health that is not 200 (polled every 20 ms)")
+        row = FaultRow(
+            "crash",
+            f"crash: the engine core dies ({DIE_AFTER_S:g} s after ready; /health 500, exit 1 a second later)",
+            "the first /health that is not 200 (polled every 20 ms)",
+        )
         target = self.target("crash", {"VLLM_SIM_FAULT_DIE_AFTER_S": str(DIE_AFTER_S)})
         watch = Watch(self.client, target.name)
         try:
@@ -569,8 +621,11 @@ class Bench:
         sequence). The onset is that failed restart's end; the check runs right after it."""
         from tasks.container import managed_containers
 
-        row = FaultRow("loop", "crash loop on the page cache: the server's PID 1 ends (SIGTERM), docker restarts it, the restart fails on the page cache",
-                       "docker's `die` event of the first failed restart")
+        row = FaultRow(
+            "loop",
+            "crash loop on the page cache: the server's PID 1 ends (SIGTERM), docker restarts it, the restart fails on the page cache",
+            "docker's `die` event of the first failed restart",
+        )
         [server] = managed_containers(self.client, name)
         old_ids = {server.id}
         killed = time.time()
@@ -585,9 +640,15 @@ class Bench:
             row.note = "docker did not restart the server, or the restart did not fail"
             return row
         onset = restart.died_at
-        first_die = next((s.died_at for s in watch.starts if s.container == server.id and s.died_at and s.at < killed), None)
-        row.note = (f"the kill -> the process's exit {first_die - killed:.2f} s, -> the failed restart's exit {onset - killed:.2f} s"
-                    f" (it failed with: {restart.outcome()})" if first_die else "")
+        first_die = next(
+            (s.died_at for s in watch.starts if s.container == server.id and s.died_at and s.at < killed), None
+        )
+        row.note = (
+            f"the kill -> the process's exit {first_die - killed:.2f} s, -> the failed restart's exit {onset - killed:.2f} s"
+            f" (it failed with: {restart.outcome()})"
+            if first_die
+            else ""
+        )
         event_at = self.checks_until_unhealthy(row, name, onset)
         if event_at is None:
             return row
@@ -604,9 +665,14 @@ class Bench:
         from tasks.probes import Thresholds
 
         limits = Thresholds(**WEDGE_LIMITS)
-        row = FaultRow("wedge", f"wedge: the engine deadlocks ({HANG_AFTER_S:g} s after ready), /health and /v1/models still 200",
-                       f"the server's ready line (docker's timestamp) + {HANG_AFTER_S:g} s")
-        target = self.target("wedge", {"VLLM_SIM_FAULT_HANG_AFTER_S": str(HANG_AFTER_S), "VLLM_SIM_FAULT_HANG_SCOPE": "engine"})
+        row = FaultRow(
+            "wedge",
+            f"wedge: the engine deadlocks ({HANG_AFTER_S:g} s after ready), /health and /v1/models still 200",
+            f"the server's ready line (docker's timestamp) + {HANG_AFTER_S:g} s",
+        )
+        target = self.target(
+            "wedge", {"VLLM_SIM_FAULT_HANG_AFTER_S": str(HANG_AFTER_S), "VLLM_SIM_FAULT_HANG_SCOPE": "engine"}
+        )
         watch = Watch(self.client, target.name)
         try:
             deploy_qwen(target=target.name)
@@ -653,8 +719,14 @@ def timed_worker_check(client, deployment_id, name: str, timeout_s: float = 120.
     seen = time.time()
     first = run_states(client, run.id)
     final = current.state.timestamp.timestamp()
-    return {"id": run.id, "state": current.state.type.value, "wall": seen - t0, "pickup": first["PENDING"] - first["SCHEDULED"],
-            "process": first["RUNNING"] - first["PENDING"], "flow": final - first["RUNNING"]}
+    return {
+        "id": run.id,
+        "state": current.state.type.value,
+        "wall": seen - t0,
+        "pickup": first["PENDING"] - first["SCHEDULED"],
+        "process": first["RUNNING"] - first["PENDING"],
+        "flow": final - first["RUNNING"],
+    }
 
 
 def disable_schedules(client, deployment) -> int:
@@ -673,7 +745,10 @@ def disable_schedules(client, deployment) -> int:
         client.update_deployment_schedule(deployment.id, schedule.id, active=False)
     runs = client.read_flow_runs(
         deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
-        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))))
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+        ),
+    )
     for run in runs:
         client.delete_flow_run(run.id)
     return len(runs)
@@ -705,11 +780,17 @@ def count_service_events(client, flow_run_id) -> int:
     )
 
     run = client.read_flow_run(flow_run_id)
-    page = client.read_events(filter=EventFilter(
-        event=EventNameFilter(prefix=["vllm.service."]),
-        any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
-        occurred=EventOccurredFilter(since=datetime.fromtimestamp(run.created.timestamp() - 60, UTC),
-                                     until=datetime.fromtimestamp(time.time() + 60, UTC))), limit=1)
+    page = client.read_events(
+        filter=EventFilter(
+            event=EventNameFilter(prefix=["vllm.service."]),
+            any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+            occurred=EventOccurredFilter(
+                since=datetime.fromtimestamp(run.created.timestamp() - 60, UTC),
+                until=datetime.fromtimestamp(time.time() + 60, UTC),
+            ),
+        ),
+        limit=1,
+    )
     return page.total
 
 
@@ -753,14 +834,18 @@ def limit_lines(limit: HistoryLimit | None, default_interval: float) -> str:
     (n0, s0), (n1, s1) = limit.sizes[0], limit.sizes[-1]
     growth = (s1 - s0) / (n1 - n0) if n1 > n0 else 0.0
     full = limit.sizes[-1][1] + growth * max(0, limit.keep_rows - n1)
-    lines = [f"The health check's state on one target (the variable vllm-health-<target>: verdict, since, /metrics snapshot,"
-             f" restart count; its last {limit.keep_rows} checks are the history table artifact, not the variable):"
-             f" {s0:,} characters (compact JSON, as Prefect counts) after {n0} more checks, {s1:,} after {n1}, so"
-             f" {growth:.0f} per check; at {limit.keep_rows} checks about {full:,.0f}. Prefect refuses a Variable value"
-             f" longer than {limit.max_len:,} characters (an earlier version kept the rows in the variable and failed"
-             " every check after 11: this bench found it)."]
+    lines = [
+        f"The health check's state on one target (the variable vllm-health-<target>: verdict, since, /metrics snapshot,"
+        f" restart count; its last {limit.keep_rows} checks are the history table artifact, not the variable):"
+        f" {s0:,} characters (compact JSON, as Prefect counts) after {n0} more checks, {s1:,} after {n1}, so"
+        f" {growth:.0f} per check; at {limit.keep_rows} checks about {full:,.0f}. Prefect refuses a Variable value"
+        f" longer than {limit.max_len:,} characters (an earlier version kept the rows in the variable and failed"
+        " every check after 11: this bench found it)."
+    ]
     if limit.failed_at is not None:
-        at = [fmt_s((limit.failed_at - 1) * i) for i in (default_interval, FAST_INTERVAL_S)]  # check K runs (K - 1) x I after the first
+        at = [
+            fmt_s((limit.failed_at - 1) * i) for i in (default_interval, FAST_INTERVAL_S)
+        ]  # check K runs (K - 1) x I after the first
         lines.append(
             f"**Check {limit.failed_at} since the history was emptied failed** (`{limit.error[:200]}`)"
             + (", and so did the next one" if limit.failed_again else "")
@@ -770,7 +855,8 @@ def limit_lines(limit: HistoryLimit | None, default_interval: float) -> str:
             f" target checked every {default_interval:g} s that is {at[0]} after its first check, every {FAST_INTERVAL_S:g} s"
             f" {at[1]}; the rows of unhealthy checks are longer, so sooner. Found by this bench, left as it is (tasks/state.py,"
             " flows/health.py); the in-process and worker checks above stay under it, and the fault rows below each run on"
-            " a fresh target.")
+            " a fresh target."
+        )
     else:
         lines.append(f"No check failed up to {n1} checks.")
     return " ".join(lines)
@@ -779,22 +865,38 @@ def limit_lines(limit: HistoryLimit | None, default_interval: float) -> str:
 # ---------------------------------------------------------------------------- the section
 
 
-def fault_tables(rows: list[FaultRow], default_interval: float, wedge_check_default_s: float | None,
-                 one_start_scaled: float | None) -> tuple[str, str, list[str]]:
+def fault_tables(
+    rows: list[FaultRow], default_interval: float, wedge_check_default_s: float | None, one_start_scaled: float | None
+) -> tuple[str, str, list[str]]:
     """The measured parts per fault, and the combined figures next to the anchors."""
     from tasks.probes import Thresholds
 
     defaults = Thresholds()
     measured, combined, notes = [], [], []
     for r in rows:
-        seq = "; ".join(f"{i + 1}: {c.verdict} ({c.layer}: {c.condition}), {c.wall_s:.2f} s" for i, c in enumerate(r.checks)) or "-"
-        auto = "-" if r.automation_s is None else (
-            f"{r.automation_s:.2f} ({r.event_to_created_s:.2f} / {r.created_to_pending_s:.2f} / {r.pending_to_running_s:.2f})")
+        seq = (
+            "; ".join(
+                f"{i + 1}: {c.verdict} ({c.layer}: {c.condition}), {c.wall_s:.2f} s" for i, c in enumerate(r.checks)
+            )
+            or "-"
+        )
+        auto = (
+            "-"
+            if r.automation_s is None
+            else (
+                f"{r.automation_s:.2f} ({r.event_to_created_s:.2f} / {r.created_to_pending_s:.2f} / {r.pending_to_running_s:.2f})"
+            )
+        )
         detect = "-" if r.detect_s is None else f"{r.detect_s:.2f} (check {r.detect_check})"
         if r.key == "wedge" and r.detect_default_s is not None:
             detect += f"; at the default {defaults.answer_budget_s:g} s answer budget: {r.detect_default_s:.2f}"
-        recover = "-" if r.recover_wall_s is None else (
-            f"{r.recover_outcome}: {r.recover_wall_s:.2f} s, of which {r.recover_startup_s:.2f} s startup phases -> {fmt_s(r.recover_scaled_s)} scaled back")
+        recover = (
+            "-"
+            if r.recover_wall_s is None
+            else (
+                f"{r.recover_outcome}: {r.recover_wall_s:.2f} s, of which {r.recover_startup_s:.2f} s startup phases -> {fmt_s(r.recover_scaled_s)} scaled back"
+            )
+        )
         after = "-" if r.after is None else f"{r.after.verdict} ({r.after.layer}: {r.after.condition})"
         measured.append(f"| {r.label} | {r.onset} | {seq} | {detect} | {auto} | {recover} | {after} |")
 
@@ -809,20 +911,26 @@ def fault_tables(rows: list[FaultRow], default_interval: float, wedge_check_defa
             else:
                 healthy = "never (automatically)"
             cells += [fmt_pair(unhealthy), healthy]
-        combined.append(f"| {r.label.split(':')[0]} | " + " | ".join(cells) + f" | {anchor_cells(r.key, one_start_scaled)} |")
+        combined.append(
+            f"| {r.label.split(':')[0]} | " + " | ".join(cells) + f" | {anchor_cells(r.key, one_start_scaled)} |"
+        )
         if r.note.strip():
             notes.append(f"- {r.label.split(':')[0]}: {r.note.strip()}")
         if r.docker_restarts:
             notes.append(f"- {r.label.split(':')[0]}, the old container meanwhile: {r.docker_restarts}")
     autos = [r.automation_s for r in rows if r.automation_s is not None]
     if autos:
-        notes.append(f"- the automation latency a over the {len(autos)} faults: {min(autos):.2f} / {statistics.median(autos):.2f} /"
-                     f" {max(autos):.2f} s (min / median / max), one sample per fault (the trigger acts once per target)")
+        notes.append(
+            f"- the automation latency a over the {len(autos)} faults: {min(autos):.2f} / {statistics.median(autos):.2f} /"
+            f" {max(autos):.2f} s (min / median / max), one sample per fault (the trigger acts once per target)"
+        )
     for r in rows:
         if "nothing to recover" in r.recover_outcome and not r.healthy_again:
-            notes.append(f"- {r.label.split(':')[0]}: recover-vllm found /health 200 and /v1/models listing the model (its"
-                         " `endpoint_ready`) and returned without touching the server, which was still"
-                         f" {r.after.condition if r.after else 'unhealthy'} at the check after it: no automatic way back")
+            notes.append(
+                f"- {r.label.split(':')[0]}: recover-vllm found /health 200 and /v1/models listing the model (its"
+                " `endpoint_ready`) and returned without touching the server, which was still"
+                f" {r.after.condition if r.after else 'unhealthy'} at the check after it: no automatic way back"
+            )
     if wedge_check_default_s is not None:
         for interval in (default_interval, FAST_INTERVAL_S):
             named, cancelled = wedge_named_after(interval, defaults.wedge_window_s, wedge_check_default_s)
@@ -830,7 +938,8 @@ def fault_tables(rows: list[FaultRow], default_interval: float, wedge_check_defa
                 f"- wedge at I = {interval:g} s: the progress layer names it `wedged` (rather than the function layer's"
                 f" unanswered smoke question) {fmt_s(named)} after the first check's start ({cancelled} scheduled"
                 f" check(s) cancelled meanwhile by the deployment's concurrency limit, 1 with CANCEL_NEW, as a wedged"
-                f" check takes {wedge_check_default_s:.1f} s)")
+                f" check takes {wedge_check_default_s:.1f} s)"
+            )
     return "\n".join(measured), "\n".join(combined), notes
 
 
@@ -841,20 +950,39 @@ def anchor_cells(key: str, one_start_scaled: float | None) -> str:
     if key == "wedge":
         never = "never: /health answers 200 (vllm issue 39863)"
         return f"{never} | {never} | {never}"
-    docker_cell = ("the exit is seen at once (no probe needed); restarted with the same command, which fails on the"
-                   " page cache again: never healthy")
-    k8s_cell = ("the exit is seen at once; restarted with the same arguments (CrashLoopBackOff), which fail on the"
-                " page cache again: never healthy")
-    playbook = (f"a person sees /health fail after {fmt_pair(poll)} (if watching); healthy after their drop_caches and"
-                f" restart: their time + {start}")
+    docker_cell = (
+        "the exit is seen at once (no probe needed); restarted with the same command, which fails on the"
+        " page cache again: never healthy"
+    )
+    k8s_cell = (
+        "the exit is seen at once; restarted with the same arguments (CrashLoopBackOff), which fail on the"
+        " page cache again: never healthy"
+    )
+    playbook = (
+        f"a person sees /health fail after {fmt_pair(poll)} (if watching); healthy after their drop_caches and"
+        f" restart: their time + {start}"
+    )
     return f"{docker_cell} | {k8s_cell} | {playbook}"
 
 
-def body(args, run_s: float, default_interval: float, inproc: list[float], inproc_flow: list[float], worker: list[dict],
-         rows: list[FaultRow], rows_one: dict[str, int] | None, rows_worker_one: dict[str, int] | None,
-         var_updates: tuple[int, int, int] | None, db_inproc: tuple[DbSnapshot, int] | None,
-         db_worker: tuple[DbSnapshot, int] | None, calib: dict[str, float], retention: str, prefect_deploy_s: float,
-         limit: HistoryLimit | None = None) -> str:
+def body(
+    args,
+    run_s: float,
+    default_interval: float,
+    inproc: list[float],
+    inproc_flow: list[float],
+    worker: list[dict],
+    rows: list[FaultRow],
+    rows_one: dict[str, int] | None,
+    rows_worker_one: dict[str, int] | None,
+    var_updates: tuple[int, int, int] | None,
+    db_inproc: tuple[DbSnapshot, int] | None,
+    db_worker: tuple[DbSnapshot, int] | None,
+    calib: dict[str, float],
+    retention: str,
+    prefect_deploy_s: float,
+    limit: HistoryLimit | None = None,
+) -> str:
     from prefect.settings import get_current_settings
 
     from deployments.worker import WORKER_ENV
@@ -906,8 +1034,10 @@ def body(args, run_s: float, default_interval: float, inproc: list[float], inpro
             db_lines.append(f"| {key}{extra} | {one} | {'-' if via_worker is None else via_worker} | {cells} |")
         if var_updates:
             created, updated, size = var_updates
-            db_lines.append(f"| variables: created / updated (vllm-health-<target>, now {size:,} characters) | {created} / {updated} | | "
-                            f"0 new rows; {per_day(updated, default_interval):,.0f} updates | 0 new rows; {per_day(updated, FAST_INTERVAL_S):,.0f} updates |")
+            db_lines.append(
+                f"| variables: created / updated (vllm-health-<target>, now {size:,} characters) | {created} / {updated} | | "
+                f"0 new rows; {per_day(updated, default_interval):,.0f} updates | 0 new rows; {per_day(updated, FAST_INTERVAL_S):,.0f} updates |"
+            )
 
     def growth(entry: tuple[DbSnapshot, int] | None, label: str) -> list[str]:
         if entry is None:
@@ -915,19 +1045,23 @@ def body(args, run_s: float, default_interval: float, inproc: list[float], inpro
         delta, n = entry
         tables = ", ".join(f"{t} {v / n:.1f}" for t, v in sorted(delta.rows.items(), key=lambda kv: -kv[1]) if v)
         used, on_disk = delta.used_bytes / n, delta.file_bytes / n
-        line = (f"- {label} ({n} checks): rows per check by table: {tables or 'none'}; the database's used pages grew"
-                f" {human_bytes(used)} per check, so {human_bytes(per_day(used, default_interval))} a day at"
-                f" {default_interval:g} s and {human_bytes(per_day(used, FAST_INTERVAL_S))} a day at {FAST_INTERVAL_S:g} s"
-                f" (the file with its WAL: {human_bytes(on_disk)} per check).")
+        line = (
+            f"- {label} ({n} checks): rows per check by table: {tables or 'none'}; the database's used pages grew"
+            f" {human_bytes(used)} per check, so {human_bytes(per_day(used, default_interval))} a day at"
+            f" {default_interval:g} s and {human_bytes(per_day(used, FAST_INTERVAL_S))} a day at {FAST_INTERVAL_S:g} s"
+            f" (the file with its WAL: {human_bytes(on_disk)} per check)."
+        )
         if delta.table_bytes:
             events = sum(v for t, v in delta.table_bytes.items() if t in EVENT_TABLES) / n
             kept = sum(v for t, v in delta.table_bytes.items() if t not in EVENT_TABLES) / n
-            line += (f" By table (SQLite's dbstat, indexes included): the events ({', '.join(EVENT_TABLES)})"
-                     f" {human_bytes(events)} per check, deleted after {events_days:g} days, so at most"
-                     f" {human_bytes(per_day(events, default_interval) * events_days)} at {default_interval:g} s and"
-                     f" {human_bytes(per_day(events, FAST_INTERVAL_S) * events_days)} at {FAST_INTERVAL_S:g} s; the rest"
-                     f" {human_bytes(kept)} per check, kept: {human_bytes(per_day(kept, default_interval) * 365)} a year at"
-                     f" {default_interval:g} s, {human_bytes(per_day(kept, FAST_INTERVAL_S) * 365)} at {FAST_INTERVAL_S:g} s.")
+            line += (
+                f" By table (SQLite's dbstat, indexes included): the events ({', '.join(EVENT_TABLES)})"
+                f" {human_bytes(events)} per check, deleted after {events_days:g} days, so at most"
+                f" {human_bytes(per_day(events, default_interval) * events_days)} at {default_interval:g} s and"
+                f" {human_bytes(per_day(events, FAST_INTERVAL_S) * events_days)} at {FAST_INTERVAL_S:g} s; the rest"
+                f" {human_bytes(kept)} per check, kept: {human_bytes(per_day(kept, default_interval) * 365)} a year at"
+                f" {default_interval:g} s, {human_bytes(per_day(kept, FAST_INTERVAL_S) * 365)} at {FAST_INTERVAL_S:g} s."
+            )
         return [line]
 
     db_growth = growth(db_inproc, "in-process checks") + growth(db_worker, "checks through the worker")
@@ -935,20 +1069,29 @@ def body(args, run_s: float, default_interval: float, inproc: list[float], inpro
     anchors_docker_hang = probe_anchor(DOCKER["period_s"], DOCKER["failures"], DOCKER["timeout_s"])
     anchors_k8s = probe_anchor(K8S["period_s"], K8S["failures"])
     anchors_k8s_hang = probe_anchor(K8S["period_s"], K8S["failures"], K8S["timeout_s"])
-    calib_line = (f"One start of this run (the first target's deploy): {calib['python']:.2f} s of Python start-up and"
-                  f" {calib['startup']:.2f} s of startup phases at time scale {args.time_scale}, so"
-                  f" {fmt_s(calib['one_start_scaled'])} scaled back (the runbook: 3-4 minutes from a warm cache).") if calib else ""
+    calib_line = (
+        (
+            f"One start of this run (the first target's deploy): {calib['python']:.2f} s of Python start-up and"
+            f" {calib['startup']:.2f} s of startup phases at time scale {args.time_scale}, so"
+            f" {fmt_s(calib['one_start_scaled'])} scaled back (the runbook: 3-4 minutes from a warm cache)."
+        )
+        if calib
+        else ""
+    )
 
     keep_note = ""
     if limit is not None:
-        keep_note = (f"; it would stop growing at its {limit.keep_rows} history rows, but fails first (above)" if limit.failed_at
-                     else f" and keeps its last {limit.keep_rows} history rows")
+        keep_note = (
+            f"; it would stop growing at its {limit.keep_rows} history rows, but fails first (above)"
+            if limit.failed_at
+            else f" and keeps its last {limit.keep_rows} history rows"
+        )
     return f"""{machine_line()}
 `python -m bench.health --time-scale {args.time_scale} --checks {args.checks} --worker-checks {args.worker_checks}` (the whole
 run: {run_s:.0f} s): a throwaway Prefect server (`prefect_test_harness`, SQLite), the Hub imitation, the vLLM
 imitation in docker; `prefect deploy --name recover-vllm/sim --name health-check/sim` ({prefect_deploy_s:.0f} s; the schedule of
 health-check/sim paused and its scheduled runs deleted, so that only the bench's own checks run), a process worker
-from deployments/worker.py (polling every {WORKER_ENV['PREFECT_WORKER_QUERY_SECONDS']} s); every fault on its own target
+from deployments/worker.py (polling every {WORKER_ENV["PREFECT_WORKER_QUERY_SECONDS"]} s); every fault on its own target
 named sim-... (the trigger of recover-vllm/sim matches vllm.service.sim* and acts once per target per 600 s).
 The default interval, {default_interval:g} s, is prefect.yaml's health-check schedule; a schedule cannot be waited
 out here, so the parts are measured and combined.
@@ -988,9 +1131,9 @@ measured. After it: one more check. {calib_line}
 The formulas. A fault falls at a uniformly random moment between two scheduled checks, so the next check starts
 after I/2 on average and I at worst: fault -> unhealthy = I/2 + d (mean), I + d (worst); fault -> healthy =
 that + a + r, with r recover-vllm's run scaled back; "never (automatically)" when the check after recover-vllm
-was not healthy or degraded. The wedge's d is measured with a {WEDGE_LIMITS['answer_budget_s']:g} s answer budget and a
-{WEDGE_LIMITS['wedge_window_s']:g} s wedge window (as tests/integration/test_health.py); a check of a wedged engine waits its whole
-answer budget for the smoke answer, so at the defaults d = measured d - {WEDGE_LIMITS['answer_budget_s']:g} + {defaults.answer_budget_s:g} s. The first
+was not healthy or degraded. The wedge's d is measured with a {WEDGE_LIMITS["answer_budget_s"]:g} s answer budget and a
+{WEDGE_LIMITS["wedge_window_s"]:g} s wedge window (as tests/integration/test_health.py); a check of a wedged engine waits its whole
+answer budget for the smoke answer, so at the defaults d = measured d - {WEDGE_LIMITS["answer_budget_s"]:g} + {defaults.answer_budget_s:g} s. The first
 check after the onset already says unhealthy when the smoke question goes unanswered (the function layer);
 the progress layer's `wedged` needs a second check at least the wedge window ({defaults.wedge_window_s:g} s by default) after
 the first, i.e. one more interval at I >= {defaults.wedge_window_s:g} s and ceil(window / I) more at shorter ones, less any the
@@ -1019,7 +1162,7 @@ worker, x 86400 / I; checks per day: {per_day(1, default_interval):,.0f} at
 The SQLite file itself (the harness's temporary database; read-only row counts of every table and
 `(page_count - freelist_count) x page_size` before and after, once the counts had stopped moving):
 
-{chr(10).join(db_growth) or '- not measured'}
+{chr(10).join(db_growth) or "- not measured"}
 
 {retention} The health check's state variable is rewritten by every check (an update, no new row){keep_note}.
 Measured on these 2 cores with the imitations, not on a Spark.
@@ -1033,11 +1176,17 @@ def retention_line() -> str:
     settings = get_current_settings().server
     kinds = sorted(settings.services.db_vacuum.enabled_vacuum_types)
     events_days = settings.events.retention_period.total_seconds() / DAY_S
-    flow_runs = ("flow runs older than " f"{settings.services.db_vacuum.retention_period.total_seconds() / DAY_S:g} days are deleted"
-                 if "flow_runs" in kinds else "flow runs, task runs, logs and artifacts are kept for ever (the `flow_runs` vacuum is off)")
-    return (f"What the server deletes by itself (its settings): the database vacuum runs {', '.join(kinds) or 'nothing'};"
-            f" events are kept {events_days:g} days (so the event rows level off at {events_days:g} days' worth);"
-            f" {flow_runs}.")
+    flow_runs = (
+        "flow runs older than "
+        f"{settings.services.db_vacuum.retention_period.total_seconds() / DAY_S:g} days are deleted"
+        if "flow_runs" in kinds
+        else "flow runs, task runs, logs and artifacts are kept for ever (the `flow_runs` vacuum is off)"
+    )
+    return (
+        f"What the server deletes by itself (its settings): the database vacuum runs {', '.join(kinds) or 'nothing'};"
+        f" events are kept {events_days:g} days (so the event rows level off at {events_days:g} days' worth);"
+        f" {flow_runs}."
+    )
 
 
 def main() -> int:
@@ -1079,8 +1228,13 @@ def main() -> int:
     bench = None
     worker = None
     prefect_deploy_s = 0.0
-    with tempfile.TemporaryDirectory(prefix="bench-health-") as tmp, prefect_test_harness(server_startup_timeout=90), \
-            HubServer(repos=[RepoSpec(n_shards=7, shard_bytes=1024 * 1024)], data_dir=Path(tmp) / "hub", token=TOKEN) as hub:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-health-") as tmp,
+        prefect_test_harness(server_startup_timeout=90),
+        HubServer(
+            repos=[RepoSpec(n_shards=7, shard_bytes=1024 * 1024)], data_dir=Path(tmp) / "hub", token=TOKEN
+        ) as hub,
+    ):
         from bench.recovery import READY_LINE, Watch
 
         Secret(value=TOKEN).save("hf-token", overwrite=True)
@@ -1091,8 +1245,13 @@ def main() -> int:
             ensure_work_pool(POOL)
             # registering the deployments runs beside the first deploy (neither is measured)
             t_deploy = time.monotonic()
-            registering = subprocess.Popen([PREFECT, "--no-prompt", "deploy", "--name", "recover-vllm/sim", "--name", "health-check/sim"],
-                                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            registering = subprocess.Popen(
+                [PREFECT, "--no-prompt", "deploy", "--name", "recover-vllm/sim", "--name", "health-check/sim"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
             steady = bench.target("steady")
             watch = Watch(client, steady.name)
             deploy_qwen(target=steady.name)
@@ -1100,7 +1259,11 @@ def main() -> int:
             if serving is not None:
                 python_s = serving.lines[0][0] - serving.at
                 startup_s = serving.first(READY_LINE, serving.at) - serving.lines[0][0]
-                calib = {"python": python_s, "startup": startup_s, "one_start_scaled": python_s + startup_s / args.time_scale}
+                calib = {
+                    "python": python_s,
+                    "startup": startup_s,
+                    "one_start_scaled": python_s + startup_s / args.time_scale,
+                }
             out, _ = registering.communicate(timeout=240)
             prefect_deploy_s = time.monotonic() - t_deploy
             if registering.returncode != 0:
@@ -1173,8 +1336,24 @@ def main() -> int:
     run_s = time.monotonic() - began
     order = {"crash": 0, "wedge": 1, "loop": 2}
     rows.sort(key=lambda r: order[r.key])
-    text = body(args, run_s, default_interval, inproc, inproc_flow, worker_runs, rows, rows_one, rows_worker_one,
-                var_updates, db_inproc, db_worker, calib, retention_line(), prefect_deploy_s, limit)
+    text = body(
+        args,
+        run_s,
+        default_interval,
+        inproc,
+        inproc_flow,
+        worker_runs,
+        rows,
+        rows_one,
+        rows_worker_one,
+        var_updates,
+        db_inproc,
+        db_worker,
+        calib,
+        retention_line(),
+        prefect_deploy_s,
+        limit,
+    )
     print(text)
     if not args.no_write:
         write_section(HEADING, text)

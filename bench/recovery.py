@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,12 @@ EARLIER_WEIGHTS_GIB = 31.97  # an earlier load's weights (Qwen3-32B-FP8), left i
 BENCH_LABEL = "org.spark-vllm.bench"  # on the holders this script starts by hand (value: its pid)
 DIE_AFTER_S = 8.0  # engine_died: the imitation's engine dies this long after ready (real seconds)
 RESTART_WINDOW_S = 45.0  # engine_died, runbook side: how long docker's restart policy is given to serve again
-DEFAULT_REQUEST = {"gpu_memory_utilization": 0.90, "max_model_len": 32000, "max_num_batched_tokens": 16384, "max_num_seqs": 64}
+DEFAULT_REQUEST = {
+    "gpu_memory_utilization": 0.90,
+    "max_model_len": 32000,
+    "max_num_batched_tokens": 16384,
+    "max_num_seqs": 64,
+}
 
 
 # ---------------------------------------------------------------------------- pure helpers
@@ -72,7 +77,7 @@ def one_retry(attempts: int | None, healed: bool) -> bool:
 
 
 def kv_verdict(planner_kv: int | None, ladder_kv: int | None) -> str:
-    """"more" / "equal" / "less" KV cache for the planner against the ladder; a side that ended
+    """ "more" / "equal" / "less" KV cache for the planner against the ladder; a side that ended
     without a server has none ("neither" when both did)."""
     if planner_kv is None and ladder_kv is None:
         return "neither"
@@ -100,7 +105,7 @@ def docker_time(stamp: str) -> float:
     found = _STAMP.match(stamp)
     if not found:
         raise ValueError(f"not a docker timestamp: {stamp!r}")
-    whole = datetime.fromisoformat(found[1]).replace(tzinfo=timezone.utc).timestamp()
+    whole = datetime.fromisoformat(found[1]).replace(tzinfo=UTC).timestamp()
     return whole + float(f"0.{found[2] or 0}")
 
 
@@ -131,7 +136,7 @@ class Start:
         return None
 
     def outcome(self) -> str:
-        """"serving", or the failure kind classified from its own log (as the readiness gate does)."""
+        """ "serving", or the failure kind classified from its own log (as the readiness gate does)."""
         from tasks.failures import classify_failure
 
         if self.first(READY_LINE, self.at) is not None:
@@ -213,9 +218,11 @@ class Watch:
 
     def serving(self, after: float, timeout_s: float = 5.0) -> Start | None:
         """The last start after ``after`` that logged the ready line (waits for the follower)."""
+
         def ready(starts: list[Start]) -> Start | None:
             done = [s for s in starts if s.at >= after and s.first(READY_LINE) is not None]
             return done[-1] if done else None
+
         return self.wait_for(ready, timeout_s)
 
     def close(self) -> None:
@@ -281,7 +288,9 @@ class Fault:
     engine: bool = False  # engine_died: recover-vllm after a death, against docker's restart policy
 
 
-def shortage_holder(limits, total_gib: float, baseline_gib: float, max_model_len: int, batched: int, seqs: int) -> tuple[float, bool, str]:
+def shortage_holder(
+    limits, total_gib: float, baseline_gib: float, max_model_len: int, batched: int, seqs: int
+) -> tuple[float, bool, str]:
     """A holder size whose free memory fits a utilization within the floor, preferring one where the
     planner's KV fit also lowers max_model_len; (GiB, lowers, why)."""
     from tasks.recovery import fit_utilization
@@ -293,10 +302,18 @@ def shortage_holder(limits, total_gib: float, baseline_gib: float, max_model_len
         need = limits.utilization_for(max_model_len, total_gib, batched, seqs)
         util = round((floor + need) / 2, 2)
         gib = round(total_gib - baseline_gib - limits.margin_gib - util * total_gib - 0.05, 1)
-        return gib, True, f"fits {fit_utilization(total_gib - baseline_gib - gib, total_gib, limits.margin_gib)}, where the KV cache holds less than {max_model_len}"
-    return 45.0, False, (
-        f"no holder within the floor makes the planner lower max_model_len: at the floor "
-        f"{floor} the KV model still holds {at_floor:,} tokens, more than max_model_len {max_model_len}"
+        return (
+            gib,
+            True,
+            f"fits {fit_utilization(total_gib - baseline_gib - gib, total_gib, limits.margin_gib)}, where the KV cache holds less than {max_model_len}",
+        )
+    return (
+        45.0,
+        False,
+        (
+            f"no holder within the floor makes the planner lower max_model_len: at the floor "
+            f"{floor} the KV model still holds {at_floor:,} tokens, more than max_model_len {max_model_len}"
+        ),
     )
 
 
@@ -308,8 +325,10 @@ def available_at_budget(util: float, held_gib: float) -> float:
 def overshoot_gib(floor_gib: float, high: float = 0.90, low: float = 0.85) -> float:
     """The profile overshoot that trips the guard at ``high`` and not at ``low`` (the planner's first
     utilization step): midway between the two thresholds, available = total - baseline - util x total - N."""
+
     def threshold(util: float) -> float:
         return TOTAL_GIB - BASELINE_GIB - util * TOTAL_GIB - floor_gib
+
     return round((threshold(high) + threshold(low)) / 2, 1)
 
 
@@ -330,7 +349,9 @@ class Side:
     running: str = "-"
     classes: list[str] = field(default_factory=list)
     note: str = ""
-    containers: list[str] = field(default_factory=list)  # per container started: utilization, outcome, MemAvailable left
+    containers: list[str] = field(
+        default_factory=list
+    )  # per container started: utilization, outcome, MemAvailable left
     budget_windows: list[float] = field(default_factory=list)  # serving containers: budget held before ready, s
 
 
@@ -351,8 +372,17 @@ class Bench:
         from sim.ports import free_port
 
         name = f"brec-{self.run_id}-{key}".replace("_", "-")
-        target = sim_target(name, self.root / name, self.hub_url, free_port(), time_scale=self.scale,
-                            extra_env=extra_env, cache_dir=str(self.cache), prune_scope="project", **overrides)
+        target = sim_target(
+            name,
+            self.root / name,
+            self.hub_url,
+            free_port(),
+            time_scale=self.scale,
+            extra_env=extra_env,
+            cache_dir=str(self.cache),
+            prune_scope="project",
+            **overrides,
+        )
         target.save(name, overwrite=True)
         self.targets.append(name)
         return target
@@ -362,9 +392,14 @@ class Bench:
 
         ledger = str(Path(target.drop_caches_path).parent)
         container = self.client.containers.run(
-            SIM_IMAGE, ["python3", "-m", "vllm_sim", "hold", "--gib", str(gib)], detach=True,
-            labels={BENCH_LABEL: str(os.getpid())}, volumes={ledger: {"bind": SIM_LEDGER_MOUNT, "mode": "rw"}},
-            network_mode="none", name=f"brec-holder-{uuid.uuid4().hex[:8]}")
+            SIM_IMAGE,
+            ["python3", "-m", "vllm_sim", "hold", "--gib", str(gib)],
+            detach=True,
+            labels={BENCH_LABEL: str(os.getpid())},
+            volumes={ledger: {"bind": SIM_LEDGER_MOUNT, "mode": "rw"}},
+            network_mode="none",
+            name=f"brec-holder-{uuid.uuid4().hex[:8]}",
+        )
         self.holders.append(container)
         deadline = time.monotonic() + 30
         while b"holding" not in container.logs() and time.monotonic() < deadline:
@@ -380,7 +415,8 @@ class Bench:
         if fault.page_cache_gib:
             ledger_dir = Path(target.drop_caches_path).parent
             Ledger(ledger_dir, "earlier", total_gib=TOTAL_GIB, baseline_gib=BASELINE_GIB).record_load(
-                "Qwen/Qwen3-32B-FP8@old", fault.page_cache_gib)
+                "Qwen/Qwen3-32B-FP8@old", fault.page_cache_gib
+            )
         if fault.holder_gib:
             self.hold(target, fault.holder_gib)
         return target
@@ -432,8 +468,13 @@ class Bench:
         side = Side()
         try:
             t0 = time.time()
-            state = deploy_qwen(target=target.name, overrides=fault.overrides or None, stage=False,
-                                timeouts=self.timeouts, return_state=True)
+            state = deploy_qwen(
+                target=target.name,
+                overrides=fault.overrides or None,
+                stage=False,
+                timeouts=self.timeouts,
+                return_state=True,
+            )
             if state.is_completed():
                 result = state.result()
                 side.attempts, side.healed = result.attempts, True
@@ -442,7 +483,9 @@ class Bench:
                     state.result()
                 except StartFailed as failed:
                     side.attempts = len(failed.attempts)
-                    side.note = (f"gave up: {failed.steps[-1].reason}" if failed.steps else str(failed).splitlines()[0])[:600]
+                    side.note = (
+                        f"gave up: {failed.steps[-1].reason}" if failed.steps else str(failed).splitlines()[0]
+                    )[:600]
                 except Exception as exc:  # noqa: BLE001 - reported as is
                     side.note = f"failed: {str(exc).splitlines()[0][:300]}"
             side.classes = [s.klass.value for s in _state().recent_recoveries(target.name)]
@@ -468,8 +511,14 @@ class Bench:
             t0 = time.time()
             for rung in range(len(RUNBOOK_LADDER)):
                 overrides = dict(fault.overrides) if rung == 0 else {**fault.overrides, **runbook_ladder(rung)}
-                state = deploy_qwen(target=target.name, overrides=overrides or None, stage=False, recover=False,
-                                    timeouts=self.timeouts, return_state=True)
+                state = deploy_qwen(
+                    target=target.name,
+                    overrides=overrides or None,
+                    stage=False,
+                    recover=False,
+                    timeouts=self.timeouts,
+                    return_state=True,
+                )
                 side.attempts += 1
                 if state.is_completed():
                     side.healed = True
@@ -513,8 +562,13 @@ class Bench:
                 if not side.healed:
                     side.note = restart_loop_note(watch, died)
             else:
-                state = recover_vllm(target=target.name, reason="bench: engine died", overrides=overrides,
-                                     timeouts=self.timeouts, return_state=True)
+                state = recover_vllm(
+                    target=target.name,
+                    reason="bench: engine died",
+                    overrides=overrides,
+                    timeouts=self.timeouts,
+                    return_state=True,
+                )
                 try:
                     result = state.result()
                     side.attempts, side.healed = result.attempts, result.status == "recovered"
@@ -542,9 +596,14 @@ class Bench:
             span = window(watch, t0, serving)
             ready_line = serving.first(READY_LINE, serving.at)
             python_s = serving.lines[0][0] - serving.at
-            return {"startup": span.startup_s, "python": python_s, "docker_start_to_ready": ready_line - serving.at,
-                    "one_start_scaled": python_s + span.startup_s / self.scale, "kv": float(serving.kv_tokens() or 0),
-                    "flow": result.duration_s}
+            return {
+                "startup": span.startup_s,
+                "python": python_s,
+                "docker_start_to_ready": ready_line - serving.at,
+                "one_start_scaled": python_s + span.startup_s / self.scale,
+                "kv": float(serving.kv_tokens() or 0),
+                "flow": result.duration_s,
+            }
         finally:
             watch.close()
             self.cleanup(target.name)
@@ -574,8 +633,10 @@ def restart_loop_note(watch: Watch, died: float) -> str:
         kind = classify_failure([line for _, line in start.lines]).kind.value
         if kind not in kinds:
             kinds.append(kind)
-    return (f"docker's restart policy restarted the container {len(restarts)} times in {RESTART_WINDOW_S:g} s after the"
-            f" death, none served; the restarts failed with: {', '.join(kinds) or 'nothing logged'}")
+    return (
+        f"docker's restart policy restarted the container {len(restarts)} times in {RESTART_WINDOW_S:g} s after the"
+        f" death, none served; the restarts failed with: {', '.join(kinds) or 'nothing logged'}"
+    )
 
 
 def _state():
@@ -591,7 +652,10 @@ def _state():
 def describe(spec) -> str:
     """The spec's memory settings, the batch settings only where they differ from the request."""
     text = f"{spec.gpu_memory_utilization:.2f} / {spec.max_model_len}"
-    if (spec.max_num_batched_tokens, spec.max_num_seqs) != (DEFAULT_REQUEST["max_num_batched_tokens"], DEFAULT_REQUEST["max_num_seqs"]):
+    if (spec.max_num_batched_tokens, spec.max_num_seqs) != (
+        DEFAULT_REQUEST["max_num_batched_tokens"],
+        DEFAULT_REQUEST["max_num_seqs"],
+    ):
         text += f", batch {spec.max_num_batched_tokens}/{spec.max_num_seqs}"
     return text
 
@@ -617,55 +681,93 @@ def planner_margin() -> float:
     return RecoveryLimits().guarded(TargetMachine.model_fields["host_memory_floor_gib"].default).margin_gib
 
 
-def body(args: argparse.Namespace, faults: list[Fault], rows: dict[str, tuple[Side | None, Side | None]],
-         calib: dict[str, float], shortage_note: str, overshoot: float, run_s: float, floor_gib: float) -> str:
+def body(
+    args: argparse.Namespace,
+    faults: list[Fault],
+    rows: dict[str, tuple[Side | None, Side | None]],
+    calib: dict[str, float],
+    shortage_note: str,
+    overshoot: float,
+    run_s: float,
+    floor_gib: float,
+) -> str:
     table = "\n".join(
-        f"| {f.label} | {cells(rows[f.key][0])} | {cells(rows[f.key][1])} |" for f in faults if f.key in rows)
+        f"| {f.label} | {cells(rows[f.key][0])} | {cells(rows[f.key][1])} |" for f in faults if f.key in rows
+    )
     notes = []
     for f in faults:
         planner, ladder = rows.get(f.key, (None, None))
         bits = []
         if planner is not None:
             named = ", ".join(planner.classes) or "none (no failure reached the planner)"
-            bits.append(f"planner's classes: {named}" + (f"; {planner.note}" if planner.note else "")
-                        + f"; its containers: {'; '.join(counted(planner.containers)) or 'none'}")
+            bits.append(
+                f"planner's classes: {named}"
+                + (f"; {planner.note}" if planner.note else "")
+                + f"; its containers: {'; '.join(counted(planner.containers)) or 'none'}"
+            )
         if ladder is not None:
-            bits.append("ladder: " + (f"{ladder.note}; " if ladder.note else "")
-                        + f"its containers: {'; '.join(counted(ladder.containers)) or 'none'}")
+            bits.append(
+                "ladder: "
+                + (f"{ladder.note}; " if ladder.note else "")
+                + f"its containers: {'; '.join(counted(ladder.containers)) or 'none'}"
+            )
         if bits:
             notes.append(f"- {f.label}: " + "; ".join(bits))
 
     known = [f for f in faults if f.key in rows and rows[f.key][0] is not None]
     retry_ok = [f.label for f in known if one_retry(rows[f.key][0].attempts, rows[f.key][0].healed)]
-    retry_bad = [f"{f.label} ({rows[f.key][0].attempts} attempts, {'healthy' if rows[f.key][0].healed else 'not healthy'})"
-                 for f in known if f.label not in retry_ok]
-    verdicts = {f.label: kv_verdict(rows[f.key][0].kv if rows[f.key][0].healed else None,
-                                    rows[f.key][1].kv if rows[f.key][1] and rows[f.key][1].healed else None)
-                for f in known if rows[f.key][1] is not None}
+    retry_bad = [
+        f"{f.label} ({rows[f.key][0].attempts} attempts, {'healthy' if rows[f.key][0].healed else 'not healthy'})"
+        for f in known
+        if f.label not in retry_ok
+    ]
+    verdicts = {
+        f.label: kv_verdict(
+            rows[f.key][0].kv if rows[f.key][0].healed else None,
+            rows[f.key][1].kv if rows[f.key][1] and rows[f.key][1].healed else None,
+        )
+        for f in known
+        if rows[f.key][1] is not None
+    }
     more = [k for k, v in verdicts.items() if v == "more"]
     not_more = [f"{k} ({v})" for k, v in verdicts.items() if v != "more"]
-    retry_line = (f"**One retry for every class the planner knows: {'met' if not retry_bad else 'not met'}**"
-                  f" (at most two attempts and healthy: {', '.join(retry_ok) or 'none'}"
-                  + (f"; not: {', '.join(retry_bad)}" if retry_bad else "") + ").")
-    kv_line = (f"**More KV cache than the ladder leaves: {'met' if not not_more else 'not met'}**"
-               f" (more: {', '.join(more) or 'none'}" + (f"; not more: {', '.join(not_more)}" if not_more else "") + ").")
+    retry_line = (
+        f"**One retry for every class the planner knows: {'met' if not retry_bad else 'not met'}**"
+        f" (at most two attempts and healthy: {', '.join(retry_ok) or 'none'}"
+        + (f"; not: {', '.join(retry_bad)}" if retry_bad else "")
+        + ")."
+    )
+    kv_line = (
+        f"**More KV cache than the ladder leaves: {'met' if not not_more else 'not met'}**"
+        f" (more: {', '.join(more) or 'none'}" + (f"; not more: {', '.join(not_more)}" if not_more else "") + ")."
+    )
 
     windows = sorted(w for side in (x for pair in rows.values() for x in pair if x) for w in side.budget_windows)
     window_s = windows[len(windows) // 2] if windows else None
-    below = sorted({c.split(" (")[0] + f" ({f.label})" for f in faults if f.key in rows
-                    for side in rows[f.key] if side for c in side.containers
-                    if "leaves" in c and float(c.split("leaves ")[1].split(" ")[0]) < floor_gib})
-    guard = (f"The host-memory guard and the computed utilizations. Once a server holds its budget, MemAvailable is "
-             f"{TOTAL_GIB} - {BASELINE_GIB} - held - util x {TOTAL_GIB} GiB; the planner keeps a margin of "
-             f"{planner_margin():g} GiB free, the guard stops a start below {floor_gib:g} GiB, reading "
-             f"once a second until the server is ready. Containers of this run that left less than the floor at their "
-             f"budget: {'; '.join(below) or 'none'}. The serving containers held their whole budget for "
-             + (f"{window_s:.2f} s (median)" if window_s is not None else "an unknown time")
-             + " before they were ready (the KV cache line to the ready line: CUDA graph capture and the API start"
-             + (f"; {window_s / args.time_scale:.1f} s scaled back" if window_s is not None else "")
-             + "), so at this time scale a guard read falls into that span only now and then: which of those starts "
-             "the guard stopped is chance here; by the imitation's timings at real speed (several reads in that span) "
-             "it would stop every one of them.")
+    below = sorted(
+        {
+            c.split(" (")[0] + f" ({f.label})"
+            for f in faults
+            if f.key in rows
+            for side in rows[f.key]
+            if side
+            for c in side.containers
+            if "leaves" in c and float(c.split("leaves ")[1].split(" ")[0]) < floor_gib
+        }
+    )
+    guard = (
+        f"The host-memory guard and the computed utilizations. Once a server holds its budget, MemAvailable is "
+        f"{TOTAL_GIB} - {BASELINE_GIB} - held - util x {TOTAL_GIB} GiB; the planner keeps a margin of "
+        f"{planner_margin():g} GiB free, the guard stops a start below {floor_gib:g} GiB, reading "
+        f"once a second until the server is ready. Containers of this run that left less than the floor at their "
+        f"budget: {'; '.join(below) or 'none'}. The serving containers held their whole budget for "
+        + (f"{window_s:.2f} s (median)" if window_s is not None else "an unknown time")
+        + " before they were ready (the KV cache line to the ready line: CUDA graph capture and the API start"
+        + (f"; {window_s / args.time_scale:.1f} s scaled back" if window_s is not None else "")
+        + "), so at this time scale a guard read falls into that span only now and then: which of those starts "
+        "the guard stopped is chance here; by the imitation's timings at real speed (several reads in that span) "
+        "it would stop every one of them."
+    )
 
     return f"""{machine_line()}
 `python -m bench.recovery --time-scale {args.time_scale}` (the whole run: {run_s:.0f} s): deploy-qwen on the vLLM
@@ -696,9 +798,9 @@ over every container started in the window, its first log line to its ready line
 one that failed), i.e. the imitation's startup phases that `VLLM_SIM_TIME_SCALE={args.time_scale}` shortens; docker's
 `start` to the first line (the container's Python start-up), the flows, docker and the meminfo helpers
 are kept as measured, unscaled. One clean start on this run (the calibration deploy, which also staged the
-cache): {calib['docker_start_to_ready']:.2f} s from docker's `start` to ready, of which {calib['python']:.2f} s Python start-up
-and {calib['startup']:.2f} s startup phases, so {minutes(calib['one_start_scaled'])} scaled back
-(the runbook: 3-4 minutes from a warm cache), {int(calib['kv']):,} KV cache tokens at the runbook's spec.
+cache): {calib["docker_start_to_ready"]:.2f} s from docker's `start` to ready, of which {calib["python"]:.2f} s Python start-up
+and {calib["startup"]:.2f} s startup phases, so {minutes(calib["one_start_scaled"])} scaled back
+(the runbook: 3-4 minutes from a warm cache), {int(calib["kv"]):,} KV cache tokens at the runbook's spec.
 
 The faults. page_cache: an earlier load's {EARLIER_WEIGHTS_GIB} GiB of weights in the ledger's page cache;
 deploy-qwen's pre-start memory check drops it before the first start (vLLM counts it as used on GB10), on
@@ -757,17 +859,37 @@ def main() -> int:
     floor_gib = TargetMachine.model_fields["host_memory_floor_gib"].default
     limits = RecoveryLimits().guarded(floor_gib)  # the margin the flows use
     overshoot = overshoot_gib(floor_gib)
-    short_gib, _lowers, short_why = shortage_holder(limits, TOTAL_GIB, BASELINE_GIB, DEFAULT_REQUEST["max_model_len"],
-                                                    DEFAULT_REQUEST["max_num_batched_tokens"], DEFAULT_REQUEST["max_num_seqs"])
+    short_gib, _lowers, short_why = shortage_holder(
+        limits,
+        TOTAL_GIB,
+        BASELINE_GIB,
+        DEFAULT_REQUEST["max_model_len"],
+        DEFAULT_REQUEST["max_num_batched_tokens"],
+        DEFAULT_REQUEST["max_num_seqs"],
+    )
     faults = [
-        Fault("page_cache", f"page_cache ({EARLIER_WEIGHTS_GIB} GiB of an earlier load cached)", page_cache_gib=EARLIER_WEIGHTS_GIB),
+        Fault(
+            "page_cache",
+            f"page_cache ({EARLIER_WEIGHTS_GIB} GiB of an earlier load cached)",
+            page_cache_gib=EARLIER_WEIGHTS_GIB,
+        ),
         Fault("held", "held_by_others (30 GiB held)", holder_gib=30),
-        Fault("kv", "kv_too_small (66 GiB held, request 0.38)", holder_gib=66, overrides={"gpu_memory_utilization": 0.38}),
+        Fault(
+            "kv", "kv_too_small (66 GiB held, request 0.38)", holder_gib=66, overrides={"gpu_memory_utilization": 0.38}
+        ),
         Fault("shortage", f"shortage within the floor ({short_gib:g} GiB held)", holder_gib=short_gib),
-        Fault("peak", f"activation_peak (profile overshoot {overshoot:g} GiB)",
-              extra_env={"VLLM_SIM_FAULT_PROFILE_OVERSHOOT_GIB": str(overshoot)}, real_between=(LOADED_LINE, PROFILED_LINE)),
-        Fault("died", f"engine_died (engine dies {DIE_AFTER_S:g} s after ready)",
-              extra_env={"VLLM_SIM_FAULT_DIE_AFTER_S": str(DIE_AFTER_S)}, engine=True),
+        Fault(
+            "peak",
+            f"activation_peak (profile overshoot {overshoot:g} GiB)",
+            extra_env={"VLLM_SIM_FAULT_PROFILE_OVERSHOOT_GIB": str(overshoot)},
+            real_between=(LOADED_LINE, PROFILED_LINE),
+        ),
+        Fault(
+            "died",
+            f"engine_died (engine dies {DIE_AFTER_S:g} s after ready)",
+            extra_env={"VLLM_SIM_FAULT_DIE_AFTER_S": str(DIE_AFTER_S)},
+            engine=True,
+        ),
     ]
     if args.only:
         faults = [f for f in faults if f.key in args.only]
@@ -775,8 +897,13 @@ def main() -> int:
     client = docker.from_env()
     ensure_sim_image(client)
     rows: dict[str, tuple[Side | None, Side | None]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp, prefect_test_harness(server_startup_timeout=90), \
-            HubServer(repos=[RepoSpec(n_shards=7, shard_bytes=1024 * 1024)], data_dir=Path(tmp) / "hub", token=TOKEN) as hub:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp,
+        prefect_test_harness(server_startup_timeout=90),
+        HubServer(
+            repos=[RepoSpec(n_shards=7, shard_bytes=1024 * 1024)], data_dir=Path(tmp) / "hub", token=TOKEN
+        ) as hub,
+    ):
         Secret(value=TOKEN).save("hf-token", overwrite=True)
         bench = Bench(client, Path(tmp), hub.url, args.time_scale, uuid.uuid4().hex[:4])
         try:

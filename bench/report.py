@@ -14,8 +14,10 @@ HEADER = "# Benchmarks\n\nMeasured results; each section is written by its scrip
 
 def machine_line() -> str:
     """Where and when a figure was measured: it is not a DGX Spark's figure unless this says so."""
-    return (f"Measured {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()},"
-            f" {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}.")
+    return (
+        f"Measured {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()},"
+        f" {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}."
+    )
 
 
 def write_section(heading: str, body: str, path: Path = BENCHMARKS) -> Path:

@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -74,8 +73,9 @@ class _Seq:
         return self.prompt + self.generated
 
 
-def model_requests(roofline: Roofline, arrivals: list[float], input_len: int, output_len: int,
-                   max_num_seqs: int, max_batched: int) -> list[list[float]]:
+def model_requests(
+    roofline: Roofline, arrivals: list[float], input_len: int, output_len: int, max_num_seqs: int, max_batched: int
+) -> list[list[float]]:
     """Token emission times of each request, in virtual time (send = 0), from the model alone.
 
     The policy the imitation documents (docs/imitations.md): FCFS admission at a step's start up to
@@ -123,8 +123,11 @@ def model_metrics(token_times: list[list[float]], sequential: bool) -> dict[str,
     tpots = [(ts[-1] - ts[0]) / (len(ts) - 1) for ts in token_times]
     tokens = sum(len(ts) for ts in token_times)
     duration = sum(ts[-1] for ts in token_times) if sequential else max(ts[-1] for ts in token_times)
-    return {"output_throughput": tokens / duration, "tpot_median_ms": statistics.median(tpots) * 1000,
-            "ttft_median_ms": statistics.median(ttfts) * 1000}
+    return {
+        "output_throughput": tokens / duration,
+        "tpot_median_ms": statistics.median(tpots) * 1000,
+        "ttft_median_ms": statistics.median(ttfts) * 1000,
+    }
 
 
 def the_roofline(knobs: Knobs) -> Roofline:
@@ -140,14 +143,29 @@ def start_server(port: int, workdir: Path, decode_scale: float) -> subprocess.Po
     """The imitation as a host process with the deploy's own command line (the runbook's flags)."""
     cache = build_hf_cache(workdir / "hf")
     (workdir / "ledger").mkdir(exist_ok=True)
-    spec = EngineSpec(download_dir=str(cache.root), container_port=port,
-                      extra_args=["--host", "127.0.0.1", "--disable-uvicorn-access-log"])
+    spec = EngineSpec(
+        download_dir=str(cache.root),
+        container_port=port,
+        extra_args=["--host", "127.0.0.1", "--disable-uvicorn-access-log"],
+    )
     command = spec.vllm_command()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "HF_"))}
-    env.update({"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache.root), "VLLM_SIM_LEDGER_DIR": str(workdir / "ledger"),
-                "VLLM_SIM_TIME_SCALE": "0.002", "VLLM_SIM_DECODE_TIME_SCALE": str(decode_scale)})
-    proc = subprocess.Popen([sys.executable, "-m", "sim.vllm", *command[1:]], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "HF_HUB_CACHE": str(cache.root),
+            "VLLM_SIM_LEDGER_DIR": str(workdir / "ledger"),
+            "VLLM_SIM_TIME_SCALE": "0.002",
+            "VLLM_SIM_DECODE_TIME_SCALE": str(decode_scale),
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sim.vllm", *command[1:]],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -177,8 +195,15 @@ def with_server(decode_scale: float, body):
     proc = start_server(port, Path(tmp.name), decode_scale)
     try:
         warm = Workload(input_len=8, output_len=2, num_prompts=1, seed=1)
-        asyncio.run(run_level(Endpoint(f"http://127.0.0.1:{port}", EngineSpec().served_name),
-                              make_prompts(warm, 1, salt=99), warm, concurrency=1, metrics_every_s=None))
+        asyncio.run(
+            run_level(
+                Endpoint(f"http://127.0.0.1:{port}", EngineSpec().served_name),
+                make_prompts(warm, 1, salt=99),
+                warm,
+                concurrency=1,
+                metrics_every_s=None,
+            )
+        )
         return body(f"http://127.0.0.1:{port}")
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -204,16 +229,36 @@ def accuracy(args) -> tuple[list[tuple], list[str], dict]:
     (m1, cpu1, lag1, _), (m64, cpu64, lag64, _) = with_server(1.0, body)
     # the model: one request at a time; a burst of 64 whose first request starts a step alone (the
     # engine wakes on the first arrival, the other 63 arrive while that step runs)
-    e1 = model_metrics(model_requests(roofline, [frontend], args.input_len, args.output_len, spec.max_num_seqs,
-                                      spec.max_num_batched_tokens) * args.singles, sequential=True)
-    e64 = model_metrics(model_requests(roofline, [frontend] + [frontend + 1e-3] * 63, args.input_len, args.output_len,
-                                       spec.max_num_seqs, spec.max_num_batched_tokens), sequential=False)
+    e1 = model_metrics(
+        model_requests(
+            roofline, [frontend], args.input_len, args.output_len, spec.max_num_seqs, spec.max_num_batched_tokens
+        )
+        * args.singles,
+        sequential=True,
+    )
+    e64 = model_metrics(
+        model_requests(
+            roofline,
+            [frontend] + [frontend + 1e-3] * 63,
+            args.input_len,
+            args.output_len,
+            spec.max_num_seqs,
+            spec.max_num_batched_tokens,
+        ),
+        sequential=False,
+    )
     rows, failures = [], []
     for label, measured, expected in (("1", m1, e1), ("64", m64, e64)):
-        for key, name in (("output_throughput", "output tok/s"), ("tpot_median_ms", "TPOT p50 (ms)"),
-                          ("ttft_median_ms", "TTFT p50 (ms)")):
-            got = {"output_throughput": measured.output_throughput, "tpot_median_ms": measured.tpot.median_ms,
-                   "ttft_median_ms": measured.ttft.median_ms}[key]
+        for key, name in (
+            ("output_throughput", "output tok/s"),
+            ("tpot_median_ms", "TPOT p50 (ms)"),
+            ("ttft_median_ms", "TTFT p50 (ms)"),
+        ):
+            got = {
+                "output_throughput": measured.output_throughput,
+                "tpot_median_ms": measured.tpot.median_ms,
+                "ttft_median_ms": measured.ttft.median_ms,
+            }[key]
             error = got / expected[key] - 1
             ok = abs(error) <= TOLERANCE
             rows.append((label, name, f"{expected[key]:.1f}", f"{got:.1f}", f"{error:+.1%}", "yes" if ok else "NO"))
@@ -231,8 +276,16 @@ def accuracy(args) -> tuple[list[tuple], list[str], dict]:
         runbook_rows.append((name, f"{value:.1f}", f"{lo:g}-{hi:g}", "yes" if inside else "NO"))
         if not inside:
             failures.append(f"{name}: {value:.1f} outside the runbook's {lo:g}-{hi:g}")
-    extra = {"cpu1": cpu1, "lag1": lag1, "cpu64": cpu64, "lag64": lag64, "itl64_p99": m64.itl.p(99),
-             "itl64_median": m64.itl.median_ms, "runbook_rows": runbook_rows, "ttft64_p99": m64.ttft.p(99)}
+    extra = {
+        "cpu1": cpu1,
+        "lag1": lag1,
+        "cpu64": cpu64,
+        "lag64": lag64,
+        "itl64_p99": m64.itl.p(99),
+        "itl64_median": m64.itl.median_ms,
+        "runbook_rows": runbook_rows,
+        "ttft64_p99": m64.ttft.p(99),
+    }
     return rows, failures, extra
 
 
@@ -248,9 +301,15 @@ def capacity(args) -> dict:
 
     run = with_server(0.0, body)
     m = calculate_metrics(run.outputs, run.duration_s)
-    return {"tokens": m.total_output, "cpu_s": run.client_cpu_s, "wall_s": run.duration_s,
-            "per_core": m.total_output / run.client_cpu_s, "received_tps": m.output_throughput,
-            "cpu_fraction": run.client_cpu_fraction, "failed": m.failed}
+    return {
+        "tokens": m.total_output,
+        "cpu_s": run.client_cpu_s,
+        "wall_s": run.duration_s,
+        "per_core": m.total_output / run.client_cpu_s,
+        "received_tps": m.output_throughput,
+        "cpu_fraction": run.client_cpu_fraction,
+        "failed": m.failed,
+    }
 
 
 def section(args, rows, extra, cap, failures) -> str:
@@ -279,17 +338,17 @@ The runbook's figures (DGX Spark) beside the measured ones:
 {markdown_table(("figure", "measured", "runbook", "inside"), extra["runbook_rows"])}
 
 In the burst the first request gets a step alone and the other 63 are prefilled together in the next
-one ({63 * args.input_len:,} tokens, compute-bound): their TTFT is that step (p99 {extra['ttft64_p99']:.0f} ms), and the first
-request's one long ITL is it too (ITL p50 {extra['itl64_median']:.0f} ms, p99 {extra['itl64_p99']:.0f} ms).
+one ({63 * args.input_len:,} tokens, compute-bound): their TTFT is that step (p99 {extra["ttft64_p99"]:.0f} ms), and the first
+request's one long ITL is it too (ITL p50 {extra["itl64_median"]:.0f} ms, p99 {extra["itl64_p99"]:.0f} ms).
 
 **Cost of the measurement.** While measuring the roofline the load generator's thread used
-{extra['cpu1']:.1%} of a core at 1 stream and {extra['cpu64']:.1%} at 64; its event loop woke late by
-{extra['lag1']:.2f} ms (p99) at 1 stream and {extra['lag64']:.2f} ms at 64: the most a timestamp can be off,
+{extra["cpu1"]:.1%} of a core at 1 stream and {extra["cpu64"]:.1%} at 64; its event loop woke late by
+{extra["lag1"]:.2f} ms (p99) at 1 stream and {extra["lag64"]:.2f} ms at 64: the most a timestamp can be off,
 against ITLs of ~150 ms. Against the imitation with instant decoding (`VLLM_SIM_DECODE_TIME_SCALE=0`, 128
-requests of {args.capacity_tokens} tokens, 64 at a time) the client handled **{cap['per_core']:,.0f} streamed tokens per CPU
-second** ({cap['tokens']:,} tokens in {cap['cpu_s']:.2f} CPU s; received at {cap['received_tps']:,.0f} tok/s while
-the imitation, a Python process on the same 2 cores, was the bottleneck: client CPU {cap['cpu_fraction']:.0%}). A
-Spark serves ~300-400 tok/s: the client has more than {cap['per_core'] / 400:.0f}x headroom on one core, and
+requests of {args.capacity_tokens} tokens, 64 at a time) the client handled **{cap["per_core"]:,.0f} streamed tokens per CPU
+second** ({cap["tokens"]:,} tokens in {cap["cpu_s"]:.2f} CPU s; received at {cap["received_tps"]:,.0f} tok/s while
+the imitation, a Python process on the same 2 cores, was the bottleneck: client CPU {cap["cpu_fraction"]:.0%}). A
+Spark serves ~300-400 tok/s: the client has more than {cap["per_core"] / 400:.0f}x headroom on one core, and
 bench-qwen flags any level where its thread exceeds 80% of a core ("client-bound").
 """
 

@@ -46,6 +46,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.report import write_section  # noqa: E402
+
 PY = sys.executable
 HF = str(Path(PY).parent / "hf")
 REPO_ID = "Qwen/Qwen3-32B-FP8"
@@ -66,9 +67,28 @@ print("RESULT " + r.model_dump_json(), flush=True)
 class Hub:
     def __init__(self, data_dir: Path, shards: int, shard_bytes: int) -> None:
         self.proc = subprocess.Popen(
-            [PY, "-m", "sim.hub", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data_dir),
-             "--repo", REPO_ID, "--shards", str(shards), "--shard-bytes", str(shard_bytes)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            [
+                PY,
+                "-m",
+                "sim.hub",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--data-dir",
+                str(data_dir),
+                "--repo",
+                REPO_ID,
+                "--shards",
+                str(shards),
+                "--shard-bytes",
+                str(shard_bytes),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
         self.url = ""
         deadline = time.monotonic() + 600
@@ -164,8 +184,14 @@ class Run:
 
 
 def command(tool: str, cache: Path, hub: Hub, api: str) -> tuple[list[str], dict]:
-    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_XET": "1", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_DISABLE_XET": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     env.pop("HF_HUB_OFFLINE", None)
     if tool == "ours":
         args = {"cache_dir": str(cache), "endpoint": hub.url, "max_workers": 8}
@@ -292,7 +318,7 @@ def render(args, hub: Hub, links: dict, started: float) -> str:
             c: Run = d["cold"]
             k = d.get("kill")
             rr, rb = d["rerun"]
-            kill_txt = (f"{k['ratio']:.3f} ({mb(k['served_after'])} / {mb(k['missing'])})" if k else "—")
+            kill_txt = f"{k['ratio']:.3f} ({mb(k['served_after'])} / {mb(k['missing'])})" if k else "—"
             left = mb(k["leftover_partials"]) if k else "—"
             name = "stage-model" if tool == "ours" else "`hf download`"
             lines.append(
@@ -314,7 +340,9 @@ def render(args, hub: Hub, links: dict, started: float) -> str:
     throttled = [link for link in links if link != "no throttle"]
     link_rate = (
         f" On the {throttled[0].removesuffix(' total')} link both tools move bytes at the link's rate, and the "
-        "fixed cost is the whole difference in wall time." if throttled else ""
+        "fixed cost is the whole difference in wall time."
+        if throttled
+        else ""
     )
     lines += [
         "",
@@ -326,8 +354,7 @@ def render(args, hub: Hub, links: dict, started: float) -> str:
         f"{min(ours_walls):.1f}-{max(ours_walls):.1f} s for a fresh stage-model process here (Python + Prefect "
         "import, flow-run creation and teardown — Prefect 3.9's flow engine waits up to 1 s for its heartbeat "
         f"thread at exit), {max(hf_walls):.1f} s at most for the CLI. Inside the deploy flow staging runs inside "
-        "the deploy's own flow run, so neither the import nor a flow run's set-up is paid per staging."
-        + link_rate,
+        "the deploy's own flow run, so neither the import nor a flow run's set-up is paid per staging." + link_rate,
         "- *CPU cold / re-run*: user + system CPU of the tool's process; *transfer CPU per GB* is their "
         "difference over the repo size, i.e. what moving, hashing and writing the bytes costs once start-up, "
         "listing and the flow run (the same in both runs) are taken out.",
@@ -346,7 +373,6 @@ def render(args, hub: Hub, links: dict, started: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-
 def selected_links(which: str, throttle_mbps: float) -> list[tuple[str, float | None]]:
     """The (label, total bytes/s or None) links ``--links`` asks for, unthrottled first."""
     links: list[tuple[str, float | None]] = []
@@ -362,8 +388,12 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=7)
     ap.add_argument("--shard-mib", type=int, default=320)
     ap.add_argument("--throttle-mbps", type=float, default=100.0, help="total link rate, MB/s")
-    ap.add_argument("--links", choices=("both", "no-throttle", "throttled"), default="both",
-                    help="which links to measure (default both)")
+    ap.add_argument(
+        "--links",
+        choices=("both", "no-throttle", "throttled"),
+        default="both",
+        help="which links to measure (default both)",
+    )
     ap.add_argument("--work", type=Path, default=None, help="scratch dir (default: a temp dir, removed)")
     ap.add_argument("--keep-hub-data", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="print the section, do not touch docs/")
@@ -388,12 +418,18 @@ def main() -> None:
                 for tool in ("ours", "hf"):
                     d: dict = {}
                     d["cold"] = cold(tool, cache, hub, api, work)
-                    print(f"[bench] {link} {tool} cold: wall {d['cold'].wall_s:.1f}s window {d['cold'].window_s:.1f}s "
-                          f"sync {d['cold'].sync_s:.1f}s", flush=True)
+                    print(
+                        f"[bench] {link} {tool} cold: wall {d['cold'].wall_s:.1f}s window {d['cold'].window_s:.1f}s "
+                        f"sync {d['cold'].sync_s:.1f}s",
+                        flush=True,
+                    )
                     rr = rerun(tool, cache, hub, api, work)
                     d["rerun"] = rr
-                    print(f"[bench] {link} {tool} CPU: cold {d['cold'].cpu_s:.1f}s, re-run {rr[0].cpu_s:.1f}s, "
-                          f"transfer {transfer_cpu_per_gb(d['cold'], rr[0], hub.total):.2f} s/GB", flush=True)
+                    print(
+                        f"[bench] {link} {tool} CPU: cold {d['cold'].cpu_s:.1f}s, re-run {rr[0].cpu_s:.1f}s, "
+                        f"transfer {transfer_cpu_per_gb(d['cold'], rr[0], hub.total):.2f} s/GB",
+                        flush=True,
+                    )
                     if tool == "ours":
                         log = (work / "ours-rerun.log").read_text(errors="replace").splitlines()
                         d["rerun_result"] = next((json.loads(x[7:]) for x in log if x.startswith("RESULT ")), {})

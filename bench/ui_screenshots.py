@@ -43,9 +43,17 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 CHROMIUM_BINARIES = ("chromium-headless-shell", "chromium")
 #: As root on a closed network: no sandbox, no GPU, and none of Chromium's own connections
 #: (update checks, sync, QUIC probes), which this network refuses (.library/env/machines/python.md).
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+)
 #: Virtual milliseconds the page gets after load: the UI asks /api for the page's data first.
 VIRTUAL_TIME_BUDGET_MS = 15_000
 TOKEN = "hf_ui_screenshot_token_3b9e1f"
@@ -69,10 +77,14 @@ def find_chromium() -> str | None:
 def _chromium(args: Sequence[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
     binary = find_chromium()
     if binary is None:
-        raise ChromiumError(f"no Chromium installed (looked for {', '.join(CHROMIUM_BINARIES)}): run deployments/bootstrap.sh")
+        raise ChromiumError(
+            f"no Chromium installed (looked for {', '.join(CHROMIUM_BINARIES)}): run deployments/bootstrap.sh"
+        )
     with tempfile.TemporaryDirectory(prefix="ui-chromium-") as profile:  # a new empty profile each time
         command = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL, check=False)
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL, check=False
+        )
     if done.returncode != 0:
         raise ChromiumError(f"{' '.join(command)} exited {done.returncode}: {done.stderr[-2000:]}")
     return done
@@ -83,13 +95,21 @@ def dump_dom(url: str, *, budget_ms: int = VIRTUAL_TIME_BUDGET_MS, timeout_s: fl
     return _chromium([f"--virtual-time-budget={budget_ms}", "--dump-dom", url], timeout_s).stdout
 
 
-def screenshot(url: str, out: Path, *, size: tuple[int, int] = (1400, 1000), budget_ms: int = VIRTUAL_TIME_BUDGET_MS,
-               timeout_s: float = 60.0) -> Path:
+def screenshot(
+    url: str,
+    out: Path,
+    *,
+    size: tuple[int, int] = (1400, 1000),
+    budget_ms: int = VIRTUAL_TIME_BUDGET_MS,
+    timeout_s: float = 60.0,
+) -> Path:
     """A PNG of the page at ``size`` (width, height) after ``budget_ms`` of virtual time."""
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
-    _chromium([f"--window-size={size[0]},{size[1]}", f"--virtual-time-budget={budget_ms}", f"--screenshot={out}", url],
-              timeout_s)
+    _chromium(
+        [f"--window-size={size[0]},{size[1]}", f"--virtual-time-budget={budget_ms}", f"--screenshot={out}", url],
+        timeout_s,
+    )
     if not out.exists() or out.stat().st_size == 0:
         raise ChromiumError(f"no screenshot of {url} in {out}")
     return out
@@ -140,13 +160,23 @@ def ui_server(home: Path, port: int | None = None, startup_timeout_s: float = 90
     home = Path(home).absolute()
     home.mkdir(parents=True, exist_ok=True)
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_UI_API_URL=f"{base}/api", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               DO_NOT_TRACK="1", PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}")
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_UI_API_URL=f"{base}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+    )
     log = home / "server.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                   env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + startup_timeout_s
         while True:
@@ -156,7 +186,9 @@ def ui_server(home: Path, port: int | None = None, startup_timeout_s: float = 90
             except httpx.HTTPError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server on {base} did not start; its log:\n{log.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(
+                    f"prefect server on {base} did not start; its log:\n{log.read_text(errors='replace')[-3000:]}"
+                )
             time.sleep(0.25)
         yield base
     finally:
@@ -200,8 +232,11 @@ def latest_artifact_id(api_url: str, key: str) -> str:
 
     Not ``GET /api/artifacts/<key>/latest``: in Prefect 3.9.1 that answers the key's *collection*
     row shaped as an artifact, whose ``id`` is the collection's (its page is empty)."""
-    answer = httpx.post(f"{api_url}/artifacts/filter", timeout=10,
-                        json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1})
+    answer = httpx.post(
+        f"{api_url}/artifacts/filter",
+        timeout=10,
+        json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1},
+    )
     answer.raise_for_status()
     found = answer.json()
     if not found:
@@ -214,8 +249,11 @@ def wait_for_events(api_url: str, resource_id: str, names: Sequence[str], timeou
     events in batches, a few seconds after they arrive). Raises TimeoutError otherwise."""
     deadline = time.monotonic() + timeout_s
     while True:
-        answer = httpx.post(f"{api_url}/events/filter", timeout=10, json={
-            "filter": {"resource": {"id": [resource_id]}, "event": {"prefix": ["vllm.service."]}}, "limit": 50})
+        answer = httpx.post(
+            f"{api_url}/events/filter",
+            timeout=10,
+            json={"filter": {"resource": {"id": [resource_id]}, "event": {"prefix": ["vllm.service."]}}, "limit": 50},
+        )
         answer.raise_for_status()
         events = answer.json()["events"]
         missing = set(names) - {event["event"] for event in events}
@@ -233,23 +271,41 @@ def operator_pages(base: str, target: str) -> dict[str, tuple[str, tuple[str, ..
     """Per screenshot name: the page's URL, the strings it must show, the window size."""
     api = f"{base}/api"
     pages = {
-        "ui-health": (f"{base}/artifacts/artifact/{latest_artifact_id(api, f'health-{target}')}",
-                      (f"{target}: ", "deciding layer", "Layers"), (1400, 1120)),
-        "ui-health-history": (f"{base}/artifacts/artifact/{latest_artifact_id(api, f'health-history-{target}')}",
-                              ("checked at", "verdict"), (1400, 560)),
-        "ui-deploy": (f"{base}/artifacts/artifact/{latest_artifact_id(api, f'deploy-{target}')}",
-                      (f"deploy-qwen on {target}", "spec hash"), (1400, 1500)),
-        "ui-events": (f"{base}/events?resource=vllm.service.{target}", (f"vllm.service.{target}", "vllm.service."),
-                      (1400, 1560)),
+        "ui-health": (
+            f"{base}/artifacts/artifact/{latest_artifact_id(api, f'health-{target}')}",
+            (f"{target}: ", "deciding layer", "Layers"),
+            (1400, 1120),
+        ),
+        "ui-health-history": (
+            f"{base}/artifacts/artifact/{latest_artifact_id(api, f'health-history-{target}')}",
+            ("checked at", "verdict"),
+            (1400, 560),
+        ),
+        "ui-deploy": (
+            f"{base}/artifacts/artifact/{latest_artifact_id(api, f'deploy-{target}')}",
+            (f"deploy-qwen on {target}", "spec hash"),
+            (1400, 1500),
+        ),
+        "ui-events": (
+            f"{base}/events?resource=vllm.service.{target}",
+            (f"vllm.service.{target}", "vllm.service."),
+            (1400, 1560),
+        ),
     }
     try:  # tall: the runbook table, the text chart, the PNG chart (an <img> of a data URI), the results
-        pages["ui-bench"] = (f"{base}/artifacts/artifact/{latest_artifact_id(api, f'bench-report-{target}')}",
-                             (f"bench-qwen on {target}", "measured beside the runbook", "Results"), (1400, 1500))
+        pages["ui-bench"] = (
+            f"{base}/artifacts/artifact/{latest_artifact_id(api, f'bench-report-{target}')}",
+            (f"bench-qwen on {target}", "measured beside the runbook", "Results"),
+            (1400, 1500),
+        )
     except LookupError:  # no benchmark yet on this target
         pass
     try:
-        pages["ui-recover"] = (f"{base}/artifacts/artifact/{latest_artifact_id(api, f'recover-{target}')}",
-                               (f"recover-vllm on {target}", "Steps"), (1400, 640))
+        pages["ui-recover"] = (
+            f"{base}/artifacts/artifact/{latest_artifact_id(api, f'recover-{target}')}",
+            (f"recover-vllm on {target}", "Steps"),
+            (1400, 640),
+        )
     except LookupError:  # no recovery yet on this target
         pass
     return pages
@@ -304,23 +360,36 @@ def run_story(api_url: str, target: str, work: Path, hub_url: str) -> None:
 
     with flows_against(api_url):
         Secret(value=TOKEN).save("hf-token-ui", overwrite=True)
-        machine = sim_target(target, work / target, hub_url, free_port(), time_scale=0.01, hf_token_secret="hf-token-ui")
+        machine = sim_target(
+            target, work / target, hub_url, free_port(), time_scale=0.01, hf_token_secret="hf-token-ui"
+        )
         machine.save(target, overwrite=True)
         print(f"deploy-qwen: {deploy_qwen(target=target).status}", flush=True)
-        [bench] = bench_qwen(target=target, concurrencies=[1, 4], results_dir=None,
-                             workload=Workload(input_len=16, output_len=8, num_prompts=4))
-        print(f"bench-qwen: {', '.join(f'{lv.label}: {lv.metrics.output_throughput:.0f} tok/s' for lv in bench.levels)}",
-              flush=True)
+        [bench] = bench_qwen(
+            target=target,
+            concurrencies=[1, 4],
+            results_dir=None,
+            workload=Workload(input_len=16, output_len=8, num_prompts=4),
+        )
+        print(
+            f"bench-qwen: {', '.join(f'{lv.label}: {lv.metrics.output_throughput:.0f} tok/s' for lv in bench.levels)}",
+            flush=True,
+        )
         print(f"health-check: {health_check(target=target).verdict.value}", flush=True)
         client = docker.from_env()
         client.containers.get(machine.container_name).remove(force=True)
         report = health_check(target=target)
-        print(f"health-check after the container was removed: {report.verdict.value} ({report.layer.value})", flush=True)
+        print(
+            f"health-check after the container was removed: {report.verdict.value} ({report.layer.value})", flush=True
+        )
         result = recover_vllm(target=target, reason=f"health check: {report.layer.value}: {report.reason}")
         print(f"recover-vllm: {result.status}", flush=True)
         print(f"health-check: {health_check(target=target).verdict.value}", flush=True)
-    wait_for_events(api_url, f"vllm.service.{target}", ["vllm.service.deployed", "vllm.service.unhealthy",
-                                                       "vllm.service.recovered", "vllm.service.healthy"])
+    wait_for_events(
+        api_url,
+        f"vllm.service.{target}",
+        ["vllm.service.deployed", "vllm.service.unhealthy", "vllm.service.recovered", "vllm.service.healthy"],
+    )
 
 
 def _remove_target_containers(target: str) -> None:

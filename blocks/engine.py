@@ -187,9 +187,7 @@ class EngineSpec(Block):
             "length. Off renders `--no-enable-chunked-prefill`."
         ),
     )
-    trust_remote_code: bool = Field(
-        default=True, title="Trust remote code", description="Required for Qwen models."
-    )
+    trust_remote_code: bool = Field(default=True, title="Trust remote code", description="Required for Qwen models.")
     quantization: str | None = Field(
         default=None,
         title="Quantization",
@@ -223,9 +221,7 @@ class EngineSpec(Block):
     def _not_blank(cls, value: str, info) -> str:
         value = value.strip()
         if not value or any(ch.isspace() for ch in value):
-            raise ValueError(
-                f"{info.field_name} must be a non-empty value without spaces (got {value!r})"
-            )
+            raise ValueError(f"{info.field_name} must be a non-empty value without spaces (got {value!r})")
         return value
 
     @field_validator("container_name")
@@ -275,9 +271,7 @@ class EngineSpec(Block):
     @classmethod
     def _port(cls, value: int) -> int:
         if not (1 <= value <= 65535):
-            raise ValueError(
-                f"container_port must be a TCP port in 1-65535 (got {value}); the runbook uses 8000"
-            )
+            raise ValueError(f"container_port must be a TCP port in 1-65535 (got {value}); the runbook uses 8000")
         return value
 
     @field_validator("quantization")
@@ -456,9 +450,7 @@ def _check_override_fields(overrides: Mapping[str, Any]) -> None:
     )
 
 
-def load_engine_spec(
-    engine: str | None, preset: str | None, overrides: Mapping[str, Any] | None
-) -> EngineSpec:
+def load_engine_spec(engine: str | None, preset: str | None, overrides: Mapping[str, Any] | None) -> EngineSpec:
     """The engine spec a run serves: a saved block (or the runbook's defaults), a preset, overrides.
 
     The one place the deploy-qwen / stop-qwen parameters (`engine`, `preset`, `overrides`) and

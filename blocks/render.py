@@ -19,7 +19,14 @@ import docker.types
 import yaml
 
 from blocks.engine import EngineSpec
-from blocks.shared import LABEL_MANAGED_BY, LABEL_SERVED_MODEL, LABEL_SPEC_HASH, LABEL_TARGET, MANAGED_BY, SECRET_ENV_KEYS
+from blocks.shared import (
+    LABEL_MANAGED_BY,
+    LABEL_SERVED_MODEL,
+    LABEL_SPEC_HASH,
+    LABEL_TARGET,
+    MANAGED_BY,
+    SECRET_ENV_KEYS,
+)
 from blocks.target import TargetMachine, split_volume_target
 
 __all__ = [
@@ -274,9 +281,7 @@ def compose_service(spec: EngineSpec, target: TargetMachine) -> dict[str, Any]:
     if target.gpus == "all":
         service["deploy"] = {
             "resources": {
-                "reservations": {
-                    "devices": [{"driver": "nvidia", "count": "all", "capabilities": _Flow(["gpu"])}]
-                }
+                "reservations": {"devices": [{"driver": "nvidia", "count": "all", "capabilities": _Flow(["gpu"])}]}
             }
         }
     return service
@@ -291,7 +296,5 @@ def compose_yaml(spec: EngineSpec, target: TargetMachine) -> str:
         "# The runbook's compose service plus HF_HUB_OFFLINE/HF_HUB_CACHE (start offline from the\n"
         "# staged cache). Secrets come from .env: HF_TOKEN=...\n"
     )
-    body = yaml.dump(
-        document, Dumper=_ComposeDumper, sort_keys=False, default_flow_style=False, width=4096
-    )
+    body = yaml.dump(document, Dumper=_ComposeDumper, sort_keys=False, default_flow_style=False, width=4096)
     return header + body

@@ -254,7 +254,9 @@ class TargetMachine(Block):
     @classmethod
     def _floor(cls, value: float) -> float:
         if value < 0:
-            raise ValueError(f"host_memory_floor_gib must be >= 0 GiB (got {value}); 4 is the default, 0 turns the guard off")
+            raise ValueError(
+                f"host_memory_floor_gib must be >= 0 GiB (got {value}); 4 is the default, 0 turns the guard off"
+            )
         return value
 
     @field_validator("cache_dir", "drop_caches_path")
@@ -277,9 +279,7 @@ class TargetMachine(Block):
         # The engine spec's rule, so an override can never give docker a name the spec refuses.
         if value is None:
             return value
-        return check_container_name(
-            value, hint="; or leave it empty to use the engine spec's container name"
-        )
+        return check_container_name(value, hint="; or leave it empty to use the engine spec's container name")
 
     @field_validator("publish_host")
     @classmethod
@@ -313,8 +313,7 @@ class TargetMachine(Block):
     def _secret_name(cls, value: str | None, info) -> str | None:
         if value is not None and not _BLOCK_NAME.match(value):
             raise ValueError(
-                f"{info.field_name} must be a Prefect block name (lowercase letters, digits, '-'), "
-                f"got {value!r}"
+                f"{info.field_name} must be a Prefect block name (lowercase letters, digits, '-'), got {value!r}"
             )
         return value
 
@@ -426,7 +425,7 @@ class TargetMachine(Block):
         if not self.open_to_network():
             return None
         where = (
-            f"every interface ({self.publish_host}, as the runbook's \"8000:8000\" does)"
+            f'every interface ({self.publish_host}, as the runbook\'s "8000:8000" does)'
             if ipaddress.ip_address(self.publish_host).is_unspecified
             else f"{self.publish_host}, a non-loopback address"
         )

@@ -90,8 +90,9 @@ class PostgresError(RuntimeError):
 # --- URLs ------------------------------------------------------------------------------------
 
 
-def connection_url(user: str, password: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                   db: str = DEFAULT_DB) -> str:
+def connection_url(
+    user: str, password: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, db: str = DEFAULT_DB
+) -> str:
     """The value of ``PREFECT_SERVER_DATABASE_CONNECTION_URL`` for this database.
 
     ``postgresql+asyncpg://`` because the Prefect server talks to PostgreSQL through SQLAlchemy's
@@ -137,8 +138,7 @@ class Cluster:
         return connection_url(self.user, self.password, self.host, self.port, self.db)
 
     def __repr__(self) -> str:  # never the password, whoever prints the object
-        return (f"Cluster(data_dir={str(self.data_dir)!r}, url={redact(self.url)!r}, "
-                f"reused={self.reused})")
+        return f"Cluster(data_dir={str(self.data_dir)!r}, url={redact(self.url)!r}, reused={self.reused})"
 
     __str__ = __repr__
 
@@ -153,14 +153,20 @@ def bin_dir() -> Path:
     if not candidates:
         raise PostgresError(
             f"no PostgreSQL binaries under {PG_LIB}/<version>/bin: install Debian's `postgresql` "
-            "package (deployments/bootstrap.sh does)")
+            "package (deployments/bootstrap.sh does)"
+        )
     return max(candidates)[1]
 
 
 def _paths(data_dir: Path) -> dict[str, Path]:
     data_dir = Path(data_dir).absolute()
-    return {"root": data_dir, "pgdata": data_dir / "pgdata", "run": data_dir / "run",
-            "log": data_dir / "postgres.log", "credentials": data_dir / "credentials.json"}
+    return {
+        "root": data_dir,
+        "pgdata": data_dir / "pgdata",
+        "run": data_dir / "run",
+        "log": data_dir / "postgres.log",
+        "credentials": data_dir / "credentials.json",
+    }
 
 
 def _as_cluster_user() -> list[str]:
@@ -182,16 +188,26 @@ def _owner_ids() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def _run(argv: list[str], paths: dict[str, Path], *, stdin: str | None = None, check: bool = True,
-         timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+def _run(
+    argv: list[str], paths: dict[str, Path], *, stdin: str | None = None, check: bool = True, timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
     """Run a PostgreSQL binary as the cluster's owner, from a directory it can enter."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}  # no stray PGHOST/PGPASSWORD
     env["LC_ALL"] = env.get("LC_ALL") or "C.UTF-8"
-    done = subprocess.run([*_as_cluster_user(), *argv], input=stdin, capture_output=True, text=True,
-                          cwd=paths["root"], env=env, timeout=timeout)
+    done = subprocess.run(
+        [*_as_cluster_user(), *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=paths["root"],
+        env=env,
+        timeout=timeout,
+    )
     if check and done.returncode != 0:
-        raise PostgresError(f"{Path(argv[0]).name} failed ({done.returncode}): "
-                            f"{(done.stderr or done.stdout).strip()[-2000:]}{_log_tail(paths)}")
+        raise PostgresError(
+            f"{Path(argv[0]).name} failed ({done.returncode}): "
+            f"{(done.stderr or done.stdout).strip()[-2000:]}{_log_tail(paths)}"
+        )
     return done
 
 
@@ -212,7 +228,8 @@ def _check_reachable(paths: dict[str, Path]) -> None:
         raise PostgresError(
             f"the {PG_OS_USER} OS user cannot enter {paths['root']}: a parent directory is not searchable "
             "(pytest's tmp directories are 0700); choose a directory such as /var/lib/spark-vllm-pg "
-            "or a tempfile.mkdtemp() under /tmp")
+            "or a tempfile.mkdtemp() under /tmp"
+        )
 
 
 def _read_credentials(paths: dict[str, Path]) -> dict | None:
@@ -259,8 +276,20 @@ def _initdb(paths: dict[str, Path], bins: Path) -> None:
     log.info("creating a PostgreSQL cluster in %s (%s)", paths["pgdata"], bins.parent.name)
     paths["pgdata"].mkdir(mode=0o700, exist_ok=True)
     _chown(paths["pgdata"])
-    _run([str(bins / "initdb"), "-D", str(paths["pgdata"]), "-U", PG_OS_USER, "--encoding=UTF8",
-          "--locale=C.UTF-8", "--auth-local=peer", "--auth-host=scram-sha-256"], paths)
+    _run(
+        [
+            str(bins / "initdb"),
+            "-D",
+            str(paths["pgdata"]),
+            "-U",
+            PG_OS_USER,
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            "--auth-local=peer",
+            "--auth-host=scram-sha-256",
+        ],
+        paths,
+    )
     with open(paths["pgdata"] / "postgresql.conf", "a") as conf:
         conf.write(f"\n# spark-vllm (deployments/postgres.py): address, port and socket\n{_CONF_INCLUDE}\n")
 
@@ -293,8 +322,21 @@ def _sql_literal(value: str) -> str:
 
 def _ensure_role_and_db(paths: dict[str, Path], bins: Path, port: int, user: str, password: str, db: str) -> None:
     """Create (or re-password) the login role and create its database: idempotent."""
-    psql = [str(bins / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(paths["run"]), "-p", str(port),
-            "-U", PG_OS_USER, "-d", "postgres"]
+    psql = [
+        str(bins / "psql"),
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        str(paths["run"]),
+        "-p",
+        str(port),
+        "-U",
+        PG_OS_USER,
+        "-d",
+        "postgres",
+    ]
     # CREATE/ALTER ROLE in one DO block (the password on stdin, never argv); CREATE DATABASE cannot
     # run in a block, so \gexec runs it only when the database is missing.
     script = (
@@ -314,8 +356,16 @@ def _ensure_role_and_db(paths: dict[str, Path], bins: Path, port: int, user: str
     _run(psql, paths, stdin=script)
 
 
-def start(data_dir: Path | str, port: int = DEFAULT_PORT, *, user: str = DEFAULT_USER, db: str = DEFAULT_DB,
-          password: str | None = None, host: str = DEFAULT_HOST, timeout_s: float = START_TIMEOUT_S) -> Cluster:
+def start(
+    data_dir: Path | str,
+    port: int = DEFAULT_PORT,
+    *,
+    user: str = DEFAULT_USER,
+    db: str = DEFAULT_DB,
+    password: str | None = None,
+    host: str = DEFAULT_HOST,
+    timeout_s: float = START_TIMEOUT_S,
+) -> Cluster:
     """Start (creating it first if needed) the private cluster in ``data_dir``; return how to reach it.
 
     Idempotent: a cluster already running there is reused (it must be on ``port``); a stopped one
@@ -340,8 +390,10 @@ def start(data_dir: Path | str, port: int = DEFAULT_PORT, *, user: str = DEFAULT
     reused = current is not None
     if reused:
         if current != int(port):
-            raise PostgresError(f"the cluster in {paths['root']} already runs on port {current}, not {port}: "
-                                f"stop it first (python -m deployments.postgres stop --data-dir {paths['root']})")
+            raise PostgresError(
+                f"the cluster in {paths['root']} already runs on port {current}, not {port}: "
+                f"stop it first (python -m deployments.postgres stop --data-dir {paths['root']})"
+            )
         log.info("PostgreSQL already running in %s on %s:%s: reusing it", paths["pgdata"], host, current)
     else:
         if _port_taken(host, int(port)):
@@ -354,12 +406,26 @@ def start(data_dir: Path | str, port: int = DEFAULT_PORT, *, user: str = DEFAULT
         _chown(paths["log"])
         _write_server_conf(paths, host, int(port))
         log.info("starting PostgreSQL in %s on %s:%s (log: %s)", paths["pgdata"], host, port, paths["log"])
-        _run([str(bins / "pg_ctl"), "start", "-D", str(paths["pgdata"]), "-l", str(paths["log"]), "-w",
-              "-t", str(int(timeout_s))], paths, timeout=timeout_s + 10)
+        _run(
+            [
+                str(bins / "pg_ctl"),
+                "start",
+                "-D",
+                str(paths["pgdata"]),
+                "-l",
+                str(paths["log"]),
+                "-w",
+                "-t",
+                str(int(timeout_s)),
+            ],
+            paths,
+            timeout=timeout_s + 10,
+        )
     _ensure_role_and_db(paths, bins, int(port), user, password, db)
     _write_credentials(paths, credentials)
-    cluster = Cluster(data_dir=paths["root"], port=int(port), user=user, db=db, password=password, host=host,
-                      reused=reused)
+    cluster = Cluster(
+        data_dir=paths["root"], port=int(port), user=user, db=db, password=password, host=host, reused=reused
+    )
     log.info("PostgreSQL ready: %s", redact(cluster.url))
     return cluster
 
@@ -371,8 +437,11 @@ def stop(data_dir: Path | str, timeout_s: float = STOP_TIMEOUT_S) -> bool:
         log.info("PostgreSQL in %s is not running", paths["pgdata"])
         return False
     log.info("stopping PostgreSQL in %s", paths["pgdata"])
-    _run([str(bin_dir() / "pg_ctl"), "stop", "-D", str(paths["pgdata"]), "-m", "fast", "-w", "-t",
-          str(int(timeout_s))], paths, timeout=timeout_s + 10)
+    _run(
+        [str(bin_dir() / "pg_ctl"), "stop", "-D", str(paths["pgdata"]), "-m", "fast", "-w", "-t", str(int(timeout_s))],
+        paths,
+        timeout=timeout_s + 10,
+    )
     return True
 
 
@@ -383,8 +452,15 @@ def status(data_dir: Path | str) -> Cluster | None:
     stored = _read_credentials(paths)
     if port is None or stored is None:
         return None
-    return Cluster(data_dir=paths["root"], port=port, user=stored["user"], db=stored["db"],
-                   password=stored["password"], host=stored.get("host", DEFAULT_HOST), reused=True)
+    return Cluster(
+        data_dir=paths["root"],
+        port=port,
+        user=stored["user"],
+        db=stored["db"],
+        password=stored["password"],
+        host=stored.get("host", DEFAULT_HOST),
+        reused=True,
+    )
 
 
 def wait_ready(url: str, timeout_s: float = 30.0) -> None:
@@ -402,7 +478,7 @@ def wait_ready(url: str, timeout_s: float = 30.0) -> None:
         try:
             asyncio.run(attempt())
             return
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as failure:
+        except (TimeoutError, OSError, asyncpg.PostgresError) as failure:
             if time.monotonic() > deadline:
                 raise PostgresError(f"{redact(url)} does not accept logins: {failure}") from None
             time.sleep(0.3)
@@ -412,8 +488,9 @@ def wait_ready(url: str, timeout_s: float = 30.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.postgres", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.postgres", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("start", "stop", "status"):
         sub = commands.add_parser(name)
@@ -422,8 +499,11 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--port", type=int, default=DEFAULT_PORT)
             sub.add_argument("--user", default=DEFAULT_USER)
             sub.add_argument("--db", default=DEFAULT_DB)
-            sub.add_argument("--password-env", metavar="VAR",
-                             help="take the password from this environment variable (default: generated, kept)")
+            sub.add_argument(
+                "--password-env",
+                metavar="VAR",
+                help="take the password from this environment variable (default: generated, kept)",
+            )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[postgres] %(message)s", stream=sys.stderr)
     try:

@@ -68,13 +68,12 @@ def ensure_api_key(name: str = API_KEY_BLOCK, rotate: bool = False) -> bool:
     the message says where it is and how to read it.
     """
     if _secret_exists(name) and not rotate:
-        print(f"Secret block {name} exists: its key is kept (clients may already use it; "
-              "--rotate-api-key replaces it)")
+        print(f"Secret block {name} exists: its key is kept (clients may already use it; --rotate-api-key replaces it)")
         return False
     Secret(value=secrets.token_urlsafe(32)).save(name, overwrite=True)
     print(
         f"API key {'rotated' if rotate else 'generated'} into the Prefect Secret block {name} (value not shown).\n"
-        f"  read it:  {sys.executable} -c \"from prefect.blocks.system import Secret; "
+        f'  read it:  {sys.executable} -c "from prefect.blocks.system import Secret; '
         f"print(Secret.load('{name}').get())\"\n"
         f"  (`prefect block inspect secret/{name}` shows the block, with the value masked)\n"
         "  clients send it as `Authorization: Bearer <key>`"
@@ -92,7 +91,9 @@ def _saved(block_type, name: str):
         return None
 
 
-def _target_to_save(target: TargetMachine, saved: TargetMachine | None, reset: bool, api_key_block: str | None) -> TargetMachine | None:
+def _target_to_save(
+    target: TargetMachine, saved: TargetMachine | None, reset: bool, api_key_block: str | None
+) -> TargetMachine | None:
     """What to save for a target, or None to leave its saved block as it is.
 
     A saved block is the operator's (edited in the UI): it is kept unless ``reset``. Even a reset
@@ -101,7 +102,9 @@ def _target_to_save(target: TargetMachine, saved: TargetMachine | None, reset: b
     """
     if saved is not None and not reset:
         if api_key_block and saved.api_key_secret != api_key_block:
-            return TargetMachine(**{**saved.model_dump(include=set(TargetMachine.model_fields)), "api_key_secret": api_key_block})
+            return TargetMachine(
+                **{**saved.model_dump(include=set(TargetMachine.model_fields)), "api_key_secret": api_key_block}
+            )
         return None
     key = api_key_block or target.api_key_secret or (saved.api_key_secret if saved else None)
     if key == target.api_key_secret:
@@ -109,8 +112,9 @@ def _target_to_save(target: TargetMachine, saved: TargetMachine | None, reset: b
     return TargetMachine(**{**target.model_dump(include=set(TargetMachine.model_fields)), "api_key_secret": key})
 
 
-def register_blocks(targets: list[TargetMachine], hf_token: str | None, reset: bool = False,
-                    api_key_for: dict[str, str] | None = None) -> None:
+def register_blocks(
+    targets: list[TargetMachine], hf_token: str | None, reset: bool = False, api_key_for: dict[str, str] | None = None
+) -> None:
     """Register the block types, then save the engine spec and target blocks that are missing.
 
     Args:
@@ -154,28 +158,47 @@ def deploy_all() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.setup", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.setup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--targets", default="spark,sim", help="comma-separated: spark, sim")
-    parser.add_argument("--hub-endpoint", default=os.environ.get("SPARK_VLLM_HUB", "http://127.0.0.1:18080"),
-                        help="the Hub imitation's URL, for the sim target")
-    parser.add_argument("--sim-root", type=Path, default=ROOT / ".demo" / "sim", help="cache and memory ledger of the sim target")
+    parser.add_argument(
+        "--hub-endpoint",
+        default=os.environ.get("SPARK_VLLM_HUB", "http://127.0.0.1:18080"),
+        help="the Hub imitation's URL, for the sim target",
+    )
+    parser.add_argument(
+        "--sim-root", type=Path, default=ROOT / ".demo" / "sim", help="cache and memory ledger of the sim target"
+    )
     parser.add_argument("--sim-port", type=int, default=18000, help="host port of the sim target's server")
-    parser.add_argument("--sim-time-scale", type=float, default=0.05, help="imitation startup time scale (1.0 = a Spark's 3-4 min)")
-    parser.add_argument("--api-key", action="store_true",
-                        help=f"require an API key on the {API_KEY_TARGET} target: generate one into the Secret "
-                             f"block {API_KEY_BLOCK} (kept if it exists) and set the target's api_key_secret")
-    parser.add_argument("--rotate-api-key", action="store_true",
-                        help=f"like --api-key, but replace the key in {API_KEY_BLOCK} (clients need the new one)")
-    parser.add_argument("--reset-blocks", action="store_true",
-                        help="overwrite the saved engine spec and target blocks with these defaults (UI edits are lost)")
+    parser.add_argument(
+        "--sim-time-scale", type=float, default=0.05, help="imitation startup time scale (1.0 = a Spark's 3-4 min)"
+    )
+    parser.add_argument(
+        "--api-key",
+        action="store_true",
+        help=f"require an API key on the {API_KEY_TARGET} target: generate one into the Secret "
+        f"block {API_KEY_BLOCK} (kept if it exists) and set the target's api_key_secret",
+    )
+    parser.add_argument(
+        "--rotate-api-key",
+        action="store_true",
+        help=f"like --api-key, but replace the key in {API_KEY_BLOCK} (clients need the new one)",
+    )
+    parser.add_argument(
+        "--reset-blocks",
+        action="store_true",
+        help="overwrite the saved engine spec and target blocks with these defaults (UI edits are lost)",
+    )
     parser.add_argument("--no-deploy", action="store_true", help="skip `prefect deploy --all`")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     want_key = args.api_key or args.rotate_api_key
     if want_key and API_KEY_TARGET not in names:
-        parser.error(f"--api-key protects the {API_KEY_TARGET} target: add it to --targets "
-                     f"(for another target, name a Secret block in its api_key_secret in the UI)")
+        parser.error(
+            f"--api-key protects the {API_KEY_TARGET} target: add it to --targets "
+            f"(for another target, name a Secret block in its api_key_secret in the UI)"
+        )
     targets = []
     for name in names:
         if name == "spark":
@@ -186,8 +209,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown target {name!r}: spark or sim (edit other targets as blocks in the UI)")
     if want_key:
         ensure_api_key(API_KEY_BLOCK, rotate=args.rotate_api_key)
-    register_blocks(targets, os.environ.get("HF_TOKEN"), reset=args.reset_blocks,
-                    api_key_for={API_KEY_TARGET: API_KEY_BLOCK} if want_key else None)
+    register_blocks(
+        targets,
+        os.environ.get("HF_TOKEN"),
+        reset=args.reset_blocks,
+        api_key_for={API_KEY_TARGET: API_KEY_BLOCK} if want_key else None,
+    )
     ensure_work_pool()
     for target in targets:
         print(f"concurrency limit {ensure_gpu_limit(target.name)} ready")

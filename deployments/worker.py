@@ -88,7 +88,7 @@ def read_proc(pid: int) -> Proc | None:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError, ValueError):
         return None
-    fields = raw[raw.rindex(")") + 2:].split()  # the command name may contain spaces and ")"
+    fields = raw[raw.rindex(")") + 2 :].split()  # the command name may contain spaces and ")"
     if fields[0] in ("Z", "X"):
         return None
     return Proc(pid=pid, ppid=int(fields[1]), pgid=int(fields[2]), start=int(fields[19]))
@@ -239,12 +239,30 @@ def start_worker(
         environment.setdefault(key, value)
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-c", _EXEC_WITH_DEFAULT_SIGINT, PREFECT, "worker", "start", "--pool", pool, "--name", name]
+    command = [
+        sys.executable,
+        "-c",
+        _EXEC_WITH_DEFAULT_SIGINT,
+        PREFECT,
+        "worker",
+        "start",
+        "--pool",
+        pool,
+        "--name",
+        name,
+    ]
     for queue in queues:
         command += ["--work-queue", queue]
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=cwd, env=environment, stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     worker = Worker(pid=process.pid, pool=pool, name=name, log=log, process=process)
     if started_timeout_s is not None:
         wait_started(worker, started_timeout_s)
@@ -262,7 +280,9 @@ def wait_started(worker: Worker, timeout_s: float) -> None:
             raise WorkerError(f"worker {worker.name!r} exited before it started; its log:\n{worker.log_tail()}")
         time.sleep(0.1)
     stopped = stop_worker(worker)
-    raise WorkerError(f"worker {worker.name!r} did not start within {timeout_s:.0f} s ({stopped}); its log:\n{worker.log_tail()}")
+    raise WorkerError(
+        f"worker {worker.name!r} did not start within {timeout_s:.0f} s ({stopped}); its log:\n{worker.log_tail()}"
+    )
 
 
 def stop_worker(worker: Worker | int, grace_s: float = STOP_GRACE_S) -> Stopped:
@@ -360,8 +380,9 @@ def _report_lines(markdown: str) -> list[str]:
 _ROUTINE = "Finished in state Completed()"
 
 
-async def run_and_follow(deployment: str, parameters: dict[str, Any], events_log: Path, timeout_s: float,
-                         report: str | None = None) -> int:
+async def run_and_follow(
+    deployment: str, parameters: dict[str, Any], events_log: Path, timeout_s: float, report: str | None = None
+) -> int:
     """Run a deployment, print its flow run's own log lines, write every event to a file.
 
     What `prefect deployment run --watch` shows is the whole event stream (a line for every task
@@ -421,8 +442,13 @@ async def run_and_follow(deployment: str, parameters: dict[str, Any], events_log
             logs: list[Log] = []
             while True:
                 page = await client.read_logs(
-                    LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]), timestamp=LogFilterTimestamp(after_=after)),
-                    limit=200, offset=len(logs), sort=LogSort.TIMESTAMP_ASC)
+                    LogFilter(
+                        flow_run_id=LogFilterFlowRunId(any_=[run.id]), timestamp=LogFilterTimestamp(after_=after)
+                    ),
+                    limit=200,
+                    offset=len(logs),
+                    sort=LogSort.TIMESTAMP_ASC,
+                )
                 logs += page
                 if len(page) < 200:
                     return logs
@@ -457,7 +483,7 @@ async def run_and_follow(deployment: str, parameters: dict[str, Any], events_log
                         logs = await read_logs(newest - dt.timedelta(seconds=30) if newest else None)
                         collect(logs)
                         newest = max((log.timestamp for log in logs), default=newest)
-                        flush(dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=3))
+                        flush(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=3))
                         if run.state and run.state.is_final():
                             break
                         await anyio.sleep(1.0)
@@ -471,7 +497,9 @@ async def run_and_follow(deployment: str, parameters: dict[str, Any], events_log
         artifacts = await client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
     state = run.state
     if state is None or not state.is_final():
-        print(f"\n==> flow run {run.name!r} not finished after {timeout_s:.0f} s (state {state.name if state else None})")
+        print(
+            f"\n==> flow run {run.name!r} not finished after {timeout_s:.0f} s (state {state.name if state else None})"
+        )
         return 1
     times = {s.type.value: s.timestamp for s in reversed(states)}  # the first of each type
     took = f" in {run.total_run_time.total_seconds():.1f} s" if run.total_run_time else ""
@@ -515,8 +543,12 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--pid-file", type=Path)
         if command == "start":
             sub.add_argument("--log", type=Path, required=True)
-            sub.add_argument("--queue", action="append", default=[],
-                             help="work queue to poll (repeatable; a fleet machine's is its target name); default all")
+            sub.add_argument(
+                "--queue",
+                action="append",
+                default=[],
+                help="work queue to poll (repeatable; a fleet machine's is its target name); default all",
+            )
             sub.add_argument("--started-timeout", type=float, default=120.0)
         if command == "stop":
             sub.add_argument("--grace", type=float, default=STOP_GRACE_S)
@@ -533,8 +565,11 @@ def main(argv: list[str] | None = None) -> int:
         import asyncio
 
         try:
-            return asyncio.run(run_and_follow(args.deployment, _parameters(args.param, args.params), args.events_log,
-                                              args.timeout, args.report))
+            return asyncio.run(
+                run_and_follow(
+                    args.deployment, _parameters(args.param, args.params), args.events_log, args.timeout, args.report
+                )
+            )
         except KeyboardInterrupt:
             print("\nstopped following: the flow run goes on in the worker (see the Prefect UI)", file=sys.stderr)
             return 130
@@ -550,8 +585,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  more than one is running ({running}): `make down` stops them all")
         else:
             try:
-                worker = start_worker(args.pool, args.name, args.log, started_timeout_s=args.started_timeout,
-                                      queues=args.queue)
+                worker = start_worker(
+                    args.pool, args.name, args.log, started_timeout_s=args.started_timeout, queues=args.queue
+                )
             except WorkerError as failure:
                 print(failure, file=sys.stderr)
                 return 1

@@ -15,7 +15,7 @@ results.json + chart.png + report.md under `results_dir` on the machine that ran
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
@@ -71,11 +71,24 @@ def bench_qwen(
         label: the series name in the chart and table (default: the spec hash, or the preset).
     """
     workload = workload.with_seed()  # one seed for every level and preset: they all see the same prompts
-    get_run_logger().info("workload: %d prompt tokens (%d shared), %d output tokens, seed %d", workload.input_len,
-                          workload.prefix_len, workload.output_len, workload.seed)
+    get_run_logger().info(
+        "workload: %d prompt tokens (%d shared), %d output tokens, seed %d",
+        workload.input_len,
+        workload.prefix_len,
+        workload.output_len,
+        workload.seed,
+    )
     if presets:
-        reports = _compare_presets(target, presets, deploy_deployment or f"deploy-qwen/{target}", concurrencies,
-                                   request_rates, workload, slos, percentiles)
+        reports = _compare_presets(
+            target,
+            presets,
+            deploy_deployment or f"deploy-qwen/{target}",
+            concurrencies,
+            request_rates,
+            workload,
+            slos,
+            percentiles,
+        )
     else:
         reports = [_bench_running(target, concurrencies, request_rates, workload, slos, percentiles, label)]
     folder = write_results(reports, results_dir) if results_dir else None
@@ -84,13 +97,22 @@ def bench_qwen(
     publish_benchmark(reports)
     measured = [r for r in reports if any(lv.metrics.completed for lv in r.levels)]
     if not measured:
-        raise BenchFailed(f"no request of the benchmark on {target} succeeded: "
-                          + "; ".join(w for r in reports for w in r.warnings)[:1000])
+        raise BenchFailed(
+            f"no request of the benchmark on {target} succeeded: "
+            + "; ".join(w for r in reports for w in r.warnings)[:1000]
+        )
     return reports
 
 
-def _bench_running(target: str, concurrencies: list[int] | None, request_rates: list[float] | None,
-                   workload: Workload, slos: SLOs, percentiles: list[float], label: str | None) -> BenchReport:
+def _bench_running(
+    target: str,
+    concurrencies: list[int] | None,
+    request_rates: list[float] | None,
+    workload: Workload,
+    slos: SLOs,
+    percentiles: list[float],
+    label: str | None,
+) -> BenchReport:
     """Measure the server that runs now, holding the target's GPU slot (a deploy waits, not replaces it)."""
     resolved = load_target(target, None, None, None)
     machine, secrets = resolved.machine, resolved.secrets
@@ -99,14 +121,31 @@ def _bench_running(target: str, concurrencies: list[int] | None, request_rates: 
     spec_hash = last_healthy_record(machine.name).get("spec_hash")
     with gpu_lock(machine.name):
         if not endpoint_ready(machine.endpoint, spec.served_name, secrets.api_key, timeout=5):
-            raise BenchFailed(f"no ready server on {machine.name} at {machine.endpoint} (model {spec.served_name}): "
-                              f"run `prefect deployment run deploy-qwen/{machine.name}` first, or health-check to see why")
+            raise BenchFailed(
+                f"no ready server on {machine.name} at {machine.endpoint} (model {spec.served_name}): "
+                f"run `prefect deployment run deploy-qwen/{machine.name}` first, or health-check to see why"
+            )
         levels = sweep_levels(concurrencies, request_rates, spec.max_num_seqs)
-        get_run_logger().info("benchmarking %s (%s, spec %s): levels %s", machine.name, spec.served_name, spec_hash,
-                              ", ".join(lv.label for lv in levels))
-        return bench_levels(machine.name, label or f"spec {spec_hash or 'unknown'}", machine.endpoint, spec.served_name,
-                            secrets.api_key, levels, workload, spec_hash=spec_hash, max_num_seqs=spec.max_num_seqs,
-                            percentiles=percentiles, slos=slos)
+        get_run_logger().info(
+            "benchmarking %s (%s, spec %s): levels %s",
+            machine.name,
+            spec.served_name,
+            spec_hash,
+            ", ".join(lv.label for lv in levels),
+        )
+        return bench_levels(
+            machine.name,
+            label or f"spec {spec_hash or 'unknown'}",
+            machine.endpoint,
+            spec.served_name,
+            secrets.api_key,
+            levels,
+            workload,
+            spec_hash=spec_hash,
+            max_num_seqs=spec.max_num_seqs,
+            percentiles=percentiles,
+            slos=slos,
+        )
 
 
 def _deploy(deployment: str, target: str, parameters: dict) -> str | None:
@@ -118,9 +157,16 @@ def _deploy(deployment: str, target: str, parameters: dict) -> str | None:
     return f"{deployment} ended {state.name if state else 'without a state'}: {state.message if state else ''}"[:500]
 
 
-def _compare_presets(target: str, presets: list[str], deployment: str, concurrencies: list[int] | None,
-                     request_rates: list[float] | None, workload: Workload, slos: SLOs,
-                     percentiles: list[float]) -> list[BenchReport]:
+def _compare_presets(
+    target: str,
+    presets: list[str],
+    deployment: str,
+    concurrencies: list[int] | None,
+    request_rates: list[float] | None,
+    workload: Workload,
+    slos: SLOs,
+    percentiles: list[float],
+) -> list[BenchReport]:
     """Deploy, measure, next; then deploy the spec that served before again (also after a failure)."""
     logger = get_run_logger()
     for name in presets:
@@ -133,9 +179,18 @@ def _compare_presets(target: str, presets: list[str], deployment: str, concurren
             failure = _deploy(deployment, target, {"preset": name})
             if failure is not None:
                 logger.warning("preset %s did not deploy: %s", name, failure)
-                reports.append(BenchReport(target=target, series=name, served_model="", workload=workload,
-                                           started_at=datetime.now(timezone.utc), duration_s=0, levels=[],
-                                           warnings=[f"not measured: {failure}"]))
+                reports.append(
+                    BenchReport(
+                        target=target,
+                        series=name,
+                        served_model="",
+                        workload=workload,
+                        started_at=datetime.now(UTC),
+                        duration_s=0,
+                        levels=[],
+                        warnings=[f"not measured: {failure}"],
+                    )
+                )
                 continue
             reports.append(_bench_running(target, concurrencies, request_rates, workload, slos, percentiles, name))
     finally:
@@ -146,5 +201,3 @@ def _compare_presets(target: str, presets: list[str], deployment: str, concurren
             if failure is not None:
                 logger.error("the spec that served before did not deploy again: %s", failure)
     return reports
-
-

@@ -38,10 +38,12 @@ class RollingUpdateStopped(RuntimeError):
     """The rolling update stopped at a target; the ones after it still run the old spec."""
 
 
-def _deploy_parameters(engine: str | None, preset: str | None, overrides: dict[str, Any] | None,
-                       extra: dict[str, Any] | None) -> dict[str, Any]:
-    parameters: dict[str, Any] = {k: v for k, v in (("engine", engine), ("preset", preset), ("overrides", overrides))
-                                  if v is not None}
+def _deploy_parameters(
+    engine: str | None, preset: str | None, overrides: dict[str, Any] | None, extra: dict[str, Any] | None
+) -> dict[str, Any]:
+    parameters: dict[str, Any] = {
+        k: v for k, v in (("engine", engine), ("preset", preset), ("overrides", overrides)) if v is not None
+    }
     return {**parameters, **(extra or {})}
 
 
@@ -87,14 +89,22 @@ def deploy_fleet(
         The fleet table's rows. The flow fails, after publishing the table, when a target failed.
     """
     common = _deploy_parameters(engine, preset, overrides, None)
-    futures = {t: run_on_target.submit(f"{DEPLOY_FLOW}/{t}", t, {**common, **(per_target or {}).get(t, {})},
-                                       report_key=DEPLOY_REPORT) for t in targets}
+    futures = {
+        t: run_on_target.submit(
+            f"{DEPLOY_FLOW}/{t}", t, {**common, **(per_target or {}).get(t, {})}, report_key=DEPLOY_REPORT
+        )
+        for t in targets
+    }
     runs = {t: future.result() for t, future in futures.items()}
     failed = [r for r in runs.values() if not r.ok]
-    rows = _table(fleet, "fleet", runs, f"deploy-fleet {fleet}: {len(targets) - len(failed)} of {len(targets)} deployed")
+    rows = _table(
+        fleet, "fleet", runs, f"deploy-fleet {fleet}: {len(targets) - len(failed)} of {len(targets)} deployed"
+    )
     if failed:
-        raise FleetDeployFailed(f"{len(failed)} of {len(targets)} targets did not deploy (the others did): "
-                                + "; ".join(f"{r.target}: {r.state} {r.message}" for r in failed))
+        raise FleetDeployFailed(
+            f"{len(failed)} of {len(targets)} targets did not deploy (the others did): "
+            + "; ".join(f"{r.target}: {r.state} {r.message}" for r in failed)
+        )
     return rows
 
 
@@ -150,8 +160,12 @@ def rolling_update(
     steps: list[tuple[str, str]] = []
     stopped: str | None = None
     for target in targets:
-        run = run_on_target(f"{DEPLOY_FLOW}/{target}", target, {**common, **(per_target or {}).get(target, {})},
-                            report_key=DEPLOY_REPORT)
+        run = run_on_target(
+            f"{DEPLOY_FLOW}/{target}",
+            target,
+            {**common, **(per_target or {}).get(target, {})},
+            report_key=DEPLOY_REPORT,
+        )
         runs[target] = run
         problem = None if run.ok else f"deploy {run.state.lower()}: {run.message}"
         if problem is None and stop_on_degraded and "DEGRADED" in run.outcome:
@@ -166,18 +180,30 @@ def rolling_update(
         if problem is not None:
             stopped = f"{target}: {problem}"
             break
-    for target in targets[len(steps):]:
+    for target in targets[len(steps) :]:
         steps.append((target, "not attempted: still on the old spec"))
     by_target = dict(steps)
     rows = [{"target": row["target"], "step": by_target[row["target"]], **row} for row in _rows(runs)]
-    create_table_artifact(table=rows, key=artifact_key("rolling-update", fleet),
-                          description=f"rolling-update {fleet}: " + ("done" if stopped is None else "STOPPED"))
+    create_table_artifact(
+        table=rows,
+        key=artifact_key("rolling-update", fleet),
+        description=f"rolling-update {fleet}: " + ("done" if stopped is None else "STOPPED"),
+    )
     create_markdown_artifact(
         key=artifact_key("rolling-update-report", fleet),
-        description=f"rolling-update {fleet}: " + ("every target updated" if stopped is None else f"stopped at {stopped}"),
-        markdown="\n".join([f"# rolling-update {fleet}: " + ("done" if stopped is None else "STOPPED"), "",
-                            markdown_table(("target", "step", "runs spec", "degraded"),
-                                           [(r["target"], r["step"], r["spec"], r["degraded"]) for r in rows])]))
+        description=f"rolling-update {fleet}: "
+        + ("every target updated" if stopped is None else f"stopped at {stopped}"),
+        markdown="\n".join(
+            [
+                f"# rolling-update {fleet}: " + ("done" if stopped is None else "STOPPED"),
+                "",
+                markdown_table(
+                    ("target", "step", "runs spec", "degraded"),
+                    [(r["target"], r["step"], r["spec"], r["degraded"]) for r in rows],
+                ),
+            ]
+        ),
+    )
     if stopped is not None:
         others = [f"{t}: {step}" for t, step in steps if not step.startswith("STOPPED")]
         raise RollingUpdateStopped(f"stopped at {stopped}" + (f"; {', '.join(others)}" if others else ""))

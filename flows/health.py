@@ -16,7 +16,7 @@ a history table; it never restarts anything itself.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -28,7 +28,14 @@ from tasks.events import ServiceEvent, emit_service_event
 from tasks.probes import HealthReport, MetricsSnapshot, Observation, Thresholds, evaluate, history_row, parse_metrics
 from tasks.report import artifact_key, publish_report
 from tasks.serve import load_target
-from tasks.state import HEALTH_HISTORY, desired_state, health_history, health_state, last_healthy_record, save_health_state
+from tasks.state import (
+    HEALTH_HISTORY,
+    desired_state,
+    health_history,
+    health_state,
+    last_healthy_record,
+    save_health_state,
+)
 
 
 @flow(name="health-check", flow_run_name="health-{target}")
@@ -59,37 +66,62 @@ def health_check(
     now = time.time()
 
     container = inspect_container(docker_host, machine.name)
-    endpoints = probe_endpoints(machine.endpoint, spec.served_name, secrets.api_key, timeout_s=thresholds.answer_budget_s)
+    endpoints = probe_endpoints(
+        machine.endpoint, spec.served_name, secrets.api_key, timeout_s=thresholds.answer_budget_s
+    )
     running = container.exists and container.status == "running"
     memory = read_host_memory(docker_host, container.container_id, machine.meminfo_command) if running else None
     metrics = _snapshot(endpoints.metrics_text, now)
     previous = MetricsSnapshot.model_validate(before["metrics"]) if before.get("metrics") else None
     observation = Observation(
-        desired=desired, now=now, exists=container.exists, status=container.status,
-        restart_count_since_deploy=container.restart_count, exit_code=container.exit_code,
-        oom_killed=container.oom_killed, started_at=container.started_at,
-        previous_restart_count=before.get("restart_count"), health_status=endpoints.health_status,
-        health_latency_s=endpoints.health_latency_s, models_listed=endpoints.models_listed,
-        answer_ok=endpoints.answer_ok, answer_latency_s=endpoints.answer_latency_s,
+        desired=desired,
+        now=now,
+        exists=container.exists,
+        status=container.status,
+        restart_count_since_deploy=container.restart_count,
+        exit_code=container.exit_code,
+        oom_killed=container.oom_killed,
+        started_at=container.started_at,
+        previous_restart_count=before.get("restart_count"),
+        health_status=endpoints.health_status,
+        health_latency_s=endpoints.health_latency_s,
+        models_listed=endpoints.models_listed,
+        answer_ok=endpoints.answer_ok,
+        answer_latency_s=endpoints.answer_latency_s,
         answer_detail=f"answered {endpoints.answer!r}" if endpoints.answer_ok is False else None,
-        metrics=metrics, previous=previous, memory=memory,
+        metrics=metrics,
+        previous=previous,
+        memory=memory,
         degraded=record.get("degraded"),
     )
     report = evaluate(observation, thresholds)
-    since = before.get("since") if before.get("verdict") == report.verdict.value else datetime.now(timezone.utc).isoformat()
+    since = (
+        before.get("since") if before.get("verdict") == report.verdict.value else datetime.now(UTC).isoformat()
+    )
     row = history_row(report, now)
     history = [*health_history(machine.name, artifact_key("health-history", machine.name)), row][-HEALTH_HISTORY:]
-    save_health_state(machine.name, {
-        "verdict": report.verdict.value, "since": since, "checked_at": now,
-        "layer": report.layer.value, "reason": report.reason[:300],
-        "metrics": metrics.model_dump(mode="json") if metrics else before.get("metrics"),
-        "restart_count": container.restart_count,
-    })
-    emit_service_event(machine.name, ServiceEvent(report.verdict.value), {
-        "layer": report.layer.value, "condition": report.condition.value, "reason": report.reason, "since": since})
+    save_health_state(
+        machine.name,
+        {
+            "verdict": report.verdict.value,
+            "since": since,
+            "checked_at": now,
+            "layer": report.layer.value,
+            "reason": report.reason[:300],
+            "metrics": metrics.model_dump(mode="json") if metrics else before.get("metrics"),
+            "restart_count": container.restart_count,
+        },
+    )
+    emit_service_event(
+        machine.name,
+        ServiceEvent(report.verdict.value),
+        {"layer": report.layer.value, "condition": report.condition.value, "reason": report.reason, "since": since},
+    )
     duration = round(time.monotonic() - started, 3)
     _publish(machine, spec.served_name, report, since, history, duration, record)
-    logger.info("%s: %s (%s): %s [%.2f s]", machine.name, report.verdict.value, report.layer.value, report.reason, duration)
+    logger.info(
+        "%s: %s (%s): %s [%.2f s]", machine.name, report.verdict.value, report.layer.value, report.reason, duration
+    )
     return report
 
 
@@ -102,16 +134,35 @@ def _snapshot(text: str | None, now: float) -> MetricsSnapshot | None:
         return None
 
 
-def _publish(machine: TargetMachine, served: str, report: HealthReport, since: str, history: list[dict], duration: float,
-             record: dict[str, Any]) -> None:
+def _publish(
+    machine: TargetMachine,
+    served: str,
+    report: HealthReport,
+    since: str,
+    history: list[dict],
+    duration: float,
+    record: dict[str, Any],
+) -> None:
     """The status artifact (one key per target: Prefect keeps its versions) and the history table."""
     rows = {
-        "verdict": report.verdict.value, "since": since, "deciding layer": report.layer.value,
-        "endpoint": machine.endpoint, "served model": served, "running spec": record.get("spec_hash"),
-        "degraded spec": record.get("degraded"), "last healthy deploy or recovery": record.get("at"),
+        "verdict": report.verdict.value,
+        "since": since,
+        "deciding layer": report.layer.value,
+        "endpoint": machine.endpoint,
+        "served model": served,
+        "running spec": record.get("spec_hash"),
+        "degraded spec": record.get("degraded"),
+        "last healthy deploy or recovery": record.get("at"),
         "check took (s)": duration,
     }
-    publish_report(artifact_key("health", machine.name), f"{machine.name}: {report.verdict.value}", rows,
-                   {"Layers": report.markdown()})
-    create_table_artifact(table=list(reversed(history)), key=artifact_key("health-history", machine.name),
-                          description=f"The last {len(history)} health checks of {machine.name}, newest first")
+    publish_report(
+        artifact_key("health", machine.name),
+        f"{machine.name}: {report.verdict.value}",
+        rows,
+        {"Layers": report.markdown()},
+    )
+    create_table_artifact(
+        table=list(reversed(history)),
+        key=artifact_key("health-history", machine.name),
+        description=f"The last {len(history)} health checks of {machine.name}, newest first",
+    )

@@ -14,25 +14,25 @@ actions and the spec, act, and start again through the same recovery loop as dep
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
 from blocks.target import TargetMachine
+from tasks.checks import probe_endpoints
 from tasks.container import inspect_server, remove_managed_containers
 from tasks.events import ServiceEvent, emit_service_event
-from tasks.checks import probe_endpoints
 from tasks.failures import FailureKind, classify_failure, wedged_engine_cause
 from tasks.health import ReadinessTimeouts
 from tasks.inference import smoke_inference
 from tasks.locks import gpu_lock
 from tasks.memory import wait_for_release
+from tasks.probes import needs_operator
 from tasks.recovery import RecoveryLimits, plan_recovery, retry_spec
 from tasks.report import artifact_key, publish_report
 from tasks.serve import ServerSecrets, StartFailed, act, load_target, observe_memory, serve
-from tasks.probes import needs_operator
 from tasks.state import desired_state, recent_recoveries, record_healthy, record_recover_run, recover_runs
 
 
@@ -93,7 +93,9 @@ def recover_vllm(
     logger.info("recovering %s: %s", machine.name, reason or "(no reason given)")
     with gpu_lock(machine.name):
         if desired_state(machine.name) == "stopped":
-            logger.info("%s was stopped on purpose (stop-qwen): nothing to recover; deploy-qwen starts it again", machine.name)
+            logger.info(
+                "%s was stopped on purpose (stop-qwen): nothing to recover; deploy-qwen starts it again", machine.name
+            )
             return RecoverResult(target=machine.name, status="stopped", reason=reason, duration_s=_since(started))
         facts = probe_endpoints(machine.endpoint, spec.served_name, secrets.api_key, timeout_s=answer_timeout_s)
         if facts.health_status == 200 and facts.models_listed and facts.answer_ok:
@@ -102,28 +104,45 @@ def recover_vllm(
         # /health 200 without an answer: the engine is wedged while the API server lies (vllm issue 39863)
         wedged = facts.health_status == 200
         if needs_operator(recover_runs(machine.name), time.time(), limit=NEEDS_OPERATOR_AFTER):
-            message = (f"{NEEDS_OPERATOR_AFTER} recoveries of {machine.name} within the hour did not end healthy:"
-                       " recovery stops here until a person deploys again (deploy-qwen)")
+            message = (
+                f"{NEEDS_OPERATOR_AFTER} recoveries of {machine.name} within the hour did not end healthy:"
+                " recovery stops here until a person deploys again (deploy-qwen)"
+            )
             logger.warning("%s", message)
             emit_service_event(machine.name, ServiceEvent.NEEDS_OPERATOR, {"reason": message, "trigger": reason})
-            return RecoverResult(target=machine.name, status="needs-operator", reason=reason, duration_s=_since(started))
+            return RecoverResult(
+                target=machine.name, status="needs-operator", reason=reason, duration_s=_since(started)
+            )
         try:
-            return _recover(machine, spec, secrets, docker_host, limits, reason, timeouts, release_timeout_s, started, wedged)
+            return _recover(
+                machine, spec, secrets, docker_host, limits, reason, timeouts, release_timeout_s, started, wedged
+            )
         except BaseException:
             record_recover_run(machine.name, time.time(), ended_healthy=False)
             raise
 
 
-def _recover(machine: TargetMachine, spec, secrets: ServerSecrets, docker_host, limits: RecoveryLimits, reason: str,
-             timeouts: ReadinessTimeouts, release_timeout_s: float, started: float, wedged: bool) -> RecoverResult:
+def _recover(
+    machine: TargetMachine,
+    spec,
+    secrets: ServerSecrets,
+    docker_host,
+    limits: RecoveryLimits,
+    reason: str,
+    timeouts: ReadinessTimeouts,
+    release_timeout_s: float,
+    started: float,
+    wedged: bool,
+) -> RecoverResult:
     """The recovery itself, inside the target's GPU lock (see the module docstring)."""
     logger = get_run_logger()
     history = recent_recoveries(machine.name)
     state = inspect_server(docker_host, machine.name, secrets.values)
     start_spec, steps, failure = spec, [], None
     if state is not None:
-        cause = classify_failure(state.log_tail, exit_code=state.exit_code, oom_killed=state.oom_killed,
-                                 secrets=secrets.values)
+        cause = classify_failure(
+            state.log_tail, exit_code=state.exit_code, oom_killed=state.oom_killed, secrets=secrets.values
+        )
         if wedged and cause.kind is FailureKind.UNKNOWN:  # a hang prints nothing: the engine is as good as dead
             cause = wedged_engine_cause(cause.evidence)
         failure = cause.kind.value
@@ -134,40 +153,72 @@ def _recover(machine: TargetMachine, spec, secrets: ServerSecrets, docker_host, 
     wait_for_release(machine, spec.image, spec.gpu_memory_utilization, timeout_s=release_timeout_s)
     if state is not None:
         memory = observe_memory(machine, spec.image)
-        step = plan_recovery(cause, memory, spec, 0, limits.calibrated(state.log_tail), history,
-                             now=datetime.now(timezone.utc))
-        step = step.model_copy(update={"at": datetime.now(timezone.utc)})
+        step = plan_recovery(
+            cause, memory, spec, 0, limits.calibrated(state.log_tail), history, now=datetime.now(UTC)
+        )
+        step = step.model_copy(update={"at": datetime.now(UTC)})
         steps.append(step)
         logger.warning("recovery (%s): %s", step.klass.value, step.reason)
         if step.give_up:
-            emit_service_event(machine.name, ServiceEvent.RECOVERY_FAILED, {
-                "kind": failure, "class": step.klass.value, "next_step": step.next_step or ""})
+            emit_service_event(
+                machine.name,
+                ServiceEvent.RECOVERY_FAILED,
+                {"kind": failure, "class": step.klass.value, "next_step": step.next_step or ""},
+            )
             _report(machine.name, f"recover-vllm on {machine.name}: GAVE UP", reason, failure, steps, None)
-            raise RecoveryGaveUp(f"recover-vllm on {machine.name} gave up: [{failure}] {cause.summary}\n"
-                                 f"Next step: {step.next_step or cause.fix}")
+            raise RecoveryGaveUp(
+                f"recover-vllm on {machine.name} gave up: [{failure}] {cause.summary}\n"
+                f"Next step: {step.next_step or cause.fix}"
+            )
         act(docker_host, machine, spec.image, step)
         start_spec = machine.apply_to(retry_spec(spec, step))
     try:
-        served = serve(docker_host, machine, start_spec, secrets, timeouts, recover=True, limits=limits,
-                       history=[*history, *steps])
+        served = serve(
+            docker_host, machine, start_spec, secrets, timeouts, recover=True, limits=limits, history=[*history, *steps]
+        )
     except StartFailed as exc:
         _report(machine.name, f"recover-vllm on {machine.name}: FAILED", reason, failure, [*steps, *exc.steps], None)
         raise
     smoke_inference(machine.endpoint, spec.served_name, secrets.api_key)
-    record_healthy(machine.name, served.spec, served.spec_hash, degraded=served.degraded(spec),
-                   kv_cache_tokens=served.kv_cache_tokens)
+    record_healthy(
+        machine.name,
+        served.spec,
+        served.spec_hash,
+        degraded=served.degraded(spec),
+        kv_cache_tokens=served.kv_cache_tokens,
+    )
     record_recover_run(machine.name, time.time(), ended_healthy=True)
     all_steps = [*steps, *served.steps]
     result = RecoverResult(
-        target=machine.name, status="recovered", reason=reason, failure=failure,
-        classes=[s.klass.value for s in all_steps], spec_hash=served.spec_hash, degraded=served.degraded(spec),
-        attempts=len(served.attempts), duration_s=_since(started),
+        target=machine.name,
+        status="recovered",
+        reason=reason,
+        failure=failure,
+        classes=[s.klass.value for s in all_steps],
+        spec_hash=served.spec_hash,
+        degraded=served.degraded(spec),
+        attempts=len(served.attempts),
+        duration_s=_since(started),
     )
     if not served.steps:  # serve() emits `recovered` itself when it had to retry
-        emit_service_event(machine.name, ServiceEvent.RECOVERED, {
-            "classes": result.classes, "failure": failure or "", "spec_hash": served.spec_hash, "degraded": result.degraded or ""})
-    _report(machine.name, f"recover-vllm on {machine.name}: recovered" + (" (DEGRADED)" if result.degraded else ""),
-            reason, failure, all_steps, result)
+        emit_service_event(
+            machine.name,
+            ServiceEvent.RECOVERED,
+            {
+                "classes": result.classes,
+                "failure": failure or "",
+                "spec_hash": served.spec_hash,
+                "degraded": result.degraded or "",
+            },
+        )
+    _report(
+        machine.name,
+        f"recover-vllm on {machine.name}: recovered" + (" (DEGRADED)" if result.degraded else ""),
+        reason,
+        failure,
+        all_steps,
+        result,
+    )
     return result
 
 
@@ -176,9 +227,19 @@ def _since(started: float) -> float:
 
 
 def _report(target: str, title: str, reason: str, failure: str | None, steps, result: RecoverResult | None) -> None:
-    rows = {"target": target, "reason": reason or None, "failure": failure,
-            "spec hash": result.spec_hash if result else None, "degraded": result.degraded if result else None,
-            "starts": result.attempts if result else None, "duration (s)": result.duration_s if result else None}
-    sections = {"Steps": "\n".join(f"- {s.klass.value}: {s.reason}" + (f" Next step: {s.next_step}" if s.give_up else "")
-                                   for s in steps) or "none"}
+    rows = {
+        "target": target,
+        "reason": reason or None,
+        "failure": failure,
+        "spec hash": result.spec_hash if result else None,
+        "degraded": result.degraded if result else None,
+        "starts": result.attempts if result else None,
+        "duration (s)": result.duration_s if result else None,
+    }
+    sections = {
+        "Steps": "\n".join(
+            f"- {s.klass.value}: {s.reason}" + (f" Next step: {s.next_step}" if s.give_up else "") for s in steps
+        )
+        or "none"
+    }
     publish_report(artifact_key("recover", target), title, rows, sections)

@@ -31,7 +31,9 @@ class StopResult(BaseModel):
 
 
 @flow(name="stop-qwen", flow_run_name="stop-{target}")
-def stop_qwen(target: str = "spark", engine: str | None = None, stop_timeout_s: int = 30, memory_timeout_s: float = 60) -> StopResult:
+def stop_qwen(
+    target: str = "spark", engine: str | None = None, stop_timeout_s: int = 30, memory_timeout_s: float = 60
+) -> StopResult:
     """Stop and remove the target's vLLM container(s); confirm the memory they held came back.
 
     "Came back" means a start at the spec's utilization would fit once the page cache is dropped
@@ -45,21 +47,40 @@ def stop_qwen(target: str = "spark", engine: str | None = None, stop_timeout_s: 
         set_desired(machine.name, "stopped")  # on purpose: health checks report it stopped, never recover it
         before = read_memory(machine, spec.image, unreadable_ok=True)
         removed = remove_managed_containers(machine.docker_host(), machine.name, stop_timeout_s)
-        released, after = (None, None) if before is None else wait_for_release(machine, spec.image, util, timeout_s=memory_timeout_s)
+        released, after = (
+            (None, None) if before is None else wait_for_release(machine, spec.image, util, timeout_s=memory_timeout_s)
+        )
     if after is None:
-        logger.warning("the memory of %s could not be read: whether the containers released theirs is unknown", machine.name)
+        logger.warning(
+            "the memory of %s could not be read: whether the containers released theirs is unknown", machine.name
+        )
     elif released:
-        logger.info("memory released: %.1f GiB free and %.1f GiB page cache of %.1f GiB; a start at %.2f needs %.1f GiB",
-                    after.free_gib, after.cached_gib, after.total_gib, util, util * after.total_gib)
+        logger.info(
+            "memory released: %.1f GiB free and %.1f GiB page cache of %.1f GiB; a start at %.2f needs %.1f GiB",
+            after.free_gib,
+            after.cached_gib,
+            after.total_gib,
+            util,
+            util * after.total_gib,
+        )
     else:
         logger.warning(
             "memory NOT released after %.0f s: %.1f of %.1f GiB free, %.1f GiB page cache; something else holds"
             " the rest (a stale process: `docker ps -a`, `nvidia-smi` on the host), and a start at %.2f would fail",
-            memory_timeout_s, after.free_gib, after.total_gib, after.cached_gib, util,
+            memory_timeout_s,
+            after.free_gib,
+            after.total_gib,
+            after.cached_gib,
+            util,
         )
-    result = StopResult(target=machine.name, removed=removed, free_before_gib=before.free_gib if before else None,
-                        free_after_gib=after.free_gib if after else None,
-                        page_cache_gib=after.cached_gib if after else None, memory_released=released)
+    result = StopResult(
+        target=machine.name,
+        removed=removed,
+        free_before_gib=before.free_gib if before else None,
+        free_after_gib=after.free_gib if after else None,
+        page_cache_gib=after.cached_gib if after else None,
+        memory_released=released,
+    )
     publish_report(artifact_key("stop", machine.name), f"stop-qwen on {machine.name}", result.model_dump())
     emit_service_event(machine.name, ServiceEvent.STOPPED, result.model_dump())
     return result

@@ -62,9 +62,13 @@ def inspect_container(docker_host: DockerHost, target_name: str) -> ContainerFac
         container = max(containers, key=lambda c: c.attrs.get("Created", ""))
     state = container.attrs.get("State", {})
     return ContainerFacts(
-        exists=True, container_id=container.id, name=container.name, status=container.status,
+        exists=True,
+        container_id=container.id,
+        name=container.name,
+        status=container.status,
         restart_count=container.attrs.get("RestartCount", 0),
-        exit_code=None if state.get("Running") else state.get("ExitCode"), oom_killed=bool(state.get("OOMKilled")),
+        exit_code=None if state.get("Running") else state.get("ExitCode"),
+        oom_killed=bool(state.get("OOMKilled")),
         started_at=_epoch(state.get("StartedAt")),
     )
 
@@ -90,12 +94,16 @@ def probe_endpoints(base_url: str, served_name: str, api_key: str | None, timeou
         try:
             models = http.get("/v1/models")
             facts.models_listed = models.status_code == 200 and any(
-                m.get("id") == served_name for m in models.json().get("data", []))
+                m.get("id") == served_name for m in models.json().get("data", [])
+            )
         except (httpx.HTTPError, ValueError):
             facts.models_listed = False
         try:
             started = time.perf_counter()
-            response = http.post("/v1/completions", json={"model": served_name, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0})
+            response = http.post(
+                "/v1/completions",
+                json={"model": served_name, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0},
+            )
             facts.answer_latency_s = round(time.perf_counter() - started, 4)
             text = visible_answer(response.json()["choices"][0].get("text")) if response.status_code == 200 else ""
             facts.answer = text[:80]

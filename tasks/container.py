@@ -26,8 +26,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect_docker.host import DockerHost
 from pydantic import BaseModel
 
-from blocks.shared import LABEL_MANAGED_BY, LABEL_SPEC_HASH, MANAGED_BY
 from blocks.render import label_filters
+from blocks.shared import LABEL_MANAGED_BY, LABEL_SPEC_HASH, MANAGED_BY
 from tasks.logs import split_lines
 from tasks.secrets import scrub
 
@@ -116,7 +116,11 @@ def replace_or_keep(
                 logger.info("container %s runs spec %s and is healthy: unchanged", container.name, spec_hash)
                 kept = container.name
                 continue
-            reason = "spec changed" if container.labels.get(LABEL_SPEC_HASH) != spec_hash else f"status {container.status}, healthy={healthy}"
+            reason = (
+                "spec changed"
+                if container.labels.get(LABEL_SPEC_HASH) != spec_hash
+                else f"status {container.status}, healthy={healthy}"
+            )
             logger.info("removing our container %s (%s)", container.name, reason)
             remove_managed(container, stop_timeout=30)
         if kept is None:
@@ -224,7 +228,9 @@ class ServerState(BaseModel):
 
 
 @task(name="inspect-server", cache_policy=NO_CACHE, task_run_name="inspect-server {target_name}")
-def inspect_server(docker_host: DockerHost, target_name: str, secrets: list[str], tail: int = 500) -> ServerState | None:
+def inspect_server(
+    docker_host: DockerHost, target_name: str, secrets: list[str], tail: int = 500
+) -> ServerState | None:
     """Our server of ``target_name`` (the newest, if several), with its state and log tail; None when
     there is none."""
     with docker_client(docker_host) as client:
@@ -236,7 +242,10 @@ def inspect_server(docker_host: DockerHost, target_name: str, secrets: list[str]
         text = container.logs(tail=tail, stdout=True, stderr=True).decode("utf-8", "replace")
     running = state.get("Running", False)
     return ServerState(
-        name=container.name, status=container.status, exit_code=None if running else state.get("ExitCode"),
-        oom_killed=bool(state.get("OOMKilled")), restart_count=container.attrs.get("RestartCount", 0),
+        name=container.name,
+        status=container.status,
+        exit_code=None if running else state.get("ExitCode"),
+        oom_killed=bool(state.get("OOMKilled")),
+        restart_count=container.attrs.get("RestartCount", 0),
         log_tail=[scrub(line, secrets) for line in split_lines(text)],
     )

@@ -54,7 +54,16 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from tasks.logs import EventKind, is_cosmetic, is_exception, parse_line, split_header, split_lines, strip_ansi, strip_prefix
+from tasks.logs import (
+    EventKind,
+    is_cosmetic,
+    is_exception,
+    parse_line,
+    split_header,
+    split_lines,
+    strip_ansi,
+    strip_prefix,
+)
 from tasks.memory import suggest_utilization
 from tasks.secrets import scrub
 
@@ -388,7 +397,8 @@ def wedged_engine_cause(evidence: Sequence[str] = ()) -> FailureCause:
         kind=FailureKind.ENGINE_DEAD,
         summary="the engine stopped answering while /health and /v1/models still said 200: wedged (vllm issue 39863)",
         fix="Restart the server with the same spec (recover-vllm does, once an hour); if it repeats, lower max_num_seqs.",
-        evidence=list(evidence)[-MAX_EVIDENCE:], numbers={"after_ready": 1.0},
+        evidence=list(evidence)[-MAX_EVIDENCE:],
+        numbers={"after_ready": 1.0},
     )
 
 

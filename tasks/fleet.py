@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -59,14 +59,19 @@ def run_message(message: str | None) -> str:
 def _report_title(flow_run_id: UUID, key: str) -> str:
     """The description (title) of the artifact `key` the flow run published, "" when none."""
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[key])), limit=1)
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[key])
+            ),
+            limit=1,
+        )
     return (found[0].description or "") if found else ""
 
 
 @task(name="run-on-target", task_run_name="{deployment} on {target}")
-def run_on_target(deployment: str, target: str, parameters: Mapping[str, Any] | None = None,
-                  report_key: str | None = None) -> TargetRun:
+def run_on_target(
+    deployment: str, target: str, parameters: Mapping[str, Any] | None = None, report_key: str | None = None
+) -> TargetRun:
     """Run `deployment` with `target` (and `parameters`) through its worker; wait for its final state.
 
     Never raises for the run's failure: a fleet flow reports every target, and one failure must not
@@ -74,20 +79,34 @@ def run_on_target(deployment: str, target: str, parameters: Mapping[str, Any] | 
     """
     started = time.monotonic()
     try:
-        run = run_deployment(name=deployment, parameters={"target": target, **dict(parameters or {})}, timeout=None,
-                             poll_interval=POLL_INTERVAL_S)
+        run = run_deployment(
+            name=deployment,
+            parameters={"target": target, **dict(parameters or {})},
+            timeout=None,
+            poll_interval=POLL_INTERVAL_S,
+        )
     except ObjectNotFound:
-        return TargetRun(target=target, deployment=deployment, state="NOT STARTED",
-                         message=f"no deployment {deployment}: register the fleet (python -m deployments.fleet register "
-                                 "<targets file>) or check the target's name")
+        return TargetRun(
+            target=target,
+            deployment=deployment,
+            state="NOT STARTED",
+            message=f"no deployment {deployment}: register the fleet (python -m deployments.fleet register "
+            "<targets file>) or check the target's name",
+        )
     state = run.state
     outcome = ""
     if report_key:
         title = _report_title(run.id, artifact_key(report_key, target))
         outcome = title.split(": ", 1)[1] if ": " in title else title
-    result = TargetRun(target=target, deployment=deployment, flow_run_id=run.id,
-                       state=state.type.value if state else "UNKNOWN", message=run_message(state.message)[:500] if state else "",
-                       outcome=outcome, seconds=round(time.monotonic() - started, 2))
+    result = TargetRun(
+        target=target,
+        deployment=deployment,
+        flow_run_id=run.id,
+        state=state.type.value if state else "UNKNOWN",
+        message=run_message(state.message)[:500] if state else "",
+        outcome=outcome,
+        seconds=round(time.monotonic() - started, 2),
+    )
     logger = get_run_logger()
     if result.ok:
         logger.info("%s on %s: %s in %.1f s", deployment, target, outcome or "completed", result.seconds)
@@ -106,8 +125,10 @@ def spec_summary(record: Mapping[str, Any]) -> str:
         spec = EngineSpec(**spec_fields)
     except ValueError:
         return "(unreadable)"
-    return (f"{spec.serving_hash()} (seqs {spec.max_num_seqs}, util {spec.gpu_memory_utilization:.2f}, "
-            f"len {spec.max_model_len})")
+    return (
+        f"{spec.serving_hash()} (seqs {spec.max_num_seqs}, util {spec.gpu_memory_utilization:.2f}, "
+        f"len {spec.max_model_len})"
+    )
 
 
 def _ago(epoch: float | None, now: float) -> str:
@@ -117,8 +138,9 @@ def _ago(epoch: float | None, now: float) -> str:
     return f"{seconds} s ago" if seconds < 120 else f"{seconds // 60} min ago"
 
 
-def fleet_row(target: str, endpoint: str, run: TargetRun | None, record: Mapping[str, Any],
-              health: Mapping[str, Any], now: float) -> dict[str, Any]:
+def fleet_row(
+    target: str, endpoint: str, run: TargetRun | None, record: Mapping[str, Any], health: Mapping[str, Any], now: float
+) -> dict[str, Any]:
     """One target's row of a fleet table (pure): this run's verdict, what serves, its last check."""
     if run is None:
         verdict = ""
@@ -131,11 +153,16 @@ def fleet_row(target: str, endpoint: str, run: TargetRun | None, record: Mapping
     checked = health.get("checked_at")
     last_check = f"{health['verdict']} ({_ago(checked, now)})" if health.get("verdict") else "never"
     return {
-        "target": target, "verdict": verdict, "endpoint": endpoint, "model": served,
-        "spec": spec_summary(record), "degraded": record.get("degraded") or "",
-        "kv_cache_tokens": record.get("kv_cache_tokens"), "last_health_check": last_check,
+        "target": target,
+        "verdict": verdict,
+        "endpoint": endpoint,
+        "model": served,
+        "spec": spec_summary(record),
+        "degraded": record.get("degraded") or "",
+        "kv_cache_tokens": record.get("kv_cache_tokens"),
+        "last_health_check": last_check,
     }
 
 
 def now_epoch() -> float:
-    return datetime.now(timezone.utc).timestamp()
+    return datetime.now(UTC).timestamp()

@@ -30,8 +30,8 @@ from pydantic import BaseModel, Field
 
 from tasks.container import docker_client
 from tasks.failures import FailureCause, classify_failure, guard_line
-from tasks.memory import MemoryReadError, exec_meminfo
 from tasks.logs import EventKind, LineSplitter, Phase, StartupStats, StartupTracker
+from tasks.memory import MemoryReadError, exec_meminfo
 from tasks.report import ProgressArtifact
 from tasks.secrets import scrub
 
@@ -46,7 +46,9 @@ class ReadinessTimeouts(BaseModel):
     """Per-phase limits, generous against the runbook's timings (3.4 min of shard loading, ~17 s
     torch.compile, ~6 s KV and graphs, 3-4 min to ready from a warm cache)."""
 
-    starting_s: float = Field(900, description="container start to the first load line (includes a download when not staged)")
+    starting_s: float = Field(
+        900, description="container start to the first load line (includes a download when not staged)"
+    )
     loading_s: float = Field(1200, description="shard loading")
     compiling_s: float = Field(600, description="torch.compile, KV cache, CUDA graphs")
     kv_cache_s: float = Field(600, description="KV cache sizing and CUDA graph capture")
@@ -236,13 +238,34 @@ def wait_until_ready(
     logger = get_run_logger()
     with docker_client(docker_host) as client, LogFollower(docker_host, container_id) as follower:
         container = client.containers.get(container_id)
-        return _gate(logger, client, container, follower.lines, base_url, served_name, api_key, timeouts, secrets,
-                     progress_key, guard)
+        return _gate(
+            logger,
+            client,
+            container,
+            follower.lines,
+            base_url,
+            served_name,
+            api_key,
+            timeouts,
+            secrets,
+            progress_key,
+            guard,
+        )
 
 
-def _gate(logger, client: docker.DockerClient, container: Container, lines: queue.Queue, base_url: str,
-          served_name: str, api_key: str | None, timeouts: ReadinessTimeouts, secrets: list[str], progress_key: str,
-          guard: MemoryGuard | None) -> Readiness:
+def _gate(
+    logger,
+    client: docker.DockerClient,
+    container: Container,
+    lines: queue.Queue,
+    base_url: str,
+    served_name: str,
+    api_key: str | None,
+    timeouts: ReadinessTimeouts,
+    secrets: list[str],
+    progress_key: str,
+    guard: MemoryGuard | None,
+) -> Readiness:
     restarts_before = container.attrs.get("RestartCount", 0)
     readiness = Readiness(started_at=time.monotonic())
     tracker = StartupTracker()
@@ -291,7 +314,9 @@ def _gate(logger, client: docker.DockerClient, container: Container, lines: queu
         if isinstance(status, str):
             cause = classify_failure(list(tracker.recent), secrets=secrets)
             return ReadinessFailed(cause, status, list(tracker.recent))
-        cause = classify_failure(list(tracker.recent), exit_code=status.exit_code, oom_killed=status.oom_killed, secrets=secrets)
+        cause = classify_failure(
+            list(tracker.recent), exit_code=status.exit_code, oom_killed=status.oom_killed, secrets=secrets
+        )
         return ReadinessFailed(cause, status.summary, list(tracker.recent))
 
     with httpx.Client(base_url=base_url, timeout=max(timeouts.poll_interval_s, 1.0), headers=headers) as http:

@@ -50,36 +50,53 @@ def _post(client: httpx.Client, path: str, body: dict) -> tuple[dict, float]:
     response = client.post(path, json=body)
     elapsed = time.perf_counter() - started
     if response.status_code == 401:
-        raise SmokeFailed(f"{path} answered 401: the server has an API key; set the target's api_key_secret to its Secret block")
+        raise SmokeFailed(
+            f"{path} answered 401: the server has an API key; set the target's api_key_secret to its Secret block"
+        )
     if response.status_code != 200:
         raise SmokeFailed(f"{path} answered HTTP {response.status_code}: {response.text[:300]}")
     return response.json(), elapsed
 
 
 @task(name="smoke-inference", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
-def smoke_inference(base_url: str, served_name: str, api_key: str | None = None, timeout_s: float = 120.0) -> SmokeResult:
+def smoke_inference(
+    base_url: str, served_name: str, api_key: str | None = None, timeout_s: float = 120.0
+) -> SmokeResult:
     """Ask both endpoints 12*17 and require 204; an empty or wrong answer fails the deploy."""
     logger = get_run_logger()
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     with httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s) as client:
-        chat, chat_s = _post(client, "/v1/chat/completions", {
-            "model": served_name,
-            "messages": [{"role": "user", "content": QUESTION}],
-            "max_tokens": 64,
-            "temperature": 0,
-            "chat_template_kwargs": {"enable_thinking": False},
-        })
+        chat, chat_s = _post(
+            client,
+            "/v1/chat/completions",
+            {
+                "model": served_name,
+                "messages": [{"role": "user", "content": QUESTION}],
+                "max_tokens": 64,
+                "temperature": 0,
+                "chat_template_kwargs": {"enable_thinking": False},
+            },
+        )
         chat_answer = visible_answer(chat["choices"][0]["message"].get("content"))
-        completion, completion_s = _post(client, "/v1/completions", {
-            "model": served_name, "prompt": "12*17=", "max_tokens": 16, "temperature": 0,
-        })
+        completion, completion_s = _post(
+            client,
+            "/v1/completions",
+            {
+                "model": served_name,
+                "prompt": "12*17=",
+                "max_tokens": 16,
+                "temperature": 0,
+            },
+        )
     completion_answer = visible_answer(completion["choices"][0].get("text"))
     for endpoint, answer in (("chat", chat_answer), ("completion", completion_answer)):
         if not answer:
             raise SmokeFailed(f"the {endpoint} endpoint returned an empty answer to 12*17")
         if not contains_expected(answer):
             raise SmokeFailed(f"the {endpoint} endpoint answered {answer[:200]!r} to 12*17; expected {EXPECTED}")
-    logger.info("smoke: chat %r in %.2f s, completion %r in %.2f s", chat_answer, chat_s, completion_answer, completion_s)
+    logger.info(
+        "smoke: chat %r in %.2f s, completion %r in %.2f s", chat_answer, chat_s, completion_answer, completion_s
+    )
     return SmokeResult(
         chat_answer=chat_answer,
         chat_latency_s=round(chat_s, 3),

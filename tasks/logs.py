@@ -387,7 +387,11 @@ def parse_line(line: str) -> LogEvent | None:
             for name, raw in zip(names, match.groups()):
                 values[name] = raw if name in _TEXT_VALUES else _number(raw)
             return event(kind, **values)
-    if level in ("ERROR", "CRITICAL") or message.startswith("Traceback (most recent call last)") or _EXCEPTION_LINE.match(message):
+    if (
+        level in ("ERROR", "CRITICAL")
+        or message.startswith("Traceback (most recent call last)")
+        or _EXCEPTION_LINE.match(message)
+    ):
         return event(EventKind.ERROR)
     return None
 

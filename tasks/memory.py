@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-
 from typing import Any
 
 import docker
@@ -100,8 +99,15 @@ def helper_container_kwargs(machine: TargetMachine, image: str, command: list[st
         path, mode = split_volume_target(target)
         volumes[host] = {"bind": path, "mode": mode}
     return {
-        "image": image, "command": list(command), "entrypoint": [], "remove": True, "network_mode": "none",
-        "volumes": volumes, "environment": dict(machine.extra_env), "labels": dict(HELPER_LABELS), **extra,
+        "image": image,
+        "command": list(command),
+        "entrypoint": [],
+        "remove": True,
+        "network_mode": "none",
+        "volumes": volumes,
+        "environment": dict(machine.extra_env),
+        "labels": dict(HELPER_LABELS),
+        **extra,
     }
 
 
@@ -165,8 +171,14 @@ def read_memory(machine: TargetMachine, image: str, unreadable_ok: bool = False)
             raise
         get_run_logger().warning("memory of %s unknown: %s", machine.name, exc)
         return None
-    get_run_logger().info("memory of %s: %.1f GiB free, %.1f GiB page cache, %.1f available of %.1f GiB",
-                          machine.name, info.free_gib, info.cached_gib, info.available_gib, info.total_gib)
+    get_run_logger().info(
+        "memory of %s: %.1f GiB free, %.1f GiB page cache, %.1f available of %.1f GiB",
+        machine.name,
+        info.free_gib,
+        info.cached_gib,
+        info.available_gib,
+        info.total_gib,
+    )
     return info
 
 
@@ -201,8 +213,13 @@ def drop_page_cache(client: docker.DockerClient, machine: TargetMachine, image: 
     ``drop_caches_path`` at its memory ledger's file; a Spark at /proc/sys/vm/drop_caches.
     """
     # a Mount, not a -v volume: a missing source must fail, not become an empty directory
-    kwargs = helper_container_kwargs(machine, image, drop_caches_command(), cap_add=["SYS_ADMIN"],
-                                     mounts=[Mount(target="/drop_caches", source=machine.drop_caches_path, type="bind")])
+    kwargs = helper_container_kwargs(
+        machine,
+        image,
+        drop_caches_command(),
+        cap_add=["SYS_ADMIN"],
+        mounts=[Mount(target="/drop_caches", source=machine.drop_caches_path, type="bind")],
+    )
     kwargs["volumes"], kwargs["environment"] = {}, {}
     client.containers.run(**kwargs)
 
@@ -247,7 +264,7 @@ def room_for_start(info: MemInfo, utilization: float) -> str:
         f"only {info.free_gib:.1f} of {info.total_gib:.1f} GiB is free ({info.cached_gib:.1f} GiB page cache);"
         f" a start at gpu_memory_utilization {utilization:.2f} needs {need:.1f} GiB. Other processes hold the"
         " rest: stop them (`docker ps`; the runbook's `docker system prune -f`), or deploy with a lower"
-        " utilization, e.g. overrides={\"gpu_memory_utilization\": "
+        ' utilization, e.g. overrides={"gpu_memory_utilization": '
         f"{suggest_utilization(info.free_gib + info.cached_gib, info.total_gib):.2f}}}.",
         info,
         utilization,
@@ -271,9 +288,17 @@ def make_room_for_start(machine: TargetMachine, image: str, utilization: float) 
         info = read_meminfo(client, machine, image)
         action = room_for_start(info, utilization)
         if action == "fits":
-            logger.info("memory: %.1f GiB free, a start at %.2f needs %.1f GiB", info.free_gib, utilization, utilization * info.total_gib)
+            logger.info(
+                "memory: %.1f GiB free, a start at %.2f needs %.1f GiB",
+                info.free_gib,
+                utilization,
+                utilization * info.total_gib,
+            )
             return action
-        logger.info("memory: %.1f GiB free but %.1f GiB is page cache (counted as used on GB10): dropping caches",
-                    info.free_gib, info.cached_gib)
+        logger.info(
+            "memory: %.1f GiB free but %.1f GiB is page cache (counted as used on GB10): dropping caches",
+            info.free_gib,
+            info.cached_gib,
+        )
         drop_page_cache(client, machine, image)
     return "dropped-page-cache"

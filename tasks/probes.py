@@ -72,7 +72,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
@@ -127,7 +127,8 @@ class MetricsSnapshot(BaseModel):
     requests_running: int | None = Field(None, description="vllm:num_requests_running")
     requests_waiting: int | None = Field(None, description="vllm:num_requests_waiting")
     kv_cache_usage: float | None = Field(
-        None, description="vllm:kv_cache_usage_perc (else the deprecated vllm:gpu_cache_usage_perc); a fraction 0-1",
+        None,
+        description="vllm:kv_cache_usage_perc (else the deprecated vllm:gpu_cache_usage_perc); a fraction 0-1",
     )
     generation_tokens_total: int | None = Field(None, description="vllm:generation_tokens_total")
     prompt_tokens_total: int | None = Field(None, description="vllm:prompt_tokens_total")
@@ -277,7 +278,8 @@ class Thresholds(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     startup_budget_s: float = Field(
-        600.0, gt=0,
+        600.0,
+        gt=0,
         description=(
             "seconds after the container started during which no HTTP answer means 'starting', not dead: vLLM "
             "accepts no connection while it loads, a warm start of Qwen3-32B-FP8 on a Spark takes 3-4 min "
@@ -286,7 +288,8 @@ class Thresholds(BaseModel):
         ),
     )
     answer_slow_s: float = Field(
-        10.0, gt=0,
+        10.0,
+        gt=0,
         description=(
             "smoke answer slower than this -> degraded: 12*17 -> 204 is a few tokens, ~1.5 s on an idle Spark "
             "(~7 tokens/s single-stream decode of 32 GB of weights at 273 GB/s, plus prefill); 10 s is over 6x "
@@ -294,18 +297,21 @@ class Thresholds(BaseModel):
         ),
     )
     answer_budget_s: float = Field(
-        60.0, gt=0,
+        60.0,
+        gt=0,
         description=(
             "smoke answer slower than this -> unhealthy: a minute for a few tokens is as good as no service "
             "(and matches the wedge window); the flow's HTTP timeout should be at least this"
         ),
     )
     health_slow_s: float = Field(
-        5.0, gt=0,
+        5.0,
+        gt=0,
         description="/health slower than this -> degraded: it does no work, so seconds mean the API server's event loop is starved",
     )
     wedge_window_s: float = Field(
-        60.0, gt=0,
+        60.0,
+        gt=0,
         description=(
             "requests in flight at two snapshots at least this far apart and generation_tokens_total unchanged "
             "-> wedged (vllm issue 39863); a decode step takes well under a second and the longest chunked "
@@ -313,18 +319,22 @@ class Thresholds(BaseModel):
         ),
     )
     headroom_floor_gib: float = Field(
-        4.0, ge=0,
+        4.0,
+        ge=0,
         description=(
             "host MemAvailable below this -> degraded: GPU and CPU share memory on GB10, and a host out of memory "
             "can hang (vllm issue 46307); the same floor as the targets' host_memory_floor_gib during a start"
         ),
     )
     kv_cache_full: float = Field(
-        0.95, gt=0, le=1,
+        0.95,
+        gt=0,
+        le=1,
         description="KV cache usage above this fraction -> degraded: new requests wait and running ones get preempted",
     )
     crash_loop_restarts: int = Field(
-        1, ge=1,
+        1,
+        ge=1,
         description=(
             "this many restarts since the deploy and not serving now -> crash loop (unhealthy). One: deploy-qwen "
             "arms the restart policy only once the server has served, so any docker restart means it died "
@@ -333,7 +343,8 @@ class Thresholds(BaseModel):
         ),
     )
     crash_loop_growth: int = Field(
-        2, ge=1,
+        2,
+        ge=1,
         description=(
             "this many restarts since the previous check -> crash loop: checks are minutes apart, so two "
             "restarts in between means neither run finished a 3-4 min load"
@@ -723,10 +734,16 @@ def _healthy(c: Check) -> str:
         seen.append("no wedge since the previous check" if c.obs.previous is not None else "/metrics read")
     if c.obs.memory is not None:
         seen.append(f"MemAvailable {c.obs.memory.available_gib:.1f} GiB")
-    unseen = [name for name, missing in (
-        ("readiness", c.obs.models_listed is None), ("function", c.obs.answer_ok is None),
-        ("progress", c.obs.metrics is None), ("host", c.obs.memory is None),
-    ) if missing]
+    unseen = [
+        name
+        for name, missing in (
+            ("readiness", c.obs.models_listed is None),
+            ("function", c.obs.answer_ok is None),
+            ("progress", c.obs.metrics is None),
+            ("host", c.obs.memory is None),
+        )
+        if missing
+    ]
     tail = f" (not observed: {', '.join(unseen)})" if unseen else ""
     return ", ".join(seen) + f"; nothing observed is off{tail}"
 
@@ -755,29 +772,44 @@ _U, _D = Verdict.UNHEALTHY, Verdict.DEGRADED
 
 #: The health rules, highest priority first (the module docstring says why this order).
 RULES: tuple[HealthRule, ...] = (
-    HealthRule(Condition.DESIRED_STOPPED, Verdict.STOPPED, Layer.DESIRED, lambda c: c.obs.desired == "stopped", _stopped),
+    HealthRule(
+        Condition.DESIRED_STOPPED, Verdict.STOPPED, Layer.DESIRED, lambda c: c.obs.desired == "stopped", _stopped
+    ),
     HealthRule(Condition.NO_CONTAINER, _U, Layer.CONTAINER, lambda c: not c.obs.exists, _no_container),
     HealthRule(Condition.CRASH_LOOP, _U, Layer.CONTAINER, _crash_looping, _crash_loop),
     HealthRule(Condition.NOT_RUNNING, _U, Layer.CONTAINER, lambda c: c.obs.exists and not c.running, _not_running),
     HealthRule(
-        Condition.HEALTH_ERROR, _U, Layer.LIVENESS,
-        lambda c: c.obs.health_status is not None and c.obs.health_status != 200, _health_error,
+        Condition.HEALTH_ERROR,
+        _U,
+        Layer.LIVENESS,
+        lambda c: c.obs.health_status is not None and c.obs.health_status != 200,
+        _health_error,
     ),
-    HealthRule(Condition.LOADING, Verdict.STARTING, Layer.LIVENESS, lambda c: c.no_answer and c.within_startup, _loading),
+    HealthRule(
+        Condition.LOADING, Verdict.STARTING, Layer.LIVENESS, lambda c: c.no_answer and c.within_startup, _loading
+    ),
     HealthRule(Condition.NO_ANSWER, _U, Layer.LIVENESS, lambda c: c.no_answer and not c.within_startup, _no_answer),
     HealthRule(Condition.MODELS_MISSING, _U, Layer.READINESS, lambda c: c.obs.models_listed is False, _models_missing),
     HealthRule(Condition.WEDGED, _U, Layer.PROGRESS, lambda c: c.wedged, _wedged),
     HealthRule(Condition.WRONG_ANSWER, _U, Layer.FUNCTION, lambda c: c.obs.answer_ok is False, _wrong_answer),
     HealthRule(
-        Condition.ANSWER_TOO_SLOW, _U, Layer.FUNCTION,
-        lambda c: _answer_latency_over(c, c.limits.answer_budget_s), _answer_too_slow,
+        Condition.ANSWER_TOO_SLOW,
+        _U,
+        Layer.FUNCTION,
+        lambda c: _answer_latency_over(c, c.limits.answer_budget_s),
+        _answer_too_slow,
     ),
     HealthRule(
-        Condition.SLOW_ANSWER, _D, Layer.FUNCTION,
-        lambda c: _answer_latency_over(c, c.limits.answer_slow_s), _slow_answer,
+        Condition.SLOW_ANSWER,
+        _D,
+        Layer.FUNCTION,
+        lambda c: _answer_latency_over(c, c.limits.answer_slow_s),
+        _slow_answer,
     ),
     HealthRule(
-        Condition.SLOW_HEALTH, _D, Layer.LIVENESS,
+        Condition.SLOW_HEALTH,
+        _D,
+        Layer.LIVENESS,
         lambda c: c.serving and c.obs.health_latency_s is not None and c.obs.health_latency_s > c.limits.health_slow_s,
         _slow_health,
     ),
@@ -785,8 +817,11 @@ RULES: tuple[HealthRule, ...] = (
     HealthRule(Condition.PREEMPTIONS, _D, Layer.PROGRESS, lambda c: c.preempted > 0, _preemptions),
     HealthRule(Condition.LOW_HEADROOM, _D, Layer.HOST, lambda c: c.low_headroom, _low_headroom),
     HealthRule(
-        Condition.RESTARTED, _D, Layer.CONTAINER,
-        lambda c: c.obs.exists and c.obs.restart_count_since_deploy > 0, _restarted,
+        Condition.RESTARTED,
+        _D,
+        Layer.CONTAINER,
+        lambda c: c.obs.exists and c.obs.restart_count_since_deploy > 0,
+        _restarted,
     ),
     HealthRule(Condition.RECOVERED_SPEC, _D, Layer.DESIRED, lambda c: bool(c.obs.degraded), _recovered_spec),
     HealthRule(Condition.HEALTHY, Verdict.HEALTHY, Layer.FUNCTION, lambda c: True, _healthy),
@@ -842,7 +877,9 @@ def _container_facts(c: Check) -> str:
     if not c.obs.exists:
         return "no container"
     exit_words = "" if c.running else c.exit_words()
-    return f"{c.obs.status or 'unknown state'}, {c.obs.restart_count_since_deploy} restart(s) since the deploy{exit_words}"
+    return (
+        f"{c.obs.status or 'unknown state'}, {c.obs.restart_count_since_deploy} restart(s) since the deploy{exit_words}"
+    )
 
 
 def _liveness_ok(c: Check) -> str:
@@ -889,35 +926,52 @@ class LayerSpec:
 LAYERS: tuple[LayerSpec, ...] = (
     LayerSpec(Layer.DESIRED, lambda c: None, _desired_ok, lambda c: {}),
     LayerSpec(
-        Layer.CONTAINER, lambda c: None, _container_ok,
+        Layer.CONTAINER,
+        lambda c: None,
+        _container_ok,
         lambda c: _numbers(
-            restarts_since_deploy=c.obs.restart_count_since_deploy, restarts_since_previous=c.restarts_since_previous,
-            exit_code=c.obs.exit_code, oom_killed=c.obs.oom_killed, age_s=c.age_s,
+            restarts_since_deploy=c.obs.restart_count_since_deploy,
+            restarts_since_previous=c.restarts_since_previous,
+            exit_code=c.obs.exit_code,
+            oom_killed=c.obs.oom_killed,
+            age_s=c.age_s,
         ),
         facts=_container_facts,
     ),
     LayerSpec(
-        Layer.LIVENESS, lambda c: None, _liveness_ok,
+        Layer.LIVENESS,
+        lambda c: None,
+        _liveness_ok,
         lambda c: _numbers(
-            health_status=c.obs.health_status, health_latency_s=c.obs.health_latency_s, age_s=c.age_s,
+            health_status=c.obs.health_status,
+            health_latency_s=c.obs.health_latency_s,
+            age_s=c.age_s,
             startup_budget_s=c.limits.startup_budget_s,
         ),
         facts=lambda c: f"/health {c.obs.health_status}" if c.obs.health_status is not None else "no HTTP answer",
     ),
     LayerSpec(
-        Layer.READINESS, lambda c: None if c.obs.models_listed is not None else "/v1/models not asked",
-        lambda c: "/v1/models lists the served model", lambda c: _numbers(models_listed=c.obs.models_listed),
+        Layer.READINESS,
+        lambda c: None if c.obs.models_listed is not None else "/v1/models not asked",
+        lambda c: "/v1/models lists the served model",
+        lambda c: _numbers(models_listed=c.obs.models_listed),
     ),
     LayerSpec(
-        Layer.FUNCTION, lambda c: None if c.obs.answer_ok is not None else "smoke question not asked",
-        lambda c: f"12*17 -> 204 in {_secs(c.obs.answer_latency_s)}" if c.obs.answer_latency_s is not None else "12*17 -> 204",
+        Layer.FUNCTION,
+        lambda c: None if c.obs.answer_ok is not None else "smoke question not asked",
+        lambda c: (
+            f"12*17 -> 204 in {_secs(c.obs.answer_latency_s)}" if c.obs.answer_latency_s is not None else "12*17 -> 204"
+        ),
         lambda c: _numbers(
-            answer_ok=c.obs.answer_ok, answer_latency_s=c.obs.answer_latency_s,
-            answer_slow_s=c.limits.answer_slow_s, answer_budget_s=c.limits.answer_budget_s,
+            answer_ok=c.obs.answer_ok,
+            answer_latency_s=c.obs.answer_latency_s,
+            answer_slow_s=c.limits.answer_slow_s,
+            answer_budget_s=c.limits.answer_budget_s,
         ),
     ),
     LayerSpec(
-        Layer.PROGRESS, lambda c: None if c.obs.metrics is not None else "/metrics not read",
+        Layer.PROGRESS,
+        lambda c: None if c.obs.metrics is not None else "/metrics not read",
         _progress_ok,
         lambda c: _numbers(
             requests_running=c.obs.metrics.requests_running if c.obs.metrics else None,
@@ -930,7 +984,8 @@ LAYERS: tuple[LayerSpec, ...] = (
         ),
     ),
     LayerSpec(
-        Layer.HOST, lambda c: None if c.obs.memory is not None else "meminfo not read",
+        Layer.HOST,
+        lambda c: None if c.obs.memory is not None else "meminfo not read",
         _host_ok,
         lambda c: _numbers(
             available_gib=c.obs.memory.available_gib if c.obs.memory else None,
@@ -953,13 +1008,19 @@ def _layer_result(spec: LayerSpec, check: Check, matched: Sequence[HealthRule]) 
         if spec.layer is Layer.DESIRED:
             return LayerResult(name=spec.layer, verdict=LayerVerdict.OK, detail=spec.ok_detail(check), numbers=numbers)
         facts = f": {spec.facts(check)}" if spec.facts else ""
-        return LayerResult(name=spec.layer, verdict=LayerVerdict.SKIPPED, detail=f"not judged, desired stopped{facts}",
-                           numbers=numbers)
+        return LayerResult(
+            name=spec.layer, verdict=LayerVerdict.SKIPPED, detail=f"not judged, desired stopped{facts}", numbers=numbers
+        )
     mine = [r for r in matched if r.layer is spec.layer and r.verdict in _LAYER_VERDICT]
     if mine:
-        verdict = LayerVerdict.FAIL if any(_LAYER_VERDICT[r.verdict] is LayerVerdict.FAIL for r in mine) else LayerVerdict.WARN
-        return LayerResult(name=spec.layer, verdict=verdict, detail="; ".join(r.reason(check) for r in mine),
-                           numbers=numbers)
+        verdict = (
+            LayerVerdict.FAIL
+            if any(_LAYER_VERDICT[r.verdict] is LayerVerdict.FAIL for r in mine)
+            else LayerVerdict.WARN
+        )
+        return LayerResult(
+            name=spec.layer, verdict=verdict, detail="; ".join(r.reason(check) for r in mine), numbers=numbers
+        )
     why_not = spec.unobserved(check)
     if why_not is not None:
         return LayerResult(name=spec.layer, verdict=LayerVerdict.SKIPPED, detail=why_not, numbers=numbers)
@@ -1028,7 +1089,7 @@ def evaluate(obs: Observation, thresholds: Thresholds = _DEFAULTS) -> HealthRepo
 
 
 def _when(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def history_row(report: HealthReport, checked_at: float) -> dict[str, str]:

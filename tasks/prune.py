@@ -67,17 +67,23 @@ class PruneReport(BaseModel):
     @property
     def summary(self) -> str:
         """One line for the flow log and the recovery report."""
-        where = "docker system prune" if self.scope == "system" else (
-            f"project prune (target {self.target_name})" if self.target_name else "project prune (all targets)"
+        where = (
+            "docker system prune"
+            if self.scope == "system"
+            else (f"project prune (target {self.target_name})" if self.target_name else "project prune (all targets)")
         )
         names = f" ({', '.join(self.containers)})" if self.containers else ""
         parts = [
             f"{len(self.containers)} stopped container(s){names}",
             f"{len(self.networks)} network(s)",
             f"{len(self.images)} dangling image(s)",
-            "build cache skipped" if "build_cache" in self.skipped else f"{self.build_cache_count} build cache entr(ies)",
+            "build cache skipped"
+            if "build_cache" in self.skipped
+            else f"{self.build_cache_count} build cache entr(ies)",
         ]
-        return f"{where}: removed {', '.join(parts)}; {human_bytes(self.total_bytes)} of disk reclaimed (disk, not memory)"
+        return (
+            f"{where}: removed {', '.join(parts)}; {human_bytes(self.total_bytes)} of disk reclaimed (disk, not memory)"
+        )
 
 
 def human_bytes(count: int) -> str:

@@ -185,23 +185,30 @@ class RecoveryLimits(BaseModel):
     max_attempts: int = Field(2, ge=0, description="retries after the first start; then a person acts")
     engine_restarts_per_hour: int = Field(1, ge=0, description="restarts after an engine death within an hour")
     min_model_len: int = Field(
-        4096, ge=MODEL_LEN_STEP,
+        4096,
+        ge=MODEL_LEN_STEP,
         description="never lower max_model_len below this: a server that short is no recovery",
     )
     weights_gib: float = Field(31.97, ge=0, description="the model's weights (vLLM's `Model loading took X GiB`)")
     overhead_gib: float = Field(
-        6.94, ge=0,
+        6.94,
+        ge=0,
         description="non-torch memory in vLLM's profile: CUDA context, cuBLAS, GB10 accounting (the imitation's calibrated figure)",
     )
     activation_bytes_per_batched_token: int = Field(
-        163_840, ge=0,
+        163_840,
+        ge=0,
         description="profiling peak per batched token: (4 x 5120 + 2 x 25600 + (64 + 2 x 8) x 128) x 2 bytes for Qwen3-32B",
     )
     sampler_bytes_per_seq: int = Field(
-        1_215_488, ge=0, description="sampler warm-up logits per sequence: vocab 151,936 x 4 bytes x 2",
+        1_215_488,
+        ge=0,
+        description="sampler warm-up logits per sequence: vocab 151,936 x 4 bytes x 2",
     )
     kv_bytes_per_token: int = Field(
-        262_144, gt=0, description="Qwen3-32B: 64 layers x 8 KV heads x 128 x 2 (K, V) x 2 bytes = 0.25 MiB",
+        262_144,
+        gt=0,
+        description="Qwen3-32B: 64 layers x 8 KV heads x 128 x 2 (K, V) x 2 bytes = 0.25 MiB",
     )
 
     def guarded(self, host_floor_gib: float) -> RecoveryLimits:
@@ -228,7 +235,9 @@ class RecoveryLimits(BaseModel):
 
     def activation_gib(self, max_num_batched_tokens: int, max_num_seqs: int) -> float:
         """The profiling forward pass's peak for these batch settings (2.57 GiB at 16384 / 64)."""
-        peak = max_num_batched_tokens * self.activation_bytes_per_batched_token + max_num_seqs * self.sampler_bytes_per_seq
+        peak = (
+            max_num_batched_tokens * self.activation_bytes_per_batched_token + max_num_seqs * self.sampler_bytes_per_seq
+        )
         return peak / GIB
 
     def kv_gib(self, utilization: float, total_gib: float, max_num_batched_tokens: int, max_num_seqs: int) -> float:
@@ -247,7 +256,9 @@ class RecoveryLimits(BaseModel):
             return 0
         return round_model_len(int(kv * GIB // self.kv_bytes_per_token))
 
-    def utilization_for(self, max_model_len: int, total_gib: float, max_num_batched_tokens: int, max_num_seqs: int) -> float:
+    def utilization_for(
+        self, max_model_len: int, total_gib: float, max_num_batched_tokens: int, max_num_seqs: int
+    ) -> float:
         """The smallest utilization (a multiple of 0.01) whose KV cache holds one max_model_len request."""
         need = (
             self.weights_gib
@@ -295,7 +306,7 @@ class RecoveryStep(BaseModel):
         }
 
     def degraded(self, requested: EngineSpec) -> str | None:
-        """"requested X, running Y, because Z" for a server recovered with overrides; None when none.
+        """ "requested X, running Y, because Z" for a server recovered with overrides; None when none.
 
         A recovered server runs this spec until a later deploy starts from the requested spec again:
         the report and the event say so in these words.
@@ -442,10 +453,14 @@ class Case:
                 (mi.free_gib, mi.total_gib, False, f"meminfo: {mi.free_gib:.1f} of {mi.total_gib:.1f} GiB free")
             )
             if mi.cached_gib > 0 and self.drop_can_help():
-                candidates.append((
-                    mi.free_gib + mi.cached_gib, mi.total_gib, True,
-                    f"meminfo: {mi.free_gib:.1f} GiB free + {mi.cached_gib:.1f} GiB page cache of {mi.total_gib:.1f} GiB",
-                ))
+                candidates.append(
+                    (
+                        mi.free_gib + mi.cached_gib,
+                        mi.total_gib,
+                        True,
+                        f"meminfo: {mi.free_gib:.1f} GiB free + {mi.cached_gib:.1f} GiB page cache of {mi.total_gib:.1f} GiB",
+                    )
+                )
         if not candidates:
             return 0.0, 0.0, False, "no free-memory figure (no meminfo, no vLLM numbers)"
         # the largest utilization wins; on a tie, the one without a drop
@@ -589,8 +604,9 @@ def _lower_utilization(case: Case, prune: bool) -> Plan:
     free, total, drop, how = case.best_free()
     limits = case.limits
     if total <= 0:
-        return _give_up(f"{_error_text(case)}; no free-memory figure to compute a utilization from",
-                        _free_it_next_step(case))
+        return _give_up(
+            f"{_error_text(case)}; no free-memory figure to compute a utilization from", _free_it_next_step(case)
+        )
     fit = fit_utilization(free, total, limits.margin_gib)
     held = case.held_by_others_gib()
     if prune:
@@ -613,7 +629,7 @@ def _lower_utilization(case: Case, prune: bool) -> Plan:
         # the machine, so the requested utilization may run again
         return Plan(
             reason=f"{_error_text(case)}, but the memory came back since ({how}): retry at {_fmt(case.util)} after "
-                   "the runbook's `docker system prune -f` (it frees disk, not memory: stopped containers hold none)",
+            "the runbook's `docker system prune -f` (it frees disk, not memory: stopped containers hold none)",
             actions=actions,
             overrides={},
         )
@@ -633,7 +649,9 @@ def _lower_utilization(case: Case, prune: bool) -> Plan:
         overrides["max_model_len"] = fitted[0]
         reason += f"; {fitted[1]}"
     if prune:
-        reason += "; the runbook's `docker system prune -f` first (it frees disk, not memory: stopped containers hold none)"
+        reason += (
+            "; the runbook's `docker system prune -f` first (it frees disk, not memory: stopped containers hold none)"
+        )
     return Plan(reason=reason, actions=actions, overrides=overrides)
 
 
@@ -655,8 +673,11 @@ def _fit_model_len(case: Case, util: float, total: float, batched: int, seqs: in
         need = limits.utilization_for(limits.min_model_len, total, batched, seqs)
         return _give_up(
             f"{why}: below the minimum max_model_len {limits.min_model_len}",
-            _free_it_next_step(case, then=f"deploy with gpu_memory_utilization {_fmt(need)} and max_model_len "
-                               f"{limits.min_model_len} once {need * total + limits.margin_gib:.1f} GiB are free"),
+            _free_it_next_step(
+                case,
+                then=f"deploy with gpu_memory_utilization {_fmt(need)} and max_model_len "
+                f"{limits.min_model_len} once {need * total + limits.margin_gib:.1f} GiB are free",
+            ),
         )
     return fits, f"max_model_len {want} -> {fits}: {why}"
 
@@ -684,7 +705,9 @@ def _kv_plan(case: Case) -> Plan:
 
     # 1. keep the context and raise the utilization, when free memory covers the missing GiB. Not
     #    twice in a row: if a raise was not enough, vLLM's new estimate is the better guide.
-    raised_before = case.just_tried(RecoveryClass.KV_TOO_SMALL) and "gpu_memory_utilization" in case.history[-1].overrides
+    raised_before = (
+        case.just_tried(RecoveryClass.KV_TOO_SMALL) and "gpu_memory_utilization" in case.history[-1].overrides
+    )
     why_not_raise = " (no meminfo shows free memory for a higher utilization)"
     if raise_to is not None and case.meminfo is not None and not raised_before:
         afford, drop, how = case.affordable_util()
@@ -797,8 +820,10 @@ def _batch_text(case: Case, smaller: dict[str, int]) -> str:
     spec, limits = case.spec, case.limits
     parts = [f"{name} {getattr(spec, name)} -> {value}" for name, value in smaller.items()]
     before = limits.activation_gib(spec.max_num_batched_tokens, spec.max_num_seqs)
-    after = limits.activation_gib(smaller.get("max_num_batched_tokens", spec.max_num_batched_tokens),
-                                  smaller.get("max_num_seqs", spec.max_num_seqs))
+    after = limits.activation_gib(
+        smaller.get("max_num_batched_tokens", spec.max_num_batched_tokens),
+        smaller.get("max_num_seqs", spec.max_num_seqs),
+    )
     return f"lower {', '.join(parts)} (activation peak {before:.2f} -> {after:.2f} GiB, toward the runbook's latency preset)"
 
 
@@ -848,8 +873,10 @@ def _recent_restarts(case: Case) -> list[RecoveryStep]:
     """Engine restarts within the last hour (a step without a time, or without `now`, counts)."""
     hour = timedelta(hours=1)
     return [
-        step for step in case.history
-        if step.klass is RecoveryClass.ENGINE_DIED and not step.give_up
+        step
+        for step in case.history
+        if step.klass is RecoveryClass.ENGINE_DIED
+        and not step.give_up
         and (step.at is None or case.now is None or case.now - step.at < hour)
     ]
 
@@ -887,42 +914,59 @@ def _unrecoverable_plan(case: Case) -> Plan:
 #: The recovery classes, highest priority first (the module docstring says why this order).
 CLASSES: tuple[RecoveryRule, ...] = (
     RecoveryRule(
-        RecoveryClass.STALE_CONTAINER, _stale_matches, _stale_plan,
-        "a memory failure while our older container(s) for this target still run"
-        " | remove_stale_containers | same spec",
+        RecoveryClass.STALE_CONTAINER,
+        _stale_matches,
+        _stale_plan,
+        "a memory failure while our older container(s) for this target still run | remove_stale_containers | same spec",
     ),
     RecoveryRule(
-        RecoveryClass.PAGE_CACHE, _page_cache_matches, _page_cache_plan,
+        RecoveryClass.PAGE_CACHE,
+        _page_cache_matches,
+        _page_cache_plan,
         "free_memory, and meminfo free + cached - margin covers util x total | drop_page_cache | same spec",
     ),
     RecoveryRule(
-        RecoveryClass.HELD_BY_OTHERS, _held_matches, _held_plan,
+        RecoveryClass.HELD_BY_OTHERS,
+        _held_matches,
+        _held_plan,
         "free_memory, not page cache, others hold memory (or unknown), no prune yet"
         " | [drop_page_cache,] prune | fit_utilization, maybe max_model_len",
     ),
     RecoveryRule(
-        RecoveryClass.SHORTAGE, _shortage_matches, _shortage_plan,
+        RecoveryClass.SHORTAGE,
+        _shortage_matches,
+        _shortage_plan,
         "free_memory otherwise | [drop_page_cache] | fit_utilization, maybe max_model_len",
     ),
     RecoveryRule(
-        RecoveryClass.KV_TOO_SMALL, _kv_matches, _kv_plan,
+        RecoveryClass.KV_TOO_SMALL,
+        _kv_matches,
+        _kv_plan,
         "kv_too_small | [drop_page_cache] | higher utilization if free, else vLLM's estimate rounded to 256",
     ),
     RecoveryRule(
-        RecoveryClass.NO_KV_MEMORY, _no_kv_matches, _no_kv_plan,
+        RecoveryClass.NO_KV_MEMORY,
+        _no_kv_matches,
+        _no_kv_plan,
         "no_kv_memory | [drop_page_cache] | higher utilization if free, else smaller batch settings",
     ),
     RecoveryRule(
-        RecoveryClass.ACTIVATION_PEAK, _peak_matches, _peak_plan,
+        RecoveryClass.ACTIVATION_PEAK,
+        _peak_matches,
+        _peak_plan,
         "cuda_oom, oom_killed, killed, or guard_tripped | -"
         " | batch settings to the latency preset 8192/16 in one step, then utilization -0.05",
     ),
     RecoveryRule(
-        RecoveryClass.ENGINE_DIED, _died_matches, _died_plan,
+        RecoveryClass.ENGINE_DIED,
+        _died_matches,
+        _died_plan,
         "engine_dead after ready | - | same spec, engine_restarts_per_hour times",
     ),
     RecoveryRule(
-        RecoveryClass.UNRECOVERABLE, _always, _unrecoverable_plan,
+        RecoveryClass.UNRECOVERABLE,
+        _always,
+        _unrecoverable_plan,
         "anything else | - | give up with the cause's fix",
     ),
 )
@@ -1002,31 +1046,39 @@ def _effective(spec: EngineSpec, overrides: dict[str, Any]) -> dict[str, Any]:
 def _obey(case: Case, step: RecoveryStep) -> RecoveryStep:
     """The rules above every class: attempt cap, a valid spec, no blind repeat."""
     if case.attempt >= case.limits.max_attempts:
-        return step.model_copy(update={
-            "give_up": True,
-            "actions": [],
-            "overrides": {},
-            "reason": (
-                f"{case.attempt} retr{'y' if case.attempt == 1 else 'ies'} made, the limit is "
-                f"{case.limits.max_attempts}; the next step would have been: {step.reason}"
-            ),
-            "next_step": _cap_next_step(case, step),
-        })
+        return step.model_copy(
+            update={
+                "give_up": True,
+                "actions": [],
+                "overrides": {},
+                "reason": (
+                    f"{case.attempt} retr{'y' if case.attempt == 1 else 'ies'} made, the limit is "
+                    f"{case.limits.max_attempts}; the next step would have been: {step.reason}"
+                ),
+                "next_step": _cap_next_step(case, step),
+            }
+        )
     try:
         retry_spec(case.spec, step)
     except (ValidationError, ValueError) as exc:
-        return step.model_copy(update={
-            "give_up": True, "actions": [], "overrides": {},
-            "reason": f"{step.reason}; but the retry spec is invalid: {exc}",
-            "next_step": "Fix the engine spec so the change above is valid, then deploy again",
-        })
+        return step.model_copy(
+            update={
+                "give_up": True,
+                "actions": [],
+                "overrides": {},
+                "reason": f"{step.reason}; but the retry spec is invalid: {exc}",
+                "next_step": "Fix the engine spec so the change above is valid, then deploy again",
+            }
+        )
     changes_machine = any(action in MACHINE_ACTIONS for action in step.actions)
     if case.memory_failure and not step.overrides and not changes_machine:
-        return step.model_copy(update={
-            "give_up": True,
-            "reason": f"{step.reason}; but the same spec with the machine unchanged would fail the same way",
-            "next_step": _free_it_next_step(case),
-        })
+        return step.model_copy(
+            update={
+                "give_up": True,
+                "reason": f"{step.reason}; but the same spec with the machine unchanged would fail the same way",
+                "next_step": _free_it_next_step(case),
+            }
+        )
     return step
 
 
@@ -1065,5 +1117,7 @@ def runbook_ladder(attempt: int) -> dict[str, Any]:
         ValueError: ``attempt`` is past the ladder's last rung (the runbook has no further step).
     """
     if not 0 <= attempt < len(RUNBOOK_LADDER):
-        raise ValueError(f"the runbook's ladder has {len(RUNBOOK_LADDER)} rungs (0-{len(RUNBOOK_LADDER) - 1}), got {attempt}")
+        raise ValueError(
+            f"the runbook's ladder has {len(RUNBOOK_LADDER)} rungs (0-{len(RUNBOOK_LADDER) - 1}), got {attempt}"
+        )
     return dict(RUNBOOK_LADDER[attempt])

@@ -93,10 +93,14 @@ def _from_block(block_name: str) -> SecretStr | None:
     except ValueError as exc:  # "Unable to find block document named ..." (block or block type absent)
         if "Unable to find block document" in str(exc):
             return None
-        _log().warning("Prefect Secret block %r could not be read (%s); trying the environment", block_name, type(exc).__name__)
+        _log().warning(
+            "Prefect Secret block %r could not be read (%s); trying the environment", block_name, type(exc).__name__
+        )
         return None
     except Exception as exc:  # no API, server down, ...: the environment may still hold the secret
-        _log().warning("Prefect Secret block %r could not be read (%s); trying the environment", block_name, type(exc).__name__)
+        _log().warning(
+            "Prefect Secret block %r could not be read (%s); trying the environment", block_name, type(exc).__name__
+        )
         return None
     value = block.get()
     if not isinstance(value, str) or not value.strip():

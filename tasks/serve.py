@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -46,8 +46,6 @@ from tasks.recovery import Action, MachineMemory, RecoveryLimits, RecoveryStep, 
 from tasks.report import artifact_key
 from tasks.secrets import DOTENV, HF_TOKEN_ENV_VARS, load_secret
 from tasks.state import remember_recoveries
-
-
 
 #: How long a failed start's memory may take to come back before recovery plans (a killed process's
 #: memory is released when the kernel reaps it; the imitation's, when its heartbeat goes stale: 5 s).
@@ -109,10 +107,16 @@ class Attempt(BaseModel):
 
     def row(self) -> dict[str, Any]:
         return {
-            "attempt": self.attempt, "utilization": self.gpu_memory_utilization, "max-model-len": self.max_model_len,
-            "batched tokens": self.max_num_batched_tokens, "seqs": self.max_num_seqs, "outcome": self.outcome,
-            "KV cache tokens": f"{self.kv_cache_tokens:,}" if self.kv_cache_tokens else "", "seconds": self.seconds,
-            "then": self.then, "spec hash": self.spec_hash,
+            "attempt": self.attempt,
+            "utilization": self.gpu_memory_utilization,
+            "max-model-len": self.max_model_len,
+            "batched tokens": self.max_num_batched_tokens,
+            "seqs": self.max_num_seqs,
+            "outcome": self.outcome,
+            "KV cache tokens": f"{self.kv_cache_tokens:,}" if self.kv_cache_tokens else "",
+            "seconds": self.seconds,
+            "then": self.then,
+            "spec hash": self.spec_hash,
         }
 
 
@@ -134,7 +138,7 @@ class Served:
         return stats.kv_cache_tokens if stats else None
 
     def degraded(self, requested: EngineSpec) -> str | None:
-        """"requested X, running Y, because Z" when recovery changed the spec; None when it did not.
+        """ "requested X, running Y, because Z" when recovery changed the spec; None when it did not.
 
         One sentence for one step or many: the running spec's differences from the request, as the
         planner's own `RecoveryStep.degraded` writes them, with every step's reason.
@@ -174,20 +178,39 @@ def failure_of(exc: BaseException) -> tuple[FailureCause, list[str]]:
 
 
 def start_once(
-    docker_host: DockerHost, machine: TargetMachine, spec: EngineSpec, secrets: ServerSecrets, timeouts: ReadinessTimeouts
+    docker_host: DockerHost,
+    machine: TargetMachine,
+    spec: EngineSpec,
+    secrets: ServerSecrets,
+    timeouts: ReadinessTimeouts,
 ) -> tuple[str, Readiness]:
     """Make room in memory, start the container, wait until it serves; remove it if it never does."""
-    kwargs = container_kwargs(spec, machine, secret_env=secret_environment(hf_token=secrets.hf_token, api_key=secrets.api_key))
+    kwargs = container_kwargs(
+        spec, machine, secret_env=secret_environment(hf_token=secrets.hf_token, api_key=secrets.api_key)
+    )
     make_room_for_start(machine, spec.image, spec.gpu_memory_utilization)
     first_start, restart_policy = restart_policy_after_ready(kwargs)
     container_id = start_vllm_container(docker_host, first_start, redacted(first_start))
-    guard = MemoryGuard(command=machine.meminfo_command, floor_gib=machine.host_memory_floor_gib) if machine.host_memory_floor_gib > 0 else None
+    guard = (
+        MemoryGuard(command=machine.meminfo_command, floor_gib=machine.host_memory_floor_gib)
+        if machine.host_memory_floor_gib > 0
+        else None
+    )
     try:
         readiness = wait_until_ready(
-            docker_host, container_id, machine.endpoint, spec.served_name, secrets.api_key, timeouts, secrets.values,
-            artifact_key("vllm-load", machine.name), guard,
+            docker_host,
+            container_id,
+            machine.endpoint,
+            spec.served_name,
+            secrets.api_key,
+            timeouts,
+            secrets.values,
+            artifact_key("vllm-load", machine.name),
+            guard,
         )
-        arm_restart_policy(docker_host, container_id, restart_policy)  # the runbook's `restart: unless-stopped`, from now on
+        arm_restart_policy(
+            docker_host, container_id, restart_policy
+        )  # the runbook's `restart: unless-stopped`, from now on
     except BaseException:
         remove_container(docker_host, container_id, stop_timeout=None)  # it never served: kill, its log is in the run's
         raise
@@ -216,16 +239,24 @@ def act(docker_host: DockerHost, machine: TargetMachine, image: str, step: Recov
             drop_caches(machine, image)
         elif action is Action.REMOVE_STALE_CONTAINERS:
             with docker_client(docker_host) as client:
-                stale = [c.id for c in managed_containers(client, machine.name) if c.status in ("running", "restarting")]
+                stale = [
+                    c.id for c in managed_containers(client, machine.name) if c.status in ("running", "restarting")
+                ]
             for container_id in stale:
                 remove_container(docker_host, container_id, stop_timeout=30)
         elif action is Action.PRUNE:
             before = read_memory(machine, image, unreadable_ok=True)
-            report = prune_docker(docker_host, machine.prune_scope, machine.name if machine.prune_scope == "project" else None)
+            report = prune_docker(
+                docker_host, machine.prune_scope, machine.name if machine.prune_scope == "project" else None
+            )
             after = read_memory(machine, image, unreadable_ok=True)
             freed = f"{after.free_gib - before.free_gib:+.1f} GiB free memory" if before and after else "memory unknown"
-            logger.info("prune (%s): %s; %s (stopped containers hold no memory: a prune frees disk)",
-                        machine.prune_scope, report.summary, freed)
+            logger.info(
+                "prune (%s): %s; %s (stopped containers hold no memory: a prune frees disk)",
+                machine.prune_scope,
+                report.summary,
+                freed,
+            )
 
 
 def serve(
@@ -261,37 +292,68 @@ def serve(
                 # 34643); plan from the memory once it settled, not from what the dying start held
                 wait_for_release(machine, spec.image, spec.gpu_memory_utilization, timeout_s=RELEASE_WAIT_S)
             memory = observe_memory(machine, spec.image)
-            step = plan_recovery(cause, memory, spec, len(steps), limits.calibrated(lines), [*past, *steps],
-                                 now=datetime.now(timezone.utc))
-            step = step.model_copy(update={"at": datetime.now(timezone.utc)})
+            step = plan_recovery(
+                cause,
+                memory,
+                spec,
+                len(steps),
+                limits.calibrated(lines),
+                [*past, *steps],
+                now=datetime.now(UTC),
+            )
+            step = step.model_copy(update={"at": datetime.now(UTC)})
             steps.append(step)
             attempt.then = _describe(step)
             logger.warning("recovery (%s): %s", step.klass.value, step.reason)
             if step.give_up:
                 _publish_attempts(machine, attempts)
                 remember_recoveries(machine.name, steps)
-                emit_service_event(machine.name, ServiceEvent.RECOVERY_FAILED, {
-                    "kind": cause.kind.value, "class": step.klass.value, "next_step": step.next_step or "", "attempts": len(attempts)})
+                emit_service_event(
+                    machine.name,
+                    ServiceEvent.RECOVERY_FAILED,
+                    {
+                        "kind": cause.kind.value,
+                        "class": step.klass.value,
+                        "next_step": step.next_step or "",
+                        "attempts": len(attempts),
+                    },
+                )
                 raise StartFailed(machine.name, cause, steps, attempts) from None
             act(docker_host, machine, spec.image, step)
             spec = machine.apply_to(retry_spec(spec, step))
             continue
-        attempts.append(_attempt(len(attempts) + 1, spec, spec_hash, "serving", readiness.stats.kv_cache_tokens, started))
+        attempts.append(
+            _attempt(len(attempts) + 1, spec, spec_hash, "serving", readiness.stats.kv_cache_tokens, started)
+        )
         served = Served(container_id, readiness, spec, spec_hash, steps, attempts)
         if steps:
             _publish_attempts(machine, attempts)
             remember_recoveries(machine.name, steps)
-            emit_service_event(machine.name, ServiceEvent.RECOVERED, {
-                "classes": [s.klass.value for s in steps], "attempts": len(attempts), "spec_hash": spec_hash,
-                "degraded": served.degraded(requested) or ""})
+            emit_service_event(
+                machine.name,
+                ServiceEvent.RECOVERED,
+                {
+                    "classes": [s.klass.value for s in steps],
+                    "attempts": len(attempts),
+                    "spec_hash": spec_hash,
+                    "degraded": served.degraded(requested) or "",
+                },
+            )
         return served
 
 
 def _attempt(n: int, spec: EngineSpec, spec_hash: str, outcome: str, kv: int | None, started: float) -> Attempt:
-    return Attempt(attempt=n, spec_hash=spec_hash, gpu_memory_utilization=spec.gpu_memory_utilization,
-                   max_model_len=spec.max_model_len, max_num_batched_tokens=spec.max_num_batched_tokens,
-                   max_num_seqs=spec.max_num_seqs, outcome=outcome, kv_cache_tokens=kv,
-                   seconds=round(time.monotonic() - started, 2))
+    return Attempt(
+        attempt=n,
+        spec_hash=spec_hash,
+        gpu_memory_utilization=spec.gpu_memory_utilization,
+        max_model_len=spec.max_model_len,
+        max_num_batched_tokens=spec.max_num_batched_tokens,
+        max_num_seqs=spec.max_num_seqs,
+        outcome=outcome,
+        kv_cache_tokens=kv,
+        seconds=round(time.monotonic() - started, 2),
+    )
 
 
 def _describe(step: RecoveryStep) -> str:
@@ -300,5 +362,8 @@ def _describe(step: RecoveryStep) -> str:
 
 
 def _publish_attempts(machine: TargetMachine, attempts: list[Attempt]) -> None:
-    create_table_artifact(table=[a.row() for a in attempts], key=artifact_key("recovery", machine.name),
-                          description=f"Starts on {machine.name}: each attempt, the recovery that followed, the outcome")
+    create_table_artifact(
+        table=[a.row() for a in attempts],
+        key=artifact_key("recovery", machine.name),
+        description=f"Starts on {machine.name}: each attempt, the recovery that followed, the outcome",
+    )

@@ -20,7 +20,7 @@ Every name is defined here, once:
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from prefect.artifacts import Artifact
@@ -51,18 +51,26 @@ def last_healthy(target_name: str) -> EngineSpec | None:
         return None
 
 
-def record_healthy(target_name: str, spec: EngineSpec, spec_hash: str, degraded: str | None = None,
-                   kv_cache_tokens: int | None = None) -> None:
+def record_healthy(
+    target_name: str, spec: EngineSpec, spec_hash: str, degraded: str | None = None, kv_cache_tokens: int | None = None
+) -> None:
     """Record the spec that serves now (for a rollback; ``degraded``: "requested X, running Y,
     because Z" when recovery changed it; its KV cache size when this run started it, for the fleet
     view), and that the target should be running."""
     previous = last_healthy_record(target_name)
     if kv_cache_tokens is None and previous.get("spec_hash") == spec_hash:
         kv_cache_tokens = previous.get("kv_cache_tokens")  # the same server, kept: its size is unchanged
-    Variable.set(LAST_HEALTHY_PREFIX + target_name, {
-        "spec": spec.model_dump(mode="json", include=set(EngineSpec.model_fields)), "spec_hash": spec_hash,
-        "degraded": degraded, "kv_cache_tokens": kv_cache_tokens, "at": datetime.now(timezone.utc).isoformat()},
-        overwrite=True)
+    Variable.set(
+        LAST_HEALTHY_PREFIX + target_name,
+        {
+            "spec": spec.model_dump(mode="json", include=set(EngineSpec.model_fields)),
+            "spec_hash": spec_hash,
+            "degraded": degraded,
+            "kv_cache_tokens": kv_cache_tokens,
+            "at": datetime.now(UTC).isoformat(),
+        },
+        overwrite=True,
+    )
     set_desired(target_name, "running")
 
 
@@ -91,8 +99,16 @@ def remember_recoveries(target_name: str, steps: list[RecoveryStep]) -> None:
     with its reason is ~500 characters, and Prefect refuses a Variable of more than 5,000.
     """
     kept = [*recent_recoveries(target_name), *steps][-KEEP_RECOVERIES:]
-    compact = [{"klass": s.klass.value, "actions": [a.value for a in s.actions], "give_up": s.give_up,
-                "reason": "(kept: class, actions, outcome, time)", "at": s.at.isoformat() if s.at else None} for s in kept]
+    compact = [
+        {
+            "klass": s.klass.value,
+            "actions": [a.value for a in s.actions],
+            "give_up": s.give_up,
+            "reason": "(kept: class, actions, outcome, time)",
+            "at": s.at.isoformat() if s.at else None,
+        }
+        for s in kept
+    ]
     Variable.set(RECOVERIES_PREFIX + target_name, compact, overwrite=True)
 
 

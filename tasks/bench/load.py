@@ -43,18 +43,28 @@ class Workload(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     input_len: int = Field(1024, ge=1, description="prompt tokens per request (vllm bench: --random-input-len)")
-    output_len: int = Field(128, ge=1, description="output tokens per request, exact with ignore_eos (--random-output-len)")
-    prefix_len: int = Field(0, ge=0, description="the first N prompt tokens are the same in every request (prefix caching)")
+    output_len: int = Field(
+        128, ge=1, description="output tokens per request, exact with ignore_eos (--random-output-len)"
+    )
+    prefix_len: int = Field(
+        0, ge=0, description="the first N prompt tokens are the same in every request (prefix caching)"
+    )
     num_prompts: int | None = Field(None, ge=1, description="requests per level; None = 2 x concurrency, at least 4")
     ignore_eos: bool = Field(True, description="keep sampling past EOS so every output has output_len tokens")
-    seed: int | None = Field(None, ge=0, description="the same seed sends the same prompts; None = new prompts each "
-                                                      "run (a repeated run must not hit the prefix cache of the last)")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        description="the same seed sends the same prompts; None = new prompts each "
+        "run (a repeated run must not hit the prefix cache of the last)",
+    )
 
     @model_validator(mode="after")
     def _prefix_fits(self) -> Workload:
         if self.prefix_len > self.input_len:
-            raise ValueError(f"prefix_len ({self.prefix_len}) must be <= input_len ({self.input_len}): the shared "
-                             "prefix is part of the prompt; lower prefix_len or raise input_len")
+            raise ValueError(
+                f"prefix_len ({self.prefix_len}) must be <= input_len ({self.input_len}): the shared "
+                "prefix is part of the prompt; lower prefix_len or raise input_len"
+            )
         return self
 
     def with_seed(self) -> Workload:
@@ -86,8 +96,9 @@ def make_prompts(workload: Workload, count: int, salt: int = 0) -> list[list[int
     low, high = PROMPT_TOKEN_RANGE
     prefix = np.random.default_rng([workload.seed, salt, 1]).integers(low, high, size=workload.prefix_len).tolist()
     rng = np.random.default_rng([workload.seed, salt, 2])
-    return [prefix + rng.integers(low, high, size=workload.input_len - workload.prefix_len).tolist()
-            for _ in range(count)]
+    return [
+        prefix + rng.integers(low, high, size=workload.input_len - workload.prefix_len).tolist() for _ in range(count)
+    ]
 
 
 @dataclass
@@ -127,27 +138,36 @@ class Endpoint:
 
 def request_body(endpoint: Endpoint, prompt: list[int], workload: Workload) -> dict:
     """The body `vllm bench serve` sends to /v1/completions (greedy, streamed, usage in the last chunk)."""
-    body = {"model": endpoint.model, "prompt": prompt, "max_tokens": workload.output_len, "temperature": 0.0,
-            "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": endpoint.model,
+        "prompt": prompt,
+        "max_tokens": workload.output_len,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     if workload.ignore_eos:
         body["ignore_eos"] = True
     return body
 
 
-async def stream_completion(client: httpx.AsyncClient, endpoint: Endpoint, prompt: list[int],
-                            workload: Workload) -> RequestOutput:
+async def stream_completion(
+    client: httpx.AsyncClient, endpoint: Endpoint, prompt: list[int], workload: Workload
+) -> RequestOutput:
     """One streamed request; an HTTP error or a broken stream is a failed request, never an exception."""
     events: list[tuple[float, str]] = []
     url = endpoint.base_url.rstrip("/") + "/v1/completions"
     start = time.perf_counter()
     try:
-        async with aconnect_sse(client, "POST", url, json=request_body(endpoint, prompt, workload),
-                                headers=endpoint.headers()) as source:
+        async with aconnect_sse(
+            client, "POST", url, json=request_body(endpoint, prompt, workload), headers=endpoint.headers()
+        ) as source:
             response = source.response
             if response.status_code != 200:
                 body = (await response.aread()).decode("utf-8", "replace")
-                return RequestOutput(prompt_len=len(prompt), start_time=start,
-                                     error=f"HTTP {response.status_code}: {body[:300]}")
+                return RequestOutput(
+                    prompt_len=len(prompt), start_time=start, error=f"HTTP {response.status_code}: {body[:300]}"
+                )
             async for event in source.aiter_sse():
                 events.append((time.perf_counter(), event.data))
     except (httpx.HTTPError, ValueError) as exc:  # httpx_sse.SSEError is a TransportError; ValueError: bad bytes
@@ -163,8 +183,9 @@ async def _lag_monitor(samples: list[float], stop: asyncio.Event) -> None:
         samples.append(max(0.0, time.perf_counter() - planned) * 1000)
 
 
-async def _metrics_poller(client: httpx.AsyncClient, endpoint: Endpoint, every_s: float,
-                          texts: list[tuple[float, str]], stop: asyncio.Event) -> None:
+async def _metrics_poller(
+    client: httpx.AsyncClient, endpoint: Endpoint, every_s: float, texts: list[tuple[float, str]], stop: asyncio.Event
+) -> None:
     """Keep /metrics bodies while the level runs (peak KV cache, queue); parsed after the level."""
     url = endpoint.base_url.rstrip("/") + "/metrics"
     while not stop.is_set():
@@ -176,7 +197,7 @@ async def _metrics_poller(client: httpx.AsyncClient, endpoint: Endpoint, every_s
             pass  # the level's own requests report a dead server; a missed sample only loses a peak
         try:
             await asyncio.wait_for(stop.wait(), timeout=every_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
@@ -189,9 +210,17 @@ def arrival_delays(count: int, request_rate: float, burstiness: float, seed: int
     return rng.gamma(shape=burstiness, scale=theta, size=count).tolist()
 
 
-async def run_level(endpoint: Endpoint, prompts: Sequence[list[int]], workload: Workload, *,
-                    concurrency: int | None = None, request_rate: float = math.inf, burstiness: float = 1.0,
-                    metrics_every_s: float | None = 0.5, timeout_s: float = 3600) -> LevelRun:
+async def run_level(
+    endpoint: Endpoint,
+    prompts: Sequence[list[int]],
+    workload: Workload,
+    *,
+    concurrency: int | None = None,
+    request_rate: float = math.inf,
+    burstiness: float = 1.0,
+    metrics_every_s: float | None = 0.5,
+    timeout_s: float = 3600,
+) -> LevelRun:
     """Send every prompt, at most `concurrency` in flight (closed loop) and/or at `request_rate`.
 
     Args:
@@ -213,6 +242,7 @@ async def run_level(endpoint: Endpoint, prompts: Sequence[list[int]], workload: 
     stop = asyncio.Event()
 
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+
         async def limited(prompt: list[int]) -> RequestOutput:
             async with semaphore:
                 return await stream_completion(client, endpoint, prompt, workload)

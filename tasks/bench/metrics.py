@@ -147,7 +147,8 @@ def latency_stats(values_s: Sequence[float], percentiles: Sequence[float]) -> La
     """
     data = np.asarray(list(values_s) or [0.0], dtype=float)
     return LatencyStats(
-        mean_ms=float(np.mean(data)) * 1000, median_ms=float(np.median(data)) * 1000,
+        mean_ms=float(np.mean(data)) * 1000,
+        median_ms=float(np.median(data)) * 1000,
         std_ms=float(np.std(data)) * 1000,
         percentiles_ms={percentile_key(q): float(np.percentile(data, q)) * 1000 for q in percentiles},
     )
@@ -170,12 +171,18 @@ class BenchmarkMetrics(BaseModel):
     itl: LatencyStats
     e2el: LatencyStats
     max_output_tokens_per_s: float = Field(description="the busiest whole second of the run (tokens in 1 s buckets)")
-    max_concurrent_requests: int = Field(description="most requests in flight at once (sweep line over send..last chunk)")
+    max_concurrent_requests: int = Field(
+        description="most requests in flight at once (sweep line over send..last chunk)"
+    )
     errors: list[str] = Field(default_factory=list, description="the first distinct error messages of failed requests")
 
 
-def calculate_metrics(outputs: Sequence[RequestOutput], duration_s: float,
-                      percentiles: Sequence[float] = DEFAULT_PERCENTILES, slos: SLOs | None = None) -> BenchmarkMetrics:
+def calculate_metrics(
+    outputs: Sequence[RequestOutput],
+    duration_s: float,
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    slos: SLOs | None = None,
+) -> BenchmarkMetrics:
     """The run's metrics from its requests, as ``vllm bench serve`` computes them.
 
     Args:
@@ -211,12 +218,21 @@ def calculate_metrics(outputs: Sequence[RequestOutput], duration_s: float,
         if not o.success and message and message not in errors and len(errors) < 5:
             errors.append(message)
     return BenchmarkMetrics(
-        completed=len(good), failed=len(outputs) - len(good), total_input=total_input, total_output=total_output,
-        duration_s=duration_s, request_throughput=len(good) / duration_s, request_goodput=goodput,
-        output_throughput=total_output / duration_s, total_token_throughput=(total_input + total_output) / duration_s,
-        ttft=latency_stats(ttfts, percentiles), tpot=latency_stats(tpots, percentiles),
-        itl=latency_stats(itls, percentiles), e2el=latency_stats(e2els, percentiles),
-        max_output_tokens_per_s=_peak_tokens_per_second(good), max_concurrent_requests=_peak_concurrency(good),
+        completed=len(good),
+        failed=len(outputs) - len(good),
+        total_input=total_input,
+        total_output=total_output,
+        duration_s=duration_s,
+        request_throughput=len(good) / duration_s,
+        request_goodput=goodput,
+        output_throughput=total_output / duration_s,
+        total_token_throughput=(total_input + total_output) / duration_s,
+        ttft=latency_stats(ttfts, percentiles),
+        tpot=latency_stats(tpots, percentiles),
+        itl=latency_stats(itls, percentiles),
+        e2el=latency_stats(e2els, percentiles),
+        max_output_tokens_per_s=_peak_tokens_per_second(good),
+        max_concurrent_requests=_peak_concurrency(good),
         errors=errors,
     )
 

@@ -48,7 +48,8 @@ def server_side(before: MetricsSnapshot, after: MetricsSnapshot, during: Sequenc
         preemptions=counter_delta(after.preemptions_total, before.preemptions_total),
         prefix_cache_hit_rate=(hits / queries) if queries and hits is not None else None,
         queue_time_mean_ms=(q_sum / q_count * 1000) if q_count and q_sum is not None else None,
-        kv_cache_peak=peak("kv_cache_usage"), waiting_peak=peak("requests_waiting"),
+        kv_cache_peak=peak("kv_cache_usage"),
+        waiting_peak=peak("requests_waiting"),
         running_peak=peak("requests_running"),
     )
 
@@ -71,8 +72,10 @@ def token_disagreement(server: ServerSide, client_input: int, client_output: int
     client); fewer means requests or chunks the client counted never went through the engine.
     """
     problems = []
-    for what, counted, sent in (("prompt", server.prompt_tokens, client_input),
-                                ("generation", server.generation_tokens, client_output)):
+    for what, counted, sent in (
+        ("prompt", server.prompt_tokens, client_input),
+        ("generation", server.generation_tokens, client_output),
+    ):
         if counted is not None and counted != sent:
             side = "other traffic during the run?" if counted > sent else "tokens the engine never counted"
             problems.append(f"{what} tokens: server {counted:,}, client {sent:,} ({side})")

@@ -201,8 +201,13 @@ class Hashers:
         return self.sha256.hexdigest()
 
 
-def feed_file(path: Path, hashers: Hashers, limit: int | None = None, on_chunk: Callable[[int], None] | None = None,
-              cancel: threading.Event | None = None) -> int:
+def feed_file(
+    path: Path,
+    hashers: Hashers,
+    limit: int | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> int:
     """Hash the first ``limit`` bytes (all when None) of ``path`` into ``hashers``; returns bytes read."""
     done = 0
     with open(path, "rb", buffering=0) as f:

@@ -180,7 +180,9 @@ def _map_hub_exception(exc: BaseException, **ctx) -> StagingError | None:
             return None
         if kind != "http":
             return access_error(kind, status=status, **ctx)
-        return StagingError(f"The Hub answered HTTP {status} for {ctx['repo_id']}@{ctx['revision']}; no retry for this status.")
+        return StagingError(
+            f"The Hub answered HTTP {status} for {ctx['repo_id']}@{ctx['revision']}; no retry for this status."
+        )
     return StagingError(f"Could not read {ctx['repo_id']} from {ctx['endpoint']}: {type(exc).__name__}")
 
 
@@ -206,16 +208,23 @@ def resolve_from_hub(
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils import filter_repo_objects
 
-    api = HfApi(endpoint=endpoint, token=token.get_secret_value() if token is not None else None,
-                library_name="spark-vllm-staging")
-    ctx = dict(repo_id=repo_id, revision=revision, endpoint=endpoint, has_token=token is not None, token_help=token_help)
+    api = HfApi(
+        endpoint=endpoint,
+        token=token.get_secret_value() if token is not None else None,
+        library_name="spark-vllm-staging",
+    )
+    ctx = dict(
+        repo_id=repo_id, revision=revision, endpoint=endpoint, has_token=token is not None, token_help=token_help
+    )
     for attempt in range(1, attempts + 1):
         try:
             info = api.model_info(repo_id, revision=revision)
             commit = info.sha
             if not commit:
                 raise StagingError(f"The Hub returned no commit for {repo_id}@{revision}")
-            entries = [e for e in api.list_repo_tree(repo_id, recursive=True, revision=commit) if isinstance(e, RepoFile)]
+            entries = [
+                e for e in api.list_repo_tree(repo_id, recursive=True, revision=commit) if isinstance(e, RepoFile)
+            ]
             break
         except StagingError:
             raise

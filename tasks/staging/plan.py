@@ -64,11 +64,22 @@ def plan_file(f: RemoteFile, state: BlobState) -> FilePlan:
         adopt = bool(HF_ORPHAN_RE.match(partial))
         who = "huggingface_hub partial" if adopt else "partial"
         return FilePlan(
-            path=f.path, etag=f.etag, size=f.size, action="resume", offset=offset, partial=partial,
-            adopt=adopt, replace_blob=replace, reason=f"{reason}{who} has {offset} of {f.size} bytes",
+            path=f.path,
+            etag=f.etag,
+            size=f.size,
+            action="resume",
+            offset=offset,
+            partial=partial,
+            adopt=adopt,
+            replace_blob=replace,
+            reason=f"{reason}{who} has {offset} of {f.size} bytes",
         )
     return FilePlan(
-        path=f.path, etag=f.etag, size=f.size, action="download", replace_blob=replace,
+        path=f.path,
+        etag=f.etag,
+        size=f.size,
+        action="download",
+        replace_blob=replace,
         reason=(reason + "not in cache") if not replace else reason.rstrip("; "),
     )
 

@@ -98,8 +98,16 @@ class Progress:
         if self._bar_enabled:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total, initial=self.done, unit="B", unit_scale=True, unit_divisor=1024,
-                             desc="staging", file=sys.stderr, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=self.total,
+                initial=self.done,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc="staging",
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
 
     def percent(self) -> float:
         with self._lock:

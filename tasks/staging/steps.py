@@ -41,8 +41,9 @@ def _logger():
         return logging.getLogger("tasks.staging")
 
 
-def listing_from_manifest(cache: RepoCache, repo_id: str, revision: str, allow_patterns: list[str] | None,
-                          endpoint: str, why: str) -> RepoListing:
+def listing_from_manifest(
+    cache: RepoCache, repo_id: str, revision: str, allow_patterns: list[str] | None, endpoint: str, why: str
+) -> RepoListing:
     commit = cache.read_ref(revision)
     if commit is None:
         raise OfflineCacheError(
@@ -59,9 +60,18 @@ def listing_from_manifest(cache: RepoCache, repo_id: str, revision: str, allow_p
     if allow_patterns is not None:
         files = list(filter_repo_objects(files, allow_patterns=allow_patterns, key=lambda f: f.path))
     if not files:
-        raise OfflineCacheError(f"{why}, and the manifest of {repo_id}@{commit[:12]} lists no file matching {allow_patterns}.")
-    return RepoListing(repo_id=repo_id, revision=revision, commit=commit, files=files, source="manifest",
-                       endpoint=endpoint, allow_patterns=allow_patterns)
+        raise OfflineCacheError(
+            f"{why}, and the manifest of {repo_id}@{commit[:12]} lists no file matching {allow_patterns}."
+        )
+    return RepoListing(
+        repo_id=repo_id,
+        revision=revision,
+        commit=commit,
+        files=files,
+        source="manifest",
+        endpoint=endpoint,
+        allow_patterns=allow_patterns,
+    )
 
 
 @task(name="resolve-repo", cache_policy=NO_CACHE, task_run_name="resolve {repo_id}@{revision}")
@@ -81,19 +91,32 @@ def resolve_repo(
     cache = RepoCache(Path(cache_dir), repo_id)
     if offline:
         listing = listing_from_manifest(cache, repo_id, revision, allow_patterns, endpoint, "Offline mode")
-        log.info(f"offline: {repo_id}@{revision} is commit {listing.commit} per the cache's manifest ({len(listing.files)} files)")
+        log.info(
+            f"offline: {repo_id}@{revision} is commit {listing.commit} per the cache's manifest ({len(listing.files)} files)"
+        )
         return listing
     try:
-        listing = resolve_from_hub(repo_id, revision, endpoint=endpoint, token=token, allow_patterns=allow_patterns,
-                                   token_help=token_help, log=log.warning)
+        listing = resolve_from_hub(
+            repo_id,
+            revision,
+            endpoint=endpoint,
+            token=token,
+            allow_patterns=allow_patterns,
+            token_help=token_help,
+            log=log.warning,
+        )
     except HubUnreachableError as exc:
         try:
-            listing = listing_from_manifest(cache, repo_id, revision, allow_patterns, endpoint, "The Hub is unreachable")
+            listing = listing_from_manifest(
+                cache, repo_id, revision, allow_patterns, endpoint, "The Hub is unreachable"
+            )
         except OfflineCacheError:
             raise exc from None
         log.warning(f"{exc} Using the manifest of the last verified staging instead (commit {listing.commit}).")
         return listing
-    log.info(f"{repo_id}@{revision} is commit {listing.commit}: {len(listing.files)} files, {human_bytes(listing.total_bytes)}")
+    log.info(
+        f"{repo_id}@{revision} is commit {listing.commit}: {len(listing.files)} files, {human_bytes(listing.total_bytes)}"
+    )
     return listing
 
 
@@ -107,8 +130,10 @@ def inspect_cache(listing: RepoListing, cache_dir: str, verify: bool, workers: i
     state = _inspect(cache, listing, manifest, verify=verify, workers=workers, log=log.warning)
     if state.hashed_files:
         dt = time.monotonic() - t0
-        log.info(f"hashed {state.hashed_files} blob(s), {human_bytes(state.hashed_bytes)} in {dt:.1f}s; "
-                 f"{len(state.corrupt)} wrong")
+        log.info(
+            f"hashed {state.hashed_files} blob(s), {human_bytes(state.hashed_bytes)} in {dt:.1f}s; "
+            f"{len(state.corrupt)} wrong"
+        )
     return state
 
 
@@ -159,26 +184,43 @@ def transfer_files(
     if not todo:
         return TransferReport(outcomes=[], duration_s=0.0)
     cache = RepoCache(Path(cache_dir), listing.repo_id)
-    headers = build_hf_headers(token=token.get_secret_value() if token is not None else None,
-                               library_name="spark-vllm-staging")
-    cfg = TransferConfig(repo_id=listing.repo_id, revision=listing.revision, commit=listing.commit,
-                         endpoint=listing.endpoint, headers=headers, has_token="authorization" in {k.lower() for k in headers},
-                         token_help=token_help)
-    done = sum(p.size for p in plan.files if p.action == "reuse") + sum(p.offset for p in plan.files if p.action != "reuse")
-    progress = Progress(total_bytes=listing.total_bytes, done_bytes=done, key=artifact_key("staging-progress", listing.repo_id),
-                        description=f"{listing.repo_id}@{listing.commit[:12]}", logger=log)
+    headers = build_hf_headers(
+        token=token.get_secret_value() if token is not None else None, library_name="spark-vllm-staging"
+    )
+    cfg = TransferConfig(
+        repo_id=listing.repo_id,
+        revision=listing.revision,
+        commit=listing.commit,
+        endpoint=listing.endpoint,
+        headers=headers,
+        has_token="authorization" in {k.lower() for k in headers},
+        token_help=token_help,
+    )
+    done = sum(p.size for p in plan.files if p.action == "reuse") + sum(
+        p.offset for p in plan.files if p.action != "reuse"
+    )
+    progress = Progress(
+        total_bytes=listing.total_bytes,
+        done_bytes=done,
+        key=artifact_key("staging-progress", listing.repo_id),
+        description=f"{listing.repo_id}@{listing.commit[:12]}",
+        logger=log,
+    )
     progress.start()
     t0 = time.monotonic()
     try:
-        outcomes = run_transfers(todo, cache, cfg, max_workers=max_workers, progress=progress, log=log,
-                                 on_done=progress.file_done)
+        outcomes = run_transfers(
+            todo, cache, cfg, max_workers=max_workers, progress=progress, log=log, on_done=progress.file_done
+        )
     finally:
         progress.close()
     dt = time.monotonic() - t0
     report = TransferReport(outcomes=outcomes, duration_s=dt)
     if report.bytes_downloaded:
-        log.info(f"transferred {human_bytes(report.bytes_downloaded)} in {dt:.1f}s "
-                 f"({report.bytes_downloaded / max(dt, 1e-9) / 1e6:.1f} MB/s), resumed {human_bytes(report.bytes_resumed)}")
+        log.info(
+            f"transferred {human_bytes(report.bytes_downloaded)} in {dt:.1f}s "
+            f"({report.bytes_downloaded / max(dt, 1e-9) / 1e6:.1f} MB/s), resumed {human_bytes(report.bytes_resumed)}"
+        )
     return report
 
 
@@ -211,8 +253,14 @@ def write_manifest(listing: RepoListing, state: CacheState, report: TransferRepo
         git_sha1 = (o.git_sha1 if o else None) or f.git_sha1
         if sha256 is None and current is not None and f.path in current.files:
             sha256 = current.files[f.path].sha256
-        entries[f.path] = ManifestFile(size=f.size, etag=f.etag, lfs=f.lfs, sha256=sha256 or "",
-                                       git_sha1=None if f.lfs else git_sha1, mtime_ns=st.st_mtime_ns)
+        entries[f.path] = ManifestFile(
+            size=f.size,
+            etag=f.etag,
+            lfs=f.lfs,
+            sha256=sha256 or "",
+            git_sha1=None if f.lfs else git_sha1,
+            mtime_ns=st.st_mtime_ns,
+        )
     path = manifest_path(cache, listing.commit)
     unchanged = (
         current is not None
@@ -283,7 +331,7 @@ def report_staging(
             "source": listing.source,
             "snapshot": f"`{snapshot_path}`",
             "files": f"{result.files_total} ({result.files_downloaded} downloaded, {result.files_resumed} resumed, "
-                     f"{result.files_reused} reused, {result.files_repaired} repaired)",
+            f"{result.files_reused} reused, {result.files_repaired} repaired)",
             "bytes downloaded": f"{human_bytes(result.bytes_downloaded)} ({result.bytes_downloaded})",
             "bytes resumed": f"{human_bytes(result.bytes_resumed)} ({result.bytes_resumed})",
             "bytes reused": f"{human_bytes(result.bytes_reused)} ({result.bytes_reused})",

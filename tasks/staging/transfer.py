@@ -155,7 +155,9 @@ def parse_content_range(value: str | None) -> tuple[int, int | None] | None:
         return None
 
 
-def acquire(lock: FileLock, *, wait: bool, cancel: threading.Event, poll: float, on_wait: Callable[[], None] | None) -> None:
+def acquire(
+    lock: FileLock, *, wait: bool, cancel: threading.Event, poll: float, on_wait: Callable[[], None] | None
+) -> None:
     if not wait:
         try:
             lock.acquire(timeout=0)
@@ -178,8 +180,15 @@ def acquire(lock: FileLock, *, wait: bool, cancel: threading.Event, poll: float,
 class _Job:
     """State of one file's transfer while its lock is held."""
 
-    def __init__(self, cache: RepoCache, f: RemoteFile, cfg: TransferConfig, progress: Progress | None,
-                 cancel: threading.Event, log: Any) -> None:
+    def __init__(
+        self,
+        cache: RepoCache,
+        f: RemoteFile,
+        cfg: TransferConfig,
+        progress: Progress | None,
+        cancel: threading.Event,
+        log: Any,
+    ) -> None:
         self.cache = cache
         self.f = f
         self.cfg = cfg
@@ -247,8 +256,13 @@ class _Job:
                         f"not retried."
                     )
                 raise access_error(
-                    kind, repo_id=self.cfg.repo_id, revision=self.cfg.revision, endpoint=self.cfg.endpoint,
-                    has_token=self.cfg.has_token, token_help=self.cfg.token_help, status=status,
+                    kind,
+                    repo_id=self.cfg.repo_id,
+                    revision=self.cfg.revision,
+                    endpoint=self.cfg.endpoint,
+                    has_token=self.cfg.has_token,
+                    token_help=self.cfg.token_help,
+                    status=status,
                 )
             if status == 200 and self.offset:
                 # Range ignored: this body is the whole file; take it from byte 0.
@@ -257,7 +271,9 @@ class _Job:
                 cr = parse_content_range(r.headers.get("Content-Range"))
                 if cr is None or cr[0] != self.offset:
                     self.use_range = False
-                    raise _Restart(f"unexpected Content-Range {r.headers.get('Content-Range')!r} for offset {self.offset}")
+                    raise _Restart(
+                        f"unexpected Content-Range {r.headers.get('Content-Range')!r} for offset {self.offset}"
+                    )
                 if cr[1] is not None and cr[1] != self.f.size:
                     raise IntegrityError(
                         f"{self.f.path}: the Hub serves {cr[1]} bytes but its listing says {self.f.size}; "
@@ -265,8 +281,11 @@ class _Job:
                     )
             else:
                 length = r.headers.get("Content-Length")
-                if length is not None and r.headers.get("Content-Encoding", "identity") == "identity" \
-                        and int(length) != self.f.size:
+                if (
+                    length is not None
+                    and r.headers.get("Content-Encoding", "identity") == "identity"
+                    and int(length) != self.f.size
+                ):
                     raise IntegrityError(
                         f"{self.f.path}: the Hub serves {length} bytes but its listing says {self.f.size}; "
                         f"re-run to list the revision again."
@@ -333,7 +352,10 @@ def fetch_file(
     cache.blobs.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(cache.lock(f.etag)), mode=0o664)
     acquire(
-        lock, wait=wait, cancel=cancel, poll=cfg.lock_poll,
+        lock,
+        wait=wait,
+        cancel=cancel,
+        poll=cfg.lock_poll,
         on_wait=lambda: log.info(f"{f.path}: another process is writing this blob; waiting for it"),
     )
     started = time.monotonic()
@@ -350,8 +372,12 @@ def fetch_file(
                     if progress is not None:
                         progress.add(f.size - fplan.offset)
                     return FileOutcome(
-                        path=f.path, etag=f.etag, size=f.size, result="waited",
-                        bytes_reused=f.size, sha256=h.digest("sha256"),
+                        path=f.path,
+                        etag=f.etag,
+                        size=f.size,
+                        result="waited",
+                        bytes_reused=f.size,
+                        sha256=h.digest("sha256"),
                         git_sha1=h.digest("git-sha1") if not f.lfs else None,
                         duration_s=time.monotonic() - started,
                     )
@@ -382,8 +408,7 @@ def fetch_file(
         lock.release()
 
 
-def _run(job: _Job, client: httpx.Client, adopted: bool, started: float,
-         sleep: Callable[[float], Any]) -> FileOutcome:
+def _run(job: _Job, client: httpx.Client, adopted: bool, started: float, sleep: Callable[[float], Any]) -> FileOutcome:
     f, cfg = job.f, job.cfg
     stalled = 0  # attempts in a row that brought no byte
     mismatches = 0
@@ -404,9 +429,17 @@ def _run(job: _Job, client: httpx.Client, adopted: bool, started: float,
                         stalled = 0
             sha256, git_sha1 = job.finish()
             return FileOutcome(
-                path=f.path, etag=f.etag, size=f.size, result="resumed" if job.resumed else "downloaded",
-                bytes_downloaded=job.downloaded, bytes_resumed=job.resumed, adopted=adopted and job.resumed > 0,
-                restarts=job.restarts, retries=job.retries, sha256=sha256, git_sha1=git_sha1,
+                path=f.path,
+                etag=f.etag,
+                size=f.size,
+                result="resumed" if job.resumed else "downloaded",
+                bytes_downloaded=job.downloaded,
+                bytes_resumed=job.resumed,
+                adopted=adopted and job.resumed > 0,
+                restarts=job.restarts,
+                retries=job.retries,
+                sha256=sha256,
+                git_sha1=git_sha1,
                 duration_s=time.monotonic() - started,
             )
         except _Transient as t:
@@ -473,8 +506,11 @@ def run_transfers(
         futures: dict[Future, tuple[RemoteFile, FilePlan]] = {}
         try:
             for f, p in order:
-                futures[pool.submit(fetch_file, client, cache, f, p, cfg, progress=progress, cancel=cancel,
-                                    wait=False, log=log)] = (f, p)
+                futures[
+                    pool.submit(
+                        fetch_file, client, cache, f, p, cfg, progress=progress, cancel=cancel, wait=False, log=log
+                    )
+                ] = (f, p)
             while futures:
                 done, _ = wait(list(futures), timeout=0.5, return_when=FIRST_COMPLETED)
                 if progress is not None:
@@ -484,8 +520,20 @@ def run_transfers(
                     try:
                         outcome = fut.result()
                     except Busy:
-                        futures[pool.submit(fetch_file, client, cache, f, p, cfg, progress=progress, cancel=cancel,
-                                            wait=True, log=log)] = (f, p)
+                        futures[
+                            pool.submit(
+                                fetch_file,
+                                client,
+                                cache,
+                                f,
+                                p,
+                                cfg,
+                                progress=progress,
+                                cancel=cancel,
+                                wait=True,
+                                log=log,
+                            )
+                        ] = (f, p)
                     except Cancelled:
                         pass
                     except BaseException as exc:  # noqa: BLE001 - re-raised below

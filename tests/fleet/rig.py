@@ -41,9 +41,9 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import socket
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,14 +68,23 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 
 #: The first daemon's own places: never used for the second one.
-_HOST_DAEMON_PATHS = (Path("/var/lib/docker"), Path("/var/run/docker"), Path("/run/docker"),
-                      Path("/var/run/docker.sock"), Path("/run/docker.sock"))
+_HOST_DAEMON_PATHS = (
+    Path("/var/lib/docker"),
+    Path("/var/run/docker"),
+    Path("/run/docker"),
+    Path("/var/run/docker.sock"),
+    Path("/run/docker.sock"),
+)
 _FORBIDDEN_BRIDGES = {"", "none", "docker0", "host", "default"}
 
 # --- the naming rule of tests/integration/conftest.py ----------------------------------------
 # The test rig's naming rule is tests/integration's (one rule: a session's containers carry its pid).
 from tests.integration.conftest import (  # noqa: E402
-    SESSION, SESSION_PREFIX, TEST_LABEL, TEST_LABELS, TEST_TARGET_PREFIX, session_alive, session_of,
+    SESSION,
+    TEST_LABEL,
+    TEST_TARGET_PREFIX,
+    session_alive,
+    session_of,
 )
 
 
@@ -181,7 +190,7 @@ def _is_zombie(pid: int) -> bool:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True
-    return raw[raw.rindex(")") + 2:].split()[0] in ("Z", "X")
+    return raw[raw.rindex(")") + 2 :].split()[0] in ("Z", "X")
 
 
 def daemon_pid(root: Path | str = DEFAULT_ROOT) -> int | None:
@@ -208,21 +217,34 @@ def dockerd_command(root: Path, bridge: str = BRIDGE) -> list[str]:
     """The second daemon's command line (see the module docstring for each choice)."""
     return [
         "dockerd",
-        "--host", base_url(root),
-        "--data-root", str(root / "data"),
-        "--exec-root", str(root / "exec"),
-        "--pidfile", str(root / "docker.pid"),
-        "--config-file", str(root / "daemon.json"),
-        "--bridge", bridge,
+        "--host",
+        base_url(root),
+        "--data-root",
+        str(root / "data"),
+        "--exec-root",
+        str(root / "exec"),
+        "--pidfile",
+        str(root / "docker.pid"),
+        "--config-file",
+        str(root / "daemon.json"),
+        "--bridge",
+        bridge,
         "--iptables=false",
         "--ip-forward=false",
-        "--containerd-namespace", CONTAINERD_NAMESPACE,
-        "--containerd-plugins-namespace", f"{CONTAINERD_NAMESPACE}-plugins",
+        "--containerd-namespace",
+        CONTAINERD_NAMESPACE,
+        "--containerd-plugins-namespace",
+        f"{CONTAINERD_NAMESPACE}-plugins",
     ]
 
 
-def start_second_dockerd(root: Path | str = DEFAULT_ROOT, *, bridge: str = BRIDGE, cidr: str = BRIDGE_CIDR,
-                         timeout_s: float = START_TIMEOUT_S) -> str:
+def start_second_dockerd(
+    root: Path | str = DEFAULT_ROOT,
+    *,
+    bridge: str = BRIDGE,
+    cidr: str = BRIDGE_CIDR,
+    timeout_s: float = START_TIMEOUT_S,
+) -> str:
     """Start the second daemon in ``root`` (or reuse the one running there); return its base URL.
 
     Idempotent and safe to call from two sessions at once (a file lock in ``root``). Returns once
@@ -242,15 +264,25 @@ def start_second_dockerd(root: Path | str = DEFAULT_ROOT, *, bridge: str = BRIDG
             with open(root / "dockerd.log", "ab") as out:
                 out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start_second_dockerd\n".encode())
                 out.flush()
-                process = subprocess.Popen(dockerd_command(root, bridge), stdin=subprocess.DEVNULL, stdout=out,
-                                           stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+                process = subprocess.Popen(
+                    dockerd_command(root, bridge),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    cwd=root,
+                )
         deadline = time.monotonic() + timeout_s
         while not ping(url):
             if process is not None and process.poll() is not None:
-                raise RigError(f"the second dockerd exited ({process.returncode}); {root}/dockerd.log:\n{_log_tail(root)}")
+                raise RigError(
+                    f"the second dockerd exited ({process.returncode}); {root}/dockerd.log:\n{_log_tail(root)}"
+                )
             if time.monotonic() > deadline:
-                raise RigError(f"the second dockerd did not answer within {timeout_s:.0f} s; "
-                               f"{root}/dockerd.log:\n{_log_tail(root)}")
+                raise RigError(
+                    f"the second dockerd did not answer within {timeout_s:.0f} s; "
+                    f"{root}/dockerd.log:\n{_log_tail(root)}"
+                )
             time.sleep(0.2)
     return url
 
@@ -290,7 +322,7 @@ def _children(pid: int) -> list[int]:
             raw = (entry / "stat").read_text()
         except OSError:
             continue
-        if int(raw[raw.rindex(")") + 2:].split()[1]) == pid and "containerd" in " ".join(_cmdline(int(entry.name))):
+        if int(raw[raw.rindex(")") + 2 :].split()[1]) == pid and "containerd" in " ".join(_cmdline(int(entry.name))):
             found.append(int(entry.name))
     return found
 
@@ -456,23 +488,34 @@ def start_prefect_server(postgres_url: str, home: Path, *, timeout_s: float = SE
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SERVER_ENV_DROP)}
-    env.update({
-        "PREFECT_HOME": str(home),
-        postgres.URL_ENV: postgres_url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-    })
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            postgres.URL_ENV: postgres_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+        }
+    )
     with open(home / "server.log", "wb") as out:
-        process = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                   env=env, cwd=home, stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
+        process = subprocess.Popen(
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            cwd=home,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
     server = PrefectServer(process, f"http://127.0.0.1:{port}/api", home)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
             if process.poll() is not None:
-                raise RigError(f"prefect server exited ({process.returncode}) before answering; its log:\n{server.log_tail()}")
+                raise RigError(
+                    f"prefect server exited ({process.returncode}) before answering; its log:\n{server.log_tail()}"
+                )
             try:
                 if httpx.get(f"{server.api_url}/health", timeout=2).status_code == 200:
                     return server

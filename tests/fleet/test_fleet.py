@@ -63,17 +63,34 @@ def fleet(fleet_api, second_docker, docker_client, sim_image, hub, tmp_path_fact
     Secret(value=TEST_TOKEN).save("hf-token-fleet", overwrite=True)
     machines = {
         a: sim_target(a, root / a, hub.url, free_port(), time_scale=0.01, hf_token_secret="hf-token-fleet"),
-        b: sim_target(b, root / b, hub.url, free_port(), time_scale=0.01, hf_token_secret="hf-token-fleet",
-                      docker_base_url=second_docker),
+        b: sim_target(
+            b,
+            root / b,
+            hub.url,
+            free_port(),
+            time_scale=0.01,
+            hf_token_secret="hf-token-fleet",
+            docker_base_url=second_docker,
+        ),
     }
     name = f"fleet-{uuid.uuid4().hex[:6]}"
     path = root / "fleet.yaml"
-    path.write_text(yaml.safe_dump({"fleet": name, "targets": {
-        t: m.model_dump(mode="json", exclude={"name"}, exclude_none=True) for t, m in machines.items()}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "fleet": name,
+                "targets": {
+                    t: m.model_dump(mode="json", exclude={"name"}, exclude_none=True) for t, m in machines.items()
+                },
+            }
+        )
+    )
     env = {**os.environ, "PREFECT_API_URL": fleet_api}
     register(load_fleet_file(path), env=env)
-    workers = [start_worker("spark-vllm", f"{t}-worker", root / f"{t}-worker.log", env=env, cwd=ROOT, queues=[t])
-               for t in (a, b)]
+    workers = [
+        start_worker("spark-vllm", f"{t}-worker", root / f"{t}-worker.log", env=env, cwd=ROOT, queues=[t])
+        for t in (a, b)
+    ]
     second = docker.DockerClient(base_url=second_docker)
     try:
         yield Fleet(name, a, b, {a: docker_client, b: second}, workers)
@@ -90,8 +107,10 @@ def child_runs(parent_flow_run_id):
     """The deploy-qwen flow runs a fleet flow started (children of its run-on-target task runs)."""
     with get_client(sync_client=True) as client:
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [parent_flow_run_id]}))
-        return client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[t.id for t in tasks])), sort=FlowRunSort.START_TIME_ASC)
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[t.id for t in tasks])),
+            sort=FlowRunSort.START_TIME_ASC,
+        )
 
 
 def serves(fleet: Fleet, target: str) -> bool:
@@ -109,7 +128,9 @@ def test_a_fleet_deploy_brings_both_machines_up_at_once(fleet):
         assert rows[target]["model"] == "Qwen/Qwen3-32B-FP8" and rows[target]["kv_cache_tokens"] > 0
         assert serves(fleet, target)
         assert fleet.container(target).status == "running"  # each on its own daemon
-    assert not target_containers(fleet.clients[fleet.a], fleet.b) and not target_containers(fleet.clients[fleet.b], fleet.a)
+    assert not target_containers(fleet.clients[fleet.a], fleet.b) and not target_containers(
+        fleet.clients[fleet.b], fleet.a
+    )
     runs = child_runs(state.state_details.flow_run_id)
     assert sorted(r.parameters["target"] for r in runs) == sorted(fleet.targets)
     assert max(r.start_time for r in runs) < min(r.end_time for r in runs), "the two deploys did not overlap"
@@ -132,9 +153,13 @@ def test_one_target_failing_leaves_the_other_serving(fleet):
 def test_a_rolling_update_stops_at_the_failing_target_and_leaves_the_rest_on_the_old_spec(fleet):
     before = {t: fleet.container(t).labels[LABEL_SPEC_HASH] for t in fleet.targets}
     new = {"max_num_seqs": 32}
-    state = rolling_update(targets=[fleet.b, fleet.a], fleet=fleet.name, overrides=new,
-                           per_target={fleet.b: {"overrides": {**new, **BAD["overrides"]}, "recover": False}},
-                           return_state=True)
+    state = rolling_update(
+        targets=[fleet.b, fleet.a],
+        fleet=fleet.name,
+        overrides=new,
+        per_target={fleet.b: {"overrides": {**new, **BAD["overrides"]}, "recover": False}},
+        return_state=True,
+    )
     assert state.is_failed() and f"stopped at {fleet.b}: deploy failed: rolled back" in state.message
     steps = {row["target"]: row for row in table_rows(f"rolling-update-{fleet.name}")}
     assert steps[fleet.a]["step"] == "not attempted: still on the old spec"

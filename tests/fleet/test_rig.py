@@ -147,8 +147,12 @@ def _serve_and_reach(client: docker.DockerClient, network: str) -> None:
     """Run the sim image's python3 http.server with a published loopback port and GET it."""
     port = free_port()
     container = client.containers.run(
-        SIM_IMAGE, ["python3", "-m", "http.server", "8000"], name=f"{rig.SESSION_PREFIX}{uuid.uuid4().hex[:6]}",
-        labels=rig.TEST_LABELS, ports={"8000/tcp": ("127.0.0.1", port)}, detach=True,
+        SIM_IMAGE,
+        ["python3", "-m", "http.server", "8000"],
+        name=f"{rig.SESSION_PREFIX}{uuid.uuid4().hex[:6]}",
+        labels=rig.TEST_LABELS,
+        ports={"8000/tcp": ("127.0.0.1", port)},
+        detach=True,
     )
     try:
         deadline = time.monotonic() + 30
@@ -182,9 +186,12 @@ def test_second_daemon_runs_the_sim_image_on_its_own_bridge(second_docker: str) 
 
 
 def test_first_daemon_and_docker0_untouched(second_docker: str) -> None:
-    links = json.loads(subprocess.run(["ip", "-j", "addr", "show", "docker0"], capture_output=True, text=True,
-                                      check=True).stdout)
-    assert [f"{a['local']}/{a['prefixlen']}" for a in links[0]["addr_info"] if a["family"] == "inet"] == ["172.17.0.1/16"]
+    links = json.loads(
+        subprocess.run(["ip", "-j", "addr", "show", "docker0"], capture_output=True, text=True, check=True).stdout
+    )
+    assert [f"{a['local']}/{a['prefixlen']}" for a in links[0]["addr_info"] if a["family"] == "inet"] == [
+        "172.17.0.1/16"
+    ]
     client = docker.from_env()
     try:
         assert client.info()["DockerRootDir"] != str(rig.DEFAULT_ROOT.absolute() / "data")

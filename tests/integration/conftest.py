@@ -18,8 +18,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from blocks.shared import LABEL_TARGET
 from blocks.render import label_filters
+from blocks.shared import LABEL_TARGET
 from blocks.target import TargetMachine
 from deployments.targets import sim_target
 from sim.hub import HubServer, RepoSpec
@@ -104,8 +104,12 @@ def hf_token_block(prefect_server: str) -> str:
 
 @pytest.fixture
 def make_sim_target(
-    prefect_server: str, docker_client: docker.DockerClient, sim_image: str, hub: HubServer,
-    hf_token_block: str, tmp_path: Path,
+    prefect_server: str,
+    docker_client: docker.DockerClient,
+    sim_image: str,
+    hub: HubServer,
+    hf_token_block: str,
+    tmp_path: Path,
 ) -> Iterator[Callable[..., TargetMachine]]:
     """Save a fresh sim TargetMachine block (own name, port, cache, ledger) and clean up after."""
     made: list[str] = []

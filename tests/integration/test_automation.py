@@ -39,25 +39,38 @@ def recover_runs_for(target_name: str) -> list:
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["sim"])),
-            flow_run_filter=FlowRunFilter(), limit=50,
+            flow_run_filter=FlowRunFilter(),
+            limit=50,
         )
     return [r for r in runs if r.parameters.get("target") == target_name and "recover" in (r.name or "")]
 
 
-def test_a_crash_loop_on_page_cache_is_recovered_by_the_automation(prefect_server, docker_client, sim_image, hub,
-                                                                      hf_token_block, tmp_path):
+def test_a_crash_loop_on_page_cache_is_recovered_by_the_automation(
+    prefect_server, docker_client, sim_image, hub, hf_token_block, tmp_path
+):
     name = f"sim-t{SESSION}-{uuid.uuid4().hex[:6]}"
-    target = sim_target(name, tmp_path / name, hub.url, free_port(), time_scale=0.01,
-                        hf_token_secret=hf_token_block, prune_scope="project")
+    target = sim_target(
+        name,
+        tmp_path / name,
+        hub.url,
+        free_port(),
+        time_scale=0.01,
+        hf_token_secret=hf_token_block,
+        prune_scope="project",
+    )
     target.save(name, overwrite=True)
     env = {**os.environ, "PREFECT_API_URL": prefect_server}
     ensure_work_pool()
-    subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=180)
+    subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=180
+    )
     worker = start_worker("spark-vllm", f"test-{uuid.uuid4().hex[:6]}", tmp_path / "worker.log", env=env)
     try:
         assert deploy_qwen(target=name).status == "deployed"
         [server] = target_containers(docker_client, name)
-        server.exec_run(["python3", "-c", "import os, signal; os.kill(1, signal.SIGTERM)"])  # it ends by itself: docker restarts it
+        server.exec_run(
+            ["python3", "-c", "import os, signal; os.kill(1, signal.SIGTERM)"]
+        )  # it ends by itself: docker restarts it
         deadline = time.monotonic() + 60
         while True:  # the restart fails on the page cache: docker keeps restarting it
             server.reload()

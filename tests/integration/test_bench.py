@@ -41,9 +41,14 @@ def test_bench_sweep_measures_queueing_and_agrees_with_the_server(make_sim_targe
     assert state.is_completed(), state.message
 
     workload = Workload(input_len=48, output_len=12, num_prompts=8)
-    state = bench_qwen(target=target.name, concurrencies=[1, 8], workload=workload,
-                       slos={"ttft_ms": 60_000, "tpot_ms": 60_000}, results_dir=str(tmp_path / "results"),
-                       return_state=True)
+    state = bench_qwen(
+        target=target.name,
+        concurrencies=[1, 8],
+        workload=workload,
+        slos={"ttft_ms": 60_000, "tpot_ms": 60_000},
+        results_dir=str(tmp_path / "results"),
+        return_state=True,
+    )
     assert state.is_completed(), state.message
     [report] = state.result()
     run_id = state.state_details.flow_run_id
@@ -108,9 +113,11 @@ def test_gate_fails_a_slow_engine_and_rolls_back(make_sim_target, docker_client)
     assert httpx.get(f"{target.endpoint}/health").status_code == 200
 
     # a threshold alone is not in the spec hash (it never replaces a server): change the spec too
-    state = deploy_qwen(target=target.name, overrides={"max_num_seqs": 48,
-                                                       "bench_gate": {**SLOW_GATE, "min_single_stream_tps": 5}},
-                        return_state=True)
+    state = deploy_qwen(
+        target=target.name,
+        overrides={"max_num_seqs": 48, "bench_gate": {**SLOW_GATE, "min_single_stream_tps": 5}},
+        return_state=True,
+    )
     assert state.is_completed(), state.message
     good = state.result()
     assert good.gate is not None and good.gate.passed and 20 < good.gate.single_stream_tps < 45
@@ -135,8 +142,9 @@ def test_gate_in_degraded_mode_keeps_the_server_and_says_so(make_sim_target):
     assert "(DEGRADED)" in markdown and "## Benchmark gate" in markdown
 
 
-def test_preset_comparison_deploys_each_preset_and_puts_the_old_spec_back(make_sim_target, prefect_server,
-                                                                         docker_client, tmp_path):
+def test_preset_comparison_deploys_each_preset_and_puts_the_old_spec_back(
+    make_sim_target, prefect_server, docker_client, tmp_path
+):
     """bench-qwen with presets: each deployed through the deploy-qwen/sim deployment (a worker runs it),
     measured, one table; then the spec that served before is deployed again."""
     target = make_sim_target()
@@ -145,13 +153,25 @@ def test_preset_comparison_deploys_each_preset_and_puts_the_old_spec_back(make_s
     before = state.result().spec_hash
     env = {**os.environ, "PREFECT_API_URL": prefect_server}
     ensure_work_pool()
-    subprocess.run([PREFECT, "--no-prompt", "deploy", "--name", "deploy-qwen/sim"], cwd=ROOT, env=env, check=True,
-                   capture_output=True, timeout=180)
+    subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--name", "deploy-qwen/sim"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     worker = start_worker("spark-vllm", f"test-{uuid.uuid4().hex[:6]}", tmp_path / "worker.log", env=env, cwd=ROOT)
     try:
-        state = bench_qwen(target=target.name, presets=["latency", "throughput"], deploy_deployment="deploy-qwen/sim",
-                           concurrencies=[1, 4], workload=Workload(input_len=32, output_len=8, num_prompts=4),
-                           results_dir=None, return_state=True)
+        state = bench_qwen(
+            target=target.name,
+            presets=["latency", "throughput"],
+            deploy_deployment="deploy-qwen/sim",
+            concurrencies=[1, 4],
+            workload=Workload(input_len=32, output_len=8, num_prompts=4),
+            results_dir=None,
+            return_state=True,
+        )
     finally:
         stop_worker(worker)
     assert state.is_completed(), f"{state.message}\n{worker.log_tail()}"
@@ -160,7 +180,11 @@ def test_preset_comparison_deploys_each_preset_and_puts_the_old_spec_back(make_s
     assert [r.max_num_seqs for r in reports] == [16, 64]
     assert all(lv.metrics.completed == 4 for r in reports for lv in r.levels)
     rows = table_rows(artifact_key("bench", target.name))
-    assert [(r["series"], r["label"]) for r in rows] == [("latency", "1"), ("latency", "4"),
-                                                         ("throughput", "1"), ("throughput", "4")]
+    assert [(r["series"], r["label"]) for r in rows] == [
+        ("latency", "1"),
+        ("latency", "4"),
+        ("throughput", "1"),
+        ("throughput", "4"),
+    ]
     [container] = target_containers(docker_client, target.name)
     assert container.labels[LABEL_SPEC_HASH] == before  # the spec that served before is back

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prefect.blocks.system import Secret
-
 from prefect import flow
+from prefect.blocks.system import Secret
 from prefect_docker.host import DockerHost
 
 from blocks.shared import LABEL_SPEC_HASH
@@ -79,14 +78,21 @@ def test_two_deploys_at_once_are_serialised(make_sim_target, docker_client):
     def watch():
         nonlocal seen_max
         while not done.is_set():
-            running = [c for c in target_containers(docker_client, target.name) if c.status in ("created", "running", "restarting")]
+            running = [
+                c
+                for c in target_containers(docker_client, target.name)
+                if c.status in ("created", "running", "restarting")
+            ]
             seen_max = max(seen_max, len(running))
             done.wait(0.1)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
     results: list = []
-    runs = [threading.Thread(target=lambda: results.append(deploy_qwen(target=target.name, return_state=True))) for _ in range(2)]
+    runs = [
+        threading.Thread(target=lambda: results.append(deploy_qwen(target=target.name, return_state=True)))
+        for _ in range(2)
+    ]
     for t in runs:
         t.start()
     for t in runs:
@@ -128,14 +134,27 @@ def test_gate_passes_dockers_oom_killed_to_the_classifier(prefect_server, docker
         " flush=True); time.sleep(1); x = bytearray(300 * 1024 * 1024); time.sleep(30)"
     )
     container = docker_client.containers.run(
-        sim_image, ["-c", script], entrypoint=["python3"], detach=True, mem_limit="48m", memswap_limit="48m",
+        sim_image,
+        ["-c", script],
+        entrypoint=["python3"],
+        detach=True,
+        mem_limit="48m",
+        memswap_limit="48m",
         labels=TEST_LABELS,
     )
 
     @flow
     def gate() -> None:
-        wait_until_ready(DockerHost(), container.id, "http://127.0.0.1:9", "Qwen/Qwen3-32B-FP8", None,
-                         ReadinessTimeouts(), [], "test-gate-oom")
+        wait_until_ready(
+            DockerHost(),
+            container.id,
+            "http://127.0.0.1:9",
+            "Qwen/Qwen3-32B-FP8",
+            None,
+            ReadinessTimeouts(),
+            [],
+            "test-gate-oom",
+        )
 
     try:
         state = gate(return_state=True)

@@ -27,7 +27,14 @@ def test_a_deployed_server_is_healthy_and_the_check_is_published(make_sim_target
     state = health_check(target=target.name, return_state=True)
     report = state.result()
     assert report.verdict is Verdict.HEALTHY, report.reason
-    assert {layer.name.value for layer in report.layers} >= {"container", "liveness", "readiness", "function", "progress", "host"}
+    assert {layer.name.value for layer in report.layers} >= {
+        "container",
+        "liveness",
+        "readiness",
+        "function",
+        "progress",
+        "host",
+    }
     artifacts = " ".join(flow_run_artifacts(state.state_details.flow_run_id))
     assert f"{target.name}: healthy" in artifacts and "deciding layer" in artifacts
     for _ in range(13):  # past the point where a growing Variable hit Prefect's 5,000-character limit

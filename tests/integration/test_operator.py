@@ -38,12 +38,28 @@ def test_deployment_run_through_a_worker(make_sim_target, prefect_server, docker
     target = make_sim_target()
     env = {**os.environ, "PREFECT_API_URL": prefect_server}
     ensure_work_pool()
-    subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=180)
+    subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=180
+    )
     worker = start_worker("spark-vllm", f"test-{uuid.uuid4().hex[:6]}", tmp_path / "worker.log", env=env, cwd=ROOT)
     try:
         run = subprocess.run(
-            [PREFECT, "deployment", "run", "deploy-qwen/sim", "--param", f"target={target.name}", "--watch", "--watch-timeout", "300"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=360,
+            [
+                PREFECT,
+                "deployment",
+                "run",
+                "deploy-qwen/sim",
+                "--param",
+                f"target={target.name}",
+                "--watch",
+                "--watch-timeout",
+                "300",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=360,
         )
     finally:
         stopped = stop_worker(worker)
@@ -80,8 +96,12 @@ def test_stop_is_bounded_and_kills_the_whole_tree(tmp_path):
     """A worker that ignores SIGTERM, with a child in a session of its own (as Prefect starts flow
     runs): after the deadline both are killed, and nothing is left."""
     ignore = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-    code = (ignore + "import subprocess, sys; subprocess.Popen([sys.executable, '-c', "
-            + repr(ignore + "time.sleep(300)") + "], start_new_session=True); time.sleep(300)")
+    code = (
+        ignore
+        + "import subprocess, sys; subprocess.Popen([sys.executable, '-c', "
+        + repr(ignore + "time.sleep(300)")
+        + "], start_new_session=True); time.sleep(300)"
+    )
     process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     deadline = time.monotonic() + 30
     while len(process_tree(process.pid)) < 2 and time.monotonic() < deadline:

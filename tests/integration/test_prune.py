@@ -32,7 +32,10 @@ OURS = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 
 def test_prune_filters_system_is_the_runbook():
     assert prune_filters("system") == {
-        "containers": {}, "networks": {}, "images": {"dangling": True}, "build_cache": {},
+        "containers": {},
+        "networks": {},
+        "images": {"dangling": True},
+        "build_cache": {},
     }
     with pytest.raises(ValueError, match="scope='project'"):
         prune_filters("system", "spark")
@@ -71,10 +74,19 @@ def _fake_client(calls: list) -> SimpleNamespace:
             prune=_Recorder(calls, "containers", {"ContainersDeleted": ["a" * 64, "b" * 64], "SpaceReclaimed": 10}),
         ),
         networks=SimpleNamespace(prune=_Recorder(calls, "networks", {"NetworksDeleted": ["net1"]})),
-        images=SimpleNamespace(prune=_Recorder(calls, "images", {
-            "ImagesDeleted": [{"Untagged": "x:latest"}, {"Deleted": "sha256:1"}], "SpaceReclaimed": 2000,
-        })),
-        api=SimpleNamespace(prune_builds=_Recorder(calls, "build_cache", {"CachesDeleted": ["c1", "c2"], "SpaceReclaimed": 3_000_000})),
+        images=SimpleNamespace(
+            prune=_Recorder(
+                calls,
+                "images",
+                {
+                    "ImagesDeleted": [{"Untagged": "x:latest"}, {"Deleted": "sha256:1"}],
+                    "SpaceReclaimed": 2000,
+                },
+            )
+        ),
+        api=SimpleNamespace(
+            prune_builds=_Recorder(calls, "build_cache", {"CachesDeleted": ["c1", "c2"], "SpaceReclaimed": 3_000_000})
+        ),
         volumes=SimpleNamespace(prune=refuse),
     )
 
@@ -117,15 +129,17 @@ def _labels(target: str | None) -> dict[str, str]:
 
 
 def _stopped(client: docker.DockerClient, image: str, name: str, target: str | None):
-    container = client.containers.run(image, ["true"], entrypoint=[], name=name, labels=_labels(target),
-                                      detach=True, network_mode="none")
+    container = client.containers.run(
+        image, ["true"], entrypoint=[], name=name, labels=_labels(target), detach=True, network_mode="none"
+    )
     container.wait(timeout=60)
     return container
 
 
 def _running(client: docker.DockerClient, image: str, name: str, target: str):
-    return client.containers.run(image, ["sleep", "300"], entrypoint=[], name=name, labels=_labels(target),
-                                 detach=True, network_mode="none")
+    return client.containers.run(
+        image, ["sleep", "300"], entrypoint=[], name=name, labels=_labels(target), detach=True, network_mode="none"
+    )
 
 
 def _exists(client: docker.DockerClient, name: str) -> bool:
@@ -218,4 +232,3 @@ def test_system_prune_removes_the_others_too_never_a_running_container(docker_cl
     assert docker_client.images.get(sim_image)  # tagged (and in use): a system prune keeps it
     _consistent(report, {leftovers.stranger, leftovers.ours_other_target})
     assert leftovers.stranger_network in report.networks
-

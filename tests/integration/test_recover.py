@@ -50,8 +50,12 @@ def holder(docker_client, sim_image):
             labels.update({LABEL_MANAGED_BY: MANAGED_BY, LABEL_TARGET: target.name})
         ledger = str(Path(target.drop_caches_path).parent)
         container = docker_client.containers.run(
-            sim_image, ["python3", "-m", "vllm_sim", "hold", "--gib", str(gib)], detach=True, labels=labels,
-            volumes={ledger: {"bind": SIM_LEDGER_MOUNT, "mode": "rw"}}, network_mode="none",
+            sim_image,
+            ["python3", "-m", "vllm_sim", "hold", "--gib", str(gib)],
+            detach=True,
+            labels=labels,
+            volumes={ledger: {"bind": SIM_LEDGER_MOUNT, "mode": "rw"}},
+            network_mode="none",
             name=f"holder-{uuid.uuid4().hex[:8]}",
         )
         started.append(container)
@@ -80,7 +84,9 @@ def served_max_model_len(endpoint: str) -> int:
     return httpx.get(f"{endpoint}/v1/models").json()["data"][0]["max_model_len"]
 
 
-def test_memory_held_by_another_job_heals_in_one_retry_at_the_computed_utilization(project_target, holder, docker_client):
+def test_memory_held_by_another_job_heals_in_one_retry_at_the_computed_utilization(
+    project_target, holder, docker_client
+):
     target = project_target()
     other = holder(target, 30)
     state = deploy_qwen(target=target.name, return_state=True)
@@ -190,13 +196,30 @@ def test_recover_vllm_through_a_worker(project_target, prefect_server, docker_cl
         container.kill()  # docker's SIGKILL: exit 137, the engine never said anything
     env = {**os.environ, "PREFECT_API_URL": prefect_server}
     ensure_work_pool()
-    subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=180)
+    subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=180
+    )
     worker = start_worker("spark-vllm", f"test-{uuid.uuid4().hex[:6]}", tmp_path / "worker.log", env=env)
     try:
         run = subprocess.run(
-            [PREFECT, "deployment", "run", "recover-vllm/sim", "--param", f"target={target.name}",
-             "--param", "reason=test: killed", "--watch", "--watch-timeout", "300"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=360,
+            [
+                PREFECT,
+                "deployment",
+                "run",
+                "recover-vllm/sim",
+                "--param",
+                f"target={target.name}",
+                "--param",
+                "reason=test: killed",
+                "--watch",
+                "--watch-timeout",
+                "300",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=360,
         )
     finally:
         stop_worker(worker)
@@ -245,7 +268,9 @@ def test_a_spec_that_serves_but_leaves_the_host_below_the_floor_is_stopped(proje
     guard's 4 GiB floor for as long as it serves. The gate stops it at ready instead of declaring it."""
     target = project_target()
     holder(target, 30)
-    state = deploy_qwen(target=target.name, overrides={"gpu_memory_utilization": 0.70}, recover=False, return_state=True)
+    state = deploy_qwen(
+        target=target.name, overrides={"gpu_memory_utilization": 0.70}, recover=False, return_state=True
+    )
     assert state.is_failed()
     with pytest.raises(ReadinessFailed) as failed:
         state.result()

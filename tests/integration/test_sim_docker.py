@@ -21,9 +21,21 @@ from tests.integration.conftest import REPO, TEST_LABELS, TEST_TOKEN
 
 pytestmark = pytest.mark.integration
 RUNBOOK_COMMAND = [
-    "vllm", "serve", "Qwen/Qwen3-32B-FP8", "--download-dir", "/root/.cache/huggingface",
-    "--max-model-len", "32000", "--gpu-memory-utilization", "0.90", "--max-num-batched-tokens", "16384",
-    "--max-num-seqs", "64", "--enable-prefix-caching", "--trust-remote-code",
+    "vllm",
+    "serve",
+    "Qwen/Qwen3-32B-FP8",
+    "--download-dir",
+    "/root/.cache/huggingface",
+    "--max-model-len",
+    "32000",
+    "--gpu-memory-utilization",
+    "0.90",
+    "--max-num-batched-tokens",
+    "16384",
+    "--max-num-seqs",
+    "64",
+    "--enable-prefix-caching",
+    "--trust-remote-code",
 ]
 
 
@@ -37,15 +49,23 @@ def hf_filled_cache(hub, tmp_path_factory) -> Path:
 def run_imitation(docker_client, sim_image: str, cache: Path, ledger: Path, port: int):
     ledger.mkdir(parents=True, exist_ok=True)
     return docker_client.containers.run(
-        sim_image, RUNBOOK_COMMAND, detach=True,
+        sim_image,
+        RUNBOOK_COMMAND,
+        detach=True,
         ports={"8000/tcp": ("127.0.0.1", port)},
-        volumes={str(cache): {"bind": "/root/.cache/huggingface", "mode": "rw"},
-                 str(ledger): {"bind": "/var/lib/vllm-sim", "mode": "rw"}},
+        volumes={
+            str(cache): {"bind": "/root/.cache/huggingface", "mode": "rw"},
+            str(ledger): {"bind": "/var/lib/vllm-sim", "mode": "rw"},
+        },
         # instant decoding: these tests prove the start over the cache, not decode speed; at the Spark's
         # roofline (the default) a 20-token answer takes ~3.5 s, which a loaded 2-core machine
         # stretched past the client's 10 s timeout (a flake seen on a fresh clone)
-        environment={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": "/root/.cache/huggingface", "VLLM_SIM_TIME_SCALE": "0.01",
-                     "VLLM_SIM_DECODE_TIME_SCALE": "0"},
+        environment={
+            "HF_HUB_OFFLINE": "1",
+            "HF_HUB_CACHE": "/root/.cache/huggingface",
+            "VLLM_SIM_TIME_SCALE": "0.01",
+            "VLLM_SIM_DECODE_TIME_SCALE": "0",
+        },
         labels=TEST_LABELS,
     )
 
@@ -75,8 +95,11 @@ def test_starts_over_a_cache_filled_by_huggingface_hub_and_answers(docker_client
         assert "Loading safetensors checkpoint shards: 100% Completed | 7/7" in logs
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).json()
         assert models["data"][0]["id"] == "Qwen/Qwen3-32B-FP8"
-        answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions", timeout=10,
-                            json={"model": "Qwen/Qwen3-32B-FP8", "prompt": "What is 12*17?", "max_tokens": 20}).json()
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/completions",
+            timeout=10,
+            json={"model": "Qwen/Qwen3-32B-FP8", "prompt": "What is 12*17?", "max_tokens": 20},
+        ).json()
         assert "204" in answer["choices"][0]["text"]
     finally:
         container.remove(force=True)
@@ -95,7 +118,10 @@ def test_missing_shard_fails_like_vllm(docker_client, sim_image, hf_filled_cache
         logs = container.logs().decode()
         assert "FileNotFoundError: [Errno 2] No such file or directory:" in logs
         assert "model-00003-of-00007.safetensors" in logs
-        assert "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {'EngineCore_0': 1}" in logs
+        assert (
+            "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {'EngineCore_0': 1}"
+            in logs
+        )
     finally:
         container.remove(force=True)
 
@@ -120,7 +146,9 @@ def test_memory_short_fails_with_vllms_exact_text(docker_client, sim_image, hf_f
         assert re.search(
             r"ValueError: Free memory on device \(86\.7/119\.7 GiB\) on startup is less than desired GPU memory"
             r" utilization \(0\.9, 107\.73 GiB\)\. Decrease GPU memory utilization or reduce GPU memory used by"
-            r" other processes\.", logs), logs[-2000:]
+            r" other processes\.",
+            logs,
+        ), logs[-2000:]
     finally:
         alive.set()
         container.remove(force=True)

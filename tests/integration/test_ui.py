@@ -87,18 +87,25 @@ def ui(tmp_path: Path) -> Iterator[str]:
         yield base
 
 
-def test_the_ui_shows_the_verdict_the_reports_the_chart_and_the_service_events(ui, docker_client, sim_image, hub, tmp_path):
+def test_the_ui_shows_the_verdict_the_reports_the_chart_and_the_service_events(
+    ui, docker_client, sim_image, hub, tmp_path
+):
     api = f"{ui}/api"
     name = f"{SESSION_PREFIX}{uuid.uuid4().hex[:6]}"
     try:
         with flows_against(api):
             Secret(value=TEST_TOKEN).save("hf-token-ui", overwrite=True)
-            sim_target(name, tmp_path / name, hub.url, free_port(), time_scale=0.01,
-                       hf_token_secret="hf-token-ui").save(name, overwrite=True)
+            sim_target(
+                name, tmp_path / name, hub.url, free_port(), time_scale=0.01, hf_token_secret="hf-token-ui"
+            ).save(name, overwrite=True)
             deployed = deploy_qwen(target=name)
             # a few seconds at the imitation's instant decoding: two levels of four requests
-            [bench] = bench_qwen(target=name, concurrencies=[1, 4], results_dir=str(tmp_path / "bench"),
-                                 workload=Workload(input_len=16, output_len=8, num_prompts=4))
+            [bench] = bench_qwen(
+                target=name,
+                concurrencies=[1, 4],
+                results_dir=str(tmp_path / "bench"),
+                workload=Workload(input_len=16, output_len=8, num_prompts=4),
+            )
             report = health_check(target=name)
     finally:
         for container in target_containers(docker_client, name):
@@ -116,7 +123,9 @@ def test_the_ui_shows_the_verdict_the_reports_the_chart_and_the_service_events(u
     for layer in ("container", "liveness", "readiness", "function", "progress", "host"):
         assert layer in health, layer
 
-    history = rendered_text(f"{ui}/artifacts/artifact/{latest_artifact_id(api, f'health-history-{name}')}", ["checked at"])
+    history = rendered_text(
+        f"{ui}/artifacts/artifact/{latest_artifact_id(api, f'health-history-{name}')}", ["checked at"]
+    )
     assert "healthy" in history and f"The last 1 health checks of {name}" in history
 
     deploy = rendered_text(f"{ui}/artifacts/artifact/{latest_artifact_id(api, f'deploy-{name}')}", ["KV cache tokens"])
@@ -132,14 +141,17 @@ def test_the_ui_shows_the_verdict_the_reports_the_chart_and_the_service_events(u
 
     # the benchmark's report: the runbook's figures beside ours, the text chart, and the PNG chart as a
     # data URI, which the artifact's page renders as an <img> (page_text has no images: the DOM has)
-    bench_dom = rendered_dom(f"{ui}/artifacts/artifact/{latest_artifact_id(api, f'bench-report-{name}')}",
-                             ["measured beside the runbook"])
+    bench_dom = rendered_dom(
+        f"{ui}/artifacts/artifact/{latest_artifact_id(api, f'bench-report-{name}')}", ["measured beside the runbook"]
+    )
     bench_text = page_text(bench_dom)
     assert f"bench-qwen on {name}: {bench.series}" in bench_text
     assert f"{bench.series}: measured beside the runbook" in bench_text
     assert "single request, tokens/s (1000 / median TPOT)" in bench_text
     assert "Output throughput by level" in bench_text and "tok/s" in bench_text
-    images = [tag for tag in re.findall(r"<img\b[^>]*>", bench_dom) if "throughput and latency against concurrency" in tag]
+    images = [
+        tag for tag in re.findall(r"<img\b[^>]*>", bench_dom) if "throughput and latency against concurrency" in tag
+    ]
     assert images, "no <img> of the chart in the bench report's page"
     assert re.search(r'\ssrc="data:image/png;base64,iVBORw0KGgo', images[0]), images[0][:200]  # a PNG's signature
     [runbook, results] = table_rows(bench_dom)  # the markdown's two tables, as the page renders them
@@ -147,9 +159,12 @@ def test_the_ui_shows_the_verdict_the_reports_the_chart_and_the_service_events(u
     assert [(row["level"], row["ok"], row["failed"]) for row in results] == [("1", "4", "0"), ("4", "4", "0")]
 
     # the results table artifact: one row per level
-    table_dom = rendered_dom(f"{ui}/artifacts/artifact/{latest_artifact_id(api, f'bench-{name}')}",
-                             ["output_throughput"])
+    table_dom = rendered_dom(
+        f"{ui}/artifacts/artifact/{latest_artifact_id(api, f'bench-{name}')}", ["output_throughput"]
+    )
     assert f"bench-qwen on {name}: {bench.series}" in page_text(table_dom)
     [rows] = table_rows(table_dom)
-    assert [(row["series"], row["label"], row["completed"]) for row in rows] == [(bench.series, "1", "4"),
-                                                                                  (bench.series, "4", "4")]
+    assert [(row["series"], row["label"], row["completed"]) for row in rows] == [
+        (bench.series, "1", "4"),
+        (bench.series, "4", "4"),
+    ]

@@ -12,12 +12,13 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from vllm_fixtures import MODEL, REPO_ROOT, hf_cache, ledger_dir, sim_env, start_sim  # noqa: F401
 
 from sim.vllm.vllm_sim.testing import FakeCache
 
-ENGINE_FAILED = "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {'EngineCore_0': 1}"
+ENGINE_FAILED = (
+    "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {'EngineCore_0': 1}"
+)
 
 
 def failed_start(cache: FakeCache, ledger: Path, **kw: object) -> str:
@@ -31,11 +32,14 @@ def failed_start(cache: FakeCache, ledger: Path, **kw: object) -> str:
 
 # --- model files --------------------------------------------------------------
 
+
 def test_offline_with_nothing_staged(tmp_path: Path, ledger_dir: Path) -> None:
     empty = FakeCache(tmp_path / "empty", MODEL, "0" * 40)
     out = failed_start(empty, ledger_dir)
-    assert ("huggingface_hub.errors.LocalEntryNotFoundError: Cannot find an appropriate cached snapshot folder for "
-            "the specified revision on the local disk and outgoing traffic has been disabled.") in out
+    assert (
+        "huggingface_hub.errors.LocalEntryNotFoundError: Cannot find an appropriate cached snapshot folder for "
+        "the specified revision on the local disk and outgoing traffic has been disabled."
+    ) in out
     assert "(APIServer pid=" in out.splitlines()[-1]
 
 
@@ -59,7 +63,10 @@ def test_truncated_shard_fails_the_load(hf_cache: FakeCache, ledger_dir: Path) -
     out = failed_start(hf_cache, ledger_dir)
     assert "Loading safetensors checkpoint shards:  43% Completed | 3/7" in out
     assert "Loading safetensors checkpoint shards:  57% Completed" not in out
-    assert "safetensors_rust.SafetensorError: Error while deserializing header: incomplete metadata, file not fully covered" in out
+    assert (
+        "safetensors_rust.SafetensorError: Error while deserializing header: incomplete metadata, file not fully covered"
+        in out
+    )
     assert out.rstrip().endswith(ENGINE_FAILED)
 
 
@@ -70,19 +77,24 @@ def test_missing_shard_names_the_path(hf_cache: FakeCache, ledger_dir: Path) -> 
 
 
 def test_max_model_len_beyond_the_model(hf_cache: FakeCache, ledger_dir: Path) -> None:
-    out = failed_start(hf_cache, ledger_dir, args=[MODEL, "--download-dir", str(hf_cache.root), "--max-model-len", "65536"])
+    out = failed_start(
+        hf_cache, ledger_dir, args=[MODEL, "--download-dir", str(hf_cache.root), "--max-model-len", "65536"]
+    )
     assert "User-specified max_model_len (65536) is greater than the derived max_model_len" in out
 
 
 # --- memory -------------------------------------------------------------------
 
+
 def test_memory_held_by_another_server(hf_cache: FakeCache, ledger_dir: Path) -> None:
     (ledger_dir / "held").mkdir()
     (ledger_dir / "held" / "other-container.json").write_text(json.dumps({"gib": 50.0, "heartbeat": time.time() + 30}))
     out = failed_start(hf_cache, ledger_dir)
-    assert ("ValueError: Free memory on device (66.7/119.7 GiB) on startup is less than desired GPU memory "
-            "utilization (0.9, 107.73 GiB). Decrease GPU memory utilization or reduce GPU memory used by other "
-            "processes.") in out
+    assert (
+        "ValueError: Free memory on device (66.7/119.7 GiB) on startup is less than desired GPU memory "
+        "utilization (0.9, 107.73 GiB). Decrease GPU memory utilization or reduce GPU memory used by other "
+        "processes."
+    ) in out
     assert "[core.py:700] EngineCore failed to start." in out and out.rstrip().endswith(ENGINE_FAILED)
 
 
@@ -102,15 +114,28 @@ def test_kv_cache_too_small_for_max_model_len(hf_cache: FakeCache, ledger_dir: P
     args = [MODEL, "--download-dir", str(hf_cache.root), "--max-model-len", "40960", "--gpu-memory-utilization", "0.4"]
     out = failed_start(hf_cache, ledger_dir, args=args)
     assert "Available KV cache memory: 6.57 GiB" in out
-    assert ("ValueError: To serve at least one request with the models's max seq len (40960), (10.00 GiB KV cache is "
-            "needed, which is larger than the available KV cache memory (6.57 GiB). Based on the available memory, "
-            "the estimated maximum model length is 26880. Try increasing `gpu_memory_utilization` or decreasing "
-            "`max_model_len` when initializing the engine.") in out
+    assert (
+        "ValueError: To serve at least one request with the models's max seq len (40960), (10.00 GiB KV cache is "
+        "needed, which is larger than the available KV cache memory (6.57 GiB). Based on the available memory, "
+        "the estimated maximum model length is 26880. Try increasing `gpu_memory_utilization` or decreasing "
+        "`max_model_len` when initializing the engine."
+    ) in out
 
 
 def test_lower_utilization_starts_with_a_smaller_cache(hf_cache: FakeCache, ledger_dir: Path) -> None:
-    server = start_sim(hf_cache, ledger_dir, args=[MODEL, "--download-dir", str(hf_cache.root), "--max-model-len",
-                                                   "32000", "--gpu-memory-utilization", "0.70"])
+    server = start_sim(
+        hf_cache,
+        ledger_dir,
+        args=[
+            MODEL,
+            "--download-dir",
+            str(hf_cache.root),
+            "--max-model-len",
+            "32000",
+            "--gpu-memory-utilization",
+            "0.70",
+        ],
+    )
     server.wait_ready()
     assert server.stop() == 0
     line = next(l for l in server.output.splitlines() if "GPU KV cache size:" in l)
@@ -119,10 +144,14 @@ def test_lower_utilization_starts_with_a_smaller_cache(hf_cache: FakeCache, ledg
 
 def test_cuda_oom_fault(hf_cache: FakeCache, ledger_dir: Path) -> None:
     out = failed_start(hf_cache, ledger_dir, env_extra={"VLLM_SIM_FAULT_CUDA_OOM": "1"})
-    assert "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 768.00 MiB. GPU 0 has a total capacity of 119.70 GiB" in out
+    assert (
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 768.00 MiB. GPU 0 has a total capacity of 119.70 GiB"
+        in out
+    )
 
 
 # --- runtime faults -----------------------------------------------------------
+
 
 def test_engine_death_turns_health_500_then_exits(hf_cache: FakeCache, ledger_dir: Path) -> None:
     server = start_sim(hf_cache, ledger_dir, env_extra={"VLLM_SIM_FAULT_DIE_AFTER_S": "0.3"})
@@ -148,8 +177,9 @@ def test_hang_keeps_the_port_open_but_answers_nothing(hf_cache: FakeCache, ledge
 
 
 def test_engine_hang_with_lying_health(hf_cache: FakeCache, ledger_dir: Path) -> None:
-    server = start_sim(hf_cache, ledger_dir, env_extra={"VLLM_SIM_FAULT_HANG_AFTER_S": "0.2",
-                                                        "VLLM_SIM_FAULT_HANG_SCOPE": "engine"})
+    server = start_sim(
+        hf_cache, ledger_dir, env_extra={"VLLM_SIM_FAULT_HANG_AFTER_S": "0.2", "VLLM_SIM_FAULT_HANG_SCOPE": "engine"}
+    )
     try:
         server.wait_ready()
         time.sleep(0.4)
@@ -195,7 +225,12 @@ def test_port_in_use_fails_at_startup(hf_cache: FakeCache, ledger_dir: Path) -> 
 
 
 def test_unknown_flag_exits_2_without_starting(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "sim.vllm", "serve", MODEL, "--frobnicate"], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sim.vllm", "serve", MODEL, "--frobnicate"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[-1] == "vllm: error: unrecognized arguments: --frobnicate"

@@ -14,10 +14,8 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import pytest
-
 from vllm_fixtures import REPO_ROOT, hf_cache, ledger_dir, start_sim  # noqa: F401
 
 from sim.vllm.vllm_sim.knobs import Knobs
@@ -26,21 +24,27 @@ from sim.vllm.vllm_sim.testing import FakeCache
 from tasks.memory import MemInfo, parse_meminfo  # the product's parser
 
 TOTAL, BASELINE = 119.7, 3.0
-EMPTY_FREE = TOTAL - BASELINE                      # 116.7
-BUDGET = round(TOTAL * 0.90, 2)                    # the runbook's 0.90: 107.73
-WEIGHTS_GIB = 34_322_434_048 / 1024 ** 3           # the index's total_size: 31.97 GiB
+EMPTY_FREE = TOTAL - BASELINE  # 116.7
+BUDGET = round(TOTAL * 0.90, 2)  # the runbook's 0.90: 107.73
+WEIGHTS_GIB = 34_322_434_048 / 1024**3  # the index's total_size: 31.97 GiB
 FREE_ERROR = re.compile(r"Free memory on device \(([\d.]+)/([\d.]+) GiB\) on startup is less than desired")
 
 
-def machine_env(ledger: Path, **extra: str) -> Dict[str, str]:
+def machine_env(ledger: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
     env.update({"VLLM_SIM_LEDGER_DIR": str(ledger), "PYTHONUNBUFFERED": "1", **extra})
     return env
 
 
 def meminfo_run(ledger: Path, **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sim.vllm.vllm_sim", "meminfo"], cwd=REPO_ROOT,
-                          env=machine_env(ledger, **extra), capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "sim.vllm.vllm_sim", "meminfo"],
+        cwd=REPO_ROOT,
+        env=machine_env(ledger, **extra),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def meminfo(ledger: Path, **extra: str) -> MemInfo:
@@ -56,8 +60,12 @@ class Holder:
         self.path = ledger / "held" / f"{name}.json"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sim.vllm.vllm_sim", "hold", "--gib", str(gib), "--name", name],
-            cwd=REPO_ROOT, env=machine_env(ledger, **extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True)
+            cwd=REPO_ROOT,
+            env=machine_env(ledger, **extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline()  # printed once the entry is published
         assert first.startswith(f"holding {gib:g} GiB as {name}"), first
@@ -65,7 +73,7 @@ class Holder:
     def entry(self) -> dict:
         return json.loads(self.path.read_text())
 
-    def stop(self, sig: int = signal.SIGTERM) -> Optional[int]:
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
@@ -77,9 +85,15 @@ class Holder:
 
 # --- meminfo ------------------------------------------------------------------
 
+
 def test_meminfo_is_the_ledger_rendered_when_read(ledger_dir: Path, tmp_path: Path) -> None:
     empty = meminfo(ledger_dir)
-    assert (empty.total_gib, empty.free_gib, empty.available_gib, empty.cached_gib) == (TOTAL, EMPTY_FREE, EMPTY_FREE, 0.0)
+    assert (empty.total_gib, empty.free_gib, empty.available_gib, empty.cached_gib) == (
+        TOTAL,
+        EMPTY_FREE,
+        EMPTY_FREE,
+        0.0,
+    )
     # the servers' knobs, and exactly Ledger.meminfo_text's lines
     knobs = {"VLLM_SIM_DEVICE_TOTAL_GIB": "121.69", "VLLM_SIM_SYSTEM_BASELINE_GIB": "2.5"}
     Ledger(ledger_dir, "other").publish(10.25, "held", "x")
@@ -121,8 +135,14 @@ def test_a_killed_holder_stops_counting_once_its_heartbeat_is_stale(ledger_dir: 
 
 def test_holder_refuses_a_missing_ledger_and_bad_sizes(tmp_path: Path) -> None:
     def hold(ledger: Path, gib: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "sim.vllm.vllm_sim", "hold", "--gib", gib], cwd=REPO_ROOT,
-                              env=machine_env(ledger), capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            [sys.executable, "-m", "sim.vllm.vllm_sim", "hold", "--gib", gib],
+            cwd=REPO_ROOT,
+            env=machine_env(ledger),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     missing = hold(tmp_path / "absent", "1")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
@@ -130,12 +150,14 @@ def test_holder_refuses_a_missing_ledger_and_bad_sizes(tmp_path: Path) -> None:
 
 
 def test_vllm_command_has_no_meminfo_subcommand() -> None:
-    proc = subprocess.run([sys.executable, "-m", "sim.vllm", "meminfo"], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sim.vllm", "meminfo"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 2 and "invalid choice: 'meminfo'" in proc.stderr
 
 
 # --- the servers see what meminfo shows ----------------------------------------
+
 
 def test_free_memory_error_agrees_with_meminfo_for_a_holder(hf_cache: FakeCache, ledger_dir: Path) -> None:
     holder = Holder(ledger_dir, 30, "not-ours")
@@ -178,17 +200,22 @@ def test_memory_under_pressure_reclaims_the_page_cache_shown() -> None:
 
 # --- the profiling overshoot ---------------------------------------------------
 
-def _tags(output: str) -> List[str]:
+
+def _tags(output: str) -> list[str]:
     """The source locations of the log lines, in order (what was logged, without the numbers)."""
     return re.findall(r"\[([\w.]+:\d+)\]", output)
 
 
-def test_profile_overshoot_pushes_available_memory_down_then_starts(hf_cache: FakeCache, ledger_dir: Path,
-                                                                    tmp_path: Path) -> None:
+def test_profile_overshoot_pushes_available_memory_down_then_starts(
+    hf_cache: FakeCache, ledger_dir: Path, tmp_path: Path
+) -> None:
     extra = 6.0
-    server = start_sim(hf_cache, ledger_dir, env_extra={"VLLM_SIM_FAULT_PROFILE_OVERSHOOT_GIB": str(extra),
-                                                        "VLLM_SIM_FAULT_PROFILE_OVERSHOOT_S": "2"})
-    during: List[tuple] = []  # (monotonic time, MemAvailable) of readings taken inside the profiling phase
+    server = start_sim(
+        hf_cache,
+        ledger_dir,
+        env_extra={"VLLM_SIM_FAULT_PROFILE_OVERSHOOT_GIB": str(extra), "VLLM_SIM_FAULT_PROFILE_OVERSHOOT_S": "2"},
+    )
+    during: list[tuple] = []  # (monotonic time, MemAvailable) of readings taken inside the profiling phase
     try:
         while server.proc.poll() is None and "Application startup complete." not in server.output:
             before = server.output
@@ -223,6 +250,7 @@ def test_profile_overshoot_knobs() -> None:
 
 # --- in docker, as the product runs them ----------------------------------------
 
+
 @pytest.mark.integration
 def test_meminfo_and_hold_in_the_image(tmp_path: Path) -> None:
     import docker
@@ -235,13 +263,18 @@ def test_meminfo_and_hold_in_the_image(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger"
     (ledger / "held").mkdir(parents=True)
     mine = {"org.spark-vllm.test": str(os.getpid()), "org.spark-vllm.test-case": uuid.uuid4().hex}
-    common = {"volumes": {str(ledger): {"bind": "/var/lib/vllm-sim", "mode": "rw"}},
-              "labels": mine, "entrypoint": [], "network_mode": "none",
-              "environment": {"VLLM_SIM_TIME_SCALE": "0.01"}}
+    common = {
+        "volumes": {str(ledger): {"bind": "/var/lib/vllm-sim", "mode": "rw"}},
+        "labels": mine,
+        "entrypoint": [],
+        "network_mode": "none",
+        "environment": {"VLLM_SIM_TIME_SCALE": "0.01"},
+    }
     meminfo_cmd = ["python3", "-m", "vllm_sim", "meminfo"]
     try:
-        holder = client.containers.run(image, ["python3", "-m", "vllm_sim", "hold", "--gib", "30", "--name", "other-job"],
-                                       detach=True, **common)
+        holder = client.containers.run(
+            image, ["python3", "-m", "vllm_sim", "hold", "--gib", "30", "--name", "other-job"], detach=True, **common
+        )
         deadline = time.monotonic() + 30
         while b"holding 30 GiB" not in holder.logs() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -253,11 +286,16 @@ def test_meminfo_and_hold_in_the_image(tmp_path: Path) -> None:
         assert holder.wait(timeout=10)["StatusCode"] == 0
         assert b"released 30 GiB" in holder.logs()
         assert not list((ledger / "held").glob("*.json"))
-        assert parse_meminfo(client.containers.run(image, meminfo_cmd, remove=True, **common).decode()).free_gib == EMPTY_FREE
+        assert (
+            parse_meminfo(client.containers.run(image, meminfo_cmd, remove=True, **common).decode()).free_gib
+            == EMPTY_FREE
+        )
         with pytest.raises(ContainerError) as rejected:  # the image's `vllm` stays vLLM's CLI
             client.containers.run(image, ["vllm", "meminfo"], remove=True, **common)
         assert rejected.value.exit_status == 2
     finally:  # this test's containers only (the helpers remove themselves unless interrupted)
-        for mine_left in client.containers.list(all=True, filters={"label": f"org.spark-vllm.test-case={mine['org.spark-vllm.test-case']}"}):
+        for mine_left in client.containers.list(
+            all=True, filters={"label": f"org.spark-vllm.test-case={mine['org.spark-vllm.test-case']}"}
+        ):
             mine_left.remove(force=True)
         client.close()

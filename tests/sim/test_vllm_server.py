@@ -7,13 +7,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
 from vllm_fixtures import MODEL, SimServer, hf_cache, ledger_dir, runbook_server, start_sim  # noqa: F401
 
 from sim.vllm.vllm_sim.testing import FakeCache
@@ -23,23 +21,29 @@ def oai(server: SimServer, key: str = "EMPTY") -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0, timeout=20)
 
 
-def metric_samples(server: SimServer, http: "httpx.Client | None" = None) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
+def metric_samples(
+    server: SimServer, http: httpx.Client | None = None
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = (http or httpx).get(server.base_url + "/metrics", timeout=5).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 BASE = (("engine", "0"), ("model_name", MODEL))
 
 
-def sse_events(server: SimServer, path: str, body: dict) -> List[str]:
+def sse_events(server: SimServer, path: str, body: dict) -> list[str]:
     with httpx.stream("POST", server.base_url + path, json=body, timeout=20) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
-        return [line[len("data: "):] for line in resp.iter_lines() if line.startswith("data: ")]
+        return [line[len("data: ") :] for line in resp.iter_lines() if line.startswith("data: ")]
 
 
 # --- startup log --------------------------------------------------------------
+
 
 def test_startup_log_has_vllm_lines_in_order(runbook_server: SimServer) -> None:
     out = runbook_server.output
@@ -79,6 +83,7 @@ def test_startup_log_has_vllm_lines_in_order(runbook_server: SimServer) -> None:
 
 # --- endpoints ----------------------------------------------------------------
 
+
 def test_health_and_models(runbook_server: SimServer) -> None:
     r = httpx.get(runbook_server.base_url + "/health")
     assert r.status_code == 200 and r.content == b""
@@ -92,7 +97,8 @@ def test_health_and_models(runbook_server: SimServer) -> None:
 
 def test_chat_answers_arithmetic_after_thinking(runbook_server: SimServer) -> None:
     resp = oai(runbook_server).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "What is 12*17?"}], max_tokens=200, temperature=0.7)
+        model=MODEL, messages=[{"role": "user", "content": "What is 12*17?"}], max_tokens=200, temperature=0.7
+    )
     assert resp.object == "chat.completion" and resp.id.startswith("chatcmpl-")
     msg = resp.choices[0].message
     assert msg.content.startswith("<think>\n") and "204" in msg.content.split("</think>")[-1]
@@ -103,14 +109,18 @@ def test_chat_answers_arithmetic_after_thinking(runbook_server: SimServer) -> No
 
 def test_chat_without_thinking(runbook_server: SimServer) -> None:
     resp = oai(runbook_server).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "What is 12*17?"}], max_tokens=64,
-        extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is 12*17?"}],
+        max_tokens=64,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+    )
     assert "<think>" not in resp.choices[0].message.content and "204" in resp.choices[0].message.content
 
 
 def test_max_tokens_truncates_with_length(runbook_server: SimServer) -> None:
     resp = oai(runbook_server).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Explain quantum computing in simple terms."}], max_tokens=10)
+        model=MODEL, messages=[{"role": "user", "content": "Explain quantum computing in simple terms."}], max_tokens=10
+    )
     assert resp.choices[0].finish_reason == "length" and resp.usage.completion_tokens == 10
 
 
@@ -126,8 +136,11 @@ def test_completion_continues_the_prompt(runbook_server: SimServer) -> None:
 def test_streamed_chat_with_usage(runbook_server: SimServer) -> None:
     client = oai(runbook_server)
     body_messages = [{"role": "user", "content": "What is 12*17?"}]
-    chunks = list(client.chat.completions.create(model=MODEL, messages=body_messages, max_tokens=200, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=body_messages, max_tokens=200, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].choices[0].delta.content == ""
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     full = client.chat.completions.create(model=MODEL, messages=body_messages, max_tokens=200)
@@ -135,14 +148,20 @@ def test_streamed_chat_with_usage(runbook_server: SimServer) -> None:
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == full.usage.completion_tokens
     finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finals == ["stop"]
-    raw = sse_events(runbook_server, "/v1/chat/completions",
-                     {"model": MODEL, "messages": body_messages, "max_tokens": 5, "stream": True})
+    raw = sse_events(
+        runbook_server,
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": body_messages, "max_tokens": 5, "stream": True},
+    )
     assert raw[-1] == "[DONE]" and json.loads(raw[0])["object"] == "chat.completion.chunk"
 
 
 def test_streamed_completion(runbook_server: SimServer) -> None:
-    chunks = list(oai(runbook_server).completions.create(
-        model=MODEL, prompt="What is 12*17?", max_tokens=30, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        oai(runbook_server).completions.create(
+            model=MODEL, prompt="What is 12*17?", max_tokens=30, stream=True, stream_options={"include_usage": True}
+        )
+    )
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert "204" in text and chunks[-1].usage.completion_tokens == len([c for c in chunks if c.choices])
 
@@ -153,8 +172,16 @@ def test_ignore_eos_generates_exactly_max_tokens(runbook_server: SimServer) -> N
     prompt = list(range(1000, 1100))  # 100 token ids
     plain = client.completions.create(model=MODEL, prompt="What is 12*17?", max_tokens=200)
     assert plain.choices[0].finish_reason == "stop" and plain.usage.completion_tokens < 200
-    chunks = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=200, stream=True,
-                                            stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
+    chunks = list(
+        client.completions.create(
+            model=MODEL,
+            prompt=prompt,
+            max_tokens=200,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+    )
     tokens = [c for c in chunks if c.choices]
     assert len(tokens) == 200 and all(c.choices[0].text for c in tokens)
     assert tokens[-1].choices[0].finish_reason == "length"
@@ -168,10 +195,14 @@ def test_unknown_model_and_bad_json(runbook_server: SimServer) -> None:
         oai(runbook_server).chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
     assert exc.value.status_code == 404
     body = httpx.post(runbook_server.base_url + "/v1/completions", json={"model": "nope", "prompt": "x"}).json()
-    assert body == {"error": {"message": "The model `nope` does not exist.", "type": "NotFoundError",
-                              "param": None, "code": 404}}
-    bad = httpx.post(runbook_server.base_url + "/v1/chat/completions", content=b"{not json",
-                     headers={"content-type": "application/json"})
+    assert body == {
+        "error": {"message": "The model `nope` does not exist.", "type": "NotFoundError", "param": None, "code": 404}
+    }
+    bad = httpx.post(
+        runbook_server.base_url + "/v1/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "BadRequestError"
     assert bad.json()["error"]["code"] == 400
 
@@ -183,16 +214,22 @@ def test_context_length_is_enforced(runbook_server: SimServer) -> None:
 
 def test_metrics_move_with_traffic(runbook_server: SimServer) -> None:
     before = metric_samples(runbook_server)
-    oai(runbook_server).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "What is 2+2?"}],
-                                               max_tokens=100)
+    oai(runbook_server).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "What is 2+2?"}], max_tokens=100
+    )
     after = metric_samples(runbook_server)
     stop = tuple(sorted(BASE + (("finished_reason", "stop"),)))
     assert after[("vllm:request_success_total", stop)] == before[("vllm:request_success_total", stop)] + 1
     assert after[("vllm:prompt_tokens_total", BASE)] > before[("vllm:prompt_tokens_total", BASE)]
     assert after[("vllm:generation_tokens_total", BASE)] > before[("vllm:generation_tokens_total", BASE)]
     assert after[("vllm:prefix_cache_queries_total", BASE)] > before[("vllm:prefix_cache_queries_total", BASE)]
-    for h in ("time_to_first_token_seconds", "e2e_request_latency_seconds", "request_queue_time_seconds",
-              "request_prefill_time_seconds", "request_decode_time_seconds"):
+    for h in (
+        "time_to_first_token_seconds",
+        "e2e_request_latency_seconds",
+        "request_queue_time_seconds",
+        "request_prefill_time_seconds",
+        "request_decode_time_seconds",
+    ):
         assert after[(f"vllm:{h}_count", BASE)] == before[(f"vllm:{h}_count", BASE)] + 1, h
     assert after[("vllm:num_requests_running", BASE)] == 0
     info = [k for k in after if k[0] == "vllm:cache_config_info"]
@@ -213,7 +250,8 @@ def test_64_concurrent_streams(runbook_server: SimServer) -> None:
 
     def one(i: int) -> str:
         stream = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": f"What is {i}*3?"}], max_tokens=64, stream=True)
+            model=MODEL, messages=[{"role": "user", "content": f"What is {i}*3?"}], max_tokens=64, stream=True
+        )
         return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
 
     with ThreadPoolExecutor(max_workers=72) as pool:
@@ -227,6 +265,7 @@ def test_access_log_lines(runbook_server: SimServer) -> None:
 
 
 # --- separate servers ---------------------------------------------------------
+
 
 def test_api_key_guards_v1_only_and_port_closed_while_loading(hf_cache: FakeCache, ledger_dir: Path) -> None:
     server = start_sim(hf_cache, ledger_dir, env_extra={"VLLM_API_KEY": "sekret", "VLLM_SIM_TIME_SCALE": "0.006"})
@@ -254,8 +293,12 @@ def test_sigterm_is_prompt_and_releases_memory(hf_cache: FakeCache, ledger_dir: 
     start = time.monotonic()
     assert server.stop() == 0
     assert time.monotonic() - start < 1.5
-    for line in ("INFO:     Shutting down", "INFO:     Waiting for application shutdown.",
-                 "INFO:     Application shutdown complete.", "INFO:     Finished server process ["):
+    for line in (
+        "INFO:     Shutting down",
+        "INFO:     Waiting for application shutdown.",
+        "INFO:     Application shutdown complete.",
+        "INFO:     Finished server process [",
+    ):
         assert line in server.output
     assert not list((ledger_dir / "held").glob("*.json"))
 
@@ -266,7 +309,7 @@ def test_batching_queues_beyond_max_num_seqs(hf_cache: FakeCache, ledger_dir: Pa
     try:
         server.wait_ready()
         client = oai(server)
-        seen_waiting: List[float] = []
+        seen_waiting: list[float] = []
         done = threading.Event()
 
         def watch() -> None:
@@ -277,7 +320,9 @@ def test_batching_queues_beyond_max_num_seqs(hf_cache: FakeCache, ledger_dir: Pa
         watcher = threading.Thread(target=watch)
         watcher.start()
         with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(lambda i: client.completions.create(model=MODEL, prompt=f"hello {i}", max_tokens=20), range(4)))
+            list(
+                pool.map(lambda i: client.completions.create(model=MODEL, prompt=f"hello {i}", max_tokens=20), range(4))
+            )
         done.set()
         watcher.join()
         assert max(seen_waiting) >= 1

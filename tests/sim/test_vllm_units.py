@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
-from vllm_fixtures import MODEL, REPO_ROOT  # puts the repo on sys.path
+from vllm_fixtures import MODEL  # puts the repo on sys.path
 
 from sim.vllm.vllm_sim import answers, cli, memory, model_files
 from sim.vllm.vllm_sim.failures import StartupFailure
@@ -30,6 +29,7 @@ def runbook_plan(total_size: int = DEFAULT_TOTAL_SIZE, util: float = 0.90, max_l
 
 # --- memory -------------------------------------------------------------------
 
+
 def test_kv_cost_per_token_is_a_quarter_mib() -> None:
     assert CFG.kv_bytes_per_token == 64 * 8 * 128 * 2 * 2 == 256 * 1024
 
@@ -40,8 +40,8 @@ def test_runbook_settings_give_the_runbooks_kv_cache(total_size: int) -> None:
     memory.validate_plan(plan)
     assert abs(plan.num_tokens - 271_360) / 271_360 < 0.02
     assert plan.num_tokens % 16 == 0
-    assert 29.5 < plan.weights_bytes / GIB < 32.5          # "Model loading took ~30 GiB"
-    assert 64.5 < plan.available_gib < 68.0                # "Available KV cache memory: ~66 GiB"
+    assert 29.5 < plan.weights_bytes / GIB < 32.5  # "Model loading took ~30 GiB"
+    assert 64.5 < plan.available_gib < 68.0  # "Available KV cache memory: ~66 GiB"
     assert plan.max_concurrency == pytest.approx(plan.num_tokens / 32000, rel=1e-9)
 
 
@@ -65,7 +65,8 @@ def test_free_memory_error_is_vllms_exact_text() -> None:
     assert str(exc.value) == (
         "ValueError: Free memory on device (85.92/121.69 GiB) on startup is less than desired GPU memory "
         "utilization (0.92, 111.95 GiB). Decrease GPU memory utilization or reduce GPU memory used by other "
-        "processes.")
+        "processes."
+    )
     assert exc.value.in_engine
 
 
@@ -95,7 +96,8 @@ def test_kv_too_small_error_is_vllms_exact_text_with_estimate() -> None:
         "To serve at least one request with the models's max seq len (32000), (7.81 GiB KV cache is needed, "
         "which is larger than the available KV cache memory (3.10 GiB). Based on the available memory, the "
         "estimated maximum model length is 12688. Try increasing `gpu_memory_utilization` or decreasing "
-        "`max_model_len` when initializing the engine.")
+        "`max_model_len` when initializing the engine."
+    )
 
 
 def test_kv_estimate_fits_and_next_block_does_not() -> None:
@@ -121,12 +123,13 @@ def test_cuda_graph_sizes_follow_max_num_seqs() -> None:
 
 # --- ledger -------------------------------------------------------------------
 
+
 def test_ledger_counts_live_others_only(tmp_path: Path) -> None:
     a, b = Ledger(tmp_path, "a"), Ledger(tmp_path, "b", stale_s=5.0)
     a.publish(40.0, "ready", MODEL)
     assert b.others_held_gib() == pytest.approx(40.0)
     assert a.others_held_gib() == 0.0
-    assert b.others_held_gib(now=time.time() + 6) == 0.0   # stale heartbeat
+    assert b.others_held_gib(now=time.time() + 6) == 0.0  # stale heartbeat
     a.release()
     assert b.others_held_gib() == 0.0
 
@@ -139,7 +142,7 @@ def test_ledger_page_cache_counts_once_and_drops(tmp_path: Path) -> None:
     time.sleep(0.01)
     (tmp_path / "drop_caches").write_text("3\n")
     assert led.page_cache_gib() == 0.0
-    (tmp_path / "drop_caches").write_text("2\n")   # slab only: page cache comes back into view
+    (tmp_path / "drop_caches").write_text("2\n")  # slab only: page cache comes back into view
     assert led.page_cache_gib() == pytest.approx(31.1)
 
 
@@ -149,6 +152,7 @@ def test_ledger_falls_back_to_a_private_dir(tmp_path: Path) -> None:
 
 
 # --- timing -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("total_size", [32_800_000_000, DEFAULT_TOTAL_SIZE])
 def test_roofline_reproduces_the_runbook_figures(total_size: int) -> None:
@@ -161,17 +165,28 @@ def test_roofline_reproduces_the_runbook_figures(total_size: int) -> None:
 
 def test_startup_timeline_matches_the_runbook_and_scales() -> None:
     t = startup_timeline(KNOBS, DEFAULT_TOTAL_SIZE, 7)
-    assert 180 <= t.per_shard_s * 7 <= 230                 # ~3.4 min of shard loading
-    slow = startup_timeline(Knobs.from_env({"VLLM_SIM_FAULT_SLOW_START": "3", "VLLM_SIM_TIME_SCALE": "0.5"}), DEFAULT_TOTAL_SIZE, 7)
+    assert 180 <= t.per_shard_s * 7 <= 230  # ~3.4 min of shard loading
+    slow = startup_timeline(
+        Knobs.from_env({"VLLM_SIM_FAULT_SLOW_START": "3", "VLLM_SIM_TIME_SCALE": "0.5"}), DEFAULT_TOTAL_SIZE, 7
+    )
     assert slow.per_shard_s == pytest.approx(t.per_shard_s * 1.5)
 
 
 # --- answers ------------------------------------------------------------------
 
-@pytest.mark.parametrize("prompt,expected", [
-    ("What is 12*17?", "204"), ("12 x 17", "204"), ("What is 1000 - 1?", "999"), ("7 + 5 =", "12"),
-    ("What is 84 / 7?", "12"), ("10 divided by 4", "2.5"), ("What is 6 times 7?", "42"),
-])
+
+@pytest.mark.parametrize(
+    "prompt,expected",
+    [
+        ("What is 12*17?", "204"),
+        ("12 x 17", "204"),
+        ("What is 1000 - 1?", "999"),
+        ("7 + 5 =", "12"),
+        ("What is 84 / 7?", "12"),
+        ("10 divided by 4", "2.5"),
+        ("What is 6 times 7?", "42"),
+    ],
+)
 def test_arithmetic_answers(prompt: str, expected: str) -> None:
     out = answers.arithmetic(prompt)
     assert out is not None and out.endswith(f"= {expected}")
@@ -194,14 +209,35 @@ def test_filler_is_deterministic_and_tokens_roundtrip() -> None:
 
 # --- CLI ----------------------------------------------------------------------
 
+
 def test_runbook_command_line_non_default_args() -> None:
-    ns = cli.parse(["serve"] + [MODEL, "--download-dir", "/root/.cache/huggingface", "--max-model-len", "32000",
-                                "--gpu-memory-utilization", "0.90", "--max-num-batched-tokens", "16384",
-                                "--max-num-seqs", "64", "--enable-prefix-caching", "--trust-remote-code"])
+    ns = cli.parse(
+        ["serve"]
+        + [
+            MODEL,
+            "--download-dir",
+            "/root/.cache/huggingface",
+            "--max-model-len",
+            "32000",
+            "--gpu-memory-utilization",
+            "0.90",
+            "--max-num-batched-tokens",
+            "16384",
+            "--max-num-seqs",
+            "64",
+            "--enable-prefix-caching",
+            "--trust-remote-code",
+        ]
+    )
     assert ns.non_default == {
-        "model_tag": MODEL, "model": MODEL, "trust_remote_code": True, "max_model_len": 32000,
-        "download_dir": "/root/.cache/huggingface", "enable_prefix_caching": True,
-        "max_num_batched_tokens": 16384, "max_num_seqs": 64,
+        "model_tag": MODEL,
+        "model": MODEL,
+        "trust_remote_code": True,
+        "max_model_len": 32000,
+        "download_dir": "/root/.cache/huggingface",
+        "enable_prefix_caching": True,
+        "max_num_batched_tokens": 16384,
+        "max_num_seqs": 64,
     }
     args = cli.to_serve_args(ns)
     assert args.gpu_memory_utilization == 0.9 and args.served_names == [MODEL]
@@ -216,8 +252,21 @@ def test_unknown_flag_fails_like_argparse(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_flexible_flags_and_sizes() -> None:
-    ns = cli.parse(["serve", MODEL, "--max_model_len=16k", "--quantization", "fp8", "--served-model-name", "qwen",
-                    "--api-key", "k", "--revision", "main"])
+    ns = cli.parse(
+        [
+            "serve",
+            MODEL,
+            "--max_model_len=16k",
+            "--quantization",
+            "fp8",
+            "--served-model-name",
+            "qwen",
+            "--api-key",
+            "k",
+            "--revision",
+            "main",
+        ]
+    )
     assert ns.max_model_len == 16000 and ns.quantization == "fp8" and ns.served_model_name == ["qwen"]
     assert cli.human_readable_int("1K") == 1024
 
@@ -229,6 +278,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # --- model files --------------------------------------------------------------
+
 
 def test_hub_cache_resolution_order(tmp_path: Path) -> None:
     assert model_files.hub_cache_dir({"HF_HUB_CACHE": "/a", "HF_HOME": "/b"}) == Path("/a")
@@ -285,11 +335,15 @@ def test_damaged_shards_fail_like_safetensors(tmp_path: Path) -> None:
 
 # --- log and metric formats ---------------------------------------------------
 
+
 def test_shard_bar_is_vllms_tqdm_format() -> None:
-    assert shard_bar(3, 7, 87.0) == "Loading safetensors checkpoint shards:  43% Completed | 3/7 [01:27<01:56, 29.00s/it]"
+    assert (
+        shard_bar(3, 7, 87.0) == "Loading safetensors checkpoint shards:  43% Completed | 3/7 [01:27<01:56, 29.00s/it]"
+    )
     assert shard_bar(0, 7, 0.0) == "Loading safetensors checkpoint shards:   0% Completed | 0/7 [00:00<?, ?it/s]"
     assert tqdm_bar("Capturing CUDA graphs (mixed prefill-decode, PIECEWISE)", 19, 19, 4.1).endswith(
-        "100%|██████████| 19/19 [00:04<00:00,  4.63it/s]")
+        "100%|██████████| 19/19 [00:04<00:00,  4.63it/s]"
+    )
 
 
 def test_go_float_matches_prometheus_client() -> None:
@@ -305,13 +359,25 @@ def test_metrics_exposition_parses_with_vllm_names() -> None:
     m.success.inc(1, "stop")
     m.ttft.observe(0.3)
     families = {f.name: f for f in text_string_to_metric_families(m.render())}
-    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-                 "vllm:gpu_cache_usage_perc", "vllm:cache_config_info", "vllm:prompt_tokens",
-                 "vllm:generation_tokens", "vllm:num_preemptions", "vllm:prefix_cache_queries",
-                 "vllm:prefix_cache_hits", "vllm:request_success", "vllm:time_to_first_token_seconds",
-                 "vllm:e2e_request_latency_seconds", "vllm:time_per_output_token_seconds",
-                 "vllm:request_queue_time_seconds", "vllm:request_prefill_time_seconds",
-                 "vllm:request_decode_time_seconds"):
+    for name in (
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:gpu_cache_usage_perc",
+        "vllm:cache_config_info",
+        "vllm:prompt_tokens",
+        "vllm:generation_tokens",
+        "vllm:num_preemptions",
+        "vllm:prefix_cache_queries",
+        "vllm:prefix_cache_hits",
+        "vllm:request_success",
+        "vllm:time_to_first_token_seconds",
+        "vllm:e2e_request_latency_seconds",
+        "vllm:time_per_output_token_seconds",
+        "vllm:request_queue_time_seconds",
+        "vllm:request_prefill_time_seconds",
+        "vllm:request_decode_time_seconds",
+    ):
         assert name in families, name
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
     base = (("engine", "0"), ("model_name", MODEL))
@@ -329,11 +395,17 @@ def test_metrics_text_matches_prometheus_client_byte_for_byte() -> None:
     ours.generation_tokens.inc(5)
     ours.e2e.observe(1.2)
     reg = pc.CollectorRegistry()
-    c = pc.Counter("vllm:generation_tokens", "Number of generation tokens processed.", ["model_name", "engine"], registry=reg)
+    c = pc.Counter(
+        "vllm:generation_tokens", "Number of generation tokens processed.", ["model_name", "engine"], registry=reg
+    )
     c.labels(MODEL, "0").inc(5)
-    h = pc.Histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
-                     ["model_name", "engine"], buckets=list(LATENCY_BUCKETS),
-                     registry=reg)
+    h = pc.Histogram(
+        "vllm:e2e_request_latency_seconds",
+        "Histogram of e2e request latency in seconds.",
+        ["model_name", "engine"],
+        buckets=list(LATENCY_BUCKETS),
+        registry=reg,
+    )
     h.labels(MODEL, "0").observe(1.2)
     theirs = pc.generate_latest(reg).decode()
     strip = lambda text: [l for l in text.splitlines() if "_created{" not in l]  # noqa: E731 - timestamps differ

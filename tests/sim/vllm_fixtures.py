@@ -13,8 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
 
 import httpx
 import pytest
@@ -27,14 +27,26 @@ from sim.vllm.vllm_sim.testing import FakeCache, build_hf_cache  # noqa: E402
 
 MODEL = "Qwen/Qwen3-32B-FP8"
 READY_LINE = "Application startup complete."
-FAST_TIME_SCALE = "0.001"   # whole startup in well under a second
+FAST_TIME_SCALE = "0.001"  # whole startup in well under a second
 
 
-def runbook_args(cache_dir: Path) -> List[str]:
+def runbook_args(cache_dir: Path) -> list[str]:
     """The runbook's compose command line, with the cache at `cache_dir`."""
-    return [MODEL, "--download-dir", str(cache_dir), "--max-model-len", "32000",
-            "--gpu-memory-utilization", "0.90", "--max-num-batched-tokens", "16384",
-            "--max-num-seqs", "64", "--enable-prefix-caching", "--trust-remote-code"]
+    return [
+        MODEL,
+        "--download-dir",
+        str(cache_dir),
+        "--max-model-len",
+        "32000",
+        "--gpu-memory-utilization",
+        "0.90",
+        "--max-num-batched-tokens",
+        "16384",
+        "--max-num-seqs",
+        "64",
+        "--enable-prefix-caching",
+        "--trust-remote-code",
+    ]
 
 
 def free_port() -> int:
@@ -43,17 +55,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def sim_env(cache_dir: Path, ledger_dir: Path, **extra: str) -> Dict[str, str]:
+def sim_env(cache_dir: Path, ledger_dir: Path, **extra: str) -> dict[str, str]:
     """Environment of a fast, offline imitation using `cache_dir` and `ledger_dir`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "HF_"))}
-    env.update({
-        "HF_HUB_OFFLINE": "1",
-        "HF_HUB_CACHE": str(cache_dir),
-        "VLLM_SIM_LEDGER_DIR": str(ledger_dir),
-        "VLLM_SIM_TIME_SCALE": FAST_TIME_SCALE,
-        "VLLM_SIM_DECODE_TIME_SCALE": "0",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "HF_HUB_CACHE": str(cache_dir),
+            "VLLM_SIM_LEDGER_DIR": str(ledger_dir),
+            "VLLM_SIM_TIME_SCALE": FAST_TIME_SCALE,
+            "VLLM_SIM_DECODE_TIME_SCALE": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra)
     return env
 
@@ -61,13 +75,18 @@ def sim_env(cache_dir: Path, ledger_dir: Path, **extra: str) -> Dict[str, str]:
 class SimServer:
     """A `python -m sim.vllm serve ...` host process whose output is collected live."""
 
-    def __init__(self, args: Sequence[str], env: Dict[str, str], port: int) -> None:
+    def __init__(self, args: Sequence[str], env: dict[str, str], port: int) -> None:
         self.port = port
-        self.lines: List[str] = []
+        self.lines: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sim.vllm", "serve", *args, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -126,8 +145,13 @@ class SimServer:
         return httpx.Client(base_url=self.base_url, timeout=kwargs.pop("timeout", 10.0), **kwargs)  # type: ignore[arg-type]
 
 
-def start_sim(cache: FakeCache, ledger_dir: Path, extra_args: Sequence[str] = (),
-              env_extra: Optional[Dict[str, str]] = None, args: Optional[Sequence[str]] = None) -> SimServer:
+def start_sim(
+    cache: FakeCache,
+    ledger_dir: Path,
+    extra_args: Sequence[str] = (),
+    env_extra: dict[str, str] | None = None,
+    args: Sequence[str] | None = None,
+) -> SimServer:
     env = sim_env(cache.root, ledger_dir, **(env_extra or {}))
     return SimServer(list(args) if args is not None else runbook_args(cache.root) + list(extra_args), env, free_port())
 

@@ -93,14 +93,20 @@ def spawn_stage(prefect_api: str, cache: Path, endpoint: str, log: Path, **kw) -
     env.pop("HF_HUB_OFFLINE", None)
     args = {"cache_dir": str(cache), "endpoint": endpoint, "max_workers": 4, **kw}
     out = open(log, "wb")  # noqa: SIM115 - handed to the child
-    return subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(args)], cwd=ROOT, env=env,
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, json.dumps(args)],
+        cwd=ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def child_result(log: Path) -> dict:
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     raise AssertionError("child printed no result:\n" + log.read_text(errors="replace")[-4000:])
 
 
@@ -112,4 +118,3 @@ def wait_for(pred, timeout: float, interval: float = 0.02, what: str = "conditio
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-

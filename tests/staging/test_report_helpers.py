@@ -103,5 +103,6 @@ def test_a_refused_connection_to_the_hub_is_unreachable_not_a_hard_error() -> No
     transient, so the flow falls back to the manifest instead of failing."""
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(HubUnreachableError, match="could not be reached .* after 2 attempt"):
-        resolve_from_hub("Qwen/Qwen3-32B-FP8", "main", endpoint=endpoint, token=None, allow_patterns=None,
-                         attempts=2, backoff_s=0.0)
+        resolve_from_hub(
+            "Qwen/Qwen3-32B-FP8", "main", endpoint=endpoint, token=None, allow_patterns=None, attempts=2, backoff_s=0.0
+        )

@@ -62,7 +62,9 @@ def run_artifacts_and_logs(flow_run_id) -> tuple[list, list]:
 
     APILogWorker.drain_all(timeout=5)
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
         logs = []
         for _ in range(20):
             logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
@@ -112,8 +114,12 @@ def test_fresh_stage_builds_the_cache_huggingface_hub_expects(prefect_server, hu
     per_file = [log.message for log in run_logs if "sha256 ok" in log.message]
     assert len(per_file) == result.files_total  # one line per file
     # The token is in no log line, artifact or result.
-    everything = logs.text + "".join(str(a.data) + str(a.description) for a in arts) + "".join(
-        log.message for log in run_logs) + result.model_dump_json()
+    everything = (
+        logs.text
+        + "".join(str(a.data) + str(a.description) for a in arts)
+        + "".join(log.message for log in run_logs)
+        + result.model_dump_json()
+    )
     assert TOKEN not in everything
 
 
@@ -213,9 +219,13 @@ def test_connection_cut_mid_shard_is_resumed_in_the_same_run(prefect_server, hub
 
 def test_5xx_and_429_are_retried_then_succeed(prefect_server, hub, cache) -> None:
     first, second = shard_names()[:2]
-    hub.set_faults([Faults(status_5xx=503, path_glob=first, methods=["GET"], times=2),
-                    Faults(status_5xx=429, retry_after=1, path_glob=second, methods=["GET"], times=1),
-                    Faults(status_5xx=502, path_glob=f"/api/models/{REPO}/revision/*", times=1)])
+    hub.set_faults(
+        [
+            Faults(status_5xx=503, path_glob=first, methods=["GET"], times=2),
+            Faults(status_5xx=429, retry_after=1, path_glob=second, methods=["GET"], times=1),
+            Faults(status_5xx=502, path_glob=f"/api/models/{REPO}/revision/*", times=1),
+        ]
+    )
     t0 = time.monotonic()
     result = stage(hub, cache)
     status = hub.stats()["status"]
@@ -229,8 +239,12 @@ def test_5xx_and_429_are_retried_then_succeed(prefect_server, hub, cache) -> Non
 def test_range_ignored_restarts_the_file_cleanly(prefect_server, hub, cache) -> None:
     shard = shard_names()[1]
     size = file_info(hub, shard)[1]
-    hub.set_faults([Faults(cut_after_bytes=size // 3, path_glob=shard, times=1),
-                    Faults(ignore_range=True, path_glob=shard, times=1)])
+    hub.set_faults(
+        [
+            Faults(cut_after_bytes=size // 3, path_glob=shard, times=1),
+            Faults(ignore_range=True, path_glob=shard, times=1),
+        ]
+    )
     result = stage(hub, cache)
     assert result.restarts == 1 and result.retries == 1
     assert hub.stats()["faults_fired"].get("ignore_range") == 1
@@ -242,7 +256,9 @@ def _no_partials(cache: Path) -> bool:
     return not cache.exists() or not any(p.name.endswith(".incomplete") for p in cache.rglob("*"))
 
 
-def test_missing_or_rejected_token_is_a_clear_error_without_retry_or_partial(prefect_server, hub, cache, monkeypatch, logs) -> None:
+def test_missing_or_rejected_token_is_a_clear_error_without_retry_or_partial(
+    prefect_server, hub, cache, monkeypatch, logs
+) -> None:
     monkeypatch.delenv("HF_TOKEN")
     with pytest.raises(HubAuthError) as exc:
         stage(hub, cache)
@@ -341,15 +357,42 @@ def test_vllm_imitation_starts_offline_on_the_staged_cache(hub, complete_cache, 
         port = s.getsockname()[1]
     (tmp_path / "ledger").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "HF_"))}
-    env.update({"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(complete_cache), "VLLM_SIM_LEDGER_DIR": str(tmp_path / "ledger"),
-                "VLLM_SIM_TIME_SCALE": "0.002"})
-    cmd = [sys.executable, "-m", "sim.vllm", "serve", REPO, "--download-dir", str(complete_cache), "--max-model-len",
-           "32000", "--gpu-memory-utilization", "0.90", "--max-num-batched-tokens", "16384", "--max-num-seqs", "64",
-           "--enable-prefix-caching", "--trust-remote-code", "--host", "127.0.0.1", "--port", str(port)]
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "HF_HUB_CACHE": str(complete_cache),
+            "VLLM_SIM_LEDGER_DIR": str(tmp_path / "ledger"),
+            "VLLM_SIM_TIME_SCALE": "0.002",
+        }
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "sim.vllm",
+        "serve",
+        REPO,
+        "--download-dir",
+        str(complete_cache),
+        "--max-model-len",
+        "32000",
+        "--gpu-memory-utilization",
+        "0.90",
+        "--max-num-batched-tokens",
+        "16384",
+        "--max-num-seqs",
+        "64",
+        "--enable-prefix-caching",
+        "--trust-remote-code",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     log = tmp_path / "vllm.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, cwd=Path(__file__).resolve().parents[2], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 60
         ready = False

@@ -72,11 +72,21 @@ def test_huggingface_hub_orphan_partial_is_adopted(prefect_server, hub, cache, t
     shard = "model.safetensors"
     _, size, etag, _ = file_info(hub, shard, BIG)
     hub.set_faults(Faults(throttle_bytes_per_s=size / 3, path_glob=shard))
-    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-           "HF_HUB_DISABLE_XET": "1"}
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.url,
+        "HF_TOKEN": TOKEN,
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_DISABLE_XET": "1",
+    }
     hf = Path(sys.executable).parent / "hf"
-    proc = subprocess.Popen([str(hf), "download", BIG, shard, "--cache-dir", str(cache)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(hf), "download", BIG, shard, "--cache-dir", str(cache)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     blobs = blobs_dir(cache, BIG)
 
     def orphan() -> Path | None:
@@ -112,8 +122,13 @@ def test_two_stagings_at_once_on_one_cache(prefect_server, hub, cache, tmp_path)
     log = tmp_path / "child.log"
     proc = spawn_stage(prefect_server, cache, hub.url, log)
     try:
-        wait_for(lambda: (blobs_dir(cache).exists() and any(blobs_dir(cache).glob("*.incomplete")))
-                 or proc.poll() is not None, 60, what="the first staging to be mid-shard")
+        wait_for(
+            lambda: (
+                (blobs_dir(cache).exists() and any(blobs_dir(cache).glob("*.incomplete"))) or proc.poll() is not None
+            ),
+            60,
+            what="the first staging to be mid-shard",
+        )
         assert proc.poll() is None, log.read_text()[-3000:]
         mine = stage(hub, cache)
         assert proc.wait(60) == 0, log.read_text()[-3000:]

@@ -150,9 +150,19 @@ def test_default_patterns_cover_what_vllm_reads() -> None:
     from huggingface_hub.utils import filter_repo_objects
 
     repo = [
-        "config.json", "generation_config.json", "model.safetensors.index.json", "model-00001-of-00007.safetensors",
-        "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "LICENSE", "README.md",
-        ".gitattributes", "pytorch_model.bin", "original/consolidated.00.pth",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00007.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.json",
+        "merges.txt",
+        "LICENSE",
+        "README.md",
+        ".gitattributes",
+        "pytorch_model.bin",
+        "original/consolidated.00.pth",
     ]
     kept = set(filter_repo_objects(repo, allow_patterns=list(DEFAULT_ALLOW_PATTERNS)))
     assert kept == set(repo) - {"pytorch_model.bin", "original/consolidated.00.pth"}
@@ -161,8 +171,9 @@ def test_default_patterns_cover_what_vllm_reads() -> None:
 def test_manifest_roundtrip_and_merge(tmp_path: Path) -> None:
     cache = RepoCache(tmp_path, "Qwen/Qwen3-32B-FP8")
     commit = "d" * 40
-    listing = RepoListing(repo_id=cache.repo_id, revision="main", commit=commit, files=[], source="hub",
-                          endpoint="https://huggingface.co")
+    listing = RepoListing(
+        repo_id=cache.repo_id, revision="main", commit=commit, files=[], source="hub", endpoint="https://huggingface.co"
+    )
     a = ManifestFile(size=1, etag=SHA, lfs=True, sha256=SHA, mtime_ns=1)
     b = ManifestFile(size=2, etag=GIT, lfs=False, sha256="9" * 64, git_sha1=GIT, mtime_ns=2)
     save_manifest(cache, listing, {"a": a})
@@ -199,11 +210,20 @@ def test_content_range_parsing() -> None:
 @pytest.mark.parametrize(
     ("status", "code", "kind"),
     [
-        (401, "GatedRepo", "gated"), (403, "GatedRepo", "gated"), (401, "RepoNotFound", "auth"),
-        (404, "RepoNotFound", "repo-not-found"), (404, "RevisionNotFound", "revision-not-found"),
-        (404, "EntryNotFound", "entry-not-found"), (401, None, "auth"), (403, None, "forbidden"),
-        (404, None, "repo-not-found"), (429, None, "transient"), (503, None, "transient"),
-        (500, None, "transient"), (408, None, "transient"), (400, None, "http"),
+        (401, "GatedRepo", "gated"),
+        (403, "GatedRepo", "gated"),
+        (401, "RepoNotFound", "auth"),
+        (404, "RepoNotFound", "repo-not-found"),
+        (404, "RevisionNotFound", "revision-not-found"),
+        (404, "EntryNotFound", "entry-not-found"),
+        (401, None, "auth"),
+        (403, None, "forbidden"),
+        (404, None, "repo-not-found"),
+        (429, None, "transient"),
+        (503, None, "transient"),
+        (500, None, "transient"),
+        (408, None, "transient"),
+        (400, None, "http"),
     ],
 )
 def test_classify_response(status: int, code: str | None, kind: str) -> None:
@@ -211,8 +231,12 @@ def test_classify_response(status: int, code: str | None, kind: str) -> None:
 
 
 def test_access_errors_say_what_to_do() -> None:
-    ctx = dict(repo_id="Qwen/Qwen3-32B-FP8", revision="main", endpoint="https://huggingface.co",
-               token_help="set one in Prefect Secret block 'hf-token', environment HF_TOKEN")
+    ctx = dict(
+        repo_id="Qwen/Qwen3-32B-FP8",
+        revision="main",
+        endpoint="https://huggingface.co",
+        token_help="set one in Prefect Secret block 'hf-token', environment HF_TOKEN",
+    )
     gated = access_error("gated", has_token=True, **ctx)
     assert isinstance(gated, errors.GatedRepoError)
     assert "https://huggingface.co/Qwen/Qwen3-32B-FP8" in str(gated) and "Accept the license" in str(gated)

@@ -22,8 +22,8 @@ from tasks.bench.load import (
 )
 from tasks.bench.metrics import (
     DEFAULT_PERCENTILES,
-    SLOs,
     RequestOutput,
+    SLOs,
     calculate_metrics,
     latency_stats,
     percentile_key,
@@ -35,16 +35,34 @@ from tasks.bench.metrics import (
 
 def chunk(text: str = "tok", finish: str | None = None) -> str:
     """One streamed /v1/completions chunk carrying a choice, as vLLM sends it (usage null)."""
-    return json.dumps({"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "qwen",
-                       "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish,
-                                    "stop_reason": None}], "usage": None})
+    return json.dumps(
+        {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "created": 1,
+            "model": "qwen",
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None}],
+            "usage": None,
+        }
+    )
 
 
 def usage(completion_tokens: int, prompt_tokens: int = 16) -> str:
     """The last chunk with stream_options.include_usage: no choices, the usage."""
-    return json.dumps({"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "qwen", "choices": [],
-                       "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                                 "total_tokens": prompt_tokens + completion_tokens}})
+    return json.dumps(
+        {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "created": 1,
+            "model": "qwen",
+            "choices": [],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+    )
 
 
 def stream(start: float, ttft: float, gaps: list[float], completion_tokens: int | None) -> list[tuple[float, str]]:
@@ -71,10 +89,10 @@ def test_one_stream_with_exact_timings():
     # binary fractions: every subtraction below is exact, so the figures are compared with ==
     start = 50.0
     events = [
-        (50.25, chunk("", None)),          # the first choice (empty text still counts): TTFT 0.25
-        (50.3125, chunk("a")),             # +0.0625
-        (50.375, chunk("b")),              # +0.0625
-        (50.5, chunk("c", "length")),      # +0.125: the last choice, E2EL 0.5
+        (50.25, chunk("", None)),  # the first choice (empty text still counts): TTFT 0.25
+        (50.3125, chunk("a")),  # +0.0625
+        (50.375, chunk("b")),  # +0.0625
+        (50.5, chunk("c", "length")),  # +0.125: the last choice, E2EL 0.5
         (50.5078125, usage(4, prompt_tokens=32)),  # usage after the last choice: not a token, not a gap
         (50.51171875, "[DONE]"),
     ]
@@ -107,8 +125,9 @@ def test_done_without_json_is_skipped_and_the_done_marker_may_be_padded():
 
 
 def test_an_error_event_fails_the_request_with_the_servers_message():
-    events = [(1.1, json.dumps({"error": {"message": "max_tokens is too large", "type": "BadRequestError",
-                                          "code": 400}}))]
+    events = [
+        (1.1, json.dumps({"error": {"message": "max_tokens is too large", "type": "BadRequestError", "code": 400}}))
+    ]
     o = request_output(1.0, events, prompt_len=8)
     assert not o.success
     assert o.error == "max_tokens is too large"
@@ -148,7 +167,7 @@ def test_latency_stats_by_hand():
     assert s.mean_ms == pytest.approx((100 + 200 + 300 + 400 + 1000) / 5)  # 400
     assert s.median_ms == pytest.approx(300)
     assert s.std_ms == pytest.approx(math.sqrt((300**2 + 200**2 + 100**2 + 0 + 600**2) / 5))  # population std
-    assert s.p(50) == pytest.approx(300)                      # rank 2.0
+    assert s.p(50) == pytest.approx(300)  # rank 2.0
     assert s.p(90) == pytest.approx(400 + 0.6 * (1000 - 400))  # rank 3.6 -> 760
     assert s.p(99) == pytest.approx(400 + 0.96 * (1000 - 400))  # rank 3.96 -> 976
     assert s.p(99.9) == pytest.approx(400 + 0.996 * (1000 - 400))
@@ -174,8 +193,13 @@ def test_percentile_keys():
 #   R3  0.300  [.030 .030 .030 .030]  5  -> E2EL 0.420, TPOT 0.120/4 = 0.030
 #   R4  0.400  [.090 .090]            3  -> E2EL 0.580, TPOT 0.180/2 = 0.090  (only its TPOT is slow)
 #   R5  1.000  [.010]                 2  -> E2EL 1.010, TPOT 0.010/1 = 0.010  (slow TTFT and E2EL)
-FIVE = [(0.100, [0.020] * 3, 4), (0.200, [0.040] * 2, 3), (0.300, [0.030] * 4, 5),
-        (0.400, [0.090] * 2, 3), (1.000, [0.010], 2)]
+FIVE = [
+    (0.100, [0.020] * 3, 4),
+    (0.200, [0.040] * 2, 3),
+    (0.300, [0.030] * 4, 5),
+    (0.400, [0.090] * 2, 3),
+    (1.000, [0.010], 2),
+]
 
 
 def five_requests() -> list[RequestOutput]:
@@ -231,7 +255,7 @@ def test_itl_is_every_gap_of_every_request():
     assert m.itl.mean_ms == pytest.approx((10 + 3 * 20 + 4 * 30 + 2 * 40 + 2 * 90) / 12)  # 37.5
     assert m.itl.median_ms == pytest.approx(30)
     assert m.itl.p(90) == pytest.approx(40 + 0.9 * (90 - 40))  # rank 11 * 0.9 = 9.9
-    assert m.itl.p(99) == pytest.approx(90)                     # rank 10.89, between 90 and 90
+    assert m.itl.p(99) == pytest.approx(90)  # rank 10.89, between 90 and 90
 
 
 def test_goodput_counts_requests_meeting_every_slo():
@@ -319,8 +343,8 @@ def test_all_failed_gives_zero_figures():
 
 def test_peak_output_tokens_per_second_on_a_designed_timeline():
     # 1-second buckets from the first send (t = 10.0); no token lies near a bucket edge.
-    a = out(10.0, 0.2, [0.2, 0.2, 0.2], completion_tokens=4)      # tokens 10.2 10.4 10.6 10.8
-    b = out(10.5, 0.3, [0.3, 0.3], completion_tokens=3)           # tokens 10.8 11.1 11.4
+    a = out(10.0, 0.2, [0.2, 0.2, 0.2], completion_tokens=4)  # tokens 10.2 10.4 10.6 10.8
+    b = out(10.5, 0.3, [0.3, 0.3], completion_tokens=3)  # tokens 10.8 11.1 11.4
     c = out(11.2, 0.3, [0.1, 0.1, 0.1, 0.1, 0.4], completion_tokens=6)  # 11.5 11.6 11.7 11.8 11.9 12.3
     failed = request_output(11.0, [(11.1, "garbage")], 100)  # not counted
     m = calculate_metrics([a, b, c, failed], duration_s=2.5)
@@ -359,8 +383,8 @@ def test_a_prefix_longer_than_the_prompt_is_refused_naming_both():
 
 def test_prompts_per_level():
     assert Workload(num_prompts=7).prompts_for(64) == 7
-    assert Workload().prompts_for(16) == 32   # two waves
-    assert Workload().prompts_for(1) == 4     # at least 4
+    assert Workload().prompts_for(16) == 32  # two waves
+    assert Workload().prompts_for(1) == 4  # at least 4
     assert Workload().prompts_for(None) == 4  # a rate level: 2 x 2
 
 
@@ -369,7 +393,7 @@ def test_make_prompts_lengths_prefix_and_range():
     prompts = make_prompts(w, 5, salt=2)
     assert len(prompts) == 5 and all(len(p) == 64 for p in prompts)
     assert all(p[:24] == prompts[0][:24] for p in prompts)  # the shared prefix
-    assert len({tuple(p[24:]) for p in prompts}) == 5       # the rest differs per prompt
+    assert len({tuple(p[24:]) for p in prompts}) == 5  # the rest differs per prompt
     low, high = PROMPT_TOKEN_RANGE
     assert all(low <= t < high and isinstance(t, int) for p in prompts for t in p)
 
@@ -406,8 +430,15 @@ def test_poisson_arrivals_average_one_over_the_rate():
 def test_request_body_is_vllm_bench_serves():
     w = Workload(input_len=3, output_len=7)
     body = request_body(Endpoint("http://x:8000", "qwen"), [1, 2, 3], w)
-    assert body == {"model": "qwen", "prompt": [1, 2, 3], "max_tokens": 7, "temperature": 0.0, "stream": True,
-                    "stream_options": {"include_usage": True}, "ignore_eos": True}
+    assert body == {
+        "model": "qwen",
+        "prompt": [1, 2, 3],
+        "max_tokens": 7,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": True,
+    }
     assert "ignore_eos" not in request_body(Endpoint("http://x", "qwen"), [1], Workload(ignore_eos=False))
 
 

@@ -5,7 +5,7 @@ beside the runbook, the warnings, and the deploy gate's verdict."""
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
@@ -14,7 +14,7 @@ from blocks.bench_gate import BenchGate
 from sim.vllm.vllm_sim.metrics import VllmMetrics
 from tasks.bench.chart import text_chart
 from tasks.bench.load import LevelRun, Workload
-from tasks.bench.metrics import SLOs, BenchmarkMetrics, RequestOutput, calculate_metrics
+from tasks.bench.metrics import BenchmarkMetrics, RequestOutput, SLOs, calculate_metrics
 from tasks.bench.run import (
     BenchReport,
     Level,
@@ -181,8 +181,15 @@ def test_level_validation_and_labels():
 
 def done(start: float, ttft: float, tpot: float, tokens: int, prompt_len: int = 128) -> RequestOutput:
     """A successful request with a uniform TPOT (ITL = TPOT, one chunk per token)."""
-    return RequestOutput(success=True, prompt_len=prompt_len, output_tokens=tokens, ttft=ttft,
-                         itl=[tpot] * (tokens - 1), latency=ttft + tpot * (tokens - 1), start_time=start)
+    return RequestOutput(
+        success=True,
+        prompt_len=prompt_len,
+        output_tokens=tokens,
+        ttft=ttft,
+        itl=[tpot] * (tokens - 1),
+        latency=ttft + tpot * (tokens - 1),
+        start_time=start,
+    )
 
 
 def single_metrics() -> BenchmarkMetrics:
@@ -198,11 +205,20 @@ def aggregate_metrics(failed: int = 0) -> BenchmarkMetrics:
     return calculate_metrics(outputs, duration_s=10.0)
 
 
-def result(level: Level, metrics: BenchmarkMetrics, *, server: ServerSide | None = None, token_check=None,
-           cpu: float = 0.2) -> LevelResult:
-    return LevelResult(label=level.label, concurrency=level.concurrency, request_rate=level.request_rate,
-                       metrics=metrics, server=server or ServerSide(), token_check=token_check,
-                       client_cpu_fraction=cpu, loop_lag_p99_ms=1.0, client_bound=cpu > 0.8)
+def result(
+    level: Level, metrics: BenchmarkMetrics, *, server: ServerSide | None = None, token_check=None, cpu: float = 0.2
+) -> LevelResult:
+    return LevelResult(
+        label=level.label,
+        concurrency=level.concurrency,
+        request_rate=level.request_rate,
+        metrics=metrics,
+        server=server or ServerSide(),
+        token_check=token_check,
+        client_cpu_fraction=cpu,
+        loop_lag_p99_ms=1.0,
+        client_bound=cpu > 0.8,
+    )
 
 
 def test_summarize_a_level():
@@ -235,8 +251,9 @@ def test_summarize_flags_disagreeing_tokens():
 
 
 def test_level_result_row():
-    server = ServerSide(prefix_cache_hit_rate=0.123456, kv_cache_peak=0.87654, preemptions=2,
-                        queue_time_mean_ms=12.345, waiting_peak=3)
+    server = ServerSide(
+        prefix_cache_hit_rate=0.123456, kv_cache_peak=0.87654, preemptions=2, queue_time_mean_ms=12.345, waiting_peak=3
+    )
     level = Level(concurrency=1)
     row = result(level, single_metrics(), server=server).row()
     assert row["label"] == "1" and row["concurrency"] == 1 and row["request_rate"] is None
@@ -269,12 +286,23 @@ def test_runbook_comparison_skips_levels_without_results():
 
 def bench_report(series: str, warnings: list[str] | None = None, results_dir: str | None = None) -> BenchReport:
     failed = calculate_metrics([RequestOutput(error="KV cache is full")] * 2, 5.0)
-    levels = [result(Level(concurrency=1), single_metrics()), result(Level(concurrency=64), aggregate_metrics()),
-              result(Level(concurrency=65, note="> max-num-seqs 64"), failed)]
-    return BenchReport(target="spark", series=series, served_model="qwen", max_num_seqs=64,
-                       workload=Workload(input_len=1024, output_len=128, prefix_len=256),
-                       started_at=datetime(2025, 6, 1, tzinfo=timezone.utc), duration_s=90.0, levels=levels,
-                       warnings=warnings or [], results_dir=results_dir)
+    levels = [
+        result(Level(concurrency=1), single_metrics()),
+        result(Level(concurrency=64), aggregate_metrics()),
+        result(Level(concurrency=65, note="> max-num-seqs 64"), failed),
+    ]
+    return BenchReport(
+        target="spark",
+        series=series,
+        served_model="qwen",
+        max_num_seqs=64,
+        workload=Workload(input_len=1024, output_len=128, prefix_len=256),
+        started_at=datetime(2025, 6, 1, tzinfo=UTC),
+        duration_s=90.0,
+        levels=levels,
+        warnings=warnings or [],
+        results_dir=results_dir,
+    )
 
 
 def test_report_markdown_one_series():
@@ -285,7 +313,9 @@ def test_report_markdown_one_series():
     assert "## runbook: measured beside the runbook" in md
     assert "| single request, tokens/s (1000 / median TPOT) | 6.67 | ~6-7 |" in md
     assert "| 64 concurrent, aggregate output tokens/s | 410 | ~300-400 (estimated) |" in md
-    assert "| time to first token, one request (median / p99 ms) | 400 / 498 | 200-500 (depends on prompt length) |" in md
+    assert (
+        "| time to first token, one request (median / p99 ms) | 400 / 498 | 200-500 (depends on prompt length) |" in md
+    )
     rows = [{"series": "runbook", **lv.row()} for lv in report.levels]
     chart = fenced(text_chart(rows).splitlines())
     assert chart in md
@@ -319,8 +349,10 @@ def test_report_markdown_embeds_the_png_only_when_asked():
 
 
 def test_report_markdown_several_series():
-    reports = [bench_report("runbook", warnings=["level 65: 2 failed requests"], results_dir="/r/a"),
-               bench_report("throughput", results_dir="/r/b")]
+    reports = [
+        bench_report("runbook", warnings=["level 65: 2 failed requests"], results_dir="/r/a"),
+        bench_report("throughput", results_dir="/r/b"),
+    ]
     md = report_markdown(reports, None, embed_png=False)
     assert md.startswith("# bench-qwen on spark: runbook, throughput\n")
     assert "## runbook: measured beside the runbook" in md and "## throughput: measured beside the runbook" in md
@@ -334,10 +366,12 @@ def test_report_markdown_several_series():
 
 def test_level_warnings():
     failed = aggregate_metrics(failed=2)
-    levels = [result(Level(concurrency=1), single_metrics()),
-              result(Level(concurrency=8), single_metrics(), cpu=0.95),
-              result(Level(concurrency=16), single_metrics(), token_check="prompt tokens: server 2, client 1"),
-              result(Level(concurrency=64), failed)]
+    levels = [
+        result(Level(concurrency=1), single_metrics()),
+        result(Level(concurrency=8), single_metrics(), cpu=0.95),
+        result(Level(concurrency=16), single_metrics(), token_check="prompt tokens: server 2, client 1"),
+        result(Level(concurrency=64), failed),
+    ]
     warnings = level_warnings(levels)
     assert len(warnings) == 3
     assert warnings[0].startswith("level 8: the load generator used 95% of a core")

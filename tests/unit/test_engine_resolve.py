@@ -46,7 +46,7 @@ def test_unknown_preset_names_the_choices():
 
 def test_unknown_override_field_is_refused_with_the_valid_ones():
     # A Prefect block keeps unknown keys as extra attributes: the spec alone would not complain.
-    assert getattr(EngineSpec(max_num_seq=8), "max_num_seq") == 8
+    assert EngineSpec(max_num_seq=8).max_num_seq == 8
     with pytest.raises(ValueError) as info:
         load_engine_spec(None, None, {"max_num_seq": 8})
     message = str(info.value)
@@ -59,7 +59,9 @@ def test_unknown_override_field_is_refused_with_the_valid_ones():
 
 
 def test_preset_classmethod_is_the_same_path():
-    assert EngineSpec.preset("throughput", max_num_seqs=32) == load_engine_spec(None, "throughput", {"max_num_seqs": 32})
+    assert EngineSpec.preset("throughput", max_num_seqs=32) == load_engine_spec(
+        None, "throughput", {"max_num_seqs": 32}
+    )
     with pytest.raises(ValueError, match="unknown engine spec field 'max_num_seq'"):
         EngineSpec.preset("latency", max_num_seq=8)
 
@@ -86,7 +88,7 @@ def test_engine_module_imports_nothing_from_target():
     """No import cycle, not even one hidden under TYPE_CHECKING."""
     for module in ("engine", "shared"):
         tree = ast.parse((ROOT / "blocks" / f"{module}.py").read_text())
-        imported = {
-            node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
-        } | {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module} | {
+            alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        }
         assert "blocks.target" not in imported and "blocks.render" not in imported, module

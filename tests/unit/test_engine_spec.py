@@ -134,7 +134,9 @@ def test_optional_flags_render_after_the_runbook_ones():
 
 
 def test_quantization_and_chunked_prefill_flags():
-    spec = EngineSpec(model="Qwen/Qwen3-32B", quantization="FP8", enable_chunked_prefill=False, max_num_batched_tokens=32768)
+    spec = EngineSpec(
+        model="Qwen/Qwen3-32B", quantization="FP8", enable_chunked_prefill=False, max_num_batched_tokens=32768
+    )
     cmd = spec.vllm_command()
     assert cmd[cmd.index("--quantization") + 1] == "fp8"
     assert "--no-enable-chunked-prefill" in cmd
@@ -216,7 +218,7 @@ def test_presets_match_the_runbook_tuning_blocks():
 def test_runbook_tuning_copy_has_not_drifted():
     """The tests/data copy is still the runbook's text, block for block (only when the seed is here)."""
     text = SEED.read_text()
-    tuning_section = text[text.index("## Performance Tuning"):]
+    tuning_section = text[text.index("## Performance Tuning") :]
     tuning_section = tuning_section[: tuning_section.index("\n## ", 1)]
     titles = re.findall(r"^### (.+)$", tuning_section, re.M)
     copy = runbook_tuning()
@@ -224,7 +226,7 @@ def test_runbook_tuning_copy_has_not_drifted():
     first = RUNBOOK_TUNING.read_text().splitlines()[0]
     assert first.startswith("#") and "000_2893f9d7df783e64.txt" in first
     for entry in copy.values():
-        section = tuning_section[tuning_section.index(f"### {entry['title']}\n"):]
+        section = tuning_section[tuning_section.index(f"### {entry['title']}\n") :]
         block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
         assert entry["block"] == block, entry["title"]
 
@@ -377,7 +379,7 @@ def test_compose_yaml_for_other_targets():
 @pytest.mark.skipif(not SEED.exists(), reason="../shared/seed not beside the clone")
 def test_runbook_compose_copy_has_not_drifted():
     text = SEED.read_text()
-    section = text[text.index("## Service Configuration"):]
+    section = text[text.index("## Service Configuration") :]
     block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
     copy = RUNBOOK_COMPOSE.read_text()
     body = "".join(line for line in copy.splitlines(keepends=True) if not line.startswith("#"))

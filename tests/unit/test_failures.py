@@ -145,7 +145,10 @@ def test_bad_arguments():
     cause = classify_failure(log("fail_bad_args.log"))
     assert cause.kind is FailureKind.BAD_ARGUMENTS
     assert cause.evidence == ["vllm serve: error: unrecognized arguments: --max-model-length 32000"]
-    assert classify_failure(["api_server.py: error: argument --max-model-len: invalid int value: 'x'"]).kind is FailureKind.BAD_ARGUMENTS
+    assert (
+        classify_failure(["api_server.py: error: argument --max-model-len: invalid int value: 'x'"]).kind
+        is FailureKind.BAD_ARGUMENTS
+    )
 
 
 def test_engine_dead_after_ready():
@@ -165,7 +168,11 @@ def test_unknown_and_the_cosmetic_warning_is_never_a_failure():
     assert cause.kind is FailureKind.UNKNOWN
     assert cause.evidence == [] and cause.numbers == {"exit_code": 1.0}
     other = classify_failure(
-        lines + ["(EngineCore_0 pid=2) ERROR 01-01 00:00:00 [core.py:1] EngineCore failed to start.", "(EngineCore_0 pid=2) ZeroDivisionError: division by zero"]
+        lines
+        + [
+            "(EngineCore_0 pid=2) ERROR 01-01 00:00:00 [core.py:1] EngineCore failed to start.",
+            "(EngineCore_0 pid=2) ZeroDivisionError: division by zero",
+        ]
     )
     assert other.kind is FailureKind.UNKNOWN
     assert other.evidence == ["(EngineCore_0 pid=2) ZeroDivisionError: division by zero"]
@@ -174,7 +181,11 @@ def test_unknown_and_the_cosmetic_warning_is_never_a_failure():
 
 
 def test_classify_accepts_one_text_and_scrubs_secrets():
-    text = (LOGS / "fail_bad_args.log").read_text().replace("--max-model-length 32000", "--api-key sk-123456 hf_abcdefghijkl1234")
+    text = (
+        (LOGS / "fail_bad_args.log")
+        .read_text()
+        .replace("--max-model-length 32000", "--api-key sk-123456 hf_abcdefghijkl1234")
+    )
     cause = classify_failure(text, secrets=["sk-123456"])
     assert cause.kind is FailureKind.BAD_ARGUMENTS
     joined = "\n".join(cause.evidence)
@@ -263,7 +274,9 @@ def test_free_memory_wins_over_the_engine_init_context():
     cause = classify_failure(lines, exit_code=1)
     assert cause.kind is FailureKind.FREE_MEMORY
     assert "Engine core initialization failed" in cause.evidence[-1]
-    context_only = classify_failure([line for line in lines if "Engine core initialization failed" in line], exit_code=1)
+    context_only = classify_failure(
+        [line for line in lines if "Engine core initialization failed" in line], exit_code=1
+    )
     assert context_only.kind is FailureKind.UNKNOWN
 
 

@@ -12,17 +12,26 @@ from deployments.fleet import FLEET_QUEUE, FleetFile, load_fleet_file, render, s
 from tasks.fleet import TargetRun, fleet_row, run_message, spec_summary
 
 ROOT = Path(__file__).resolve().parents[2]
-FLEET = FleetFile(fleet="sparks", targets={"spark-a": {"cache_dir": "/opt/hf"},
-                                           "spark-b": {"cache_dir": "/srv/hf", "host_port": 8001,
-                                                       "hub_endpoint": "http://hub.lan:8080"}})
+FLEET = FleetFile(
+    fleet="sparks",
+    targets={
+        "spark-a": {"cache_dir": "/opt/hf"},
+        "spark-b": {"cache_dir": "/srv/hf", "host_port": 8001, "hub_endpoint": "http://hub.lan:8080"},
+    },
+)
 
 
 def test_every_spark_deployment_is_rendered_per_target_on_its_own_queue():
     rendered = render(FLEET)["deployments"]
     templates = spark_templates()
-    assert {t["entrypoint"] for t in templates} >= {"flows/deploy.py:deploy_qwen", "flows/health.py:health_check",
-                                                    "flows/recover.py:recover_vllm", "flows/teardown.py:stop_qwen",
-                                                    "flows/stage.py:stage_model", "flows/bench.py:bench_qwen"}
+    assert {t["entrypoint"] for t in templates} >= {
+        "flows/deploy.py:deploy_qwen",
+        "flows/health.py:health_check",
+        "flows/recover.py:recover_vllm",
+        "flows/teardown.py:stop_qwen",
+        "flows/stage.py:stage_model",
+        "flows/bench.py:bench_qwen",
+    }
     for target in ("spark-a", "spark-b"):
         mine = [d for d in rendered if d["name"] == target]
         assert sorted(d["entrypoint"] for d in mine) == sorted(t["entrypoint"] for t in templates)
@@ -35,7 +44,9 @@ def test_every_spark_deployment_is_rendered_per_target_on_its_own_queue():
         assert trigger["name"] == f"recover-{target}-on-unhealthy"
         assert by_entry["flows/health.py:health_check"]["schedules"][0]["interval"] == 300
     stage_b = next(d for d in rendered if d["name"] == "spark-b" and d["entrypoint"].startswith("flows/stage.py"))
-    assert stage_b["parameters"]["cache_dir"] == "/srv/hf" and stage_b["parameters"]["endpoint"] == "http://hub.lan:8080"
+    assert (
+        stage_b["parameters"]["cache_dir"] == "/srv/hf" and stage_b["parameters"]["endpoint"] == "http://hub.lan:8080"
+    )
 
 
 def test_the_templates_are_not_changed_by_rendering():
@@ -48,8 +59,11 @@ def test_the_templates_are_not_changed_by_rendering():
 
 def test_the_fleet_flows_run_from_the_fleet_queue_with_every_target():
     fleet_flows = [d for d in render(FLEET)["deployments"] if d["name"] == "sparks"]
-    assert [d["entrypoint"] for d in fleet_flows] == ["flows/fleet.py:deploy_fleet", "flows/fleet.py:health_check_fleet",
-                                                       "flows/fleet.py:rolling_update"]
+    assert [d["entrypoint"] for d in fleet_flows] == [
+        "flows/fleet.py:deploy_fleet",
+        "flows/fleet.py:health_check_fleet",
+        "flows/fleet.py:rolling_update",
+    ]
     assert all(d["work_pool"]["work_queue_name"] == FLEET_QUEUE for d in fleet_flows)
     assert all(d["parameters"] == {"targets": ["spark-a", "spark-b"], "fleet": "sparks"} for d in fleet_flows)
     assert [bool(d.get("schedules")) for d in fleet_flows] == [False, True, False]
@@ -63,8 +77,9 @@ def test_worker_commands_poll_each_machines_queue_and_the_first_runs_the_fleet_f
 
 def test_a_bad_targets_file_names_every_bad_target(tmp_path):
     path = tmp_path / "fleet.yaml"
-    path.write_text(yaml.safe_dump({"fleet": "sparks", "targets": {"a": {"host_port": 0}, "b": {"cache_dir": "rel"},
-                                                                   "c": {}}}))
+    path.write_text(
+        yaml.safe_dump({"fleet": "sparks", "targets": {"a": {"host_port": 0}, "b": {"cache_dir": "rel"}, "c": {}}})
+    )
     with pytest.raises(ValueError) as info:
         load_fleet_file(path)
     assert "target 'a'" in str(info.value) and "target 'b'" in str(info.value) and "target 'c'" not in str(info.value)
@@ -76,7 +91,11 @@ def test_a_bad_targets_file_names_every_bad_target(tmp_path):
 
 
 def test_a_fleet_row_says_the_verdict_what_serves_and_the_last_check():
-    record = {"spec": {"model": "Qwen/Qwen3-32B-FP8", "max_num_seqs": 32}, "spec_hash": "abc", "kv_cache_tokens": 250_000}
+    record = {
+        "spec": {"model": "Qwen/Qwen3-32B-FP8", "max_num_seqs": 32},
+        "spec_hash": "abc",
+        "kv_cache_tokens": 250_000,
+    }
     run = TargetRun(target="spark-a", deployment="deploy-qwen/spark-a", state="COMPLETED", outcome="deployed")
     row = fleet_row("spark-a", "http://a:8000", run, record, {"verdict": "healthy", "checked_at": 1000.0}, now=1090.0)
     assert row["verdict"] == "deployed" and row["model"] == "Qwen/Qwen3-32B-FP8" and row["kv_cache_tokens"] == 250_000
@@ -95,6 +114,9 @@ def test_the_spec_summary_is_the_same_for_the_same_spec_on_any_target():
 
 
 def test_a_failed_runs_message_reads_as_the_flow_raised_it():
-    assert run_message("Flow run encountered an exception: DeployFailed: rolled back: a serves b") == "rolled back: a serves b"
+    assert (
+        run_message("Flow run encountered an exception: DeployFailed: rolled back: a serves b")
+        == "rolled back: a serves b"
+    )
     assert run_message("Flow run encountered an exception: TARGET a IS DOWN: x") == "TARGET a IS DOWN: x"
     assert run_message(None) == "" and run_message("Crashed: killed") == "killed"

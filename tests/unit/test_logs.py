@@ -59,7 +59,11 @@ def test_strip_prefix(raw, expected):
 def test_line_splitter_handles_partial_chunks_and_carriage_returns():
     splitter = LineSplitter()
     assert splitter.feed(b"(APIServer pid=1) INFO a\n(Engine") == ["(APIServer pid=1) INFO a"]
-    assert splitter.feed("Core_0 pid=2) INFO b\r\nbar 1/7\rbar 2/7\r") == ["(EngineCore_0 pid=2) INFO b", "bar 1/7", "bar 2/7"]
+    assert splitter.feed("Core_0 pid=2) INFO b\r\nbar 1/7\rbar 2/7\r") == [
+        "(EngineCore_0 pid=2) INFO b",
+        "bar 1/7",
+        "bar 2/7",
+    ]
     assert splitter.feed("\ntail") == []
     assert splitter.flush() == ["tail"] and splitter.flush() == []
     assert split_lines(b"a\r\nb\rc\n\n") == ["a", "b", "c"]
@@ -107,16 +111,29 @@ def test_parse_line_milestones(line, kind, values):
 
 
 def test_parse_line_details():
-    args = parse_line("(APIServer pid=1) INFO 11-07 10:15:05 [utils.py:326] non-default args: {'model': 'Qwen/Qwen3-32B-FP8', 'max_model_len': 32000, 'api_key': 'sk-secret'}")
+    args = parse_line(
+        "(APIServer pid=1) INFO 11-07 10:15:05 [utils.py:326] non-default args: {'model': 'Qwen/Qwen3-32B-FP8', 'max_model_len': 32000, 'api_key': 'sk-secret'}"
+    )
     assert args.kind is EventKind.ARGS
     assert args.values["non_default_args"] == {"model": "Qwen/Qwen3-32B-FP8", "max_model_len": 32000, "api_key": "***"}
     assert "sk-secret" not in args.line and "sk-secret" not in args.message
-    init = parse_line("(EngineCore_0 pid=210) INFO 11-07 10:15:20 [core.py:74] Initializing a V1 LLM engine (v0.10.1.1+381074ae.nv25.09) with config: model='Qwen/Qwen3-32B-FP8', speculative_config=None, download_dir='/root/.cache/huggingface', load_format=auto")
+    init = parse_line(
+        "(EngineCore_0 pid=210) INFO 11-07 10:15:20 [core.py:74] Initializing a V1 LLM engine (v0.10.1.1+381074ae.nv25.09) with config: model='Qwen/Qwen3-32B-FP8', speculative_config=None, download_dir='/root/.cache/huggingface', load_format=auto"
+    )
     assert init.kind is EventKind.ENGINE_INIT
-    assert init.values == {"version": "0.10.1.1+381074ae.nv25.09", "model": "Qwen/Qwen3-32B-FP8", "download_dir": "/root/.cache/huggingface"}
+    assert init.values == {
+        "version": "0.10.1.1+381074ae.nv25.09",
+        "model": "Qwen/Qwen3-32B-FP8",
+        "download_dir": "/root/.cache/huggingface",
+    }
     assert init.level == "INFO" and init.source == "core.py:74"
     # not a stats line, although it starts the same way
-    assert parse_line("(APIServer pid=1) INFO 11-07 10:19:16 [loggers.py:142] Engine 000: vllm cache_config_info with initialization after num_gpu_blocks is: 16960") is None
+    assert (
+        parse_line(
+            "(APIServer pid=1) INFO 11-07 10:19:16 [loggers.py:142] Engine 000: vllm cache_config_info with initialization after num_gpu_blocks is: 16960"
+        )
+        is None
+    )
     assert parse_line("(APIServer pid=1) INFO 11-07 10:19:16 [launcher.py:37] Route: /health, Methods: GET") is None
     assert parse_line("") is None
     error = parse_line("(EngineCore_0 pid=210) ERROR 11-07 11:02:22 [core.py:700] EngineCore failed to start.")
@@ -193,8 +210,12 @@ def test_phase_transitions_of_a_full_startup():
 
 
 def test_phase_of_and_advance():
-    load = parse_line("(EngineCore_0 pid=210) INFO 11-07 10:15:22 [gpu_model_runner.py:1953] Starting to load model Qwen/Qwen3-32B-FP8...")
-    kv = parse_line("(EngineCore_0 pid=210) INFO 11-07 10:19:08 [gpu_worker.py:276] Available KV cache memory: 66.25 GiB")
+    load = parse_line(
+        "(EngineCore_0 pid=210) INFO 11-07 10:15:22 [gpu_model_runner.py:1953] Starting to load model Qwen/Qwen3-32B-FP8..."
+    )
+    kv = parse_line(
+        "(EngineCore_0 pid=210) INFO 11-07 10:19:08 [gpu_worker.py:276] Available KV cache memory: 66.25 GiB"
+    )
     ready = parse_line("(APIServer pid=1) INFO:     Application startup complete.")
     assert phase_of(load) is Phase.LOADING and phase_of(kv) is Phase.KV_CACHE and phase_of(ready) is Phase.READY
     assert phase_of(EventKind.MODEL_LOADED) is Phase.COMPILING
@@ -208,7 +229,9 @@ def test_phase_of_and_advance():
 
 def test_tracker_handles_tqdm_carriage_returns_in_one_docker_line():
     tracker = StartupTracker()
-    event = tracker.feed("Loading safetensors checkpoint shards:   0% Completed | 0/7 [00:00<?, ?it/s]\rLoading safetensors checkpoint shards:  14% Completed | 1/7 [00:29<02:55, 29.19s/it]")
+    event = tracker.feed(
+        "Loading safetensors checkpoint shards:   0% Completed | 0/7 [00:00<?, ?it/s]\rLoading safetensors checkpoint shards:  14% Completed | 1/7 [00:29<02:55, 29.19s/it]"
+    )
     assert event.values["done"] == 1 and tracker.stats.shards_done == 1
 
 
@@ -231,7 +254,11 @@ def test_parsed_lines_are_scrubbed():
 
 def test_line_helpers_for_the_failure_rules():
     assert strip_ansi("\x1b[31mERROR\x1b[0m x") == "ERROR x"
-    assert split_header("ERROR 11-07 12:02:20 [core.py:700] EngineCore failed to start.") == ("ERROR", "core.py:700", "EngineCore failed to start.")
+    assert split_header("ERROR 11-07 12:02:20 [core.py:700] EngineCore failed to start.") == (
+        "ERROR",
+        "core.py:700",
+        "EngineCore failed to start.",
+    )
     assert split_header("INFO:     Application startup complete.") == ("INFO", None, "Application startup complete.")
     assert split_header("Traceback (most recent call last):") == (None, None, "Traceback (most recent call last):")
     assert is_exception("torch.OutOfMemoryError: CUDA out of memory.") and is_exception("KeyboardInterrupt")

@@ -95,8 +95,14 @@ vllm:cache_config_info{block_size="16",cache_dtype="auto",engine="0",gpu_memory_
 
 
 def snap(taken_at: float = NOW, **fields) -> MetricsSnapshot:
-    base = dict(requests_running=0, requests_waiting=0, kv_cache_usage=0.10, generation_tokens_total=1_000,
-                prompt_tokens_total=5_000, preemptions_total=0)
+    base = dict(
+        requests_running=0,
+        requests_waiting=0,
+        kv_cache_usage=0.10,
+        generation_tokens_total=1_000,
+        prompt_tokens_total=5_000,
+        preemptions_total=0,
+    )
     base.update(fields)
     return MetricsSnapshot(taken_at=taken_at, **base)
 
@@ -127,8 +133,15 @@ def healthy(**changes) -> Observation:
 
 def loading(age_s: float, **changes) -> Observation:
     """A container that started `age_s` ago and does not accept connections yet (vLLM loading)."""
-    fields = dict(started_at=NOW - age_s, health_status=None, health_latency_s=None, models_listed=None,
-                  answer_ok=None, answer_latency_s=None, metrics=None)
+    fields = dict(
+        started_at=NOW - age_s,
+        health_status=None,
+        health_latency_s=None,
+        models_listed=None,
+        answer_ok=None,
+        answer_latency_s=None,
+        metrics=None,
+    )
     return healthy(**{**fields, **changes})
 
 
@@ -165,9 +178,18 @@ def test_parse_the_imitations_metrics():
     m.queue.observe(0.5)
     s = parse_metrics(m.render(), taken_at=NOW)
     assert s == MetricsSnapshot(
-        taken_at=NOW, requests_running=3, requests_waiting=5, kv_cache_usage=0.42, generation_tokens_total=1234,
-        prompt_tokens_total=45678, preemptions_total=2, prefix_cache_queries_total=100, prefix_cache_hits_total=40,
-        requests_succeeded_total=7, queue_time_sum=0.75, queue_time_count=2,
+        taken_at=NOW,
+        requests_running=3,
+        requests_waiting=5,
+        kv_cache_usage=0.42,
+        generation_tokens_total=1234,
+        prompt_tokens_total=45678,
+        preemptions_total=2,
+        prefix_cache_queries_total=100,
+        prefix_cache_hits_total=40,
+        requests_succeeded_total=7,
+        queue_time_sum=0.75,
+        queue_time_count=2,
     )
     assert s.in_flight == 8
 
@@ -271,8 +293,9 @@ def test_healthy_server():
 
 
 def test_healthy_with_only_liveness_observed():
-    report = evaluate(healthy(models_listed=None, answer_ok=None, answer_latency_s=None, metrics=None,
-                              previous=None, memory=None))
+    report = evaluate(
+        healthy(models_listed=None, answer_ok=None, answer_latency_s=None, metrics=None, previous=None, memory=None)
+    )
     assert report.verdict is Verdict.HEALTHY
     assert "not observed: readiness, function, progress, host" in report.reason
     skipped = {r.name for r in report.layers if r.verdict is LayerVerdict.SKIPPED}
@@ -299,7 +322,11 @@ def test_healthy_with_only_liveness_observed():
 )
 def test_stopped_wins_over_everything(obs):
     report = evaluate(dataclasses.replace(obs, desired="stopped"))
-    assert (report.verdict, report.layer, report.condition) == (Verdict.STOPPED, Layer.DESIRED, Condition.DESIRED_STOPPED)
+    assert (report.verdict, report.layer, report.condition) == (
+        Verdict.STOPPED,
+        Layer.DESIRED,
+        Condition.DESIRED_STOPPED,
+    )
     assert "never recovered" in report.reason
     assert layer(report, Layer.DESIRED).verdict is LayerVerdict.OK
     assert all(r.verdict is LayerVerdict.SKIPPED for r in report.layers if r.name is not Layer.DESIRED)
@@ -321,7 +348,11 @@ def test_desired_must_be_running_or_stopped():
 
 def test_no_container():
     report = evaluate(healthy(exists=False, status=None, started_at=None, health_status=None))
-    assert (report.verdict, report.layer, report.condition) == (Verdict.UNHEALTHY, Layer.CONTAINER, Condition.NO_CONTAINER)
+    assert (report.verdict, report.layer, report.condition) == (
+        Verdict.UNHEALTHY,
+        Layer.CONTAINER,
+        Condition.NO_CONTAINER,
+    )
     assert layer(report, Layer.CONTAINER).verdict is LayerVerdict.FAIL
 
 
@@ -335,13 +366,21 @@ def test_exited_with_oom_killed():
 @pytest.mark.parametrize("status", ["dead", "paused", "created", "removing"])
 def test_not_running_states(status):
     report = evaluate(healthy(status=status, health_status=None))
-    assert (report.verdict, report.layer, report.condition) == (Verdict.UNHEALTHY, Layer.CONTAINER, Condition.NOT_RUNNING)
+    assert (report.verdict, report.layer, report.condition) == (
+        Verdict.UNHEALTHY,
+        Layer.CONTAINER,
+        Condition.NOT_RUNNING,
+    )
     assert status in report.reason
 
 
 def test_crash_loop_while_docker_restarts_it():
     report = evaluate(healthy(status="restarting", restart_count_since_deploy=4, exit_code=1, health_status=None))
-    assert (report.verdict, report.layer, report.condition) == (Verdict.UNHEALTHY, Layer.CONTAINER, Condition.CRASH_LOOP)
+    assert (report.verdict, report.layer, report.condition) == (
+        Verdict.UNHEALTHY,
+        Layer.CONTAINER,
+        Condition.CRASH_LOOP,
+    )
     assert "restarted 4 times since the deploy" in report.reason and "exit code 1" in report.reason
 
 
@@ -353,7 +392,9 @@ def test_crash_loop_from_fast_growth_even_while_loading():
 
 
 def test_crash_loop_from_restarts_since_deploy_when_not_serving():
-    report = evaluate(loading(age_s=30, restart_count_since_deploy=3, previous_restart_count=2), Thresholds(crash_loop_restarts=3))
+    report = evaluate(
+        loading(age_s=30, restart_count_since_deploy=3, previous_restart_count=2), Thresholds(crash_loop_restarts=3)
+    )
     assert (report.verdict, report.condition) == (Verdict.UNHEALTHY, Condition.CRASH_LOOP)
     assert "restarted 3 times since the deploy (limit 3)" in report.reason
 
@@ -367,7 +408,9 @@ def test_by_default_one_restart_without_serving_is_a_crash_loop():
 
 
 def test_one_restart_then_loading_is_starting_not_a_loop():
-    report = evaluate(loading(age_s=30, restart_count_since_deploy=1, previous_restart_count=0), Thresholds(crash_loop_restarts=2))
+    report = evaluate(
+        loading(age_s=30, restart_count_since_deploy=1, previous_restart_count=0), Thresholds(crash_loop_restarts=2)
+    )
     assert report.verdict is Verdict.STARTING
     assert layer(report, Layer.CONTAINER).verdict is LayerVerdict.WARN  # the restart still shows
 
@@ -384,7 +427,11 @@ def test_many_restarts_but_serving_is_degraded_not_a_loop():
 @pytest.mark.parametrize("code", [500, 503])
 def test_engine_dead(code):
     report = evaluate(healthy(health_status=code))
-    assert (report.verdict, report.layer, report.condition) == (Verdict.UNHEALTHY, Layer.LIVENESS, Condition.HEALTH_ERROR)
+    assert (report.verdict, report.layer, report.condition) == (
+        Verdict.UNHEALTHY,
+        Layer.LIVENESS,
+        Condition.HEALTH_ERROR,
+    )
     assert f"/health answered {code}" in report.reason and "engine core is dead" in report.reason
     assert layer(report, Layer.LIVENESS).numbers["health_status"] == code
 
@@ -442,19 +489,31 @@ def test_slow_health_is_degraded():
 
 def test_models_not_listed():
     report = evaluate(healthy(models_listed=False))
-    assert (report.verdict, report.layer, report.condition) == (Verdict.UNHEALTHY, Layer.READINESS, Condition.MODELS_MISSING)
+    assert (report.verdict, report.layer, report.condition) == (
+        Verdict.UNHEALTHY,
+        Layer.READINESS,
+        Condition.MODELS_MISSING,
+    )
     assert "/health answered 200" in report.reason
 
 
 def test_wrong_answer():
     report = evaluate(healthy(answer_ok=False, answer_latency_s=2.1, answer_detail="answered '203'"))
-    assert (report.verdict, report.layer, report.condition) == (Verdict.UNHEALTHY, Layer.FUNCTION, Condition.WRONG_ANSWER)
+    assert (report.verdict, report.layer, report.condition) == (
+        Verdict.UNHEALTHY,
+        Layer.FUNCTION,
+        Condition.WRONG_ANSWER,
+    )
     assert "answered '203'" in report.reason and "2.1 s" in report.reason
 
 
 def test_answer_beyond_the_budget_is_unhealthy():
     report = evaluate(healthy(answer_latency_s=75.0))
-    assert (report.verdict, report.layer, report.condition) == (Verdict.UNHEALTHY, Layer.FUNCTION, Condition.ANSWER_TOO_SLOW)
+    assert (report.verdict, report.layer, report.condition) == (
+        Verdict.UNHEALTHY,
+        Layer.FUNCTION,
+        Condition.ANSWER_TOO_SLOW,
+    )
     assert "75 s" in report.reason and "60 s" in report.reason
 
 
@@ -492,7 +551,9 @@ def test_wedged_outranks_the_failed_smoke_question_it_causes():
 
 
 def test_not_wedged_when_idle():
-    idle = healthy(metrics=snap(NOW, generation_tokens_total=1_234), previous=snap(NOW - 300, generation_tokens_total=1_234))
+    idle = healthy(
+        metrics=snap(NOW, generation_tokens_total=1_234), previous=snap(NOW - 300, generation_tokens_total=1_234)
+    )
     assert evaluate(idle).verdict is Verdict.HEALTHY
 
 
@@ -520,21 +581,34 @@ def test_not_wedged_without_a_previous_snapshot_or_after_a_reset():
 
 
 def test_kv_cache_nearly_full_is_degraded():
-    report = evaluate(healthy(metrics=snap(NOW, requests_running=40, kv_cache_usage=0.97, generation_tokens_total=9_000)))
-    assert (report.verdict, report.layer, report.condition) == (Verdict.DEGRADED, Layer.PROGRESS, Condition.KV_CACHE_FULL)
+    report = evaluate(
+        healthy(metrics=snap(NOW, requests_running=40, kv_cache_usage=0.97, generation_tokens_total=9_000))
+    )
+    assert (report.verdict, report.layer, report.condition) == (
+        Verdict.DEGRADED,
+        Layer.PROGRESS,
+        Condition.KV_CACHE_FULL,
+    )
     assert "97.0%" in report.reason and "95.0%" in report.reason
 
 
 def test_preemptions_since_the_last_check_are_degraded():
-    report = evaluate(healthy(metrics=snap(NOW, requests_running=1, generation_tokens_total=2_000, preemptions_total=7),
-                              previous=snap(NOW - 300, requests_running=1, preemptions_total=3)))
+    report = evaluate(
+        healthy(
+            metrics=snap(NOW, requests_running=1, generation_tokens_total=2_000, preemptions_total=7),
+            previous=snap(NOW - 300, requests_running=1, preemptions_total=3),
+        )
+    )
     assert (report.verdict, report.layer, report.condition) == (Verdict.DEGRADED, Layer.PROGRESS, Condition.PREEMPTIONS)
     assert "preempted 4 request(s)" in report.reason and "300 s" in report.reason
 
 
 def test_old_preemptions_do_not_count():
     assert evaluate(healthy(metrics=snap(NOW, preemptions_total=7), previous=None)).verdict is Verdict.HEALTHY
-    assert evaluate(healthy(metrics=snap(NOW, preemptions_total=7), previous=snap(NOW - 300, preemptions_total=7))).verdict is Verdict.HEALTHY
+    assert (
+        evaluate(healthy(metrics=snap(NOW, preemptions_total=7), previous=snap(NOW - 300, preemptions_total=7))).verdict
+        is Verdict.HEALTHY
+    )
 
 
 # ------------------------------------------------------------------------------ host, desired
@@ -556,7 +630,11 @@ def test_restarted_since_the_deploy_is_degraded():
 def test_running_a_recovered_spec_is_degraded():
     why = "requested gpu_memory_utilization 0.90, running gpu_memory_utilization 0.69, because other processes hold 30 GiB"
     report = evaluate(healthy(degraded=why))
-    assert (report.verdict, report.layer, report.condition) == (Verdict.DEGRADED, Layer.DESIRED, Condition.RECOVERED_SPEC)
+    assert (report.verdict, report.layer, report.condition) == (
+        Verdict.DEGRADED,
+        Layer.DESIRED,
+        Condition.RECOVERED_SPEC,
+    )
     assert why in report.reason
     assert layer(report, Layer.DESIRED).verdict is LayerVerdict.WARN
 
@@ -670,7 +748,9 @@ def test_summarise_history():
         history_row(evaluate(healthy()), 900.0),
     ]
     text = summarise_history(rows)
-    assert text.startswith("4 checks (1970-01-01 00:00:00 UTC to 1970-01-01 00:15:00 UTC): 2 healthy, 1 starting, 1 unhealthy")
+    assert text.startswith(
+        "4 checks (1970-01-01 00:00:00 UTC to 1970-01-01 00:15:00 UTC): 2 healthy, 1 starting, 1 unhealthy"
+    )
     assert "healthy for the last 2" in text
     assert "last unhealthy at 1970-01-01 00:05:00 UTC: requests running 3" in text
 

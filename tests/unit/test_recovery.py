@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -45,7 +45,9 @@ def cause(name: str, **kwargs) -> FailureCause:
 
 def free_memory_cause(free: str = "85.92", total: str = "121.69") -> FailureCause:
     """The recorded free-memory failure, its exact text with other numbers."""
-    found = classify_failure(text("fail_free_memory.log").replace(FREE_LINE, f"Free memory on device ({free}/{total} GiB)"))
+    found = classify_failure(
+        text("fail_free_memory.log").replace(FREE_LINE, f"Free memory on device ({free}/{total} GiB)")
+    )
     assert found.kind is FailureKind.FREE_MEMORY and found.numbers["free_gib"] == float(free)
     return found
 
@@ -136,8 +138,9 @@ def test_stale_container_of_ours_is_removed_first():
     assert other.klass is RecoveryClass.UNRECOVERABLE
 
     # removed, and the start failed again while it still shows: not again, the next class decides
-    again = plan_recovery(cause("fail_free_memory.log"), mem(cached=30.0, stale_containers=("vllm-old",)),
-                          SPEC_092, 1, history=[step])
+    again = plan_recovery(
+        cause("fail_free_memory.log"), mem(cached=30.0, stale_containers=("vllm-old",)), SPEC_092, 1, history=[step]
+    )
     assert again.klass is RecoveryClass.PAGE_CACHE
 
 
@@ -181,8 +184,9 @@ def test_shortage_when_nothing_else_holds_memory_or_the_prune_ran():
     assert "nothing more can be freed" in nobody.reason
 
     pruned = plan_recovery(cause("fail_free_memory.log"), NO_MEMORY, SPEC_092, 0)
-    after = plan_recovery(free_memory_cause("80.10"), NO_MEMORY, EngineSpec(gpu_memory_utilization=0.69), 1,
-                          history=[pruned])
+    after = plan_recovery(
+        free_memory_cause("80.10"), NO_MEMORY, EngineSpec(gpu_memory_utilization=0.69), 1, history=[pruned]
+    )
     assert after.klass is RecoveryClass.SHORTAGE and after.actions == []
     assert after.overrides == {"gpu_memory_utilization": 0.65}  # (80.10 - 1) / 121.69 = 0.650
     assert_sane(after, EngineSpec(gpu_memory_utilization=0.69), True)
@@ -198,7 +202,9 @@ def test_the_floor_gives_up_with_the_numbers():
     at_floor = plan_recovery(free_memory_cause("61.85"), NO_MEMORY, SPEC_092, 0)  # (61.85 - 1) / 121.69 = 0.500
     assert not at_floor.give_up and at_floor.overrides == {"gpu_memory_utilization": 0.50}
 
-    lower_floor = plan_recovery(free_memory_cause("55.00"), NO_MEMORY, SPEC_092, 0, RecoveryLimits(floor_utilization=0.40))
+    lower_floor = plan_recovery(
+        free_memory_cause("55.00"), NO_MEMORY, SPEC_092, 0, RecoveryLimits(floor_utilization=0.40)
+    )
     assert not lower_floor.give_up and lower_floor.overrides == {"gpu_memory_utilization": 0.44}
 
 
@@ -267,8 +273,13 @@ def test_kv_too_small_keeps_the_context_when_free_memory_covers_the_missing_gib(
     assert "raising to 0.44 needs more than is free: up to 0.37" in scarce.reason
 
     # raised once and still too small: vLLM's new estimate decides, not another raise
-    again = plan_recovery(cause("fail_kv_too_small.log"), mem(total=119.7, free=80.0, cached=32.0),
-                          EngineSpec(gpu_memory_utilization=0.44), 1, history=[step])
+    again = plan_recovery(
+        cause("fail_kv_too_small.log"),
+        mem(total=119.7, free=80.0, cached=32.0),
+        EngineSpec(gpu_memory_utilization=0.44),
+        1,
+        history=[step],
+    )
     assert again.overrides == {"max_model_len": 12544}
 
 
@@ -287,7 +298,9 @@ SPEC_NO_KV = EngineSpec(gpu_memory_utilization=0.35)
 
 def test_no_kv_memory_raises_the_utilization_when_memory_is_free():
     limits = RecoveryLimits().calibrated(text("fail_no_kv_memory.log").splitlines())
-    step = plan_recovery(cause("fail_no_kv_memory.log"), mem(total=119.7, free=80.0, cached=32.0), SPEC_NO_KV, 0, limits)
+    step = plan_recovery(
+        cause("fail_no_kv_memory.log"), mem(total=119.7, free=80.0, cached=32.0), SPEC_NO_KV, 0, limits
+    )
     assert step.klass is RecoveryClass.NO_KV_MEMORY
     assert step.overrides == {"gpu_memory_utilization": 0.42}  # the least that holds one 32000-token request
     assert limits.max_len_at(0.42, 119.7, 16384, 64) >= 32000
@@ -319,7 +332,9 @@ def test_cuda_oom_steps_the_batch_settings_to_the_latency_preset_then_utilizatio
     second = plan_recovery(oom, NO_MEMORY, second_spec, 1, history=[first])
     assert second.overrides == {"gpu_memory_utilization": 0.85}
     latency = PRESETS["latency"]
-    at_preset = EngineSpec(max_num_batched_tokens=latency["max_num_batched_tokens"], max_num_seqs=latency["max_num_seqs"])
+    at_preset = EngineSpec(
+        max_num_batched_tokens=latency["max_num_batched_tokens"], max_num_seqs=latency["max_num_seqs"]
+    )
     third = plan_recovery(oom, NO_MEMORY, at_preset, 0)
     assert third.overrides == {"gpu_memory_utilization": 0.85} and "0.90 -> 0.85" in third.reason
     for step, s in ((first, spec), (second, second_spec), (third, at_preset)):
@@ -363,7 +378,7 @@ def test_batch_step_keeps_a_whole_prompt_without_chunked_prefill():
 # ------------------------------------------------------------------------------ engine death
 
 
-NOW = datetime(2025, 11, 7, 14, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 11, 7, 14, 0, tzinfo=UTC)
 
 
 def test_engine_died_restarts_once_an_hour():
@@ -382,8 +397,9 @@ def test_engine_died_restarts_once_an_hour():
     assert not plan_recovery(died, NO_MEMORY, EngineSpec(), 0, history=[long_ago], now=NOW).give_up
     # without a clock every restart in the history counts
     assert plan_recovery(died, NO_MEMORY, EngineSpec(), 0, history=[long_ago]).give_up
-    assert not plan_recovery(died, NO_MEMORY, EngineSpec(), 0, RecoveryLimits(engine_restarts_per_hour=2),
-                             history=[taken], now=NOW).give_up
+    assert not plan_recovery(
+        died, NO_MEMORY, EngineSpec(), 0, RecoveryLimits(engine_restarts_per_hour=2), history=[taken], now=NOW
+    ).give_up
 
 
 def test_an_engine_death_during_startup_is_for_a_person():
@@ -398,7 +414,14 @@ def test_an_engine_death_during_startup_is_for_a_person():
 
 
 @pytest.mark.parametrize(
-    "log", ["fail_missing_model.log", "fail_missing_shard.log", "fail_bad_args.log", "fail_fp8_kernel.log", "fail_gpu_runtime.log"]
+    "log",
+    [
+        "fail_missing_model.log",
+        "fail_missing_shard.log",
+        "fail_bad_args.log",
+        "fail_fp8_kernel.log",
+        "fail_gpu_runtime.log",
+    ],
 )
 def test_unrecoverable_gives_up_with_the_causes_own_fix(log):
     found = cause(log)
@@ -439,7 +462,13 @@ def test_no_step_repeats_a_spec_after_a_memory_failure():
         mem(total=119.7, free=20.0, cached=0.0),
         mem(stale_containers=("vllm-old",)),
     ]
-    specs = [EngineSpec(), SPEC_092, SPEC_KV, EngineSpec.preset("latency"), EngineSpec.preset("latency", gpu_memory_utilization=0.5)]
+    specs = [
+        EngineSpec(),
+        SPEC_092,
+        SPEC_KV,
+        EngineSpec.preset("latency"),
+        EngineSpec.preset("latency", gpu_memory_utilization=0.5),
+    ]
     for log, machine, spec, attempt in itertools.product(sorted(LOGS.glob("*.log")), machines, specs, (0, 1, 2)):
         found = classify_failure(log.read_text())
         step = plan_recovery(found, machine, spec, attempt)

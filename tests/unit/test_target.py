@@ -12,7 +12,6 @@ from docker.api.client import APIClient
 from pydantic import ValidationError
 
 from blocks.engine import EngineSpec
-from blocks.shared import LABEL_MANAGED_BY, LABEL_SERVED_MODEL, LABEL_SPEC_HASH, LABEL_TARGET, MANAGED_BY
 from blocks.render import (
     REDACTED,
     SecretValue,
@@ -22,6 +21,7 @@ from blocks.render import (
     redacted,
     secret_environment,
 )
+from blocks.shared import LABEL_MANAGED_BY, LABEL_SERVED_MODEL, LABEL_SPEC_HASH, LABEL_TARGET, MANAGED_BY
 from blocks.target import TargetMachine
 
 HF = "hf_abcdefghijklmnopqrstuvwxyz0123"
@@ -108,7 +108,9 @@ def test_validation_errors_name_the_field(kwargs, field):
 
 
 def test_empty_strings_mean_none():
-    t = TargetMachine(name="spark", docker_base_url="", hf_token_secret="", hub_endpoint=" ", image="", container_name=" ")
+    t = TargetMachine(
+        name="spark", docker_base_url="", hf_token_secret="", hub_endpoint=" ", image="", container_name=" "
+    )
     assert t.docker_base_url is None and t.hf_token_secret is None and t.hub_endpoint is None and t.image is None
     assert t.container_name is None
 
@@ -127,7 +129,10 @@ def test_a_bad_container_name_override_is_refused_with_the_fix(bad):
 
 def test_target_and_spec_share_one_container_name_rule():
     for name in ("vllm-qwen3-32b-fp8", "a.b_c-1", "Qwen3"):
-        assert TargetMachine(name="sim", container_name=name).container_name == EngineSpec(container_name=name).container_name
+        assert (
+            TargetMachine(name="sim", container_name=name).container_name
+            == EngineSpec(container_name=name).container_name
+        )
     with pytest.raises(ValidationError, match="not a valid docker container name"):
         EngineSpec(container_name=" ")  # the spec needs a name; on the target, empty = the spec's
     for name in ("bad name!", "x", "_x", "vllm/qwen"):
@@ -140,7 +145,11 @@ def test_target_and_spec_share_one_container_name_rule():
 def test_apply_to_validates_the_overrides():
     spec = EngineSpec(max_num_seqs=32)
     applied = sim(container_name="vllm-sim-1").apply_to(spec)
-    assert (applied.image, applied.container_name, applied.max_num_seqs) == ("spark-vllm/vllm-sim:latest", "vllm-sim-1", 32)
+    assert (applied.image, applied.container_name, applied.max_num_seqs) == (
+        "spark-vllm/vllm-sim:latest",
+        "vllm-sim-1",
+        32,
+    )
     assert spec.container_name == "vllm-qwen3-32b-fp8"  # the input is untouched
     assert spark().apply_to(spec) is spec  # no overrides: the spec itself
     # A block that skipped validation (model_construct, an old saved document) is still refused
@@ -219,7 +228,10 @@ def test_open_to_network(kwargs, is_open):
 
 
 def test_a_specific_address_is_named_in_the_warning():
-    assert "192.168.1.20, a non-loopback address" in TargetMachine(name="spark", publish_host="192.168.1.20").open_to_network_warning()
+    assert (
+        "192.168.1.20, a non-loopback address"
+        in TargetMachine(name="spark", publish_host="192.168.1.20").open_to_network_warning()
+    )
 
 
 # ------------------------------------------------------------------------------ remote docker hosts
@@ -271,7 +283,10 @@ def test_labels():
         "org.spark-vllm.served-model": "Qwen/Qwen3-32B-FP8",
     }
     assert (LABEL_MANAGED_BY, LABEL_TARGET, LABEL_SPEC_HASH, LABEL_SERVED_MODEL, MANAGED_BY) == (
-        "org.spark-vllm.managed-by", "org.spark-vllm.target", "org.spark-vllm.spec-hash", "org.spark-vllm.served-model",
+        "org.spark-vllm.managed-by",
+        "org.spark-vllm.target",
+        "org.spark-vllm.spec-hash",
+        "org.spark-vllm.served-model",
         "spark-vllm",
     )  # fmt: skip: the keys live in blocks.shared, once
     assert label_filters("spark") == {"label": ["org.spark-vllm.managed-by=spark-vllm", "org.spark-vllm.target=spark"]}
@@ -357,7 +372,9 @@ def test_docker_py_accepts_the_kwargs_and_sends_what_the_runbook_says():
     assert host["PortBindings"] == {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8000"}]}
     assert host["Binds"] == ["/opt/hf:/root/.cache/huggingface:rw"]
     assert host["RestartPolicy"] == {"Name": "unless-stopped"}
-    assert host["DeviceRequests"] == [{"Driver": "", "Count": -1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}]
+    assert host["DeviceRequests"] == [
+        {"Driver": "", "Count": -1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}
+    ]
     # docker receives the real secret values (only in the container's env), never "***"
     assert f"HF_TOKEN={HF}" in body["Env"] and f"HUGGING_FACE_HUB_TOKEN={HF}" in body["Env"]
     assert f"VLLM_API_KEY={KEY}" in body["Env"]
@@ -398,13 +415,18 @@ def test_redacted_is_plain_json_without_secrets():
     assert HF not in text and KEY not in text
     assert safe["environment"]["HF_TOKEN"] == REDACTED and safe["environment"]["VLLM_API_KEY"] == REDACTED
     assert safe["environment"]["HF_HUB_OFFLINE"] == "1"
-    assert safe["device_requests"] == [{"Driver": "", "Count": -1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}]
+    assert safe["device_requests"] == [
+        {"Driver": "", "Count": -1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}
+    ]
     assert safe["command"] == kw["command"]
     assert kw["environment"]["HF_TOKEN"] == HF  # the original is untouched
 
 
 def test_redacted_masks_secret_flags_and_env_lists():
-    kw = {"command": ["vllm", "serve", "m", "--api-key", KEY, f"--hf-token={HF}"], "environment": [f"HF_TOKEN={HF}", "A=1"]}
+    kw = {
+        "command": ["vllm", "serve", "m", "--api-key", KEY, f"--hf-token={HF}"],
+        "environment": [f"HF_TOKEN={HF}", "A=1"],
+    }
     safe = redacted(kw)
     assert safe["command"] == ["vllm", "serve", "m", "--api-key", REDACTED, "--hf-token=***"]
     assert safe["environment"] == ["HF_TOKEN=***", "A=1"]

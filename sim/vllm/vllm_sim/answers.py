@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import List, Optional, Sequence
 
 _TOKEN_RE = re.compile(r"</?think>|\s+(?=</?think>)|\s*[^\s<]{1,4}|\s*<|\s+")
 _ARITH_RE = re.compile(
@@ -27,10 +27,19 @@ _ARITH_RE = re.compile(
     re.IGNORECASE,
 )
 _OPS = {
-    "+": "+", "plus": "+",
-    "-": "-", "minus": "-",
-    "*": "*", "x": "*", "×": "*", "times": "*", "multiplied by": "*",
-    "/": "/", "÷": "/", "divided by": "/", "over": "/",
+    "+": "+",
+    "plus": "+",
+    "-": "-",
+    "minus": "-",
+    "*": "*",
+    "x": "*",
+    "×": "*",
+    "times": "*",
+    "multiplied by": "*",
+    "/": "/",
+    "÷": "/",
+    "divided by": "/",
+    "over": "/",
 }
 _FILLER = (
     "Here is a clear and structured answer to your question.",
@@ -46,7 +55,7 @@ _FILLER = (
 )
 
 
-def tokenize(text: str) -> List[str]:
+def tokenize(text: str) -> list[str]:
     """Split `text` into approximate tokens whose concatenation is `text`."""
     return _TOKEN_RE.findall(text)
 
@@ -64,11 +73,11 @@ def _message_text(content: object) -> str:
     return "" if content is None else str(content)
 
 
-def chat_prompt_pieces(messages: Sequence[dict], enable_thinking: bool = True) -> List[str]:
+def chat_prompt_pieces(messages: Sequence[dict], enable_thinking: bool = True) -> list[str]:
     """The rendered Qwen3 chat template as pieces: each message is
     `<|im_start|>role\n content <|im_end|>\n`, then `<|im_start|>assistant\n`
     (plus an empty think block when thinking is disabled)."""
-    pieces: List[str] = []
+    pieces: list[str] = []
     for msg in messages:
         pieces += ["<|im_start|>", str(msg.get("role", "user")), "\n"]
         pieces += tokenize(_message_text(msg.get("content")))
@@ -97,7 +106,7 @@ def _fmt(value: Fraction) -> str:
     return f"{float(value):.6g}"
 
 
-def arithmetic(text: str) -> Optional[str]:
+def arithmetic(text: str) -> str | None:
     """'What is 12*17?' -> '12 * 17 = 204' (the last integer expression in the text)."""
     matches = list(_ARITH_RE.finditer(text))
     if not matches:
@@ -127,7 +136,7 @@ def filler(prompt: str) -> str:
     seed = _digest(prompt)
     target = 120 + seed % 281
     start = seed % len(_FILLER)
-    parts: List[str] = []
+    parts: list[str] = []
     i = 0
     while count_tokens(" ".join(parts)) < target:
         parts.append(_FILLER[(start + i) % len(_FILLER)])
@@ -144,15 +153,20 @@ def answer(prompt: str) -> str:
 def thinking(prompt: str) -> str:
     """Qwen3's short reasoning block that precedes the answer when thinking is on."""
     arith = arithmetic(prompt)
-    thought = (f"The user asks for a calculation. Computing it: {arith}." if arith
-               else "The user wants a clear explanation. I will answer in a few structured sentences.")
+    thought = (
+        f"The user asks for a calculation. Computing it: {arith}."
+        if arith
+        else "The user wants a clear explanation. I will answer in a few structured sentences."
+    )
     return f"<think>\n{thought}\n</think>\n\n"
 
 
 def chat_output(messages: Sequence[dict], enable_thinking: bool = True) -> str:
     prompt = last_user_text(messages)
     arith = arithmetic(prompt)
-    final = f"{arith.rsplit(' = ', 1)[0]} = **{arith.rsplit(' = ', 1)[1]}**" if arith and " = " in arith else answer(prompt)
+    final = (
+        f"{arith.rsplit(' = ', 1)[0]} = **{arith.rsplit(' = ', 1)[1]}**" if arith and " = " in arith else answer(prompt)
+    )
     return (thinking(prompt) if enable_thinking else "") + final
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 VERSION = "0.10.1.1+381074ae.nv25.09"
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
@@ -23,7 +24,7 @@ SUBCOMMANDS = ("chat", "complete", "serve", "bench", "collect-env", "run-batch")
 def human_readable_int(value: str) -> int:
     """vLLM's parser for sizes: 32000, 32k (x1000), 32K (x1024), 1m, 1M."""
     value = value.strip()
-    units = {"k": 1000, "m": 1000 ** 2, "g": 1000 ** 3, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
+    units = {"k": 1000, "m": 1000**2, "g": 1000**3, "K": 1024, "M": 1024**2, "G": 1024**3}
     if value and value[-1] in units:
         try:
             return int(float(value[:-1]) * units[value[-1]])
@@ -37,45 +38,52 @@ class ServeArgs:
     """The parsed `vllm serve` arguments the imitation acts on."""
 
     model: str
-    host: Optional[str]
+    host: str | None
     port: int
-    api_key: Optional[str]
-    served_model_name: Optional[List[str]]
-    revision: Optional[str]
-    download_dir: Optional[str]
-    max_model_len: Optional[int]
+    api_key: str | None
+    served_model_name: list[str] | None
+    revision: str | None
+    download_dir: str | None
+    max_model_len: int | None
     gpu_memory_utilization: float
-    max_num_batched_tokens: Optional[int]
-    max_num_seqs: Optional[int]
-    enable_prefix_caching: Optional[bool]
+    max_num_batched_tokens: int | None
+    max_num_seqs: int | None
+    enable_prefix_caching: bool | None
     trust_remote_code: bool
-    quantization: Optional[str]
+    quantization: str | None
     dtype: str
-    seed: Optional[int]
+    seed: int | None
     enforce_eager: bool
     disable_log_stats: bool
     disable_uvicorn_access_log: bool
-    non_default: Dict[str, Any]
+    non_default: dict[str, Any]
 
     @property
-    def served_names(self) -> List[str]:
+    def served_names(self) -> list[str]:
         return list(self.served_model_name) if self.served_model_name else [self.model]
 
 
 def _add_serve_options(p: argparse.ArgumentParser) -> None:
     """Options in the order vLLM registers them (frontend first, then engine args)."""
-    p.add_argument("model_tag", nargs="?", default=None, help="The model tag to serve (optional if specified in config)")
+    p.add_argument(
+        "model_tag", nargs="?", default=None, help="The model tag to serve (optional if specified in config)"
+    )
     p.add_argument("--host", type=str, default=None)
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--uvicorn-log-level", type=str, default="info",
-                   choices=["debug", "info", "warning", "error", "critical", "trace"])
+    p.add_argument(
+        "--uvicorn-log-level",
+        type=str,
+        default="info",
+        choices=["debug", "info", "warning", "error", "critical", "trace"],
+    )
     p.add_argument("--disable-uvicorn-access-log", action="store_true", default=False)
     p.add_argument("--api-key", type=str, default=None)
     p.add_argument("--model", type=str, default=DEFAULT_MODEL)
     p.add_argument("--tokenizer", type=str, default=None)
     p.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--dtype", type=str, default="auto",
-                   choices=["auto", "bfloat16", "float", "float16", "float32", "half"])
+    p.add_argument(
+        "--dtype", type=str, default="auto", choices=["auto", "bfloat16", "float", "float16", "float32", "half"]
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--revision", type=str, default=None)
     p.add_argument("--max-model-len", type=human_readable_int, default=None)
@@ -99,18 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     subs = parser.add_subparsers(required=False, dest="subparser", metavar="{" + ",".join(SUBCOMMANDS) + "}")
     for name in SUBCOMMANDS:
         if name == "serve":
-            serve = subs.add_parser("serve", help="Start the vLLM OpenAI Compatible API server.",
-                                    description="Start the vLLM OpenAI Compatible API server.",
-                                    usage="vllm serve [model_tag] [options]")
+            serve = subs.add_parser(
+                "serve",
+                help="Start the vLLM OpenAI Compatible API server.",
+                description="Start the vLLM OpenAI Compatible API server.",
+                usage="vllm serve [model_tag] [options]",
+            )
             _add_serve_options(serve)
         else:
             subs.add_parser(name, help=f"{name} (not available in the imitation)")
     return parser
 
 
-def normalize_flags(argv: Sequence[str]) -> List[str]:
+def normalize_flags(argv: Sequence[str]) -> list[str]:
     """FlexibleArgumentParser: `--max_model_len=1` -> `--max-model-len=1`."""
-    out: List[str] = []
+    out: list[str] = []
     for arg in argv:
         if arg.startswith("--") and "_" in arg.split("=", 1)[0]:
             key, sep, val = arg.partition("=")
@@ -119,10 +130,10 @@ def normalize_flags(argv: Sequence[str]) -> List[str]:
     return out
 
 
-def _non_default(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> Dict[str, Any]:
+def _non_default(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> dict[str, Any]:
     """vLLM's `non-default args` dict: every option whose value differs from its default."""
     serve = _serve_parser(parser)
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for action in serve._actions:  # registration order, as vLLM iterates them
         if action.dest in ("help",) or action.dest not in vars(ns):
             continue
@@ -154,17 +165,30 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 def to_serve_args(ns: argparse.Namespace) -> ServeArgs:
     model = ns.model_tag or ns.model
     return ServeArgs(
-        model=model, host=ns.host, port=ns.port, api_key=ns.api_key, served_model_name=ns.served_model_name,
-        revision=ns.revision, download_dir=ns.download_dir, max_model_len=ns.max_model_len,
-        gpu_memory_utilization=ns.gpu_memory_utilization, max_num_batched_tokens=ns.max_num_batched_tokens,
-        max_num_seqs=ns.max_num_seqs, enable_prefix_caching=ns.enable_prefix_caching,
-        trust_remote_code=ns.trust_remote_code, quantization=ns.quantization, dtype=ns.dtype, seed=ns.seed,
-        enforce_eager=ns.enforce_eager, disable_log_stats=ns.disable_log_stats,
-        disable_uvicorn_access_log=ns.disable_uvicorn_access_log, non_default=ns.non_default,
+        model=model,
+        host=ns.host,
+        port=ns.port,
+        api_key=ns.api_key,
+        served_model_name=ns.served_model_name,
+        revision=ns.revision,
+        download_dir=ns.download_dir,
+        max_model_len=ns.max_model_len,
+        gpu_memory_utilization=ns.gpu_memory_utilization,
+        max_num_batched_tokens=ns.max_num_batched_tokens,
+        max_num_seqs=ns.max_num_seqs,
+        enable_prefix_caching=ns.enable_prefix_caching,
+        trust_remote_code=ns.trust_remote_code,
+        quantization=ns.quantization,
+        dtype=ns.dtype,
+        seed=ns.seed,
+        enforce_eager=ns.enforce_eager,
+        disable_log_stats=ns.disable_log_stats,
+        disable_uvicorn_access_log=ns.disable_uvicorn_access_log,
+        non_default=ns.non_default,
     )
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `vllm` command."""
     ns = parse(sys.argv[1:] if argv is None else argv)
     if ns.subparser is None:

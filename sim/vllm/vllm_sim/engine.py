@@ -18,13 +18,12 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Deque, List, Optional, Tuple
 
 from .memory import BLOCK_SIZE
 from .metrics import VllmMetrics
 from .timing import Roofline
 
-Event = Tuple[int, str, Optional[str]]  # (choice index, text piece | error message, finish_reason | "error" | None)
+Event = tuple[int, str, str | None]  # (choice index, text piece | error message, finish_reason | "error" | None)
 
 
 @dataclass
@@ -32,19 +31,19 @@ class GenRequest:
     """One sequence: its prompt pieces, the output it will produce, and its timeline."""
 
     request_id: str
-    prompt_pieces: List[str]
-    output_pieces: List[str]
+    prompt_pieces: list[str]
+    output_pieces: list[str]
     finish_reason: str
-    index: int = 0                    # choice index within its HTTP request
+    index: int = 0  # choice index within its HTTP request
     arrival: float = field(default_factory=time.monotonic)
-    events: "queue.Queue[Event]" = field(default_factory=queue.Queue)
-    computed: int = 0                 # tokens whose KV exists (prompt + generated)
+    events: queue.Queue[Event] = field(default_factory=queue.Queue)
+    computed: int = 0  # tokens whose KV exists (prompt + generated)
     generated: int = 0
     cached_tokens: int = 0
     queried: bool = False
-    scheduled_at: Optional[float] = None
-    first_token_at: Optional[float] = None
-    last_token_at: Optional[float] = None
+    scheduled_at: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
     aborted: bool = False
 
     def __post_init__(self) -> None:
@@ -64,12 +63,12 @@ class GenRequest:
         return math.ceil((self.target + 1) / BLOCK_SIZE)
 
 
-def _block_hashes(pieces: List[str]) -> List[str]:
+def _block_hashes(pieces: list[str]) -> list[str]:
     """Chained hashes of full 16-token blocks (vLLM's prefix-cache keys)."""
-    hashes: List[str] = []
+    hashes: list[str] = []
     prev = ""
     for start in range(0, len(pieces) - len(pieces) % BLOCK_SIZE, BLOCK_SIZE):
-        h = hashlib.sha256((prev + "\x00".join(pieces[start:start + BLOCK_SIZE])).encode()).hexdigest()
+        h = hashlib.sha256((prev + "\x00".join(pieces[start : start + BLOCK_SIZE])).encode()).hexdigest()
         hashes.append(h)
         prev = h
     return hashes
@@ -104,9 +103,9 @@ class Engine:
         self.scale = decode_time_scale
         self.prefix_caching = enable_prefix_caching
         self._cond = threading.Condition()
-        self._waiting: Deque[GenRequest] = collections.deque()
-        self._running: List[GenRequest] = []
-        self._prefix: "collections.OrderedDict[str, None]" = collections.OrderedDict()
+        self._waiting: collections.deque[GenRequest] = collections.deque()
+        self._running: list[GenRequest] = []
+        self._prefix: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._stop = False
         self.hung = False
         self.dead = False
@@ -143,7 +142,9 @@ class Engine:
     def submit(self, req: GenRequest) -> None:
         with self._cond:
             if self.dead:
-                req.events.put((req.index, "EngineCore encountered an issue. See stack trace (above) for the root cause.", "error"))
+                req.events.put(
+                    (req.index, "EngineCore encountered an issue. See stack trace (above) for the root cause.", "error")
+                )
                 return
             self._waiting.append(req)
             self._update_gauges()
@@ -156,7 +157,7 @@ class Engine:
             self._cond.notify_all()
 
     # --- introspection for the periodic log line ------------------------------
-    def take_window(self) -> Tuple[StatsWindow, int, int, float, float]:
+    def take_window(self) -> tuple[StatsWindow, int, int, float, float]:
         """(counts since last call, running, waiting, kv usage 0-1, prefix hit rate 0-1)."""
         with self._cond:
             window, self.window = self.window, StatsWindow()
@@ -239,14 +240,14 @@ class Engine:
             self._prefix_lookup(req)
             self._running.append(req)
 
-    def _plan(self) -> Tuple[List[Tuple[GenRequest, int]], int, int]:
+    def _plan(self) -> tuple[list[tuple[GenRequest, int]], int, int]:
         """Decodes first (one token each), then prefill chunks within the token budget.
 
         After a token is sampled its own KV is not computed yet, so a decoding
         sequence is one token short of its target; a prefilling one is more.
         """
         budget = self.max_batched
-        plan: List[Tuple[GenRequest, int]] = []
+        plan: list[tuple[GenRequest, int]] = []
         decoding = [r for r in self._running if r.first_token_at is not None and r.target - r.computed == 1]
         prefilling = [r for r in self._running if r not in decoding and r.target > r.computed]
         for req in decoding + prefilling:
@@ -259,7 +260,7 @@ class Engine:
         context = sum(r.computed for r in self._running)
         return plan, batch_tokens, context
 
-    def _apply(self, plan: List[Tuple[GenRequest, int]], now: float) -> None:
+    def _apply(self, plan: list[tuple[GenRequest, int]], now: float) -> None:
         for req, n in plan:
             if req.aborted or req not in self._running:
                 continue

@@ -12,15 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Where the failure surfaces; selects the traceback frames printed before it.
-STAGE_CONFIG = "config"            # APIServer: resolving config.json (hub cache)
-STAGE_TOKENIZER = "tokenizer"      # APIServer: AsyncLLM tokenizer init
+STAGE_CONFIG = "config"  # APIServer: resolving config.json (hub cache)
+STAGE_TOKENIZER = "tokenizer"  # APIServer: AsyncLLM tokenizer init
 STAGE_INIT_DEVICE = "init_device"  # EngineCore: gpu_worker.init_device free-memory check
-STAGE_WEIGHTS = "weights"          # EngineCore: locating the weights snapshot
-STAGE_SHARD = "shard"              # EngineCore: opening one safetensors shard
-STAGE_LOAD_OOM = "load_oom"        # EngineCore: CUDA OOM while loading weights
-STAGE_KV_CACHE = "kv_cache"        # EngineCore: KV cache sizing
-STAGE_ARGS = "args"                # APIServer: engine-args validation
-STAGE_PORT = "port"                # APIServer: binding the listening socket
+STAGE_WEIGHTS = "weights"  # EngineCore: locating the weights snapshot
+STAGE_SHARD = "shard"  # EngineCore: opening one safetensors shard
+STAGE_LOAD_OOM = "load_oom"  # EngineCore: CUDA OOM while loading weights
+STAGE_KV_CACHE = "kv_cache"  # EngineCore: KV cache sizing
+STAGE_ARGS = "args"  # APIServer: engine-args validation
+STAGE_PORT = "port"  # APIServer: binding the listening socket
 
 ENGINE_STAGES = frozenset({STAGE_INIT_DEVICE, STAGE_WEIGHTS, STAGE_SHARD, STAGE_LOAD_OOM, STAGE_KV_CACHE})
 
@@ -30,8 +30,8 @@ class StartupFailure(Exception):
     """A failure that ends startup with vLLM's text and a non-zero exit."""
 
     stage: str
-    exc_type: str        # as Python prints it, e.g. "ValueError", "torch.OutOfMemoryError"
-    message: str         # the exception text, exactly as vLLM / its libraries word it
+    exc_type: str  # as Python prints it, e.g. "ValueError", "torch.OutOfMemoryError"
+    message: str  # the exception text, exactly as vLLM / its libraries word it
     cause_line: str = ""  # optional "direct cause" exception line printed first
 
     def __str__(self) -> str:

@@ -11,7 +11,7 @@ startup sequence itself; see knobs.py for the variables.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .engine import Engine
 from .knobs import Knobs

@@ -9,10 +9,10 @@ together, and tests can build a `Knobs` from a plain dict instead of patching
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
 
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -25,7 +25,7 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         return default
 
 
-def _opt_float(env: Mapping[str, str], name: str) -> Optional[float]:
+def _opt_float(env: Mapping[str, str], name: str) -> float | None:
     raw = env.get(name, "").strip()
     if not raw:
         return None
@@ -44,36 +44,38 @@ class Knobs:
     """The imitation's tunables; defaults reproduce a DGX Spark (GB10)."""
 
     # --- the device (memory model) ---
-    device_total_gib: float = 119.7          # VLLM_SIM_DEVICE_TOTAL_GIB: CUDA total = MemTotal on GB10
-    system_baseline_gib: float = 3.0         # VLLM_SIM_SYSTEM_BASELINE_GIB: OS, desktop, docker
-    non_torch_gib: float = 6.94              # VLLM_SIM_NON_TORCH_GIB: CUDA context, cuBLAS, GB10 accounting (calibrated)
-    ledger_dir: str = "/var/lib/vllm-sim"    # VLLM_SIM_LEDGER_DIR: shared state between containers
-    instance_id: str = ""                    # VLLM_SIM_INSTANCE_ID: ledger name (default: hostname)
-    heartbeat_stale_s: float = 5.0           # VLLM_SIM_HEARTBEAT_STALE_S
+    device_total_gib: float = 119.7  # VLLM_SIM_DEVICE_TOTAL_GIB: CUDA total = MemTotal on GB10
+    system_baseline_gib: float = 3.0  # VLLM_SIM_SYSTEM_BASELINE_GIB: OS, desktop, docker
+    non_torch_gib: float = 6.94  # VLLM_SIM_NON_TORCH_GIB: CUDA context, cuBLAS, GB10 accounting (calibrated)
+    ledger_dir: str = "/var/lib/vllm-sim"  # VLLM_SIM_LEDGER_DIR: shared state between containers
+    instance_id: str = ""  # VLLM_SIM_INSTANCE_ID: ledger name (default: hostname)
+    heartbeat_stale_s: float = 5.0  # VLLM_SIM_HEARTBEAT_STALE_S
     # --- time ---
-    time_scale: float = 1.0                  # VLLM_SIM_TIME_SCALE: startup + stats-log interval
-    decode_time_scale: float = 1.0           # VLLM_SIM_DECODE_TIME_SCALE: 0 = instant decoding
-    load_gbps: float = 0.168                 # VLLM_SIM_LOAD_GBPS: safetensors shard read rate (GB/s)
+    time_scale: float = 1.0  # VLLM_SIM_TIME_SCALE: startup + stats-log interval
+    decode_time_scale: float = 1.0  # VLLM_SIM_DECODE_TIME_SCALE: 0 = instant decoding
+    load_gbps: float = 0.168  # VLLM_SIM_LOAD_GBPS: safetensors shard read rate (GB/s)
     # --- the roofline ---
-    mem_bw_gbps: float = 273.0               # VLLM_SIM_MEM_BW_GBPS: LPDDR5x bandwidth
-    bw_efficiency: float = 0.80              # VLLM_SIM_BW_EFFICIENCY: achieved fraction of it
-    compute_tflops: float = 100.0            # VLLM_SIM_COMPUTE_TFLOPS: effective FP8 dense TFLOPS
-    step_overhead_ms: float = 4.0            # VLLM_SIM_STEP_OVERHEAD_MS: scheduler + sampler per step
-    frontend_overhead_ms: float = 60.0       # VLLM_SIM_FRONTEND_OVERHEAD_MS: template, tokenize, detokenize
+    mem_bw_gbps: float = 273.0  # VLLM_SIM_MEM_BW_GBPS: LPDDR5x bandwidth
+    bw_efficiency: float = 0.80  # VLLM_SIM_BW_EFFICIENCY: achieved fraction of it
+    compute_tflops: float = 100.0  # VLLM_SIM_COMPUTE_TFLOPS: effective FP8 dense TFLOPS
+    step_overhead_ms: float = 4.0  # VLLM_SIM_STEP_OVERHEAD_MS: scheduler + sampler per step
+    frontend_overhead_ms: float = 60.0  # VLLM_SIM_FRONTEND_OVERHEAD_MS: template, tokenize, detokenize
     # --- faults ---
-    fault_die_after_s: Optional[float] = None   # VLLM_SIM_FAULT_DIE_AFTER_S
-    fault_hang_after_s: Optional[float] = None  # VLLM_SIM_FAULT_HANG_AFTER_S
-    fault_hang_scope: str = "all"               # VLLM_SIM_FAULT_HANG_SCOPE: all | engine
-    fault_empty_output: bool = False            # VLLM_SIM_FAULT_EMPTY_OUTPUT
-    fault_slow_start: float = 1.0               # VLLM_SIM_FAULT_SLOW_START
-    fault_cuda_oom: bool = False                # VLLM_SIM_FAULT_CUDA_OOM
-    fault_profile_overshoot_gib: Optional[float] = None  # VLLM_SIM_FAULT_PROFILE_OVERSHOOT_GIB: hold budget + N while profiling
-    fault_profile_overshoot_s: float = 5.0      # VLLM_SIM_FAULT_PROFILE_OVERSHOOT_S: least real seconds of that phase
+    fault_die_after_s: float | None = None  # VLLM_SIM_FAULT_DIE_AFTER_S
+    fault_hang_after_s: float | None = None  # VLLM_SIM_FAULT_HANG_AFTER_S
+    fault_hang_scope: str = "all"  # VLLM_SIM_FAULT_HANG_SCOPE: all | engine
+    fault_empty_output: bool = False  # VLLM_SIM_FAULT_EMPTY_OUTPUT
+    fault_slow_start: float = 1.0  # VLLM_SIM_FAULT_SLOW_START
+    fault_cuda_oom: bool = False  # VLLM_SIM_FAULT_CUDA_OOM
+    fault_profile_overshoot_gib: float | None = (
+        None  # VLLM_SIM_FAULT_PROFILE_OVERSHOOT_GIB: hold budget + N while profiling
+    )
+    fault_profile_overshoot_s: float = 5.0  # VLLM_SIM_FAULT_PROFILE_OVERSHOOT_S: least real seconds of that phase
     # --- environment seen by "vLLM" ---
     env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Knobs":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Knobs:
         """Read the knobs from `env` (default: the process environment)."""
         e: Mapping[str, str] = dict(os.environ) if env is None else dict(env)
         return cls(
@@ -98,7 +100,9 @@ class Knobs:
             fault_slow_start=max(0.0, _float(e, "VLLM_SIM_FAULT_SLOW_START", 1.0)),
             fault_cuda_oom=_flag(e, "VLLM_SIM_FAULT_CUDA_OOM"),
             fault_profile_overshoot_gib=_opt_float(e, "VLLM_SIM_FAULT_PROFILE_OVERSHOOT_GIB"),
-            fault_profile_overshoot_s=max(0.0, _float(e, "VLLM_SIM_FAULT_PROFILE_OVERSHOOT_S", cls.fault_profile_overshoot_s)),
+            fault_profile_overshoot_s=max(
+                0.0, _float(e, "VLLM_SIM_FAULT_PROFILE_OVERSHOOT_S", cls.fault_profile_overshoot_s)
+            ),
             env=e,
         )
 

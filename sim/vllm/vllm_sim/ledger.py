@@ -32,10 +32,10 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Optional
 
 KIB_PER_GIB = 1024 * 1024
 
@@ -79,8 +79,12 @@ class MemoryView:
 
     def meminfo_text(self) -> str:
         """/proc/meminfo lines (kB, as the kernel writes them)."""
-        rows = (("MemTotal", self.total_gib), ("MemFree", self.free_gib),
-                ("MemAvailable", self.available_gib), ("Cached", self.cached_gib))
+        rows = (
+            ("MemTotal", self.total_gib),
+            ("MemFree", self.free_gib),
+            ("MemAvailable", self.available_gib),
+            ("Cached", self.cached_gib),
+        )
         return "".join(f"{name + ':':<16}{int(round(gib * KIB_PER_GIB)):>8} kB\n" for name, gib in rows)
 
 
@@ -91,8 +95,9 @@ class Ledger:
     exist yet (an empty machine) or a read-only mount.  The writers create what they write.
     """
 
-    def __init__(self, root: Path, name: str, stale_s: float = 5.0,
-                 total_gib: Optional[float] = None, baseline_gib: float = 0.0) -> None:
+    def __init__(
+        self, root: Path, name: str, stale_s: float = 5.0, total_gib: float | None = None, baseline_gib: float = 0.0
+    ) -> None:
         self.root = Path(root)
         self.name = name
         self.stale_s = stale_s
@@ -100,8 +105,9 @@ class Ledger:
         self.baseline_gib = baseline_gib
 
     @classmethod
-    def open(cls, root: str, name: str, stale_s: float = 5.0,
-             total_gib: Optional[float] = None, baseline_gib: float = 0.0) -> "Ledger":
+    def open(
+        cls, root: str, name: str, stale_s: float = 5.0, total_gib: float | None = None, baseline_gib: float = 0.0
+    ) -> Ledger:
         """Use `root` when it exists (the bind mount); otherwise a private temp dir."""
         path = Path(root)
         if not path.is_dir():
@@ -129,7 +135,7 @@ class Ledger:
         os.replace(tmp, path)
 
     @staticmethod
-    def _read_json(path: Path) -> Optional[dict]:
+    def _read_json(path: Path) -> dict | None:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -143,10 +149,16 @@ class Ledger:
 
     def publish(self, gib: float, state: str, model: str) -> None:
         """Announce (and heartbeat) what this server holds."""
-        self._write_json(self.held_path, {
-            "gib": round(gib, 3), "state": state, "model": model,
-            "pid": os.getpid(), "heartbeat": time.time(),
-        })
+        self._write_json(
+            self.held_path,
+            {
+                "gib": round(gib, 3),
+                "state": state,
+                "model": model,
+                "pid": os.getpid(),
+                "heartbeat": time.time(),
+            },
+        )
 
     def release(self) -> None:
         """Give the memory back (SIGTERM, failed start)."""
@@ -155,7 +167,7 @@ class Ledger:
         except FileNotFoundError:
             pass
 
-    def others_held_gib(self, now: Optional[float] = None, include_self: bool = False) -> float:
+    def others_held_gib(self, now: float | None = None, include_self: bool = False) -> float:
         """Sum of live entries other than ours (or all of them)."""
         now = time.time() if now is None else now
         total = 0.0
@@ -174,7 +186,7 @@ class Ledger:
         return total
 
     # --- page cache ----------------------------------------------------------
-    def dropped_at(self) -> Optional[float]:
+    def dropped_at(self) -> float | None:
         """mtime of the last `echo 1|3 > drop_caches`, if any."""
         path = self.root / "drop_caches"
         try:
@@ -184,10 +196,10 @@ class Ledger:
             return None
         return mtime if content in ("1", "3") else None
 
-    def _live_page_cache(self) -> Dict[str, dict]:
+    def _live_page_cache(self) -> dict[str, dict]:
         entries = self._read_json(self.root / "page_cache.json") or {}
         dropped = self.dropped_at()
-        live: Dict[str, dict] = {}
+        live: dict[str, dict] = {}
         for key, entry in entries.items():
             if not isinstance(entry, dict):
                 continue
@@ -210,7 +222,7 @@ class Ledger:
             self._write_json(self.root / "page_cache.json", live)
 
     # --- the machine's memory ------------------------------------------------
-    def view(self, include_self: bool = True, now: Optional[float] = None) -> MemoryView:
+    def view(self, include_self: bool = True, now: float | None = None) -> MemoryView:
         """The machine's memory now.  include_self=False is what this server's own startup
         check sees (it does not count its own entry, e.g. a dead predecessor's)."""
         return MemoryView(

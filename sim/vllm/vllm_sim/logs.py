@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import IO, Iterable, Optional
+from collections.abc import Iterable
+from typing import IO
 
 API = "api"
 ENGINE = "engine"
@@ -45,8 +46,10 @@ def _remaining(n: int, total: int, elapsed: float) -> str:
 def shard_bar(n: int, total: int, elapsed: float) -> str:
     """vLLM's weight_utils bar: `{desc}: {percentage:3.0f}% Completed | n/total [elapsed<remaining, rate]`."""
     pct = 100.0 * n / total if total else 100.0
-    return (f"Loading safetensors checkpoint shards: {pct:3.0f}% Completed | {n}/{total} "
-            f"[{format_interval(elapsed)}<{_remaining(n, total, elapsed)}, {_rate_fmt(n, elapsed)}]")
+    return (
+        f"Loading safetensors checkpoint shards: {pct:3.0f}% Completed | {n}/{total} "
+        f"[{format_interval(elapsed)}<{_remaining(n, total, elapsed)}, {_rate_fmt(n, elapsed)}]"
+    )
 
 
 def tqdm_bar(desc: str, n: int, total: int, elapsed: float, width: int = 10) -> str:
@@ -54,14 +57,16 @@ def tqdm_bar(desc: str, n: int, total: int, elapsed: float, width: int = 10) -> 
     frac = n / total if total else 1.0
     full = int(frac * width)
     bar = "█" * full + (" " * (width - full))
-    return (f"{desc}: {100 * frac:3.0f}%|{bar}| {n}/{total} "
-            f"[{format_interval(elapsed)}<{_remaining(n, total, elapsed)}, {_rate_fmt(n, elapsed)}]")
+    return (
+        f"{desc}: {100 * frac:3.0f}%|{bar}| {n}/{total} "
+        f"[{format_interval(elapsed)}<{_remaining(n, total, elapsed)}, {_rate_fmt(n, elapsed)}]"
+    )
 
 
 class VllmLog:
     """Thread-safe writer of vLLM-looking lines for the API server and EngineCore."""
 
-    def __init__(self, api_pid: int, engine_pid: int, stream: Optional[IO[str]] = None) -> None:
+    def __init__(self, api_pid: int, engine_pid: int, stream: IO[str] | None = None) -> None:
         self.api_pid = api_pid
         self.engine_pid = engine_pid
         self._stream = stream

@@ -28,8 +28,8 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
 from .knobs import Knobs
 from .ledger import Ledger
@@ -38,17 +38,19 @@ COMMANDS = ("meminfo", "hold")
 HEARTBEAT_S = 1.0
 
 
-def meminfo_text(env: Optional[Mapping[str, str]] = None) -> str:
+def meminfo_text(env: Mapping[str, str] | None = None) -> str:
     """The ledger's memory now, in /proc/meminfo's format."""
     knobs = Knobs.from_env(env)
-    ledger = Ledger(Path(knobs.ledger_dir), "", knobs.heartbeat_stale_s,
-                    knobs.device_total_gib, knobs.system_baseline_gib)
+    ledger = Ledger(
+        Path(knobs.ledger_dir), "", knobs.heartbeat_stale_s, knobs.device_total_gib, knobs.system_baseline_gib
+    )
     return ledger.meminfo_text()
 
 
 def _meminfo(argv: Sequence[str]) -> int:
-    argparse.ArgumentParser(prog="python3 -m vllm_sim meminfo",
-                            description="Print the imitation's memory as /proc/meminfo.").parse_args(argv)
+    argparse.ArgumentParser(
+        prog="python3 -m vllm_sim meminfo", description="Print the imitation's memory as /proc/meminfo."
+    ).parse_args(argv)
     root = Knobs.from_env().ledger_dir
     if not os.path.isdir(root):  # stdout stays pure meminfo; the note is for whoever looks
         print(f"meminfo: ledger directory {root} does not exist: an empty machine", file=sys.stderr)
@@ -65,16 +67,20 @@ def _gib(value: str) -> float:
 
 
 def _hold(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m vllm_sim hold",
-                                     description="Hold unified memory in the ledger until SIGTERM/SIGINT.")
+    parser = argparse.ArgumentParser(
+        prog="python3 -m vllm_sim hold", description="Hold unified memory in the ledger until SIGTERM/SIGINT."
+    )
     parser.add_argument("--gib", type=_gib, required=True, help="GiB held (fractional allowed)")
     parser.add_argument("--name", default="", help="ledger name (default: holder-<hostname>-<pid>)")
     args = parser.parse_args(argv)
     knobs = Knobs.from_env()
     root = Path(knobs.ledger_dir)
     if not root.is_dir():
-        print(f"hold: ledger directory {root} does not exist (mount the target's ledger there or set "
-              "VLLM_SIM_LEDGER_DIR)", file=sys.stderr)
+        print(
+            f"hold: ledger directory {root} does not exist (mount the target's ledger there or set "
+            "VLLM_SIM_LEDGER_DIR)",
+            file=sys.stderr,
+        )
         return 2
     name = args.name or f"holder-{socket.gethostname() or 'localhost'}-{os.getpid()}"
     ledger = Ledger(root, name, knobs.heartbeat_stale_s, knobs.device_total_gib, knobs.system_baseline_gib)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from .failures import STAGE_INIT_DEVICE, STAGE_KV_CACHE, StartupFailure
 from .model_files import ModelConfig
 
-GIB = 1024 ** 3
+GIB = 1024**3
 BLOCK_SIZE = 16
 GRAPH_GIB_PER_SIZE = 0.033  # CUDA-graph pool per captured batch size (measured order on GB10)
 
@@ -53,8 +53,11 @@ def activation_peak_bytes(cfg: ModelConfig, max_num_batched_tokens: int, max_num
     (2 x intermediate) and q/k/v (heads + 2 kv heads) x head_dim, in bf16; the
     dummy sampler run holds fp32 logits twice for max_num_seqs rows.
     """
-    per_token = (4 * cfg.hidden_size + 2 * cfg.intermediate_size
-                 + (cfg.num_attention_heads + 2 * cfg.num_kv_heads) * cfg.head_dim) * 2
+    per_token = (
+        4 * cfg.hidden_size
+        + 2 * cfg.intermediate_size
+        + (cfg.num_attention_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
+    ) * 2
     logits = max_num_seqs * cfg.vocab_size * 4 * 2
     return per_token * max_num_batched_tokens + logits
 
@@ -97,7 +100,9 @@ class KVPlan:
         return self.requested_bytes / GIB + self.graph_gib
 
 
-def available_kv_bytes(total_gib: float, util: float, weights_bytes: int, activation_bytes: int, non_torch_gib: float) -> int:
+def available_kv_bytes(
+    total_gib: float, util: float, weights_bytes: int, activation_bytes: int, non_torch_gib: float
+) -> int:
     """util x total - weights - activation peak - non-torch memory (gpu_worker.determine_available_memory)."""
     requested = total_gib * GIB * util
     return int(requested - weights_bytes - activation_bytes - non_torch_gib * GIB)
@@ -113,7 +118,8 @@ def check_kv_fits(available_bytes: int, kv_bytes_per_token: int, max_model_len: 
     """kv_cache_utils.check_enough_kv_cache_memory, with vLLM 0.10.1.1's texts (typo included)."""
     if available_bytes <= 0:
         raise StartupFailure(
-            STAGE_KV_CACHE, "ValueError",
+            STAGE_KV_CACHE,
+            "ValueError",
             "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when "
             "initializing the engine.",
         )
@@ -121,7 +127,8 @@ def check_kv_fits(available_bytes: int, kv_bytes_per_token: int, max_model_len: 
     if needed > available_bytes:
         estimate = max_len_that_fits(available_bytes, kv_bytes_per_token, max_model_len)
         raise StartupFailure(
-            STAGE_KV_CACHE, "ValueError",
+            STAGE_KV_CACHE,
+            "ValueError",
             f"To serve at least one request with the models's max seq len ({max_model_len}), "
             f"({needed / GIB:.2f} GiB KV cache is needed, which is larger than the available KV cache "
             f"memory ({available_bytes / GIB:.2f} GiB). Based on the available memory, the estimated "

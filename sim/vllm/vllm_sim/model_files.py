@@ -14,9 +14,9 @@ import json
 import os
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlparse
 
 from .failures import (
@@ -61,7 +61,7 @@ class ModelConfig:
     vocab_size: int
     max_position_embeddings: int
     torch_dtype: str
-    quant_method: Optional[str]
+    quant_method: str | None
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -77,7 +77,7 @@ class ModelConfig:
         return self.num_layers * (attn + mlp) + self.hidden_size * self.vocab_size
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, object]) -> "ModelConfig":
+    def from_dict(cls, cfg: Mapping[str, object]) -> ModelConfig:
         archs = cfg.get("architectures") or ["Qwen3ForCausalLM"]
         heads = int(cfg.get("num_attention_heads", 64))  # type: ignore[arg-type]
         hidden = int(cfg.get("hidden_size", 5120))  # type: ignore[arg-type]
@@ -103,7 +103,7 @@ class WeightsSnapshot:
 
     snapshot_dir: Path
     commit: str
-    shard_names: Tuple[str, ...]
+    shard_names: tuple[str, ...]
     total_size: int  # bytes, from the index metadata (the real model's size)
 
     def shard_path(self, name: str) -> Path:
@@ -121,7 +121,9 @@ def hub_cache_dir(env: Mapping[str, str]) -> Path:
     explicit = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
     if explicit:
         return Path(os.path.expanduser(explicit))
-    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    home = env.get("HF_HOME") or os.path.join(
+        env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
     return Path(os.path.expanduser(home)) / "hub"
 
 
@@ -130,7 +132,7 @@ def repo_folder_name(repo_id: str) -> str:
     return "models--" + repo_id.replace("/", "--")
 
 
-def resolve_snapshot(cache_dir: Path, repo_id: str, revision: Optional[str]) -> Optional[Tuple[Path, str]]:
+def resolve_snapshot(cache_dir: Path, repo_id: str, revision: str | None) -> tuple[Path, str] | None:
     """refs/<rev> -> snapshots/<commit>; a 40-hex revision names the snapshot directly."""
     repo_dir = cache_dir / repo_folder_name(repo_id)
     rev = revision or "main"
@@ -156,29 +158,33 @@ def _connection_error(env: Mapping[str, str], url_path: str) -> str:
     return (
         "requests.exceptions.ConnectionError: (MaxRetryError(\"HTTPSConnectionPool(host='"
         f"{host}', port=443): Max retries exceeded with url: {url_path} (Caused by "
-        "NameResolutionError(\\\"<urllib3.connection.HTTPSConnection object at 0x7f3c2d1e5a90>: "
+        'NameResolutionError(\\"<urllib3.connection.HTTPSConnection object at 0x7f3c2d1e5a90>: '
         f"Failed to resolve '{host}' ([Errno -3] Temporary failure in name resolution)\\\"))\"), "
         "'(Request ID: 5c1f7e0e-2f4b-4a53-9d57-0b3f5d0f8d61)')"
     )
 
 
-def _missing(stage: str, env: Mapping[str, str], repo_id: str, revision: Optional[str], what: str) -> StartupFailure:
+def _missing(stage: str, env: Mapping[str, str], repo_id: str, revision: str | None, what: str) -> StartupFailure:
     """Offline: huggingface_hub's offline text.  Online: the no-network text (no internet here)."""
     if is_offline(env):
         return StartupFailure(stage, _LOCAL_ENTRY_ERR, _OFFLINE_MSG)
     rev = revision or "main"
     if what == "snapshot":
         return StartupFailure(
-            stage, _LOCAL_ENTRY_ERR, _ONLINE_SNAPSHOT_MSG,
+            stage,
+            _LOCAL_ENTRY_ERR,
+            _ONLINE_SNAPSHOT_MSG,
             cause_line=_connection_error(env, f"/api/models/{repo_id}/revision/{rev}"),
         )
     return StartupFailure(
-        stage, _LOCAL_ENTRY_ERR, _ONLINE_FILE_MSG,
+        stage,
+        _LOCAL_ENTRY_ERR,
+        _ONLINE_FILE_MSG,
         cause_line=_connection_error(env, f"/{repo_id}/resolve/{rev}/{what}"),
     )
 
 
-def config_dir(model: str, revision: Optional[str], env: Mapping[str, str]) -> Path:
+def config_dir(model: str, revision: str | None, env: Mapping[str, str]) -> Path:
     """The directory config/tokenizer files are read from: a local model dir, or the hub-cache snapshot."""
     if os.path.isdir(model):
         return Path(model)
@@ -188,7 +194,7 @@ def config_dir(model: str, revision: Optional[str], env: Mapping[str, str]) -> P
     return found[0]
 
 
-def load_config(model: str, revision: Optional[str], env: Mapping[str, str]) -> ModelConfig:
+def load_config(model: str, revision: str | None, env: Mapping[str, str]) -> ModelConfig:
     """config.json from the hub cache (never --download-dir), as vLLM's get_config."""
     cfg_path = config_dir(model, revision, env) / "config.json"
     try:
@@ -196,17 +202,20 @@ def load_config(model: str, revision: Optional[str], env: Mapping[str, str]) -> 
     except FileNotFoundError:
         raise _missing(STAGE_CONFIG, env, model, revision, "config.json") from None
     except (OSError, ValueError) as exc:
-        raise StartupFailure(STAGE_CONFIG, "OSError", f"It looks like the config file at '{cfg_path}' is not a valid JSON file.") from exc
+        raise StartupFailure(
+            STAGE_CONFIG, "OSError", f"It looks like the config file at '{cfg_path}' is not a valid JSON file."
+        ) from exc
     return ModelConfig.from_dict(data)
 
 
-def check_tokenizer(model: str, revision: Optional[str], env: Mapping[str, str]) -> None:
+def check_tokenizer(model: str, revision: str | None, env: Mapping[str, str]) -> None:
     """The tokenizer files come from the same hub cache; missing ones stop the API server."""
     cfg_dir = config_dir(model, revision, env)
     if (cfg_dir / "tokenizer.json").exists() or (cfg_dir / "vocab.json").exists():
         return
     raise StartupFailure(
-        STAGE_TOKENIZER, "OSError",
+        STAGE_TOKENIZER,
+        "OSError",
         f"Can't load tokenizer for '{model}'. If you were trying to load it from "
         "'https://huggingface.co/models', make sure you don't have a local directory with the same "
         f"name. Otherwise, make sure '{model}' is the correct path to a directory containing all "
@@ -214,7 +223,9 @@ def check_tokenizer(model: str, revision: Optional[str], env: Mapping[str, str])
     )
 
 
-def locate_weights(model: str, revision: Optional[str], download_dir: Optional[str], env: Mapping[str, str]) -> WeightsSnapshot:
+def locate_weights(
+    model: str, revision: str | None, download_dir: str | None, env: Mapping[str, str]
+) -> WeightsSnapshot:
     """The weights snapshot under --download-dir (or the hub cache), its shards and size."""
     if os.path.isdir(model):
         snap, commit = Path(model), "local"
@@ -225,14 +236,18 @@ def locate_weights(model: str, revision: Optional[str], download_dir: Optional[s
             raise _missing(STAGE_WEIGHTS, env, model, revision, "snapshot")
         snap, commit = found
     index_path = snap / "model.safetensors.index.json"
-    shards: List[str]
+    shards: list[str]
     total = 0
     if index_path.exists():
         try:
             index = json.loads(index_path.read_text())
         except (OSError, ValueError) as exc:
-            raise StartupFailure(STAGE_WEIGHTS, "json.decoder.JSONDecodeError", f"Expecting value: line 1 column 1 (char 0) [{index_path}]") from exc
-        weight_map: Dict[str, str] = index.get("weight_map") or {}
+            raise StartupFailure(
+                STAGE_WEIGHTS,
+                "json.decoder.JSONDecodeError",
+                f"Expecting value: line 1 column 1 (char 0) [{index_path}]",
+            ) from exc
+        weight_map: dict[str, str] = index.get("weight_map") or {}
         shards = sorted(set(weight_map.values()))
         total = int((index.get("metadata") or {}).get("total_size") or 0)
     else:
@@ -271,7 +286,9 @@ def check_shard(path: Path) -> None:
                 raise _safetensors_error("invalid header length")
             raw = fh.read(n)
     except FileNotFoundError:
-        raise StartupFailure(STAGE_SHARD, "FileNotFoundError", f"[Errno 2] No such file or directory: '{path}'") from None
+        raise StartupFailure(
+            STAGE_SHARD, "FileNotFoundError", f"[Errno 2] No such file or directory: '{path}'"
+        ) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -296,4 +313,6 @@ def check_shard(path: Path) -> None:
 
 
 def _safetensors_error(detail: str) -> StartupFailure:
-    return StartupFailure(STAGE_SHARD, "safetensors_rust.SafetensorError", f"Error while deserializing header: {detail}")
+    return StartupFailure(
+        STAGE_SHARD, "safetensors_rust.SafetensorError", f"Error while deserializing header: {detail}"
+    )

@@ -16,7 +16,6 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 from . import faults, model_files
 from .api import Protocol
@@ -53,7 +52,7 @@ from .timing import (
 from .tracebacks import render_failure
 
 ENGINE_VERSION = "0.10.1.1"
-DEFAULT_MAX_BATCHED_TOKENS = 8192   # serve on a >= 70 GiB device (vllm arg_utils)
+DEFAULT_MAX_BATCHED_TOKENS = 8192  # serve on a >= 70 GiB device (vllm arg_utils)
 DEFAULT_MAX_NUM_SEQS = 1024
 CUDA_CONTEXT_GIB = 0.5
 HEARTBEAT_S = 1.0
@@ -79,13 +78,13 @@ class Settings:
     max_num_batched_tokens: int
     max_num_seqs: int
     prefix_caching: bool
-    quantization: Optional[str]
+    quantization: str | None
 
 
 class Runtime:
     """One `vllm serve` process."""
 
-    def __init__(self, args: ServeArgs, knobs: Knobs, log: Optional[VllmLog] = None) -> None:
+    def __init__(self, args: ServeArgs, knobs: Knobs, log: VllmLog | None = None) -> None:
         self.args = args
         self.knobs = knobs
         self.env = knobs.env
@@ -93,14 +92,19 @@ class Runtime:
         self.log = log or VllmLog(api_pid, api_pid + 215)
         self.stop = threading.Event()
         self.exit_code = 0
-        self.ledger = Ledger.open(knobs.ledger_dir, default_instance_name(knobs.instance_id), knobs.heartbeat_stale_s,
-                                  knobs.device_total_gib, knobs.system_baseline_gib)
+        self.ledger = Ledger.open(
+            knobs.ledger_dir,
+            default_instance_name(knobs.instance_id),
+            knobs.heartbeat_stale_s,
+            knobs.device_total_gib,
+            knobs.system_baseline_gib,
+        )
         self.held_gib = 0.0
         self.held_state = "starting"
         self._held_lock = threading.Lock()  # one writer of our entry at a time, newest value last
-        self._overshoot_since: Optional[float] = None
-        self._heartbeat: Optional[threading.Thread] = None
-        self.httpd: Optional[SimHTTPServer] = None
+        self._overshoot_since: float | None = None
+        self._heartbeat: threading.Thread | None = None
+        self.httpd: SimHTTPServer | None = None
 
     # --- helpers -------------------------------------------------------------
     def _sleep(self, seconds: float) -> None:
@@ -193,15 +197,21 @@ class Runtime:
         settings = self._settings(cfg)
         self.log.info(API, "__init__.py:711", f"Resolved architecture: {cfg.architecture}")
         self.log.info(API, "__init__.py:1750", f"Using max model len {settings.max_model_len}")
-        self.log.info(API, "scheduler.py:222",
-                      f"Chunked prefill is enabled with max_num_batched_tokens={settings.max_num_batched_tokens}.")
+        self.log.info(
+            API,
+            "scheduler.py:222",
+            f"Chunked prefill is enabled with max_num_batched_tokens={settings.max_num_batched_tokens}.",
+        )
         model_files.check_tokenizer(self.args.model, self.args.revision, self.env)
         self._sleep(t(ENGINE_SPAWN_S))
         self._engine_intro(settings)
         self._sleep(t(ENGINE_INIT_S))
         self.log.raw(ENGINE, GB10_WARNING)
-        self.log.info(ENGINE, "parallel_state.py:1134",
-                      "rank 0 in world size 1 is assigned as DP rank 0, PP rank 0, TP rank 0, EP rank 0")
+        self.log.info(
+            ENGINE,
+            "parallel_state.py:1134",
+            "rank 0 in world size 1 is assigned as DP rank 0, PP rank 0, TP rank 0, EP rank 0",
+        )
         self._init_device()
         self._sleep(t(DEVICE_INIT_S))
         weights = self._load_weights()
@@ -210,8 +220,11 @@ class Runtime:
         self._compile(t)
         plan = self._kv_cache(cfg, settings, weights.total_size, t)
         self._graphs(plan, settings, t)
-        self.log.info(ENGINE, "core.py:214",
-                      f"init engine (profile, create kv cache, warmup model) took {time.monotonic() - init_start:.2f} seconds")
+        self.log.info(
+            ENGINE,
+            "core.py:214",
+            f"init engine (profile, create kv cache, warmup model) took {time.monotonic() - init_start:.2f} seconds",
+        )
         state = self._build_server(cfg, settings, plan, weights.total_size)
         self._api_ready(plan, t)
         return state
@@ -230,20 +243,25 @@ class Runtime:
         """Apply vLLM's defaults and its engine-args validation."""
         a = self.args
         if not 0 < a.gpu_memory_utilization <= 1:
-            raise StartupFailure(STAGE_ARGS, "ValueError",
-                                 f"GPU memory utilization must be less than 1.0. Got {a.gpu_memory_utilization}.")
+            raise StartupFailure(
+                STAGE_ARGS,
+                "ValueError",
+                f"GPU memory utilization must be less than 1.0. Got {a.gpu_memory_utilization}.",
+            )
         derived = cfg.max_position_embeddings
         max_len = a.max_model_len or derived
         if max_len > derived and self.env.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "") not in ("1", "true", "True"):
             raise StartupFailure(
-                STAGE_ARGS, "pydantic_core._pydantic_core.ValidationError",
+                STAGE_ARGS,
+                "pydantic_core._pydantic_core.ValidationError",
                 "1 validation error for ModelConfig\n  Value error, User-specified max_model_len "
                 f"({max_len}) is greater than the derived max_model_len (max_position_embeddings={derived} or "
                 "model_max_length=None in model's config.json). This may lead to incorrect model outputs or CUDA "
                 "errors. To allow overriding this maximum, set the env var VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 "
                 "[type=value_error, input_value=ArgsKwargs((), {'model': "
                 f"'{a.model}', ...}}), input_type=ArgsKwargs]\n"
-                "    For further information visit https://errors.pydantic.dev/2.11/v/value_error")
+                "    For further information visit https://errors.pydantic.dev/2.11/v/value_error",
+            )
         return Settings(
             max_model_len=max_len,
             max_num_batched_tokens=a.max_num_batched_tokens or DEFAULT_MAX_BATCHED_TOKENS,
@@ -266,20 +284,25 @@ class Runtime:
         served = ", ".join(a.served_names) if a.served_model_name else a.model
         self.log.info(NONE, "__init__.py:241", "Automatically detected platform cuda.")
         self.log.info(ENGINE, "core.py:636", "Waiting for init message from front-end.")
-        self.log.info(ENGINE, "core.py:74", (
-            f"Initializing a V1 LLM engine (v{ENGINE_VERSION}) with config: model={a.model!r}, speculative_config=None, "
-            f"tokenizer={a.model!r}, skip_tokenizer_init=False, tokenizer_mode=auto, revision={a.revision}, "
-            f"override_neuron_config={{}}, tokenizer_revision=None, trust_remote_code={a.trust_remote_code}, "
-            f"dtype=torch.bfloat16, max_seq_len={s.max_model_len}, download_dir={a.download_dir!r}, load_format=auto, "
-            "tensor_parallel_size=1, pipeline_parallel_size=1, disable_custom_all_reduce=False, "
-            f"quantization={s.quantization}, enforce_eager={a.enforce_eager}, kv_cache_dtype=auto, device_config=cuda, "
-            "decoding_config=DecodingConfig(backend='auto', disable_fallback=False, disable_any_whitespace=False, "
-            "disable_additional_properties=False, reasoning_backend=''), "
-            "observability_config=ObservabilityConfig(show_hidden_metrics_for_version=None, "
-            "otlp_traces_endpoint=None, collect_detailed_traces=None), "
-            f"seed={a.seed if a.seed is not None else 0}, served_model_name={served}, "
-            f"enable_prefix_caching={s.prefix_caching}, chunked_prefill_enabled=True, use_async_output_proc=True, "
-            f"pooler_config=None, compilation_config={compilation}"))
+        self.log.info(
+            ENGINE,
+            "core.py:74",
+            (
+                f"Initializing a V1 LLM engine (v{ENGINE_VERSION}) with config: model={a.model!r}, speculative_config=None, "
+                f"tokenizer={a.model!r}, skip_tokenizer_init=False, tokenizer_mode=auto, revision={a.revision}, "
+                f"override_neuron_config={{}}, tokenizer_revision=None, trust_remote_code={a.trust_remote_code}, "
+                f"dtype=torch.bfloat16, max_seq_len={s.max_model_len}, download_dir={a.download_dir!r}, load_format=auto, "
+                "tensor_parallel_size=1, pipeline_parallel_size=1, disable_custom_all_reduce=False, "
+                f"quantization={s.quantization}, enforce_eager={a.enforce_eager}, kv_cache_dtype=auto, device_config=cuda, "
+                "decoding_config=DecodingConfig(backend='auto', disable_fallback=False, disable_any_whitespace=False, "
+                "disable_additional_properties=False, reasoning_backend=''), "
+                "observability_config=ObservabilityConfig(show_hidden_metrics_for_version=None, "
+                "otlp_traces_endpoint=None, collect_detailed_traces=None), "
+                f"seed={a.seed if a.seed is not None else 0}, served_model_name={served}, "
+                f"enable_prefix_caching={s.prefix_caching}, chunked_prefill_enabled=True, use_async_output_proc=True, "
+                f"pooler_config=None, compilation_config={compilation}"
+            ),
+        )
 
     def _init_device(self) -> None:
         """gpu_worker.init_device: the free-memory check against the shared ledger.
@@ -315,22 +338,29 @@ class Runtime:
             self._hold(CUDA_CONTEXT_GIB + loaded, "loading")
             self.ledger.record_load(key, loaded)
             self.log.bar(shard_bar(i + 1, n, time.monotonic() - load_start))
-        self.log.info(ENGINE, "default_loader.py:262", f"Loading weights took {time.monotonic() - load_start:.2f} seconds")
-        self.log.info(ENGINE, "gpu_model_runner.py:2007",
-                      f"Model loading took {weights_gib:.4f} GiB and {time.monotonic() - start:.6f} seconds")
+        self.log.info(
+            ENGINE, "default_loader.py:262", f"Loading weights took {time.monotonic() - load_start:.2f} seconds"
+        )
+        self.log.info(
+            ENGINE,
+            "gpu_model_runner.py:2007",
+            f"Model loading took {weights_gib:.4f} GiB and {time.monotonic() - start:.6f} seconds",
+        )
         return weights
 
     def _cuda_oom(self, loaded_gib: float) -> StartupFailure:
         total = self.knobs.device_total_gib
         in_use = loaded_gib + CUDA_CONTEXT_GIB
         return StartupFailure(
-            STAGE_LOAD_OOM, "torch.OutOfMemoryError",
+            STAGE_LOAD_OOM,
+            "torch.OutOfMemoryError",
             f"CUDA out of memory. Tried to allocate 768.00 MiB. GPU 0 has a total capacity of {total:.2f} GiB of "
             f"which 412.00 MiB is free. Including non-PyTorch memory, this process has {in_use:.2f} GiB memory in use. "
             f"Of the allocated memory {loaded_gib:.2f} GiB is allocated by PyTorch, and 152.00 MiB is reserved by "
             "PyTorch but unallocated. If reserved but unallocated memory is large try setting "
             "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory "
-            "Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)")
+            "Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)",
+        )
 
     def _begin_profile_overshoot(self) -> None:
         """VLLM_SIM_FAULT_PROFILE_OVERSHOOT_GIB=N: the profiling run takes budget + N GiB (vllm issue
@@ -355,7 +385,9 @@ class Runtime:
             return
         start = time.monotonic()
         digest = hashlib.sha256(repr(sorted(self.args.non_default.items())).encode()).hexdigest()[:10]
-        cache = os.path.join(os.path.expanduser("~"), ".cache", "vllm", "torch_compile_cache", digest, "rank_0_0", "backbone")
+        cache = os.path.join(
+            os.path.expanduser("~"), ".cache", "vllm", "torch_compile_cache", digest, "rank_0_0", "backbone"
+        )
         self._sleep(t(DYNAMO_S))
         self.log.info(ENGINE, "backends.py:548", f"Using cache directory: {cache} for vLLM's torch.compile")
         self.log.info(ENGINE, "backends.py:559", f"Dynamo bytecode transform time: {time.monotonic() - start:.2f} s")
@@ -363,20 +395,34 @@ class Runtime:
         self.log.info(ENGINE, "backends.py:194", "Cache the graph for dynamic shape for later use")
         mid = time.monotonic()
         self._sleep(t(INDUCTOR_S * 0.75))
-        self.log.info(ENGINE, "backends.py:215",
-                      f"Compiling a graph for dynamic shape takes {time.monotonic() - mid + t(INDUCTOR_S * 0.25):.2f} s")
+        self.log.info(
+            ENGINE,
+            "backends.py:215",
+            f"Compiling a graph for dynamic shape takes {time.monotonic() - mid + t(INDUCTOR_S * 0.25):.2f} s",
+        )
         self.log.info(ENGINE, "monitor.py:34", f"torch.compile takes {time.monotonic() - start:.2f} s in total")
 
     def _kv_cache(self, cfg: model_files.ModelConfig, s: Settings, weights_bytes: int, t: StartupTimeline) -> KVPlan:
         self._sleep(t(PROFILE_S))
         self._end_profile_overshoot()
-        plan = plan_kv_cache(cfg, self.knobs.device_total_gib, self.args.gpu_memory_utilization, weights_bytes,
-                             s.max_model_len, s.max_num_batched_tokens, s.max_num_seqs, self.knobs.non_torch_gib)
+        plan = plan_kv_cache(
+            cfg,
+            self.knobs.device_total_gib,
+            self.args.gpu_memory_utilization,
+            weights_bytes,
+            s.max_model_len,
+            s.max_num_batched_tokens,
+            s.max_num_seqs,
+            self.knobs.non_torch_gib,
+        )
         self.log.info(ENGINE, "gpu_worker.py:276", f"Available KV cache memory: {plan.available_gib:.2f} GiB")
         validate_plan(plan)
         self.log.info(ENGINE, "kv_cache_utils.py:849", f"GPU KV cache size: {plan.num_tokens:,} tokens")
-        self.log.info(ENGINE, "kv_cache_utils.py:853",
-                      f"Maximum concurrency for {s.max_model_len:,} tokens per request: {plan.max_concurrency:.2f}x")
+        self.log.info(
+            ENGINE,
+            "kv_cache_utils.py:853",
+            f"Maximum concurrency for {s.max_model_len:,} tokens per request: {plan.max_concurrency:.2f}x",
+        )
         self._hold(plan.requested_bytes / GIB, "profiled")
         return plan
 
@@ -390,33 +436,61 @@ class Runtime:
         self._sleep(t(GRAPH_S_PER_SIZE * n))
         elapsed = time.monotonic() - start
         self.log.bar(tqdm_bar(desc, n, n, elapsed))
-        self.log.info(ENGINE, "gpu_model_runner.py:2708",
-                      f"Graph capturing finished in {elapsed:.0f} secs, took {plan.graph_gib:.2f} GiB")
+        self.log.info(
+            ENGINE,
+            "gpu_model_runner.py:2708",
+            f"Graph capturing finished in {elapsed:.0f} secs, took {plan.graph_gib:.2f} GiB",
+        )
         self._hold(plan.held_gib, "ready")
 
     def _build_server(self, cfg: model_files.ModelConfig, s: Settings, plan: KVPlan, weights_bytes: int) -> ServerState:
         a = self.args
-        metrics = VllmMetrics(a.served_names[0], {
-            "block_size": "16", "cache_dtype": "auto", "calculate_kv_scales": "False", "cpu_offload_gb": "0",
-            "enable_prefix_caching": str(s.prefix_caching), "gpu_memory_utilization": str(a.gpu_memory_utilization),
-            "is_attention_free": "False", "num_cpu_blocks": "None", "num_gpu_blocks": str(plan.num_blocks),
-            "num_gpu_blocks_override": "None", "prefix_caching_hash_algo": "builtin", "sliding_window": "None",
-            "swap_space": "4", "swap_space_bytes": str(4 * GIB),
-        })
+        metrics = VllmMetrics(
+            a.served_names[0],
+            {
+                "block_size": "16",
+                "cache_dtype": "auto",
+                "calculate_kv_scales": "False",
+                "cpu_offload_gb": "0",
+                "enable_prefix_caching": str(s.prefix_caching),
+                "gpu_memory_utilization": str(a.gpu_memory_utilization),
+                "is_attention_free": "False",
+                "num_cpu_blocks": "None",
+                "num_gpu_blocks": str(plan.num_blocks),
+                "num_gpu_blocks_override": "None",
+                "prefix_caching_hash_algo": "builtin",
+                "sliding_window": "None",
+                "swap_space": "4",
+                "swap_space_bytes": str(4 * GIB),
+            },
+        )
         roofline = Roofline.from_knobs(self.knobs, weights_bytes, cfg.kv_bytes_per_token, cfg.active_params)
-        engine = Engine(roofline, metrics, s.max_num_seqs, s.max_num_batched_tokens, plan.num_blocks,
-                        self.knobs.decode_time_scale, s.prefix_caching)
+        engine = Engine(
+            roofline,
+            metrics,
+            s.max_num_seqs,
+            s.max_num_batched_tokens,
+            plan.num_blocks,
+            self.knobs.decode_time_scale,
+            s.prefix_caching,
+        )
         protocol = Protocol(a.served_names, a.model, s.max_model_len, self.knobs.fault_empty_output)
         api_key = a.api_key or self.env.get("VLLM_API_KEY") or None
-        state = ServerState(protocol, engine, metrics, self.log, api_key,
-                            roofline.frontend_overhead_s * self.knobs.decode_time_scale,
-                            access_log=not a.disable_uvicorn_access_log)
+        state = ServerState(
+            protocol,
+            engine,
+            metrics,
+            self.log,
+            api_key,
+            roofline.frontend_overhead_s * self.knobs.decode_time_scale,
+            access_log=not a.disable_uvicorn_access_log,
+        )
         assert self.httpd is not None
         self.httpd.state = state
         engine.start()
         return state
 
-    def _sampling_defaults(self) -> Optional[str]:
+    def _sampling_defaults(self) -> str | None:
         """generation_config.json's sampling keys, as vLLM prints them (None when absent)."""
         try:
             cfg_dir = model_files.config_dir(self.args.model, self.args.revision, self.env)
@@ -428,18 +502,26 @@ class Runtime:
         return repr(picked) if picked else None
 
     def _api_ready(self, plan: KVPlan, t: StartupTimeline) -> None:
-        self.log.info(API, "loggers.py:142",
-                      f"Engine 000: vllm cache_config_info with initialization after num_gpu_blocks is: {plan.num_blocks}")
+        self.log.info(
+            API,
+            "loggers.py:142",
+            f"Engine 000: vllm cache_config_info with initialization after num_gpu_blocks is: {plan.num_blocks}",
+        )
         self.log.info(API, "api_server.py:1611", "Supported_tasks: ['generate']")
         defaults = self._sampling_defaults()
         if defaults:
-            self.log.warning(API, "__init__.py:1625",
-                             "Default sampling parameters have been overridden by the model's Hugging Face generation "
-                             "config recommended from the model creator. If this is not intended, please relaunch vLLM "
-                             "instance with `--generation-config vllm`.")
+            self.log.warning(
+                API,
+                "__init__.py:1625",
+                "Default sampling parameters have been overridden by the model's Hugging Face generation "
+                "config recommended from the model creator. If this is not intended, please relaunch vLLM "
+                "instance with `--generation-config vllm`.",
+            )
             self.log.info(API, "serving_responses.py:120", f"Using default chat sampling params from model: {defaults}")
             self.log.info(API, "serving_chat.py:134", f"Using default chat sampling params from model: {defaults}")
-            self.log.info(API, "serving_completion.py:77", f"Using default completion sampling params from model: {defaults}")
+            self.log.info(
+                API, "serving_completion.py:77", f"Using default completion sampling params from model: {defaults}"
+            )
         host = self.args.host or "0.0.0.0"
         host = f"[{host}]" if ":" in host else host
         self.log.info(API, "api_server.py:1880", f"Starting vLLM API server 0 on http://{host}:{self.args.port}")
@@ -449,8 +531,9 @@ class Runtime:
         self._sleep(t(API_READY_S))
         assert self.httpd is not None
         self.httpd.server_activate()
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                         name="http", daemon=True).start()
+        threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True
+        ).start()
         self.log.uvicorn(f"Started server process [{self.log.api_pid}]")
         self.log.uvicorn("Waiting for application startup.")
         self.log.uvicorn("Application startup complete.")
@@ -474,10 +557,15 @@ class Runtime:
                 gen_tps = window.generation_tokens / elapsed
                 active = bool(window.prompt_tokens or window.generation_tokens)
                 if active or prev_active:
-                    self.log.info(API, "loggers.py:123", (
-                        f"Engine 000: Avg prompt throughput: {prompt_tps:.1f} tokens/s, Avg generation throughput: "
-                        f"{gen_tps:.1f} tokens/s, Running: {running} reqs, Waiting: {waiting} reqs, "
-                        f"GPU KV cache usage: {kv * 100:.1f}%, Prefix cache hit rate: {hit * 100:.1f}%"))
+                    self.log.info(
+                        API,
+                        "loggers.py:123",
+                        (
+                            f"Engine 000: Avg prompt throughput: {prompt_tps:.1f} tokens/s, Avg generation throughput: "
+                            f"{gen_tps:.1f} tokens/s, Running: {running} reqs, Waiting: {waiting} reqs, "
+                            f"GPU KV cache usage: {kv * 100:.1f}%, Prefix cache hit rate: {hit * 100:.1f}%"
+                        ),
+                    )
                 prev_active = active
 
         threading.Thread(target=run, name="stat-logger", daemon=True).start()

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 from urllib.parse import urlsplit
 
 from .api import ApiError, ParsedRequest, Protocol, parse_json
@@ -27,16 +27,37 @@ from .logs import VllmLog
 from .metrics import CONTENT_TYPE, VllmMetrics
 
 VERSION = "0.10.1.1"
-ROUTES: List[Tuple[str, str]] = [
-    ("/openapi.json", "GET, HEAD"), ("/docs", "GET, HEAD"), ("/docs/oauth2-redirect", "GET, HEAD"),
-    ("/redoc", "GET, HEAD"), ("/health", "GET"), ("/load", "GET"), ("/ping", "POST"), ("/ping", "GET"),
-    ("/tokenize", "POST"), ("/detokenize", "POST"), ("/v1/models", "GET"), ("/version", "GET"),
-    ("/v1/responses", "POST"), ("/v1/responses/{response_id}", "GET"),
-    ("/v1/responses/{response_id}/cancel", "POST"), ("/v1/chat/completions", "POST"),
-    ("/v1/completions", "POST"), ("/v1/embeddings", "POST"), ("/pooling", "POST"), ("/classify", "POST"),
-    ("/score", "POST"), ("/v1/score", "POST"), ("/v1/audio/transcriptions", "POST"),
-    ("/v1/audio/translations", "POST"), ("/rerank", "POST"), ("/v1/rerank", "POST"), ("/v2/rerank", "POST"),
-    ("/scale_elastic_ep", "POST"), ("/is_scaling_elastic_ep", "POST"), ("/invocations", "POST"),
+ROUTES: list[tuple[str, str]] = [
+    ("/openapi.json", "GET, HEAD"),
+    ("/docs", "GET, HEAD"),
+    ("/docs/oauth2-redirect", "GET, HEAD"),
+    ("/redoc", "GET, HEAD"),
+    ("/health", "GET"),
+    ("/load", "GET"),
+    ("/ping", "POST"),
+    ("/ping", "GET"),
+    ("/tokenize", "POST"),
+    ("/detokenize", "POST"),
+    ("/v1/models", "GET"),
+    ("/version", "GET"),
+    ("/v1/responses", "POST"),
+    ("/v1/responses/{response_id}", "GET"),
+    ("/v1/responses/{response_id}/cancel", "POST"),
+    ("/v1/chat/completions", "POST"),
+    ("/v1/completions", "POST"),
+    ("/v1/embeddings", "POST"),
+    ("/pooling", "POST"),
+    ("/classify", "POST"),
+    ("/score", "POST"),
+    ("/v1/score", "POST"),
+    ("/v1/audio/transcriptions", "POST"),
+    ("/v1/audio/translations", "POST"),
+    ("/rerank", "POST"),
+    ("/v1/rerank", "POST"),
+    ("/v2/rerank", "POST"),
+    ("/scale_elastic_ep", "POST"),
+    ("/is_scaling_elastic_ep", "POST"),
+    ("/invocations", "POST"),
     ("/metrics", "GET"),
 ]
 _EVENT_POLL_S = 0.5
@@ -50,7 +71,7 @@ class ServerState:
     engine: Engine
     metrics: VllmMetrics
     log: VllmLog
-    api_key: Optional[str]
+    api_key: str | None
     frontend_delay_s: float
     access_log: bool = True
     dead: bool = False
@@ -63,7 +84,7 @@ class SimHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 1024
 
-    def __init__(self, address: Tuple[str, int], state: ServerState) -> None:
+    def __init__(self, address: tuple[str, int], state: ServerState) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler, bind_and_activate=False)
@@ -94,7 +115,7 @@ class Handler(BaseHTTPRequestHandler):
             phrase = HTTPStatus(status).phrase
             self.state.log.uvicorn(f'{host}:{port} - "{self.command} {self.path} HTTP/1.1" {status} {phrase}')
 
-    def _send(self, status: int, body: bytes, content_type: Optional[str]) -> None:
+    def _send(self, status: int, body: bytes, content_type: str | None) -> None:
         self.send_response(status)
         if content_type:
             self.send_header("content-type", content_type)
@@ -182,10 +203,14 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.state.frontend_delay_s > 0:
             time.sleep(self.state.frontend_delay_s)
-        events: "queue.Queue[Event]" = queue.Queue()
+        events: queue.Queue[Event] = queue.Queue()
         rid = Protocol.new_id(kind)
-        reqs = [GenRequest(f"{rid}-{i}", p.prompt_pieces, p.output_pieces, p.finish_reason, index=i,
-                           arrival=arrival, events=events) for i, p in enumerate(parsed.plans)]
+        reqs = [
+            GenRequest(
+                f"{rid}-{i}", p.prompt_pieces, p.output_pieces, p.finish_reason, index=i, arrival=arrival, events=events
+            )
+            for i, p in enumerate(parsed.plans)
+        ]
         for req in reqs:
             self.state.engine.submit(req)
         try:
@@ -198,7 +223,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.state.engine.abort(req)
             self.close_connection = True
 
-    def _next_event(self, events: "queue.Queue[Event]") -> Event:
+    def _next_event(self, events: queue.Queue[Event]) -> Event:
         while True:
             try:
                 return events.get(timeout=_EVENT_POLL_S)
@@ -209,9 +234,9 @@ class Handler(BaseHTTPRequestHandler):
     def _engine_dead(self, message: str) -> ApiError:
         return ApiError(500, message, "InternalServerError")
 
-    def _complete(self, parsed: ParsedRequest, rid: str, reqs: List[GenRequest], events: "queue.Queue[Event]") -> None:
-        texts: Dict[int, List[str]] = {r.index: [] for r in reqs}
-        finish: Dict[int, str] = {}
+    def _complete(self, parsed: ParsedRequest, rid: str, reqs: list[GenRequest], events: queue.Queue[Event]) -> None:
+        texts: dict[int, list[str]] = {r.index: [] for r in reqs}
+        finish: dict[int, str] = {}
         while len(finish) < len(reqs):
             index, text, reason = self._next_event(events)
             if reason == "error":
@@ -221,8 +246,15 @@ class Handler(BaseHTTPRequestHandler):
             texts[index].append(text)
             if reason is not None:
                 finish[index] = reason
-        choices = [{"index": r.index, "text": "".join(texts[r.index]), "finish_reason": finish[r.index],
-                    "stop_reason": parsed.plans[r.index].stop_reason} for r in reqs]
+        choices = [
+            {
+                "index": r.index,
+                "text": "".join(texts[r.index]),
+                "finish_reason": finish[r.index],
+                "stop_reason": parsed.plans[r.index].stop_reason,
+            }
+            for r in reqs
+        ]
         usage = Protocol.usage(sum(r.prompt_len for r in reqs), sum(len(texts[r.index]) for r in reqs))
         build = self.state.protocol.chat_body if parsed.kind == "chat" else self.state.protocol.completion_body
         self._json(200, build(rid, parsed.model, choices, usage))
@@ -235,7 +267,7 @@ class Handler(BaseHTTPRequestHandler):
     def _sse(self, obj: Any) -> None:
         self._write_chunk("data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n\n")
 
-    def _stream(self, parsed: ParsedRequest, rid: str, reqs: List[GenRequest], events: "queue.Queue[Event]") -> None:
+    def _stream(self, parsed: ParsedRequest, rid: str, reqs: list[GenRequest], events: queue.Queue[Event]) -> None:
         self.send_response(200)
         self.send_header("content-type", "text/event-stream; charset=utf-8")
         self.send_header("transfer-encoding", "chunked")
@@ -254,7 +286,9 @@ class Handler(BaseHTTPRequestHandler):
             counts[index] += 1
             stop_reason = parsed.plans[index].stop_reason if reason else None
             if parsed.kind == "chat":
-                self._sse(Protocol.chat_chunk(rid, created, parsed.model, index, {"content": text}, reason, stop_reason))
+                self._sse(
+                    Protocol.chat_chunk(rid, created, parsed.model, index, {"content": text}, reason, stop_reason)
+                )
             else:
                 self._sse(Protocol.completion_chunk(rid, created, parsed.model, index, text, reason, stop_reason))
             done += 1 if reason is not None else 0

@@ -15,7 +15,6 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
 
 REPO_ID = "Qwen/Qwen3-32B-FP8"
 COMMIT = "98a63908b41686889a6ade39c37616e54d49974d"
@@ -29,15 +28,21 @@ NUM_SHARDS = 7
 from sim.hub.repo import QWEN3_32B_FP8_CONFIG, REAL_TOTAL_SIZE  # noqa: E402
 
 assert REAL_TOTAL_SIZE == DEFAULT_TOTAL_SIZE
-GENERATION_CONFIG: Dict[str, object] = {
-    "bos_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643], "pad_token_id": 151643,
-    "temperature": 0.6, "top_k": 20, "top_p": 0.95, "transformers_version": "4.51.0",
+GENERATION_CONFIG: dict[str, object] = {
+    "bos_token_id": 151643,
+    "do_sample": True,
+    "eos_token_id": [151645, 151643],
+    "pad_token_id": 151643,
+    "temperature": 0.6,
+    "top_k": 20,
+    "top_p": 0.95,
+    "transformers_version": "4.51.0",
 }
 
 
-def safetensors_bytes(tensors: Dict[str, bytes], dtype: str = "F8_E4M3") -> bytes:
+def safetensors_bytes(tensors: dict[str, bytes], dtype: str = "F8_E4M3") -> bytes:
     """A valid safetensors file: u64 LE header size, JSON header, then the data."""
-    header: Dict[str, object] = {"__metadata__": {"format": "pt"}}
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, data in tensors.items():
         header[name] = {"dtype": dtype, "shape": [len(data)], "data_offsets": [offset, offset + len(data)]}
@@ -91,7 +96,7 @@ def build_hf_cache(
     commit: str = COMMIT,
     total_size: int = DEFAULT_TOTAL_SIZE,
     num_shards: int = NUM_SHARDS,
-    config: Optional[Dict[str, object]] = None,
+    config: dict[str, object] | None = None,
     with_tokenizer: bool = True,
 ) -> FakeCache:
     """Write `root/models--<org>--<name>/{refs,blobs,snapshots}` like huggingface_hub does."""
@@ -102,12 +107,14 @@ def build_hf_cache(
     (cache.repo_dir / "refs").mkdir(parents=True, exist_ok=True)
     (cache.repo_dir / "refs" / "main").write_text(commit)
 
-    files: Dict[str, bytes] = {}
-    weight_map: Dict[str, str] = {}
+    files: dict[str, bytes] = {}
+    weight_map: dict[str, str] = {}
     for i in range(1, num_shards + 1):
         name = shard_name(i, num_shards)
-        tensors = {f"model.layers.{i}.mlp.down_proj.weight": bytes(range(16)),
-                   f"model.layers.{i}.mlp.down_proj.weight_scale_inv": bytes(8)}
+        tensors = {
+            f"model.layers.{i}.mlp.down_proj.weight": bytes(range(16)),
+            f"model.layers.{i}.mlp.down_proj.weight_scale_inv": bytes(8),
+        }
         for t in tensors:
             weight_map[t] = name
         files[name] = safetensors_bytes(tensors)
@@ -117,7 +124,9 @@ def build_hf_cache(
     files["generation_config.json"] = json.dumps(GENERATION_CONFIG, indent=2).encode()
     if with_tokenizer:
         files["tokenizer.json"] = json.dumps({"version": "1.0", "model": {"type": "BPE"}}).encode()
-        files["tokenizer_config.json"] = json.dumps({"tokenizer_class": "Qwen2Tokenizer", "model_max_length": 131072}).encode()
+        files["tokenizer_config.json"] = json.dumps(
+            {"tokenizer_class": "Qwen2Tokenizer", "model_max_length": 131072}
+        ).encode()
         files["vocab.json"] = b"{}"
         files["merges.txt"] = b"#version: 0.2\n"
 
@@ -131,5 +140,5 @@ def build_hf_cache(
     return cache
 
 
-def shard_names(n: int = NUM_SHARDS) -> List[str]:
+def shard_names(n: int = NUM_SHARDS) -> list[str]:
     return [shard_name(i, n) for i in range(1, n + 1)]

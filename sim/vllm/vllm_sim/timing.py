@@ -14,16 +14,16 @@ from dataclasses import dataclass
 from .knobs import Knobs
 
 # Seconds at VLLM_SIM_TIME_SCALE=1 between the startup log lines (measured order on a Spark).
-PLATFORM_S = 2.0          # python + torch import -> "vLLM API server version"
-CONFIG_S = 4.0            # args -> "Resolved architecture" (config, model registry inspection)
-ENGINE_SPAWN_S = 2.5      # tokenizer + EngineCore process spawn
-ENGINE_INIT_S = 1.0       # init message -> CUDA init
-DEVICE_INIT_S = 1.5       # CUDA context, distributed env
-DYNAMO_S = 7.5            # "Dynamo bytecode transform time"
-INDUCTOR_S = 9.5          # compile for dynamic shape; with DYNAMO_S -> ~17 s torch.compile
-PROFILE_S = 1.5           # profiling run -> "Available KV cache memory"
-GRAPH_S_PER_SIZE = 0.21   # CUDA graph capture per batch size (19 sizes -> ~4 s)
-API_READY_S = 0.5         # routes, uvicorn start
+PLATFORM_S = 2.0  # python + torch import -> "vLLM API server version"
+CONFIG_S = 4.0  # args -> "Resolved architecture" (config, model registry inspection)
+ENGINE_SPAWN_S = 2.5  # tokenizer + EngineCore process spawn
+ENGINE_INIT_S = 1.0  # init message -> CUDA init
+DEVICE_INIT_S = 1.5  # CUDA context, distributed env
+DYNAMO_S = 7.5  # "Dynamo bytecode transform time"
+INDUCTOR_S = 9.5  # compile for dynamic shape; with DYNAMO_S -> ~17 s torch.compile
+PROFILE_S = 1.5  # profiling run -> "Available KV cache memory"
+GRAPH_S_PER_SIZE = 0.21  # CUDA graph capture per batch size (19 sizes -> ~4 s)
+API_READY_S = 0.5  # routes, uvicorn start
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Roofline:
     frontend_overhead_s: float
 
     @classmethod
-    def from_knobs(cls, knobs: Knobs, weights_bytes: int, kv_bytes_per_token: int, active_params: int) -> "Roofline":
+    def from_knobs(cls, knobs: Knobs, weights_bytes: int, kv_bytes_per_token: int, active_params: int) -> Roofline:
         return cls(
             weights_bytes=weights_bytes,
             kv_bytes_per_token=kv_bytes_per_token,
