@@ -43,7 +43,7 @@ from sim.hub import HubServer, RepoSpec
 from sim.image import ensure_sim_image
 from sim.ports import free_port
 from tasks.container import managed_containers, remove_managed
-from tasks.health import ReadinessFailed
+from tasks.readiness import ReadinessFailed
 
 TOKEN = "hf_bench_token_5d1c2b3a4f"
 READY_LINE = "Application startup complete."

@@ -137,7 +137,7 @@ class Start:
 
     def outcome(self) -> str:
         """ "serving", or the failure kind classified from its own log (as the readiness gate does)."""
-        from tasks.failures import classify_failure
+        from tasks.vllm.failures import classify_failure
 
         if self.first(READY_LINE, self.at) is not None:
             return "serving"
@@ -293,7 +293,7 @@ def shortage_holder(
 ) -> tuple[float, bool, str]:
     """A holder size whose free memory fits a utilization within the floor, preferring one where the
     planner's KV fit also lowers max_model_len; (GiB, lowers, why)."""
-    from tasks.recovery import fit_utilization
+    from tasks.recovery.planner import fit_utilization
 
     floor = limits.floor_utilization
     at_floor = limits.max_len_at(floor, total_gib, batched, seqs)
@@ -357,7 +357,7 @@ class Side:
 
 class Bench:
     def __init__(self, client: docker.DockerClient, root: Path, hub_url: str, scale: float, run_id: str) -> None:
-        from tasks.health import ReadinessTimeouts
+        from tasks.readiness import ReadinessTimeouts
 
         self.client, self.root, self.hub_url, self.scale, self.run_id = client, root, hub_url, scale, run_id
         self.cache = root / "hf"  # one staged cache, mounted by every target (staged by the calibration)
@@ -502,7 +502,7 @@ class Bench:
         runbook's `docker compose down`); no prune between rungs (a prune frees disk, not memory)."""
         from flows.deploy import deploy_qwen
         from tasks.memory import NotEnoughMemory
-        from tasks.recovery import RUNBOOK_LADDER, runbook_ladder
+        from tasks.recovery.planner import RUNBOOK_LADDER, runbook_ladder
 
         target = self.machine(fault, "l")
         watch = Watch(self.client, target.name)
@@ -623,7 +623,7 @@ def counted(items: list[str]) -> list[str]:
 def restart_loop_note(watch: Watch, died: float) -> str:
     """What docker's restarts after the death did: how many, and what each failed with (classified
     from its own log lines, as the readiness gate classifies a start)."""
-    from tasks.failures import classify_failure
+    from tasks.vllm.failures import classify_failure
 
     restarts = [s for s in watch.starts if s.at >= died]
     kinds: list[str] = []
@@ -676,7 +676,7 @@ def planner_margin() -> float:
     """The GiB the planner keeps free in a computed utilization (its default, raised above the
     target's host-memory floor as the flows do; not restated here)."""
     from blocks.target import TargetMachine
-    from tasks.recovery import RecoveryLimits
+    from tasks.recovery.planner import RecoveryLimits
 
     return RecoveryLimits().guarded(TargetMachine.model_fields["host_memory_floor_gib"].default).margin_gib
 
@@ -854,7 +854,7 @@ def main() -> int:
     from blocks.target import TargetMachine
     from sim.hub import HubServer, RepoSpec
     from sim.image import ensure_sim_image
-    from tasks.recovery import RecoveryLimits
+    from tasks.recovery.planner import RecoveryLimits
 
     floor_gib = TargetMachine.model_fields["host_memory_floor_gib"].default
     limits = RecoveryLimits().guarded(floor_gib)  # the margin the flows use

@@ -1,7 +1,7 @@
 """How accurate and how cheap bench-qwen's measurement is, against the vLLM imitation.
 
 Why: a benchmark is only as good as its client. Two questions, answered through the real HTTP path
-with bench-qwen's own load generator (tasks/bench/load.py) and metric code (tasks/bench/metrics.py):
+with bench-qwen's own load generator (tasks/loadtest/load.py) and metric code (tasks/loadtest/metrics.py):
 
 1. Accuracy: against the imitation at its Spark roofline (VLLM_SIM_DECODE_TIME_SCALE=1), do the
    measured throughput, TPOT and TTFT match what the imitation's model predicts, within 5%? The
@@ -48,9 +48,9 @@ from sim.vllm.vllm_sim.knobs import Knobs  # noqa: E402
 from sim.vllm.vllm_sim.model_files import ModelConfig  # noqa: E402
 from sim.vllm.vllm_sim.testing import DEFAULT_TOTAL_SIZE, QWEN3_32B_FP8_CONFIG, build_hf_cache  # noqa: E402
 from sim.vllm.vllm_sim.timing import Roofline  # noqa: E402
-from tasks.bench.load import Endpoint, LevelRun, Workload, make_prompts, run_level  # noqa: E402
-from tasks.bench.metrics import BenchmarkMetrics, calculate_metrics  # noqa: E402
-from tasks.bench.run import RUNBOOK_FIGURES  # noqa: E402
+from tasks.loadtest.load import Endpoint, LevelRun, Workload, make_prompts, run_level  # noqa: E402
+from tasks.loadtest.metrics import BenchmarkMetrics, calculate_metrics  # noqa: E402
+from tasks.loadtest.run import RUNBOOK_FIGURES  # noqa: E402
 
 SECTION = "bench-qwen: accuracy and cost"
 TOLERANCE = 0.05
@@ -319,7 +319,7 @@ def section(args, rows, extra, cap, failures) -> str:
     k = Knobs()
     verdict = "all within 5% and in the runbook's ranges" if not failures else "OUTSIDE: " + "; ".join(failures)
     return f"""{machine_line()} No GPU.
-`python bench/serving.py`: bench-qwen's load generator and metric code (`tasks/bench/`) against the vLLM
+`python bench/serving.py`: bench-qwen's load generator and metric code (`tasks/loadtest/`) against the vLLM
 imitation as a host process with the deploy's command line (the runbook's flags: max-num-seqs
 {EngineSpec().max_num_seqs}, max-num-batched-tokens {EngineSpec().max_num_batched_tokens}), random token prompts of
 {args.input_len} tokens, {args.output_len} output tokens (ignore_eos), streamed `/v1/completions`.

@@ -356,7 +356,7 @@ def run_story(api_url: str, target: str, work: Path, hub_url: str) -> None:
     from flows.health import health_check
     from flows.recover import recover_vllm
     from sim.ports import free_port
-    from tasks.bench.load import Workload
+    from tasks.loadtest.load import Workload
 
     with flows_against(api_url):
         Secret(value=TOKEN).save("hf-token-ui", overwrite=True)

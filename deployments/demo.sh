@@ -117,7 +117,7 @@ MSG
 down() {
     if curl -sf "$PREFECT_API_URL/health" >/dev/null; then
         say "stop-qwen on the sim target"
-        "$BIN/python" -c "from flows.teardown import stop_qwen; stop_qwen(target='sim', memory_timeout_s=10)" || true
+        "$BIN/python" -c "from flows.stop import stop_qwen; stop_qwen(target='sim', memory_timeout_s=10)" || true
     fi
     say "worker"
     "$BIN/python" -m deployments.worker stop "${WORKER[@]}"

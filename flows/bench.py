@@ -21,16 +21,16 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
 from blocks.engine import EngineSpec
-from tasks.bench.load import Workload
-from tasks.bench.metrics import DEFAULT_PERCENTILES, SLOs
-from tasks.bench.run import (
+from tasks.loadtest.load import Workload
+from tasks.loadtest.metrics import DEFAULT_PERCENTILES, SLOs
+from tasks.loadtest.run import (
     BenchReport,
     bench_levels,
     publish_benchmark,
     sweep_levels,
     write_results,
 )
-from tasks.health import endpoint_ready
+from tasks.readiness import endpoint_ready
 from tasks.locks import gpu_lock
 from tasks.serve import load_target
 from tasks.state import last_healthy, last_healthy_record

@@ -22,15 +22,15 @@ from pydantic import BaseModel, Field
 
 from blocks.engine import EngineSpec
 from blocks.target import TargetMachine
-from tasks.bench.run import GateResult, run_gate
+from tasks.loadtest.run import GateResult, run_gate
 from tasks.container import remove_container, replace_or_keep
 from tasks.events import ServiceEvent, emit_service_event
-from tasks.health import ReadinessFailed, ReadinessTimeouts, endpoint_ready
+from tasks.readiness import ReadinessFailed, ReadinessTimeouts, endpoint_ready
 from tasks.inference import smoke_inference
 from tasks.locks import gpu_lock
 from tasks.memory import NotEnoughMemory
 from tasks.preflight import preflight
-from tasks.recovery import RecoveryLimits
+from tasks.recovery.planner import RecoveryLimits
 from tasks.report import artifact_key, fenced, key_value_table, publish_report
 from tasks.secrets import scrub
 from tasks.serve import Served, ServerSecrets, StartFailed, load_target, serve

@@ -8,7 +8,7 @@ to Watch", done by a flow every few minutes, in layers, each with its own verdic
 while loading is "starting", not dead), readiness (/v1/models lists the model), function (one tiny
 deterministic request), progress (/metrics: requests in flight while no token is generated =
 wedged, even when /health says 200: vllm issue 39863), host (MemAvailable, KV cache usage,
-preemptions). The verdict is the pure `tasks.probes.evaluate`. It publishes an event per check
+preemptions). The verdict is the pure `tasks.health.verdict.evaluate`. It publishes an event per check
 (`vllm.service.<verdict>`: the unhealthy one's automation runs recover-vllm), a status artifact and
 a history table; it never restarts anything itself.
 """
@@ -23,9 +23,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from blocks.target import TargetMachine
-from tasks.checks import inspect_container, probe_endpoints, read_host_memory
+from tasks.health.probes import inspect_container, probe_endpoints, read_host_memory
 from tasks.events import ServiceEvent, emit_service_event
-from tasks.probes import HealthReport, MetricsSnapshot, Observation, Thresholds, evaluate, history_row, parse_metrics
+from tasks.health.verdict import HealthReport, MetricsSnapshot, Observation, Thresholds, evaluate, history_row, parse_metrics
 from tasks.report import artifact_key, publish_report
 from tasks.serve import load_target
 from tasks.state import (

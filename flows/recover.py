@@ -5,8 +5,8 @@ troubleshooting does by hand, but classified first and acted on once.
 
 The health-check automation runs it on `vllm.service.unhealthy` (it never emits that event itself,
 so it cannot trigger itself). Steps: a server that answers again needs nothing; otherwise read what
-docker says about ours (state, exit code, OOMKilled, log tail) and classify it (tasks/failures.py),
-remove it, read the machine's memory, let the planner (tasks/recovery.py) name the class, the
+docker says about ours (state, exit code, OOMKilled, log tail) and classify it (tasks/vllm/failures.py),
+remove it, read the machine's memory, let the planner (tasks/recovery/planner.py) name the class, the
 actions and the spec, act, and start again through the same recovery loop as deploy-qwen
 (tasks/serve.py); smoke-test; report.
 """
@@ -21,16 +21,16 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
 from blocks.target import TargetMachine
-from tasks.checks import probe_endpoints
+from tasks.health.probes import probe_endpoints
 from tasks.container import inspect_server, remove_managed_containers
 from tasks.events import ServiceEvent, emit_service_event
-from tasks.failures import FailureKind, classify_failure, wedged_engine_cause
-from tasks.health import ReadinessTimeouts
+from tasks.vllm.failures import FailureKind, classify_failure, wedged_engine_cause
+from tasks.readiness import ReadinessTimeouts
 from tasks.inference import smoke_inference
 from tasks.locks import gpu_lock
 from tasks.memory import wait_for_release
-from tasks.probes import needs_operator
-from tasks.recovery import RecoveryLimits, plan_recovery, retry_spec
+from tasks.health.verdict import needs_operator
+from tasks.recovery.planner import RecoveryLimits, plan_recovery, retry_spec
 from tasks.report import artifact_key, publish_report
 from tasks.serve import ServerSecrets, StartFailed, act, load_target, observe_memory, serve
 from tasks.state import desired_state, recent_recoveries, record_healthy, record_recover_run, recover_runs

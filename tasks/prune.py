@@ -9,7 +9,7 @@ and the target's label when one is named; dangling images with that label; no bu
 carries no labels).
 
 A prune frees disk, not memory: a stopped container holds no memory, so the recovery planner
-(`tasks.recovery`) prunes because the runbook does, never in the hope of a start that fits. The
+(`tasks.recovery.planner`) prunes because the runbook does, never in the hope of a start that fits. The
 flow reads meminfo before and after and says so in its report.
 """
 

@@ -11,7 +11,7 @@ appear in the run's log in the Prefect UI; outside a run (a script, a test) to t
 
 ``scrub`` lives here too, next to the secrets it hides: every line forwarded from the container's
 log, and every exception, artifact or event text, passes through it. This module imports nothing of
-the project (``tasks.logs`` and ``tasks.failures`` import it), and Prefect only lazily, so the log
+the project (``tasks.vllm.logs`` and ``tasks.vllm.failures`` import it), and Prefect only lazily, so the log
 parsers stay free of Prefect.
 """
 

@@ -5,8 +5,8 @@ deploy-qwen and recover-vllm both run (no recovery is written twice).
 
 `start_once` is the runbook's `docker compose up -d` plus the readiness gate: make room in memory,
 create and start the container, wait until it serves (with the host-memory guard), arm the restart
-policy. `serve` wraps it in the recovery loop: a failed start is classified (tasks/failures.py), the
-machine's memory is read (tasks/memory.py), the pure planner (tasks/recovery.py) names the class,
+policy. `serve` wraps it in the recovery loop: a failed start is classified (tasks/vllm/failures.py), the
+machine's memory is read (tasks/memory.py), the pure planner (tasks/recovery/planner.py) names the class,
 the actions and the next spec, the actions run as tasks, and the next spec starts, until it serves
 or the planner gives up. Every attempt is a row of a table artifact; the outcome is an event.
 What is kept per target between runs (the last healthy spec, the recent recoveries) lives in
@@ -38,11 +38,11 @@ from tasks.container import (
     start_vllm_container,
 )
 from tasks.events import ServiceEvent, emit_service_event
-from tasks.failures import FailureCause, classify_failure, free_memory_error
-from tasks.health import MemoryGuard, Readiness, ReadinessFailed, ReadinessTimeouts, wait_until_ready
+from tasks.vllm.failures import FailureCause, classify_failure, free_memory_error
+from tasks.readiness import MemoryGuard, Readiness, ReadinessFailed, ReadinessTimeouts, wait_until_ready
 from tasks.memory import NotEnoughMemory, drop_caches, make_room_for_start, read_meminfo, read_memory, wait_for_release
 from tasks.prune import prune_docker
-from tasks.recovery import Action, MachineMemory, RecoveryLimits, RecoveryStep, plan_recovery, retry_spec
+from tasks.recovery.planner import Action, MachineMemory, RecoveryLimits, RecoveryStep, plan_recovery, retry_spec
 from tasks.report import artifact_key
 from tasks.secrets import DOTENV, HF_TOKEN_ENV_VARS, load_secret
 from tasks.state import remember_recoveries

@@ -27,7 +27,7 @@ from prefect.artifacts import Artifact
 from prefect.variables import Variable
 
 from blocks.engine import EngineSpec
-from tasks.recovery import RecoveryStep
+from tasks.recovery.planner import RecoveryStep
 
 LAST_HEALTHY_PREFIX = "vllm-last-healthy-"
 RECOVERIES_PREFIX = "vllm-recoveries-"

@@ -26,7 +26,7 @@ from deployments.worker import start_worker, stop_worker
 from flows.deploy import deploy_qwen
 from flows.health import health_check
 from sim.ports import free_port
-from tasks.probes import Verdict
+from tasks.health.verdict import Verdict
 from tests.integration.conftest import SESSION, target_containers
 
 pytestmark = pytest.mark.integration

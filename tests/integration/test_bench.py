@@ -20,7 +20,7 @@ from deployments.setup import ensure_work_pool
 from deployments.worker import start_worker, stop_worker
 from flows.bench import bench_qwen
 from flows.deploy import deploy_qwen
-from tasks.bench.load import Workload
+from tasks.loadtest.load import Workload
 from tasks.report import artifact_key
 from tests.integration.conftest import TEST_API_KEY, TEST_TOKEN, target_containers
 from tests.integration.prefect_reads import flow_run_artifacts, flow_run_logs, flush_logs, latest_artifact, table_rows

@@ -15,10 +15,10 @@ from prefect_docker.host import DockerHost
 
 from blocks.shared import LABEL_SPEC_HASH
 from flows.deploy import deploy_qwen
-from flows.teardown import stop_qwen
+from flows.stop import stop_qwen
 from sim.vllm.vllm_sim.ledger import Ledger
-from tasks.failures import FailureCause, FailureKind
-from tasks.health import ReadinessFailed, ReadinessTimeouts, wait_until_ready
+from tasks.vllm.failures import FailureCause, FailureKind
+from tasks.readiness import ReadinessFailed, ReadinessTimeouts, wait_until_ready
 from tasks.memory import NotEnoughMemory, read_meminfo
 from tasks.preflight import PreflightFailed
 from tasks.serve import StartFailed

@@ -25,10 +25,10 @@ from deployments.targets import SIM_LEDGER_MOUNT
 from deployments.worker import start_worker, stop_worker
 from flows.deploy import DeployFailed, deploy_qwen
 from flows.recover import recover_vllm
-from flows.teardown import stop_qwen
-from tasks.failures import FailureKind
-from tasks.health import ReadinessFailed
-from tasks.recovery import GIB, RecoveryLimits, fit_utilization
+from flows.stop import stop_qwen
+from tasks.vllm.failures import FailureKind
+from tasks.readiness import ReadinessFailed
+from tasks.recovery.planner import GIB, RecoveryLimits, fit_utilization
 from tasks.serve import StartFailed
 from tasks.state import last_healthy, record_recover_run
 from tests.integration.conftest import TEST_LABELS, target_containers

@@ -1,4 +1,4 @@
-"""tasks/bench/chart.py: the PNG and the text chart of a bench-qwen sweep, from plain rows."""
+"""tasks/loadtest/chart.py: the PNG and the text chart of a bench-qwen sweep, from plain rows."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from tasks.bench import chart
-from tasks.bench.chart import DPI, FIGSIZE, png_chart, text_chart
+from tasks.loadtest import chart
+from tasks.loadtest.chart import DPI, FIGSIZE, png_chart, text_chart
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BAR = re.compile(r"[█▏▎▍▌▋▊▉]+")

@@ -1,4 +1,4 @@
-"""tasks/bench/metrics.py and tasks/bench/load.py: vllm bench serve's definitions on synthetic streams
+"""tasks/loadtest/metrics.py and tasks/loadtest/load.py: vllm bench serve's definitions on synthetic streams
 with known timings (TTFT, ITL, E2EL, TPOT, goodput, peaks), and the load generator's pure parts
 (workload validation, prompts, arrivals, the request body, the client's own cost)."""
 
@@ -10,7 +10,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from tasks.bench.load import (
+from tasks.loadtest.load import (
     CLIENT_BOUND_CPU,
     PROMPT_TOKEN_RANGE,
     Endpoint,
@@ -20,7 +20,7 @@ from tasks.bench.load import (
     make_prompts,
     request_body,
 )
-from tasks.bench.metrics import (
+from tasks.loadtest.metrics import (
     DEFAULT_PERCENTILES,
     RequestOutput,
     SLOs,

@@ -1,4 +1,4 @@
-"""tasks/bench/server.py, tasks/bench/run.py and blocks/bench_gate.py: the server's account of a level
+"""tasks/loadtest/server.py, tasks/loadtest/run.py and blocks/bench_gate.py: the server's account of a level
 (from the imitation's /metrics exposition), the sweep's levels, a level's result and row, the report
 beside the runbook, the warnings, and the deploy gate's verdict."""
 
@@ -12,10 +12,10 @@ from pydantic import ValidationError
 
 from blocks.bench_gate import BenchGate
 from sim.vllm.vllm_sim.metrics import VllmMetrics
-from tasks.bench.chart import text_chart
-from tasks.bench.load import LevelRun, Workload
-from tasks.bench.metrics import BenchmarkMetrics, RequestOutput, SLOs, calculate_metrics
-from tasks.bench.run import (
+from tasks.loadtest.chart import text_chart
+from tasks.loadtest.load import LevelRun, Workload
+from tasks.loadtest.metrics import BenchmarkMetrics, RequestOutput, SLOs, calculate_metrics
+from tasks.loadtest.run import (
     BenchReport,
     Level,
     LevelResult,
@@ -27,8 +27,8 @@ from tasks.bench.run import (
     summarize,
     sweep_levels,
 )
-from tasks.bench.server import ServerSide, server_side, snapshots, token_disagreement
-from tasks.probes import MetricsSnapshot, parse_metrics
+from tasks.loadtest.server import ServerSide, server_side, snapshots, token_disagreement
+from tasks.health.verdict import MetricsSnapshot, parse_metrics
 from tasks.report import fenced
 
 MODEL = "Qwen/Qwen3-32B-FP8"

@@ -1,4 +1,4 @@
-"""tasks/failures.py: the failure rules, their priority, and the causes they build from vLLM's exact
+"""tasks/vllm/failures.py: the failure rules, their priority, and the causes they build from vLLM's exact
 texts (vllm.md) and docker's exit state."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import tasks.failures
-from tasks.failures import (
+import tasks.vllm.failures
+from tasks.vllm.failures import (
     MAX_EVIDENCE,
     RULES,
     Evidence,
@@ -22,7 +22,7 @@ from tasks.failures import (
     rule_for,
     suggest_max_model_len,
 )
-from tasks.logs import strip_prefix
+from tasks.vllm.logs import strip_prefix
 from tasks.memory import suggest_utilization
 
 LOGS = Path(__file__).resolve().parents[1] / "data" / "logs"
@@ -259,7 +259,7 @@ def test_the_table_names_each_kind_once_with_the_catch_all_last():
 
 
 def test_priority_order_is_the_one_the_docstring_lists():
-    documented = re.findall(r"^\d+\. `(\w+)`:", tasks.failures.__doc__, flags=re.MULTILINE)
+    documented = re.findall(r"^\d+\. `(\w+)`:", tasks.vllm.failures.__doc__, flags=re.MULTILINE)
     assert documented == [rule.kind.value for rule in RULES]
     assert documented == [
         "host_memory_guard", "gpu_runtime_missing", "bad_arguments", "fp8_kernel", "free_memory", "kv_too_small", "no_kv_memory",

@@ -28,7 +28,7 @@ def test_every_spark_deployment_is_rendered_per_target_on_its_own_queue():
         "flows/deploy.py:deploy_qwen",
         "flows/health.py:health_check",
         "flows/recover.py:recover_vllm",
-        "flows/teardown.py:stop_qwen",
+        "flows/stop.py:stop_qwen",
         "flows/stage.py:stage_model",
         "flows/bench.py:bench_qwen",
     }

@@ -1,4 +1,4 @@
-"""tasks/logs.py: lines, milestones and phases from vLLM's exact texts (vllm.md); tasks/secrets.py:
+"""tasks/vllm/logs.py: lines, milestones and phases from vLLM's exact texts (vllm.md); tasks/secrets.py:
 scrubbing those lines and logging where a secret came from. Failure classes: test_failures.py."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.logs import (
+from tasks.vllm.logs import (
     PHASE_ORDER,
     EventKind,
     LineSplitter,
@@ -266,18 +266,18 @@ def test_line_helpers_for_the_failure_rules():
 
 
 def test_secrets_module_imports_no_log_parser_and_logs_no_failures():
-    """tasks.secrets <- tasks.logs <- tasks.failures: one direction, so no import cycle."""
+    """tasks.secrets <- tasks.vllm.logs <- tasks.vllm.failures: one direction, so no import cycle."""
     import subprocess
     import sys
 
     code = (
-        "import sys, tasks.secrets; assert 'tasks.logs' not in sys.modules and 'prefect' not in sys.modules;"
-        "import tasks.logs; assert 'tasks.failures' not in sys.modules and 'prefect' not in sys.modules;"
-        "import tasks.failures"
+        "import sys, tasks.secrets; assert 'tasks.vllm.logs' not in sys.modules and 'prefect' not in sys.modules;"
+        "import tasks.vllm.logs; assert 'tasks.vllm.failures' not in sys.modules and 'prefect' not in sys.modules;"
+        "import tasks.vllm.failures"
     )
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
-    subprocess.run([sys.executable, "-c", "import tasks.failures, tasks.logs"], cwd=root, check=True)
+    subprocess.run([sys.executable, "-c", "import tasks.vllm.failures, tasks.vllm.logs"], cwd=root, check=True)
 
 
 def test_hf_token_names_and_dotenv():

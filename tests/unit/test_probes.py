@@ -1,4 +1,4 @@
-"""tasks/probes.py: /metrics parsing (the imitation's renderer and vLLM 0.10.1.1's format), the health
+"""tasks/health/verdict.py: /metrics parsing (the imitation's renderer and vLLM 0.10.1.1's format), the health
 rules one by one, their priority, the layers, the history helpers and the recovery cap."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import json
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-import tasks.probes
+import tasks.health.verdict
 from sim.vllm.vllm_sim.metrics import VllmMetrics
 from tasks.memory import MemInfo
-from tasks.probes import (
+from tasks.health.verdict import (
     LAYERS,
     RULES,
     Condition,
@@ -691,7 +691,7 @@ def test_every_unhealthy_rule_comes_before_every_degraded_rule():
 
 
 def test_the_docstring_lists_the_table_in_order():
-    doc = tasks.probes.__doc__ or ""
+    doc = tasks.health.verdict.__doc__ or ""
     for number, rule in enumerate(RULES, start=1):
         assert f"{number}. `{rule.condition.value}`" in doc
 
@@ -702,7 +702,7 @@ def test_rule_for():
 
 
 def test_the_table_is_checked():
-    check = tasks.probes._check_rules
+    check = tasks.health.verdict._check_rules
     with pytest.raises(ValueError, match="exactly once"):
         check(RULES[:-2] + RULES[-1:])
     with pytest.raises(ValueError, match="first"):

@@ -1,4 +1,4 @@
-"""tasks/recovery.py: the recovery planner on causes classified from the recorded vLLM logs
+"""tasks/recovery/planner.py: the recovery planner on causes classified from the recorded vLLM logs
 (tests/data/logs/), with the machine's memory as the tests construct it."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from blocks.engine import PRESETS, EngineSpec
-from tasks.failures import FailureCause, FailureKind, classify_failure
+from tasks.vllm.failures import FailureCause, FailureKind, classify_failure
 from tasks.memory import MemInfo, suggest_utilization
-from tasks.recovery import (
+from tasks.recovery.planner import (
     CLASSES,
     GIB,
     MACHINE_ACTIONS,
@@ -515,7 +515,7 @@ def test_runbook_ladder():
 def test_a_computed_retry_keeps_more_free_than_the_host_memory_guard_needs():
     """With the 1 GiB margin under the gate's 4 GiB floor, every computed retry was a start the guard
     killed as soon as the server held its memory: the margin is raised above the floor."""
-    from tasks.recovery import GUARD_SLACK_GIB, RecoveryLimits, fit_utilization
+    from tasks.recovery.planner import GUARD_SLACK_GIB, RecoveryLimits, fit_utilization
 
     limits = RecoveryLimits().guarded(4.0)
     assert limits.margin_gib == 4.0 + GUARD_SLACK_GIB

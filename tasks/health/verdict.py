@@ -11,7 +11,7 @@ target in layers (the container, ``/health``, ``/v1/models``, the 12*17 smoke qu
 numbers, and `evaluate` turns one `Observation` into a `HealthReport`. The flow only observes and
 reports; it never restarts anything (recovery automations react to its ``unhealthy`` event).
 
-`RULES` is the whole judgement, as `tasks.failures.RULES` is for failed starts: the first
+`RULES` is the whole judgement, as `tasks.vllm.failures.RULES` is for failed starts: the first
 `HealthRule` whose ``matches`` is true decides the verdict, the deciding layer and the reason.
 The order, first to last (the reasons why are in each group):
 

@@ -21,11 +21,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
 from blocks.bench_gate import BenchGate
-from tasks.bench.chart import png_chart, text_chart
-from tasks.bench.load import Endpoint, LevelRun, Workload, make_prompts, run_level
-from tasks.bench.metrics import DEFAULT_PERCENTILES, BenchmarkMetrics, RequestOutput, SLOs, calculate_metrics
-from tasks.bench.server import ServerSide, server_side, snapshots, token_disagreement
-from tasks.probes import MetricsSnapshot, parse_metrics
+from tasks.loadtest.chart import png_chart, text_chart
+from tasks.loadtest.load import Endpoint, LevelRun, Workload, make_prompts, run_level
+from tasks.loadtest.metrics import DEFAULT_PERCENTILES, BenchmarkMetrics, RequestOutput, SLOs, calculate_metrics
+from tasks.loadtest.server import ServerSide, server_side, snapshots, token_disagreement
+from tasks.health.verdict import MetricsSnapshot, parse_metrics
 from tasks.report import artifact_key, fenced, markdown_table
 
 #: Artifact keys: the results table and the report with the chart (one of each per target).

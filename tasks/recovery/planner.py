@@ -9,7 +9,7 @@ on the DGX Spark (GB10, unified memory) the usual cause is the previous load's p
 vLLM 0.10.1.1 counts as used (vllm issue 48140) and which no lower utilization returns; when other
 processes really hold memory, vLLM's own error already says how much is free, so the one
 utilization that fits can be computed instead of guessed. `plan_recovery` reads the classified
-failure (`tasks.failures.FailureCause`), the machine's memory as read after the failure
+failure (`tasks.vllm.failures.FailureCause`), the machine's memory as read after the failure
 (`MachineMemory`) and the spec that failed, and returns the one next step: what to do to the
 machine, which spec to start, and why, with the numbers, or that a person has to act and what
 they should do.
@@ -17,7 +17,7 @@ they should do.
 The class table
 ---------------
 `CLASSES` is the whole planner: the first `RecoveryRule` whose ``matches`` is true builds the step,
-as `tasks.failures.RULES` does for causes. The order, first to last:
+as `tasks.vllm.failures.RULES` does for causes. The order, first to last:
 
 1. `stale_container`: a memory failure while an older container of ours for this target still
    runs: removing it returns its memory, and is right even when a page-cache drop alone would do
@@ -61,8 +61,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from blocks.engine import PRESETS, EngineSpec, format_utilization
-from tasks.failures import FailureCause, FailureKind
-from tasks.logs import summarize_startup
+from tasks.vllm.failures import FailureCause, FailureKind
+from tasks.vllm.logs import summarize_startup
 from tasks.memory import MemInfo
 
 __all__ = [
@@ -1004,7 +1004,7 @@ def plan_recovery(
     the attempt cap, a valid retry spec, and no blind repeat of a spec that just failed on memory.
 
     Args:
-        cause: the classified failure (`tasks.failures.classify_failure` of the log and exit).
+        cause: the classified failure (`tasks.vllm.failures.classify_failure` of the log and exit).
         memory: the machine's memory read after the failure, before any action.
         spec: the spec that just failed.
         attempt: retries already made in this recovery: 0 after the first start failed. At
@@ -1014,7 +1014,7 @@ def plan_recovery(
         history: the steps already taken on this target, oldest first: this recovery's, and the
             engine restarts of the last hour (their ``at`` set by the flow).
         guard_tripped: the flow stopped the start because MemAvailable fell below the target's
-            host_memory_floor_gib (no FailureKind names that: tasks/failures.py only reads logs and
+            host_memory_floor_gib (no FailureKind names that: tasks/vllm/failures.py only reads logs and
             exits); planned as an activation peak.
         now: the flow's clock, to age ``history`` (None: every engine restart in it counts).
 

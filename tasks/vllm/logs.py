@@ -9,11 +9,11 @@ forms noted where they differ).
     for line in lines:                      # e.g. LineSplitter().feed(chunk) from docker logs
         event = tracker.feed(line)          # LogEvent | None
         ... tracker.phase, tracker.stats.shards_done, tracker.stats.kv_cache_tokens ...
-    cause = classify_failure(tracker.recent, exit_code=1)   # tasks.failures: FailureCause
+    cause = classify_failure(tracker.recent, exit_code=1)   # tasks.vllm.failures: FailureCause
 
-What a failed start's log *means* (the failure rules, their causes and fixes) is `tasks.failures`,
+What a failed start's log *means* (the failure rules, their causes and fixes) is `tasks.vllm.failures`,
 which builds on this module; hiding secrets in lines is `tasks.secrets.scrub`. This module imports
-only `tasks.secrets` of the project, never `tasks.failures`, so there is no import cycle.
+only `tasks.secrets` of the project, never `tasks.vllm.failures`, so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -459,7 +459,7 @@ _STATS_KINDS = {
 
 class StartupTracker:
     """Feed log lines; keeps the phase, the startup numbers and the recent lines (for
-    `tasks.failures.classify_failure`). Pure: the caller owns clocks and timeouts (per phase)."""
+    `tasks.vllm.failures.classify_failure`). Pure: the caller owns clocks and timeouts (per phase)."""
 
     def __init__(self, keep: int = 500) -> None:
         self.phase: Phase = Phase.STARTING

@@ -29,8 +29,8 @@ from prefect_docker.host import DockerHost
 from pydantic import BaseModel, Field
 
 from tasks.container import docker_client
-from tasks.failures import FailureCause, classify_failure, guard_line
-from tasks.logs import EventKind, LineSplitter, Phase, StartupStats, StartupTracker
+from tasks.vllm.failures import FailureCause, classify_failure, guard_line
+from tasks.vllm.logs import EventKind, LineSplitter, Phase, StartupStats, StartupTracker
 from tasks.memory import MemoryReadError, exec_meminfo
 from tasks.report import ProgressArtifact
 from tasks.secrets import scrub

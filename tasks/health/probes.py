@@ -1,6 +1,6 @@
 """The health check's read-only probes of one target: what docker says, what the server answers,
 what the host has left. Each is a task that takes values and changes nothing; the verdict is the
-pure `tasks.probes.evaluate`.
+pure `tasks.health.verdict.evaluate`.
 
 A check is cheap by design: one docker inspect, four small HTTP requests (/health, /v1/models, one
 16-token completion, /metrics) and one `docker exec` of the meminfo command in the running server.

@@ -27,7 +27,7 @@ import numpy as np
 from httpx_sse import aconnect_sse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tasks.bench.metrics import RequestOutput, request_output
+from tasks.loadtest.metrics import RequestOutput, request_output
 
 #: Token ids the random prompts draw from: Qwen3's ordinary tokens (its special tokens start at 151643).
 PROMPT_TOKEN_RANGE: tuple[int, int] = (1000, 150000)

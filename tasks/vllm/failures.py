@@ -54,7 +54,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from tasks.logs import (
+from tasks.vllm.logs import (
     EventKind,
     is_cosmetic,
     is_exception,
