@@ -431,7 +431,7 @@ class Bench:
 
     def check(self, name: str, thresholds=None) -> tuple[CheckSeen, Any]:
         from flows.health import health_check
-        from tasks.health.verdict import Thresholds
+        from tasks.health.observation import Thresholds
 
         started, t0 = time.time(), time.monotonic()
         state = health_check(target=name, thresholds=thresholds or Thresholds(), return_state=True)
@@ -662,7 +662,7 @@ class Bench:
         """The engine deadlocks while /health and /v1/models keep answering 200 (vllm issue 39863)."""
         from bench.recovery import READY_LINE, Watch
         from flows.deploy import deploy_qwen
-        from tasks.health.verdict import Thresholds
+        from tasks.health.observation import Thresholds
 
         limits = Thresholds(**WEDGE_LIMITS)
         row = FaultRow(
@@ -869,7 +869,7 @@ def fault_tables(
     rows: list[FaultRow], default_interval: float, wedge_check_default_s: float | None, one_start_scaled: float | None
 ) -> tuple[str, str, list[str]]:
     """The measured parts per fault, and the combined figures next to the anchors."""
-    from tasks.health.verdict import Thresholds
+    from tasks.health.observation import Thresholds
 
     defaults = Thresholds()
     measured, combined, notes = [], [], []
@@ -986,7 +986,7 @@ def body(
     from prefect.settings import get_current_settings
 
     from deployments.worker import WORKER_ENV
-    from tasks.health.verdict import Thresholds
+    from tasks.health.observation import Thresholds
 
     defaults = Thresholds()
     events_days = get_current_settings().server.events.retention_period.total_seconds() / DAY_S

@@ -7,8 +7,9 @@ to Watch", done by a flow every few minutes, in layers, each with its own verdic
 (exists, state, restarts since the deploy, exit code, OOMKilled), liveness (/health; no answer
 while loading is "starting", not dead), readiness (/v1/models lists the model), function (one tiny
 deterministic request), progress (/metrics: requests in flight while no token is generated =
-wedged, even when /health says 200: vllm issue 39863), host (MemAvailable, KV cache usage,
-preemptions). The verdict is the pure `tasks.health.verdict.evaluate`. It publishes an event per check
+wedged, even when /health says 200: vllm issue 39863; KV cache usage, preemptions), host
+(MemAvailable against the target's `host_memory_floor_gib`, the floor of the start's memory
+guard). The verdict is the pure `tasks.health.verdict.evaluate`. It publishes an event per check
 (`vllm.service.<verdict>`: the unhealthy one's automation runs recover-vllm), a status artifact and
 a history table; it never restarts anything itself.
 """
@@ -23,9 +24,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from blocks.target import TargetMachine
-from tasks.health.probes import inspect_container, probe_endpoints, read_host_memory
 from tasks.events import ServiceEvent, emit_service_event
-from tasks.health.verdict import HealthReport, MetricsSnapshot, Observation, Thresholds, evaluate, history_row, parse_metrics
+from tasks.health.history import history_row
+from tasks.health.observation import Observation, Thresholds
+from tasks.health.probes import ContainerFacts, EndpointFacts, inspect_container, probe_endpoints, read_host_memory
+from tasks.health.verdict import HealthReport, evaluate
+from tasks.memory import MemInfo
 from tasks.report import artifact_key, publish_report
 from tasks.serve import load_target
 from tasks.state import (
@@ -36,6 +40,7 @@ from tasks.state import (
     last_healthy_record,
     save_health_state,
 )
+from tasks.vllm.metrics import MetricsSnapshot, parse_metrics
 
 
 @flow(name="health-check", flow_run_name="health-{target}")
@@ -49,32 +54,87 @@ def health_check(
     """Check the target's server layer by layer; publish the verdict. Changes nothing on the machine.
 
     Args:
-        target: name of the TargetMachine block.
+        target: name of the TargetMachine block (its ``host_memory_floor_gib`` is the host layer's floor).
         engine: name of an EngineSpec block (for the served model name); None = the runbook's.
         preset: a runbook tuning block (only the served name matters here).
         overrides: EngineSpec fields (only the served name matters here).
-        thresholds: the verdict's limits (startup budget, latency budgets, wedge window, headroom).
+        thresholds: the verdict's limits (startup budget, latency budgets, wedge window, KV cache, crash loop).
     """
     started = time.monotonic()
-    logger = get_run_logger()
     resolved = load_target(target, engine, preset, overrides)
-    machine, spec, secrets = resolved.machine, resolved.spec, resolved.secrets
-    docker_host = resolved.docker_host
+    machine, served = resolved.machine, resolved.spec.served_name
     before = health_state(machine.name)
     record = last_healthy_record(machine.name)
-    desired = desired_state(machine.name) or "running"
     now = time.time()
 
-    container = inspect_container(docker_host, machine.name)
+    # The container: docker's state, restarts, exit code, OOMKilled.
+    container = inspect_container(resolved.docker_host, machine.name)
+    # Health, readiness, function, progress: /health, /v1/models, the smoke question, /metrics.
     endpoints = probe_endpoints(
-        machine.endpoint, spec.served_name, secrets.api_key, timeout_s=thresholds.answer_budget_s
+        machine.endpoint, served, resolved.secrets.api_key, timeout_s=thresholds.answer_budget_s
     )
+    # The host: MemAvailable, read in the running server.
     running = container.exists and container.status == "running"
-    memory = read_host_memory(docker_host, container.container_id, machine.meminfo_command) if running else None
+    memory = (
+        read_host_memory(resolved.docker_host, container.container_id, machine.meminfo_command) if running else None
+    )
+
+    # The verdict: the first rule of the table that matches, and every layer.
     metrics = _snapshot(endpoints.metrics_text, now)
-    previous = MetricsSnapshot.model_validate(before["metrics"]) if before.get("metrics") else None
-    observation = Observation(
-        desired=desired,
+    observation = _observation(
+        container,
+        endpoints,
+        metrics,
+        memory,
+        machine=machine,
+        before=before,
+        record=record,
+        now=now,
+    )
+    report = evaluate(observation, thresholds)
+
+    # Report: the state for the next check, the event (unhealthy triggers recover-vllm), the artifacts.
+    since = before.get("since") if before.get("verdict") == report.verdict.value else datetime.now(UTC).isoformat()
+    save_health_state(machine.name, _state(report, since, now, container, metrics, before))
+    emit_service_event(
+        machine.name,
+        ServiceEvent(report.verdict.value),
+        {"layer": report.layer.value, "condition": report.condition.value, "reason": report.reason, "since": since},
+    )
+    history_key = artifact_key("health-history", machine.name)
+    history = [*health_history(machine.name, history_key), history_row(report, now)][-HEALTH_HISTORY:]
+    duration = round(time.monotonic() - started, 3)
+    _publish(machine, served, report, since, history, duration, record)
+    get_run_logger().info(
+        "%s: %s (%s): %s [%.2f s]", machine.name, report.verdict.value, report.layer.value, report.reason, duration
+    )
+    return report
+
+
+def _snapshot(text: str | None, now: float) -> MetricsSnapshot | None:
+    """This check's /metrics numbers; None when the server gave none or not Prometheus text."""
+    if not text:
+        return None
+    try:
+        return parse_metrics(text, now)
+    except ValueError:
+        return None
+
+
+def _observation(
+    container: ContainerFacts,
+    endpoints: EndpointFacts,
+    metrics: MetricsSnapshot | None,
+    memory: MemInfo | None,
+    *,
+    machine: TargetMachine,
+    before: dict[str, Any],
+    record: dict[str, Any],
+    now: float,
+) -> Observation:
+    """What the probes saw, with what the previous check and the last deploy left, for `evaluate`."""
+    return Observation(
+        desired=desired_state(machine.name) or "running",
         now=now,
         exists=container.exists,
         status=container.status,
@@ -90,48 +150,32 @@ def health_check(
         answer_latency_s=endpoints.answer_latency_s,
         answer_detail=f"answered {endpoints.answer!r}" if endpoints.answer_ok is False else None,
         metrics=metrics,
-        previous=previous,
+        previous=MetricsSnapshot.model_validate(before["metrics"]) if before.get("metrics") else None,
         memory=memory,
+        memory_floor_gib=machine.host_memory_floor_gib,
         degraded=record.get("degraded"),
     )
-    report = evaluate(observation, thresholds)
-    since = (
-        before.get("since") if before.get("verdict") == report.verdict.value else datetime.now(UTC).isoformat()
-    )
-    row = history_row(report, now)
-    history = [*health_history(machine.name, artifact_key("health-history", machine.name)), row][-HEALTH_HISTORY:]
-    save_health_state(
-        machine.name,
-        {
-            "verdict": report.verdict.value,
-            "since": since,
-            "checked_at": now,
-            "layer": report.layer.value,
-            "reason": report.reason[:300],
-            "metrics": metrics.model_dump(mode="json") if metrics else before.get("metrics"),
-            "restart_count": container.restart_count,
-        },
-    )
-    emit_service_event(
-        machine.name,
-        ServiceEvent(report.verdict.value),
-        {"layer": report.layer.value, "condition": report.condition.value, "reason": report.reason, "since": since},
-    )
-    duration = round(time.monotonic() - started, 3)
-    _publish(machine, spec.served_name, report, since, history, duration, record)
-    logger.info(
-        "%s: %s (%s): %s [%.2f s]", machine.name, report.verdict.value, report.layer.value, report.reason, duration
-    )
-    return report
 
 
-def _snapshot(text: str | None, now: float) -> MetricsSnapshot | None:
-    if not text:
-        return None
-    try:
-        return parse_metrics(text, now)
-    except ValueError:
-        return None
+def _state(
+    report: HealthReport,
+    since: str,
+    now: float,
+    container: ContainerFacts,
+    metrics: MetricsSnapshot | None,
+    before: dict[str, Any],
+) -> dict[str, Any]:
+    """What the next check needs of this one: the verdict and since when, the restarts, and the last
+    /metrics numbers (the previous check's when this one read none, so a wedge can still be judged)."""
+    return {
+        "verdict": report.verdict.value,
+        "since": since,
+        "checked_at": now,
+        "layer": report.layer.value,
+        "reason": report.reason[:300],
+        "metrics": metrics.model_dump(mode="json") if metrics else before.get("metrics"),
+        "restart_count": container.restart_count,
+    }
 
 
 def _publish(

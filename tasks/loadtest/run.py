@@ -25,8 +25,8 @@ from tasks.loadtest.chart import png_chart, text_chart
 from tasks.loadtest.load import Endpoint, LevelRun, Workload, make_prompts, run_level
 from tasks.loadtest.metrics import DEFAULT_PERCENTILES, BenchmarkMetrics, RequestOutput, SLOs, calculate_metrics
 from tasks.loadtest.server import ServerSide, server_side, snapshots, token_disagreement
-from tasks.health.verdict import MetricsSnapshot, parse_metrics
 from tasks.report import artifact_key, fenced, markdown_table
+from tasks.vllm.metrics import MetricsSnapshot, parse_metrics
 
 #: Artifact keys: the results table and the report with the chart (one of each per target).
 TABLE_KEY = "bench"

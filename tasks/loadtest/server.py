@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, Field
 
-from tasks.health.verdict import MetricsSnapshot, counter_delta, parse_metrics
+from tasks.vllm.metrics import MetricsSnapshot, counter_delta, parse_metrics
 
 
 class ServerSide(BaseModel):

@@ -13,7 +13,8 @@ from prefect.blocks.system import Secret
 from flows.deploy import deploy_qwen
 from flows.health import health_check
 from flows.stop import stop_qwen
-from tasks.health.verdict import Thresholds, Verdict
+from tasks.health.observation import Thresholds
+from tasks.health.verdict import Verdict
 from tasks.state import health_history, health_state
 from tests.integration.conftest import TEST_API_KEY, target_containers
 from tests.integration.prefect_reads import flow_run_artifacts

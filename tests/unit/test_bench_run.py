@@ -28,8 +28,8 @@ from tasks.loadtest.run import (
     sweep_levels,
 )
 from tasks.loadtest.server import ServerSide, server_side, snapshots, token_disagreement
-from tasks.health.verdict import MetricsSnapshot, parse_metrics
 from tasks.report import fenced
+from tasks.vllm.metrics import MetricsSnapshot, parse_metrics
 
 MODEL = "Qwen/Qwen3-32B-FP8"
 T0 = 1_750_000_000.0

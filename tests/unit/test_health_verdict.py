@@ -1,94 +1,24 @@
-"""tasks/health/verdict.py: /metrics parsing (the imitation's renderer and vLLM 0.10.1.1's format), the health
-rules one by one, their priority, the layers, the history helpers and the recovery cap."""
+"""tasks/health/verdict.py and the modules it judges with (observation, layers): the health rules one by
+one, their priority, the layers, and the report's JSON and markdown."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
 import tasks.health.verdict
-from sim.vllm.vllm_sim.metrics import VllmMetrics
+from blocks.target import TargetMachine
+from tasks.health.layers import LAYERS, Layer, LayerVerdict
+from tasks.health.observation import Observation, Thresholds
+from tasks.health.verdict import RULES, Condition, HealthReport, HealthRule, Verdict, evaluate
 from tasks.memory import MemInfo
-from tasks.health.verdict import (
-    LAYERS,
-    RULES,
-    Condition,
-    HealthReport,
-    HealthRule,
-    Layer,
-    LayerVerdict,
-    MetricsSnapshot,
-    Observation,
-    Thresholds,
-    Verdict,
-    counter_delta,
-    evaluate,
-    history_row,
-    needs_operator,
-    parse_metrics,
-    rule_for,
-    summarise_history,
-)
+from tasks.vllm.metrics import MetricsSnapshot
 
-MODEL = "Qwen/Qwen3-32B-FP8"
 NOW = 1_750_000_000.0
-
-# vLLM 0.10.1.1's exposition (prometheus_client 0.22 generate_latest), trimmed: counters as
-# `<name>_total` with a `<name>_created` gauge, histograms as buckets/count/sum, labels sorted.
-VLLM_0_10_SAMPLE = """\
-# HELP vllm:num_requests_running Number of requests in model execution batches.
-# TYPE vllm:num_requests_running gauge
-vllm:num_requests_running{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 3.0
-# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
-# TYPE vllm:num_requests_waiting gauge
-vllm:num_requests_waiting{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 5.0
-# HELP vllm:gpu_cache_usage_perc GPU KV-cache usage. 1 means 100 percent usage.(DEPRECATED: Use vllm:kv_cache_usage_perc instead.)
-# TYPE vllm:gpu_cache_usage_perc gauge
-vllm:gpu_cache_usage_perc{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 0.4217
-# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
-# TYPE vllm:kv_cache_usage_perc gauge
-vllm:kv_cache_usage_perc{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 0.4217
-# HELP vllm:num_preemptions_total Cumulative number of preemption from the engine.
-# TYPE vllm:num_preemptions_total counter
-vllm:num_preemptions_total{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 2.0
-# HELP vllm:num_preemptions_created Cumulative number of preemption from the engine.
-# TYPE vllm:num_preemptions_created gauge
-vllm:num_preemptions_created{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 1.7499e+09
-# HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.
-# TYPE vllm:prefix_cache_queries_total counter
-vllm:prefix_cache_queries_total{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 20480.0
-# HELP vllm:prefix_cache_hits_total Prefix cache hits, in terms of number of cached tokens.
-# TYPE vllm:prefix_cache_hits_total counter
-vllm:prefix_cache_hits_total{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 8192.0
-# HELP vllm:prompt_tokens_total Number of prefill tokens processed.
-# TYPE vllm:prompt_tokens_total counter
-vllm:prompt_tokens_total{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 45678.0
-# HELP vllm:prompt_tokens_created Number of prefill tokens processed.
-# TYPE vllm:prompt_tokens_created gauge
-vllm:prompt_tokens_created{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 1.7499e+09
-# HELP vllm:generation_tokens_total Number of generation tokens processed.
-# TYPE vllm:generation_tokens_total counter
-vllm:generation_tokens_total{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 1234.0
-# HELP vllm:generation_tokens_created Number of generation tokens processed.
-# TYPE vllm:generation_tokens_created gauge
-vllm:generation_tokens_created{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 1.7499e+09
-# HELP vllm:request_success_total Count of successfully processed requests.
-# TYPE vllm:request_success_total counter
-vllm:request_success_total{engine="0",finished_reason="stop",model_name="Qwen/Qwen3-32B-FP8"} 40.0
-vllm:request_success_total{engine="0",finished_reason="length",model_name="Qwen/Qwen3-32B-FP8"} 2.0
-# HELP vllm:e2e_request_latency_seconds Histogram of e2e request latency in seconds.
-# TYPE vllm:e2e_request_latency_seconds histogram
-vllm:e2e_request_latency_seconds_bucket{engine="0",le="0.3",model_name="Qwen/Qwen3-32B-FP8"} 0.0
-vllm:e2e_request_latency_seconds_bucket{engine="0",le="+Inf",model_name="Qwen/Qwen3-32B-FP8"} 42.0
-vllm:e2e_request_latency_seconds_count{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 42.0
-vllm:e2e_request_latency_seconds_sum{engine="0",model_name="Qwen/Qwen3-32B-FP8"} 210.5
-# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig
-# TYPE vllm:cache_config_info gauge
-vllm:cache_config_info{block_size="16",cache_dtype="auto",engine="0",gpu_memory_utilization="0.9"} 1.0
-"""
+#: The host layer's floor is the target machine's (one definition: blocks/target.py).
+FLOOR_GIB = TargetMachine.model_fields["host_memory_floor_gib"].default
 
 
 # ------------------------------------------------------------------------------ builders
@@ -126,6 +56,7 @@ def healthy(**changes) -> Observation:
         metrics=snap(NOW, requests_running=1, generation_tokens_total=2_000),
         previous=snap(NOW - 300, requests_running=1, generation_tokens_total=1_000),
         memory=MemInfo(total_gib=119.7, free_gib=8.0, available_gib=20.0, cached_gib=12.0),
+        memory_floor_gib=FLOOR_GIB,
         degraded=None,
     )
     return dataclasses.replace(obs, **changes)
@@ -156,127 +87,6 @@ def wedged(**changes) -> Observation:
 
 def layer(report: HealthReport, name: Layer):
     return next(r for r in report.layers if r.name is name)
-
-
-# ------------------------------------------------------------------------------ /metrics: the imitation
-
-
-def test_parse_the_imitations_metrics():
-    m = VllmMetrics(MODEL, {"block_size": "16"})
-    m.running.set(3)
-    m.waiting.set(5)
-    m.kv_cache.set(0.42)
-    m.gpu_cache.set(0.99)  # the deprecated gauge must lose to vllm:kv_cache_usage_perc
-    m.generation_tokens.inc(1234)
-    m.prompt_tokens.inc(45678)
-    m.preemptions.inc(2)
-    m.prefix_queries.inc(100)
-    m.prefix_hits.inc(40)
-    m.success.inc(7, "stop")
-    m.e2e.observe(1.5)
-    m.queue.observe(0.25)
-    m.queue.observe(0.5)
-    s = parse_metrics(m.render(), taken_at=NOW)
-    assert s == MetricsSnapshot(
-        taken_at=NOW,
-        requests_running=3,
-        requests_waiting=5,
-        kv_cache_usage=0.42,
-        generation_tokens_total=1234,
-        prompt_tokens_total=45678,
-        preemptions_total=2,
-        prefix_cache_queries_total=100,
-        prefix_cache_hits_total=40,
-        requests_succeeded_total=7,
-        queue_time_sum=0.75,
-        queue_time_count=2,
-    )
-    assert s.in_flight == 8
-
-
-def test_parse_the_imitation_at_rest():
-    s = parse_metrics(VllmMetrics(MODEL, {}).render(), taken_at=NOW)
-    assert (s.requests_running, s.requests_waiting, s.generation_tokens_total, s.kv_cache_usage) == (0, 0, 0, 0.0)
-    assert s.in_flight == 0
-
-
-# ------------------------------------------------------------------------------ /metrics: vLLM 0.10.1.1
-
-
-def test_parse_vllm_0_10_sample():
-    s = parse_metrics(VLLM_0_10_SAMPLE, taken_at=NOW)
-    assert s.taken_at == NOW
-    assert (s.requests_running, s.requests_waiting) == (3, 5)
-    assert s.kv_cache_usage == pytest.approx(0.4217)
-    assert s.generation_tokens_total == 1234
-    assert s.prompt_tokens_total == 45678
-    assert s.preemptions_total == 2
-    assert (s.prefix_cache_queries_total, s.prefix_cache_hits_total) == (20480, 8192)
-
-
-def test_kv_usage_falls_back_to_the_deprecated_gauge():
-    text = "\n".join(line for line in VLLM_0_10_SAMPLE.splitlines() if "vllm:kv_cache_usage_perc" not in line)
-    assert parse_metrics(text, NOW).kv_cache_usage == pytest.approx(0.4217)
-
-
-def test_counters_with_and_without_total():
-    # typed counter whose sample lacks _total (the parser adds it), untyped sample with _total,
-    # untyped sample without it: all three are read.
-    text = (
-        "# TYPE vllm:generation_tokens counter\n"
-        'vllm:generation_tokens{engine="0"} 11\n'
-        'vllm:prompt_tokens_total{engine="0"} 22\n'
-        'vllm:num_preemptions{engine="0"} 3\n'
-    )
-    s = parse_metrics(text, NOW)
-    assert (s.generation_tokens_total, s.prompt_tokens_total, s.preemptions_total) == (11, 22, 3)
-
-
-def test_sums_over_label_sets_and_takes_the_fullest_kv_cache():
-    text = (
-        "# TYPE vllm:num_requests_running gauge\n"
-        'vllm:num_requests_running{engine="0",model_name="a"} 2\n'
-        'vllm:num_requests_running{engine="1",model_name="a"} 3\n'
-        "# TYPE vllm:kv_cache_usage_perc gauge\n"
-        'vllm:kv_cache_usage_perc{engine="0",model_name="a"} 0.5\n'
-        'vllm:kv_cache_usage_perc{engine="1",model_name="a"} 0.97\n'
-        "# TYPE vllm:generation_tokens_total counter\n"
-        'vllm:generation_tokens_total{engine="0",model_name="a"} 100\n'
-        'vllm:generation_tokens_total{engine="1",model_name="a"} 23\n'
-    )
-    s = parse_metrics(text, NOW)
-    assert s.requests_running == 5
-    assert s.kv_cache_usage == 0.97  # a sum of fractions would be 1.47
-    assert s.generation_tokens_total == 123
-
-
-def test_missing_metrics_are_none():
-    s = parse_metrics('# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{engine="0"} 1\n', NOW)
-    assert s.requests_running == 1
-    assert s.requests_waiting is None and s.kv_cache_usage is None and s.generation_tokens_total is None
-    assert s.prefix_cache_hits_total is None and s.preemptions_total is None
-    assert s.in_flight == 1
-    empty = parse_metrics("", NOW)
-    assert empty == MetricsSnapshot(taken_at=NOW)
-    assert empty.in_flight is None
-
-
-def test_not_prometheus_text():
-    with pytest.raises(ValueError, match="not Prometheus text"):
-        parse_metrics("<html>502 Bad Gateway {</html>", NOW)
-
-
-def test_snapshot_round_trips_through_json():
-    s = parse_metrics(VLLM_0_10_SAMPLE, NOW)
-    assert MetricsSnapshot.model_validate_json(s.model_dump_json()) == s
-    with pytest.raises(ValidationError):
-        s.requests_running = 9  # frozen: stored between checks, never edited
-
-
-def test_counter_delta():
-    assert counter_delta(150, 100) == 50
-    assert counter_delta(30, 100) == 30  # went down: the server restarted, all of it is new
-    assert counter_delta(None, 100) is None and counter_delta(5, None) is None
 
 
 # ------------------------------------------------------------------------------ healthy
@@ -621,6 +431,20 @@ def test_low_headroom_is_degraded():
     assert layer(report, Layer.HOST).numbers["available_gib"] == 3.5
 
 
+def test_the_host_floor_is_the_targets_and_defined_once():
+    """One floor: the target machine's host_memory_floor_gib, which the start's memory guard uses too."""
+    assert FLOOR_GIB == 4.0
+    assert not [name for name in Thresholds.model_fields if "floor" in name or "headroom" in name]
+    short = healthy(memory=MemInfo(total_gib=119.7, free_gib=4.0, available_gib=10.0, cached_gib=6.0))
+    assert evaluate(short).verdict is Verdict.HEALTHY
+    report = evaluate(dataclasses.replace(short, memory_floor_gib=12.0))
+    assert report.condition is Condition.LOW_HEADROOM and "12.00 GiB" in report.reason
+    assert layer(report, Layer.HOST).numbers["floor_gib"] == 12.0
+    assert evaluate(dataclasses.replace(short, memory_floor_gib=0.0)).verdict is Verdict.HEALTHY  # 0: no floor
+    with pytest.raises(ValueError, match="memory_floor_gib"):
+        healthy(memory_floor_gib=-1.0)
+
+
 def test_restarted_since_the_deploy_is_degraded():
     report = evaluate(healthy(restart_count_since_deploy=1, previous_restart_count=1))
     assert (report.verdict, report.layer, report.condition) == (Verdict.DEGRADED, Layer.CONTAINER, Condition.RESTARTED)
@@ -628,7 +452,10 @@ def test_restarted_since_the_deploy_is_degraded():
 
 
 def test_running_a_recovered_spec_is_degraded():
-    why = "requested gpu_memory_utilization 0.90, running gpu_memory_utilization 0.69, because other processes hold 30 GiB"
+    why = (
+        "requested gpu_memory_utilization 0.90, running gpu_memory_utilization 0.69, because other processes hold "
+        "30 GiB"
+    )
     report = evaluate(healthy(degraded=why))
     assert (report.verdict, report.layer, report.condition) == (
         Verdict.DEGRADED,
@@ -683,22 +510,18 @@ def test_table_order():
     ]
 
 
+def test_every_rule_says_why_it_stands_where_it_does():
+    assert all(len(rule.why) > 20 for rule in RULES)
+    # the order lives in the table alone: the module's docstring does not repeat it
+    doc = tasks.health.verdict.__doc__ or ""
+    assert not [rule.condition.value for rule in RULES[1:-1] if f"`{rule.condition.value}`" in doc]
+
+
 def test_every_unhealthy_rule_comes_before_every_degraded_rule():
     verdicts = [rule.verdict for rule in RULES[1:-1]]
     last_bad = max(i for i, v in enumerate(verdicts) if v in (Verdict.UNHEALTHY, Verdict.STARTING))
     first_degraded = min(i for i, v in enumerate(verdicts) if v is Verdict.DEGRADED)
     assert last_bad < first_degraded
-
-
-def test_the_docstring_lists_the_table_in_order():
-    doc = tasks.health.verdict.__doc__ or ""
-    for number, rule in enumerate(RULES, start=1):
-        assert f"{number}. `{rule.condition.value}`" in doc
-
-
-def test_rule_for():
-    assert rule_for("wedged").layer is Layer.PROGRESS
-    assert rule_for(Condition.LOADING).verdict is Verdict.STARTING
 
 
 def test_the_table_is_checked():
@@ -709,12 +532,12 @@ def test_the_table_is_checked():
         check((RULES[1], RULES[0], *RULES[2:]))
     with pytest.raises(ValueError, match="last"):
         check((*RULES[:-2], RULES[-1], RULES[-2]))
-    bogus = HealthRule(Condition.HEALTHY, Verdict.DEGRADED, Layer.HOST, lambda c: True, lambda c: "")
+    bogus = HealthRule(Condition.HEALTHY, Verdict.DEGRADED, Layer.HOST, lambda c: True, lambda c: "", why="")
     with pytest.raises(ValueError, match="last"):
         check((*RULES[:-1], bogus))
 
 
-# ------------------------------------------------------------------------------ JSON, history
+# ------------------------------------------------------------------------------ JSON, markdown
 
 
 def test_report_and_observation_are_json_able():
@@ -726,53 +549,3 @@ def test_report_and_observation_are_json_able():
     obs = wedged()
     assert adapter.validate_json(adapter.dump_json(obs)) == obs
     assert "| progress | fail |" in report.markdown()
-    assert report.layer_rows()[0] == {"layer": "desired", "verdict": "ok", "detail": "desired running"}
-
-
-def test_history_row():
-    row = history_row(evaluate(wedged()), checked_at=0.0)
-    assert row["checked at"] == "1970-01-01 00:00:00 UTC"
-    assert (row["verdict"], row["layer"], row["condition"]) == ("unhealthy", "progress", "wedged")
-    assert "1,234" in row["reason"]
-    assert row["layers"].startswith("desired ok, container ok, liveness ok")
-    assert all(isinstance(v, str) for v in row.values())
-    json.dumps(row)
-
-
-def test_summarise_history():
-    assert summarise_history([]) == "no checks yet"
-    rows = [
-        history_row(evaluate(loading(60)), 0.0),
-        history_row(evaluate(wedged()), 300.0),
-        history_row(evaluate(healthy()), 600.0),
-        history_row(evaluate(healthy()), 900.0),
-    ]
-    text = summarise_history(rows)
-    assert text.startswith(
-        "4 checks (1970-01-01 00:00:00 UTC to 1970-01-01 00:15:00 UTC): 2 healthy, 1 starting, 1 unhealthy"
-    )
-    assert "healthy for the last 2" in text
-    assert "last unhealthy at 1970-01-01 00:05:00 UTC: requests running 3" in text
-
-
-# ------------------------------------------------------------------------------ recovery cap
-
-
-def test_needs_operator_after_three_failed_recoveries_within_an_hour():
-    now = 10_000.0
-    assert needs_operator([(now - 3000, False), (now - 1200, False), (now - 60, False)], now)
-    assert not needs_operator([(now - 1200, False), (now - 60, False)], now)
-
-
-def test_needs_operator_ignores_healthy_and_old_recoveries():
-    now = 10_000.0
-    assert not needs_operator([(now - 3000, False), (now - 1200, True), (now - 60, False)], now)
-    assert not needs_operator([(now - 7200, False), (now - 1200, False), (now - 60, False)], now)
-    assert needs_operator([(now - 7200, False), (now - 60, False)], now, limit=2, window_s=7200)
-    assert not needs_operator([], now)
-
-
-def test_needs_operator_limit():
-    with pytest.raises(ValueError):
-        needs_operator([], 0.0, limit=0)
-    assert needs_operator([(0.0, False)], 10.0, limit=1)
