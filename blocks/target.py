@@ -179,11 +179,12 @@ class TargetMachine(Block):
     )
     host_memory_floor_gib: float = Field(
         default=4.0,
-        title="Host memory floor while a start runs (GiB)",
+        title="Host memory floor (GiB)",
         description=(
-            "While vLLM starts, MemAvailable of the docker host is watched; below this the start is "
-            "stopped at once: on GB10 the utilization is not a hard cap while vLLM profiles (vllm "
-            "issue 46307) and a start that exhausts memory can hang the machine. 0 turns the guard off."
+            "The least MemAvailable the docker host should keep: on GB10 GPU and CPU share memory and a "
+            "host out of memory can hang (vllm issue 46307). While vLLM starts, a MemAvailable below this "
+            "stops the start at once (the utilization is not a hard cap while vLLM profiles); while it "
+            "serves, the health check's host layer is degraded below it (low_headroom). 0 turns both off."
         ),
     )
     extra_volumes: dict[str, str] = Field(

@@ -44,6 +44,14 @@ def test_a_deployed_server_is_healthy_and_the_check_is_published(make_sim_target
     kept = health_state(target.name)
     assert kept["verdict"] == "healthy" and kept["metrics"]
     assert len(health_history(target.name, f"health-history-{target.name}")) == 14
+    # the host layer's floor is the target's host_memory_floor_gib (the start's memory guard's floor)
+    target.host_memory_floor_gib = 100_000.0
+    target.save(target.name, overwrite=True)
+    short = health_check(target=target.name)
+    assert (short.verdict, short.layer.value, short.condition.value) == ("degraded", "host", "low_headroom"), (
+        short.reason
+    )
+    assert "100000.00 GiB (the target's host_memory_floor_gib)" in short.reason
 
 
 def test_a_model_still_loading_is_starting_never_unhealthy(make_sim_target, docker_client):

@@ -4,6 +4,7 @@ one, their priority, the layers, and the report's JSON and markdown."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
@@ -17,6 +18,7 @@ from tasks.memory import MemInfo
 from tasks.vllm.metrics import MetricsSnapshot
 
 NOW = 1_750_000_000.0
+OPERATOR_DOC = Path(__file__).resolve().parents[2] / "docs" / "operator.md"
 #: The host layer's floor is the target machine's (one definition: blocks/target.py).
 FLOOR_GIB = TargetMachine.model_fields["host_memory_floor_gib"].default
 
@@ -515,6 +517,14 @@ def test_every_rule_says_why_it_stands_where_it_does():
     # the order lives in the table alone: the module's docstring does not repeat it
     doc = tasks.health.verdict.__doc__ or ""
     assert not [rule.condition.value for rule in RULES[1:-1] if f"`{rule.condition.value}`" in doc]
+
+
+def test_the_operators_table_lists_the_observed_layers_in_order():
+    """docs/operator.md's health-check table has a row per observed layer, in `LAYERS`' order."""
+    observed = [spec.layer.value for spec in LAYERS if spec.layer is not Layer.DESIRED]
+    rows = [line.split("|")[1].strip() for line in OPERATOR_DOC.read_text().splitlines() if line.startswith("| ")]
+    documented = [row for row in rows if row in {layer.value for layer in Layer}]
+    assert documented == observed
 
 
 def test_every_unhealthy_rule_comes_before_every_degraded_rule():
