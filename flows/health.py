@@ -74,10 +74,8 @@ def health_check(
         machine.endpoint, served, resolved.secrets.api_key, timeout_s=thresholds.answer_budget_s
     )
     # The host: MemAvailable, read in the running server.
-    running = container.exists and container.status == "running"
-    memory = (
-        read_host_memory(resolved.docker_host, container.container_id, machine.meminfo_command) if running else None
-    )
+    server_id = container.container_id if container.exists and container.status == "running" else None
+    memory = read_host_memory(resolved.docker_host, server_id, machine.meminfo_command) if server_id else None
 
     # The verdict: the first rule of the table that matches, and every layer.
     metrics = _snapshot(endpoints.metrics_text, now)
@@ -94,7 +92,7 @@ def health_check(
     report = evaluate(observation, thresholds)
 
     # Report: the state for the next check, the event (unhealthy triggers recover-vllm), the artifacts.
-    since = before.get("since") if before.get("verdict") == report.verdict.value else datetime.now(UTC).isoformat()
+    since = _since(before, report)
     save_health_state(machine.name, _state(report, since, now, container, metrics, before))
     emit_service_event(
         machine.name,
@@ -119,6 +117,12 @@ def _snapshot(text: str | None, now: float) -> MetricsSnapshot | None:
         return parse_metrics(text, now)
     except ValueError:
         return None
+
+
+def _since(before: dict[str, Any], report: HealthReport) -> str:
+    """Since when the verdict holds: the previous check's time while it is unchanged, else now (UTC, ISO)."""
+    kept = before.get("since") if before.get("verdict") == report.verdict.value else None
+    return kept if isinstance(kept, str) else datetime.now(UTC).isoformat()
 
 
 def _observation(
