@@ -238,14 +238,14 @@ class FleetRig:
         from deployments.fleet import load_fleet_file, register
         from deployments.targets import sim_target
         from sim.ports import free_port
-        from tests.fleet import rig
+        from tests.integration.conftest import SESSION_PREFIX
 
         Secret(value=TOKEN).save(SECRET, overwrite=True)
         layout = [("first", self.first), ("second", self.second)] * (2 if four else 1)
         self.machines: list[Machine] = []
         blocks = {}
         for i, (daemon, client) in enumerate(layout):
-            name = f"{rig.SESSION_PREFIX}{'abcd'[i]}{uuid.uuid4().hex[:4]}"
+            name = f"{SESSION_PREFIX}{'abcd'[i]}{uuid.uuid4().hex[:4]}"
             extra = {} if daemon == "first" else {"docker_base_url": self.second_url}
             blocks[name] = sim_target(
                 name,
