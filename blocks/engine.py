@@ -22,7 +22,14 @@ from prefect.blocks.core import Block
 from pydantic import Field, field_validator, model_validator
 
 from blocks.bench_gate import BenchGate
-from blocks.shared import ENV_NAME, RUNBOOK_CONTAINER_NAME, SECRET_ENV_KEYS, ContainerIdentity, check_container_name
+from blocks.shared import (
+    API_KEY_FLAG,
+    ENV_NAME,
+    RUNBOOK_CONTAINER_NAME,
+    SECRET_ENV_KEYS,
+    ContainerIdentity,
+    check_container_name,
+)
 
 __all__ = [
     "ENGINE_FLAGS",
@@ -364,9 +371,9 @@ class EngineSpec(Block):
     def _extra_args(cls, value: list[str]) -> list[str]:
         for arg in value:
             flag = arg.split("=", 1)[0]
-            if flag == "--api-key":
+            if flag == API_KEY_FLAG:
                 raise ValueError(
-                    "extra_args must not carry --api-key: the key would show in `docker inspect`, "
+                    f"extra_args must not carry {API_KEY_FLAG}: the key would show in `docker inspect`, "
                     "logs and artifacts. Put it in a Prefect Secret block and name that block in "
                     "the target's api_key_secret (the container gets it as VLLM_API_KEY)"
                 )
