@@ -299,13 +299,14 @@ class FleetRig:
         return next(m for m in self.machines if m.name == name)
 
     def start_workers(self, names: list[str]) -> None:
+        from blocks.shared import WORK_POOL
         from deployments.worker import start_worker
 
         for name in names:
             machine = self.machine(name)
             if machine.worker is None:
                 machine.worker = start_worker(
-                    "spark-vllm",
+                    WORK_POOL,
                     f"{name}-worker",
                     self.tmp / f"{name}-worker.log",
                     env=self.env,
