@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from tasks.health.observation import Check
 from tasks.health.wording import count, pct, secs
+from tasks.inference import ARITHMETIC, EXPECTED
 
 __all__ = ["LAYERS", "Finding", "Layer", "LayerResult", "LayerSpec", "LayerVerdict", "layer_results"]
 
@@ -153,7 +154,9 @@ LAYERS: tuple[LayerSpec, ...] = (
         Layer.FUNCTION,
         lambda c: None if c.obs.answer_ok is not None else "smoke question not asked",
         lambda c: (
-            f"12*17 -> 204 in {secs(c.obs.answer_latency_s)}" if c.obs.answer_latency_s is not None else "12*17 -> 204"
+            f"{ARITHMETIC} -> {EXPECTED} in {secs(c.obs.answer_latency_s)}"
+            if c.obs.answer_latency_s is not None
+            else f"{ARITHMETIC} -> {EXPECTED}"
         ),
         lambda c: _numbers(
             answer_ok=c.obs.answer_ok,

@@ -39,6 +39,7 @@ from pydantic import BaseModel, Field
 from tasks.health.layers import Finding, Layer, LayerResult, LayerVerdict, layer_results
 from tasks.health.observation import Check, Observation, Thresholds
 from tasks.health.wording import count, pct, secs, times
+from tasks.inference import ARITHMETIC, EXPECTED
 
 # recover-vllm (flows/recover.py) imports the recovery cap from here until it imports tasks.recovery.cap.
 from tasks.recovery.cap import needs_operator  # noqa: F401
@@ -200,13 +201,17 @@ def _wedged(c: Check) -> str:
 def _wrong_answer(c: Check) -> str:
     detail = f" ({c.obs.answer_detail})" if c.obs.answer_detail else ""
     took = f" after {secs(c.obs.answer_latency_s)}" if c.obs.answer_latency_s is not None else ""
-    return f"the smoke question 12*17 got no correct answer (204){took}{detail}: the server answers but does not work"
+    return (
+        f"the smoke question {ARITHMETIC} got no correct answer ({EXPECTED}){took}{detail}: the server answers "
+        "but does not work"
+    )
 
 
 def _answer_too_slow(c: Check) -> str:
     return (
-        f"the smoke question 12*17 was answered correctly but took {secs(c.obs.answer_latency_s or 0.0)}, beyond "
-        f"the budget of {secs(c.limits.answer_budget_s)} for a few tokens (~1.5 s when idle): as good as no service"
+        f"the smoke question {ARITHMETIC} was answered correctly but took {secs(c.obs.answer_latency_s or 0.0)}, "
+        f"beyond the budget of {secs(c.limits.answer_budget_s)} for a few tokens (~1.5 s when idle): as good as no "
+        "service"
     )
 
 
@@ -268,7 +273,7 @@ def _healthy(c: Check) -> str:
         seen.append("/v1/models lists the served model")
     if c.obs.answer_ok:
         took = f" in {secs(c.obs.answer_latency_s)}" if c.obs.answer_latency_s is not None else ""
-        seen.append(f"12*17 -> 204{took}")
+        seen.append(f"{ARITHMETIC} -> {EXPECTED}{took}")
     if c.obs.metrics is not None:
         seen.append("no wedge since the previous check" if c.obs.previous is not None else "/metrics read")
     if c.obs.memory is not None:
@@ -395,7 +400,8 @@ RULES: tuple[HealthRule, ...] = (
         Layer.FUNCTION,
         lambda c: c.obs.answer_ok is False,
         _wrong_answer,
-        why="the function layer: 12*17 not answered 204 (or not at all): the server answers but does not work",
+        why="the function layer: the smoke question not answered correctly (or not at all): the server answers but "
+        "does not work",
     ),
     HealthRule(
         Condition.ANSWER_TOO_SLOW,
