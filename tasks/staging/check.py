@@ -69,6 +69,7 @@ def inspect_cache(
                     if log:
                         algo, expected = f.check
                         log(
-                            f"{f.path}: blob {f.etag[:12]}… does not match its {algo} {expected[:12]}…; it will be fetched again"
+                            f"{f.path}: blob {f.etag[:12]}… does not match its {algo} {expected[:12]}…; "
+                            "it will be fetched again"
                         )
     return CacheState(blobs=states, hashed_files=len(to_hash), hashed_bytes=hashed_bytes, corrupt=sorted(corrupt))

@@ -92,7 +92,8 @@ def resolve_repo(
     if offline:
         listing = listing_from_manifest(cache, repo_id, revision, allow_patterns, endpoint, "Offline mode")
         log.info(
-            f"offline: {repo_id}@{revision} is commit {listing.commit} per the cache's manifest ({len(listing.files)} files)"
+            f"offline: {repo_id}@{revision} is commit {listing.commit} per the cache's manifest "
+            f"({len(listing.files)} files)"
         )
         return listing
     try:
@@ -115,7 +116,8 @@ def resolve_repo(
         log.warning(f"{exc} Using the manifest of the last verified staging instead (commit {listing.commit}).")
         return listing
     log.info(
-        f"{repo_id}@{revision} is commit {listing.commit}: {len(listing.files)} files, {human_bytes(listing.total_bytes)}"
+        f"{repo_id}@{revision} is commit {listing.commit}: {len(listing.files)} files, "
+        f"{human_bytes(listing.total_bytes)}"
     )
     return listing
 
@@ -272,8 +274,7 @@ def write_manifest(listing: RepoListing, state: CacheState, report: TransferRepo
     return str(save_manifest(cache, listing, entries))
 
 
-@task(name="report-staging", cache_policy=NO_CACHE)
-def report_staging(
+def _stage_result(
     listing: RepoListing,
     plan: StagePlan,
     state: CacheState,
@@ -281,19 +282,16 @@ def report_staging(
     snapshot_path: str,
     manifest: str,
     cache_dir: str,
-    started: float,
+    duration: float,
     verify: bool,
-    artifact: bool = True,
 ) -> StageResult:
-    """The result, and a markdown artifact an operator reads in the UI."""
+    """Count what the run did per file and per byte: the numbers the flow returns and reports."""
     outcomes = report.outcomes
     downloaded = [o for o in outcomes if o.result == "downloaded"]
     resumed = [o for o in outcomes if o.result == "resumed"]
     reused_bytes = sum(p.size for p in plan.files if p.action == "reuse") + sum(o.bytes_reused for o in outcomes)
     repaired = len({o.path for o in outcomes if o.result in ("downloaded", "resumed")} & set(state.corrupt))
-    duration = time.monotonic() - started
-    thr = report.bytes_downloaded / report.duration_s if report.duration_s > 0 and report.bytes_downloaded else 0.0
-    result = StageResult(
+    return StageResult(
         repo_id=listing.repo_id,
         revision=listing.revision,
         commit=listing.commit,
@@ -314,47 +312,82 @@ def report_staging(
         restarts=sum(o.restarts for o in outcomes),
         duration_s=round(duration, 3),
         transfer_s=round(report.duration_s, 3),
-        throughput_bytes_per_s=round(thr, 1),
+        throughput_bytes_per_s=round(_throughput(report), 1),
         manifest_path=manifest,
         verified=verify,
     )
-    log = _logger()
-    log.info(
+
+
+def _throughput(report: TransferReport) -> float:
+    """Bytes per second over the transfer's own time; 0 when nothing was downloaded."""
+    if report.duration_s > 0 and report.bytes_downloaded:
+        return report.bytes_downloaded / report.duration_s
+    return 0.0
+
+
+def _summary_rows(result: StageResult, listing: RepoListing, report: TransferReport, duration: float) -> dict[str, str]:
+    """The artifact's summary table: one row per figure of the result, bytes both human and exact."""
+    thr = _throughput(report)
+    return {
+        "repo": f"`{listing.repo_id}`",
+        "revision": f"`{listing.revision}` = `{listing.commit}`",
+        "source": listing.source,
+        "snapshot": f"`{result.snapshot_path}`",
+        "files": f"{result.files_total} ({result.files_downloaded} downloaded, {result.files_resumed} resumed, "
+        f"{result.files_reused} reused, {result.files_repaired} repaired)",
+        "bytes downloaded": f"{human_bytes(result.bytes_downloaded)} ({result.bytes_downloaded})",
+        "bytes resumed": f"{human_bytes(result.bytes_resumed)} ({result.bytes_resumed})",
+        "bytes reused": f"{human_bytes(result.bytes_reused)} ({result.bytes_reused})",
+        "bytes re-hashed": human_bytes(result.bytes_hashed),
+        "throughput": f"{thr / 1e6:.1f} MB/s over {report.duration_s:.1f}s" if thr else "no transfer",
+        "retries / restarts": f"{result.retries} / {result.restarts}",
+        "duration": f"{duration:.2f}s",
+        "manifest": f"`{result.manifest_path}`",
+    }
+
+
+def _file_rows(plan: StagePlan, state: CacheState, report: TransferReport) -> list[tuple[str, str, str]]:
+    """The artifact's file table: what happened to each file (the transfer's outcome, else the plan)."""
+    by_path = {o.path: o for o in report.outcomes}
+    files = []
+    for p in plan.files:
+        o = by_path.get(p.path)
+        act = o.result if o else p.action
+        if o and o.adopted:
+            act += " (huggingface_hub partial adopted)"
+        if p.path in state.corrupt:
+            act += " (was corrupt)"
+        files.append((f"`{p.path}`", human_bytes(p.size), act))
+    return files
+
+
+@task(name="report-staging", cache_policy=NO_CACHE)
+def report_staging(
+    listing: RepoListing,
+    plan: StagePlan,
+    state: CacheState,
+    report: TransferReport,
+    snapshot_path: str,
+    manifest: str,
+    cache_dir: str,
+    started: float,
+    verify: bool,
+    artifact: bool = True,
+) -> StageResult:
+    """The result, and a markdown artifact an operator reads in the UI."""
+    duration = time.monotonic() - started
+    result = _stage_result(listing, plan, state, report, snapshot_path, manifest, cache_dir, duration, verify)
+    _logger().info(
         f"staged {listing.repo_id}@{listing.commit[:12]} from {listing.source}: {result.files_total} files, "
         f"{human_bytes(result.bytes_downloaded)} downloaded, {human_bytes(result.bytes_resumed)} resumed, "
         f"{human_bytes(result.bytes_reused)} reused in {duration:.2f}s"
     )
     if artifact and in_prefect_run():
-        rows = {
-            "repo": f"`{listing.repo_id}`",
-            "revision": f"`{listing.revision}` = `{listing.commit}`",
-            "source": listing.source,
-            "snapshot": f"`{snapshot_path}`",
-            "files": f"{result.files_total} ({result.files_downloaded} downloaded, {result.files_resumed} resumed, "
-            f"{result.files_reused} reused, {result.files_repaired} repaired)",
-            "bytes downloaded": f"{human_bytes(result.bytes_downloaded)} ({result.bytes_downloaded})",
-            "bytes resumed": f"{human_bytes(result.bytes_resumed)} ({result.bytes_resumed})",
-            "bytes reused": f"{human_bytes(result.bytes_reused)} ({result.bytes_reused})",
-            "bytes re-hashed": human_bytes(result.bytes_hashed),
-            "throughput": f"{thr / 1e6:.1f} MB/s over {report.duration_s:.1f}s" if thr else "no transfer",
-            "retries / restarts": f"{result.retries} / {result.restarts}",
-            "duration": f"{duration:.2f}s",
-            "manifest": f"`{manifest}`",
-        }
-        by_path = {o.path: o for o in outcomes}
-        files = []
-        for p in plan.files:
-            o = by_path.get(p.path)
-            act = o.result if o else p.action
-            if o and o.adopted:
-                act += " (huggingface_hub partial adopted)"
-            if p.path in state.corrupt:
-                act += " (was corrupt)"
-            files.append((f"`{p.path}`", human_bytes(p.size), act))
+        files = _file_rows(plan, state, report)
         publish_report(
             artifact_key("staging", listing.repo_id),
             f"Staged {listing.repo_id}",
-            rows,
+            _summary_rows(result, listing, report, duration),
             {"Files": markdown_table(("file", "size", "action"), files, align=("left", "right", "left"))},
             description=f"Model staging of {listing.repo_id}@{listing.commit[:12]}",
         )
