@@ -22,7 +22,7 @@ import ast
 import re
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -435,9 +435,6 @@ class StartupStats:
             for name, value in values.items():
                 if name in _STATS_FIELD_NAMES:
                     setattr(self, name, value)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 _STATS_FIELD_NAMES = {f for f in StartupStats.__dataclass_fields__ if f != "ready"}
