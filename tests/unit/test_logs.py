@@ -1,4 +1,4 @@
-"""tasks/vllm/logs.py: lines, milestones and phases from vLLM's exact texts (vllm.md); tasks/secrets.py:
+"""tasks/vllm/logs.py: lines, milestones and phases from vLLM's exact texts (tests/data/logs/); tasks/secrets.py:
 scrubbing those lines and logging where a secret came from. Failure classes: test_failures.py."""
 
 from __future__ import annotations
@@ -342,3 +342,9 @@ def test_load_secret_inside_a_run_logs_to_the_run_logger(prefect_server, monkeyp
     assert handlers["tasks.secrets"].records == []  # not (also) the module logger
     everything = [r.getMessage() for h in handlers.values() for r in h.records]
     assert not any("hf_insideabcdefgh12" in m or "sk-from-dotenv-123" in m for m in everything)
+
+
+def test_every_simple_pattern_names_each_of_its_groups():
+    from tasks.vllm.logs import _SIMPLE
+
+    assert [kind for kind, pattern, names in _SIMPLE if pattern.groups != len(names)] == []
