@@ -38,7 +38,7 @@ def observe(cache: RepoCache, f: RemoteFile, manifest: Manifest | None) -> BlobS
     )
 
 
-def inspect_cache(
+def scan_cache(
     cache: RepoCache,
     listing: RepoListing,
     manifest: Manifest | None,

@@ -21,13 +21,13 @@ from pydantic import SecretStr
 from tasks.report import artifact_key, in_prefect_run, markdown_table, publish_report
 
 from .cache import RepoCache
-from .check import inspect_cache as _inspect
+from .check import scan_cache
 from .errors import HubUnreachableError, OfflineCacheError
 from .hub import resolve_from_hub
 from .manifest import ManifestFile, load_manifest, manifest_path, save_manifest
 from .models import CacheState, FileOutcome, RepoListing, StagePlan, StageResult, TransferReport
-from .plan import human_bytes, make_plan, summarize
-from .preflight import preflight
+from .plan import binary_size, make_plan, summarize_plan
+from .preflight import require_free_space
 from .progress import Progress
 from .transfer import TransferConfig, run_transfers
 
@@ -117,7 +117,7 @@ def resolve_repo(
         return listing
     log.info(
         f"{repo_id}@{revision} is commit {listing.commit}: {len(listing.files)} files, "
-        f"{human_bytes(listing.total_bytes)}"
+        f"{binary_size(listing.total_bytes)}"
     )
     return listing
 
@@ -129,11 +129,11 @@ def inspect_cache(listing: RepoListing, cache_dir: str, verify: bool, workers: i
     cache = RepoCache(Path(cache_dir), listing.repo_id)
     manifest = load_manifest(cache, listing.commit)
     t0 = time.monotonic()
-    state = _inspect(cache, listing, manifest, verify=verify, workers=workers, log=log.warning)
+    state = scan_cache(cache, listing, manifest, verify=verify, workers=workers, log=log.warning)
     if state.hashed_files:
         dt = time.monotonic() - t0
         log.info(
-            f"hashed {state.hashed_files} blob(s), {human_bytes(state.hashed_bytes)} in {dt:.1f}s; "
+            f"hashed {state.hashed_files} blob(s), {binary_size(state.hashed_bytes)} in {dt:.1f}s; "
             f"{len(state.corrupt)} wrong"
         )
     return state
@@ -146,8 +146,8 @@ def plan_staging(listing: RepoListing, state: CacheState) -> StagePlan:
     plan = make_plan(listing.files, state.blobs)
     for p in plan.files:
         if p.action != "reuse":
-            log.info(f"{p.action:8s} {p.path} ({human_bytes(p.size)}): {p.reason}")
-    log.info(summarize(plan))
+            log.info(f"{p.action:8s} {p.path} ({binary_size(p.size)}): {p.reason}")
+    log.info(summarize_plan(plan))
     bad = [p for p in plan.files if p.action != "reuse"]
     if listing.source == "manifest" and bad:
         names = ", ".join(p.path for p in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
@@ -166,8 +166,8 @@ def check_disk_space(plan: StagePlan, cache_dir: str) -> dict:
     needed = plan.bytes_needed
     if needed <= 0:
         return {"needed": 0, "free": None}
-    required, free = preflight(needed, Path(cache_dir))
-    log.info(f"disk: {human_bytes(required)} needed (incl. margin), {human_bytes(free)} free in {cache_dir}")
+    required, free = require_free_space(needed, Path(cache_dir))
+    log.info(f"disk: {binary_size(required)} needed (incl. margin), {binary_size(free)} free in {cache_dir}")
     return {"needed": required, "free": free}
 
 
@@ -220,8 +220,8 @@ def transfer_files(
     report = TransferReport(outcomes=outcomes, duration_s=dt)
     if report.bytes_downloaded:
         log.info(
-            f"transferred {human_bytes(report.bytes_downloaded)} in {dt:.1f}s "
-            f"({report.bytes_downloaded / max(dt, 1e-9) / 1e6:.1f} MB/s), resumed {human_bytes(report.bytes_resumed)}"
+            f"transferred {binary_size(report.bytes_downloaded)} in {dt:.1f}s "
+            f"({report.bytes_downloaded / max(dt, 1e-9) / 1e6:.1f} MB/s), resumed {binary_size(report.bytes_resumed)}"
         )
     return report
 
@@ -335,10 +335,10 @@ def _summary_rows(result: StageResult, listing: RepoListing, report: TransferRep
         "snapshot": f"`{result.snapshot_path}`",
         "files": f"{result.files_total} ({result.files_downloaded} downloaded, {result.files_resumed} resumed, "
         f"{result.files_reused} reused, {result.files_repaired} repaired)",
-        "bytes downloaded": f"{human_bytes(result.bytes_downloaded)} ({result.bytes_downloaded})",
-        "bytes resumed": f"{human_bytes(result.bytes_resumed)} ({result.bytes_resumed})",
-        "bytes reused": f"{human_bytes(result.bytes_reused)} ({result.bytes_reused})",
-        "bytes re-hashed": human_bytes(result.bytes_hashed),
+        "bytes downloaded": f"{binary_size(result.bytes_downloaded)} ({result.bytes_downloaded})",
+        "bytes resumed": f"{binary_size(result.bytes_resumed)} ({result.bytes_resumed})",
+        "bytes reused": f"{binary_size(result.bytes_reused)} ({result.bytes_reused})",
+        "bytes re-hashed": binary_size(result.bytes_hashed),
         "throughput": f"{thr / 1e6:.1f} MB/s over {report.duration_s:.1f}s" if thr else "no transfer",
         "retries / restarts": f"{result.retries} / {result.restarts}",
         "duration": f"{duration:.2f}s",
@@ -357,7 +357,7 @@ def _file_rows(plan: StagePlan, state: CacheState, report: TransferReport) -> li
             act += " (huggingface_hub partial adopted)"
         if p.path in state.corrupt:
             act += " (was corrupt)"
-        files.append((f"`{p.path}`", human_bytes(p.size), act))
+        files.append((f"`{p.path}`", binary_size(p.size), act))
     return files
 
 
@@ -379,8 +379,8 @@ def report_staging(
     result = _stage_result(listing, plan, state, report, snapshot_path, manifest, cache_dir, duration, verify)
     _logger().info(
         f"staged {listing.repo_id}@{listing.commit[:12]} from {listing.source}: {result.files_total} files, "
-        f"{human_bytes(result.bytes_downloaded)} downloaded, {human_bytes(result.bytes_resumed)} resumed, "
-        f"{human_bytes(result.bytes_reused)} reused in {duration:.2f}s"
+        f"{binary_size(result.bytes_downloaded)} downloaded, {binary_size(result.bytes_resumed)} resumed, "
+        f"{binary_size(result.bytes_reused)} reused in {duration:.2f}s"
     )
     if artifact and in_prefect_run():
         files = _file_rows(plan, state, report)
