@@ -85,7 +85,8 @@ def _docker_problems(client: docker.DockerClient, machine: TargetMachine, image:
     if not image_present(client, image):
         if not machine.image_pull:
             problems.append(
-                f"image {image} is not on the docker host and pulling is off: `docker pull {image}` or `docker load` it."
+                f"image {image} is not on the docker host and pulling is off: "
+                f"`docker pull {image}` or `docker load` it."
             )
         else:
             get_run_logger().info("pulling %s (not on the docker host yet)", image)

@@ -417,6 +417,6 @@ def test_metrics_text_matches_prometheus_client_byte_for_byte() -> None:
     )
     h.labels(MODEL, "0").observe(1.2)
     theirs = pc.generate_latest(reg).decode()
-    strip = lambda text: [l for l in text.splitlines() if "_created{" not in l]  # noqa: E731 - timestamps differ
+    strip = lambda text: [ln for ln in text.splitlines() if "_created{" not in ln]  # noqa: E731 - timestamps differ
     ours_lines = strip("\n".join(ours.generation_tokens.render() + ours.e2e.render()))
     assert ours_lines == strip(theirs)
