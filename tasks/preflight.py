@@ -125,7 +125,8 @@ def preflight(machine: TargetMachine, image: str) -> list[str]:
             problems.append(str(exc))
     if problems:
         raise PreflightFailed("preflight found {} problem(s):\n- {}".format(len(problems), "\n- ".join(problems)))
-    warnings = [machine.open_to_network_warning()] if machine.open_to_network() else []
+    warning = machine.open_to_network_warning()
+    warnings = [warning] if warning is not None else []
     for warning in warnings:
         logger.warning("%s", warning)
     logger.info("preflight passed: docker %s, port %s, image %s", version, machine.host_port, image)

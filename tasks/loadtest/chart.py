@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -51,7 +52,8 @@ PARTIAL_BLOCKS = "▏▎▍▌▋▊▉"
 MISSING = "—"
 NO_RESULTS = "(no results)"
 
-_LATENCIES: tuple[tuple[str, str, str, str], ...] = (
+LineStyle = Literal["-", "--", ":"]
+_LATENCIES: tuple[tuple[str, str, LineStyle, str], ...] = (
     # (row key, legend label, line style, marker)
     ("ttft_median_ms", "TTFT p50", "-", "o"),
     ("ttft_p99_ms", "TTFT p99", "--", "^"),

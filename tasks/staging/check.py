@@ -21,6 +21,8 @@ from .plan import is_trusted, needs_hash
 
 def observe(cache: RepoCache, f: RemoteFile, manifest: Manifest | None) -> BlobState:
     blob = cache.blob(f.etag)
+    size: int | None
+    mtime: int | None
     try:
         st = os.stat(blob)
         size, mtime = st.st_size, st.st_mtime_ns

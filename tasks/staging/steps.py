@@ -352,7 +352,7 @@ def _file_rows(plan: StagePlan, state: CacheState, report: TransferReport) -> li
     files = []
     for p in plan.files:
         o = by_path.get(p.path)
-        act = o.result if o else p.action
+        act: str = o.result if o else p.action
         if o and o.adopted:
             act += " (huggingface_hub partial adopted)"
         if p.path in state.corrupt:
