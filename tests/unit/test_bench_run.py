@@ -12,7 +12,6 @@ from pydantic import ValidationError
 
 from blocks.bench_gate import BenchGate
 from sim.vllm.vllm_sim.metrics import VllmMetrics
-from tasks.health.verdict import MetricsSnapshot, parse_metrics
 from tasks.loadtest.chart import text_chart
 from tasks.loadtest.load import LevelRun, Workload
 from tasks.loadtest.metrics import BenchmarkMetrics, RequestOutput, SLOs, calculate_metrics
