@@ -32,6 +32,7 @@ from typing import Any
 import docker
 
 from bench.report import machine_line, write_section
+from tasks.recovery.kv_model import QWEN3_32B_FP8_WEIGHTS_GIB
 
 TOKEN = "hf_bench_token_5d1c2b3a4f"
 HEADING = "Memory recovery: planner vs runbook ladder"
@@ -41,10 +42,34 @@ UTIL_ARG = re.compile(r"'gpu_memory_utilization': ([\d.]+)")
 LOADED_LINE = "Model loading took"  # the imitation holds the profile overshoot from here ...
 PROFILED_LINE = "Available KV cache memory"  # ... to here (or to the guard's kill)
 TOTAL_GIB, BASELINE_GIB = 119.7, 3.0  # the imitation's Spark: CUDA's total, what the system holds
-EARLIER_WEIGHTS_GIB = 31.97  # an earlier load's weights (Qwen3-32B-FP8), left in the page cache
+EARLIER_WEIGHTS_GIB = QWEN3_32B_FP8_WEIGHTS_GIB  # an earlier load's weights, left in the page cache
 BENCH_LABEL = "org.spark-vllm.bench"  # on the holders this script starts by hand (value: its pid)
 DIE_AFTER_S = 8.0  # engine_died: the imitation's engine dies this long after ready (real seconds)
 RESTART_WINDOW_S = 45.0  # engine_died, runbook side: how long docker's restart policy is given to serve again
+#: The runbook's blind ladder ("Container Fails with Memory Errors"), one start per rung, each after
+#: `docker compose down` and `docker system prune -f`: the baseline the planner is benchmarked against.
+RUNBOOK_LADDER: tuple[dict[str, Any], ...] = (
+    {"gpu_memory_utilization": 0.90},
+    {"gpu_memory_utilization": 0.75},
+    {"gpu_memory_utilization": 0.70},
+    {"gpu_memory_utilization": 0.70, "max_model_len": 16384},
+)
+
+
+def runbook_ladder(attempt: int) -> dict[str, Any]:
+    """The spec overrides of the runbook's ladder for one start: 0 = the first start (0.90), then
+    0.75, 0.70, then 0.70 with max_model_len 16384.
+
+    Raises:
+        ValueError: ``attempt`` is past the ladder's last rung (the runbook has no further step).
+    """
+    if not 0 <= attempt < len(RUNBOOK_LADDER):
+        raise ValueError(
+            f"the runbook's ladder has {len(RUNBOOK_LADDER)} rungs (0-{len(RUNBOOK_LADDER) - 1}), got {attempt}"
+        )
+    return dict(RUNBOOK_LADDER[attempt])
+
+
 DEFAULT_REQUEST = {
     "gpu_memory_utilization": 0.90,
     "max_model_len": 32000,
@@ -143,8 +168,8 @@ class Start:
             return "serving"
         kind = classify_failure([line for _, line in self.lines]).kind.value
         if kind == "unknown" and self.exit_code:
-            # a kill leaves no cause in the container's own log (the gate's guard writes its line into
-            # the log it classifies, not into the container's)
+            # a kill leaves no cause in the container's own log (the gate's guard builds its cause from
+            # its own reading)
             return f"killed, exit {self.exit_code}" if self.exit_code == "137" else f"exit {self.exit_code}"
         return kind
 
@@ -293,7 +318,7 @@ def shortage_holder(
 ) -> tuple[float, bool, str]:
     """A holder size whose free memory fits a utilization within the floor, preferring one where the
     planner's KV fit also lowers max_model_len; (GiB, lowers, why)."""
-    from tasks.recovery.planner import fit_utilization
+    from tasks.recovery.sizing import fit_utilization
 
     floor = limits.floor_utilization
     at_floor = limits.max_len_at(floor, total_gib, batched, seqs)
@@ -502,7 +527,6 @@ class Bench:
         runbook's `docker compose down`); no prune between rungs (a prune frees disk, not memory)."""
         from flows.deploy import deploy_qwen
         from tasks.memory import NotEnoughMemory
-        from tasks.recovery.planner import RUNBOOK_LADDER, runbook_ladder
 
         target = self.machine(fault, "l")
         watch = Watch(self.client, target.name)
@@ -676,7 +700,7 @@ def planner_margin() -> float:
     """The GiB the planner keeps free in a computed utilization (its default, raised above the
     target's host-memory floor as the flows do; not restated here)."""
     from blocks.target import TargetMachine
-    from tasks.recovery.planner import RecoveryLimits
+    from tasks.recovery.step import RecoveryLimits
 
     return RecoveryLimits().guarded(TargetMachine.model_fields["host_memory_floor_gib"].default).margin_gib
 
@@ -854,7 +878,7 @@ def main() -> int:
     from blocks.target import TargetMachine
     from sim.hub import HubServer, RepoSpec
     from sim.image import ensure_sim_image
-    from tasks.recovery.planner import RecoveryLimits
+    from tasks.recovery.step import RecoveryLimits
 
     floor_gib = TargetMachine.model_fields["host_memory_floor_gib"].default
     limits = RecoveryLimits().guarded(floor_gib)  # the margin the flows use

@@ -254,6 +254,7 @@ def _free_memory_diagnosis(
     suggested_util = fit_utilization(free + cached, total, margin_gib)
     held = total - free
     device = f" {device}" if device else ""
+    dropped = " once the page cache is dropped" if cached else ""
     numbers = {
         "free_gib": free,
         "total_gib": total,
@@ -268,9 +269,8 @@ def _free_memory_diagnosis(
     )
     lower = (
         f"lower gpu_memory_utilization to {suggested_util:.2f} (the largest multiple of 0.01 that leaves "
-        f"{margin_gib:.1f} GiB of the {free + cached:.2f} GiB free{' once the page cache is dropped' if cached else ''})"
-        ", and max_model_len to 16384 if the KV cache then gets "
-        "too small"
+        f"{margin_gib:.1f} GiB of the {free + cached:.2f} GiB free{dropped}), and max_model_len to 16384 if the KV "
+        "cache then gets too small"
         if suggested_util > 0
         else "there is too little free memory for any utilization: free memory first"
     )
