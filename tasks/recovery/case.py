@@ -35,7 +35,7 @@ __all__ = [
     "RecoveryRule",
     "batch_text",
     "error_text",
-    "fit_model_len",
+    "shorter_model_len",
     "free_it_next_step",
     "give_up",
     "obey",
@@ -193,7 +193,7 @@ def error_text(case: Case) -> str:
     return f"requested {fmt(case.util)} but vLLM found too little free memory"
 
 
-def fit_model_len(case: Case, util: float, total: float, batched: int, seqs: int) -> tuple[int, str] | Plan | None:
+def shorter_model_len(case: Case, util: float, total: float, batched: int, seqs: int) -> tuple[int, str] | Plan | None:
     """None when max_model_len fits the KV cache at ``util``; else (the length that fits, why), or
     a give-up Plan when that length is below ``limits.min_model_len``."""
     limits = case.limits

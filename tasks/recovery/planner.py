@@ -42,10 +42,10 @@ from tasks.recovery.case import (
     RecoveryRule,
     batch_text,
     error_text,
-    fit_model_len,
     free_it_next_step,
     give_up,
     obey,
+    shorter_model_len,
     smaller_batch,
 )
 from tasks.recovery.kv_model import GIB
@@ -194,7 +194,7 @@ def _lower_utilization(case: Case, prune: bool) -> Plan:
         )
     overrides: dict[str, Any] = {"gpu_memory_utilization": new_util}
     reason = f"requested {fmt(case.util)}, retry at {fmt(new_util)}: {held_text} ({how})"
-    fitted = fit_model_len(case, new_util, total, case.spec.max_num_batched_tokens, case.spec.max_num_seqs)
+    fitted = shorter_model_len(case, new_util, total, case.spec.max_num_batched_tokens, case.spec.max_num_seqs)
     if isinstance(fitted, Plan):
         return give_up(f"{reason}; {fitted.reason}", fitted.next_step or "")
     if fitted is not None:
@@ -303,7 +303,7 @@ def _no_kv_plan(case: Case) -> Plan:
                 f"{spec.max_model_len} needs {fmt(want)} by the KV model;"
                 f" free memory allows up to {fmt(afford)}: {how})"
             )
-            fitted = fit_model_len(case, new_util, total, spec.max_num_batched_tokens, spec.max_num_seqs)
+            fitted = shorter_model_len(case, new_util, total, spec.max_num_batched_tokens, spec.max_num_seqs)
             if not isinstance(fitted, Plan):
                 if fitted is not None:
                     overrides["max_model_len"] = fitted[0]
@@ -355,7 +355,7 @@ def _peak_plan(case: Case) -> Plan:
     )
     total = case.total_gib()
     if total:
-        fitted = fit_model_len(case, new_util, total, case.spec.max_num_batched_tokens, case.spec.max_num_seqs)
+        fitted = shorter_model_len(case, new_util, total, case.spec.max_num_batched_tokens, case.spec.max_num_seqs)
         if isinstance(fitted, Plan):
             return give_up(f"{reason}; {fitted.reason}", fitted.next_step or "")
         if fitted is not None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -74,6 +75,28 @@ def test_table_names_each_class_once_catch_all_last():
     assert [r.klass for r in CLASSES] == list(RecoveryClass)
     assert CLASSES[-1].klass is RecoveryClass.UNRECOVERABLE
     assert all(rule.doc.count("|") == 2 for rule in CLASSES)  # recognised by | done | retry with
+
+
+def test_the_docs_list_the_classes_in_the_tables_order():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "recovery.md").read_text()
+    section = text.split("## The classes", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `(\w+)` \|", section, flags=re.MULTILINE)
+    assert documented == [rule.klass.value for rule in CLASSES]
+    assert all(rule.why for rule in CLASSES)
+
+
+def test_one_sizing_rule():
+    """Utilization and max_model_len suggestions are sized in tasks/recovery/sizing.py only: a second
+    function that sizes them (as tasks/memory.py and tasks/failures.py once had) fails here."""
+    root = Path(__file__).resolve().parents[2]
+    sizing = re.compile(r"^def (_?(?:suggest|fit|round|ceil)_\w*(?:utilization|model_len))\(", flags=re.MULTILINE)
+    found = {
+        (path.relative_to(root).as_posix(), name)
+        for folder in ("blocks", "tasks", "flows", "bench")
+        for path in (root / folder).rglob("*.py")
+        for name in sizing.findall(path.read_text())
+    }
+    assert {path for path, _ in found} == {"tasks/recovery/sizing.py"}, found
 
 
 def test_fit_utilization_is_exact():
