@@ -167,7 +167,7 @@ class LogFollower:
         self._host, self._id = docker_host, container_id
         self._stop = threading.Event()
         self._client: docker.DockerClient | None = None
-        self._stream = None
+        self._stream: Any = None  # docker-py's log stream (an iterator of bytes), once entered
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"vllm-logs-{container_id[:12]}")
 
     def __enter__(self) -> LogFollower:

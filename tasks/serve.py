@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -90,7 +90,7 @@ class Target:
 def load_target(target: str, engine: str | None, preset: str | None, overrides: dict[str, Any] | None) -> Target:
     """The TargetMachine block ``target``, the spec as it runs there (engine block or the runbook's,
     then the preset, then the overrides, then the machine's own overrides) and its secrets."""
-    machine = TargetMachine.load(target)
+    machine = cast(TargetMachine, TargetMachine.load(target))  # Prefect's sync/async dual: sync here
     spec = machine.apply_to(load_engine_spec(engine, preset, overrides))
     return Target(machine, spec, ServerSecrets.for_target(machine))
 
@@ -301,7 +301,9 @@ def serve(
     """
     logger = get_run_logger()
     limits = (limits or RecoveryLimits()).guarded(machine.host_memory_floor_gib)
-    spec, steps, attempts = requested, [], []
+    spec = requested
+    steps: list[RecoveryStep] = []
+    attempts: list[Attempt] = []
     past = list(history or [])
     first = failure
     while True:

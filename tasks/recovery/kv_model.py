@@ -18,6 +18,7 @@ leaves after weights and activations. A flow overrides the weights with the fail
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -84,7 +85,7 @@ class KvModel(BaseModel):
     )
     kv_bytes_per_token: int = Field(_KV_BYTES_PER_TOKEN, gt=0, description="Qwen3-32B: 0.25 MiB per token")
 
-    def calibrated(self, lines: Iterable[str]) -> KvModel:
+    def calibrated(self, lines: Iterable[str]) -> Self:
         """This model with ``weights_gib`` from a startup log's ``Model loading took X GiB``.
 
         A failed start that got past the load (KV too small, no KV memory, a later OOM) prints it;
