@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -371,7 +371,9 @@ def _plan(
     return step.model_copy(update={"at": datetime.now(UTC)})
 
 
-def _give_up(machine: TargetMachine, cause: FailureCause, steps: list[RecoveryStep], attempts: list[Attempt]) -> None:
+def _give_up(
+    machine: TargetMachine, cause: FailureCause, steps: list[RecoveryStep], attempts: list[Attempt]
+) -> NoReturn:
     """The planner gave up: report the attempts, remember the steps, say so, raise StartFailed."""
     step = steps[-1]
     if attempts:
