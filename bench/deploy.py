@@ -9,7 +9,7 @@
 
 And the operator's figure (## Deploy through a worker): the wall time of
 `prefect deployment run deploy-qwen/sim --watch` on an unchanged server, through a real process
-worker started as the project starts it (deployments/worker.py: polling every 1 s), against the
+worker started as the project starts it (deployments/dev/worker.py: polling every 1 s), against the
 flow run's own duration, split into where the rest goes; and, for comparison, the same through a
 worker with Prefect's default polling (10 s).
 
@@ -37,8 +37,8 @@ import docker
 
 from bench.report import machine_line, write_section
 from blocks.shared import LABEL_TARGET
+from deployments.dev.worker import ROOT, WORKER_ENV, start_worker, stop_worker
 from deployments.targets import sim_target
-from deployments.worker import ROOT, WORKER_ENV, start_worker, stop_worker
 from sim.hub import HubServer, RepoSpec
 from sim.image import ensure_sim_image
 from sim.ports import free_port
@@ -198,7 +198,7 @@ MAX_QUERY_S = 10.0
 
 
 def cli_series(env: dict[str, str], root: Path, name: str, runs: int, gap_s: float = MAX_QUERY_S) -> list[dict]:
-    """``runs`` CLI deploys through a worker started as deployments/worker.py starts it.
+    """``runs`` CLI deploys through a worker started as deployments/dev/worker.py starts it.
 
     Before each run, an idle gap drawn uniformly from [0, gap_s): back-to-back runs would arrive at
     the same phase of the worker's polling cycle every time and make its wait look shorter (or
@@ -252,7 +252,7 @@ def cli_body(args: argparse.Namespace, project: list[dict], default: list[dict])
 `{command} --cli-runs {args.cli_runs} --cli-default-runs {args.cli_default_runs}`: `prefect deploy --all`
 on a throwaway Prefect server (SQLite), then `prefect deployment run deploy-qwen/sim --param target={CLI_TARGET} --watch`
 from a shell, {"every run on an unchanged server (the flow finds its container healthy and keeps it)" if unchanged else "NOT all runs on an unchanged server"};
-a process worker started by `deployments/worker.py` with the project's `PREFECT_WORKER_QUERY_SECONDS={query}`,
+a process worker started by `deployments/dev/worker.py` with the project's `PREFECT_WORKER_QUERY_SECONDS={query}`,
 then one with Prefect's default (10 s). Wall time measured outside the CLI, the split from the flow
 run's state timestamps on the server. One deploy before the series makes the server "unchanged";
 before each run an idle gap drawn from 0-10 s, so that runs arrive at any phase of the polling.
