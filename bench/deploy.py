@@ -268,8 +268,8 @@ jitter), so with the default a run waits 5 s on average and up to 13 s before it
 at 1 s, under a second. The rest is fixed cost that polling cannot remove: the CLI's own start-up
 (importing Prefect), the flow-run process's start-up (a new Python that imports Prefect and the
 flows), and `--watch`'s 3 s wait for straggling log lines after the final state (Prefect's
-`FlowRunSubscriber(straggler_timeout=3)`; `make demo` follows the run with
-`python -m deployments.worker run`, which is done about 2 s after the final state). `PREFECT_WORKER_PREFETCH_SECONDS` does not
+`FlowRunSubscriber(straggler_timeout=3)`; `make demo` follows its runs with `--watch` too: a second more
+than its former follower, for none of its code). `PREFECT_WORKER_PREFETCH_SECONDS` does not
 delay an immediate run (it only lets the worker submit runs scheduled up to 10 s ahead early), nor
 does `PREFECT_WORKER_HEARTBEAT_SECONDS` (the worker's registration and pool sync, every 30 s).
 Measured on these 2 cores with the imitation, not on a Spark.
