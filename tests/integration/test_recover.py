@@ -26,11 +26,11 @@ from deployments.targets import SIM_LEDGER_MOUNT
 from flows.deploy import DeployFailed, deploy_qwen
 from flows.recover import recover_vllm
 from flows.stop import stop_qwen
+from tasks.vllm.failures import FailureKind
 from tasks.readiness import ReadinessFailed
 from tasks.recovery.planner import GIB, RecoveryLimits, fit_utilization
 from tasks.serve import StartFailed
 from tasks.state import last_healthy, record_recover_run
-from tasks.vllm.failures import FailureKind
 from tests.integration.conftest import TEST_LABELS, target_containers
 
 pytestmark = pytest.mark.integration

@@ -37,8 +37,8 @@ from flows.bench import bench_qwen
 from flows.deploy import deploy_qwen
 from flows.health import health_check
 from sim.ports import free_port
-from tasks.health.verdict import Verdict
 from tasks.loadtest.load import Workload
+from tasks.health.verdict import Verdict
 from tests.integration.conftest import SESSION_PREFIX, TEST_TOKEN, target_containers
 
 pytestmark = pytest.mark.integration
