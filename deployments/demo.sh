@@ -32,14 +32,14 @@ WORKER=(--pool spark-vllm --name demo-worker)
 # (without Prefect's "Finished in state Completed()" line of every task run) and the final state,
 # the file gets everything. Then the report: the run's markdown artifact KEY as `key: value` lines.
 #   follow DEPLOYMENT KEY EVENTS_LOG TIMEOUT_S
-follow() {
-    local code
-    set +o pipefail
+follow() {  # called as `follow ... || status=$?`: errexit is off inside, PIPESTATUS says how --watch ended
+    local code run
     COLUMNS=200 "$BIN/prefect" deployment run "$1" --watch --watch-timeout "$4" 2>&1 | tee "$3" \
         | grep --line-buffered -v -e '^●' -e 'Finished in state Completed()$' -e '^ *$'
     code=${PIPESTATUS[0]}
-    set -o pipefail
-    "$BIN/python" - "$2" "$(grep -oE 'UUID: [0-9a-f-]{36}' "$3" | head -n 1 | cut -c7-)" <<'PY' || true
+    run=$(grep -oE 'UUID: [0-9a-f-]{36}' "$3" | head -n 1 | cut -c7-)
+    [ -n "$run" ] || return "$code"
+    "$BIN/python" - "$2" "$run" <<'PY' || true
 import sys
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
