@@ -34,7 +34,7 @@ WORKER=(--pool spark-vllm --name demo-worker)
 #   follow DEPLOYMENT KEY EVENTS_LOG TIMEOUT_S
 follow() {  # called as `follow ... || status=$?`: errexit is off inside, PIPESTATUS says how --watch ended
     local code run
-    COLUMNS=200 "$BIN/prefect" deployment run "$1" --watch --watch-timeout "$4" 2>&1 | tee "$3" \
+    COLUMNS=500 "$BIN/prefect" deployment run "$1" --watch --watch-timeout "$4" 2>&1 | tee "$3" \
         | grep --line-buffered -v -e '^●' -e 'Finished in state Completed()$' -e '^ *$'
     code=${PIPESTATUS[0]}
     run=$(grep -oE 'UUID: [0-9a-f-]{36}' "$3" | head -n 1 | cut -c7-)
