@@ -36,7 +36,7 @@ from pathlib import Path
 import docker
 
 from bench.report import machine_line, write_section
-from blocks.shared import LABEL_TARGET
+from blocks.shared import LABEL_TARGET, WORK_POOL
 from deployments.dev.worker import ROOT, WORKER_ENV, start_worker, stop_worker
 from deployments.targets import sim_target
 from sim.hub import HubServer, RepoSpec
@@ -48,7 +48,6 @@ from tasks.readiness import ReadinessFailed
 TOKEN = "hf_bench_token_5d1c2b3a4f"
 READY_LINE = "Application startup complete."
 PREFECT = str(Path(sys.executable).with_name("prefect"))
-POOL = "spark-vllm"  # prefect.yaml's work pool
 CLI_TARGET = "bench-cli"
 
 
@@ -205,7 +204,7 @@ def cli_series(env: dict[str, str], root: Path, name: str, runs: int, gap_s: flo
     longer) than an operator's, who runs a deploy at any moment.
     """
     gaps = random.Random(0)
-    worker = start_worker(POOL, name, root / f"{name}.log", env=env)
+    worker = start_worker(WORK_POOL, name, root / f"{name}.log", env=env)
     results: list[dict] = []
     try:
         for _ in range(runs):
@@ -322,7 +321,7 @@ def main() -> int:
                 sim_target(CLI_TARGET, root / CLI_TARGET, hub.url, free_port(), time_scale=args.time_scale).save(
                     CLI_TARGET, overwrite=True
                 )
-                ensure_work_pool(POOL)
+                ensure_work_pool(WORK_POOL)
                 subprocess.run(
                     [PREFECT, "--no-prompt", "deploy", "--all"],
                     cwd=ROOT,

@@ -238,14 +238,14 @@ class FleetRig:
         from deployments.fleet import load_fleet_file, register
         from deployments.targets import sim_target
         from sim.ports import free_port
-        from tests.fleet import rig
+        from tests.integration.conftest import SESSION_PREFIX
 
         Secret(value=TOKEN).save(SECRET, overwrite=True)
         layout = [("first", self.first), ("second", self.second)] * (2 if four else 1)
         self.machines: list[Machine] = []
         blocks = {}
         for i, (daemon, client) in enumerate(layout):
-            name = f"{rig.SESSION_PREFIX}{'abcd'[i]}{uuid.uuid4().hex[:4]}"
+            name = f"{SESSION_PREFIX}{'abcd'[i]}{uuid.uuid4().hex[:4]}"
             extra = {} if daemon == "first" else {"docker_base_url": self.second_url}
             blocks[name] = sim_target(
                 name,
@@ -299,13 +299,14 @@ class FleetRig:
         return next(m for m in self.machines if m.name == name)
 
     def start_workers(self, names: list[str]) -> None:
+        from blocks.shared import WORK_POOL
         from deployments.dev.worker import start_worker
 
         for name in names:
             machine = self.machine(name)
             if machine.worker is None:
                 machine.worker = start_worker(
-                    "spark-vllm",
+                    WORK_POOL,
                     f"{name}-worker",
                     self.tmp / f"{name}-worker.log",
                     env=self.env,

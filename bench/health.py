@@ -43,12 +43,12 @@ import docker
 import httpx
 
 from bench.report import machine_line, write_section
+from blocks.shared import WORK_POOL
 
 TOKEN = "hf_bench_token_5d1c2b3a4f"
 HEADING = "Health check: fault to unhealthy, fault to healthy, and its cost"
 EVENT_TABLES = ("events", "event_resources")  # what the server's event vacuum deletes after the retention period
 PREFECT = str(Path(sys.executable).with_name("prefect"))
-POOL = "spark-vllm"  # prefect.yaml's work pool
 DAY_S = 86400.0
 FAST_INTERVAL_S = 30.0  # the interval compared with prefect.yaml's
 DIE_AFTER_S = (
@@ -1242,7 +1242,7 @@ def main() -> int:
         env = {**operator_env, "PREFECT_API_URL": PREFECT_API_URL.value()}
         path = db_path()
         try:
-            ensure_work_pool(POOL)
+            ensure_work_pool(WORK_POOL)
             # registering the deployments runs beside the first deploy (neither is measured)
             t_deploy = time.monotonic()
             registering = subprocess.Popen(
@@ -1305,7 +1305,7 @@ def main() -> int:
             from tasks.state import health_state, save_health_state
 
             save_health_state(steady.name, {**health_state(steady.name), "history": []})
-            worker = start_worker(POOL, f"bench-health-{bench.run_id}", Path(tmp) / "worker.log", env=env)
+            worker = start_worker(WORK_POOL, f"bench-health-{bench.run_id}", Path(tmp) / "worker.log", env=env)
             if args.worker_checks:
                 with get_client(sync_client=True) as api:
                     db_before = settled(path, flush_s + 1) if path else None

@@ -338,18 +338,20 @@ The runbook's figures (DGX Spark) beside the measured ones:
 {markdown_table(("figure", "measured", "runbook", "inside"), extra["runbook_rows"])}
 
 In the burst the first request gets a step alone and the other 63 are prefilled together in the next
-one ({63 * args.input_len:,} tokens, compute-bound): their TTFT is that step (p99 {extra["ttft64_p99"]:.0f} ms), and the first
-request's one long ITL is it too (ITL p50 {extra["itl64_median"]:.0f} ms, p99 {extra["itl64_p99"]:.0f} ms).
+one ({63 * args.input_len:,} tokens, compute-bound): their TTFT is that step (p99 {extra["ttft64_p99"]:.0f} ms),
+and the first request's one long ITL is it too (ITL p50 {extra["itl64_median"]:.0f} ms,
+p99 {extra["itl64_p99"]:.0f} ms).
 
 **Cost of the measurement.** While measuring the roofline the load generator's thread used
 {extra["cpu1"]:.1%} of a core at 1 stream and {extra["cpu64"]:.1%} at 64; its event loop woke late by
 {extra["lag1"]:.2f} ms (p99) at 1 stream and {extra["lag64"]:.2f} ms at 64: the most a timestamp can be off,
 against ITLs of ~150 ms. Against the imitation with instant decoding (`VLLM_SIM_DECODE_TIME_SCALE=0`, 128
-requests of {args.capacity_tokens} tokens, 64 at a time) the client handled **{cap["per_core"]:,.0f} streamed tokens per CPU
-second** ({cap["tokens"]:,} tokens in {cap["cpu_s"]:.2f} CPU s; received at {cap["received_tps"]:,.0f} tok/s while
-the imitation, a Python process on the same 2 cores, was the bottleneck: client CPU {cap["cpu_fraction"]:.0%}). A
-Spark serves ~300-400 tok/s: the client has more than {cap["per_core"] / 400:.0f}x headroom on one core, and
-bench-qwen flags any level where its thread exceeds 80% of a core ("client-bound").
+requests of {args.capacity_tokens} tokens, 64 at a time) the client handled
+**{cap["per_core"]:,.0f} streamed tokens per CPU second** ({cap["tokens"]:,} tokens in {cap["cpu_s"]:.2f} CPU s;
+received at {cap["received_tps"]:,.0f} tok/s while the imitation, a Python process on the same 2 cores,
+was the bottleneck: client CPU {cap["cpu_fraction"]:.0%}). A Spark serves ~300-400 tok/s: the client has
+more than {cap["per_core"] / 400:.0f}x headroom on one core, and bench-qwen flags any level
+where its thread exceeds 80% of a core ("client-bound").
 """
 
 

@@ -303,13 +303,16 @@ def render(args, hub: Hub, links: dict, started: float) -> str:
     cores = os.cpu_count()
     lines = [
         f"`python bench/staging.py` — {dt.date.today().isoformat()}, {platform.machine()}, {cores} cores, "
-        f"Python {platform.python_version()}, huggingface_hub {version('huggingface_hub')} `hf download` vs `stage-model` "
+        f"Python {platform.python_version()}, huggingface_hub {version('huggingface_hub')} `hf download` vs "
+        f"`stage-model` "
         f"({(time.monotonic() - started) / 60:.1f} min for the whole run).",
         f"Repo: the Hub imitation's `{REPO_ID}`, {args.shards} shards x {args.shard_mib} MiB + the small files "
         f"= {mb(hub.total)} ({hub.total} bytes). Both tools: separate processes, 8 files in parallel, same disk; "
         f"the imitation in its own process on loopback.",
         "",
-        "| link | tool | cold wall | transfer window | MB/s (window) | + `sync` after | CPU cold / re-run | transfer CPU per GB | kill at 50 %: re-downloaded / missing | partials left after resume | re-run wall | re-run bytes |",
+        "| link | tool | cold wall | transfer window | MB/s (window) | + `sync` after | CPU cold / re-run | transfer "
+        "CPU per GB | kill at 50 %: re-downloaded / missing | partials left after resume | re-run wall | re-run "
+        "bytes |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for link, data in links.items():
@@ -323,7 +326,8 @@ def render(args, hub: Hub, links: dict, started: float) -> str:
             name = "stage-model" if tool == "ours" else "`hf download`"
             lines.append(
                 f"| {link} | {name} | {c.wall_s:.1f} s | {c.window_s:.1f} s | {hub.total / c.window_s / 1e6:.0f} | "
-                f"{c.sync_s:.1f} s | {c.cpu_s:.1f} s / {rr.cpu_s:.1f} s | {transfer_cpu_per_gb(c, rr, hub.total):.2f} s | "
+                f"{c.sync_s:.1f} s | {c.cpu_s:.1f} s / {rr.cpu_s:.1f} s | {transfer_cpu_per_gb(c, rr, hub.total):.2f} "
+                f"s | "
                 f"{kill_txt} | {left} | {rr.wall_s:.1f} s | {rb} |"
             )
     lines += ["", "Ratios (stage-model over `hf download`, > 1 means ours is faster):", ""]

@@ -245,8 +245,8 @@ def latest_artifact_id(api_url: str, key: str) -> str:
 
 
 def wait_for_events(api_url: str, resource_id: str, names: Sequence[str], timeout_s: float = 30.0) -> list[dict]:
-    """The `vllm.service.*` events of ``resource_id`` (newest 50) once every one of ``names`` is stored (the server writes
-    events in batches, a few seconds after they arrive). Raises TimeoutError otherwise."""
+    """The `vllm.service.*` events of ``resource_id`` (newest 50) once every one of ``names`` is stored
+    (the server writes events in batches, a few seconds after they arrive). Raises TimeoutError otherwise."""
     deadline = time.monotonic() + timeout_s
     while True:
         answer = httpx.post(

@@ -13,16 +13,26 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator, model_validator
 
 from blocks.bench_gate import BenchGate
-from blocks.shared import ENV_NAME, RUNBOOK_CONTAINER_NAME, SECRET_ENV_KEYS, ContainerIdentity, check_container_name
+from blocks.shared import (
+    API_KEY_FLAG,
+    ENV_NAME,
+    RUNBOOK_CONTAINER_NAME,
+    SECRET_ENV_KEYS,
+    ContainerIdentity,
+    check_container_name,
+)
 
 __all__ = [
+    "ENGINE_FLAGS",
     "EngineSpec",
     "PRESETS",
     "PresetName",
@@ -64,27 +74,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: Flags the spec renders from its own fields; `extra_args` may not repeat them (argparse would
-#: silently let the last one win, and the labels/hash would describe the wrong server).
-MANAGED_FLAGS: dict[str, str] = {
-    "--model": "model",
-    "--download-dir": "download_dir",
-    "--max-model-len": "max_model_len",
-    "--gpu-memory-utilization": "gpu_memory_utilization",
-    "--max-num-batched-tokens": "max_num_batched_tokens",
-    "--max-num-seqs": "max_num_seqs",
-    "--enable-prefix-caching": "enable_prefix_caching",
-    "--no-enable-prefix-caching": "enable_prefix_caching",
-    "--trust-remote-code": "trust_remote_code",
-    "--no-trust-remote-code": "trust_remote_code",
-    "--served-model-name": "served_model_name",
-    "--revision": "revision",
-    "--quantization": "quantization",
-    "--enable-chunked-prefill": "enable_chunked_prefill",
-    "--no-enable-chunked-prefill": "enable_chunked_prefill",
-    "--port": "container_port",
-}
-
 #: The fields that shape the container (all of them): the input of `spec_hash`.
 HASHED_FIELDS: tuple[str, ...] = (
     "image",
@@ -124,6 +113,104 @@ def format_utilization(value: float) -> str:
     if float(text) != value:
         text = format(value, ".15g")
     return text
+
+
+class FlagKind(StrEnum):
+    """How a field becomes `vllm serve` arguments."""
+
+    POSITIONAL = "positional"  # `vllm serve <value>`
+    VALUE = "value"  # `--flag <value>`, always
+    OPTIONAL = "optional"  # `--flag <value>`, unless the value is what vLLM takes without the flag
+    SWITCH = "switch"  # `--flag` or `--no-flag`, always
+    ON = "on"  # `--flag` when True; nothing when False (vLLM's default)
+    OFF = "off"  # `--no-flag` when False; nothing when True (the default here)
+
+
+def _unset(spec: EngineSpec) -> Any:
+    """vLLM's default of most optional flags: none (the flag is rendered whenever the field is set)."""
+    return None
+
+
+@dataclass(frozen=True)
+class CliFlag:
+    """One EngineSpec field and the `vllm serve` flag it renders to.
+
+    Attributes:
+        field: the EngineSpec field.
+        flag: the flag as vLLM 0.10.1.1 spells it (`source` is where it is defined).
+        kind: how the value is rendered.
+        source: the vLLM file and line that defines the flag.
+        text: the value as the runbook writes it.
+        vllm_default: for OPTIONAL, the value vLLM takes when the flag is left out (not rendered).
+    """
+
+    field: str
+    flag: str
+    kind: FlagKind
+    source: str
+    text: Callable[[Any], str] = str
+    vllm_default: Callable[[EngineSpec], Any] = _unset
+
+    @property
+    def spellings(self) -> tuple[str, ...]:
+        """Every form of the flag on vLLM's command line: a boolean field is an
+        ``argparse.BooleanOptionalAction``, which also takes ``--no-<flag>`` (vllm/engine/arg_utils.py:195-197)."""
+        if self.kind in (FlagKind.SWITCH, FlagKind.ON, FlagKind.OFF):
+            return (self.flag, "--no-" + self.flag.removeprefix("--"))
+        return (self.flag,)
+
+    def render(self, spec: EngineSpec) -> list[str]:
+        """The arguments this field adds to the command (none when vLLM's default says the same)."""
+        value = getattr(spec, self.field)
+        if self.kind is FlagKind.POSITIONAL:
+            return [self.text(value)]
+        if self.kind is FlagKind.VALUE:
+            return [self.flag, self.text(value)]
+        if self.kind is FlagKind.OPTIONAL:
+            return [] if value is None or value == self.vllm_default(spec) else [self.flag, self.text(value)]
+        if self.kind is FlagKind.SWITCH:
+            return [self.spellings[0] if value else self.spellings[1]]
+        if self.kind is FlagKind.ON:
+            return [self.flag] if value else []
+        return [] if value else [self.spellings[1]]  # OFF
+
+
+_ARGS = "vllm/engine/arg_utils.py"
+#: The one table of which field renders to which `vllm serve` flag, in the runbook's order (the
+#: compose file's command, then the optional ones). `vllm_command()` renders it and `MANAGED_FLAGS`
+#: is derived from it. Sources: vLLM 0.10.1.1's `EngineArgs.add_cli_args` and the API server's
+#: `FrontendArgs` (vllm/entrypoints/openai/cli_args.py).
+ENGINE_FLAGS: tuple[CliFlag, ...] = (
+    # `vllm serve <model>`: the positional model_tag (cli_args.py:240) replaces --model (cli/serve.py:40-41)
+    CliFlag("model", "--model", FlagKind.POSITIONAL, f"{_ARGS}:472"),
+    CliFlag("download_dir", "--download-dir", FlagKind.VALUE, f"{_ARGS}:567"),
+    CliFlag("max_model_len", "--max-model-len", FlagKind.VALUE, f"{_ARGS}:497"),
+    CliFlag("gpu_memory_utilization", "--gpu-memory-utilization", FlagKind.VALUE, f"{_ARGS}:689", format_utilization),
+    CliFlag("max_num_batched_tokens", "--max-num-batched-tokens", FlagKind.VALUE, f"{_ARGS}:794-796"),
+    CliFlag("max_num_seqs", "--max-num-seqs", FlagKind.VALUE, f"{_ARGS}:797"),
+    # V1 turns prefix caching on by default: leaving the flag out would not turn it off
+    CliFlag("enable_prefix_caching", "--enable-prefix-caching", FlagKind.SWITCH, f"{_ARGS}:696"),
+    CliFlag("trust_remote_code", "--trust-remote-code", FlagKind.ON, f"{_ARGS}:481"),
+    CliFlag(
+        "served_model_name", "--served-model-name", FlagKind.OPTIONAL, f"{_ARGS}:517", vllm_default=lambda s: s.model
+    ),
+    CliFlag("revision", "--revision", FlagKind.OPTIONAL, f"{_ARGS}:489"),
+    CliFlag("quantization", "--quantization", FlagKind.OPTIONAL, f"{_ARGS}:499"),
+    CliFlag("enable_chunked_prefill", "--enable-chunked-prefill", FlagKind.OFF, f"{_ARGS}:820-822"),
+    # FrontendArgs.port (default 8000, cli_args.py:75) becomes --port at cli_args.py:223-224
+    CliFlag(
+        "container_port",
+        "--port",
+        FlagKind.OPTIONAL,
+        "vllm/entrypoints/openai/cli_args.py:75",
+        vllm_default=lambda s: DEFAULT_PORT,
+    ),
+)
+
+#: Flags the spec renders from its own fields (every spelling, -> the field); `extra_args` may not
+#: repeat them (argparse would silently let the last one win, and the labels/hash would describe the
+#: wrong server).
+MANAGED_FLAGS: dict[str, str] = {spelling: f.field for f in ENGINE_FLAGS for spelling in f.spellings}
 
 
 class EngineSpec(Block):
@@ -284,9 +371,9 @@ class EngineSpec(Block):
     def _extra_args(cls, value: list[str]) -> list[str]:
         for arg in value:
             flag = arg.split("=", 1)[0]
-            if flag == "--api-key":
+            if flag == API_KEY_FLAG:
                 raise ValueError(
-                    "extra_args must not carry --api-key: the key would show in `docker inspect`, "
+                    f"extra_args must not carry {API_KEY_FLAG}: the key would show in `docker inspect`, "
                     "logs and artifacts. Put it in a Prefect Secret block and name that block in "
                     "the target's api_key_secret (the container gets it as VLLM_API_KEY)"
                 )
@@ -357,38 +444,8 @@ class EngineSpec(Block):
         return self.served_model_name or self.model
 
     def vllm_command(self) -> list[str]:
-        """The container command, in the runbook's order; never contains a secret."""
-        cmd = [
-            "vllm",
-            "serve",
-            self.model,
-            "--download-dir",
-            self.download_dir,
-            "--max-model-len",
-            str(self.max_model_len),
-            "--gpu-memory-utilization",
-            format_utilization(self.gpu_memory_utilization),
-            "--max-num-batched-tokens",
-            str(self.max_num_batched_tokens),
-            "--max-num-seqs",
-            str(self.max_num_seqs),
-        ]
-        # V1 turns prefix caching on by default: leaving the flag out would not turn it off.
-        cmd.append("--enable-prefix-caching" if self.enable_prefix_caching else "--no-enable-prefix-caching")
-        if self.trust_remote_code:
-            cmd.append("--trust-remote-code")
-        if self.served_model_name and self.served_model_name != self.model:
-            cmd += ["--served-model-name", self.served_model_name]
-        if self.revision:
-            cmd += ["--revision", self.revision]
-        if self.quantization:
-            cmd += ["--quantization", self.quantization]
-        if not self.enable_chunked_prefill:
-            cmd.append("--no-enable-chunked-prefill")
-        if self.container_port != DEFAULT_PORT:
-            cmd += ["--port", str(self.container_port)]
-        cmd += list(self.extra_args)
-        return cmd
+        """The container command, in the runbook's order (`ENGINE_FLAGS`); never contains a secret."""
+        return ["vllm", "serve", *(arg for flag in ENGINE_FLAGS for arg in flag.render(self)), *self.extra_args]
 
     def hashed_fields(self) -> dict[str, Any]:
         """The fields that shape the container, as plain JSON-able values."""

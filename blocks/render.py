@@ -20,18 +20,20 @@ import yaml
 
 from blocks.engine import EngineSpec
 from blocks.shared import (
+    API_KEY_ENV,
+    HF_TOKEN_ENV_KEYS,
     LABEL_MANAGED_BY,
     LABEL_SERVED_MODEL,
     LABEL_SPEC_HASH,
     LABEL_TARGET,
     MANAGED_BY,
     SECRET_ENV_KEYS,
+    SECRET_FLAGS,
 )
 from blocks.target import TargetMachine, split_volume_target
 
 __all__ = [
     "REDACTED",
-    "OFFLINE_ENV_KEYS",
     "SecretValue",
     "compose_service",
     "compose_yaml",
@@ -47,9 +49,6 @@ __all__ = [
 # ---------------------------------------------------------------------------- labels
 
 REDACTED = "***"
-#: Environment added to the runbook's: config/tokenizer lookups and weights both hit the staged
-#: cache, and nothing is downloaded at start (see docs/configuration.md and design.md).
-OFFLINE_ENV_KEYS = ("HF_HUB_OFFLINE", "HF_HUB_CACHE")
 
 
 def container_labels(spec: EngineSpec, target: TargetMachine) -> dict[str, str]:
@@ -95,11 +94,9 @@ def secret_environment(hf_token: Any = None, api_key: Any = None) -> dict[str, S
     as `VLLM_API_KEY` (vLLM reads it like `--api-key`, without it being on the command line)."""
     env: dict[str, SecretValue] = {}
     if hf_token is not None and _reveal(hf_token):
-        token = SecretValue(_reveal(hf_token))
-        env["HF_TOKEN"] = token
-        env["HUGGING_FACE_HUB_TOKEN"] = token
+        env.update(dict.fromkeys(HF_TOKEN_ENV_KEYS, SecretValue(_reveal(hf_token))))
     if api_key is not None and _reveal(api_key):
-        env["VLLM_API_KEY"] = SecretValue(_reveal(api_key))
+        env[API_KEY_ENV] = SecretValue(_reveal(api_key))
     return env
 
 
@@ -129,7 +126,11 @@ def _volumes(spec: EngineSpec, target: TargetMachine) -> dict[str, dict[str, str
 def container_environment(
     spec: EngineSpec, target: TargetMachine, secret_env: Mapping[str, Any] | None = None
 ) -> dict[str, str]:
-    """Offline hub settings, then the spec's env, the target's env, the secrets (masked)."""
+    """Offline hub settings, then the spec's env, the target's env, the secrets (masked).
+
+    The offline settings are added to the runbook's: config/tokenizer lookups and weights both hit
+    the staged cache, and nothing is downloaded at start (see docs/configuration.md and design.md).
+    """
     env: dict[str, str] = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": spec.download_dir}
     env.update(spec.env)
     env.update(target.extra_env)
@@ -178,10 +179,10 @@ def _mask_command(command: Any) -> Any:
         if hide_next:
             out.append(REDACTED)
             hide_next = False
-        elif text in ("--api-key", "--hf-token"):
+        elif text in SECRET_FLAGS:
             out.append(text)
             hide_next = True
-        elif text.startswith(("--api-key=", "--hf-token=")):
+        elif text.startswith(tuple(f"{flag}=" for flag in SECRET_FLAGS)):
             out.append(text.split("=", 1)[0] + "=" + REDACTED)
         else:
             out.append(text)
@@ -258,11 +259,10 @@ def compose_service(spec: EngineSpec, target: TargetMachine) -> dict[str, Any]:
         host = target.publish_host
         host_port = f"[{host}]:{host_port}" if ":" in host else f"{host}:{host_port}"
     environment: dict[str, str] = {}
-    if target.hf_token_secret:
-        environment["HF_TOKEN"] = _Quoted("${HF_TOKEN}")
-        environment["HUGGING_FACE_HUB_TOKEN"] = _Quoted("${HF_TOKEN}")
+    if target.hf_token_secret:  # both names from the .env file's first one, as the runbook writes them
+        environment.update(dict.fromkeys(HF_TOKEN_ENV_KEYS, _Quoted(f"${{{HF_TOKEN_ENV_KEYS[0]}}}")))
     if target.api_key_secret:
-        environment["VLLM_API_KEY"] = _Quoted("${VLLM_API_KEY}")
+        environment[API_KEY_ENV] = _Quoted(f"${{{API_KEY_ENV}}}")
     for key, value in container_environment(spec, target).items():
         environment[key] = _Quoted(value)
     volumes = [

@@ -21,15 +21,27 @@ MANAGED_BY = "spark-vllm"
 LABEL_ROLE = f"{LABEL_PREFIX}.role"
 HELPER_LABELS: dict[str, str] = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_ROLE: "helper"}
 
+#: The Hugging Face token's environment variables: the runbook's compose file sets both names.
+HF_TOKEN_ENV_KEYS: tuple[str, ...] = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+#: vLLM reads its API key from this variable when `--api-key` is not given
+#: (vllm/entrypoints/openai/api_server.py:1530-1532 in vLLM 0.10.1.1).
+API_KEY_ENV = "VLLM_API_KEY"
 #: Environment variables that carry secrets. They only ever come from Secret blocks (see
 #: `blocks.render.secret_environment`), never from the plain `env` / `extra_env` fields.
-SECRET_ENV_KEYS: frozenset[str] = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY"})
+SECRET_ENV_KEYS: frozenset[str] = frozenset({*HF_TOKEN_ENV_KEYS, API_KEY_ENV})
+#: `vllm serve` flags whose value is a secret (vLLM 0.10.1.1: `--api-key` is FrontendArgs.api_key,
+#: vllm/entrypoints/openai/cli_args.py:92; `--hf-token`, vllm/engine/arg_utils.py:532). The spec
+#: refuses the API key flag in `extra_args`; redaction masks both.
+API_KEY_FLAG = "--api-key"
+SECRET_FLAGS: tuple[str, ...] = (API_KEY_FLAG, "--hf-token")
 
 #: The runbook's container name (`container_name:` of its compose service).
 RUNBOOK_CONTAINER_NAME = "vllm-qwen3-32b-fp8"
 
 #: The Secret block `python -m deployments.setup --api-key` creates for the server's API key.
 API_KEY_BLOCK = "vllm-api-key"
+#: The Secret block `python -m deployments.setup` saves the Hugging Face token in.
+HF_TOKEN_BLOCK = "hf-token"
 #: The process work pool `deployments/setup.py` creates and the deployments run on.
 WORK_POOL = "spark-vllm"
 

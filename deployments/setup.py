@@ -30,7 +30,7 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from blocks.engine import EngineSpec
-from blocks.shared import API_KEY_BLOCK, WORK_POOL
+from blocks.shared import API_KEY_BLOCK, HF_TOKEN_BLOCK, WORK_POOL
 from blocks.target import TargetMachine
 from deployments.targets import sim_target, spark_target
 from tasks.locks import ensure_gpu_limit
@@ -119,7 +119,7 @@ def register_blocks(
 
     Args:
         targets: the targets this setup knows (their default settings).
-        hf_token: saved as the ``hf-token`` Secret block when given.
+        hf_token: saved as the ``hf-token`` Secret block (`HF_TOKEN_BLOCK`) when given.
         reset: overwrite saved blocks with the defaults (operators' UI edits are lost).
         api_key_for: target name -> Secret block name of its API key (from --api-key).
     """
@@ -142,8 +142,8 @@ def register_blocks(
         if warning := current.open_to_network_warning():
             print(f"  warning: {warning}")
     if hf_token:
-        Secret(value=hf_token).save("hf-token", overwrite=True)
-        print("Secret block hf-token saved (value not shown)")
+        Secret(value=hf_token).save(HF_TOKEN_BLOCK, overwrite=True)
+        print(f"Secret block {HF_TOKEN_BLOCK} saved (value not shown)")
 
 
 def deploy_all() -> None:

@@ -1,8 +1,8 @@
 """Build the vLLM imitation's docker image without any registry.
 
 No registry is reachable here, so the base image is made from the machine's own apt sources with
-``mmdebstrap`` and ``docker import`` (docs/imitations.md, introduction), and the imitation is built on top of it. Each image
-carries a content label; a build is skipped when an image with the same label already exists, so a
+``mmdebstrap`` and ``docker import`` (docs/imitations.md, introduction), and the imitation is built on top of it.
+Each image carries a content label; a build is skipped when an image with the same label already exists, so a
 second bootstrap on a ready machine takes well under a second.
 
 Usage: ``python -m sim.image ensure|check [--docker-host URL]``.

@@ -28,8 +28,8 @@ from pydantic import BaseModel
 
 from blocks.render import label_filters
 from blocks.shared import LABEL_MANAGED_BY, LABEL_SPEC_HASH, MANAGED_BY
-from tasks.vllm.logs import split_lines
 from tasks.secrets import scrub
+from tasks.vllm.logs import split_lines
 
 GPU_DRIVER_ERROR = 'could not select device driver "nvidia"'
 

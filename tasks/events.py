@@ -1,4 +1,5 @@
-"""Prefect events about the served model: ``vllm.service.<what>`` on resource ``vllm.service.<target>``.
+"""Prefect events about the served model: ``vllm.service.<what>`` on resource ``vllm.service.<target>``,
+with the target's name in every payload (``target``).
 
 Automations match on them (unhealthy -> recovery) and the UI's event feed shows them. The
 vocabulary is `ServiceEvent`, the one list of what may follow ``vllm.service.``: an automation
@@ -18,6 +19,10 @@ from blocks.target import service_resource_id
 
 #: What every event name starts with.
 EVENT_PREFIX = "vllm.service"
+#: The payload key every event carries the target's name in: automations template it
+#: (prefect.yaml's recover-vllm triggers: ``{{ event.payload.target }}``) instead of slicing the
+#: resource id.
+TARGET_KEY = "target"
 
 
 class ServiceEvent(StrEnum):
@@ -70,6 +75,9 @@ def service_resource(target_name: str) -> dict[str, str]:
 def emit_service_event(target_name: str, what: ServiceEvent | str, payload: dict[str, Any] | None = None) -> None:
     """Emit ``vllm.service.<what>`` about the target's server; never put secrets in ``payload``.
 
+    Every payload also carries the target's name under `TARGET_KEY`, so an automation reads the
+    target as data (``{{ event.payload.target }}``) rather than by slicing the resource id.
+
     Args:
         target_name: the TargetMachine's name (the resource is ``vllm.service.<target_name>``).
         what: a `ServiceEvent`, or its value as a string (e.g. "deployed").
@@ -79,4 +87,5 @@ def emit_service_event(target_name: str, what: ServiceEvent | str, payload: dict
         ValueError: `what` is not in the vocabulary; refused before anything is emitted.
     """
     event = service_event(what)
-    emit_event(event=event.event, resource=service_resource(target_name), payload=payload or {})
+    payload = {**(payload or {}), TARGET_KEY: target_name}
+    emit_event(event=event.event, resource=service_resource(target_name), payload=payload)

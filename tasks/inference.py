@@ -10,15 +10,26 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
 import httpx
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from tasks.vllm.api import auth_headers
+
 THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
-QUESTION = "What is 12*17? Answer with the number only."
+#: The smoke question (the DGX Spark playbook's) and its answer: the deploy's smoke test and the
+#: health check's function layer (tasks.health.probes) both ask it.
+ARITHMETIC = "12*17"
 EXPECTED = "204"
+#: The chat endpoint's form of the question.
+QUESTION = f"What is {ARITHMETIC}? Answer with the number only."
+#: The completions endpoint's form, and its token budget (the answer "12 * 17 = 204" needs about 10
+#: tokens; about 2 s of decode on a Spark).
+COMPLETION_PROMPT = f"{ARITHMETIC}="
+COMPLETION_MAX_TOKENS = 16
 
 
 class SmokeFailed(RuntimeError):
@@ -45,6 +56,11 @@ def contains_expected(answer: str, expected: str = EXPECTED) -> bool:
     return re.search(rf"(?<!\d){re.escape(expected)}(?!\d)", answer) is not None
 
 
+def completion_request(served_name: str) -> dict[str, Any]:
+    """The body of the smoke question on /v1/completions: greedy, so the answer is deterministic."""
+    return {"model": served_name, "prompt": COMPLETION_PROMPT, "max_tokens": COMPLETION_MAX_TOKENS, "temperature": 0}
+
+
 def _post(client: httpx.Client, path: str, body: dict) -> tuple[dict, float]:
     started = time.perf_counter()
     response = client.post(path, json=body)
@@ -62,10 +78,10 @@ def _post(client: httpx.Client, path: str, body: dict) -> tuple[dict, float]:
 def smoke_inference(
     base_url: str, served_name: str, api_key: str | None = None, timeout_s: float = 120.0
 ) -> SmokeResult:
-    """Ask both endpoints 12*17 and require 204; an empty or wrong answer fails the deploy."""
+    """Ask both endpoints the smoke question (12*17) and require its answer (204); an empty or wrong
+    answer fails the deploy."""
     logger = get_run_logger()
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    with httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s) as client:
+    with httpx.Client(base_url=base_url, headers=auth_headers(api_key), timeout=timeout_s) as client:
         chat, chat_s = _post(
             client,
             "/v1/chat/completions",
@@ -78,22 +94,13 @@ def smoke_inference(
             },
         )
         chat_answer = visible_answer(chat["choices"][0]["message"].get("content"))
-        completion, completion_s = _post(
-            client,
-            "/v1/completions",
-            {
-                "model": served_name,
-                "prompt": "12*17=",
-                "max_tokens": 16,
-                "temperature": 0,
-            },
-        )
+        completion, completion_s = _post(client, "/v1/completions", completion_request(served_name))
     completion_answer = visible_answer(completion["choices"][0].get("text"))
     for endpoint, answer in (("chat", chat_answer), ("completion", completion_answer)):
         if not answer:
-            raise SmokeFailed(f"the {endpoint} endpoint returned an empty answer to 12*17")
+            raise SmokeFailed(f"the {endpoint} endpoint returned an empty answer to {ARITHMETIC}")
         if not contains_expected(answer):
-            raise SmokeFailed(f"the {endpoint} endpoint answered {answer[:200]!r} to 12*17; expected {EXPECTED}")
+            raise SmokeFailed(f"the {endpoint} endpoint answered {answer[:200]!r} to {ARITHMETIC}; expected {EXPECTED}")
     logger.info(
         "smoke: chat %r in %.2f s, completion %r in %.2f s", chat_answer, chat_s, completion_answer, completion_s
     )

@@ -85,7 +85,8 @@ def _docker_problems(client: docker.DockerClient, machine: TargetMachine, image:
     if not image_present(client, image):
         if not machine.image_pull:
             problems.append(
-                f"image {image} is not on the docker host and pulling is off: `docker pull {image}` or `docker load` it."
+                f"image {image} is not on the docker host and pulling is off: "
+                f"`docker pull {image}` or `docker load` it."
             )
         else:
             get_run_logger().info("pulling %s (not on the docker host yet)", image)
@@ -124,7 +125,8 @@ def preflight(machine: TargetMachine, image: str) -> list[str]:
             problems.append(str(exc))
     if problems:
         raise PreflightFailed("preflight found {} problem(s):\n- {}".format(len(problems), "\n- ".join(problems)))
-    warnings = [machine.open_to_network_warning()] if machine.open_to_network() else []
+    warning = machine.open_to_network_warning()
+    warnings = [warning] if warning is not None else []
     for warning in warnings:
         logger.warning("%s", warning)
     logger.info("preflight passed: docker %s, port %s, image %s", version, machine.host_port, image)

@@ -29,6 +29,7 @@ from prefect_docker.host import DockerHost
 from pydantic import BaseModel, Field
 
 from tasks.container import docker_client
+from tasks.vllm.api import auth_headers, lists_model
 from tasks.vllm.failures import FailureCause, classify_failure, guard_line
 from tasks.vllm.logs import EventKind, LineSplitter, Phase, StartupStats, StartupTracker
 from tasks.memory import MemoryReadError, exec_meminfo
@@ -147,8 +148,7 @@ def _container_stopped(container: Container, restarts_before: int) -> bool:
 
 def endpoint_ready(base_url: str, served_name: str, api_key: str | None = None, timeout: float = 2.0) -> bool:
     """Ready = /health answers 200 and /v1/models lists the served model."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    with httpx.Client(base_url=base_url, timeout=timeout, headers=headers) as client:
+    with httpx.Client(base_url=base_url, timeout=timeout, headers=auth_headers(api_key)) as client:
         return _healthy(client, served_name)
 
 
@@ -275,7 +275,7 @@ def _gate(
     next_guard_check = 0.0
     guard_tripped = False
     stream_ended = False
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = auth_headers(api_key)
 
     def take(line: str) -> None:
         nonlocal phase_started, progress
@@ -415,7 +415,6 @@ def _healthy(http: httpx.Client, served_name: str) -> bool:
     try:
         if http.get("/health").status_code != 200:
             return False
-        models = http.get("/v1/models")
-        return models.status_code == 200 and any(m.get("id") == served_name for m in models.json().get("data", []))
-    except (httpx.HTTPError, ValueError):
+    except httpx.HTTPError:
         return False
+    return lists_model(http, served_name)

@@ -22,6 +22,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import cast
 
 from pydantic import SecretStr
 
@@ -89,7 +90,7 @@ def _from_block(block_name: str) -> SecretStr | None:
     try:
         from prefect.blocks.system import Secret
 
-        block = Secret.load(block_name)
+        block = cast(Secret, Secret.load(block_name))  # sync context: the block, not a coroutine
     except ValueError as exc:  # "Unable to find block document named ..." (block or block type absent)
         if "Unable to find block document" in str(exc):
             return None

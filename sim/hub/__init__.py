@@ -7,8 +7,8 @@
         os.environ["HF_ENDPOINT"] = hub.url   # before huggingface_hub is imported
         ...
 
-See docs/imitations.md ("The Hub imitation (`sim.hub`)") for what it serves, its knobs, its faults and how it differs from
-the real Hub.
+See docs/imitations.md ("The Hub imitation (`sim.hub`)") for what it serves, its knobs, its faults and how it
+differs from the real Hub.
 """
 
 from .faults import Faults

@@ -329,14 +329,6 @@ def _random_stream(seed_material: bytes, length: int, chunk: int = 1 << 20) -> I
         counter += 1
 
 
-def parse_safetensors_header(path: Path) -> tuple[dict, int]:
-    """(header dict, data start offset) of a safetensors file; validates the basic structure."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    return header, 8 + n
-
-
 # ---------------------------------------------------------------------------------------------
 # Small files
 # ---------------------------------------------------------------------------------------------

@@ -18,13 +18,9 @@ from prefect_docker.host import DockerHost
 from pydantic import BaseModel
 
 from tasks.container import docker_client, managed_containers
-from tasks.inference import EXPECTED, contains_expected, visible_answer
+from tasks.inference import completion_request, contains_expected, visible_answer
 from tasks.memory import MemInfo, MemoryReadError, exec_meminfo
-
-#: The function layer's request: deterministic, the smoke test's question and token budget (the
-#: answer "12 * 17 = 204" needs about 10 tokens; about 2 s of decode on a Spark).
-PROMPT = "12*17="
-MAX_TOKENS = 16
+from tasks.vllm.api import auth_headers, lists_model
 
 
 class ContainerFacts(BaseModel):
@@ -81,8 +77,7 @@ def probe_endpoints(base_url: str, served_name: str, api_key: str | None, timeou
     decides from the container's age), not an error.
     """
     facts = EndpointFacts()
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    with httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s) as http:
+    with httpx.Client(base_url=base_url, headers=auth_headers(api_key), timeout=timeout_s) as http:
         try:
             started = time.perf_counter()
             facts.health_status = http.get("/health").status_code
@@ -91,23 +86,15 @@ def probe_endpoints(base_url: str, served_name: str, api_key: str | None, timeou
             return facts
         if facts.health_status != 200:
             return facts
-        try:
-            models = http.get("/v1/models")
-            facts.models_listed = models.status_code == 200 and any(
-                m.get("id") == served_name for m in models.json().get("data", [])
-            )
-        except (httpx.HTTPError, ValueError):
-            facts.models_listed = False
+        facts.models_listed = lists_model(http, served_name)
         try:
             started = time.perf_counter()
-            response = http.post(
-                "/v1/completions",
-                json={"model": served_name, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0},
-            )
+            # the deploy's smoke question, deterministic (greedy) and a few tokens long
+            response = http.post("/v1/completions", json=completion_request(served_name))
             facts.answer_latency_s = round(time.perf_counter() - started, 4)
             text = visible_answer(response.json()["choices"][0].get("text")) if response.status_code == 200 else ""
             facts.answer = text[:80]
-            facts.answer_ok = contains_expected(text, EXPECTED)
+            facts.answer_ok = contains_expected(text)
         except (httpx.HTTPError, ValueError, KeyError, IndexError):
             facts.answer_ok = False
         try:

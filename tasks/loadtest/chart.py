@@ -31,7 +31,9 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -50,7 +52,8 @@ PARTIAL_BLOCKS = "▏▎▍▌▋▊▉"
 MISSING = "—"
 NO_RESULTS = "(no results)"
 
-_LATENCIES: tuple[tuple[str, str, str, str], ...] = (
+LineStyle = Literal["-", "--", ":"]
+_LATENCIES: tuple[tuple[str, str, LineStyle, str], ...] = (
     # (row key, legend label, line style, marker)
     ("ttft_median_ms", "TTFT p50", "-", "o"),
     ("ttft_p99_ms", "TTFT p99", "--", "^"),
@@ -162,8 +165,9 @@ def text_chart(rows: Sequence[Row], width: int = 40) -> str:
 
     The numbers come first and the bar last: the Prefect UI draws block characters in a fallback
     font whose cells are wider than its ASCII ones (docs/ui.md), so anything after a bar would
-    drift; before it, labels and numbers stay aligned and every bar starts in the same column. The bars share one scale across all series
-    (the largest throughput in ``rows`` fills ``width`` cells), so series can be compared by eye.
+    drift; before it, labels and numbers stay aligned and every bar starts in the same column. The
+    bars share one scale across all series (the largest throughput in ``rows`` fills ``width``
+    cells), so series can be compared by eye.
     When rows carry more than one ``series``, each series gets a ``[name]`` header line, and a
     blank line separates the sections. A level without throughput (no successful request) shows no
     bar and ``failed``; a missing latency shows ``—``.
@@ -192,7 +196,7 @@ def text_chart(rows: Sequence[Row], width: int = 40) -> str:
 
     figures = [_figures(row, number_width) for row in rows]
     figures_width = max(len(f) for f in figures)
-    by_row = {id(row): text for row, text in zip(rows, figures)}
+    by_row = {id(row): text for row, text in zip(rows, figures, strict=True)}
 
     def line(row: Row) -> str:
         throughput = _value(row, "output_throughput")
@@ -281,55 +285,86 @@ def png_chart(rows: Sequence[Row], title: str) -> bytes:
     several = len(groups) > 1
     numeric = all(_concurrency(row) is not None for row in rows)
     categories = list(dict.fromkeys(_label(row) for row in rows))
-    colours = [f"C{i % 10}" for i in range(len(groups))]
     latencies: list[float] = []
-
-    for (name, members), colour in zip(groups, colours):
+    for index, (name, members) in enumerate(groups):
         if numeric:
             members = sorted(members, key=lambda row: _concurrency(row) or 0)
-            xs = [float(_concurrency(row) or 0) for row in members]
-        else:
-            xs = [float(categories.index(_label(row))) for row in members]
-        series_name = name if name is not None else ("(no series)" if several else "output throughput")
-        if all(_value(row, "output_throughput") is None for row in members):
-            series_name += " (failed)"
-        left.plot(
-            xs,
-            [_nan(_value(row, "output_throughput")) for row in members],
-            color=colour,
-            marker="o",
-            label=series_name,
-        )
-        for key, metric, style, marker in _LATENCIES:
-            values = [_value(row, key) for row in members]
-            latencies.extend(v for v in values if v is not None)
-            right.plot(
-                xs,
-                [_nan(v) for v in values],
-                color=colour,
-                linestyle=style,
-                marker=marker,
-                label=metric if not several else f"{series_name} {metric}",
-            )
-
+        xs = _x_values(members, numeric, categories)
+        latencies.extend(_plot_series(left, right, name, members, xs, f"C{index % 10}", several))
     for axes in (left, right):
-        axes.grid(True, which="major", alpha=0.4)
-        if numeric:
-            positions, labels = _concurrency_ticks([_concurrency(row) or 1 for row in rows])
-            axes.set_xscale("log", base=2)
-            axes.xaxis.set_major_locator(FixedLocator(positions))
-            axes.xaxis.set_major_formatter(FixedFormatter(labels))
-            axes.xaxis.set_minor_locator(NullLocator())
-            # Explicit limits: autoscaling has nothing to go on when one level or no data is drawn.
-            axes.set_xlim(positions[0] / 1.5, max(_concurrency(row) or 1 for row in rows) * 1.5)
-            axes.set_xlabel("concurrency (requests in flight, log\u2082)")
-        else:
-            axes.set_xticks(range(len(categories)), categories)
-            axes.tick_params(axis="x", labelrotation=20 if max(map(len, categories)) > 6 else 0)
-            axes.set_xlabel("level")
-            if len(categories) == 1:
-                axes.set_xlim(-0.5, 0.5)
+        _x_axis(axes, rows, numeric, categories)
+    _throughput_panel(left, right, rows)
+    _latency_panel(right, latencies, several)
+    return _png(figure)
 
+
+def _x_values(members: Sequence[Row], numeric: bool, categories: list[str]) -> list[float]:
+    """The x of each row of one series: its concurrency, or the index of its label's category."""
+    if numeric:
+        return [float(_concurrency(row) or 0) for row in members]
+    return [float(categories.index(_label(row))) for row in members]
+
+
+def _plot_series(
+    left: Axes,
+    right: Axes,
+    name: str | None,
+    members: Sequence[Row],
+    xs: list[float],
+    colour: str,
+    several: bool,
+) -> list[float]:
+    """Draw one series' throughput line (left) and latency lines (right); return its latencies.
+
+    The latencies come back so the caller can choose a log or linear y axis over all series.
+    """
+    series_name = name if name is not None else ("(no series)" if several else "output throughput")
+    if all(_value(row, "output_throughput") is None for row in members):
+        series_name += " (failed)"
+    left.plot(
+        xs,
+        [_nan(_value(row, "output_throughput")) for row in members],
+        color=colour,
+        marker="o",
+        label=series_name,
+    )
+    latencies: list[float] = []
+    for key, metric, style, marker in _LATENCIES:
+        values = [_value(row, key) for row in members]
+        latencies.extend(v for v in values if v is not None)
+        right.plot(
+            xs,
+            [_nan(v) for v in values],
+            color=colour,
+            linestyle=style,
+            marker=marker,
+            label=metric if not several else f"{series_name} {metric}",
+        )
+    return latencies
+
+
+def _x_axis(axes: Axes, rows: Sequence[Row], numeric: bool, categories: list[str]) -> None:
+    """Log-2 concurrency ticks when every row has a concurrency, else one category per label."""
+    axes.grid(True, which="major", alpha=0.4)
+    if numeric:
+        positions, labels = _concurrency_ticks([_concurrency(row) or 1 for row in rows])
+        axes.set_xscale("log", base=2)
+        axes.xaxis.set_major_locator(FixedLocator(positions))
+        axes.xaxis.set_major_formatter(FixedFormatter(labels))
+        axes.xaxis.set_minor_locator(NullLocator())
+        # Explicit limits: autoscaling has nothing to go on when one level or no data is drawn.
+        axes.set_xlim(positions[0] / 1.5, max(_concurrency(row) or 1 for row in rows) * 1.5)
+        axes.set_xlabel("concurrency (requests in flight, log\u2082)")
+    else:
+        axes.set_xticks(range(len(categories)), categories)
+        axes.tick_params(axis="x", labelrotation=20 if max(map(len, categories)) > 6 else 0)
+        axes.set_xlabel("level")
+        if len(categories) == 1:
+            axes.set_xlim(-0.5, 0.5)
+
+
+def _throughput_panel(left: Axes, right: Axes, rows: Sequence[Row]) -> None:
+    """Titles, legend and a y axis from zero; a note on both panels when no request succeeded."""
     if all(_value(row, "output_throughput") is None for row in rows):
         for axes in (left, right):
             axes.text(0.5, 0.5, "no successful request", transform=axes.transAxes, ha="center", va="center")
@@ -340,6 +375,9 @@ def png_chart(rows: Sequence[Row], title: str) -> bytes:
     left.set_ylabel("output throughput (tok/s)")
     left.legend(loc="best", fontsize="small")
 
+
+def _latency_panel(right: Axes, latencies: list[float], several: bool) -> None:
+    """Log y when the latencies span more than ``_LOG_Y_SPREAD``; a line-style key for several series."""
     right.set_title("latency")
     right.set_ylabel("latency (ms)")
     positive = [v for v in latencies if v > 0]
@@ -363,7 +401,6 @@ def png_chart(rows: Sequence[Row], title: str) -> bytes:
         right.legend(handles=handles, loc="best", fontsize="small")
     else:
         right.legend(loc="best", fontsize="small")
-    return _png(figure)
 
 
 def _png(figure: Figure) -> bytes:

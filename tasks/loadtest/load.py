@@ -28,6 +28,7 @@ from httpx_sse import aconnect_sse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.loadtest.metrics import RequestOutput, request_output
+from tasks.vllm.api import auth_headers
 
 #: Token ids the random prompts draw from: Qwen3's ordinary tokens (its special tokens start at 151643).
 PROMPT_TOKEN_RANGE: tuple[int, int] = (1000, 150000)
@@ -133,7 +134,7 @@ class Endpoint:
     api_key: str | None = None
 
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return auth_headers(self.api_key)
 
 
 def request_body(endpoint: Endpoint, prompt: list[int], workload: Workload) -> dict:
@@ -253,7 +254,9 @@ async def run_level(
         cpu0 = time.thread_time()
         start = time.perf_counter()
         tasks = []
-        for prompt, delay in zip(prompts, arrival_delays(len(prompts), request_rate, burstiness, workload.seed or 0)):
+        for prompt, delay in zip(
+            prompts, arrival_delays(len(prompts), request_rate, burstiness, workload.seed or 0), strict=True
+        ):
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(limited(prompt)))

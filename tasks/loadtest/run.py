@@ -27,6 +27,7 @@ from tasks.loadtest.metrics import DEFAULT_PERCENTILES, BenchmarkMetrics, Reques
 from tasks.loadtest.server import ServerSide, server_side, snapshots, token_disagreement
 from tasks.health.verdict import MetricsSnapshot, parse_metrics
 from tasks.report import artifact_key, fenced, markdown_table
+from tasks.vllm.api import auth_headers
 
 #: Artifact keys: the results table and the report with the chart (one of each per target).
 TABLE_KEY = "bench"
@@ -183,8 +184,7 @@ def _r(value: float | None, digits: int = 1) -> float | None:
 
 def read_metrics(base_url: str, api_key: str | None) -> MetricsSnapshot:
     """GET /metrics once (not guarded by the API key in vLLM; the key is sent anyway, harmless)."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    response = httpx.get(base_url.rstrip("/") + "/metrics", headers=headers, timeout=10)
+    response = httpx.get(base_url.rstrip("/") + "/metrics", headers=auth_headers(api_key), timeout=10)
     response.raise_for_status()
     return parse_metrics(response.text, time.time())
 

@@ -150,7 +150,7 @@ class RepoCache:
 
 def is_hf_orphan(name: str, etag: str) -> bool:
     m = HF_ORPHAN_RE.match(name)
-    return bool(m) and m.group("etag") == etag
+    return m is not None and m.group("etag") == etag
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -21,6 +21,8 @@ from .plan import is_trusted, needs_hash
 
 def observe(cache: RepoCache, f: RemoteFile, manifest: Manifest | None) -> BlobState:
     blob = cache.blob(f.etag)
+    size: int | None
+    mtime: int | None
     try:
         st = os.stat(blob)
         size, mtime = st.st_size, st.st_mtime_ns
@@ -38,7 +40,7 @@ def observe(cache: RepoCache, f: RemoteFile, manifest: Manifest | None) -> BlobS
     )
 
 
-def inspect_cache(
+def scan_cache(
     cache: RepoCache,
     listing: RepoListing,
     manifest: Manifest | None,
@@ -69,6 +71,7 @@ def inspect_cache(
                     if log:
                         algo, expected = f.check
                         log(
-                            f"{f.path}: blob {f.etag[:12]}… does not match its {algo} {expected[:12]}…; it will be fetched again"
+                            f"{f.path}: blob {f.etag[:12]}… does not match its {algo} {expected[:12]}…; "
+                            "it will be fetched again"
                         )
     return CacheState(blobs=states, hashed_files=len(to_hash), hashed_bytes=hashed_bytes, corrupt=sorted(corrupt))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
@@ -23,6 +24,9 @@ from .errors import (
     StagingError,
 )
 from .models import RemoteFile, RepoListing
+
+if TYPE_CHECKING:
+    from huggingface_hub.hf_api import RepoFile
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
@@ -186,6 +190,33 @@ def _map_hub_exception(exc: BaseException, **ctx) -> StagingError | None:
     return StagingError(f"Could not read {ctx['repo_id']} from {ctx['endpoint']}: {type(exc).__name__}")
 
 
+def _remote_files(entries: list[RepoFile], patterns: list[str] | None, where: str) -> list[RemoteFile]:
+    """The tree entries that match ``patterns``, sorted by path, with the checksum each one has.
+
+    An LFS file is named by its sha256 (its etag on the Hub); a regular file by its git blob sha1.
+    """
+    from huggingface_hub.utils import filter_repo_objects
+
+    selected = list(filter_repo_objects(entries, allow_patterns=patterns, key=lambda e: e.path))
+    files = [
+        RemoteFile(
+            path=e.path,
+            size=e.size,
+            etag=(e.lfs.sha256 if e.lfs is not None else e.blob_id),
+            lfs=e.lfs is not None,
+            sha256=e.lfs.sha256 if e.lfs is not None else None,
+            git_sha1=None if e.lfs is not None else e.blob_id,
+        )
+        for e in sorted(selected, key=lambda e: e.path)
+    ]
+    if not files:
+        raise StagingError(
+            f"No file of {where} matches allow_patterns={patterns}; the repo has "
+            f"{len(entries)} file(s): {', '.join(sorted(e.path for e in entries)[:10])}"
+        )
+    return files
+
+
 def resolve_from_hub(
     repo_id: str,
     revision: str,
@@ -206,7 +237,6 @@ def resolve_from_hub(
     """
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
-    from huggingface_hub.utils import filter_repo_objects
 
     api = HfApi(
         endpoint=endpoint,
@@ -244,23 +274,7 @@ def resolve_from_hub(
             time.sleep(delay)
 
     patterns = list(allow_patterns) if allow_patterns is not None else None
-    selected = list(filter_repo_objects(entries, allow_patterns=patterns, key=lambda e: e.path))
-    files = [
-        RemoteFile(
-            path=e.path,
-            size=e.size,
-            etag=(e.lfs.sha256 if e.lfs is not None else e.blob_id),
-            lfs=e.lfs is not None,
-            sha256=e.lfs.sha256 if e.lfs is not None else None,
-            git_sha1=None if e.lfs is not None else e.blob_id,
-        )
-        for e in sorted(selected, key=lambda e: e.path)
-    ]
-    if not files:
-        raise StagingError(
-            f"No file of {repo_id}@{revision} matches allow_patterns={patterns}; the repo has "
-            f"{len(entries)} file(s): {', '.join(sorted(e.path for e in entries)[:10])}"
-        )
+    files = _remote_files(entries, patterns, f"{repo_id}@{revision}")
     return RepoListing(
         repo_id=repo_id,
         revision=revision,

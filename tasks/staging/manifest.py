@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from filelock import FileLock
 from pydantic import BaseModel, Field, ValidationError
@@ -42,7 +42,7 @@ from pydantic import BaseModel, Field, ValidationError
 from .cache import RepoCache, atomic_write
 from .models import RemoteFile, RepoListing
 
-FORMAT = "spark-vllm/staging-manifest"
+FORMAT: Final = "spark-vllm/staging-manifest"
 
 
 class ManifestFile(BaseModel):

@@ -88,18 +88,22 @@ def make_plan(files: Iterable[RemoteFile], states: Mapping[str, BlobState]) -> S
     return StagePlan(files=[plan_file(f, states[f.path]) for f in files])
 
 
-def summarize(plan: StagePlan) -> str:
+def summarize_plan(plan: StagePlan) -> str:
     reuse = [p for p in plan.files if p.action == "reuse"]
     resume = [p for p in plan.files if p.action == "resume"]
     download = [p for p in plan.files if p.action == "download"]
     return (
-        f"plan: {len(reuse)} reuse ({human_bytes(sum(p.size for p in reuse))}), "
-        f"{len(resume)} resume ({human_bytes(sum(p.offset for p in resume))} already here), "
-        f"{len(download)} download; {human_bytes(plan.bytes_needed)} to fetch"
+        f"plan: {len(reuse)} reuse ({binary_size(sum(p.size for p in reuse))}), "
+        f"{len(resume)} resume ({binary_size(sum(p.offset for p in resume))} already here), "
+        f"{len(download)} download; {binary_size(plan.bytes_needed)} to fetch"
     )
 
 
-def human_bytes(n: float) -> str:
+def binary_size(n: float) -> str:
+    """Bytes in binary units (1.5 GiB), as the staging logs and report print them.
+
+    tasks/prune.py's ``human_bytes`` prints decimal units instead, as docker does.
+    """
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from .errors import DiskSpaceError
-from .plan import human_bytes
+from .plan import binary_size
 
 MARGIN_FRACTION = 0.01  # of the bytes still needed
 MARGIN_MIN = 64 * 1024 * 1024  # filesystem overhead, the manifest, a concurrent writer's slack
@@ -48,17 +48,17 @@ def check_space(needed: int, free: int, where: Path, margin: int) -> None:
         return
     short = required - free
     raise DiskSpaceError(
-        f"Not enough disk space for staging in {where}: {human_bytes(required)} required "
+        f"Not enough disk space for staging in {where}: {binary_size(required)} required "
         f"({needed} bytes still to download + {margin} bytes margin = {required} bytes) but only "
-        f"{human_bytes(free)} ({free} bytes) free on that filesystem. Nothing was downloaded. "
-        f"Free at least {human_bytes(short)} (e.g. `hf cache ls --cache-dir {where}` then `hf cache rm ...` "
+        f"{binary_size(free)} ({free} bytes) free on that filesystem. Nothing was downloaded. "
+        f"Free at least {binary_size(short)} (e.g. `hf cache ls --cache-dir {where}` then `hf cache rm ...` "
         f"for models no longer served) or set cache_dir to a larger disk.",
         needed=required,
         free=free,
     )
 
 
-def preflight(needed: int, cache_dir: Path) -> tuple[int, int]:
+def require_free_space(needed: int, cache_dir: Path) -> tuple[int, int]:
     """Check the real filesystem; returns (required incl. margin, free)."""
     margin = margin_for(needed)
     free = free_bytes(cache_dir)

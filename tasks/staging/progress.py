@@ -17,7 +17,7 @@ from typing import Any
 from tasks.report import ProgressArtifact, in_prefect_run
 
 from .models import FileOutcome
-from .plan import human_bytes
+from .plan import binary_size
 
 
 def describe_outcome(o: FileOutcome) -> str:
@@ -33,15 +33,15 @@ def describe_outcome(o: FileOutcome) -> str:
         extra.append(f"{o.restarts} restart(s)")
     tail = f" ({', '.join(extra)})" if extra else ""
     if o.result == "reused":
-        return f"{o.path}: reused {human_bytes(o.size)} already in the cache"
+        return f"{o.path}: reused {binary_size(o.size)} already in the cache"
     if o.result == "waited":
-        return f"{o.path}: written by another staging run meanwhile; verified and reused {human_bytes(o.size)}"
+        return f"{o.path}: written by another staging run meanwhile; verified and reused {binary_size(o.size)}"
     if o.result == "resumed":
         return (
-            f"{o.path}: resumed at {human_bytes(o.bytes_resumed)}, downloaded {human_bytes(o.bytes_downloaded)}"
+            f"{o.path}: resumed at {binary_size(o.bytes_resumed)}, downloaded {binary_size(o.bytes_downloaded)}"
             f" in {o.duration_s:.1f}s{rate}, sha256 ok{tail}"
         )
-    return f"{o.path}: downloaded {human_bytes(o.bytes_downloaded)} in {o.duration_s:.1f}s{rate}, sha256 ok{tail}"
+    return f"{o.path}: downloaded {binary_size(o.bytes_downloaded)} in {o.duration_s:.1f}s{rate}, sha256 ok{tail}"
 
 
 class Progress:
@@ -119,7 +119,7 @@ class Progress:
     def _text(self) -> str:
         with self._lock:
             done = self.done
-        return f"{self.description}: {human_bytes(done)} of {human_bytes(self.total)}"
+        return f"{self.description}: {binary_size(done)} of {binary_size(self.total)}"
 
     def _push(self) -> None:
         if self._artifact is not None and self._artifact.update(self.percent(), self._text()):

@@ -21,13 +21,13 @@ from pydantic import SecretStr
 from tasks.report import artifact_key, in_prefect_run, markdown_table, publish_report
 
 from .cache import RepoCache
-from .check import inspect_cache as _inspect
+from .check import scan_cache
 from .errors import HubUnreachableError, OfflineCacheError
 from .hub import resolve_from_hub
 from .manifest import ManifestFile, load_manifest, manifest_path, save_manifest
 from .models import CacheState, FileOutcome, RepoListing, StagePlan, StageResult, TransferReport
-from .plan import human_bytes, make_plan, summarize
-from .preflight import preflight
+from .plan import binary_size, make_plan, summarize_plan
+from .preflight import require_free_space
 from .progress import Progress
 from .transfer import TransferConfig, run_transfers
 
@@ -92,7 +92,8 @@ def resolve_repo(
     if offline:
         listing = listing_from_manifest(cache, repo_id, revision, allow_patterns, endpoint, "Offline mode")
         log.info(
-            f"offline: {repo_id}@{revision} is commit {listing.commit} per the cache's manifest ({len(listing.files)} files)"
+            f"offline: {repo_id}@{revision} is commit {listing.commit} per the cache's manifest "
+            f"({len(listing.files)} files)"
         )
         return listing
     try:
@@ -115,7 +116,8 @@ def resolve_repo(
         log.warning(f"{exc} Using the manifest of the last verified staging instead (commit {listing.commit}).")
         return listing
     log.info(
-        f"{repo_id}@{revision} is commit {listing.commit}: {len(listing.files)} files, {human_bytes(listing.total_bytes)}"
+        f"{repo_id}@{revision} is commit {listing.commit}: {len(listing.files)} files, "
+        f"{binary_size(listing.total_bytes)}"
     )
     return listing
 
@@ -127,11 +129,11 @@ def inspect_cache(listing: RepoListing, cache_dir: str, verify: bool, workers: i
     cache = RepoCache(Path(cache_dir), listing.repo_id)
     manifest = load_manifest(cache, listing.commit)
     t0 = time.monotonic()
-    state = _inspect(cache, listing, manifest, verify=verify, workers=workers, log=log.warning)
+    state = scan_cache(cache, listing, manifest, verify=verify, workers=workers, log=log.warning)
     if state.hashed_files:
         dt = time.monotonic() - t0
         log.info(
-            f"hashed {state.hashed_files} blob(s), {human_bytes(state.hashed_bytes)} in {dt:.1f}s; "
+            f"hashed {state.hashed_files} blob(s), {binary_size(state.hashed_bytes)} in {dt:.1f}s; "
             f"{len(state.corrupt)} wrong"
         )
     return state
@@ -144,8 +146,8 @@ def plan_staging(listing: RepoListing, state: CacheState) -> StagePlan:
     plan = make_plan(listing.files, state.blobs)
     for p in plan.files:
         if p.action != "reuse":
-            log.info(f"{p.action:8s} {p.path} ({human_bytes(p.size)}): {p.reason}")
-    log.info(summarize(plan))
+            log.info(f"{p.action:8s} {p.path} ({binary_size(p.size)}): {p.reason}")
+    log.info(summarize_plan(plan))
     bad = [p for p in plan.files if p.action != "reuse"]
     if listing.source == "manifest" and bad:
         names = ", ".join(p.path for p in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
@@ -164,8 +166,8 @@ def check_disk_space(plan: StagePlan, cache_dir: str) -> dict:
     needed = plan.bytes_needed
     if needed <= 0:
         return {"needed": 0, "free": None}
-    required, free = preflight(needed, Path(cache_dir))
-    log.info(f"disk: {human_bytes(required)} needed (incl. margin), {human_bytes(free)} free in {cache_dir}")
+    required, free = require_free_space(needed, Path(cache_dir))
+    log.info(f"disk: {binary_size(required)} needed (incl. margin), {binary_size(free)} free in {cache_dir}")
     return {"needed": required, "free": free}
 
 
@@ -218,8 +220,8 @@ def transfer_files(
     report = TransferReport(outcomes=outcomes, duration_s=dt)
     if report.bytes_downloaded:
         log.info(
-            f"transferred {human_bytes(report.bytes_downloaded)} in {dt:.1f}s "
-            f"({report.bytes_downloaded / max(dt, 1e-9) / 1e6:.1f} MB/s), resumed {human_bytes(report.bytes_resumed)}"
+            f"transferred {binary_size(report.bytes_downloaded)} in {dt:.1f}s "
+            f"({report.bytes_downloaded / max(dt, 1e-9) / 1e6:.1f} MB/s), resumed {binary_size(report.bytes_resumed)}"
         )
     return report
 
@@ -272,8 +274,7 @@ def write_manifest(listing: RepoListing, state: CacheState, report: TransferRepo
     return str(save_manifest(cache, listing, entries))
 
 
-@task(name="report-staging", cache_policy=NO_CACHE)
-def report_staging(
+def _stage_result(
     listing: RepoListing,
     plan: StagePlan,
     state: CacheState,
@@ -281,19 +282,16 @@ def report_staging(
     snapshot_path: str,
     manifest: str,
     cache_dir: str,
-    started: float,
+    duration: float,
     verify: bool,
-    artifact: bool = True,
 ) -> StageResult:
-    """The result, and a markdown artifact an operator reads in the UI."""
+    """Count what the run did per file and per byte: the numbers the flow returns and reports."""
     outcomes = report.outcomes
     downloaded = [o for o in outcomes if o.result == "downloaded"]
     resumed = [o for o in outcomes if o.result == "resumed"]
     reused_bytes = sum(p.size for p in plan.files if p.action == "reuse") + sum(o.bytes_reused for o in outcomes)
     repaired = len({o.path for o in outcomes if o.result in ("downloaded", "resumed")} & set(state.corrupt))
-    duration = time.monotonic() - started
-    thr = report.bytes_downloaded / report.duration_s if report.duration_s > 0 and report.bytes_downloaded else 0.0
-    result = StageResult(
+    return StageResult(
         repo_id=listing.repo_id,
         revision=listing.revision,
         commit=listing.commit,
@@ -314,47 +312,82 @@ def report_staging(
         restarts=sum(o.restarts for o in outcomes),
         duration_s=round(duration, 3),
         transfer_s=round(report.duration_s, 3),
-        throughput_bytes_per_s=round(thr, 1),
+        throughput_bytes_per_s=round(_throughput(report), 1),
         manifest_path=manifest,
         verified=verify,
     )
-    log = _logger()
-    log.info(
+
+
+def _throughput(report: TransferReport) -> float:
+    """Bytes per second over the transfer's own time; 0 when nothing was downloaded."""
+    if report.duration_s > 0 and report.bytes_downloaded:
+        return report.bytes_downloaded / report.duration_s
+    return 0.0
+
+
+def _summary_rows(result: StageResult, listing: RepoListing, report: TransferReport, duration: float) -> dict[str, str]:
+    """The artifact's summary table: one row per figure of the result, bytes both human and exact."""
+    thr = _throughput(report)
+    return {
+        "repo": f"`{listing.repo_id}`",
+        "revision": f"`{listing.revision}` = `{listing.commit}`",
+        "source": listing.source,
+        "snapshot": f"`{result.snapshot_path}`",
+        "files": f"{result.files_total} ({result.files_downloaded} downloaded, {result.files_resumed} resumed, "
+        f"{result.files_reused} reused, {result.files_repaired} repaired)",
+        "bytes downloaded": f"{binary_size(result.bytes_downloaded)} ({result.bytes_downloaded})",
+        "bytes resumed": f"{binary_size(result.bytes_resumed)} ({result.bytes_resumed})",
+        "bytes reused": f"{binary_size(result.bytes_reused)} ({result.bytes_reused})",
+        "bytes re-hashed": binary_size(result.bytes_hashed),
+        "throughput": f"{thr / 1e6:.1f} MB/s over {report.duration_s:.1f}s" if thr else "no transfer",
+        "retries / restarts": f"{result.retries} / {result.restarts}",
+        "duration": f"{duration:.2f}s",
+        "manifest": f"`{result.manifest_path}`",
+    }
+
+
+def _file_rows(plan: StagePlan, state: CacheState, report: TransferReport) -> list[tuple[str, str, str]]:
+    """The artifact's file table: what happened to each file (the transfer's outcome, else the plan)."""
+    by_path = {o.path: o for o in report.outcomes}
+    files = []
+    for p in plan.files:
+        o = by_path.get(p.path)
+        act: str = o.result if o else p.action
+        if o and o.adopted:
+            act += " (huggingface_hub partial adopted)"
+        if p.path in state.corrupt:
+            act += " (was corrupt)"
+        files.append((f"`{p.path}`", binary_size(p.size), act))
+    return files
+
+
+@task(name="report-staging", cache_policy=NO_CACHE)
+def report_staging(
+    listing: RepoListing,
+    plan: StagePlan,
+    state: CacheState,
+    report: TransferReport,
+    snapshot_path: str,
+    manifest: str,
+    cache_dir: str,
+    started: float,
+    verify: bool,
+    artifact: bool = True,
+) -> StageResult:
+    """The result, and a markdown artifact an operator reads in the UI."""
+    duration = time.monotonic() - started
+    result = _stage_result(listing, plan, state, report, snapshot_path, manifest, cache_dir, duration, verify)
+    _logger().info(
         f"staged {listing.repo_id}@{listing.commit[:12]} from {listing.source}: {result.files_total} files, "
-        f"{human_bytes(result.bytes_downloaded)} downloaded, {human_bytes(result.bytes_resumed)} resumed, "
-        f"{human_bytes(result.bytes_reused)} reused in {duration:.2f}s"
+        f"{binary_size(result.bytes_downloaded)} downloaded, {binary_size(result.bytes_resumed)} resumed, "
+        f"{binary_size(result.bytes_reused)} reused in {duration:.2f}s"
     )
     if artifact and in_prefect_run():
-        rows = {
-            "repo": f"`{listing.repo_id}`",
-            "revision": f"`{listing.revision}` = `{listing.commit}`",
-            "source": listing.source,
-            "snapshot": f"`{snapshot_path}`",
-            "files": f"{result.files_total} ({result.files_downloaded} downloaded, {result.files_resumed} resumed, "
-            f"{result.files_reused} reused, {result.files_repaired} repaired)",
-            "bytes downloaded": f"{human_bytes(result.bytes_downloaded)} ({result.bytes_downloaded})",
-            "bytes resumed": f"{human_bytes(result.bytes_resumed)} ({result.bytes_resumed})",
-            "bytes reused": f"{human_bytes(result.bytes_reused)} ({result.bytes_reused})",
-            "bytes re-hashed": human_bytes(result.bytes_hashed),
-            "throughput": f"{thr / 1e6:.1f} MB/s over {report.duration_s:.1f}s" if thr else "no transfer",
-            "retries / restarts": f"{result.retries} / {result.restarts}",
-            "duration": f"{duration:.2f}s",
-            "manifest": f"`{manifest}`",
-        }
-        by_path = {o.path: o for o in outcomes}
-        files = []
-        for p in plan.files:
-            o = by_path.get(p.path)
-            act = o.result if o else p.action
-            if o and o.adopted:
-                act += " (huggingface_hub partial adopted)"
-            if p.path in state.corrupt:
-                act += " (was corrupt)"
-            files.append((f"`{p.path}`", human_bytes(p.size), act))
+        files = _file_rows(plan, state, report)
         publish_report(
             artifact_key("staging", listing.repo_id),
             f"Staged {listing.repo_id}",
-            rows,
+            _summary_rows(result, listing, report, duration),
             {"Files": markdown_table(("file", "size", "action"), files, align=("left", "right", "left"))},
             description=f"Model staging of {listing.repo_id}@{listing.commit[:12]}",
         )

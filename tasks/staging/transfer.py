@@ -43,7 +43,7 @@ from .cache import FILE_MODE, Hashers, RepoCache, feed_file, hash_blob, is_hf_or
 from .errors import IntegrityError, StagingError, TransferError
 from .hub import access_error, classify_response
 from .models import FileOutcome, FilePlan, RemoteFile
-from .plan import choose_partial, human_bytes
+from .plan import binary_size, choose_partial
 from .progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -390,7 +390,7 @@ def fetch_file(
         if name is not None and name != cache.incomplete(f.etag).name:
             os.replace(cache.blobs / name, cache.incomplete(f.etag))
             adopted = is_hf_orphan(name, f.etag)
-            log.info(f"{f.path}: adopting {human_bytes(offset)} left by huggingface_hub in {name}")
+            log.info(f"{f.path}: adopting {binary_size(offset)} left by huggingface_hub in {name}")
         stale = [cache.blobs / n for n in partials if n != name and n != cache.incomplete(f.etag).name]
         if name is None and cache.incomplete(f.etag).name in partials:
             stale.append(cache.incomplete(f.etag))  # empty or longer than the file
@@ -452,7 +452,7 @@ def _run(job: _Job, client: httpx.Client, adopted: bool, started: float, sleep: 
                 ) from None
             delay = backoff_delay(stalled, cfg.backoff_base, cfg.backoff_max, t.retry_after, cfg.retry_after_max)
             job.log.warning(
-                f"{f.path}: {t.what} at {human_bytes(job.offset)} of {human_bytes(f.size)}; "
+                f"{f.path}: {t.what} at {binary_size(job.offset)} of {binary_size(f.size)}; "
                 f"retrying from there in {delay:.1f}s (attempt {stalled}/{cfg.max_stalled_attempts})"
             )
             job.close()

@@ -1,9 +1,9 @@
 """vLLM's container log, understood: lines, startup milestones, phases and numbers.
 
 Pure functions and small pure classes only (no Prefect, no I/O), so the deploy/recover flows
-can feed them line by line and the unit tests can feed them the texts in
-`../shared/notes/vllm.md` (vLLM 0.10.1.1, the version in `nvcr.io/nvidia/vllm:25.09-py3`; later
-forms noted where they differ).
+can feed them line by line and the unit tests can feed them sample logs (tests/data/logs/).
+Each pattern cites the vLLM file and line that prints its text, in vLLM 0.10.1.1 (the version in
+`nvcr.io/nvidia/vllm:25.09-py3`; read from its wheel); later forms are noted where they differ.
 
     tracker = StartupTracker()
     for line in lines:                      # e.g. LineSplitter().feed(chunk) from docker logs
@@ -22,7 +22,7 @@ import ast
 import re
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -216,6 +216,7 @@ def _int(text: str) -> int:
     return int(text.replace(",", ""))
 
 
+# PyTorch's, not vLLM's: torch/cuda/__init__.py `_check_capability` (GB10 is 12.1, the wheel's maximum 12.0).
 _COSMETIC = [
     re.compile(r"Found GPU\d+ .*which is of cuda capability \d+\.\d+"),
     re.compile(r"[Mm]aximum cuda capability supported is \d+\.\d+"),
@@ -231,55 +232,81 @@ def is_cosmetic(line: str) -> bool:
     return any(p.search(text) for p in _COSMETIC)
 
 
+# Sources below: vLLM 0.10.1.1, file:line of the logger call.
 _SIMPLE: list[tuple[EventKind, re.Pattern[str], tuple[str, ...]]] = [
+    # vllm/platforms/__init__.py:241
     (EventKind.PLATFORM, re.compile(r"Automatically detected platform (\w+)"), ("platform",)),
+    # vllm/entrypoints/openai/api_server.py:1805 (0.31: `vLLM server version %s, serving model %s`)
     (EventKind.VERSION, re.compile(r"vLLM (?:API )?server version (\S+)"), ("version",)),
+    # vllm/config/__init__.py:711
     (EventKind.ARCHITECTURE, re.compile(r"Resolved architecture: (\S+)"), ("architecture",)),
+    # vllm/config/__init__.py:1750
     (EventKind.MAX_MODEL_LEN, re.compile(r"Using max model len (\d+)"), ("max_model_len",)),
+    # vllm/config/scheduler.py:222
     (
         EventKind.CHUNKED_PREFILL,
         re.compile(r"Chunked prefill is enabled with max_num_batched_tokens=(\d+)"),
         ("max_num_batched_tokens",),
     ),
+    # vllm/v1/worker/gpu_model_runner.py:1953
     (EventKind.LOAD_START, re.compile(r"Starting to load model (\S+?)(?:\.\.\.)?$"), ("model",)),
+    # vllm/model_executor/model_loader/weight_utils.py:296
     (EventKind.WEIGHTS_FORMAT, re.compile(r"Using model weights format (\[.*\])"), ("weights_format",)),
+    # vllm/model_executor/model_loader/default_loader.py:262
     (EventKind.WEIGHTS_LOADED, re.compile(rf"Loading weights took {_NUM} seconds"), ("weights_load_seconds",)),
+    # vllm/v1/worker/gpu_model_runner.py:2007
     (
         EventKind.MODEL_LOADED,
         re.compile(rf"Model loading took {_NUM} GiB(?: memory)? and {_NUM} seconds"),
         ("model_gib", "model_load_seconds"),
     ),
+    # vllm/compilation/monitor.py:34 (0.31: `torch.compile took`, not matched)
     (EventKind.COMPILE_DONE, re.compile(rf"torch\.compile takes {_NUM} s in total"), ("compile_seconds",)),
+    # vllm/compilation/backends.py:559
     (EventKind.COMPILE_PROGRESS, re.compile(rf"Dynamo bytecode transform time: {_NUM} s"), ("dynamo_seconds",)),
+    # vllm/compilation/backends.py:215
     (
         EventKind.COMPILE_PROGRESS,
         re.compile(rf"Compiling a graph for dynamic shape takes {_NUM} s"),
         ("graph_compile_seconds",),
     ),
+    # vllm/compilation/backends.py:161 and :165
     (EventKind.COMPILE_PROGRESS, re.compile(r"Directly load the compiled graph"), ()),
+    # vllm/compilation/backends.py:548 (`Using cache directory: %s for vLLM's torch.compile`)
     (EventKind.COMPILE_PROGRESS, re.compile(r"for vLLM's torch\.compile"), ()),
+    # vllm/v1/worker/gpu_worker.py:276
     (EventKind.KV_CACHE_MEMORY, re.compile(rf"Available KV cache memory: {_NUM} GiB"), ("kv_cache_gib",)),
+    # vllm/v1/worker/gpu_model_runner.py:2708
     (
         EventKind.GRAPH_CAPTURED,
         re.compile(rf"Graph capturing finished in {_NUM} secs?, took (-?\d+(?:\.\d+)?) GiB"),
         ("graph_capture_seconds", "graph_gib"),
     ),
+    # vllm/v1/engine/core.py:214 (0.31 adds `(compilation: %.2f s)` and says `s`, not matched)
     (
         EventKind.ENGINE_READY,
         re.compile(rf"init engine \(profile, create kv cache, warmup model\) took {_NUM} seconds"),
         ("init_engine_seconds",),
     ),
+    # vllm/entrypoints/openai/api_server.py:1880 (0.24+: `Starting vLLM server on %s`)
     (EventKind.API_SERVER_START, re.compile(r"Starting vLLM (?:API )?server(?: \d+)? on (\S+)"), ("url",)),
+    # uvicorn's, not vLLM's: uvicorn/server.py (`Started server process [%d]`), then uvicorn/lifespan/on.py
     (EventKind.SERVER_PROCESS, re.compile(r"Started server process \[(\d+)\]"), ("server_pid",)),
     (EventKind.WAITING_STARTUP, re.compile(r"Waiting for application startup\."), ()),
     (EventKind.APP_STARTUP_COMPLETE, re.compile(r"Application startup complete\."), ()),
 ]
+# vllm/v1/engine/core.py:74
 _ENGINE_INIT = re.compile(r"Initializing a V1 LLM engine \(v?([^)]+)\) with config: (.*)$")
+# vllm/entrypoints/utils.py:326
 _NON_DEFAULT_ARGS = re.compile(r"non-default args: (\{.*\})\s*$")
+# tqdm, desc set at vllm/model_executor/model_loader/weight_utils.py:469 (printed without vLLM's header)
 _SHARDS = re.compile(r"Loading safetensors checkpoint shards:\s*(\d+)% Completed \| (\d+)/(\d+)")
+# tqdm, desc set at vllm/v1/worker/gpu_model_runner.py:2723 (`Capturing CUDA graphs (mixed prefill-decode, ...)`)
 _GRAPH_PROGRESS = re.compile(r"Capturing CUDA graph[^:]*:\s*(\d+)%.*?\| ?(\d+)/(\d+)")
+# vllm/v1/core/kv_cache_utils.py:849 (`GPU KV cache size: %s tokens`) and :853 (0.33 joins both on one line)
 _KV_TOKENS = re.compile(rf"KV cache size: {_INT_SEP} tokens")
 _CONCURRENCY = re.compile(rf"Maximum concurrency for {_INT_SEP} tokens per request: {_NUM}x", re.IGNORECASE)
+# vllm/v1/metrics/loggers.py:123 (`Engine %03d: Avg prompt throughput: ...`)
 _ENGINE_STATS = re.compile(r"Engine (\d+): Avg prompt throughput: ")
 _STATS_FIELDS = {
     "prompt_throughput": re.compile(rf"Avg prompt throughput: {_NUM} tokens/s"),
@@ -384,7 +411,7 @@ def parse_line(line: str) -> LogEvent | None:
     for kind, pattern, names in _SIMPLE:
         if match := pattern.search(message):
             values = {}
-            for name, raw in zip(names, match.groups()):
+            for name, raw in zip(names, match.groups(), strict=True):
                 values[name] = raw if name in _TEXT_VALUES else _number(raw)
             return event(kind, **values)
     if (
@@ -435,9 +462,6 @@ class StartupStats:
             for name, value in values.items():
                 if name in _STATS_FIELD_NAMES:
                     setattr(self, name, value)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 _STATS_FIELD_NAMES = {f for f in StartupStats.__dataclass_fields__ if f != "ready"}

@@ -20,6 +20,7 @@ from prefect import flow
 from deployments.targets import SIM_IMAGE
 from sim.image import CONTENT_LABEL, sim_content_hash
 from sim.ports import free_port
+from tests.integration.conftest import SESSION_PREFIX, TEST_LABELS
 
 from . import pg_cluster, rig
 
@@ -113,8 +114,8 @@ def _serve_and_reach(client: docker.DockerClient, network: str) -> None:
     container = client.containers.run(
         SIM_IMAGE,
         ["python3", "-m", "http.server", "8000"],
-        name=f"{rig.SESSION_PREFIX}{uuid.uuid4().hex[:6]}",
-        labels=rig.TEST_LABELS,
+        name=f"{SESSION_PREFIX}{uuid.uuid4().hex[:6]}",
+        labels=TEST_LABELS,
         ports={"8000/tcp": ("127.0.0.1", port)},
         detach=True,
     )

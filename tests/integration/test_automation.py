@@ -4,7 +4,7 @@ a server that dies -> docker restarts it -> the restart fails on the page cache 
 the deployment trigger of recover-vllm/sim runs it -> recovery drops the page cache -> healthy.
 
 The target is named sim-...: the trigger of recover-vllm/sim in prefect.yaml matches the resources
-vllm.service.sim* and takes the target from the event's resource id.
+vllm.service.sim* and takes the target from the event's payload.
 """
 
 from __future__ import annotations

@@ -64,8 +64,8 @@ def test_truncated_shard_fails_the_load(hf_cache: FakeCache, ledger_dir: Path) -
     assert "Loading safetensors checkpoint shards:  43% Completed | 3/7" in out
     assert "Loading safetensors checkpoint shards:  57% Completed" not in out
     assert (
-        "safetensors_rust.SafetensorError: Error while deserializing header: incomplete metadata, file not fully covered"
-        in out
+        "safetensors_rust.SafetensorError: Error while deserializing header: incomplete metadata, file not fully "
+        "covered" in out
     )
     assert out.rstrip().endswith(ENGINE_FAILED)
 
@@ -138,15 +138,15 @@ def test_lower_utilization_starts_with_a_smaller_cache(hf_cache: FakeCache, ledg
     )
     server.wait_ready()
     assert server.stop() == 0
-    line = next(l for l in server.output.splitlines() if "GPU KV cache size:" in l)
+    line = next(ln for ln in server.output.splitlines() if "GPU KV cache size:" in ln)
     assert int(line.split("size: ")[1].split(" ")[0].replace(",", "")) < 271_360
 
 
 def test_cuda_oom_fault(hf_cache: FakeCache, ledger_dir: Path) -> None:
     out = failed_start(hf_cache, ledger_dir, env_extra={"VLLM_SIM_FAULT_CUDA_OOM": "1"})
     assert (
-        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 768.00 MiB. GPU 0 has a total capacity of 119.70 GiB"
-        in out
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 768.00 MiB. GPU 0 has a total capacity of "
+        "119.70 GiB" in out
     )
 
 

@@ -74,11 +74,11 @@ def test_startup_log_has_vllm_lines_in_order(runbook_server: SimServer) -> None:
         "INFO:     Application startup complete.",
     ]
     positions = [out.find(s) for s in order]
-    assert all(p >= 0 for p in positions), [s for s, p in zip(order, positions) if p < 0]
+    assert all(p >= 0 for p in positions), [s for s, p in zip(order, positions, strict=True) if p < 0]
     assert positions == sorted(positions)
     pid = runbook_server.proc.pid
     assert f"(APIServer pid={pid}) INFO " in out and "(EngineCore_0 pid=" in out
-    assert "(APIServer pid=" not in [l for l in out.splitlines() if "Loading safetensors" in l][0]
+    assert "(APIServer pid=" not in [ln for ln in out.splitlines() if "Loading safetensors" in ln][0]
 
 
 # --- endpoints ----------------------------------------------------------------

@@ -80,7 +80,7 @@ def assert_cache_is_what_hf_expects(hub, cache: Path, repo: str = REPO) -> None:
     commit = hub.commit(repo)
     snap = snapshot_download(repo, cache_dir=str(cache), local_files_only=True)
     assert Path(snap).name == commit
-    for path, size, etag, _lfs in hub.files(repo):
+    for path, _size, _etag, _lfs in hub.files(repo):
         served = hub.local_path(repo, path).read_bytes()
         assert (Path(snap) / path).read_bytes() == served, path
         assert os.path.islink(Path(snap) / path) and not os.path.isabs(os.readlink(Path(snap) / path))

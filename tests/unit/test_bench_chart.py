@@ -139,7 +139,7 @@ def test_labels_are_aligned_so_every_bar_starts_in_the_same_column() -> None:
     longest = max(len(str(row["label"])) for row in SWEEP)
     starts = {BAR.search(line).start() for line in lines if BAR.search(line)}
     assert len(starts) == 1  # every bar starts in the same column, after the numbers
-    for line, row in zip(lines, SWEEP):
+    for line, row in zip(lines, SWEEP, strict=True):
         assert line.startswith(str(row["label"]).ljust(longest) + "  ")
     # the numbers come before the bars (the UI's block glyphs are wider than its ASCII ones) and line up
     assert len({line.index("tok/s") for line in lines if "tok/s" in line}) == 1

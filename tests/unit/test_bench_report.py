@@ -1,8 +1,9 @@
 """bench/report.py: each bench script owns one section of docs/benchmarks.md."""
 
+import re
 from pathlib import Path
 
-from bench.report import machine_line, write_section
+from bench.report import BENCHMARKS, machine_line, write_section
 
 
 def test_a_section_is_replaced_and_the_others_kept(tmp_path: Path) -> None:
@@ -86,3 +87,27 @@ def test_the_health_bench_combines_its_parts_by_its_stated_formulas() -> None:
         at_interval(0, 1)
     with pytest.raises(ValueError):
         probe_anchor(30, 0)
+
+
+def _slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_the_summary_table_opens_the_doc_and_dates_each_row_as_its_section() -> None:
+    """A bench script rewrites only its section: a row left with an older date is a stale figure."""
+    text = BENCHMARKS.read_text()
+    head, _, rest = text.partition("\n## ")
+    tables = re.findall(r"^\| figure \|.*$", head, re.M)
+    assert len(tables) == 1, "docs/benchmarks.md opens with one table (figure, anchor, goal, measurement, date)"
+    sections = dict(
+        (_slug(heading), body) for heading, _, body in (s.partition("\n") for s in re.split(r"^## ", rest, flags=re.M))
+    )
+    rows = [line for line in head.splitlines() if line.startswith("| [")]
+    assert rows
+    for row in rows:
+        anchor = re.search(r"\]\(#([\w-]+)\)", row)[1]
+        date = row.rstrip(" |").rsplit("|", 1)[1].strip()
+        assert anchor in sections, f"{row[:60]}: no section #{anchor}"
+        measured = re.search(r"\d{4}-\d\d-\d\d", sections[anchor])[0]
+        assert date == measured, f"{row[:60]}: dated {date}, its section was measured {measured}"

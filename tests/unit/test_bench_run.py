@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from blocks.bench_gate import BenchGate
 from sim.vllm.vllm_sim.metrics import VllmMetrics
+from tasks.health.verdict import MetricsSnapshot, parse_metrics
 from tasks.loadtest.chart import text_chart
 from tasks.loadtest.load import LevelRun, Workload
 from tasks.loadtest.metrics import BenchmarkMetrics, RequestOutput, SLOs, calculate_metrics
@@ -28,7 +29,6 @@ from tasks.loadtest.run import (
     sweep_levels,
 )
 from tasks.loadtest.server import ServerSide, server_side, snapshots, token_disagreement
-from tasks.health.verdict import MetricsSnapshot, parse_metrics
 from tasks.report import fenced
 
 MODEL = "Qwen/Qwen3-32B-FP8"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from blocks.engine import PRESETS, EngineSpec, format_utilization
+from blocks.engine import ENGINE_FLAGS, MANAGED_FLAGS, PRESETS, EngineSpec, format_utilization
 from blocks.render import compose_yaml
 from blocks.target import TargetMachine
 
@@ -153,6 +153,29 @@ def test_no_api_key_ever_in_the_command():
         EngineSpec(extra_args=["--api-key", "sk-123"])
     with pytest.raises(ValidationError, match="api_key_secret"):
         EngineSpec(extra_args=["--api-key=sk-123"])
+
+
+def test_one_table_maps_fields_to_flags():
+    """`ENGINE_FLAGS` is the one mapping: each field and each flag once, every field a spec field, and
+    every flag the command renders (in any spelling) is one `extra_args` may not repeat."""
+    fields = [f.field for f in ENGINE_FLAGS]
+    assert len(fields) == len(set(fields)) and set(fields) <= set(EngineSpec.model_fields)
+    assert len(MANAGED_FLAGS) == sum(len(f.spellings) for f in ENGINE_FLAGS)
+    everything_on = EngineSpec(
+        model="Qwen/Qwen3-32B",
+        served_model_name="qwen3",
+        revision="abc",
+        quantization="fp8",
+        enable_prefix_caching=False,
+        enable_chunked_prefill=False,
+        max_num_batched_tokens=32768,
+        container_port=8001,
+    )
+    rendered = {arg for arg in everything_on.vllm_command() if arg.startswith("--")}
+    assert rendered <= set(MANAGED_FLAGS)
+    for flag in MANAGED_FLAGS:
+        with pytest.raises(ValidationError, match=f"extra_args repeats {flag}"):
+            EngineSpec(extra_args=[flag])
 
 
 # ------------------------------------------------------------------------------ presets

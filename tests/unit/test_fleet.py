@@ -49,6 +49,28 @@ def test_every_spark_deployment_is_rendered_per_target_on_its_own_queue():
     )
 
 
+def test_prefect_yaml_names_the_pool_events_and_payload_key_of_the_code():
+    """prefect.yaml cannot import: its copies of the pool name, the event names and the payload key
+    the triggers read are checked against their one definition in the code."""
+    from blocks.shared import WORK_POOL
+    from blocks.target import service_resource_id
+    from tasks.events import TARGET_KEY, ServiceEvent
+
+    document = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    assert {d["work_pool"]["name"] for d in document["deployments"]} == {WORK_POOL}
+    template = "{{ event.payload." + TARGET_KEY + " }}"
+    triggers = [(d, t) for d in document["deployments"] for t in d.get("triggers") or []]
+    assert triggers
+    for deployment, trigger in triggers:  # a deployment's trigger matches its own target's events
+        resource = service_resource_id(deployment["parameters"]["target"])
+        assert trigger["match"]["prefect.resource.id"] in (resource, resource + "*")
+        assert set(trigger["expect"]) <= {e.event for e in ServiceEvent}
+        assert trigger["parameters"]["target"] == template
+    for deployment in render(FLEET)["deployments"]:
+        for trigger in deployment.get("triggers") or []:
+            assert trigger["parameters"]["target"] == template
+
+
 def test_the_templates_are_not_changed_by_rendering():
     before = spark_templates()
     render(FLEET)

@@ -1,6 +1,11 @@
-"""tasks/inference.py: the smoke answer check (pure parts)."""
+"""tasks/inference.py: the smoke answer check (pure parts); tasks/vllm/api.py: the bearer header and
+the model list."""
 
-from tasks.inference import contains_expected, visible_answer
+import httpx
+import pytest
+
+from tasks.inference import ARITHMETIC, EXPECTED, QUESTION, completion_request, contains_expected, visible_answer
+from tasks.vllm.api import auth_headers, lists_model
 
 
 def test_thinking_block_is_not_the_answer():
@@ -14,3 +19,42 @@ def test_expected_number_must_stand_alone():
     assert not contains_expected("2040")
     assert not contains_expected("1204")
     assert not contains_expected("")
+
+
+def test_the_smoke_question_is_one_definition():
+    body = completion_request("qwen3")
+    assert body == {"model": "qwen3", "prompt": "12*17=", "max_tokens": 16, "temperature": 0}
+    assert ARITHMETIC in QUESTION and contains_expected(str(12 * 17)) and EXPECTED == "204"
+
+
+def test_the_bearer_header_is_sent_only_with_a_key():
+    assert auth_headers("sk-1") == {"Authorization": "Bearer sk-1"}
+    assert auth_headers(None) == {} and auth_headers("") == {}
+
+
+@pytest.mark.parametrize(
+    "status,body,listed",
+    [
+        (200, {"data": [{"id": "other"}, {"id": "qwen3"}]}, True),
+        (200, {"data": [{"id": "other"}]}, False),
+        (401, {"error": "Unauthorized"}, False),
+        (200, "not json", False),
+    ],
+)
+def test_the_model_list_names_the_served_model(status, body, listed):
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/models"
+        if isinstance(body, str):
+            return httpx.Response(status, text=body)
+        return httpx.Response(status, json=body)
+
+    with httpx.Client(base_url="http://vllm", transport=httpx.MockTransport(answer)) as http:
+        assert lists_model(http, "qwen3") is listed
+
+
+def test_no_answer_is_not_listed():
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    with httpx.Client(base_url="http://vllm", transport=httpx.MockTransport(refuse)) as http:
+        assert lists_model(http, "qwen3") is False

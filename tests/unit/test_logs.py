@@ -1,4 +1,4 @@
-"""tasks/vllm/logs.py: lines, milestones and phases from vLLM's exact texts (vllm.md); tasks/secrets.py:
+"""tasks/vllm/logs.py: lines, milestones and phases from vLLM's exact texts (tests/data/logs/); tasks/secrets.py:
 scrubbing those lines and logging where a secret came from. Failure classes: test_failures.py."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.secrets import load_secret, scrub
 from tasks.vllm.logs import (
     PHASE_ORDER,
     EventKind,
@@ -25,7 +26,6 @@ from tasks.vllm.logs import (
     strip_prefix,
     summarize_startup,
 )
-from tasks.secrets import load_secret, scrub
 
 LOGS = Path(__file__).resolve().parents[1] / "data" / "logs"
 
@@ -40,18 +40,23 @@ def log(name: str) -> list[str]:
 @pytest.mark.parametrize(
     "raw,expected",
     [
-        ("(APIServer pid=1) INFO 11-07 10:15:05 [api_server.py:1805] vLLM API server version 0.10.1.1",
-         "INFO 11-07 10:15:05 [api_server.py:1805] vLLM API server version 0.10.1.1"),
+        (
+            "(APIServer pid=1) INFO 11-07 10:15:05 [api_server.py:1805] vLLM API server version 0.10.1.1",
+            "INFO 11-07 10:15:05 [api_server.py:1805] vLLM API server version 0.10.1.1",
+        ),
         ("(EngineCore_0 pid=210) INFO x", "INFO x"),
         ("(EngineCore_DP0 pid=7) INFO x", "INFO x"),
         ("(EngineCore pid=7) INFO x", "INFO x"),
         ("2025-11-07T10:15:05.123456789Z (APIServer pid=1) INFO x\n", "INFO x"),
         ("\x1b[32mINFO\x1b[0m x", "INFO x"),
-        ("Loading safetensors checkpoint shards:   0% Completed | 0/7\rLoading safetensors checkpoint shards:  14% Completed | 1/7",
-         "Loading safetensors checkpoint shards:  14% Completed | 1/7"),
+        (
+            "Loading safetensors checkpoint shards:   0% Completed | 0/7\rLoading safetensors checkpoint shards:  "
+            "14% Completed | 1/7",
+            "Loading safetensors checkpoint shards:  14% Completed | 1/7",
+        ),
         ("no prefix at all", "no prefix at all"),
     ],
-)  # fmt: skip
+)
 def test_strip_prefix(raw, expected):
     assert strip_prefix(raw) == expected
 
@@ -75,35 +80,134 @@ def test_line_splitter_handles_partial_chunks_and_carriage_returns():
 @pytest.mark.parametrize(
     "line,kind,values",
     [
-        ("INFO 11-07 10:15:01 [__init__.py:241] Automatically detected platform cuda.", EventKind.PLATFORM, {"platform": "cuda"}),
-        ("(APIServer pid=1) INFO 11-07 10:15:05 [api_server.py:1805] vLLM API server version 0.10.1.1", EventKind.VERSION, {"version": "0.10.1.1"}),
-        ("(APIServer pid=1) INFO 11-07 10:15:12 [__init__.py:711] Resolved architecture: Qwen3ForCausalLM", EventKind.ARCHITECTURE, {"architecture": "Qwen3ForCausalLM"}),
-        ("(APIServer pid=1) INFO 11-07 10:15:12 [__init__.py:1750] Using max model len 32000", EventKind.MAX_MODEL_LEN, {"max_model_len": 32000}),
-        ("(APIServer pid=1) INFO 11-07 10:15:13 [scheduler.py:222] Chunked prefill is enabled with max_num_batched_tokens=16384.", EventKind.CHUNKED_PREFILL, {"max_num_batched_tokens": 16384}),
-        ("(EngineCore_0 pid=210) INFO 11-07 10:15:22 [gpu_model_runner.py:1953] Starting to load model Qwen/Qwen3-32B-FP8...", EventKind.LOAD_START, {"model": "Qwen/Qwen3-32B-FP8"}),
-        ("Loading safetensors checkpoint shards: 100% Completed | 7/7 [03:24<00:00, 29.20s/it]", EventKind.SHARD_PROGRESS, {"percent": 100, "done": 7, "total": 7}),
-        ("Loading safetensors checkpoint shards:  43% Completed | 3/7 [01:27<01:56, 29.20s/it]", EventKind.SHARD_PROGRESS, {"percent": 43, "done": 3, "total": 7}),
-        ("(EngineCore_0 pid=210) INFO 11-07 10:18:48 [default_loader.py:262] Loading weights took 204.37 seconds", EventKind.WEIGHTS_LOADED, {"weights_load_seconds": 204.37}),
-        ("(EngineCore_0 pid=210) INFO 11-07 10:18:49 [gpu_model_runner.py:2007] Model loading took 32.1345 GiB and 205.612345 seconds", EventKind.MODEL_LOADED, {"model_gib": 32.1345, "model_load_seconds": 205.612345}),
-        ("(EngineCore_0 pid=210) INFO 11-07 10:19:06 [monitor.py:34] torch.compile takes 16.73 s in total", EventKind.COMPILE_DONE, {"compile_seconds": 16.73}),
-        ("(EngineCore_0 pid=210) INFO 11-07 10:19:08 [gpu_worker.py:276] Available KV cache memory: 66.25 GiB", EventKind.KV_CACHE_MEMORY, {"kv_cache_gib": 66.25}),
-        ("(EngineCore_0 pid=210) INFO 11-07 10:19:08 [kv_cache_utils.py:849] GPU KV cache size: 271,360 tokens", EventKind.KV_CACHE_TOKENS, {"kv_cache_tokens": 271360}),
-        ("(EngineCore_0 pid=210) INFO 11-07 10:19:08 [kv_cache_utils.py:853] Maximum concurrency for 32,000 tokens per request: 8.48x", EventKind.MAX_CONCURRENCY, {"concurrency_tokens": 32000, "max_concurrency": 8.48}),
-        ("(EngineCore pid=9) INFO 01-01 00:00:00 [kv_cache_utils.py:1] GPU KV cache size: 271,360 tokens, Maximum concurrency for 32,000 tokens per request: 8.48x",
-         EventKind.KV_CACHE_TOKENS, {"kv_cache_tokens": 271360, "concurrency_tokens": 32000, "max_concurrency": 8.48}),
-        ("Capturing CUDA graphs (mixed prefill-decode, PIECEWISE): 100%|██████████| 67/67 [00:05<00:00, 12.93it/s]", EventKind.GRAPH_CAPTURE, {"graphs_percent": 100, "graphs_done": 67, "graphs_total": 67}),
-        ("(EngineCore_0 pid=210) INFO 11-07 10:19:14 [gpu_model_runner.py:2708] Graph capturing finished in 6 secs, took 0.53 GiB", EventKind.GRAPH_CAPTURED, {"graph_capture_seconds": 6, "graph_gib": 0.53}),
-        ("(EngineCore_0 pid=210) INFO 11-07 10:19:14 [core.py:214] init engine (profile, create kv cache, warmup model) took 25.31 seconds", EventKind.ENGINE_READY, {"init_engine_seconds": 25.31}),
-        ("(APIServer pid=1) INFO 11-07 10:19:16 [api_server.py:1880] Starting vLLM API server 0 on http://0.0.0.0:8000", EventKind.API_SERVER_START, {"url": "http://0.0.0.0:8000"}),
-        ("(APIServer pid=1) INFO 01-01 00:00:00 [api_server.py:1] Starting vLLM server on http://0.0.0.0:8000", EventKind.API_SERVER_START, {"url": "http://0.0.0.0:8000"}),
+        (
+            "INFO 11-07 10:15:01 [__init__.py:241] Automatically detected platform cuda.",
+            EventKind.PLATFORM,
+            {"platform": "cuda"},
+        ),
+        (
+            "(APIServer pid=1) INFO 11-07 10:15:05 [api_server.py:1805] vLLM API server version 0.10.1.1",
+            EventKind.VERSION,
+            {"version": "0.10.1.1"},
+        ),
+        (
+            "(APIServer pid=1) INFO 11-07 10:15:12 [__init__.py:711] Resolved architecture: Qwen3ForCausalLM",
+            EventKind.ARCHITECTURE,
+            {"architecture": "Qwen3ForCausalLM"},
+        ),
+        (
+            "(APIServer pid=1) INFO 11-07 10:15:12 [__init__.py:1750] Using max model len 32000",
+            EventKind.MAX_MODEL_LEN,
+            {"max_model_len": 32000},
+        ),
+        (
+            "(APIServer pid=1) INFO 11-07 10:15:13 [scheduler.py:222] Chunked prefill is enabled with "
+            "max_num_batched_tokens=16384.",
+            EventKind.CHUNKED_PREFILL,
+            {"max_num_batched_tokens": 16384},
+        ),
+        (
+            "(EngineCore_0 pid=210) INFO 11-07 10:15:22 [gpu_model_runner.py:1953] Starting to load model "
+            "Qwen/Qwen3-32B-FP8...",
+            EventKind.LOAD_START,
+            {"model": "Qwen/Qwen3-32B-FP8"},
+        ),
+        (
+            "Loading safetensors checkpoint shards: 100% Completed | 7/7 [03:24<00:00, 29.20s/it]",
+            EventKind.SHARD_PROGRESS,
+            {"percent": 100, "done": 7, "total": 7},
+        ),
+        (
+            "Loading safetensors checkpoint shards:  43% Completed | 3/7 [01:27<01:56, 29.20s/it]",
+            EventKind.SHARD_PROGRESS,
+            {"percent": 43, "done": 3, "total": 7},
+        ),
+        (
+            "(EngineCore_0 pid=210) INFO 11-07 10:18:48 [default_loader.py:262] Loading weights took 204.37 seconds",
+            EventKind.WEIGHTS_LOADED,
+            {"weights_load_seconds": 204.37},
+        ),
+        (
+            "(EngineCore_0 pid=210) INFO 11-07 10:18:49 [gpu_model_runner.py:2007] Model loading took 32.1345 GiB "
+            "and 205.612345 seconds",
+            EventKind.MODEL_LOADED,
+            {"model_gib": 32.1345, "model_load_seconds": 205.612345},
+        ),
+        (
+            "(EngineCore_0 pid=210) INFO 11-07 10:19:06 [monitor.py:34] torch.compile takes 16.73 s in total",
+            EventKind.COMPILE_DONE,
+            {"compile_seconds": 16.73},
+        ),
+        (
+            "(EngineCore_0 pid=210) INFO 11-07 10:19:08 [gpu_worker.py:276] Available KV cache memory: 66.25 GiB",
+            EventKind.KV_CACHE_MEMORY,
+            {"kv_cache_gib": 66.25},
+        ),
+        (
+            "(EngineCore_0 pid=210) INFO 11-07 10:19:08 [kv_cache_utils.py:849] GPU KV cache size: 271,360 tokens",
+            EventKind.KV_CACHE_TOKENS,
+            {"kv_cache_tokens": 271360},
+        ),
+        (
+            "(EngineCore_0 pid=210) INFO 11-07 10:19:08 [kv_cache_utils.py:853] Maximum concurrency for 32,000 "
+            "tokens per request: 8.48x",
+            EventKind.MAX_CONCURRENCY,
+            {"concurrency_tokens": 32000, "max_concurrency": 8.48},
+        ),
+        (
+            "(EngineCore pid=9) INFO 01-01 00:00:00 [kv_cache_utils.py:1] GPU KV cache size: 271,360 tokens, Maximum "
+            "concurrency for 32,000 tokens per request: 8.48x",
+            EventKind.KV_CACHE_TOKENS,
+            {"kv_cache_tokens": 271360, "concurrency_tokens": 32000, "max_concurrency": 8.48},
+        ),
+        (
+            "Capturing CUDA graphs (mixed prefill-decode, PIECEWISE): 100%|██████████| 67/67 [00:05<00:00, 12.93it/s]",
+            EventKind.GRAPH_CAPTURE,
+            {"graphs_percent": 100, "graphs_done": 67, "graphs_total": 67},
+        ),
+        (
+            "(EngineCore_0 pid=210) INFO 11-07 10:19:14 [gpu_model_runner.py:2708] Graph capturing finished in 6 "
+            "secs, took 0.53 GiB",
+            EventKind.GRAPH_CAPTURED,
+            {"graph_capture_seconds": 6, "graph_gib": 0.53},
+        ),
+        (
+            "(EngineCore_0 pid=210) INFO 11-07 10:19:14 [core.py:214] init engine (profile, create kv cache, warmup "
+            "model) took 25.31 seconds",
+            EventKind.ENGINE_READY,
+            {"init_engine_seconds": 25.31},
+        ),
+        (
+            "(APIServer pid=1) INFO 11-07 10:19:16 [api_server.py:1880] Starting vLLM API server 0 on "
+            "http://0.0.0.0:8000",
+            EventKind.API_SERVER_START,
+            {"url": "http://0.0.0.0:8000"},
+        ),
+        (
+            "(APIServer pid=1) INFO 01-01 00:00:00 [api_server.py:1] Starting vLLM server on http://0.0.0.0:8000",
+            EventKind.API_SERVER_START,
+            {"url": "http://0.0.0.0:8000"},
+        ),
         ("(APIServer pid=1) INFO:     Started server process [1]", EventKind.SERVER_PROCESS, {"server_pid": 1}),
         ("(APIServer pid=1) INFO:     Waiting for application startup.", EventKind.WAITING_STARTUP, {}),
         ("(APIServer pid=1) INFO:     Application startup complete.", EventKind.APP_STARTUP_COMPLETE, {}),
-        ("(APIServer pid=1) INFO 11-07 10:19:27 [loggers.py:123] Engine 000: Avg prompt throughput: 1.4 tokens/s, Avg generation throughput: 6.6 tokens/s, Running: 1 reqs, Waiting: 0 reqs, GPU KV cache usage: 0.1%, Prefix cache hit rate: 0.0%",
-         EventKind.ENGINE_STATS,
-         {"engine": 0, "prompt_throughput": 1.4, "generation_throughput": 6.6, "running": 1, "waiting": 0, "kv_cache_usage_pct": 0.1, "prefix_cache_hit_rate_pct": 0.0}),
+        (
+            "(APIServer pid=1) INFO 11-07 10:19:27 [loggers.py:123] Engine 000: Avg prompt throughput: 1.4 tokens/s, "
+            "Avg generation throughput: 6.6 tokens/s, Running: 1 reqs, Waiting: 0 reqs, GPU KV cache usage: 0.1%, "
+            "Prefix cache hit rate: 0.0%",
+            EventKind.ENGINE_STATS,
+            {
+                "engine": 0,
+                "prompt_throughput": 1.4,
+                "generation_throughput": 6.6,
+                "running": 1,
+                "waiting": 0,
+                "kv_cache_usage_pct": 0.1,
+                "prefix_cache_hit_rate_pct": 0.0,
+            },
+        ),
     ],
-)  # fmt: skip
+)
 def test_parse_line_milestones(line, kind, values):
     event = parse_line(line)
     assert event is not None and event.kind is kind
@@ -112,13 +216,16 @@ def test_parse_line_milestones(line, kind, values):
 
 def test_parse_line_details():
     args = parse_line(
-        "(APIServer pid=1) INFO 11-07 10:15:05 [utils.py:326] non-default args: {'model': 'Qwen/Qwen3-32B-FP8', 'max_model_len': 32000, 'api_key': 'sk-secret'}"
+        "(APIServer pid=1) INFO 11-07 10:15:05 [utils.py:326] non-default args: {'model': 'Qwen/Qwen3-32B-FP8', "
+        "'max_model_len': 32000, 'api_key': 'sk-secret'}"
     )
     assert args.kind is EventKind.ARGS
     assert args.values["non_default_args"] == {"model": "Qwen/Qwen3-32B-FP8", "max_model_len": 32000, "api_key": "***"}
     assert "sk-secret" not in args.line and "sk-secret" not in args.message
     init = parse_line(
-        "(EngineCore_0 pid=210) INFO 11-07 10:15:20 [core.py:74] Initializing a V1 LLM engine (v0.10.1.1+381074ae.nv25.09) with config: model='Qwen/Qwen3-32B-FP8', speculative_config=None, download_dir='/root/.cache/huggingface', load_format=auto"
+        "(EngineCore_0 pid=210) INFO 11-07 10:15:20 [core.py:74] Initializing a V1 LLM engine "
+        "(v0.10.1.1+381074ae.nv25.09) with config: model='Qwen/Qwen3-32B-FP8', speculative_config=None, "
+        "download_dir='/root/.cache/huggingface', load_format=auto"
     )
     assert init.kind is EventKind.ENGINE_INIT
     assert init.values == {
@@ -130,7 +237,8 @@ def test_parse_line_details():
     # not a stats line, although it starts the same way
     assert (
         parse_line(
-            "(APIServer pid=1) INFO 11-07 10:19:16 [loggers.py:142] Engine 000: vllm cache_config_info with initialization after num_gpu_blocks is: 16960"
+            "(APIServer pid=1) INFO 11-07 10:19:16 [loggers.py:142] Engine 000: vllm cache_config_info with "
+            "initialization after num_gpu_blocks is: 16960"
         )
         is None
     )
@@ -185,7 +293,7 @@ def test_full_startup_log():
     assert stats.kv_cache_tokens == 271_360 and stats.max_concurrency == 8.48 and stats.concurrency_tokens == 32000
     assert stats.graph_capture_seconds == 6 and stats.init_engine_seconds == 25.31
     assert stats.url == "http://0.0.0.0:8000" and stats.ready is True
-    assert summarize_startup(log("startup_success.log")).as_dict() == stats.as_dict()
+    assert summarize_startup(log("startup_success.log")) == stats
 
 
 def test_phase_transitions_of_a_full_startup():
@@ -211,7 +319,8 @@ def test_phase_transitions_of_a_full_startup():
 
 def test_phase_of_and_advance():
     load = parse_line(
-        "(EngineCore_0 pid=210) INFO 11-07 10:15:22 [gpu_model_runner.py:1953] Starting to load model Qwen/Qwen3-32B-FP8..."
+        "(EngineCore_0 pid=210) INFO 11-07 10:15:22 [gpu_model_runner.py:1953] Starting to load model "
+        "Qwen/Qwen3-32B-FP8..."
     )
     kv = parse_line(
         "(EngineCore_0 pid=210) INFO 11-07 10:19:08 [gpu_worker.py:276] Available KV cache memory: 66.25 GiB"
@@ -230,7 +339,8 @@ def test_phase_of_and_advance():
 def test_tracker_handles_tqdm_carriage_returns_in_one_docker_line():
     tracker = StartupTracker()
     event = tracker.feed(
-        "Loading safetensors checkpoint shards:   0% Completed | 0/7 [00:00<?, ?it/s]\rLoading safetensors checkpoint shards:  14% Completed | 1/7 [00:29<02:55, 29.19s/it]"
+        "Loading safetensors checkpoint shards:   0% Completed | 0/7 [00:00<?, ?it/s]\rLoading safetensors checkpoint "
+        "shards:  14% Completed | 1/7 [00:29<02:55, 29.19s/it]"
     )
     assert event.values["done"] == 1 and tracker.stats.shards_done == 1
 
@@ -342,3 +452,9 @@ def test_load_secret_inside_a_run_logs_to_the_run_logger(prefect_server, monkeyp
     assert handlers["tasks.secrets"].records == []  # not (also) the module logger
     everything = [r.getMessage() for h in handlers.values() for r in h.records]
     assert not any("hf_insideabcdefgh12" in m or "sk-from-dotenv-123" in m for m in everything)
+
+
+def test_every_simple_pattern_names_each_of_its_groups():
+    from tasks.vllm.logs import _SIMPLE
+
+    assert [kind for kind, pattern, names in _SIMPLE if pattern.groups != len(names)] == []

@@ -189,8 +189,8 @@ def test_service_events_are_one_vocabulary(monkeypatch):
     emit_service_event("spark", ServiceEvent.UNHEALTHY, {"reason": "x"})
     emit_service_event("sim", "deployed")  # plain strings still work
     assert [(kw["event"], kw["resource"]["prefect.resource.id"], kw["payload"]) for kw in sent] == [
-        ("vllm.service.unhealthy", "vllm.service.spark", {"reason": "x"}),
-        ("vllm.service.deployed", "vllm.service.sim", {}),
+        ("vllm.service.unhealthy", "vllm.service.spark", {"reason": "x", "target": "spark"}),
+        ("vllm.service.deployed", "vllm.service.sim", {"target": "sim"}),
     ]
     with pytest.raises(ValueError, match="unknown service event 'deploy'.*deployed, unchanged"):
         emit_service_event("spark", "deploy")

@@ -88,11 +88,6 @@ def chat_prompt_pieces(messages: Sequence[dict], enable_thinking: bool = True) -
     return pieces
 
 
-def chat_prompt_tokens(messages: Sequence[dict], enable_thinking: bool = True) -> int:
-    """Token count of the rendered chat template (approximate)."""
-    return len(chat_prompt_pieces(messages, enable_thinking))
-
-
 def last_user_text(messages: Sequence[dict]) -> str:
     for msg in reversed(messages):
         if msg.get("role") == "user":

@@ -179,7 +179,8 @@ class Protocol:
         value = body.get("ignore_eos", False)
         if not isinstance(value, bool):
             raise bad_request(
-                f"[{{'type': 'bool_parsing', 'loc': ('body', 'ignore_eos'), 'msg': 'Input should be a valid boolean', 'input': {value!r}}}]"
+                f"[{{'type': 'bool_parsing', 'loc': ('body', 'ignore_eos'), 'msg': 'Input should be a valid boolean', "
+                f"'input': {value!r}}}]"
             )
         return value
 

@@ -110,7 +110,3 @@ class Knobs:
     def startup_scale(self) -> float:
         """Multiplier applied to every modelled startup duration."""
         return self.time_scale * self.fault_slow_start
-
-    @property
-    def device_total_bytes(self) -> int:
-        return int(self.device_total_gib * GIB)

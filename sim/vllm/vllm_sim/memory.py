@@ -26,11 +26,6 @@ def gib_round(num_bytes: float) -> float:
     return round(num_bytes / GIB, 2)
 
 
-def free_memory_gib(total_gib: float, baseline_gib: float, others_held_gib: float, page_cache_gib: float) -> float:
-    """What mem_get_info reports as free on a Spark: everything used by anyone is gone."""
-    return max(0.0, total_gib - baseline_gib - others_held_gib - page_cache_gib)
-
-
 def check_free_memory(free_gib: float, total_gib: float, util: float) -> None:
     """gpu_worker.init_device's startup check, with its exact text."""
     total = total_gib * GIB

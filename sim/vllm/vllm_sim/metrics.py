@@ -209,7 +209,7 @@ class Histogram(_Metric):
     def render(self) -> list[str]:
         out = [f"# HELP {self.name} {self.doc}", f"# TYPE {self.name} histogram"]
         acc = 0
-        for bound, n in zip(self.bounds, self.counts):
+        for bound, n in zip(self.bounds, self.counts, strict=True):
             acc += n
             out.append(f"{self.name}_bucket{_labels(self.base + (('le', go_float(bound)),))} {go_float(acc)}")
         out.append(f"{self.name}_count{_labels(self.base)} {go_float(acc)}")

@@ -288,12 +288,15 @@ class Runtime:
             ENGINE,
             "core.py:74",
             (
-                f"Initializing a V1 LLM engine (v{ENGINE_VERSION}) with config: model={a.model!r}, speculative_config=None, "
+                f"Initializing a V1 LLM engine (v{ENGINE_VERSION}) with config: model={a.model!r}, "
+                f"speculative_config=None, "
                 f"tokenizer={a.model!r}, skip_tokenizer_init=False, tokenizer_mode=auto, revision={a.revision}, "
                 f"override_neuron_config={{}}, tokenizer_revision=None, trust_remote_code={a.trust_remote_code}, "
-                f"dtype=torch.bfloat16, max_seq_len={s.max_model_len}, download_dir={a.download_dir!r}, load_format=auto, "
+                f"dtype=torch.bfloat16, max_seq_len={s.max_model_len}, download_dir={a.download_dir!r}, "
+                f"load_format=auto, "
                 "tensor_parallel_size=1, pipeline_parallel_size=1, disable_custom_all_reduce=False, "
-                f"quantization={s.quantization}, enforce_eager={a.enforce_eager}, kv_cache_dtype=auto, device_config=cuda, "
+                f"quantization={s.quantization}, enforce_eager={a.enforce_eager}, kv_cache_dtype=auto, "
+                f"device_config=cuda, "
                 "decoding_config=DecodingConfig(backend='auto', disable_fallback=False, disable_any_whitespace=False, "
                 "disable_additional_properties=False, reasoning_backend=''), "
                 "observability_config=ObservabilityConfig(show_hidden_metrics_for_version=None, "

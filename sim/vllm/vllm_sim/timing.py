@@ -78,13 +78,3 @@ class Roofline:
         mem = (self.weights_bytes + context_tokens * self.kv_bytes_per_token) / self.mem_bytes_per_s
         compute = batch_tokens * self.flops_per_token / self.flops_per_s
         return max(mem, compute) + self.step_overhead_s
-
-    def single_stream_tokens_per_s(self, context_tokens: int = 256) -> float:
-        return 1.0 / self.step_seconds(1, context_tokens)
-
-    def aggregate_tokens_per_s(self, concurrency: int, context_tokens: int = 256) -> float:
-        return concurrency / self.step_seconds(concurrency, concurrency * context_tokens)
-
-    def ttft_seconds(self, prompt_tokens: int) -> float:
-        """Idle server: one prefill step for the whole prompt plus the frontend's own work."""
-        return self.step_seconds(prompt_tokens, prompt_tokens) + self.frontend_overhead_s

@@ -279,7 +279,8 @@ _API_FRAMES = {
             f"{V}/config/__init__.py",
             565,
             "__post_init__",
-            "hf_config = get_config(self.hf_config_path or self.model,\n            ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
+            "hf_config = get_config(self.hf_config_path or self.model,\n            "
+            "^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
         ),
         _f(
             f"{V}/transformers_utils/config.py",
@@ -413,7 +414,8 @@ def engine_dead_lines(log: VllmLog) -> None:
             f"{V}/v1/engine/core.py",
             288,
             "step",
-            "model_output = self.execute_model_with_error_logging(\n               ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
+            "model_output = self.execute_model_with_error_logging(\n               "
+            "^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
         ),
         _f(f"{V}/v1/engine/core.py", 274, "execute_model_with_error_logging", "raise err"),
         _f(
@@ -426,7 +428,8 @@ def engine_dead_lines(log: VllmLog) -> None:
             f"{V}/v1/worker/gpu_model_runner.py",
             1594,
             "execute_model",
-            "valid_sampled_token_ids = sampled_token_ids.tolist()\n                          ^^^^^^^^^^^^^^^^^^^^^^^^^^",
+            "valid_sampled_token_ids = sampled_token_ids.tolist()\n                          "
+            "^^^^^^^^^^^^^^^^^^^^^^^^^^",
         ),
     ]
     log.error(
@@ -446,7 +449,8 @@ def engine_dead_lines(log: VllmLog) -> None:
                         f"{V}/v1/engine/async_llm.py",
                         375,
                         "output_handler",
-                        "outputs = await engine_core.get_output_async()\n          ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
+                        "outputs = await engine_core.get_output_async()\n          "
+                        "^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
                     ),
                     _f(
                         f"{V}/v1/engine/core_client.py",

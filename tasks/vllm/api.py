@@ -1,0 +1,48 @@
+"""vLLM's OpenAI-compatible HTTP API, the two facts every client of the project needs: how a request
+carries the API key, and how the server says which model it serves.
+
+Facts from vLLM 0.10.1.1 (the version in ``nvcr.io/nvidia/vllm:25.09-py3``),
+``vllm/entrypoints/openai/api_server.py``:
+
+- lines 1245-1277, ``AuthenticationMiddleware``: with an API key (``--api-key`` or ``VLLM_API_KEY``,
+  lines 1530-1532) every path under ``/v1`` wants the header ``Authorization: Bearer <key>`` exactly
+  and answers 401 otherwise; ``/health`` and ``/metrics`` are not checked.
+- lines 565-570, ``GET /v1/models``: the served models as ``{"data": [{"id": <served name>, ...}]}``
+  (the served name is ``--served-model-name``, else the model).
+"""
+
+from __future__ import annotations
+
+import httpx
+
+#: The model list: once it names the served model, requests for that name are accepted.
+MODELS_PATH = "/v1/models"
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The headers that authenticate a request to a server started with an API key.
+
+    Without a key the server checks nothing, so no header is sent (an empty dict).
+    """
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def lists_model(http: httpx.Client, served_name: str) -> bool:
+    """True when ``GET /v1/models`` answers 200 and lists ``served_name``.
+
+    The readiness gate and the health check both ask this: /health answers 200 as soon as the API
+    server is up, while only the model list says the server serves the model clients will name.
+    A transport error, another status or a body that is not the expected JSON is False (a fact
+    for the caller, never an exception).
+
+    Args:
+        http: a client bound to the server's base URL, with `auth_headers` when it has a key.
+        served_name: the name clients put in ``"model"``.
+    """
+    try:
+        response = http.get(MODELS_PATH)
+        if response.status_code != 200:
+            return False
+        return any(m.get("id") == served_name for m in response.json().get("data", []))
+    except (httpx.HTTPError, ValueError):
+        return False
