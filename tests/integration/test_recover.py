@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from blocks.shared import LABEL_MANAGED_BY, LABEL_TARGET, MANAGED_BY
+from deployments.dev.worker import start_worker, stop_worker
 from deployments.setup import ensure_work_pool
 from deployments.targets import SIM_LEDGER_MOUNT
-from deployments.worker import start_worker, stop_worker
 from flows.deploy import DeployFailed, deploy_qwen
 from flows.recover import recover_vllm
 from flows.stop import stop_qwen
