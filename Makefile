@@ -4,7 +4,9 @@
 #   make down   stop what `make demo` started
 .PHONY: demo test down bootstrap
 
-PY := .venv/bin/python
+VENV ?= .venv
+export VENV
+PY := $(VENV)/bin/python
 
 bootstrap:
 	@bash deployments/bootstrap.sh

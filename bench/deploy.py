@@ -9,7 +9,7 @@
 
 And the operator's figure (## Deploy through a worker): the wall time of
 `prefect deployment run deploy-qwen/sim --watch` on an unchanged server, through a real process
-worker started as the project starts it (deployments/worker.py: polling every 1 s), against the
+worker started as the project starts it (deployments/dev/worker.py: polling every 1 s), against the
 flow run's own duration, split into where the rest goes; and, for comparison, the same through a
 worker with Prefect's default polling (10 s).
 
@@ -37,8 +37,8 @@ import docker
 
 from bench.report import machine_line, write_section
 from blocks.shared import LABEL_TARGET, WORK_POOL
+from deployments.dev.worker import ROOT, WORKER_ENV, start_worker, stop_worker
 from deployments.targets import sim_target
-from deployments.worker import ROOT, WORKER_ENV, start_worker, stop_worker
 from sim.hub import HubServer, RepoSpec
 from sim.image import ensure_sim_image
 from sim.ports import free_port
@@ -197,7 +197,7 @@ MAX_QUERY_S = 10.0
 
 
 def cli_series(env: dict[str, str], root: Path, name: str, runs: int, gap_s: float = MAX_QUERY_S) -> list[dict]:
-    """``runs`` CLI deploys through a worker started as deployments/worker.py starts it.
+    """``runs`` CLI deploys through a worker started as deployments/dev/worker.py starts it.
 
     Before each run, an idle gap drawn uniformly from [0, gap_s): back-to-back runs would arrive at
     the same phase of the worker's polling cycle every time and make its wait look shorter (or
@@ -251,7 +251,7 @@ def cli_body(args: argparse.Namespace, project: list[dict], default: list[dict])
 `{command} --cli-runs {args.cli_runs} --cli-default-runs {args.cli_default_runs}`: `prefect deploy --all`
 on a throwaway Prefect server (SQLite), then `prefect deployment run deploy-qwen/sim --param target={CLI_TARGET} --watch`
 from a shell, {"every run on an unchanged server (the flow finds its container healthy and keeps it)" if unchanged else "NOT all runs on an unchanged server"};
-a process worker started by `deployments/worker.py` with the project's `PREFECT_WORKER_QUERY_SECONDS={query}`,
+a process worker started by `deployments/dev/worker.py` with the project's `PREFECT_WORKER_QUERY_SECONDS={query}`,
 then one with Prefect's default (10 s). Wall time measured outside the CLI, the split from the flow
 run's state timestamps on the server. One deploy before the series makes the server "unchanged";
 before each run an idle gap drawn from 0-10 s, so that runs arrive at any phase of the polling.
@@ -267,8 +267,8 @@ jitter), so with the default a run waits 5 s on average and up to 13 s before it
 at 1 s, under a second. The rest is fixed cost that polling cannot remove: the CLI's own start-up
 (importing Prefect), the flow-run process's start-up (a new Python that imports Prefect and the
 flows), and `--watch`'s 3 s wait for straggling log lines after the final state (Prefect's
-`FlowRunSubscriber(straggler_timeout=3)`; `make demo` follows the run with
-`python -m deployments.worker run`, which is done about 2 s after the final state). `PREFECT_WORKER_PREFETCH_SECONDS` does not
+`FlowRunSubscriber(straggler_timeout=3)`; `make demo` follows its runs with `--watch` too: a second more
+than its former follower, for none of its code). `PREFECT_WORKER_PREFETCH_SECONDS` does not
 delay an immediate run (it only lets the worker submit runs scheduled up to 10 s ahead early), nor
 does `PREFECT_WORKER_HEARTBEAT_SECONDS` (the worker's registration and pool sync, every 30 s).
 Measured on these 2 cores with the imitation, not on a Spark.

@@ -4,7 +4,7 @@ The rig is the one of tests/fleet (tests/fleet/rig.py): a private PostgreSQL clu
 `prefect server start` on it, the second dockerd (a second "machine" next to the first daemon), the
 Hub imitation and the vLLM imitation image. The targets are sim targets (own port, cache, memory
 ledger), registered from a targets file by `deployments.fleet.register` as an operator does, each
-with its own process worker polling its own queue (`deployments.worker.start_worker`, polling 1 s).
+with its own process worker polling its own queue (`deployments.dev.worker.start_worker`, polling 1 s).
 Two targets (one per daemon), and with ``--four`` (the default) two more (two per daemon, four
 workers: four "machines"). The fleet flows run in this process against the server
 (`bench.ui_screenshots.flows_against`), as tests/fleet/test_fleet.py runs them.
@@ -300,7 +300,7 @@ class FleetRig:
 
     def start_workers(self, names: list[str]) -> None:
         from blocks.shared import WORK_POOL
-        from deployments.worker import start_worker
+        from deployments.dev.worker import start_worker
 
         for name in names:
             machine = self.machine(name)
@@ -316,7 +316,7 @@ class FleetRig:
                 self.stack.callback(self.stop_worker, name)
 
     def stop_worker(self, name: str) -> None:
-        from deployments.worker import stop_worker
+        from deployments.dev.worker import stop_worker
 
         machine = self.machine(name)
         if machine.worker is not None:
@@ -643,7 +643,7 @@ def call_from(raw: dict[str, Any]) -> Call:
 
 
 def body(results: dict[str, Any]) -> str:
-    from deployments.worker import WORKER_ENV
+    from deployments.dev.worker import WORKER_ENV
     from tasks.fleet import POLL_INTERVAL_S
 
     args = results["args"]

@@ -19,7 +19,7 @@ A 300 s schedule cannot be waited out in a bench, so the parts are measured and 
 
 Runs a throwaway Prefect server (`prefect_test_harness`, SQLite), the Hub imitation, the imitation
 image through real docker, `prefect deploy` of recover-vllm/sim and health-check/sim, and a worker
-from deployments/worker.py; loopback only, one fault at a time.
+from deployments/dev/worker.py; loopback only, one fault at a time.
     .venv/bin/python -m bench.health [--time-scale 0.01] [--checks 10] [--worker-checks 3] [--budget-s 300] [--no-write]
 """
 
@@ -985,7 +985,7 @@ def body(
 ) -> str:
     from prefect.settings import get_current_settings
 
-    from deployments.worker import WORKER_ENV
+    from deployments.dev.worker import WORKER_ENV
     from tasks.health.observation import Thresholds
 
     defaults = Thresholds()
@@ -1091,7 +1091,7 @@ def body(
 run: {run_s:.0f} s): a throwaway Prefect server (`prefect_test_harness`, SQLite), the Hub imitation, the vLLM
 imitation in docker; `prefect deploy --name recover-vllm/sim --name health-check/sim` ({prefect_deploy_s:.0f} s; the schedule of
 health-check/sim paused and its scheduled runs deleted, so that only the bench's own checks run), a process worker
-from deployments/worker.py (polling every {WORKER_ENV["PREFECT_WORKER_QUERY_SECONDS"]} s); every fault on its own target
+from deployments/dev/worker.py (polling every {WORKER_ENV["PREFECT_WORKER_QUERY_SECONDS"]} s); every fault on its own target
 named sim-... (the trigger of recover-vllm/sim matches vllm.service.sim* and acts once per target per 600 s).
 The default interval, {default_interval:g} s, is prefect.yaml's health-check schedule; a schedule cannot be waited
 out here, so the parts are measured and combined.
@@ -1200,7 +1200,7 @@ def main() -> int:
     began = time.monotonic()
     operator_env = dict(os.environ)  # the CLI and the worker run as an operator runs them
     operator_env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    operator_env.pop("PREFECT_WORKER_QUERY_SECONDS", None)  # the project's polling (deployments/worker.py)
+    operator_env.pop("PREFECT_WORKER_QUERY_SECONDS", None)  # the project's polling (deployments/dev/worker.py)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     import yaml
     from prefect import get_client
@@ -1208,8 +1208,8 @@ def main() -> int:
     from prefect.settings import PREFECT_API_URL, get_current_settings
     from prefect.testing.utilities import prefect_test_harness
 
+    from deployments.dev.worker import ROOT, start_worker, stop_worker
     from deployments.setup import ensure_work_pool
-    from deployments.worker import ROOT, start_worker, stop_worker
     from flows.deploy import deploy_qwen
     from sim.hub import HubServer, RepoSpec
     from sim.image import ensure_sim_image

@@ -12,7 +12,8 @@ figure puts the imitation's own startup back at real speed and keeps the orchest
 
 Runs a throwaway Prefect server, the Hub imitation and the imitation image through real docker,
 loopback only, one server at a time.
-    .venv/bin/python -m bench.recovery [--time-scale 0.02] [--budget-s 480] [--only page_cache held kv shortage peak died] [--no-write]
+    .venv/bin/python -m bench.recovery [--time-scale 0.02] [--budget-s 480] [--no-write]
+        [--only page_cache held kv shortage peak died]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 import docker
 
 from bench.report import machine_line, write_section
+from tasks.recovery.kv_model import QWEN3_32B_FP8_WEIGHTS_GIB, SPARK_TOTAL_GIB
 
 TOKEN = "hf_bench_token_5d1c2b3a4f"
 HEADING = "Memory recovery: planner vs runbook ladder"
@@ -40,11 +42,35 @@ KV_LINE = re.compile(r"GPU KV cache size: ([\d,]+) tokens")
 UTIL_ARG = re.compile(r"'gpu_memory_utilization': ([\d.]+)")
 LOADED_LINE = "Model loading took"  # the imitation holds the profile overshoot from here ...
 PROFILED_LINE = "Available KV cache memory"  # ... to here (or to the guard's kill)
-TOTAL_GIB, BASELINE_GIB = 119.7, 3.0  # the imitation's Spark: CUDA's total, what the system holds
-EARLIER_WEIGHTS_GIB = 31.97  # an earlier load's weights (Qwen3-32B-FP8), left in the page cache
+TOTAL_GIB, BASELINE_GIB = SPARK_TOTAL_GIB, 3.0  # the imitation's Spark: CUDA's total, what the system holds
+EARLIER_WEIGHTS_GIB = QWEN3_32B_FP8_WEIGHTS_GIB  # an earlier load's weights, left in the page cache
 BENCH_LABEL = "org.spark-vllm.bench"  # on the holders this script starts by hand (value: its pid)
 DIE_AFTER_S = 8.0  # engine_died: the imitation's engine dies this long after ready (real seconds)
 RESTART_WINDOW_S = 45.0  # engine_died, runbook side: how long docker's restart policy is given to serve again
+#: The runbook's blind ladder ("Container Fails with Memory Errors"), one start per rung, each after
+#: `docker compose down` and `docker system prune -f`: the baseline the planner is benchmarked against.
+RUNBOOK_LADDER: tuple[dict[str, Any], ...] = (
+    {"gpu_memory_utilization": 0.90},
+    {"gpu_memory_utilization": 0.75},
+    {"gpu_memory_utilization": 0.70},
+    {"gpu_memory_utilization": 0.70, "max_model_len": 16384},
+)
+
+
+def runbook_ladder(attempt: int) -> dict[str, Any]:
+    """The spec overrides of the runbook's ladder for one start: 0 = the first start (0.90), then
+    0.75, 0.70, then 0.70 with max_model_len 16384.
+
+    Raises:
+        ValueError: ``attempt`` is past the ladder's last rung (the runbook has no further step).
+    """
+    if not 0 <= attempt < len(RUNBOOK_LADDER):
+        raise ValueError(
+            f"the runbook's ladder has {len(RUNBOOK_LADDER)} rungs (0-{len(RUNBOOK_LADDER) - 1}), got {attempt}"
+        )
+    return dict(RUNBOOK_LADDER[attempt])
+
+
 DEFAULT_REQUEST = {
     "gpu_memory_utilization": 0.90,
     "max_model_len": 32000,
@@ -143,8 +169,8 @@ class Start:
             return "serving"
         kind = classify_failure([line for _, line in self.lines]).kind.value
         if kind == "unknown" and self.exit_code:
-            # a kill leaves no cause in the container's own log (the gate's guard writes its line into
-            # the log it classifies, not into the container's)
+            # a kill leaves no cause in the container's own log (the gate's guard builds its cause from
+            # its own reading)
             return f"killed, exit {self.exit_code}" if self.exit_code == "137" else f"exit {self.exit_code}"
         return kind
 
@@ -293,7 +319,7 @@ def shortage_holder(
 ) -> tuple[float, bool, str]:
     """A holder size whose free memory fits a utilization within the floor, preferring one where the
     planner's KV fit also lowers max_model_len; (GiB, lowers, why)."""
-    from tasks.recovery.planner import fit_utilization
+    from tasks.recovery.sizing import fit_utilization
 
     floor = limits.floor_utilization
     at_floor = limits.max_len_at(floor, total_gib, batched, seqs)
@@ -305,7 +331,8 @@ def shortage_holder(
         return (
             gib,
             True,
-            f"fits {fit_utilization(total_gib - baseline_gib - gib, total_gib, limits.margin_gib)}, where the KV cache holds less than {max_model_len}",
+            f"fits {fit_utilization(total_gib - baseline_gib - gib, total_gib, limits.margin_gib)},"
+            f" where the KV cache holds less than {max_model_len}",
         )
     return (
         45.0,
@@ -502,7 +529,6 @@ class Bench:
         runbook's `docker compose down`); no prune between rungs (a prune frees disk, not memory)."""
         from flows.deploy import deploy_qwen
         from tasks.memory import NotEnoughMemory
-        from tasks.recovery.planner import RUNBOOK_LADDER, runbook_ladder
 
         target = self.machine(fault, "l")
         watch = Watch(self.client, target.name)
@@ -676,7 +702,7 @@ def planner_margin() -> float:
     """The GiB the planner keeps free in a computed utilization (its default, raised above the
     target's host-memory floor as the flows do; not restated here)."""
     from blocks.target import TargetMachine
-    from tasks.recovery.planner import RecoveryLimits
+    from tasks.recovery.step import RecoveryLimits
 
     return RecoveryLimits().guarded(TargetMachine.model_fields["host_memory_floor_gib"].default).margin_gib
 
@@ -691,9 +717,52 @@ def body(
     run_s: float,
     floor_gib: float,
 ) -> str:
+    """The section of docs/benchmarks.md: how it ran, the table, the two goals, how the figures are taken,
+    the faults, the guard's part, and a note per row."""
     table = "\n".join(
         f"| {f.label} | {cells(rows[f.key][0])} | {cells(rows[f.key][1])} |" for f in faults if f.key in rows
     )
+    notes = _row_notes(faults, rows)
+    retry_line, kv_line = _goal_lines(faults, rows)
+    guard = _guard_text(args, faults, rows, floor_gib)
+    how = _how_measured(args, calib)
+    described = _faults_text(shortage_note, overshoot, floor_gib)
+    return f"""{machine_line()}
+`python -m bench.recovery --time-scale {args.time_scale}` (the whole run: {run_s:.0f} s): deploy-qwen on the vLLM
+imitation in docker, a throwaway Prefect server (SQLite), the Hub imitation; every side of every row on a
+fresh target (its own memory ledger: a fresh machine), the fault set up before the first start, one server
+at a time. Planner: `deploy_qwen(recover=True)` (max_attempts 2, the default); engine_died:
+`recover_vllm` at the engine's death. Ladder: the request first, then after each failure
+`deploy_qwen(recover=False, overrides=runbook_ladder(n))`, n = 1, 2, 3 (0.75, 0.70, 0.70 + max-model-len
+16384), until one serves or the ladder ends; a failed start's container is already removed by deploy-qwen
+(the runbook's `docker compose down`), and no prune runs between rungs (a prune frees disk, not memory;
+the planner's held_by_others step runs its project-scoped prune). Both sides with `stage=False` on one
+cache staged before (the runbook's `docker compose up -d` stages nothing).
+
+| class (fault set up) | planner: attempts (containers started) | wall s | wall, scaled | KV cache tokens | running spec (util / max-model-len) | ladder: attempts (started) | wall s | wall, scaled | KV cache tokens | running spec |
+|---|---|---|---|---|---|---|---|---|---|---|
+{table}
+
+{retry_line}
+{kv_line}
+
+{how}
+
+{described}
+
+{guard}
+
+Per row (what each side named, why a side ended without a server; per container started: its utilization,
+its outcome, the MemAvailable it leaves at its budget):
+
+{chr(10).join(notes)}
+
+Measured on these 2 cores with the imitations, not on a Spark.
+"""
+
+
+def _row_notes(faults: list[Fault], rows: dict[str, tuple[Side | None, Side | None]]) -> list[str]:
+    """Per row: what each side named, why a side ended without a server, its containers."""
     notes = []
     for f in faults:
         planner, ladder = rows.get(f.key, (None, None))
@@ -714,6 +783,11 @@ def body(
         if bits:
             notes.append(f"- {f.label}: " + "; ".join(bits))
 
+    return notes
+
+
+def _goal_lines(faults: list[Fault], rows: dict[str, tuple[Side | None, Side | None]]) -> tuple[str, str]:
+    """The two goals, met or not: one retry per class, more KV cache than the ladder."""
     known = [f for f in faults if f.key in rows and rows[f.key][0] is not None]
     retry_ok = [f.label for f in known if one_retry(rows[f.key][0].attempts, rows[f.key][0].healed)]
     retry_bad = [
@@ -742,6 +816,13 @@ def body(
         f" (more: {', '.join(more) or 'none'}" + (f"; not more: {', '.join(not_more)}" if not_more else "") + ")."
     )
 
+    return retry_line, kv_line
+
+
+def _guard_text(
+    args: argparse.Namespace, faults: list[Fault], rows: dict[str, tuple[Side | None, Side | None]], floor_gib: float
+) -> str:
+    """The host-memory guard's part: which containers left less than the floor, and for how long."""
     windows = sorted(w for side in (x for pair in rows.values() for x in pair if x) for w in side.budget_windows)
     window_s = windows[len(windows) // 2] if windows else None
     below = sorted(
@@ -769,26 +850,12 @@ def body(
         "it would stop every one of them."
     )
 
-    return f"""{machine_line()}
-`python -m bench.recovery --time-scale {args.time_scale}` (the whole run: {run_s:.0f} s): deploy-qwen on the vLLM
-imitation in docker, a throwaway Prefect server (SQLite), the Hub imitation; every side of every row on a
-fresh target (its own memory ledger: a fresh machine), the fault set up before the first start, one server
-at a time. Planner: `deploy_qwen(recover=True)` (max_attempts 2, the default); engine_died:
-`recover_vllm` at the engine's death. Ladder: the request first, then after each failure
-`deploy_qwen(recover=False, overrides=runbook_ladder(n))`, n = 1, 2, 3 (0.75, 0.70, 0.70 + max-model-len
-16384), until one serves or the ladder ends; a failed start's container is already removed by deploy-qwen
-(the runbook's `docker compose down`), and no prune runs between rungs (a prune frees disk, not memory;
-the planner's held_by_others step runs its project-scoped prune). Both sides with `stage=False` on one
-cache staged before (the runbook's `docker compose up -d` stages nothing).
+    return guard
 
-| class (fault set up) | planner: attempts (containers started) | wall s | wall, scaled | KV cache tokens | running spec (util / max-model-len) | ladder: attempts (started) | wall s | wall, scaled | KV cache tokens | running spec |
-|---|---|---|---|---|---|---|---|---|---|---|
-{table}
 
-{retry_line}
-{kv_line}
-
-How the figures are taken. Attempts: deploy-qwen's starts (`DeployResult.attempts`, `recover_vllm`'s
+def _how_measured(args: argparse.Namespace, calib: dict[str, float]) -> str:
+    """How attempts, wall time, scaled time and KV cache tokens are taken."""
+    return f"""How the figures are taken. Attempts: deploy-qwen's starts (`DeployResult.attempts`, `recover_vllm`'s
 `attempts`; a start that the pre-start memory check refuses counts, though no container is created: the
 count in brackets is the containers docker started). Wall: from the call that meets the fault (for
 engine_died: docker's `die` event of the dead server) to the serving server's "{READY_LINE}" (docker's
@@ -800,9 +867,12 @@ one that failed), i.e. the imitation's startup phases that `VLLM_SIM_TIME_SCALE=
 are kept as measured, unscaled. One clean start on this run (the calibration deploy, which also staged the
 cache): {calib["docker_start_to_ready"]:.2f} s from docker's `start` to ready, of which {calib["python"]:.2f} s Python start-up
 and {calib["startup"]:.2f} s startup phases, so {minutes(calib["one_start_scaled"])} scaled back
-(the runbook: 3-4 minutes from a warm cache), {int(calib["kv"]):,} KV cache tokens at the runbook's spec.
+(the runbook: 3-4 minutes from a warm cache), {int(calib["kv"]):,} KV cache tokens at the runbook's spec."""
 
-The faults. page_cache: an earlier load's {EARLIER_WEIGHTS_GIB} GiB of weights in the ledger's page cache;
+
+def _faults_text(shortage_note: str, overshoot: float, floor_gib: float) -> str:
+    """How each fault is set up on the imitation."""
+    return f"""The faults. page_cache: an earlier load's {EARLIER_WEIGHTS_GIB} GiB of weights in the ledger's page cache;
 deploy-qwen's pre-start memory check drops it before the first start (vLLM counts it as used on GB10), on
 both sides, so no start meets it. held_by_others, shortage: a `vllm_sim hold` container (not ours) on the
 target's ledger; the shortage row: {shortage_note}; and deploy-qwen's `observe-memory` never reports
@@ -825,40 +895,14 @@ loop (`tasks/serve.py`) and the ladder here both make their next attempt without
 recovered server too, after it was measured); the planner side's container has restart policy "no" (else
 docker restarts it while recover-vllm runs), the ladder column is the runbook's own answer,
 `restart: unless-stopped` (docker restarts the container with the same command, given {RESTART_WINDOW_S:g} s to serve;
-the ladder itself is for memory errors at start).
-
-{guard}
-
-Per row (what each side named, why a side ended without a server; per container started: its utilization,
-its outcome, the MemAvailable it leaves at its budget):
-
-{chr(10).join(notes)}
-
-Measured on these 2 cores with the imitations, not on a Spark.
-"""
+the ladder itself is for memory errors at start)."""
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--time-scale", type=float, default=0.02)
-    parser.add_argument("--budget-s", type=float, default=480, help="stop starting new rows after this long")
-    parser.add_argument("--only", nargs="*", help="fault keys to run (default: all)")
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args()
-    began = time.monotonic()
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from prefect.blocks.system import Secret
-    from prefect.testing.utilities import prefect_test_harness
+def _faults(floor_gib: float, overshoot: float) -> tuple[list[Fault], str]:
+    """The faults the bench sets up, one per recovery class, and why the shortage row holds what it holds."""
+    from tasks.recovery.step import RecoveryLimits
 
-    from blocks.target import TargetMachine
-    from sim.hub import HubServer, RepoSpec
-    from sim.image import ensure_sim_image
-    from tasks.recovery.planner import RecoveryLimits
-
-    floor_gib = TargetMachine.model_fields["host_memory_floor_gib"].default
     limits = RecoveryLimits().guarded(floor_gib)  # the margin the flows use
-    overshoot = overshoot_gib(floor_gib)
     short_gib, _lowers, short_why = shortage_holder(
         limits,
         TOTAL_GIB,
@@ -891,6 +935,29 @@ def main() -> int:
             engine=True,
         ),
     ]
+    return faults, short_why
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--time-scale", type=float, default=0.02)
+    parser.add_argument("--budget-s", type=float, default=480, help="stop starting new rows after this long")
+    parser.add_argument("--only", nargs="*", help="fault keys to run (default: all)")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    began = time.monotonic()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from prefect.blocks.system import Secret
+    from prefect.testing.utilities import prefect_test_harness
+
+    from blocks.target import TargetMachine
+    from sim.hub import HubServer, RepoSpec
+    from sim.image import ensure_sim_image
+
+    floor_gib = TargetMachine.model_fields["host_memory_floor_gib"].default
+    overshoot = overshoot_gib(floor_gib)
+    faults, short_why = _faults(floor_gib, overshoot)
     if args.only:
         faults = [f for f in faults if f.key in args.only]
 

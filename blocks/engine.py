@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator, model_validator
@@ -529,7 +529,7 @@ def load_engine_spec(engine: str | None, preset: str | None, overrides: Mapping[
     """
     fields: dict[str, Any] = {}
     if engine:
-        loaded = EngineSpec.load(engine)
+        loaded = cast(EngineSpec, EngineSpec.load(engine))  # Prefect's sync/async dual: sync here
         fields = loaded.model_dump(include=set(EngineSpec.model_fields))
     if preset:
         fields.update(_preset_fields(preset))

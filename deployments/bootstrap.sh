@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # One idempotent set-up for a fresh machine of this kind (as root), and a few seconds on a ready one:
-#   1. the virtualenv with the project installed (re-installed only when pyproject.toml changes);
+#   1. the virtualenv with the project's dependencies (re-installed only when pyproject.toml changes;
+#      no package of the project lands in site-packages: the checkout is the project, run from it);
 #   2. docker.io when dockerd is missing, and a running daemon;
 #   3. the imitation images (base from mmdebstrap + `docker import`, vLLM imitation on top),
 #      skipped when images with the same content label exist (sim/image.py decides);
 #   4. a headless Chromium for the UI test and screenshots (Debian's chromium-headless-shell,
 #      or chromium where the archive has no such package), only when neither is installed;
-#   5. Debian's PostgreSQL binaries for a fleet's Prefect server (deployments/postgres.py starts a
-#      private cluster with them; tests/fleet), only when no /usr/lib/postgresql/<v>/bin/initdb exists.
-#      The distribution's own cluster is not created on a fresh install, and never used or stopped.
-# Everything stays on loopback; nothing here is needed on a real DGX Spark except step 1 (and
-# step 5 on the machine that runs a fleet's Prefect server, if it does not use postgres-compose.yaml).
+#   5. Debian's PostgreSQL binaries, for the fleet tests only (tests/fleet/pg_cluster.py runs a private
+#      cluster with them: the test machine reaches no registry, so it cannot pull the postgres:16 image
+#      an operator runs with deployments/postgres-compose.yaml), only when no
+#      /usr/lib/postgresql/<v>/bin/initdb exists. The distribution's own cluster is not created.
+# Everything stays on loopback; nothing here is needed on a real DGX Spark except step 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +30,7 @@ apt_install() {
 # 1. virtualenv
 stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-    log "installing the project into $VENV"
+    log "installing the project's dependencies into $VENV"
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "is ignored: it is neither" || true
     "$VENV/bin/python" -c "import prefect, prefect_docker, huggingface_hub, httpx, pydantic" 
@@ -67,11 +68,11 @@ if ! command -v chromium-headless-shell >/dev/null 2>&1 && ! command -v chromium
     NEEDRESTART_SUSPEND=1 apt_install "$chromium_pkg"
 fi
 
-# 5. PostgreSQL binaries (a fleet's Prefect server: SQLite answers "database is locked" under
-#    several workers). postgresql-common first, so that its createcluster.conf can say "no main
+# 5. PostgreSQL binaries for the fleet tests' Prefect server (SQLite answers "database is locked"
+#    under several workers; an operator uses postgres-compose.yaml). postgresql-common first, so that its createcluster.conf can say "no main
 #    cluster" before postgresql-<v> is configured: nothing then listens on 5432 or starts at boot.
 if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
-    log "installing postgresql (binaries for deployments/postgres.py; no distribution cluster is created)"
+    log "installing postgresql (binaries for the fleet tests; no distribution cluster is created)"
     NEEDRESTART_SUSPEND=1 apt_install postgresql-common
     conf=/etc/postgresql-common/createcluster.conf
     if grep -Eq '^#?[[:space:]]*create_main_cluster' "$conf" 2>/dev/null; then

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # `make demo` / `make down`: the main job on the embedded default, end to end.
 #   up:   local Prefect server (SQLite) -> Hub imitation -> blocks, pool, limits, deployments ->
-#         a process worker (one: never a second) -> deploy-qwen/sim, printing the flow run's own log,
-#         then its final state and the deploy report (every Prefect event: .demo/run-events.log)
+#         a process worker (one: never a second) -> `prefect deployment run deploy-qwen/sim --watch`,
+#         printing the flow run's own log lines, then its final state and the deploy report
+#         (every Prefect event: .demo/run-events.log)
 #   down: stop-qwen on the sim target, then the worker (bounded: SIGTERM, 20 s, then its process
 #         tree is killed), the Hub imitation and the server.
 # State lives in .demo/ (Prefect database, model cache, memory ledger, logs, pids).
-# The worker is started and stopped by deployments/worker.py, as in the tests (see its docstring
-# for why not `prefect worker start &`: the pid, SIGINT inherited ignored, flow runs in own sessions).
+# The worker is the operator's `prefect worker start`, started and stopped by deployments/dev/worker.py
+# as in the tests (it stands in for the operator's systemd unit: see its docstring).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DEMO=$ROOT/.demo
-BIN=$ROOT/.venv/bin
+BIN=${VENV:-$ROOT/.venv}/bin
 export PREFECT_HOME=$DEMO/prefect
 export PREFECT_API_URL=http://127.0.0.1:${DEMO_PREFECT_PORT:-4200}/api
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
@@ -23,7 +24,43 @@ export HF_TOKEN=${DEMO_HF_TOKEN:-hf_demo_imitation_token}
 mkdir -p "$DEMO/prefect"
 say() { printf '\n==> %s\n' "$*"; }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-WORKER=(--pool spark-vllm --name demo-worker --pid-file "$DEMO/worker.pid")
+WORKER=(--pool spark-vllm --name demo-worker)
+
+# Run a deployment and follow it with Prefect's own `prefect deployment run --watch`. The server
+# streams the flow run's log lines out (PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED and _PUBLISHING_ENABLED, set where `up`
+# starts it), so --watch prints them among the run's events; the terminal gets the log lines
+# (without Prefect's "Finished in state Completed()" line of every task run) and the final state,
+# the file gets everything. Then the report: the run's markdown artifact KEY as `key: value` lines.
+#   follow DEPLOYMENT KEY EVENTS_LOG TIMEOUT_S
+follow() {  # called as `follow ... || status=$?`: errexit is off inside, PIPESTATUS says how --watch ended
+    local code run
+    COLUMNS=500 "$BIN/prefect" deployment run "$1" --watch --watch-timeout "$4" 2>&1 | tee "$3" \
+        | grep --line-buffered -v -e '^●' -e 'Finished in state Completed()$' -e '^ *$'
+    code=${PIPESTATUS[0]}
+    run=$(grep -oE 'UUID: [0-9a-f-]{36}' "$3" | head -n 1 | cut -c7-)
+    [ -n "$run" ] || return "$code"
+    "$BIN/python" - "$2" "$run" <<'PY' || true
+import sys
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+key, run_id = sys.argv[1], sys.argv[2]
+with get_client(sync_client=True) as client:
+    found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                  flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+for artifact in [a for a in found if isinstance(a.data, str)][-1:]:
+    print(f"\n==> report (artifact {key})")
+    for line in artifact.data.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[:2] != ["what", "value"] and set("".join(cells)) - set("-: "):
+            print(f"  {cells[0]}: {' | '.join(cells[1:])}")
+        elif line.startswith("#"):
+            print(line.lstrip("#").strip())
+        elif line.strip() and not line.startswith(("|", "```")):
+            print(f"  {line}")
+PY
+    return "$code"
+}
 
 up() {
     say "Prefect server (SQLite in $PREFECT_HOME)"
@@ -31,7 +68,7 @@ up() {
         # Not `prefect server start --background`: Prefect 3.9.1 gives that server stdout/stderr pipes
         # nobody reads once the CLI exits, so the first error it logs (a 500's traceback) killed it
         # in the middle of a demo. A detached foreground server with its log in a file instead.
-        setsid nohup "$BIN/prefect" server start --host 127.0.0.1 --port "${DEMO_PREFECT_PORT:-4200}" \
+        PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED=true PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED=true setsid nohup "$BIN/prefect" server start --host 127.0.0.1 --port "${DEMO_PREFECT_PORT:-4200}" \
             >"$DEMO/server.log" 2>&1 </dev/null &
         echo $! >"$DEMO/server.pid"
     fi
@@ -51,12 +88,11 @@ up() {
     "$BIN/python" -m deployments.setup --reset-blocks --hub-endpoint "$HUB_URL" --sim-root "$DEMO/sim" 2>&1 | grep -v "is ignored" | tail -n 20
 
     say "Process worker on pool spark-vllm (log: .demo/worker.log)"
-    "$BIN/python" -m deployments.worker start "${WORKER[@]}" --log "$DEMO/worker.log"
+    "$BIN/python" -m deployments.dev.worker start "${WORKER[@]}" --log "$DEMO/worker.log"
 
     say "deploy-qwen/sim: the flow run's log (every event: .demo/run-events.log)"
     status=0
-    "$BIN/python" -m deployments.worker run deploy-qwen/sim --events-log "$DEMO/run-events.log" --report deploy-sim \
-        --timeout 900 || status=$?
+    follow deploy-qwen/sim deploy-sim "$DEMO/run-events.log" 900 || status=$?
     if [ "$status" -ne 0 ]; then
         printf '\ndeploy-qwen/sim did not complete: the report above says why (worker log: .demo/worker.log).\n' >&2
         exit "$status"
@@ -64,8 +100,7 @@ up() {
 
     say "health-check/sim: one check now (then every 5 minutes on its schedule, run by the same worker)"
     status=0
-    "$BIN/python" -m deployments.worker run health-check/sim --events-log "$DEMO/health-events.log" --report health-sim \
-        --timeout 300 || status=$?
+    follow health-check/sim health-sim "$DEMO/health-events.log" 300 || status=$?
     # the verdict the check left, and the schedule the worker now runs (prefect.yaml: every 5 minutes)
     verdict=$("$BIN/python" - <<'PY' 2>/dev/null || echo "unknown (see the report above)"
 from prefect.client.orchestration import get_client
@@ -120,7 +155,8 @@ down() {
         "$BIN/python" -c "from flows.stop import stop_qwen; stop_qwen(target='sim', memory_timeout_s=10)" || true
     fi
     say "worker"
-    "$BIN/python" -m deployments.worker stop "${WORKER[@]}"
+    "$BIN/python" -m deployments.dev.worker stop "${WORKER[@]}"
+    rm -f "$DEMO/worker.pid"  # an older demo's
     if alive "$DEMO/hub.pid"; then kill -- -"$(cat "$DEMO/hub.pid")" 2>/dev/null || kill "$(cat "$DEMO/hub.pid")" || true; fi
     rm -f "$DEMO/hub.pid"
     if alive "$DEMO/server.pid"; then

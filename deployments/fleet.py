@@ -182,10 +182,10 @@ def worker_commands(fleet: FleetFile) -> list[str]:
     """The command to run on each machine (the first also runs the fleet flows)."""
     lines = []
     for i, name in enumerate(fleet.targets):
-        queues = f"--queue {name}" + (f" --queue {FLEET_QUEUE}" if i == 0 else "")
+        queues = f"--work-queue {name}" + (f" --work-queue {FLEET_QUEUE}" if i == 0 else "")
         lines.append(
-            f"on {name}: .venv/bin/python -m deployments.worker start --pool {WORK_POOL} --name {name}-worker "
-            f"{queues} --log worker.log --pid-file worker.pid"
+            f"on {name}: .venv/bin/prefect worker start --pool {WORK_POOL} --name {name}-worker {queues} "
+            "--with-healthcheck   (or as a systemd unit)"
         )
     return lines
 

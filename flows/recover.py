@@ -6,34 +6,36 @@ troubleshooting does by hand, but classified first and acted on once.
 The health-check automation runs it on `vllm.service.unhealthy` (it never emits that event itself,
 so it cannot trigger itself). Steps: a server that answers again needs nothing; otherwise read what
 docker says about ours (state, exit code, OOMKilled, log tail) and classify it (tasks/vllm/failures.py),
-remove it, read the machine's memory, let the planner (tasks/recovery/planner.py) name the class, the
-actions and the spec, act, and start again through the same recovery loop as deploy-qwen
-(tasks/serve.py); smoke-test; report.
+remove it, and hand that failure to the recovery loop deploy-qwen runs (tasks/serve.py `serve`): it
+reads the machine's memory, lets the planner (tasks/recovery/planner.py) name the class, the actions
+and the spec, acts, and starts again until the server serves or the planner gives up; smoke-test;
+report.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect_docker.host import DockerHost
 from pydantic import BaseModel
 
+from blocks.engine import EngineSpec
 from blocks.target import TargetMachine
-from tasks.health.probes import probe_endpoints
 from tasks.container import inspect_server, remove_managed_containers
 from tasks.events import ServiceEvent, emit_service_event
-from tasks.vllm.failures import FailureKind, classify_failure, wedged_engine_cause
-from tasks.readiness import ReadinessTimeouts
+from tasks.health.probes import probe_endpoints
+from tasks.health.verdict import needs_operator
 from tasks.inference import smoke_inference
 from tasks.locks import gpu_lock
 from tasks.memory import wait_for_release
-from tasks.health.verdict import needs_operator
-from tasks.recovery.planner import RecoveryLimits, plan_recovery, retry_spec
+from tasks.readiness import ReadinessTimeouts
+from tasks.recovery.step import RecoveryLimits
 from tasks.report import artifact_key, publish_report
-from tasks.serve import ServerSecrets, StartFailed, act, load_target, observe_memory, serve
+from tasks.serve import Failure, ServerSecrets, StartFailed, load_target, serve
 from tasks.state import desired_state, recent_recoveries, record_healthy, record_recover_run, recover_runs
+from tasks.vllm.failures import FailureKind, classify_failure, wedged_engine_cause
 
 
 class RecoverResult(BaseModel):
@@ -124,9 +126,9 @@ def recover_vllm(
 
 def _recover(
     machine: TargetMachine,
-    spec,
+    spec: EngineSpec,
     secrets: ServerSecrets,
-    docker_host,
+    docker_host: DockerHost,
     limits: RecoveryLimits,
     reason: str,
     timeouts: ReadinessTimeouts,
@@ -135,91 +137,71 @@ def _recover(
     wedged: bool,
 ) -> RecoverResult:
     """The recovery itself, inside the target's GPU lock (see the module docstring)."""
-    logger = get_run_logger()
-    history = recent_recoveries(machine.name)
-    state = inspect_server(docker_host, machine.name, secrets.values)
-    start_spec, steps, failure = spec, [], None
-    if state is not None:
-        cause = classify_failure(
-            state.log_tail, exit_code=state.exit_code, oom_killed=state.oom_killed, secrets=secrets.values
-        )
-        if wedged and cause.kind is FailureKind.UNKNOWN:  # a hang prints nothing: the engine is as good as dead
-            cause = wedged_engine_cause(cause.evidence)
-        failure = cause.kind.value
-        logger.info("%s is %s: [%s] %s", state.name, state.status, cause.kind.value, cause.summary)
-        remove_managed_containers(docker_host, machine.name, 10)
+    failure = _dead_server(machine, secrets, docker_host, limits, wedged)
+    kind = failure.cause.kind.value if failure else None
     # a killed server's memory can come back seconds after its container is gone (vllm 34643):
     # plan and start from the memory once it settled, not from what a dying process still held
     wait_for_release(machine, spec.image, spec.gpu_memory_utilization, timeout_s=release_timeout_s)
-    if state is not None:
-        memory = observe_memory(machine, spec.image)
-        step = plan_recovery(
-            cause, memory, spec, 0, limits.calibrated(state.log_tail), history, now=datetime.now(UTC)
-        )
-        step = step.model_copy(update={"at": datetime.now(UTC)})
-        steps.append(step)
-        logger.warning("recovery (%s): %s", step.klass.value, step.reason)
-        if step.give_up:
-            emit_service_event(
-                machine.name,
-                ServiceEvent.RECOVERY_FAILED,
-                {"kind": failure, "class": step.klass.value, "next_step": step.next_step or ""},
-            )
-            _report(machine.name, f"recover-vllm on {machine.name}: GAVE UP", reason, failure, steps, None)
-            raise RecoveryGaveUp(
-                f"recover-vllm on {machine.name} gave up: [{failure}] {cause.summary}\n"
-                f"Next step: {step.next_step or cause.fix}"
-            )
-        act(docker_host, machine, spec.image, step)
-        start_spec = machine.apply_to(retry_spec(spec, step))
+    history = recent_recoveries(machine.name)
     try:
-        served = serve(
-            docker_host, machine, start_spec, secrets, timeouts, recover=True, limits=limits, history=[*history, *steps]
-        )
+        served = serve(docker_host, machine, spec, secrets, timeouts, limits=limits, history=history, failure=failure)
     except StartFailed as exc:
-        _report(machine.name, f"recover-vllm on {machine.name}: FAILED", reason, failure, [*steps, *exc.steps], None)
-        raise
+        if exc.attempts:
+            _report(machine.name, f"recover-vllm on {machine.name}: FAILED", reason, kind, exc.steps, None)
+            raise
+        # the planner gave up on the dead server's failure itself: nothing was started
+        _report(machine.name, f"recover-vllm on {machine.name}: GAVE UP", reason, kind, exc.steps, None)
+        raise RecoveryGaveUp(
+            f"recover-vllm on {machine.name} gave up: [{kind}] {exc.cause.summary}\nNext step: {exc.next_step}"
+        ) from None
     smoke_inference(machine.endpoint, spec.served_name, secrets.api_key)
+    degraded = served.degraded(spec)
     record_healthy(
-        machine.name,
-        served.spec,
-        served.spec_hash,
-        degraded=served.degraded(spec),
-        kv_cache_tokens=served.kv_cache_tokens,
+        machine.name, served.spec, served.spec_hash, degraded=degraded, kv_cache_tokens=served.kv_cache_tokens
     )
     record_recover_run(machine.name, time.time(), ended_healthy=True)
-    all_steps = [*steps, *served.steps]
     result = RecoverResult(
         target=machine.name,
         status="recovered",
         reason=reason,
-        failure=failure,
-        classes=[s.klass.value for s in all_steps],
+        failure=kind,
+        classes=[s.klass.value for s in served.steps],
         spec_hash=served.spec_hash,
-        degraded=served.degraded(spec),
+        degraded=degraded,
         attempts=len(served.attempts),
         duration_s=_since(started),
     )
-    if not served.steps:  # serve() emits `recovered` itself when it had to retry
+    if not served.steps:  # serve() emits `recovered` itself when it planned
         emit_service_event(
             machine.name,
             ServiceEvent.RECOVERED,
-            {
-                "classes": result.classes,
-                "failure": failure or "",
-                "spec_hash": served.spec_hash,
-                "degraded": result.degraded or "",
-            },
+            {"classes": [], "failure": "", "spec_hash": served.spec_hash, "degraded": degraded or ""},
         )
-    _report(
-        machine.name,
-        f"recover-vllm on {machine.name}: recovered" + (" (DEGRADED)" if result.degraded else ""),
-        reason,
-        failure,
-        all_steps,
-        result,
-    )
+    title = f"recover-vllm on {machine.name}: recovered" + (" (DEGRADED)" if degraded else "")
+    _report(machine.name, title, reason, kind, served.steps, result)
     return result
+
+
+def _dead_server(
+    machine: TargetMachine, secrets: ServerSecrets, docker_host: DockerHost, limits: RecoveryLimits, wedged: bool
+) -> Failure | None:
+    """What docker says about our server (state, exit code, OOMKilled, log tail), classified, and the
+    server removed; None when there is none."""
+    state = inspect_server(docker_host, machine.name, secrets.values)
+    if state is None:
+        return None
+    cause = classify_failure(
+        state.log_tail,
+        exit_code=state.exit_code,
+        oom_killed=state.oom_killed,
+        secrets=secrets.values,
+        margin_gib=limits.margin_gib,
+    )
+    if wedged and cause.kind is FailureKind.UNKNOWN:  # a hang prints nothing: the engine is as good as dead
+        cause = wedged_engine_cause(cause.evidence)
+    get_run_logger().info("%s is %s: [%s] %s", state.name, state.status, cause.kind.value, cause.summary)
+    remove_managed_containers(docker_host, machine.name, 10)
+    return Failure(cause, list(state.log_tail))
 
 
 def _since(started: float) -> float:

@@ -14,7 +14,6 @@ the docker host's, wherever the worker runs.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,8 @@ from prefect.cache_policies import NO_CACHE
 from blocks.shared import HELPER_LABELS
 from blocks.target import SPARK_MEMINFO_COMMAND, TargetMachine, split_volume_target
 from tasks.container import docker_client
+from tasks.recovery.sizing import MARGIN_GIB, margin_for
+from tasks.vllm.failures import FailureCause, free_memory_cause
 
 KIB_PER_GIB = 1024 * 1024
 
@@ -38,10 +39,6 @@ class MemInfo:
     free_gib: float
     available_gib: float
     cached_gib: float
-
-    def can_start(self, utilization: float) -> bool:
-        """vLLM 0.10.1.1 refuses to start when free < utilization x total."""
-        return self.free_gib >= utilization * self.total_gib
 
     def released_for(self, utilization: float) -> bool:
         """Nothing but page cache (which drop_caches returns) stands between us and a start."""
@@ -68,16 +65,6 @@ def parse_meminfo(text: str) -> MemInfo:
         available_gib=round(values.get("MemAvailable", values["MemFree"]), 2),
         cached_gib=round(values.get("Cached", 0.0), 2),
     )
-
-
-def suggest_utilization(free_gib: float, total_gib: float, margin: float = 0.02) -> float:
-    """The largest `--gpu-memory-utilization` that fits what is free: free/total minus `margin`,
-    rounded down to a multiple of 0.05 (never below 0). 85.92/121.69 GiB -> 0.65."""
-    if total_gib <= 0:
-        raise ValueError(f"total_gib must be positive (got {total_gib})")
-    fraction = free_gib / total_gib - margin
-    steps = math.floor(fraction * 20 + 1e-9)
-    return max(0.0, round(steps / 20, 2))
 
 
 class MemoryReadError(RuntimeError):
@@ -235,39 +222,49 @@ def drop_caches(machine: TargetMachine, image: str) -> None:
 class NotEnoughMemory(RuntimeError):
     """Other processes hold memory a start at this utilization needs; says how much is missing.
 
-    Carries the reading and the utilization, so recovery can plan from them without a start.
+    Carries the reading, the utilization and the classified cause vLLM's own check would give
+    (`tasks.vllm.failures.free_memory_cause`), so recovery plans from them without a start.
     """
 
-    def __init__(self, message: str, info: MemInfo, utilization: float) -> None:
+    def __init__(self, message: str, info: MemInfo, utilization: float, cause: FailureCause) -> None:
         super().__init__(message)
         self.info = info
         self.utilization = utilization
+        self.cause = cause
 
 
-def room_for_start(info: MemInfo, utilization: float) -> str:
+def room_for_start(info: MemInfo, utilization: float, margin_gib: float = MARGIN_GIB) -> str:
     """What a start at ``utilization`` needs done first: 'fits' or 'drop-page-cache'.
 
     vLLM 0.10.1.1 refuses to start when free memory is below utilization x total, and on unified
     memory the previous load's page cache counts as used (vllm issue 48140): without dropping it a
     redeploy at the runbook's 0.90 fails although nothing else runs.
 
+    Args:
+        info: the target's memory now.
+        utilization: the spec's gpu_memory_utilization.
+        margin_gib: GiB the suggested utilization leaves free (`tasks.recovery.sizing.margin_for`).
+
     Raises:
         NotEnoughMemory: other processes hold memory that dropping the page cache does not return;
-            the message gives the utilization that would fit.
+            the message gives the utilization that would fit (tasks/recovery/sizing.py's rule).
     """
     need = utilization * info.total_gib
     if info.free_gib >= need:
         return "fits"
-    if info.free_gib + info.cached_gib >= need:
+    reclaimable = info.free_gib + info.cached_gib
+    if reclaimable >= need:
         return "drop-page-cache"
+    cause = free_memory_cause(info.free_gib, info.total_gib, utilization, margin_gib, page_cache_gib=info.cached_gib)
+    fits = cause.numbers["suggested_utilization"]
     raise NotEnoughMemory(
         f"only {info.free_gib:.1f} of {info.total_gib:.1f} GiB is free ({info.cached_gib:.1f} GiB page cache);"
         f" a start at gpu_memory_utilization {utilization:.2f} needs {need:.1f} GiB. Other processes hold the"
         " rest: stop them (`docker ps`; the runbook's `docker system prune -f`), or deploy with a lower"
-        ' utilization, e.g. overrides={"gpu_memory_utilization": '
-        f"{suggest_utilization(info.free_gib + info.cached_gib, info.total_gib):.2f}}}.",
+        f' utilization, e.g. overrides={{"gpu_memory_utilization": {fits:.2f}}}.',
         info,
         utilization,
+        cause,
     )
 
 
@@ -286,7 +283,7 @@ def make_room_for_start(machine: TargetMachine, image: str, utilization: float) 
     logger = get_run_logger()
     with docker_client(machine.docker_host()) as client:
         info = read_meminfo(client, machine, image)
-        action = room_for_start(info, utilization)
+        action = room_for_start(info, utilization, margin_for(machine.host_memory_floor_gib))
         if action == "fits":
             logger.info(
                 "memory: %.1f GiB free, a start at %.2f needs %.1f GiB",

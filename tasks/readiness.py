@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import docker
 import httpx
@@ -29,12 +30,13 @@ from prefect_docker.host import DockerHost
 from pydantic import BaseModel, Field
 
 from tasks.container import docker_client
-from tasks.vllm.api import auth_headers, lists_model
-from tasks.vllm.failures import FailureCause, classify_failure, guard_line
-from tasks.vllm.logs import EventKind, LineSplitter, Phase, StartupStats, StartupTracker
 from tasks.memory import MemoryReadError, exec_meminfo
+from tasks.recovery.sizing import margin_for
 from tasks.report import ProgressArtifact
 from tasks.secrets import scrub
+from tasks.vllm.api import auth_headers, lists_model
+from tasks.vllm.failures import FailureCause, classify_failure, host_memory_guard_cause
+from tasks.vllm.logs import EventKind, LineSplitter, Phase, StartupStats, StartupTracker
 
 _EOF = object()
 #: Once /health answers, how long the gate waits for the startup lines the log stream still holds.
@@ -71,7 +73,8 @@ class ReadinessFailed(RuntimeError):
         self.detected_at = time.time()  # wall clock, to compare with docker's own event times
         evidence = "\n".join(f"    {line}" for line in cause.evidence[-12:])
         super().__init__(
-            f"vLLM did not become ready ({status}): [{cause.kind.value}] {cause.summary}\nFix: {cause.fix}\nLog:\n{evidence}"
+            f"vLLM did not become ready ({status}): [{cause.kind.value}] {cause.summary}\nFix: {cause.fix}\n"
+            f"Log:\n{evidence}"
         )
 
 
@@ -164,7 +167,7 @@ class LogFollower:
         self._host, self._id = docker_host, container_id
         self._stop = threading.Event()
         self._client: docker.DockerClient | None = None
-        self._stream = None
+        self._stream: Any = None  # docker-py's log stream (an iterator of bytes), once entered
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"vllm-logs-{container_id[:12]}")
 
     def __enter__(self) -> LogFollower:
@@ -253,6 +256,126 @@ def wait_until_ready(
         )
 
 
+@dataclass
+class _Gate:
+    """One start's gate: what it read so far and when it next checks what (see `_gate`)."""
+
+    logger: Any
+    client: docker.DockerClient
+    container: Container
+    lines: queue.Queue
+    timeouts: ReadinessTimeouts
+    secrets: list[str]
+    progress_key: str
+    guard: MemoryGuard | None
+    readiness: Readiness = field(default_factory=lambda: Readiness(started_at=time.monotonic()))
+    tracker: StartupTracker = field(default_factory=StartupTracker)
+    progress: ProgressArtifact | None = None
+    restarts_before: int = 0
+    phase_started: float = 0.0
+    next_state_check: float = 0.0
+    next_guard_check: float = 0.0
+    #: MemAvailable (GiB) when the guard stopped the start; None while it has not.
+    guard_reading: float | None = None
+    stream_ended: bool = False
+
+    def __post_init__(self) -> None:
+        self.restarts_before = self.container.attrs.get("RestartCount", 0)
+        self.phase_started = self.readiness.started_at
+
+    def take(self, line: str) -> None:
+        """Forward one log line to the run's log, track the startup's phase and its shard progress."""
+        line = scrub(line, self.secrets)
+        self.logger.info("%s", line)
+        before = self.tracker.phase
+        event = self.tracker.feed(line)
+        if event is not None and event.kind is EventKind.SHARD_PROGRESS:
+            total = event.values["total"]
+            if self.progress is None:
+                self.progress = ProgressArtifact(self.progress_key, f"Loading safetensors checkpoint shards ({total})")
+            self.progress.update(100.0 * event.values["done"] / max(total, 1))
+        if self.tracker.phase != before:
+            now = time.monotonic()
+            self.readiness.phase_seconds[before.value] = round(now - self.phase_started, 3)
+            self.phase_started = now
+
+    def take_queued(self, wait_s: float) -> bool:
+        """Take every queued line, waiting up to ``wait_s`` for the first; False when none came."""
+        took = False
+        for line in _drain(self.lines, wait_s):
+            took = True
+            if line is _EOF:
+                self.stream_ended = True
+            else:
+                self.take(line)  # type: ignore[arg-type]
+        return took
+
+    def guard_trips(self) -> bool:
+        """Read MemAvailable; below the floor, kill the start and say so (once per start)."""
+        guard = self.guard
+        if guard is None or self.guard_reading is not None:
+            return False
+        self.next_guard_check = time.monotonic() + guard.interval_s
+        available = _available_gib(self.client, self.container, guard)
+        if available is None or available >= guard.floor_gib:
+            return False
+        self.guard_reading = available
+        self.logger.warning(
+            "memory guard: MemAvailable %.2f GiB is below the host floor %.2f GiB while vLLM starts: stopping the"
+            " container before the machine runs out of memory",
+            available,
+            guard.floor_gib,
+        )
+        _kill(self.container)
+        self.next_state_check = 0.0  # the kill ends the start: the state check reports it
+        return True
+
+    def fail(self, status: ExitState | str) -> ReadinessFailed:
+        """The failure, classified: the guard's own cause when it stopped the start, else the log's."""
+        recent = list(self.tracker.recent)
+        summary = status if isinstance(status, str) else status.summary
+        if self.guard is not None and self.guard_reading is not None:
+            cause = host_memory_guard_cause(self.guard_reading, self.guard.floor_gib, recent)  # lines are scrubbed
+            return ReadinessFailed(cause, summary, recent)
+        margin = margin_for(self.guard.floor_gib if self.guard else 0.0)
+        if isinstance(status, str):
+            return ReadinessFailed(classify_failure(recent, secrets=self.secrets, margin_gib=margin), summary, recent)
+        cause = classify_failure(
+            recent, exit_code=status.exit_code, oom_killed=status.oom_killed, secrets=self.secrets, margin_gib=margin
+        )
+        return ReadinessFailed(cause, summary, recent)
+
+    def check_state(self) -> None:
+        """Raise the classified failure once the container stopped (or the log ended while it runs)."""
+        self.next_state_check = time.monotonic() + 1.0
+        container, restarts = self.container, self.restarts_before
+        if _container_stopped(container, restarts) or (self.stream_ended and _stops_soon(container, restarts)):
+            # the follower may still hold the traceback's tail: take it until the stream's end
+            while not self.stream_ended:
+                if not self.take_queued(0.5):
+                    self.stream_ended = True
+            raise self.fail(exit_state(container.attrs))
+        if self.stream_ended:
+            raise self.fail("log stream ended while the container still runs")
+
+    def ready(self, served_name: str) -> Readiness:
+        """The server answers: take the startup lines the log stream still holds, and say so.
+
+        The server printed its startup lines (KV cache size, "Application startup complete.") before
+        it answered, but the follower may still hold them: on a loaded machine the log stream lags
+        the HTTP answer. Take them (a bounded wait) so the stats are whole.
+        """
+        readiness = self.readiness
+        readiness.ready_at, readiness.ready_wall = time.monotonic(), time.time()
+        catch_up = time.monotonic() + LOG_CATCH_UP_S
+        while self.tracker.phase is not Phase.READY and not self.stream_ended and time.monotonic() < catch_up:
+            self.take_queued(0.1)
+        readiness.phase_seconds[self.tracker.phase.value] = round(readiness.ready_at - self.phase_started, 3)
+        readiness.stats = self.tracker.stats
+        self.logger.info("vLLM is ready: /health 200 and /v1/models lists %s", served_name)
+        return readiness
+
+
 def _gate(
     logger,
     client: docker.DockerClient,
@@ -266,110 +389,28 @@ def _gate(
     progress_key: str,
     guard: MemoryGuard | None,
 ) -> Readiness:
-    restarts_before = container.attrs.get("RestartCount", 0)
-    readiness = Readiness(started_at=time.monotonic())
-    tracker = StartupTracker()
-    progress: ProgressArtifact | None = None
-    phase_started = readiness.started_at
-    next_state_check = 0.0
-    next_guard_check = 0.0
-    guard_tripped = False
-    stream_ended = False
+    """The gate's loop: take the log, check the container's state once a second and the host's
+    memory at the guard's interval, ask /health; return when it serves, raise when it cannot."""
+    gate = _Gate(logger, client, container, lines, timeouts, secrets, progress_key, guard)
     headers = auth_headers(api_key)
-
-    def take(line: str) -> None:
-        nonlocal phase_started, progress
-        line = scrub(line, secrets)
-        logger.info("%s", line)
-        before = tracker.phase
-        event = tracker.feed(line)
-        if event is not None and event.kind is EventKind.SHARD_PROGRESS:
-            total = event.values["total"]
-            if progress is None:
-                progress = ProgressArtifact(progress_key, f"Loading safetensors checkpoint shards ({total})")
-            progress.update(100.0 * event.values["done"] / max(total, 1))
-        if tracker.phase != before:
-            now = time.monotonic()
-            readiness.phase_seconds[before.value] = round(now - phase_started, 3)
-            phase_started = now
-
-    def guard_trips() -> bool:
-        """Read MemAvailable; below the floor, write the guard's line into the log the failure is
-        classified from, kill the start, and say so (once per start)."""
-        nonlocal guard_tripped, next_guard_check
-        if guard is None or guard_tripped:
-            return False
-        next_guard_check = time.monotonic() + guard.interval_s
-        available = _available_gib(client, container, guard)
-        if available is None or available >= guard.floor_gib:
-            return False
-        guard_tripped = True
-        line = guard_line(available, guard.floor_gib)
-        tracker.feed(line)
-        logger.warning("%s", line)
-        _kill(container)
-        return True
-
-    def fail(status: ExitState | str) -> ReadinessFailed:
-        if isinstance(status, str):
-            cause = classify_failure(list(tracker.recent), secrets=secrets)
-            return ReadinessFailed(cause, status, list(tracker.recent))
-        cause = classify_failure(
-            list(tracker.recent), exit_code=status.exit_code, oom_killed=status.oom_killed, secrets=secrets
-        )
-        return ReadinessFailed(cause, status.summary, list(tracker.recent))
-
     with httpx.Client(base_url=base_url, timeout=max(timeouts.poll_interval_s, 1.0), headers=headers) as http:
         while True:
             # a new line wakes the loop at once, so /health is asked right after the server says it is up
-            for line in _drain(lines, timeouts.poll_interval_s):
-                if line is _EOF:
-                    stream_ended = True
-                else:
-                    take(line)
+            gate.take_queued(timeouts.poll_interval_s)
             now = time.monotonic()
-            if stream_ended or now >= next_state_check:
-                next_state_check = now + 1.0
-                if _container_stopped(container, restarts_before) or (
-                    stream_ended and _stops_soon(container, restarts_before)
-                ):
-                    # the follower may still hold the traceback's tail: take it until the stream's end
-                    while not stream_ended:
-                        line = next(iter(_drain(lines, 0.5)), _EOF)
-                        if line is _EOF:
-                            stream_ended = True
-                        else:
-                            take(line)
-                    raise fail(exit_state(container.attrs))
-                if stream_ended:
-                    raise fail("log stream ended while the container still runs")
-            if now >= next_guard_check and guard_trips():
-                next_state_check = 0.0  # the kill ends the start: the state check classifies it
+            if gate.stream_ended or now >= gate.next_state_check:
+                gate.check_state()
+            if now >= gate.next_guard_check and gate.guard_trips():
                 continue
             if _healthy(http, served_name):
                 # the server holds its whole budget once it serves, for as long as it serves: one
                 # reading now, so a spec that leaves the host below the floor never counts as ready
-                if guard_trips():
-                    next_state_check = 0.0
+                if gate.guard_trips():
                     continue
-                readiness.ready_at, readiness.ready_wall = time.monotonic(), time.time()
-                # The server printed its startup lines (KV cache size, "Application startup complete.")
-                # before it answered, but the follower may still hold them: on a loaded machine the
-                # log stream lags the HTTP answer. Take them (a bounded wait) so the stats are whole.
-                catch_up = time.monotonic() + LOG_CATCH_UP_S
-                while tracker.phase is not Phase.READY and not stream_ended and time.monotonic() < catch_up:
-                    for line in _drain(lines, 0.1):
-                        if line is _EOF:
-                            stream_ended = True
-                        else:
-                            take(line)
-                readiness.phase_seconds[tracker.phase.value] = round(readiness.ready_at - phase_started, 3)
-                readiness.stats = tracker.stats
-                logger.info("vLLM is ready: /health 200 and /v1/models lists %s", served_name)
-                return readiness
-            limit = timeouts.limit_for(tracker.phase.value)
-            if now - phase_started > limit:
-                raise fail(f"timed out after {limit:.0f} s in phase {tracker.phase.value!r}")
+                return gate.ready(served_name)
+            limit = timeouts.limit_for(gate.tracker.phase.value)
+            if now - gate.phase_started > limit:
+                raise gate.fail(f"timed out after {limit:.0f} s in phase {gate.tracker.phase.value!r}")
 
 
 def _available_gib(client: docker.DockerClient, container: Container, guard: MemoryGuard) -> float | None:

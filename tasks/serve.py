@@ -1,14 +1,17 @@
 """Start the vLLM server and, when a start fails on memory, recover: the one code path that
 deploy-qwen and recover-vllm both run (no recovery is written twice).
 
-    served = serve(docker_host, machine, spec, secrets, timeouts, recover=True)
+    served = serve(docker_host, machine, spec, secrets, timeouts)  # deploy-qwen
+    served = serve(docker_host, machine, spec, secrets, timeouts, failure=Failure(cause, log_lines))  # recover-vllm
 
 `start_once` is the runbook's `docker compose up -d` plus the readiness gate: make room in memory,
 create and start the container, wait until it serves (with the host-memory guard), arm the restart
 policy. `serve` wraps it in the recovery loop: a failed start is classified (tasks/vllm/failures.py), the
 machine's memory is read (tasks/memory.py), the pure planner (tasks/recovery/planner.py) names the class,
 the actions and the next spec, the actions run as tasks, and the next spec starts, until it serves
-or the planner gives up. Every attempt is a row of a table artifact; the outcome is an event.
+or the planner gives up. recover-vllm hands the failure it found (a dead server's classified log) to
+the same loop, which then begins by planning instead of starting. Every attempt is a row of a table
+artifact; the outcome is an event.
 What is kept per target between runs (the last healthy spec, the recent recoveries) lives in
 tasks/state.py.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn, cast
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -38,14 +41,15 @@ from tasks.container import (
     start_vllm_container,
 )
 from tasks.events import ServiceEvent, emit_service_event
-from tasks.vllm.failures import FailureCause, classify_failure, free_memory_error
-from tasks.readiness import MemoryGuard, Readiness, ReadinessFailed, ReadinessTimeouts, wait_until_ready
 from tasks.memory import NotEnoughMemory, drop_caches, make_room_for_start, read_meminfo, read_memory, wait_for_release
 from tasks.prune import prune_docker
-from tasks.recovery.planner import Action, MachineMemory, RecoveryLimits, RecoveryStep, plan_recovery, retry_spec
+from tasks.readiness import MemoryGuard, Readiness, ReadinessFailed, ReadinessTimeouts, wait_until_ready
+from tasks.recovery.planner import plan_recovery
+from tasks.recovery.step import Action, MachineMemory, RecoveryLimits, RecoveryStep, retry_spec
 from tasks.report import artifact_key
 from tasks.secrets import DOTENV, HF_TOKEN_ENV_VARS, load_secret
 from tasks.state import remember_recoveries
+from tasks.vllm.failures import FailureCause
 
 #: How long a failed start's memory may take to come back before recovery plans (a killed process's
 #: memory is released when the kernel reaps it; the imitation's, when its heartbeat goes stale: 5 s).
@@ -86,7 +90,7 @@ class Target:
 def load_target(target: str, engine: str | None, preset: str | None, overrides: dict[str, Any] | None) -> Target:
     """The TargetMachine block ``target``, the spec as it runs there (engine block or the runbook's,
     then the preset, then the overrides, then the machine's own overrides) and its secrets."""
-    machine = TargetMachine.load(target)
+    machine = cast(TargetMachine, TargetMachine.load(target))  # Prefect's sync/async dual: sync here
     spec = machine.apply_to(load_engine_spec(engine, preset, overrides))
     return Target(machine, spec, ServerSecrets.for_target(machine))
 
@@ -167,13 +171,23 @@ class StartFailed(RuntimeError):
         )
 
 
+@dataclass
+class Failure:
+    """A failed start (or a server that died), classified: what the recovery loop plans from."""
+
+    cause: FailureCause
+    #: the log lines it came from, secrets scrubbed (the KV model calibrates its weights from them).
+    lines: list[str] = field(default_factory=list)
+    #: the attempts-table row of the start that failed; None for a failure handed to `serve`.
+    attempt: Attempt | None = None
+
+
 def failure_of(exc: BaseException) -> tuple[FailureCause, list[str]]:
     """The classified cause of a failed start, and the log lines it came from (for calibration)."""
     if isinstance(exc, ReadinessFailed):
         return exc.cause, exc.lines
-    if isinstance(exc, NotEnoughMemory):  # refused before it ran: vLLM's own check, same numbers
-        text = free_memory_error(exc.info.free_gib, exc.info.total_gib, exc.utilization)
-        return classify_failure([text]), []
+    if isinstance(exc, NotEnoughMemory):  # refused before it ran: the cause vLLM's check would give
+        return exc.cause, []
     raise TypeError(f"not a start failure: {type(exc).__name__}")
 
 
@@ -268,78 +282,143 @@ def serve(
     recover: bool = True,
     limits: RecoveryLimits | None = None,
     history: list[RecoveryStep] | None = None,
+    failure: Failure | None = None,
 ) -> Served:
     """Start ``requested``; on a failure, classify, plan, act and retry until it serves or the planner
-    gives up (then StartFailed, nothing left running). ``recover=False``: one start, its failure raised."""
+    gives up (then StartFailed, nothing left running). ``recover=False``: one start, its failure raised.
+
+    Args:
+        docker_host: the target's docker daemon.
+        machine: the target.
+        requested: the spec to serve.
+        secrets: the target's HF token and API key.
+        timeouts: the readiness gate's limits.
+        recover: plan and retry after a failure; False raises the first failure.
+        limits: the planner's bounds and KV model (their margin is raised above the target's floor).
+        history: the target's earlier recovery steps (engine restarts of the last hour count).
+        failure: a failure found before this call (recover-vllm: the dead server's): the loop begins
+            by planning from it, and the caller has waited for its memory to come back.
+    """
     logger = get_run_logger()
     limits = (limits or RecoveryLimits()).guarded(machine.host_memory_floor_gib)
-    spec, steps, attempts = requested, [], []
+    spec = requested
+    steps: list[RecoveryStep] = []
+    attempts: list[Attempt] = []
     past = list(history or [])
+    first = failure
     while True:
-        spec_hash = spec.spec_hash(machine)
-        started = time.monotonic()
-        try:
-            container_id, readiness = start_once(docker_host, machine, spec, secrets, timeouts)
-        except (ReadinessFailed, NotEnoughMemory) as exc:
-            cause, lines = failure_of(exc)
-            attempt = _attempt(len(attempts) + 1, spec, spec_hash, cause.kind.value, None, started)
-            attempts.append(attempt)
-            if not recover:
-                _publish_attempts(machine, attempts)
-                raise
-            if isinstance(exc, ReadinessFailed):
-                # a start that got a container: its memory may come back seconds after the kill (vllm
-                # 34643); plan from the memory once it settled, not from what the dying start held
-                wait_for_release(machine, spec.image, spec.gpu_memory_utilization, timeout_s=RELEASE_WAIT_S)
-            memory = observe_memory(machine, spec.image)
-            step = plan_recovery(
-                cause,
-                memory,
-                spec,
-                len(steps),
-                limits.calibrated(lines),
-                [*past, *steps],
-                now=datetime.now(UTC),
-            )
-            step = step.model_copy(update={"at": datetime.now(UTC)})
-            steps.append(step)
-            attempt.then = _describe(step)
-            logger.warning("recovery (%s): %s", step.klass.value, step.reason)
-            if step.give_up:
-                _publish_attempts(machine, attempts)
-                remember_recoveries(machine.name, steps)
-                emit_service_event(
-                    machine.name,
-                    ServiceEvent.RECOVERY_FAILED,
-                    {
-                        "kind": cause.kind.value,
-                        "class": step.klass.value,
-                        "next_step": step.next_step or "",
-                        "attempts": len(attempts),
-                    },
-                )
-                raise StartFailed(machine.name, cause, steps, attempts) from None
-            act(docker_host, machine, spec.image, step)
-            spec = machine.apply_to(retry_spec(spec, step))
-            continue
-        attempts.append(
-            _attempt(len(attempts) + 1, spec, spec_hash, "serving", readiness.stats.kv_cache_tokens, started)
-        )
-        served = Served(container_id, readiness, spec, spec_hash, steps, attempts)
-        if steps:
+        if failure is None:
+            started = _start(docker_host, machine, spec, secrets, timeouts, attempts, recover)
+            if not isinstance(started, Failure):
+                return _served(machine, requested, spec, started, steps, attempts, first)
+            failure = started
+            first = first or failure
+        # retries made: a failure handed in counts as the first start's, as deploy-qwen's first start does
+        attempt = max(0, len(attempts) - 1)
+        step = _plan(machine, spec, failure, attempt, limits.calibrated(failure.lines), [*past, *steps])
+        steps.append(step)
+        if failure.attempt is not None:
+            failure.attempt.then = _describe(step)
+        logger.warning("recovery (%s): %s", step.klass.value, step.reason)
+        if step.give_up:
+            _give_up(machine, failure.cause, steps, attempts)
+        act(docker_host, machine, spec.image, step)
+        spec = machine.apply_to(retry_spec(spec, step))
+        failure = None
+
+
+def _start(
+    docker_host: DockerHost,
+    machine: TargetMachine,
+    spec: EngineSpec,
+    secrets: ServerSecrets,
+    timeouts: ReadinessTimeouts,
+    attempts: list[Attempt],
+    recover: bool,
+) -> tuple[str, Readiness] | Failure:
+    """One start, recorded as a row of ``attempts``: the container and what the gate learned, or the
+    classified failure (raised as is when ``recover`` is off)."""
+    spec_hash = spec.spec_hash(machine)
+    started = time.monotonic()
+    try:
+        container_id, readiness = start_once(docker_host, machine, spec, secrets, timeouts)
+    except (ReadinessFailed, NotEnoughMemory) as exc:
+        cause, lines = failure_of(exc)
+        attempts.append(_attempt(len(attempts) + 1, spec, spec_hash, cause.kind.value, None, started))
+        if not recover:
             _publish_attempts(machine, attempts)
-            remember_recoveries(machine.name, steps)
-            emit_service_event(
-                machine.name,
-                ServiceEvent.RECOVERED,
-                {
-                    "classes": [s.klass.value for s in steps],
-                    "attempts": len(attempts),
-                    "spec_hash": spec_hash,
-                    "degraded": served.degraded(requested) or "",
-                },
-            )
-        return served
+            raise
+        if isinstance(exc, ReadinessFailed):
+            # a start that got a container: its memory may come back seconds after the kill (vllm
+            # 34643); plan from the memory once it settled, not from what the dying start held
+            wait_for_release(machine, spec.image, spec.gpu_memory_utilization, timeout_s=RELEASE_WAIT_S)
+        return Failure(cause, lines, attempts[-1])
+    attempts.append(_attempt(len(attempts) + 1, spec, spec_hash, "serving", readiness.stats.kv_cache_tokens, started))
+    return container_id, readiness
+
+
+def _plan(
+    machine: TargetMachine,
+    spec: EngineSpec,
+    failure: Failure,
+    attempt: int,
+    limits: RecoveryLimits,
+    history: list[RecoveryStep],
+) -> RecoveryStep:
+    """The planner's next step for ``failure``, from the machine's memory as it is now."""
+    memory = observe_memory(machine, spec.image)
+    step = plan_recovery(failure.cause, memory, spec, attempt, limits, history, now=datetime.now(UTC))
+    return step.model_copy(update={"at": datetime.now(UTC)})
+
+
+def _give_up(
+    machine: TargetMachine, cause: FailureCause, steps: list[RecoveryStep], attempts: list[Attempt]
+) -> NoReturn:
+    """The planner gave up: report the attempts, remember the steps, say so, raise StartFailed."""
+    step = steps[-1]
+    if attempts:
+        _publish_attempts(machine, attempts)
+    remember_recoveries(machine.name, steps)
+    emit_service_event(
+        machine.name,
+        ServiceEvent.RECOVERY_FAILED,
+        {
+            "kind": cause.kind.value,
+            "class": step.klass.value,
+            "next_step": step.next_step or "",
+            "attempts": len(attempts),
+        },
+    )
+    raise StartFailed(machine.name, cause, steps, attempts) from None
+
+
+def _served(
+    machine: TargetMachine,
+    requested: EngineSpec,
+    spec: EngineSpec,
+    started: tuple[str, Readiness],
+    steps: list[RecoveryStep],
+    attempts: list[Attempt],
+    first: Failure | None,
+) -> Served:
+    """The server serves: after a recovery, report the attempts, remember the steps, emit `recovered`."""
+    container_id, readiness = started
+    served = Served(container_id, readiness, spec, attempts[-1].spec_hash, steps, attempts)
+    if steps:
+        _publish_attempts(machine, attempts)
+        remember_recoveries(machine.name, steps)
+        emit_service_event(
+            machine.name,
+            ServiceEvent.RECOVERED,
+            {
+                "classes": [s.klass.value for s in steps],
+                "failure": first.cause.kind.value if first else "",
+                "attempts": len(attempts),
+                "spec_hash": served.spec_hash,
+                "degraded": served.degraded(requested) or "",
+            },
+        )
+    return served
 
 
 def _attempt(n: int, spec: EngineSpec, spec_hash: str, outcome: str, kv: int | None, started: float) -> Attempt:

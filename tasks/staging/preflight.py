@@ -17,7 +17,7 @@ MARGIN_FRACTION = 0.01  # of the bytes still needed
 MARGIN_MIN = 64 * 1024 * 1024  # filesystem overhead, the manifest, a concurrent writer's slack
 
 
-def margin_for(needed: int, fraction: float = MARGIN_FRACTION, minimum: int = MARGIN_MIN) -> int:
+def disk_margin_for(needed: int, fraction: float = MARGIN_FRACTION, minimum: int = MARGIN_MIN) -> int:
     if needed <= 0:
         return 0
     return max(int(needed * fraction), minimum)
@@ -60,7 +60,7 @@ def check_space(needed: int, free: int, where: Path, margin: int) -> None:
 
 def require_free_space(needed: int, cache_dir: Path) -> tuple[int, int]:
     """Check the real filesystem; returns (required incl. margin, free)."""
-    margin = margin_for(needed)
+    margin = disk_margin_for(needed)
     free = free_bytes(cache_dir)
     check_space(needed, free, Path(cache_dir), margin)
     return needed + margin, free

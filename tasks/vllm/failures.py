@@ -2,7 +2,7 @@
 
 vLLM (0.10.1.1 in ``nvcr.io/nvidia/vllm:25.09-py3``) has no failure codes: a start that fails prints
 a traceback, the API server adds ``RuntimeError: Engine core initialization failed. See root cause
-above.``, and the container exits. The cause is in the exact error texts (``../shared/notes/vllm.md``)
+above.``, and the container exits. The cause is in the exact error texts (tests/data/logs/ holds recorded examples)
 and, when the kernel killed the container, only in docker's ``State`` (``ExitCode`` 137,
 ``OOMKilled``). This module turns those into a `FailureCause`: a kind that recovery code can branch
 on (``cause.kind``), an operator's summary and fix, the log lines that show it, the numbers of the
@@ -15,34 +15,22 @@ matches. A `FailureRule` holds everything about one kind in one place: the log p
 (or a test of the container's exit code and OOMKilled flag), which lines it shows as evidence, and
 its texts: a fixed ``summary``/``fix``, or a ``build`` function that computes them from the matched
 error's numbers. Order matters because one failure prints several errors: the root cause must win
-over its consequences. The order, first to last:
-
-1. `host_memory_guard`: the readiness gate stopped the start (its own line in the log): whatever vLLM
-   printed last was cut short by that stop.
-2. `gpu_runtime_missing`: docker gives the container no GPU; everything vLLM says afterwards follows from that.
-3. `bad_arguments`: ``vllm serve`` rejected its command line; nothing ran.
-4. `fp8_kernel`: the runbook's FP8 CUTLASS failure; it is followed by generic CUDA and engine errors.
-5. `free_memory`: vLLM's own check at startup, with exact numbers.
-6. `kv_too_small`: vLLM's KV sizing check for max_model_len, with exact numbers.
-7. `no_kv_memory`: vLLM's KV sizing found no room at all.
-8. `cuda_oom`: PyTorch's generic out-of-memory (vLLM's own checks above name the cause better).
-9. `missing_model_files`: the staged cache lacks or has a broken file.
-10. `oom_killed`: no vLLM error above, and docker reports OOMKilled: the kernel's OOM killer ended the
-   container, and the engine-death lines it may leave are the consequence.
-11. `engine_dead`: the engine core died; a symptom, so any cause above wins over it.
-12. `killed`: no vLLM error above, exit code 137 (SIGKILL) without OOMKilled: the host's OOM killer
-    or a `docker kill`.
-13. `unknown`: always matches; shows the last error lines of the log.
+over its consequences; each rule's ``why`` in the table says why it sits where it does.
 
 The ``RuntimeError: Engine core initialization failed`` line is context, never a kind: it follows
 every startup failure, so it is added to the evidence of the kind that matched.
 
+Two causes are not read from a log but built from the numbers of the check that found them:
+`free_memory_cause` (the pre-start memory check of tasks/memory.py refuses a start vLLM would refuse,
+with vLLM's own numbers) and `host_memory_guard_cause` (the readiness gate stopped a start below the
+host's memory floor). Both sit next to the rule they stand for.
+
 Adding a kind
 -------------
 Add a member to `FailureKind` and one `FailureRule` to `RULES` at its place in the order, with its
-patterns and its texts (a ``build`` function when the texts need the error's numbers), then extend
-the list above and add a recorded log to ``tests/data/logs/`` for it. Nothing else: the table is
-checked at import (each kind exactly once, the catch-all last).
+patterns, its texts (a ``build`` function when the texts need the error's numbers) and its ``why``,
+and add a recorded log to ``tests/data/logs/`` for it. Nothing else: the table is checked at import
+(each kind read from logs exactly once, the catch-all last).
 """
 
 from __future__ import annotations
@@ -54,6 +42,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from tasks.recovery.sizing import MARGIN_GIB, MODEL_LEN_STEP, fit_utilization, round_model_len
+from tasks.secrets import scrub
 from tasks.vllm.logs import (
     EventKind,
     is_cosmetic,
@@ -64,8 +54,6 @@ from tasks.vllm.logs import (
     strip_ansi,
     strip_prefix,
 )
-from tasks.memory import suggest_utilization
-from tasks.secrets import scrub
 
 __all__ = [
     "MAX_EVIDENCE",
@@ -77,8 +65,9 @@ __all__ = [
     "FailureRule",
     "Hit",
     "classify_failure",
-    "rule_for",
-    "suggest_max_model_len",
+    "free_memory_cause",
+    "host_memory_guard_cause",
+    "wedged_engine_cause",
 ]
 
 #: At most this many log lines are kept as a cause's evidence.
@@ -101,6 +90,10 @@ class FailureKind(StrEnum):
     OOM_KILLED = "oom_killed"
     KILLED = "killed"
     UNKNOWN = "unknown"
+
+
+#: Kinds no log line shows: built from the numbers of the check that found them (`host_memory_guard_cause`).
+NOT_FROM_LOGS: frozenset[FailureKind] = frozenset({FailureKind.HOST_MEMORY_GUARD})
 
 
 class FailureCause(BaseModel):
@@ -151,6 +144,8 @@ class Hit:
     ready: bool
     exit_code: int | None
     oom_killed: bool
+    #: GiB a suggested utilization leaves free (tasks/recovery/sizing.py `margin_for`).
+    margin_gib: float = MARGIN_GIB
 
 
 @dataclass(frozen=True)
@@ -182,6 +177,8 @@ class FailureRule:
     evidence: Evidence = Evidence.MATCHES
     #: more lines to show as evidence, never matched on (e.g. the exceptions around an engine death).
     evidence_patterns: tuple[re.Pattern[str], ...] = ()
+    #: why the rule sits where it does in `RULES` (the table's order is the priority).
+    why: str = ""
 
     def __post_init__(self) -> None:
         if not self.patterns and self.exit_matches is None:
@@ -240,26 +237,24 @@ def _gib(value: str, unit: str) -> float:
     return round(float(value) * _UNIT[unit], 4)
 
 
-def suggest_max_model_len(estimate: int) -> int:
-    """vLLM's estimated maximum model length rounded down to a multiple of 1024 (12688 -> 12288).
-
-    A round length leaves a little slack under vLLM's estimate, so the retry does not fail on the
-    same check by a few tokens. Returns 0 when the estimate is below 1024: then only more memory helps.
-    """
-    return max(0, (int(estimate) // 1024) * 1024)
-
-
 # ============================================================================ texts with numbers
 
 
 def _free_memory(hit: Hit) -> Diagnosis:
     m = _FREE_MEMORY.search(hit.line)
     assert m is not None
-    free, total = float(m["free"]), float(m["total"])
-    util, requested = float(m["util"]), float(m["req"])
-    suggested_util = suggest_utilization(free, total)
+    return _free_memory_diagnosis(
+        float(m["free"]), float(m["total"]), float(m["util"]), float(m["req"]), m["device"] or "", hit.margin_gib
+    )
+
+
+def _free_memory_diagnosis(
+    free: float, total: float, util: float, requested: float, device: str, margin_gib: float, cached: float = 0.0
+) -> Diagnosis:
+    suggested_util = fit_utilization(free + cached, total, margin_gib)
     held = total - free
-    device = f" {m['device']}" if m["device"] else ""
+    device = f" {device}" if device else ""
+    dropped = " once the page cache is dropped" if cached else ""
     numbers = {
         "free_gib": free,
         "total_gib": total,
@@ -273,8 +268,9 @@ def _free_memory(hit: Hit) -> Diagnosis:
         f"{util:.2f} asks for {requested:.2f} GiB; {held:.2f} GiB is held by something else"
     )
     lower = (
-        f"lower gpu_memory_utilization to {suggested_util:.2f} (free/total {free / total:.3f} minus a "
-        "0.02 margin, rounded down to 0.05), and max_model_len to 16384 if the KV cache then gets too small"
+        f"lower gpu_memory_utilization to {suggested_util:.2f} (the largest multiple of 0.01 that leaves "
+        f"{margin_gib:.1f} GiB of the {free + cached:.2f} GiB free{dropped}), and max_model_len to 16384 if the KV "
+        "cache then gets too small"
         if suggested_util > 0
         else "there is too little free memory for any utilization: free memory first"
     )
@@ -290,6 +286,32 @@ def _free_memory(hit: Hit) -> Diagnosis:
     return Diagnosis(summary=summary, fix=fix, numbers=numbers, suggested=suggested)
 
 
+def free_memory_cause(
+    free_gib: float, total_gib: float, utilization: float, margin_gib: float = MARGIN_GIB, page_cache_gib: float = 0.0
+) -> FailureCause:
+    """The `free_memory` cause of a start refused before it ran: the pre-start memory check
+    (tasks/memory.py `room_for_start`) knows vLLM's check would fail (free < utilization x total,
+    ``vllm/v1/worker/gpu_worker.py`` ``init_device``) and has its numbers, so no log is read.
+
+    Args:
+        free_gib: the free memory vLLM's check would see now (MemFree on GB10).
+        total_gib: the device total (MemTotal on GB10).
+        utilization: the spec's gpu_memory_utilization.
+        margin_gib: GiB the suggested utilization leaves free (tasks/recovery/sizing.py `margin_for`).
+        page_cache_gib: page cache a drop would return before the start (counted in the suggestion).
+    """
+    free, total = round(free_gib, 2), round(total_gib, 2)
+    requested = round(total * utilization, 2)
+    diagnosis = _free_memory_diagnosis(free, total, utilization, requested, "", margin_gib, round(page_cache_gib, 2))
+    return FailureCause(
+        kind=FailureKind.FREE_MEMORY,
+        summary=diagnosis.summary,
+        fix=diagnosis.fix,
+        numbers=diagnosis.numbers,
+        suggested=diagnosis.suggested,
+    )
+
+
 def _kv_too_small(hit: Hit) -> Diagnosis:
     m = _KV_TOO_SMALL.search(hit.line)
     assert m is not None
@@ -302,14 +324,17 @@ def _kv_too_small(hit: Hit) -> Diagnosis:
     )
     if m["est"]:
         estimate = int(m["est"])
-        new_len = suggest_max_model_len(estimate)
+        new_len = round_model_len(estimate)
         numbers.update(estimated_max_model_len=estimate, suggested_max_model_len=new_len)
         summary += f" (vLLM estimates a maximum model length of {estimate})"
         if new_len:
             suggested["max_model_len"] = new_len
-            lower = f"lower max_model_len to {new_len} (vLLM's estimate {estimate} rounded down to a multiple of 1024)"
+            lower = (
+                f"lower max_model_len to {new_len} (vLLM's estimate {estimate} rounded down to a multiple of "
+                f"{MODEL_LEN_STEP})"
+            )
         else:
-            lower = "the estimate is below 1024 tokens: only more memory helps"
+            lower = f"the estimate is below {MODEL_LEN_STEP} tokens: only more memory helps"
     else:
         lower = "lower max_model_len"
     fix = (
@@ -349,7 +374,9 @@ def _cuda_oom(hit: Hit) -> Diagnosis:
 def _engine_dead(hit: Hit) -> Diagnosis:
     when = "after the server was ready" if hit.ready else "during startup"
     return Diagnosis(
-        summary=f"the engine core process died {when}; the API server stops serving (500 in 0.10.x, 503 in 0.11+) and exits",
+        summary=(
+            f"the engine core process died {when}; the API server stops serving (500 in 0.10.x, 503 in 0.11+) and exits"
+        ),
         fix=(
             "Read the lines before the evidence for the root cause, then recover (restart the container: the "
             "recover flow). If it repeats under load, lower max_num_seqs or max_num_batched_tokens."
@@ -362,33 +389,6 @@ def _exit_numbers(hit: Hit) -> dict[str, float]:
     return {"exit_code": float(hit.exit_code)} if hit.exit_code is not None else {}
 
 
-#: The line the readiness gate writes into the log it classifies when it stops a start that pushed
-#: the host's memory below the target's floor (`guard_line`); the first rule recognises it.
-GUARD_PREFIX = "spark-vllm memory guard:"
-_GUARD = re.compile(
-    re.escape(GUARD_PREFIX) + r" MemAvailable (?P<avail>[\d.]+) GiB is below the host floor (?P<floor>[\d.]+) GiB"
-)
-
-
-def guard_line(available_gib: float, floor_gib: float) -> str:
-    """What the gate logs (and classifies) when its memory guard stops a start."""
-    return (
-        f"{GUARD_PREFIX} MemAvailable {available_gib:.2f} GiB is below the host floor {floor_gib:.2f} GiB"
-        " while vLLM starts: the container was stopped before the machine runs out of memory"
-    )
-
-
-def free_memory_error(free_gib: float, total_gib: float, utilization: float) -> str:
-    """vLLM 0.10.1.1's startup check, word for word, for a start refused before it ran (a memory
-    check that already knows it would fail): classified like the real error, same numbers."""
-    requested = round(total_gib * utilization, 2)
-    return (
-        f"ValueError: Free memory on device ({free_gib:.2f}/{total_gib:.2f} GiB) on startup is less than desired "
-        f"GPU memory utilization ({utilization}, {requested:.2f} GiB). Decrease GPU memory utilization or reduce "
-        "GPU memory used by other processes."
-    )
-
-
 def wedged_engine_cause(evidence: Sequence[str] = ()) -> FailureCause:
     """A server whose /health says 200 but which answers nothing: a hang prints no log line, so no
     rule of the table can see it; what the probes saw makes it an engine death after ready
@@ -396,27 +396,32 @@ def wedged_engine_cause(evidence: Sequence[str] = ()) -> FailureCause:
     return FailureCause(
         kind=FailureKind.ENGINE_DEAD,
         summary="the engine stopped answering while /health and /v1/models still said 200: wedged (vllm issue 39863)",
-        fix="Restart the server with the same spec (recover-vllm does, once an hour); if it repeats, lower max_num_seqs.",
+        fix=(
+            "Restart the server with the same spec (recover-vllm does, once an hour); if it repeats, lower"
+            " max_num_seqs."
+        ),
         evidence=list(evidence)[-MAX_EVIDENCE:],
         numbers={"after_ready": 1.0},
     )
 
 
-def _host_memory_guard(hit: Hit) -> Diagnosis:
-    m = _GUARD.search(hit.line)
-    assert m is not None
-    available, floor = float(m["avail"]), float(m["floor"])
-    return Diagnosis(
+def host_memory_guard_cause(available_gib: float, floor_gib: float, evidence: Sequence[str] = ()) -> FailureCause:
+    """The readiness gate stopped a start because the host's MemAvailable fell below the target's
+    floor (tasks/readiness.py `MemoryGuard`): the gate has the numbers, and whatever vLLM printed
+    last was cut short by that stop, so this cause wins over anything in the log."""
+    return FailureCause(
+        kind=FailureKind.HOST_MEMORY_GUARD,
         summary=(
-            f"the host's MemAvailable fell to {available:.2f} GiB, below the floor of {floor:.2f} GiB, while vLLM "
-            "started, and the start was stopped: on GB10 the utilization is not a hard cap while vLLM profiles "
+            f"the host's MemAvailable fell to {available_gib:.2f} GiB, below the floor of {floor_gib:.2f} GiB, while "
+            "vLLM started, and the start was stopped: on GB10 the utilization is not a hard cap while vLLM profiles "
             "(vllm issue 46307) and a machine out of memory can hang"
         ),
         fix=(
             "Lower max_num_batched_tokens / max_num_seqs (a smaller profiling peak) or gpu_memory_utilization, and "
             "stop other memory users; do not retry the same spec in a loop."
         ),
-        numbers={"available_gib": available, "floor_gib": floor},
+        evidence=list(evidence)[-MAX_EVIDENCE:],
+        numbers={"available_gib": round(available_gib, 2), "floor_gib": round(floor_gib, 2)},
     )
 
 
@@ -464,9 +469,8 @@ def _unknown(hit: Hit) -> Diagnosis:
 
 # ============================================================================ the table
 
-#: The failure rules, highest priority first (the module docstring says why this order).
+#: The failure rules, highest priority first; each rule's ``why`` says why it sits where it does.
 RULES: tuple[FailureRule, ...] = (
-    FailureRule(kind=FailureKind.HOST_MEMORY_GUARD, patterns=(_GUARD,), build=_host_memory_guard),
     FailureRule(
         kind=FailureKind.GPU_RUNTIME_MISSING,
         patterns=(
@@ -484,6 +488,7 @@ RULES: tuple[FailureRule, ...] = (
             "then restart docker) and check `docker run --rm --gpus all nvcr.io/nvidia/vllm:25.09-py3 nvidia-smi`. "
             "For an imitation without GPUs set the target's gpus to none."
         ),
+        why="docker gives the container no GPU: everything vLLM says afterwards follows from that",
     ),
     FailureRule(
         kind=FailureKind.BAD_ARGUMENTS,
@@ -499,6 +504,7 @@ RULES: tuple[FailureRule, ...] = (
             "Fix the flag named in the evidence in the engine spec (most often extra_args); the image runs "
             "vLLM 0.10.1.1, so check it against `vllm serve --help` in that image."
         ),
+        why="vllm serve rejected its command line: nothing ran",
     ),
     FailureRule(
         kind=FailureKind.FP8_KERNEL,
@@ -512,9 +518,20 @@ RULES: tuple[FailureRule, ...] = (
             "Qwen/Qwen3-32B-FP8 instead and clear the spec's quantization (no `--quantization fp8` with the "
             "base model). Use the image nvcr.io/nvidia/vllm:25.09-py3: vllm/vllm-openai:latest fails FP8 on GB10."
         ),
+        why="the runbook's FP8 CUTLASS failure is followed by generic CUDA and engine errors",
     ),
-    FailureRule(kind=FailureKind.FREE_MEMORY, patterns=(_FREE_MEMORY,), build=_free_memory),
-    FailureRule(kind=FailureKind.KV_TOO_SMALL, patterns=(_KV_TOO_SMALL,), build=_kv_too_small),
+    FailureRule(
+        kind=FailureKind.FREE_MEMORY,
+        patterns=(_FREE_MEMORY,),
+        build=_free_memory,
+        why="vLLM's own check at startup, with exact numbers",
+    ),
+    FailureRule(
+        kind=FailureKind.KV_TOO_SMALL,
+        patterns=(_KV_TOO_SMALL,),
+        build=_kv_too_small,
+        why="vLLM's KV sizing check for max_model_len, with exact numbers",
+    ),
     FailureRule(
         kind=FailureKind.NO_KV_MEMORY,
         patterns=(re.compile(r"No available memory for the cache blocks"),),
@@ -525,6 +542,7 @@ RULES: tuple[FailureRule, ...] = (
             "the profiling peak. On the DGX Spark drop the page cache first "
             "(`sync; echo 3 > /proc/sys/vm/drop_caches`)."
         ),
+        why="vLLM's KV sizing found no room at all",
     ),
     FailureRule(
         kind=FailureKind.CUDA_OOM,
@@ -534,6 +552,7 @@ RULES: tuple[FailureRule, ...] = (
             re.compile(r"CUDA error: out of memory"),
         ),
         build=_cuda_oom,
+        why="PyTorch's generic out-of-memory: vLLM's own checks above name the cause better",
     ),
     FailureRule(
         kind=FailureKind.MISSING_MODEL_FILES,
@@ -557,8 +576,18 @@ RULES: tuple[FailureRule, ...] = (
             "Runbook 'Model Download Incomplete': check disk space (`df -h /opt/hf`), remove the "
             "`*.incomplete` files under models--<org>--<name>/, and restart."
         ),
+        why="the staged cache lacks a file or has a broken one",
     ),
-    FailureRule(kind=FailureKind.OOM_KILLED, exit_matches=_oom_flagged, build=_oom_killed, evidence=Evidence.ERRORS),
+    FailureRule(
+        kind=FailureKind.OOM_KILLED,
+        exit_matches=_oom_flagged,
+        build=_oom_killed,
+        evidence=Evidence.ERRORS,
+        why=(
+            "no vLLM error above and docker reports OOMKilled: the engine-death lines the kill may leave"
+            " are its consequence"
+        ),
+    ),
     FailureRule(
         kind=FailureKind.ENGINE_DEAD,
         patterns=(
@@ -569,28 +598,35 @@ RULES: tuple[FailureRule, ...] = (
         ),
         build=_engine_dead,
         evidence_patterns=(_EXCEPTION_IN_MESSAGE,),  # the root cause comes along with the death lines
+        why="the engine core died: a symptom, so any cause above wins over it",
     ),
-    FailureRule(kind=FailureKind.KILLED, exit_matches=_sigkilled, build=_killed, evidence=Evidence.ERRORS),
-    FailureRule(kind=FailureKind.UNKNOWN, exit_matches=_always, build=_unknown, evidence=Evidence.ERRORS),
+    FailureRule(
+        kind=FailureKind.KILLED,
+        exit_matches=_sigkilled,
+        build=_killed,
+        evidence=Evidence.ERRORS,
+        why="no vLLM error above, exit 137 without OOMKilled: the host's OOM killer or a `docker kill`",
+    ),
+    FailureRule(
+        kind=FailureKind.UNKNOWN,
+        exit_matches=_always,
+        build=_unknown,
+        evidence=Evidence.ERRORS,
+        why="the catch-all: always matches and shows the last error lines of the log",
+    ),
 )
 
 
 def _check_rules(rules: Sequence[FailureRule]) -> None:
     """Fail at import, not in a deploy, when the table loses or doubles a kind or its catch-all."""
     kinds = [rule.kind for rule in rules]
-    if sorted(kinds) != sorted(FailureKind):
-        raise ValueError(f"RULES must name every FailureKind exactly once, got {kinds}")
+    if sorted(kinds) != sorted(set(FailureKind) - NOT_FROM_LOGS):
+        raise ValueError(f"RULES must name every FailureKind read from logs exactly once, got {kinds}")
     if kinds[-1] is not FailureKind.UNKNOWN:
         raise ValueError("the catch-all rule (unknown) must come last")
 
 
 _check_rules(RULES)
-
-
-def rule_for(kind: FailureKind | str) -> FailureRule:
-    """The rule of one kind (e.g. to show its fix without a log)."""
-    kind = FailureKind(kind)
-    return next(rule for rule in RULES if rule.kind is kind)
 
 
 # ============================================================================ classification
@@ -633,7 +669,7 @@ def _pattern_evidence(rule: FailureRule, lines: Sequence[str], secrets: Sequence
 def _error_evidence(lines: Sequence[str], bodies: Sequence[str], secrets: Sequence[str]) -> list[str]:
     """The last error lines, exceptions preferred; the last lines of all when none is an error."""
     errors = []
-    for line, body in zip(lines, bodies):
+    for line, body in zip(lines, bodies, strict=True):
         parsed = parse_line(body)
         if parsed is not None and parsed.kind is EventKind.ERROR:
             errors.append(scrub(line, secrets))
@@ -647,6 +683,7 @@ def classify_failure(
     exit_code: int | None = None,
     oom_killed: bool = False,
     secrets: Iterable[str] = (),
+    margin_gib: float = MARGIN_GIB,
 ) -> FailureCause:
     """Name the cause of a failed start (or of a server that died) from its log and its exit.
 
@@ -661,6 +698,8 @@ def classify_failure(
         oom_killed: docker's ``State.OOMKilled``: the kernel's OOM killer hit the container.
         secrets: values to scrub from the evidence (patterns for HF tokens, API keys and bearer
             tokens are always scrubbed).
+        margin_gib: GiB a suggested utilization leaves free: the target's
+            (`tasks.recovery.sizing.margin_for`), so the fix quotes the utilization the planner retries.
 
     Returns:
         The cause; ``unknown`` (with the last error lines) when no other rule matches. The GB10
@@ -681,7 +720,7 @@ def classify_failure(
             evidence = _pattern_evidence(rule, text_lines, secret_values)
         else:
             evidence = _error_evidence(text_lines, bodies, secret_values)
-        hit = Hit(line=first, evidence=tuple(evidence), ready=ready, exit_code=exit_code, oom_killed=oom_killed)
+        hit = Hit(first, tuple(evidence), ready, exit_code, oom_killed, margin_gib)
         diagnosis = rule.diagnose(hit)
         return FailureCause(
             kind=rule.kind,

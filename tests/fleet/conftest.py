@@ -3,7 +3,7 @@
 Session fixtures (request them by name; none is autouse). Their start-up code is in rig.py
 (`start_postgres`, `start_prefect_server`, `prepare_second_docker`), which bench/fleet.py reuses:
 
-- ``postgres_url``: a private PostgreSQL cluster (deployments/postgres.py) in a fresh /tmp
+- ``postgres_url``: a private PostgreSQL cluster (tests/fleet/pg_cluster.py) in a fresh /tmp
   directory on a free loopback port; yields ``postgresql+asyncpg://prefect:<pw>@127.0.0.1:<port>/prefect``
   (the value of PREFECT_SERVER_DATABASE_CONNECTION_URL). Stopped and deleted at session end; the
   clusters of killed sessions (/tmp/spark-vllm-pg-<dead pid>-*) are stopped and deleted at start.
@@ -18,14 +18,17 @@ Session fixtures (request them by name; none is autouse). Their start-up code is
   (PDEATHSIG); its log is ``<basetemp>/fleet-prefect-home0/server.log``.
 - ``second_docker``: a second dockerd (tests/fleet/rig.py: own bridge br-sv2, socket, data and
   exec roots under /var/lib/spark-vllm-d2), reused when one already answers, with the sim image
-  loaded from the first daemon; yields ``unix:///var/lib/spark-vllm-d2/docker.sock``. The daemon
-  stays up after the session (the next one reuses it); this session's test containers on it are
-  removed, and those of dead sessions at start-up.
+  loaded from the first daemon; yields ``unix:///var/lib/spark-vllm-d2/docker.sock``. This
+  session's test containers on it are removed, and those of dead sessions at start-up. At the end
+  of the session the daemon is stopped and its bridge removed (an operator's Spark keeps no second
+  dockerd), unless ``SPARK_VLLM_KEEP_RIG=1`` keeps both for the next session or another live
+  session still has containers on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 
 import docker
@@ -85,8 +88,12 @@ def second_docker() -> Iterator[str]:
         try:
             yield url
             rig.remove_session_containers(second)
+            others = rig.test_containers(second)  # only live sessions' are left: dead ones' went at start-up
         finally:
             second.close()
+        if os.environ.get("SPARK_VLLM_KEEP_RIG") != "1" and not others:
+            rig.stop_second_dockerd(rig.DEFAULT_ROOT)
+            rig.remove_bridge()
     finally:
         first.close()
 

@@ -1,7 +1,7 @@
 """A second docker daemon on this box: the fleet rig's second "machine" (tests/fleet, benches).
 
 A fleet test needs two docker hosts. One box can run two dockerd side by side as long as they share
-*nothing* that either one owns (docs: ../shared/notes/rig.md)::
+*nothing* that either one owns::
 
     ROOT/docker.sock     its API socket (base URL ``unix://ROOT/docker.sock``)
     ROOT/data            --data-root (images, containers, volumes)
@@ -24,9 +24,11 @@ container over br-sv2. Containers of the second daemon get no outbound NAT (noth
 there is no internet anyway). ``--containerd-namespace`` keeps its containers apart even if both
 daemons ever talked to one containerd.
 
-The daemon is cheap to keep: tests leave it running and the next session reuses it (its socket
-answers ``/_ping``). `stop_second_dockerd` stops it (SIGTERM by the pid in its pid file, then
-SIGKILL of that pid and its own containerd).
+A session reuses a daemon already running (its socket answers ``/_ping``). At the end of the test
+session (tests/fleet/conftest.py) `stop_second_dockerd` stops it (SIGTERM by the pid in its pid
+file, then SIGKILL of that pid and its own containerd) and `remove_bridge` deletes br-sv2, unless
+``SPARK_VLLM_KEEP_RIG=1`` keeps both for the next session (some 10 s faster) or another live
+session still has containers on it.
 
 Test containers follow tests/integration/conftest.py's rule: a test target is named
 ``test-<pid>-<hex>`` (label ``org.spark-vllm.target``), a container a test starts by hand carries
@@ -57,7 +59,8 @@ from filelock import FileLock
 
 from blocks.render import label_filters
 from blocks.shared import LABEL_TARGET
-from deployments import postgres
+
+from . import pg_cluster
 
 #: Where the second daemon keeps everything (the environment may move it).
 DEFAULT_ROOT = Path(os.environ.get("SPARK_VLLM_D2_ROOT", "/var/lib/spark-vllm-d2"))
@@ -404,8 +407,8 @@ def remove_stale_clusters() -> list[Path]:
         if not owner.isdigit() or owner == SESSION or session_alive(owner):
             continue
         try:
-            postgres.stop(data_dir)
-        except (postgres.PostgresError, subprocess.SubprocessError, OSError):
+            pg_cluster.stop(data_dir)
+        except (pg_cluster.PostgresError, subprocess.SubprocessError, OSError):
             pass
         shutil.rmtree(data_dir, ignore_errors=True)
         removed.append(data_dir)
@@ -430,17 +433,16 @@ def start_postgres() -> tuple[Path, str]:
     remove_stale_clusters()
     data_dir = pg_data_dir()
     try:
-        cluster = postgres.start(data_dir, free_port())
-        postgres.wait_ready(cluster.url)
+        url = pg_cluster.start(data_dir, free_port())
     except BaseException:
         stop_postgres(data_dir)
         raise
-    return data_dir, cluster.url
+    return data_dir, url
 
 
 def stop_postgres(data_dir: Path) -> None:
     try:
-        postgres.stop(data_dir)
+        pg_cluster.stop(data_dir)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -491,7 +493,7 @@ def start_prefect_server(postgres_url: str, home: Path, *, timeout_s: float = SE
     env.update(
         {
             "PREFECT_HOME": str(home),
-            postgres.URL_ENV: postgres_url,
+            pg_cluster.URL_ENV: postgres_url,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_ENABLED": "false",
             "DO_NOT_TRACK": "1",
@@ -545,7 +547,7 @@ async def public_tables(url: str) -> set[str]:
     """The tables of the ``public`` schema of the database at ``url`` (a PostgreSQL URL)."""
     import asyncpg
 
-    connection = await asyncpg.connect(postgres.asyncpg_dsn(url), timeout=10)
+    connection = await asyncpg.connect(pg_cluster.asyncpg_dsn(url), timeout=10)
     try:
         rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     finally:

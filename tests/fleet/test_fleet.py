@@ -25,9 +25,9 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentTas
 from prefect.client.schemas.sorting import FlowRunSort
 
 from blocks.shared import LABEL_SPEC_HASH
+from deployments.dev.worker import Worker, start_worker, stop_worker
 from deployments.fleet import load_fleet_file, register
 from deployments.targets import sim_target
-from deployments.worker import Worker, start_worker, stop_worker
 from flows.fleet import deploy_fleet, health_check_fleet, rolling_update
 from sim.ports import free_port
 from tests.integration.conftest import SESSION_PREFIX, TEST_TOKEN, target_containers

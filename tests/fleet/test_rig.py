@@ -7,7 +7,6 @@ import asyncio
 import contextvars
 import ipaddress
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -18,13 +17,12 @@ import httpx
 import pytest
 from prefect import flow
 
-from deployments import postgres
 from deployments.targets import SIM_IMAGE
 from sim.image import CONTENT_LABEL, sim_content_hash
 from sim.ports import free_port
 from tests.integration.conftest import SESSION_PREFIX, TEST_LABELS
 
-from . import rig
+from . import pg_cluster, rig
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +39,7 @@ def probe() -> None:
 async def _fetch(url: str, query: str, *args):
     import asyncpg
 
-    connection = await asyncpg.connect(postgres.asyncpg_dsn(url), timeout=10)
+    connection = await asyncpg.connect(pg_cluster.asyncpg_dsn(url), timeout=10)
     try:
         return await connection.fetch(query, *args)
     finally:
@@ -50,39 +48,6 @@ async def _fetch(url: str, query: str, *args):
 
 def fetch(url: str, query: str, *args):
     return asyncio.run(_fetch(url, query, *args))
-
-
-# --- deployments/postgres.py -----------------------------------------------------------------
-
-
-def test_connection_url_quotes_and_redacts() -> None:
-    url = postgres.connection_url("prefect", "p@ss:w/rd%", "127.0.0.1", 5433, "prefect")
-    assert url == "postgresql+asyncpg://prefect:p%40ss%3Aw%2Frd%25@127.0.0.1:5433/prefect"
-    assert postgres.redact(url) == "postgresql+asyncpg://prefect:***@127.0.0.1:5433/prefect"
-    assert postgres.asyncpg_dsn(url).startswith("postgresql://prefect:")
-
-
-def test_postgres_start_is_idempotent() -> None:
-    """Start twice (the second reuses), stop, start again: same port and password, data kept."""
-    data_dir = rig.pg_data_dir()
-    try:
-        port = free_port()
-        first = postgres.start(data_dir, port)
-        fetch(first.url, "CREATE TABLE kept (x int)")
-        again = postgres.start(data_dir, port)
-        assert (first.reused, again.reused, again.url) == (False, True, first.url)
-        with pytest.raises(postgres.PostgresError, match="already runs on port"):
-            postgres.start(data_dir, free_port())
-        assert postgres.stop(data_dir) and not postgres.stop(data_dir)
-        assert postgres.status(data_dir) is None
-        restarted = postgres.start(data_dir, port)
-        assert (restarted.reused, restarted.url) == (False, first.url)
-        assert fetch(restarted.url, "SELECT to_regclass('kept') IS NOT NULL AS t")[0]["t"]
-        assert "***" in repr(restarted) and first.password not in repr(restarted)
-        assert first.password not in (data_dir / "postgres.log").read_text(errors="replace")
-    finally:
-        postgres.stop(data_dir)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 # --- the fleet's Prefect server --------------------------------------------------------------
@@ -104,7 +69,6 @@ def test_fleet_server_is_backed_by_postgres(fleet_api: str, postgres_url: str) -
 
 
 def test_concurrent_writers_do_not_lock(fleet_api: str, postgres_url: str) -> None:
-    fleet_server = fleet_api
     """10 clients write at once (flow runs and variables): all succeed, all rows land in PostgreSQL.
 
     The same load on SQLite is what answers "database is locked" once several workers share a server.

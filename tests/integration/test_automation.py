@@ -20,9 +20,9 @@ import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
 
+from deployments.dev.worker import start_worker, stop_worker
 from deployments.setup import ensure_work_pool
 from deployments.targets import sim_target
-from deployments.worker import start_worker, stop_worker
 from flows.deploy import deploy_qwen
 from flows.health import health_check
 from sim.ports import free_port

@@ -16,8 +16,8 @@ import pytest
 from prefect.blocks.system import Secret
 
 from blocks.shared import LABEL_SPEC_HASH
+from deployments.dev.worker import start_worker, stop_worker
 from deployments.setup import ensure_work_pool
-from deployments.worker import start_worker, stop_worker
 from flows.bench import bench_qwen
 from flows.deploy import deploy_qwen
 from tasks.loadtest.load import Workload

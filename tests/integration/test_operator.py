@@ -3,7 +3,7 @@
 And the Spark path run here, where there is no GPU runtime and no registry: it must stop in
 preflight, say what is missing, and leave nothing behind.
 
-The worker is started and stopped by deployments/worker.py, as `make demo` / `make down` do: its
+The worker is started and stopped by deployments/dev/worker.py, as `make demo` / `make down` do: its
 stop is bounded (SIGTERM, a deadline, then its process tree is killed), and the tests assert that
 SIGTERM alone stopped it, also when the test session itself ignores SIGINT (as under a `&` job of
 a non-interactive shell: Prefect's worker turns SIGTERM into SIGINT, which such a worker ignored).
@@ -20,11 +20,12 @@ import uuid
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
+from deployments.dev.worker import Worker, start_worker, stop_worker
 from deployments.setup import ensure_work_pool
 from deployments.targets import spark_target
-from deployments.worker import Worker, process_tree, read_proc, start_worker, stop_worker
 from flows.deploy import deploy_qwen
 from sim.ports import free_port
 from tests.integration.conftest import SESSION_PREFIX, target_containers
@@ -32,6 +33,19 @@ from tests.integration.conftest import SESSION_PREFIX, target_containers
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie has exited for good: its parent may be slow to reap it)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def test_deployment_run_through_a_worker(make_sim_target, prefect_server, docker_client, tmp_path):
@@ -89,7 +103,7 @@ def test_worker_stops_on_sigterm_even_when_started_with_sigint_ignored(prefect_s
         stopped = stop_worker(worker)
     assert stopped.graceful and not stopped.killed, f"{stopped}\n{worker.log_tail()}"
     assert stopped.seconds < 10, stopped
-    assert read_proc(worker.pid) is None
+    assert _gone(worker.pid)
 
 
 def test_stop_is_bounded_and_kills_the_whole_tree(tmp_path):
@@ -104,16 +118,16 @@ def test_stop_is_bounded_and_kills_the_whole_tree(tmp_path):
     )
     process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     deadline = time.monotonic() + 30
-    while len(process_tree(process.pid)) < 2 and time.monotonic() < deadline:
+    while len(_tree(process.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    tree = process_tree(process.pid)
-    assert len(tree) == 2 and tree[1].pgid != process.pid  # the child is out of the worker's group
-    stopped = stop_worker(Worker(pid=process.pid, pool="", name="", process=process), grace_s=1.0)
+    tree = _tree(process.pid)
+    assert len(tree) == 2 and os.getpgid(tree[1].pid) != process.pid  # the child is out of the worker's group
+    stopped = stop_worker(Worker(process=process, name=""), grace_s=1.0)
     assert not stopped.graceful
     assert stopped.killed == (tree[1].pid,)
     assert 1.0 <= stopped.seconds < 8
     assert process.returncode == -signal.SIGKILL
-    assert all(read_proc(proc.pid) is None for proc in tree)
+    assert all(_gone(proc.pid) for proc in tree)
 
 
 def test_spark_path_here_fails_in_preflight_and_leaves_nothing(prefect_server, docker_client, tmp_path):

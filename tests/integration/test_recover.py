@@ -20,17 +20,19 @@ import httpx
 import pytest
 
 from blocks.shared import LABEL_MANAGED_BY, LABEL_TARGET, MANAGED_BY
+from deployments.dev.worker import start_worker, stop_worker
 from deployments.setup import ensure_work_pool
 from deployments.targets import SIM_LEDGER_MOUNT
-from deployments.worker import start_worker, stop_worker
 from flows.deploy import DeployFailed, deploy_qwen
 from flows.recover import recover_vllm
 from flows.stop import stop_qwen
-from tasks.vllm.failures import FailureKind
 from tasks.readiness import ReadinessFailed
-from tasks.recovery.planner import GIB, RecoveryLimits, fit_utilization
+from tasks.recovery.kv_model import GIB
+from tasks.recovery.sizing import fit_utilization
+from tasks.recovery.step import RecoveryLimits
 from tasks.serve import StartFailed
 from tasks.state import last_healthy, record_recover_run
+from tasks.vllm.failures import FailureKind
 from tests.integration.conftest import TEST_LABELS, target_containers
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from tasks.staging.hub import DEFAULT_ALLOW_PATTERNS, access_error, classify_res
 from tasks.staging.manifest import ManifestFile, load_manifest, save_manifest
 from tasks.staging.models import BlobState, RemoteFile, RepoListing
 from tasks.staging.plan import choose_partial, is_trusted, make_plan, needs_hash, plan_file
-from tasks.staging.preflight import check_space, margin_for
+from tasks.staging.preflight import check_space, disk_margin_for
 from tasks.staging.progress import Progress
 from tasks.staging.transfer import backoff_delay, parse_content_range, parse_retry_after
 
@@ -253,14 +253,14 @@ def test_access_errors_say_what_to_do() -> None:
 
 # -- preflight ----------------------------------------------------------------------------------
 def test_disk_preflight_names_both_numbers() -> None:
-    check_space(1000, 10**9, Path("/opt/hf"), margin_for(1000))  # fits: no error
+    check_space(1000, 10**9, Path("/opt/hf"), disk_margin_for(1000))  # fits: no error
     with pytest.raises(errors.DiskSpaceError) as exc:
-        check_space(30 * 2**30, 8 * 2**30, Path("/opt/hf"), margin_for(30 * 2**30))
+        check_space(30 * 2**30, 8 * 2**30, Path("/opt/hf"), disk_margin_for(30 * 2**30))
     msg = str(exc.value)
-    required = 30 * 2**30 + margin_for(30 * 2**30)
+    required = 30 * 2**30 + disk_margin_for(30 * 2**30)
     assert str(required) in msg and str(8 * 2**30) in msg and "/opt/hf" in msg
     assert exc.value.needed == required and exc.value.free == 8 * 2**30
-    assert margin_for(0) == 0 and margin_for(10) == 64 * 2**20 and margin_for(100 * 2**30) == 2**30
+    assert disk_margin_for(0) == 0 and disk_margin_for(10) == 64 * 2**20 and disk_margin_for(100 * 2**30) == 2**30
 
 
 # -- progress -----------------------------------------------------------------------------------

@@ -93,8 +93,8 @@ def test_the_fleet_flows_run_from_the_fleet_queue_with_every_target():
 
 def test_worker_commands_poll_each_machines_queue_and_the_first_runs_the_fleet_flows():
     first, second = worker_commands(FLEET)
-    assert first.startswith("on spark-a:") and "--queue spark-a --queue fleet" in first
-    assert second.startswith("on spark-b:") and "--queue spark-b " in second and "fleet" not in second
+    assert first.startswith("on spark-a:") and "--work-queue spark-a --work-queue fleet" in first
+    assert second.startswith("on spark-b:") and "--work-queue spark-b " in second and "fleet" not in second
 
 
 def test_a_bad_targets_file_names_every_bad_target(tmp_path):

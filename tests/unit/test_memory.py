@@ -5,6 +5,7 @@ import pytest
 from sim.vllm.vllm_sim.ledger import Ledger
 from sim.vllm.vllm_sim.machine import meminfo_text as imitation_meminfo
 from tasks.memory import NotEnoughMemory, drop_caches_command, parse_meminfo, room_for_start
+from tasks.vllm.failures import FailureKind
 
 SPARK_LIKE = """MemTotal:       125515968 kB
 MemFree:        89000000 kB
@@ -20,7 +21,7 @@ def test_parse_proc_meminfo():
     assert info.free_gib == pytest.approx(84.88, abs=0.01)
     assert info.cached_gib == pytest.approx(31.47, abs=0.01)
     # the runbook's 0.90 does not fit in free memory, but would once the page cache is dropped
-    assert not info.can_start(0.90) and info.released_for(0.90)
+    assert room_for_start(info, 0.90) == "drop-page-cache" and info.released_for(0.90)
 
 
 def test_parse_rejects_what_is_not_meminfo():
@@ -41,7 +42,7 @@ def test_imitation_ledger_meminfo_reads_like_proc(tmp_path):
     ledger.release()
     after = parse_meminfo(imitation_meminfo(env))
     assert after.free_gib == pytest.approx(119.7 - 3.0 - 31.97, abs=0.01)
-    assert after.released_for(0.90) and not after.can_start(0.90)
+    assert after.released_for(0.90) and room_for_start(after, 0.90) == "drop-page-cache"
 
 
 def test_drop_caches_command_is_the_playbooks():
@@ -54,5 +55,12 @@ def test_room_for_start_decides_from_free_memory_and_page_cache():
     assert room_for_start(info, 0.90) == "drop-page-cache"  # 107.7 needed, 116.4 once dropped
     with pytest.raises(NotEnoughMemory) as short:
         room_for_start(info, 0.99)  # 118.5 needed: more than free + page cache
-    # the message names what fits: (84.88 + 31.47) / 119.7 - 0.02 = 0.952 -> 0.95
-    assert '"gpu_memory_utilization": 0.95' in str(short.value) and "118.5 GiB" in str(short.value)
+    # the message names what fits by the one sizing rule: floor((84.88 + 31.47 - 1) / 119.7, 0.01) = 0.96,
+    # and the cause recovery plans from (and the report shows) says the same
+    assert '"gpu_memory_utilization": 0.96' in str(short.value) and "118.5 GiB" in str(short.value)
+    assert short.value.cause.kind is FailureKind.FREE_MEMORY
+    assert short.value.cause.suggested == {"gpu_memory_utilization": 0.96} and "0.96" in short.value.cause.fix
+    assert short.value.cause.numbers["free_gib"] == info.free_gib  # what vLLM's check would see now
+    with pytest.raises(NotEnoughMemory) as guarded:
+        room_for_start(info, 0.99, margin_gib=5.0)  # a target with the 4 GiB host floor
+    assert '"gpu_memory_utilization": 0.93' in str(guarded.value)

@@ -28,8 +28,6 @@ ALLOWED: dict[str, str] = {
     "main": "each script in deployments/ has its own command-line entry point (`python -m deployments.X`)",
     "ROOT": "each script in deployments/ locates the checkout from its own file (Path(__file__).parents[1]): "
     "a path, not a rule",
-    "DEFAULT_PORT": "two different ports under one name: vLLM's 8000 (blocks/engine.py) and PostgreSQL's 5432 "
-    "(deployments/postgres.py)",
     "RULES": "two different tables, each its module's one table: the health verdict's rules "
     "(tasks/health/verdict.py) and the failure rules (tasks/vllm/failures.py)",
     "rule_for": "dead code in tasks/health/verdict.py and tasks/vllm/failures.py, deleted by their owners in "

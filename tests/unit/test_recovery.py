@@ -4,31 +4,28 @@
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from blocks.engine import PRESETS, EngineSpec
-from tasks.vllm.failures import FailureCause, FailureKind, classify_failure
-from tasks.memory import MemInfo, suggest_utilization
-from tasks.recovery.planner import (
-    CLASSES,
-    GIB,
+from tasks.memory import MemInfo
+from tasks.recovery.kv_model import GIB, QWEN3_32B_FP8_WEIGHTS_GIB, RUNBOOK_KV_CACHE_TOKENS, SPARK_TOTAL_GIB, KvModel
+from tasks.recovery.planner import CLASSES, plan_recovery
+from tasks.recovery.sizing import GUARD_SLACK_GIB, fit_utilization, round_model_len
+from tasks.recovery.step import (
     MACHINE_ACTIONS,
     MEMORY_KINDS,
-    RUNBOOK_LADDER,
     Action,
     MachineMemory,
     RecoveryClass,
     RecoveryLimits,
     RecoveryStep,
-    fit_utilization,
-    plan_recovery,
     retry_spec,
-    round_model_len,
-    runbook_ladder,
 )
+from tasks.vllm.failures import FailureCause, FailureKind, classify_failure
 
 LOGS = Path(__file__).resolve().parents[1] / "data" / "logs"
 NO_MEMORY = MachineMemory()
@@ -80,9 +77,30 @@ def test_table_names_each_class_once_catch_all_last():
     assert all(rule.doc.count("|") == 2 for rule in CLASSES)  # recognised by | done | retry with
 
 
-def test_fit_utilization_is_exact_not_the_hint():
+def test_the_docs_list_the_classes_in_the_tables_order():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "recovery.md").read_text()
+    section = text.split("## The classes", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `(\w+)` \|", section, flags=re.MULTILINE)
+    assert documented == [rule.klass.value for rule in CLASSES]
+    assert all(rule.why for rule in CLASSES)
+
+
+def test_one_sizing_rule():
+    """Utilization and max_model_len suggestions are sized in tasks/recovery/sizing.py only: a second
+    function that sizes them (as tasks/memory.py and tasks/failures.py once had) fails here."""
+    root = Path(__file__).resolve().parents[2]
+    sizing = re.compile(r"^def (_?(?:suggest|fit|round|ceil)_\w*(?:utilization|model_len))\(", flags=re.MULTILINE)
+    found = {
+        (path.relative_to(root).as_posix(), name)
+        for folder in ("blocks", "tasks", "flows", "bench")
+        for path in (root / folder).rglob("*.py")
+        for name in sizing.findall(path.read_text())
+    }
+    assert {path for path, _ in found} == {"tasks/recovery/sizing.py"}, found
+
+
+def test_fit_utilization_is_exact():
     assert fit_utilization(85.92, 121.69, 1.0) == 0.69  # (85.92 - 1) / 121.69 = 0.698
-    assert suggest_utilization(85.92, 121.69) == 0.65  # the operator's hint rounds to 0.05: 4.9 GiB less
     assert fit_utilization(60.85, 119.7, 1.0) == 0.50  # exactly 0.50
     assert fit_utilization(60.84, 119.7, 1.0) == 0.49
     assert fit_utilization(0.5, 119.7, 1.0) == 0.0
@@ -105,6 +123,16 @@ def test_kv_model_reproduces_the_runbook_reference():
     assert limits.activation_gib(8192, 16) == pytest.approx(1.27, abs=0.01)
     assert 271_360 - 2 * 256 < limits.max_len_at(0.90, 119.7, 16384, 64) <= 271_360  # rounded down to 256
     assert limits.utilization_for(32000, 119.7, 16384, 64) == 0.42
+
+
+def test_the_kv_models_constants_come_from_the_checkpoint_and_the_runbook():
+    """Weights: Qwen3-32B-FP8's checkpoint size; overhead: what the runbook's measured KV cache leaves."""
+    model = KvModel()
+    assert model.weights_gib == QWEN3_32B_FP8_WEIGHTS_GIB == 31.97
+    assert model.overhead_gib == 6.94
+    kv = model.kv_gib(0.90, SPARK_TOTAL_GIB, 16384, 64)
+    assert kv * GIB / model.kv_bytes_per_token == pytest.approx(RUNBOOK_KV_CACHE_TOKENS, rel=1e-4)
+    assert isinstance(RecoveryLimits(), KvModel)
 
 
 def test_limits_calibrated_from_the_startup_log():
@@ -442,7 +470,8 @@ def test_never_past_max_attempts():
     assert capped.actions == [] and capped.overrides == {}
     assert "2 retries made, the limit is 2" in capped.reason and "retry at 0.69" in capped.reason
     assert capped.next_step == (
-        "stop the process holding 35.8 GiB (`docker ps`, `ps aux --sort=-rss`) or deploy with gpu_memory_utilization 0.69"
+        "stop the process holding 35.8 GiB (`docker ps`, `ps aux --sort=-rss`)"
+        " or deploy with gpu_memory_utilization 0.69"
     )
     none = plan_recovery(cause("fail_free_memory.log"), mem(cached=30.0), SPEC_092, 0, RecoveryLimits(max_attempts=0))
     assert none.give_up and "sync; echo 3 > /proc/sys/vm/drop_caches" in none.next_step
@@ -495,10 +524,23 @@ def test_step_is_json_and_a_table_row_and_says_what_runs_degraded():
         RecoveryStep(klass=RecoveryClass.SHORTAGE, reason="x", overrides={"max_num_seq": 8})
 
 
-# ------------------------------------------------------------------------------ the runbook's ladder
+def test_a_computed_retry_keeps_more_free_than_the_host_memory_guard_needs():
+    """With the 1 GiB margin under the gate's 4 GiB floor, every computed retry was a start the guard
+    killed as soon as the server held its memory: the margin is raised above the floor."""
+    limits = RecoveryLimits().guarded(4.0)
+    assert limits.margin_gib == 4.0 + GUARD_SLACK_GIB
+    util = fit_utilization(86.7, 119.7, limits.margin_gib)
+    assert 86.7 - util * 119.7 >= 4.0 + GUARD_SLACK_GIB - 0.01
+    assert RecoveryLimits().guarded(0).margin_gib == RecoveryLimits().margin_gib  # no guard, no change
+    assert RecoveryLimits(margin_gib=8).guarded(4.0).margin_gib == 8  # a larger margin stays
+
+
+# ------------------------------------------------------------------------------ the runbook's ladder (bench/)
 
 
 def test_runbook_ladder():
+    from bench.recovery import RUNBOOK_LADDER, runbook_ladder
+
     assert [runbook_ladder(i) for i in range(4)] == [
         {"gpu_memory_utilization": 0.90},
         {"gpu_memory_utilization": 0.75},
@@ -510,16 +552,3 @@ def test_runbook_ladder():
     for bad in (-1, 4):
         with pytest.raises(ValueError):
             runbook_ladder(bad)
-
-
-def test_a_computed_retry_keeps_more_free_than_the_host_memory_guard_needs():
-    """With the 1 GiB margin under the gate's 4 GiB floor, every computed retry was a start the guard
-    killed as soon as the server held its memory: the margin is raised above the floor."""
-    from tasks.recovery.planner import GUARD_SLACK_GIB, RecoveryLimits, fit_utilization
-
-    limits = RecoveryLimits().guarded(4.0)
-    assert limits.margin_gib == 4.0 + GUARD_SLACK_GIB
-    util = fit_utilization(86.7, 119.7, limits.margin_gib)
-    assert 86.7 - util * 119.7 >= 4.0 + GUARD_SLACK_GIB - 0.01
-    assert RecoveryLimits().guarded(0).margin_gib == RecoveryLimits().margin_gib  # no guard, no change
-    assert RecoveryLimits(margin_gib=8).guarded(4.0).margin_gib == 8  # a larger margin stays

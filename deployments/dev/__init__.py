@@ -1,0 +1,1 @@
+"""Test and demo equipment: not the operator's path (see deployments/dev/worker.py)."""
