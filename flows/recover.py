@@ -26,11 +26,11 @@ from blocks.target import TargetMachine
 from tasks.container import inspect_server, remove_managed_containers
 from tasks.events import ServiceEvent, emit_service_event
 from tasks.health.probes import probe_endpoints
-from tasks.health.verdict import needs_operator
 from tasks.inference import smoke_inference
 from tasks.locks import gpu_lock
 from tasks.memory import wait_for_release
 from tasks.readiness import ReadinessTimeouts
+from tasks.recovery.cap import needs_operator
 from tasks.recovery.step import RecoveryLimits
 from tasks.report import artifact_key, publish_report
 from tasks.serve import Failure, ServerSecrets, StartFailed, load_target, serve

@@ -42,7 +42,6 @@ from tasks.health.wording import count, pct, secs, times
 from tasks.inference import ARITHMETIC, EXPECTED
 
 # recover-vllm (flows/recover.py) imports the recovery cap from here until it imports tasks.recovery.cap.
-from tasks.recovery.cap import needs_operator  # noqa: F401
 
 __all__ = ["RULES", "Condition", "HealthReport", "HealthRule", "Verdict", "evaluate"]
 

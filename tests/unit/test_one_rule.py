@@ -30,8 +30,6 @@ ALLOWED: dict[str, str] = {
     "a path, not a rule",
     "RULES": "two different tables, each its module's one table: the health verdict's rules "
     "(tasks/health/verdict.py) and the failure rules (tasks/vllm/failures.py)",
-    "rule_for": "dead code in tasks/health/verdict.py and tasks/vllm/failures.py, deleted by their owners in "
-    "issue 15: remove this entry once it is gone",
 }
 """Names that more than one product module may define, and why that is not one rule written twice."""
 
