@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
 from blocks.engine import EngineSpec
+from tasks.errors import SparkVllmError
 from tasks.loadtest.load import Workload
 from tasks.loadtest.metrics import DEFAULT_PERCENTILES, SLOs
 from tasks.loadtest.run import (
@@ -30,15 +31,15 @@ from tasks.loadtest.run import (
     sweep_levels,
     write_results,
 )
-from tasks.readiness import endpoint_ready
 from tasks.locks import gpu_lock
+from tasks.readiness import endpoint_ready
 from tasks.serve import load_target
 from tasks.state import last_healthy, last_healthy_record
 
 DEFAULT_RESULTS_DIR = "~/spark-vllm/bench-results"
 
 
-class BenchFailed(RuntimeError):
+class BenchFailed(SparkVllmError):
     """The benchmark could not measure (no server, every request failed, a preset did not deploy)."""
 
 

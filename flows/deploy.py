@@ -22,14 +22,15 @@ from pydantic import BaseModel, Field
 
 from blocks.engine import EngineSpec
 from blocks.target import TargetMachine
-from tasks.loadtest.run import GateResult, run_gate
 from tasks.container import remove_container, replace_or_keep
+from tasks.errors import SparkVllmError
 from tasks.events import ServiceEvent, emit_service_event
-from tasks.readiness import ReadinessFailed, ReadinessTimeouts, endpoint_ready
 from tasks.inference import smoke_inference
+from tasks.loadtest.run import GateResult, run_gate
 from tasks.locks import gpu_lock
 from tasks.memory import NotEnoughMemory
 from tasks.preflight import preflight
+from tasks.readiness import ReadinessFailed, ReadinessTimeouts, endpoint_ready
 from tasks.recovery.planner import RecoveryLimits
 from tasks.report import artifact_key, fenced, key_value_table, publish_report
 from tasks.secrets import scrub
@@ -64,11 +65,11 @@ class DeployResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
-class DeployFailed(RuntimeError):
+class DeployFailed(SparkVllmError):
     """The requested spec did not start; the first line says whether the target still has a server."""
 
 
-class BenchGateFailed(RuntimeError):
+class BenchGateFailed(SparkVllmError):
     """The new server answers but misses its spec's benchmark gate (`on_failure: fail`)."""
 
     def __init__(self, target: str, gate: GateResult, stays: bool) -> None:

@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from blocks.target import TargetMachine
+from tasks.errors import SparkVllmError
 from tasks.fleet import TargetRun, fleet_row, now_epoch, run_on_target
 from tasks.report import artifact_key, markdown_table
 from tasks.state import health_state, last_healthy_record
@@ -30,11 +31,11 @@ HEALTH_FLOW = "health-check"
 DEPLOY_REPORT = "deploy"
 
 
-class FleetDeployFailed(RuntimeError):
+class FleetDeployFailed(SparkVllmError):
     """Some targets did not deploy (the others did: the fleet table says which)."""
 
 
-class RollingUpdateStopped(RuntimeError):
+class RollingUpdateStopped(SparkVllmError):
     """The rolling update stopped at a target; the ones after it still run the old spec."""
 
 

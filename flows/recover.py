@@ -21,19 +21,20 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
 from blocks.target import TargetMachine
-from tasks.health.probes import probe_endpoints
 from tasks.container import inspect_server, remove_managed_containers
+from tasks.errors import SparkVllmError
 from tasks.events import ServiceEvent, emit_service_event
-from tasks.vllm.failures import FailureKind, classify_failure, wedged_engine_cause
-from tasks.readiness import ReadinessTimeouts
+from tasks.health.probes import probe_endpoints
+from tasks.health.verdict import needs_operator
 from tasks.inference import smoke_inference
 from tasks.locks import gpu_lock
 from tasks.memory import wait_for_release
-from tasks.health.verdict import needs_operator
+from tasks.readiness import ReadinessTimeouts
 from tasks.recovery.planner import RecoveryLimits, plan_recovery, retry_spec
 from tasks.report import artifact_key, publish_report
 from tasks.serve import ServerSecrets, StartFailed, act, load_target, observe_memory, serve
 from tasks.state import desired_state, recent_recoveries, record_healthy, record_recover_run, recover_runs
+from tasks.vllm.failures import FailureKind, classify_failure, wedged_engine_cause
 
 
 class RecoverResult(BaseModel):
@@ -54,7 +55,7 @@ class RecoverResult(BaseModel):
 NEEDS_OPERATOR_AFTER = 3
 
 
-class RecoveryGaveUp(RuntimeError):
+class RecoveryGaveUp(SparkVllmError):
     """The planner found nothing to do that would help; the message says what a person should do."""
 
 

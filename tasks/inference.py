@@ -16,12 +16,14 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from tasks.errors import SparkVllmError
+
 THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
 QUESTION = "What is 12*17? Answer with the number only."
 EXPECTED = "204"
 
 
-class SmokeFailed(RuntimeError):
+class SmokeFailed(SparkVllmError):
     """The server answered, but not correctly (or not at all)."""
 
 

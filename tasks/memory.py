@@ -28,6 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from blocks.shared import HELPER_LABELS
 from blocks.target import SPARK_MEMINFO_COMMAND, TargetMachine, split_volume_target
 from tasks.container import docker_client
+from tasks.errors import ServerDidNotStart, SparkVllmError
 
 KIB_PER_GIB = 1024 * 1024
 
@@ -80,7 +81,7 @@ def suggest_utilization(free_gib: float, total_gib: float, margin: float = 0.02)
     return max(0.0, round(steps / 20, 2))
 
 
-class MemoryReadError(RuntimeError):
+class MemoryReadError(SparkVllmError):
     """The target's memory could not be read; the message says what ran and how to fix it."""
 
 
@@ -232,7 +233,7 @@ def drop_caches(machine: TargetMachine, image: str) -> None:
     get_run_logger().info("page cache of %s dropped (sync; echo 3 > drop_caches)", machine.name)
 
 
-class NotEnoughMemory(RuntimeError):
+class NotEnoughMemory(ServerDidNotStart):
     """Other processes hold memory a start at this utilization needs; says how much is missing.
 
     Carries the reading and the utilization, so recovery can plan from them without a start.

@@ -29,11 +29,12 @@ from prefect_docker.host import DockerHost
 from pydantic import BaseModel, Field
 
 from tasks.container import docker_client
-from tasks.vllm.failures import FailureCause, classify_failure, guard_line
-from tasks.vllm.logs import EventKind, LineSplitter, Phase, StartupStats, StartupTracker
+from tasks.errors import ServerDidNotStart
 from tasks.memory import MemoryReadError, exec_meminfo
 from tasks.report import ProgressArtifact
 from tasks.secrets import scrub
+from tasks.vllm.failures import FailureCause, classify_failure, guard_line
+from tasks.vllm.logs import EventKind, LineSplitter, Phase, StartupStats, StartupTracker
 
 _EOF = object()
 #: Once /health answers, how long the gate waits for the startup lines the log stream still holds.
@@ -60,7 +61,7 @@ class ReadinessTimeouts(BaseModel):
         return getattr(self, f"{phase}_s", self.serving_s)
 
 
-class ReadinessFailed(RuntimeError):
+class ReadinessFailed(ServerDidNotStart):
     """The server will not become ready; ``cause`` says why and what to do."""
 
     def __init__(self, cause: FailureCause, status: str, lines: list[str] | None = None) -> None:

@@ -37,15 +37,16 @@ from tasks.container import (
     restart_policy_after_ready,
     start_vllm_container,
 )
+from tasks.errors import ServerDidNotStart
 from tasks.events import ServiceEvent, emit_service_event
-from tasks.vllm.failures import FailureCause, classify_failure, free_memory_error
-from tasks.readiness import MemoryGuard, Readiness, ReadinessFailed, ReadinessTimeouts, wait_until_ready
 from tasks.memory import NotEnoughMemory, drop_caches, make_room_for_start, read_meminfo, read_memory, wait_for_release
 from tasks.prune import prune_docker
+from tasks.readiness import MemoryGuard, Readiness, ReadinessFailed, ReadinessTimeouts, wait_until_ready
 from tasks.recovery.planner import Action, MachineMemory, RecoveryLimits, RecoveryStep, plan_recovery, retry_spec
 from tasks.report import artifact_key
 from tasks.secrets import DOTENV, HF_TOKEN_ENV_VARS, load_secret
 from tasks.state import remember_recoveries
+from tasks.vllm.failures import FailureCause, classify_failure, free_memory_error
 
 #: How long a failed start's memory may take to come back before recovery plans (a killed process's
 #: memory is released when the kernel reaps it; the imitation's, when its heartbeat goes stale: 5 s).
@@ -152,7 +153,7 @@ class Served:
         return RecoveryStep(klass=self.steps[-1].klass, overrides=changed, reason=reasons).degraded(requested)
 
 
-class StartFailed(RuntimeError):
+class StartFailed(ServerDidNotStart):
     """The server did not start, and recovery (when on) gave up: ``next_step`` is for a person."""
 
     def __init__(self, target: str, cause: FailureCause, steps: list[RecoveryStep], attempts: list[Attempt]) -> None:
