@@ -23,13 +23,23 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from blocks.target import TargetMachine
-from tasks.health.probes import inspect_container, probe_endpoints, read_host_memory
 from tasks.events import ServiceEvent, emit_service_event
-from tasks.health.verdict import HealthReport, MetricsSnapshot, Observation, Thresholds, evaluate, history_row, parse_metrics
+from tasks.health.probes import inspect_container, probe_endpoints, read_host_memory
+from tasks.health.verdict import (
+    HealthReport,
+    MetricsSnapshot,
+    Observation,
+    Thresholds,
+    evaluate,
+    history_row,
+    parse_metrics,
+)
 from tasks.report import artifact_key, publish_report
 from tasks.serve import load_target
 from tasks.state import (
     HEALTH_HISTORY,
+    HealthState,
+    HealthyRecord,
     desired_state,
     health_history,
     health_state,
@@ -72,7 +82,6 @@ def health_check(
     running = container.exists and container.status == "running"
     memory = read_host_memory(docker_host, container.container_id, machine.meminfo_command) if running else None
     metrics = _snapshot(endpoints.metrics_text, now)
-    previous = MetricsSnapshot.model_validate(before["metrics"]) if before.get("metrics") else None
     observation = Observation(
         desired=desired,
         now=now,
@@ -82,7 +91,7 @@ def health_check(
         exit_code=container.exit_code,
         oom_killed=container.oom_killed,
         started_at=container.started_at,
-        previous_restart_count=before.get("restart_count"),
+        previous_restart_count=before.restart_count,
         health_status=endpoints.health_status,
         health_latency_s=endpoints.health_latency_s,
         models_listed=endpoints.models_listed,
@@ -90,27 +99,25 @@ def health_check(
         answer_latency_s=endpoints.answer_latency_s,
         answer_detail=f"answered {endpoints.answer!r}" if endpoints.answer_ok is False else None,
         metrics=metrics,
-        previous=previous,
+        previous=before.metrics,
         memory=memory,
-        degraded=record.get("degraded"),
+        degraded=record.degraded,
     )
     report = evaluate(observation, thresholds)
-    since = (
-        before.get("since") if before.get("verdict") == report.verdict.value else datetime.now(UTC).isoformat()
-    )
+    since = before.since if before.verdict == report.verdict else datetime.now(UTC).isoformat()
     row = history_row(report, now)
     history = [*health_history(machine.name, artifact_key("health-history", machine.name)), row][-HEALTH_HISTORY:]
     save_health_state(
         machine.name,
-        {
-            "verdict": report.verdict.value,
-            "since": since,
-            "checked_at": now,
-            "layer": report.layer.value,
-            "reason": report.reason[:300],
-            "metrics": metrics.model_dump(mode="json") if metrics else before.get("metrics"),
-            "restart_count": container.restart_count,
-        },
+        HealthState(
+            verdict=report.verdict,
+            since=since,
+            checked_at=now,
+            layer=report.layer,
+            reason=report.reason[:300],
+            metrics=metrics or before.metrics,
+            restart_count=container.restart_count,
+        ),
     )
     emit_service_event(
         machine.name,
@@ -141,7 +148,7 @@ def _publish(
     since: str,
     history: list[dict],
     duration: float,
-    record: dict[str, Any],
+    record: HealthyRecord,
 ) -> None:
     """The status artifact (one key per target: Prefect keeps its versions) and the history table."""
     rows = {
@@ -150,9 +157,9 @@ def _publish(
         "deciding layer": report.layer.value,
         "endpoint": machine.endpoint,
         "served model": served,
-        "running spec": record.get("spec_hash"),
-        "degraded spec": record.get("degraded"),
-        "last healthy deploy or recovery": record.get("at"),
+        "running spec": record.spec_hash,
+        "degraded spec": record.degraded,
+        "last healthy deploy or recovery": record.at.isoformat() if record.at else None,
         "check took (s)": duration,
     }
     publish_report(
