@@ -22,6 +22,7 @@ from prefect.deployments import run_deployment
 
 from blocks.engine import EngineSpec
 from tasks.errors import SparkVllmError
+from tasks.fleet import read_outcome
 from tasks.loadtest.load import Workload
 from tasks.loadtest.metrics import DEFAULT_PERCENTILES, SLOs
 from tasks.loadtest.run import (
@@ -155,7 +156,9 @@ def _deploy(deployment: str, target: str, parameters: dict) -> str | None:
     state = run.state
     if state is not None and state.is_completed():
         return None
-    return f"{deployment} ended {state.name if state else 'without a state'}: {state.message if state else ''}"[:500]
+    outcome = read_outcome(run.id, target)  # the deploy's own words, when it published them
+    why = outcome.message if outcome and outcome.message else (state.message if state else "")
+    return f"{deployment} ended {state.name if state else 'without a state'}: {why}"[:500]
 
 
 def _compare_presets(
