@@ -13,6 +13,7 @@ failure never blocks another's.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -46,7 +47,7 @@ def _deploy_parameters(
     return {**parameters, **(extra or {})}
 
 
-def _rows(runs: dict[str, TargetRun | None]) -> list[dict[str, Any]]:
+def _rows(runs: Mapping[str, TargetRun | None]) -> list[dict[str, Any]]:
     """One row per target: this run's verdict, what serves (from the server's records), last check."""
     now = now_epoch()
     rows = []
@@ -59,7 +60,7 @@ def _rows(runs: dict[str, TargetRun | None]) -> list[dict[str, Any]]:
     return rows
 
 
-def _table(fleet: str, kind: str, runs: dict[str, TargetRun | None], description: str) -> list[dict[str, Any]]:
+def _table(fleet: str, kind: str, runs: Mapping[str, TargetRun | None], description: str) -> list[dict[str, Any]]:
     """The fleet table artifact `<kind>-<fleet>` of `_rows`."""
     rows = _rows(runs)
     create_table_artifact(table=rows, key=artifact_key(kind, fleet), description=description)
@@ -191,7 +192,7 @@ def _update_one(
 
 
 def _publish_update(
-    fleet: str, runs: dict[str, TargetRun | None], steps: dict[str, str], stopped: str | None
+    fleet: str, runs: Mapping[str, TargetRun | None], steps: dict[str, str], stopped: str | None
 ) -> list[dict[str, Any]]:
     """The rolling update's table (a row per target: its step and what serves) and its report."""
     rows = [{"target": row["target"], "step": steps[row["target"]], **row} for row in _rows(runs)]

@@ -83,8 +83,8 @@ def read_outcome(flow_run_id: UUID, target: str) -> DeployOutcome | None:
     data = found[0].data
     try:
         rows = json.loads(data) if isinstance(data, str) else data
-        return DeployOutcome.model_validate(rows[0])
-    except (ValueError, ValidationError, IndexError, KeyError, TypeError):
+        return DeployOutcome.model_validate(rows[0]) if isinstance(rows, list) and rows else None
+    except (ValueError, ValidationError):  # not JSON, or not an outcome: none published
         return None
 
 

@@ -134,8 +134,9 @@ def record_healthy(
 def recent_recoveries(target_name: str) -> list[RecoveryStep]:
     """The target's recent recovery steps, oldest first (a step that no longer validates is skipped)."""
     value = Variable.get(RECOVERIES_PREFIX + target_name, default=None)
+    items: list[Any] = value if isinstance(value, list) else []
     steps = []
-    for item in value if isinstance(value, list) else []:
+    for item in items:
         try:
             steps.append(RecoveryStep.model_validate(item))
         except ValueError:
