@@ -1304,7 +1304,7 @@ def main() -> int:
             # Variable's length, and `history_limit` counts from here (see `limit_lines`)
             from tasks.state import health_state, save_health_state
 
-            save_health_state(steady.name, {**health_state(steady.name), "history": []})
+            save_health_state(steady.name, health_state(steady.name))
             worker = start_worker(WORK_POOL, f"bench-health-{bench.run_id}", Path(tmp) / "worker.log", env=env)
             if args.worker_checks:
                 with get_client(sync_client=True) as api:

@@ -21,6 +21,8 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
 from blocks.engine import EngineSpec
+from tasks.errors import SparkVllmError
+from tasks.fleet import read_outcome
 from tasks.loadtest.load import Workload
 from tasks.loadtest.metrics import DEFAULT_PERCENTILES, SLOs
 from tasks.loadtest.run import (
@@ -30,15 +32,15 @@ from tasks.loadtest.run import (
     sweep_levels,
     write_results,
 )
-from tasks.readiness import endpoint_ready
 from tasks.locks import gpu_lock
+from tasks.readiness import endpoint_ready
 from tasks.serve import load_target
-from tasks.state import last_healthy, last_healthy_record
+from tasks.state import last_healthy_record
 
 DEFAULT_RESULTS_DIR = "~/spark-vllm/bench-results"
 
 
-class BenchFailed(RuntimeError):
+class BenchFailed(SparkVllmError):
     """The benchmark could not measure (no server, every request failed, a preset did not deploy)."""
 
 
@@ -49,7 +51,7 @@ def bench_qwen(
     request_rates: list[float] | None = None,
     workload: Workload = Workload(),
     slos: SLOs = SLOs(),
-    percentiles: list[float] = list(DEFAULT_PERCENTILES),
+    percentiles: list[float] = list(DEFAULT_PERCENTILES),  # noqa: B006 - a fresh list; the run form shows it
     presets: list[str] | None = None,
     deploy_deployment: str | None = None,
     results_dir: str | None = DEFAULT_RESULTS_DIR,
@@ -116,9 +118,9 @@ def _bench_running(
     """Measure the server that runs now, holding the target's GPU slot (a deploy waits, not replaces it)."""
     resolved = load_target(target, None, None, None)
     machine, secrets = resolved.machine, resolved.secrets
-    running = last_healthy(machine.name)
-    spec = machine.apply_to(running) if running is not None else resolved.spec
-    spec_hash = last_healthy_record(machine.name).get("spec_hash")
+    record = last_healthy_record(machine.name)
+    spec = machine.apply_to(record.spec) if record.spec is not None else resolved.spec
+    spec_hash = record.spec_hash
     with gpu_lock(machine.name):
         if not endpoint_ready(machine.endpoint, spec.served_name, secrets.api_key, timeout=5):
             raise BenchFailed(
@@ -154,7 +156,9 @@ def _deploy(deployment: str, target: str, parameters: dict) -> str | None:
     state = run.state
     if state is not None and state.is_completed():
         return None
-    return f"{deployment} ended {state.name if state else 'without a state'}: {state.message if state else ''}"[:500]
+    outcome = read_outcome(run.id, target)  # the deploy's own words, when it published them
+    why = outcome.message if outcome and outcome.message else (state.message if state else "")
+    return f"{deployment} ended {state.name if state else 'without a state'}: {why}"[:500]
 
 
 def _compare_presets(
@@ -171,7 +175,8 @@ def _compare_presets(
     logger = get_run_logger()
     for name in presets:
         EngineSpec.preset(name)  # an unknown name fails here, before anything is replaced (names the choices)
-    previous, previous_hash = last_healthy(target), last_healthy_record(target).get("spec_hash")
+    record = last_healthy_record(target)
+    previous, previous_hash = record.spec, record.spec_hash
     reports: list[BenchReport] = []
     try:
         for name in presets:

@@ -15,25 +15,27 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from blocks.engine import EngineSpec
 from blocks.target import TargetMachine
-from tasks.loadtest.run import GateResult, run_gate
 from tasks.container import remove_container, replace_or_keep
+from tasks.errors import ServerDidNotStart, SparkVllmError
 from tasks.events import ServiceEvent, emit_service_event
-from tasks.readiness import ReadinessFailed, ReadinessTimeouts, endpoint_ready
-from tasks.inference import smoke_inference
+from tasks.fleet import DeployOutcome, publish_outcome
+from tasks.inference import SmokeResult, smoke_inference
+from tasks.loadtest.run import GateResult, run_gate
 from tasks.locks import gpu_lock
-from tasks.memory import NotEnoughMemory
 from tasks.preflight import preflight
+from tasks.readiness import ReadinessTimeouts, endpoint_ready
 from tasks.recovery.planner import RecoveryLimits
 from tasks.report import artifact_key, fenced, key_value_table, publish_report
 from tasks.secrets import scrub
-from tasks.serve import Served, ServerSecrets, StartFailed, load_target, serve
+from tasks.serve import Served, ServerSecrets, Target, load_target, serve
+from tasks.staging import StageResult
 from tasks.staging.stage import stage_steps
 from tasks.state import clear_recover_runs, last_healthy, last_healthy_record, record_healthy
 
@@ -42,7 +44,7 @@ class DeployResult(BaseModel):
     """What the fleet and health flows need to know about the deployed server."""
 
     target: str
-    status: str  # "deployed" | "unchanged"
+    status: Literal["deployed", "unchanged"]
     endpoint: str
     served_model: str
     container: str
@@ -64,11 +66,11 @@ class DeployResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
-class DeployFailed(RuntimeError):
+class DeployFailed(SparkVllmError):
     """The requested spec did not start; the first line says whether the target still has a server."""
 
 
-class BenchGateFailed(RuntimeError):
+class BenchGateFailed(SparkVllmError):
     """The new server answers but misses its spec's benchmark gate (`on_failure: fail`)."""
 
     def __init__(self, target: str, gate: GateResult, stays: bool) -> None:
@@ -92,6 +94,11 @@ def deploy_qwen(
 ) -> DeployResult:
     """Deploy the engine spec on the target machine and prove it answers.
 
+    A failure is reported (event, report, outcome) before the run ends, not from an ``on_failure``
+    hook: Prefect runs a flow's hooks after the final state reached the server
+    (prefect/flow_engine.py, ``FlowRunEngine.set_state``), and a fleet flow waiting on this run
+    reads its outcome as soon as it sees that state.
+
     Args:
         target: name of the TargetMachine block (e.g. "spark", "sim").
         engine: name of an EngineSpec block; None = the runbook's compose file.
@@ -104,110 +111,117 @@ def deploy_qwen(
     """
     started = time.monotonic()
     resolved = load_target(target, engine, preset, overrides)
-    machine, spec, secrets = resolved.machine, resolved.spec, resolved.secrets
+    machine, spec = resolved.machine, resolved.spec
     spec_hash = spec.spec_hash(machine)
-    docker_host = resolved.docker_host
-    limits = RecoveryLimits(max_attempts=max_attempts)
     try:
         # Prerequisites: docker on this machine, GPU runtime, port, image. Changes nothing.
         warnings = preflight(machine, spec.image)
-        # Model download into /opt/hf: resumable, verified, skipped when the manifest verifies. Outside
-        # the GPU lock (staging has file locks of its own): a 32 GB download must not hold up stop-qwen.
-        # stage-model's steps run as tasks of this flow run, not as a subflow: a subflow costs
-        # ~1.3 s here (its own run, and Prefect's heartbeat thread joined at its exit).
-        staged = (
-            stage_steps(
-                repo_id=spec.model,
-                revision=spec.revision or "main",
-                cache_dir=machine.cache_dir,
-                endpoint=machine.hub_endpoint,
-                token_secret_block=machine.hf_token_secret,
-            )
-            if stage
-            else None
-        )
+        # Model download into /opt/hf: outside the GPU lock (a 32 GB download must not hold up stop-qwen).
+        staged = _stage(machine, spec) if stage else None
         with gpu_lock(machine.name):
             # `docker compose up -d`: keep a healthy identical server, else replace ours and gate on health.
-            healthy = endpoint_ready(machine.endpoint, spec.served_name, secrets.api_key)
-            kept = replace_or_keep(docker_host, machine.name, spec.container_name, spec_hash, healthy)
-            served = None
-            if kept is None:
-                try:
-                    served = serve(docker_host, machine, spec, secrets, timeouts, recover=recover, limits=limits)
-                except (StartFailed, ReadinessFailed, NotEnoughMemory) as exc:
-                    # a healthy server was replaced: do not leave the target without one
-                    outcome = _roll_back(machine, spec_hash, secrets, timeouts, exc, had_server=healthy)
-                    if outcome is exc:
-                        raise
-                    raise outcome from exc
+            healthy = endpoint_ready(machine.endpoint, spec.served_name, resolved.secrets.api_key)
+            kept = replace_or_keep(resolved.docker_host, machine.name, spec.container_name, spec_hash, healthy)
+            limits = RecoveryLimits(max_attempts=max_attempts)
+            served = (
+                _start(resolved, spec_hash, timeouts, recover, limits, had_server=healthy) if kept is None else None
+            )
             # "Test inference", checked instead of read by eye.
-            try:
-                smoke = smoke_inference(machine.endpoint, spec.served_name, secrets.api_key)
-            except Exception:
-                if served is not None:  # a server we just started and that answers wrongly does not stay
-                    remove_container(docker_host, served.container_id, stop_timeout=10)
-                raise
-            # The spec's benchmark gate: a short `vllm bench serve`-style run, judged against its thresholds,
-            # on a server this run started (a kept server passed it when it was deployed: a re-run stays a no-op).
-            gate = (
-                run_gate(machine.name, machine.endpoint, spec.served_name, secrets.api_key, spec.bench_gate)
-                if spec.bench_gate is not None and served is not None
-                else None
-            )
-            degraded = served.degraded(spec) if served else last_healthy_record(machine.name).get("degraded")
-            gate_note = None
-            if gate is not None and not gate.passed:
-                if spec.bench_gate.on_failure == "fail":
-                    previous = last_healthy(machine.name)
-                    stays = not healthy or previous is None or previous.spec_hash(machine) == spec_hash
-                    failure = BenchGateFailed(machine.name, gate, stays)
-                    if not stays:  # the slow server goes first: its memory is the rollback's
-                        remove_container(docker_host, served.container_id, stop_timeout=10)
-                        raise _roll_back(
-                            machine,
-                            spec_hash,
-                            secrets,
-                            timeouts,
-                            failure,
-                            had_server=healthy,
-                            why="missed its benchmark gate",
-                        ) from failure
-                    raise failure
-                gate_note = "benchmark gate missed: " + "; ".join(gate.problems)
-                degraded = "; ".join(filter(None, [degraded, gate_note]))
-            running = served.spec if served else spec
-            record_healthy(
-                machine.name,
-                running,
-                served.spec_hash if served else spec_hash,
-                degraded=degraded,
-                kv_cache_tokens=served.kv_cache_tokens if served else None,
-            )
-            clear_recover_runs(machine.name)  # a person deployed: the cap on failing recoveries starts again
+            smoke = _smoke(resolved, served)
+            # The spec's benchmark gate, on a server this run started (a kept one passed it already).
+            gate, gate_note = _bench_gate(resolved, spec_hash, timeouts, served, had_server=healthy)
+            # What serves now is what a rollback returns to.
+            _remember(machine, spec, spec_hash, served, gate_note)
     except Exception as exc:
-        _report_failure(machine, spec, spec_hash, exc, secrets)
+        _report_failure(machine, spec, spec_hash, exc, resolved.secrets)
         raise
     result = _result(machine, spec, spec_hash, served, smoke, staged, warnings, started, gate, gate_note)
-    _report(result, served.spec if served else spec, served)
-    emit_service_event(
-        machine.name,
-        ServiceEvent(result.status),
-        {
-            "endpoint": result.endpoint,
-            "spec_hash": result.spec_hash,
-            "served_model": spec.served_name,
-            "degraded": result.degraded or "",
-        },
-    )
-    get_run_logger().info(
-        "vLLM %s on %s: %s (served model %s)%s",
-        result.status,
-        machine.name,
-        result.endpoint,
-        spec.served_name,
-        f"; {result.degraded}" if result.degraded else "",
-    )
+    _report(result, spec, served)
     return result
+
+
+def _remember(
+    machine: TargetMachine, spec: EngineSpec, spec_hash: str, served: Served | None, gate_note: str | None
+) -> None:
+    """Record the spec that serves (how it is degraded; a kept server keeps its note) as the last
+    healthy one; a person deployed, so the cap on failing recoveries starts again."""
+    note = served.degraded(spec) if served else last_healthy_record(machine.name).degraded
+    degraded = "; ".join(filter(None, [note, gate_note])) or None
+    if served is None:
+        record_healthy(machine.name, spec, spec_hash, degraded=degraded)
+    else:
+        record_healthy(
+            machine.name, served.spec, served.spec_hash, degraded=degraded, kv_cache_tokens=served.kv_cache_tokens
+        )
+    clear_recover_runs(machine.name)
+
+
+def _stage(machine: TargetMachine, spec: EngineSpec) -> StageResult:
+    """stage-model's steps, as tasks of this flow run (a subflow costs ~1.3 s here: its own run, and
+    Prefect's heartbeat thread joined at its exit); staging has file locks of its own."""
+    return stage_steps(
+        repo_id=spec.model,
+        revision=spec.revision or "main",
+        cache_dir=machine.cache_dir,
+        endpoint=machine.hub_endpoint,
+        token_secret_block=machine.hf_token_secret,
+    )
+
+
+def _start(
+    resolved: Target,
+    spec_hash: str,
+    timeouts: ReadinessTimeouts,
+    recover: bool,
+    limits: RecoveryLimits,
+    had_server: bool,
+) -> Served:
+    """Start the spec (with recovery); when it does not start, roll back to the last healthy spec."""
+    machine, spec, secrets = resolved.machine, resolved.spec, resolved.secrets
+    try:
+        return serve(resolved.docker_host, machine, spec, secrets, timeouts, recover=recover, limits=limits)
+    except ServerDidNotStart as exc:
+        # a healthy server was replaced: do not leave the target without one
+        outcome = _roll_back(machine, spec_hash, secrets, timeouts, exc, had_server=had_server)
+        if outcome is exc:
+            raise
+        raise outcome from exc
+
+
+def _smoke(resolved: Target, served: Served | None) -> SmokeResult:
+    """The runbook's test inference; a server this run started and that answers wrongly does not stay."""
+    try:
+        return smoke_inference(resolved.machine.endpoint, resolved.spec.served_name, resolved.secrets.api_key)
+    except Exception:
+        if served is not None:
+            remove_container(resolved.docker_host, served.container_id, stop_timeout=10)
+        raise
+
+
+def _bench_gate(
+    resolved: Target, spec_hash: str, timeouts: ReadinessTimeouts, served: Served | None, had_server: bool
+) -> tuple[GateResult | None, str | None]:
+    """Run the spec's benchmark gate on a server this run started: (the gate, a note when it was missed).
+
+    A miss with ``on_failure: fail`` raises: after a rollback to the last healthy spec when there
+    is one to go back to, else with the new server left serving.
+    """
+    machine, spec, secrets = resolved.machine, resolved.spec, resolved.secrets
+    if spec.bench_gate is None or served is None:
+        return None, None
+    gate = run_gate(machine.name, machine.endpoint, spec.served_name, secrets.api_key, spec.bench_gate)
+    if gate.passed:
+        return gate, None
+    if spec.bench_gate.on_failure != "fail":
+        return gate, "benchmark gate missed: " + "; ".join(gate.problems)
+    previous = last_healthy(machine.name)
+    stays = not had_server or previous is None or previous.spec_hash(machine) == spec_hash
+    failure = BenchGateFailed(machine.name, gate, stays)
+    if stays:
+        raise failure
+    remove_container(resolved.docker_host, served.container_id, stop_timeout=10)  # its memory is the rollback's
+    why = "missed its benchmark gate"
+    raise _roll_back(machine, spec_hash, secrets, timeouts, failure, had_server=True, why=why) from failure
 
 
 def _roll_back(
@@ -314,9 +328,14 @@ def _report_failure(
         {"target": machine.name, "image": spec.image, "failure": kind},
         sections,
     )
+    publish_outcome(
+        DeployOutcome(target=machine.name, verdict="failed", message=message[:500], endpoint=machine.endpoint)
+    )
 
 
 def _report(result: DeployResult, spec: EngineSpec, served: Served | None) -> None:
+    """A deploy that serves reports: the report artifact for the operator, the outcome for the flow
+    that started it, the event for automations, one log line."""
     rows = {
         "status": result.status,
         "degraded": result.degraded,
@@ -354,5 +373,33 @@ def _report(result: DeployResult, spec: EngineSpec, served: Served | None) -> No
         )
     if served:
         sections["Phases (s)"] = fenced(f"{k}: {v}" for k, v in served.readiness.phase_seconds.items())
-    title = f"deploy-qwen on {result.target}: {result.status}" + (" (DEGRADED)" if result.degraded else "")
-    publish_report(artifact_key("deploy", result.target), title, rows, sections)
+    outcome = DeployOutcome(
+        target=result.target,
+        verdict=result.status,
+        endpoint=result.endpoint,
+        spec_hash=result.spec_hash,
+        degraded=result.degraded,
+        kv_cache_tokens=result.kv_cache_tokens,
+    )
+    publish_report(
+        artifact_key("deploy", result.target), f"deploy-qwen on {result.target}: {outcome.summary}", rows, sections
+    )
+    publish_outcome(outcome)
+    emit_service_event(
+        result.target,
+        ServiceEvent(result.status),
+        {
+            "endpoint": result.endpoint,
+            "spec_hash": result.spec_hash,
+            "served_model": result.served_model,
+            "degraded": result.degraded or "",
+        },
+    )
+    get_run_logger().info(
+        "vLLM %s on %s: %s (served model %s)%s",
+        result.status,
+        result.target,
+        result.endpoint,
+        result.served_model,
+        f"; {result.degraded}" if result.degraded else "",
+    )

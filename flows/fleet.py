@@ -13,12 +13,14 @@ failure never blocks another's.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from blocks.target import TargetMachine
+from tasks.errors import SparkVllmError
 from tasks.fleet import TargetRun, fleet_row, now_epoch, run_on_target
 from tasks.report import artifact_key, markdown_table
 from tasks.state import health_state, last_healthy_record
@@ -26,15 +28,13 @@ from tasks.state import health_state, last_healthy_record
 #: The per-target deployments the fleet flows run (their flow names; the deployment is <flow>/<target>).
 DEPLOY_FLOW = "deploy-qwen"
 HEALTH_FLOW = "health-check"
-#: The report artifact the deploy flow publishes per target (its title is the outcome).
-DEPLOY_REPORT = "deploy"
 
 
-class FleetDeployFailed(RuntimeError):
+class FleetDeployFailed(SparkVllmError):
     """Some targets did not deploy (the others did: the fleet table says which)."""
 
 
-class RollingUpdateStopped(RuntimeError):
+class RollingUpdateStopped(SparkVllmError):
     """The rolling update stopped at a target; the ones after it still run the old spec."""
 
 
@@ -47,7 +47,7 @@ def _deploy_parameters(
     return {**parameters, **(extra or {})}
 
 
-def _rows(runs: dict[str, TargetRun | None]) -> list[dict[str, Any]]:
+def _rows(runs: Mapping[str, TargetRun | None]) -> list[dict[str, Any]]:
     """One row per target: this run's verdict, what serves (from the server's records), last check."""
     now = now_epoch()
     rows = []
@@ -60,7 +60,7 @@ def _rows(runs: dict[str, TargetRun | None]) -> list[dict[str, Any]]:
     return rows
 
 
-def _table(fleet: str, kind: str, runs: dict[str, TargetRun | None], description: str) -> list[dict[str, Any]]:
+def _table(fleet: str, kind: str, runs: Mapping[str, TargetRun | None], description: str) -> list[dict[str, Any]]:
     """The fleet table artifact `<kind>-<fleet>` of `_rows`."""
     rows = _rows(runs)
     create_table_artifact(table=rows, key=artifact_key(kind, fleet), description=description)
@@ -90,9 +90,7 @@ def deploy_fleet(
     """
     common = _deploy_parameters(engine, preset, overrides, None)
     futures = {
-        t: run_on_target.submit(
-            f"{DEPLOY_FLOW}/{t}", t, {**common, **(per_target or {}).get(t, {})}, report_key=DEPLOY_REPORT
-        )
+        t: run_on_target.submit(f"{DEPLOY_FLOW}/{t}", t, {**common, **(per_target or {}).get(t, {})}, with_outcome=True)
         for t in targets
     }
     runs = {t: future.result() for t, future in futures.items()}
@@ -103,7 +101,7 @@ def deploy_fleet(
     if failed:
         raise FleetDeployFailed(
             f"{len(failed)} of {len(targets)} targets did not deploy (the others did): "
-            + "; ".join(f"{r.target}: {r.state} {r.message}" for r in failed)
+            + "; ".join(f"{r.target}: {r.state} {r.why}" for r in failed)
         )
     return rows
 
@@ -160,34 +158,47 @@ def rolling_update(
     steps: list[tuple[str, str]] = []
     stopped: str | None = None
     for target in targets:
-        run = run_on_target(
-            f"{DEPLOY_FLOW}/{target}",
-            target,
-            {**common, **(per_target or {}).get(target, {})},
-            report_key=DEPLOY_REPORT,
+        runs[target], problem = _update_one(
+            target, {**common, **(per_target or {}).get(target, {})}, health_check, stop_on_degraded
         )
-        runs[target] = run
-        problem = None if run.ok else f"deploy {run.state.lower()}: {run.message}"
-        if problem is None and stop_on_degraded and "DEGRADED" in run.outcome:
-            problem = f"deployed DEGRADED ({last_healthy_record(target).get('degraded')})"
-        if problem is None and health_check:
-            check = run_on_target(f"{HEALTH_FLOW}/{target}", target)
-            health = health_state(target)
-            verdict = health.get("verdict")
-            if not check.ok or verdict != "healthy":
-                problem = f"health check after the deploy: {verdict or check.state} {health.get('reason', '')}"
         steps.append((target, "updated" if problem is None else f"STOPPED: {problem}"))
         if problem is not None:
             stopped = f"{target}: {problem}"
             break
     for target in targets[len(steps) :]:
         steps.append((target, "not attempted: still on the old spec"))
-    by_target = dict(steps)
-    rows = [{"target": row["target"], "step": by_target[row["target"]], **row} for row in _rows(runs)]
+    rows = _publish_update(fleet, runs, dict(steps), stopped)
+    if stopped is not None:
+        others = [f"{t}: {step}" for t, step in steps if not step.startswith("STOPPED")]
+        raise RollingUpdateStopped(f"stopped at {stopped}" + (f"; {', '.join(others)}" if others else ""))
+    return rows
+
+
+def _update_one(
+    target: str, parameters: dict[str, Any], health_check: bool, stop_on_degraded: bool
+) -> tuple[TargetRun, str | None]:
+    """One step of a rolling update: deploy the target, then check it; the problem that stops the update, if any."""
+    run = run_on_target(f"{DEPLOY_FLOW}/{target}", target, parameters, with_outcome=True)
+    if not run.ok:
+        return run, f"deploy {run.state.lower()}: {run.why}"
+    if stop_on_degraded and run.outcome is not None and run.outcome.degraded:
+        return run, f"deployed DEGRADED ({run.outcome.degraded})"
+    if health_check:
+        check = run_on_target(f"{HEALTH_FLOW}/{target}", target)
+        health = health_state(target)
+        if not check.ok or health.verdict != "healthy":
+            return run, f"health check after the deploy: {health.verdict or check.state} {health.reason}"
+    return run, None
+
+
+def _publish_update(
+    fleet: str, runs: Mapping[str, TargetRun | None], steps: dict[str, str], stopped: str | None
+) -> list[dict[str, Any]]:
+    """The rolling update's table (a row per target: its step and what serves) and its report."""
+    rows = [{"target": row["target"], "step": steps[row["target"]], **row} for row in _rows(runs)]
+    done = "done" if stopped is None else "STOPPED"
     create_table_artifact(
-        table=rows,
-        key=artifact_key("rolling-update", fleet),
-        description=f"rolling-update {fleet}: " + ("done" if stopped is None else "STOPPED"),
+        table=rows, key=artifact_key("rolling-update", fleet), description=f"rolling-update {fleet}: {done}"
     )
     create_markdown_artifact(
         key=artifact_key("rolling-update-report", fleet),
@@ -195,7 +206,7 @@ def rolling_update(
         + ("every target updated" if stopped is None else f"stopped at {stopped}"),
         markdown="\n".join(
             [
-                f"# rolling-update {fleet}: " + ("done" if stopped is None else "STOPPED"),
+                f"# rolling-update {fleet}: {done}",
                 "",
                 markdown_table(
                     ("target", "step", "runs spec", "degraded"),
@@ -204,7 +215,4 @@ def rolling_update(
             ]
         ),
     )
-    if stopped is not None:
-        others = [f"{t}: {step}" for t, step in steps if not step.startswith("STOPPED")]
-        raise RollingUpdateStopped(f"stopped at {stopped}" + (f"; {', '.join(others)}" if others else ""))
     return rows

@@ -34,6 +34,8 @@ from tasks.report import artifact_key, publish_report
 from tasks.serve import load_target
 from tasks.state import (
     HEALTH_HISTORY,
+    HealthState,
+    HealthyRecord,
     desired_state,
     health_history,
     health_state,
@@ -119,10 +121,10 @@ def _snapshot(text: str | None, now: float) -> MetricsSnapshot | None:
         return None
 
 
-def _since(before: dict[str, Any], report: HealthReport) -> str:
+def _since(before: HealthState, report: HealthReport) -> str:
     """Since when the verdict holds: the previous check's time while it is unchanged, else now (UTC, ISO)."""
-    kept = before.get("since") if before.get("verdict") == report.verdict.value else None
-    return kept if isinstance(kept, str) else datetime.now(UTC).isoformat()
+    kept = before.since if before.verdict == report.verdict else None
+    return kept or datetime.now(UTC).isoformat()
 
 
 def _observation(
@@ -132,8 +134,8 @@ def _observation(
     memory: MemInfo | None,
     *,
     machine: TargetMachine,
-    before: dict[str, Any],
-    record: dict[str, Any],
+    before: HealthState,
+    record: HealthyRecord,
     now: float,
 ) -> Observation:
     """What the probes saw, with what the previous check and the last deploy left, for `evaluate`."""
@@ -146,7 +148,7 @@ def _observation(
         exit_code=container.exit_code,
         oom_killed=container.oom_killed,
         started_at=container.started_at,
-        previous_restart_count=before.get("restart_count"),
+        previous_restart_count=before.restart_count,
         health_status=endpoints.health_status,
         health_latency_s=endpoints.health_latency_s,
         models_listed=endpoints.models_listed,
@@ -154,10 +156,10 @@ def _observation(
         answer_latency_s=endpoints.answer_latency_s,
         answer_detail=f"answered {endpoints.answer!r}" if endpoints.answer_ok is False else None,
         metrics=metrics,
-        previous=MetricsSnapshot.model_validate(before["metrics"]) if before.get("metrics") else None,
+        previous=before.metrics,
         memory=memory,
         memory_floor_gib=machine.host_memory_floor_gib,
-        degraded=record.get("degraded"),
+        degraded=record.degraded,
     )
 
 
@@ -167,19 +169,19 @@ def _state(
     now: float,
     container: ContainerFacts,
     metrics: MetricsSnapshot | None,
-    before: dict[str, Any],
-) -> dict[str, Any]:
+    before: HealthState,
+) -> HealthState:
     """What the next check needs of this one: the verdict and since when, the restarts, and the last
     /metrics numbers (the previous check's when this one read none, so a wedge can still be judged)."""
-    return {
-        "verdict": report.verdict.value,
-        "since": since,
-        "checked_at": now,
-        "layer": report.layer.value,
-        "reason": report.reason[:300],
-        "metrics": metrics.model_dump(mode="json") if metrics else before.get("metrics"),
-        "restart_count": container.restart_count,
-    }
+    return HealthState(
+        verdict=report.verdict,
+        since=since,
+        checked_at=now,
+        layer=report.layer,
+        reason=report.reason[:300],
+        metrics=metrics or before.metrics,
+        restart_count=container.restart_count,
+    )
 
 
 def _publish(
@@ -189,7 +191,7 @@ def _publish(
     since: str,
     history: list[dict],
     duration: float,
-    record: dict[str, Any],
+    record: HealthyRecord,
 ) -> None:
     """The status artifact (one key per target: Prefect keeps its versions) and the history table."""
     rows = {
@@ -198,9 +200,9 @@ def _publish(
         "deciding layer": report.layer.value,
         "endpoint": machine.endpoint,
         "served model": served,
-        "running spec": record.get("spec_hash"),
-        "degraded spec": record.get("degraded"),
-        "last healthy deploy or recovery": record.get("at"),
+        "running spec": record.spec_hash,
+        "degraded spec": record.degraded,
+        "last healthy deploy or recovery": record.at.isoformat() if record.at else None,
         "check took (s)": duration,
     }
     publish_report(

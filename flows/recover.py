@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from blocks.engine import EngineSpec
 from blocks.target import TargetMachine
 from tasks.container import inspect_server, remove_managed_containers
+from tasks.errors import SparkVllmError
 from tasks.events import ServiceEvent, emit_service_event
 from tasks.health.probes import probe_endpoints
 from tasks.inference import smoke_inference
@@ -56,7 +57,7 @@ class RecoverResult(BaseModel):
 NEEDS_OPERATOR_AFTER = 3
 
 
-class RecoveryGaveUp(RuntimeError):
+class RecoveryGaveUp(SparkVllmError):
     """The planner found nothing to do that would help; the message says what a person should do."""
 
 

@@ -28,13 +28,14 @@ from pydantic import BaseModel
 
 from blocks.render import label_filters
 from blocks.shared import LABEL_MANAGED_BY, LABEL_SPEC_HASH, MANAGED_BY
+from tasks.errors import SparkVllmError
 from tasks.secrets import scrub
 from tasks.vllm.logs import split_lines
 
 GPU_DRIVER_ERROR = 'could not select device driver "nvidia"'
 
 
-class ContainerStartError(RuntimeError):
+class ContainerStartError(SparkVllmError):
     """The container could not be created or started; nothing was left behind."""
 
 

@@ -1,32 +1,91 @@
-"""The fleet flows' pieces: run a target's deployment and wait, read what it left, one row per target.
+"""The fleet flows' pieces: run a target's deployment and wait, read its outcome, one row per target.
 
 Why through deployments: each target's flows must run on that target's machine (its worker polls
 the queue named after it), so a fleet flow never deploys anything itself. It asks Prefect to run
 `deploy-qwen/<target>` (or `health-check/<target>`) and waits for the flow run's final state; the
-facts it reports come back through the Prefect server (the run's state and artifacts, the targets'
-Variables), never from the remote machine's memory.
+facts it reports come back through the Prefect server (the run's state, its `DeployOutcome`
+artifact, the targets' Variables), never from the remote machine's memory.
+
+Why an outcome artifact and not the run's result: a flow run's result reaches another machine only
+through result storage every worker can read (a shared storage block: S3, a network share), one
+more thing an operator must set up and secure; the result itself stays on the deploying machine by
+default. The outcome is small, so deploy-qwen publishes it as a one-row table artifact of its run
+(`deploy-outcome-<target>`), which any flow reads back as data through the API it already talks to
+(docs/fleet.md, "How results travel").
 """
 
 from __future__ import annotations
 
-import re
+import json
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from prefect import get_client, get_run_logger, task
+from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from blocks.engine import EngineSpec
 from tasks.report import artifact_key
+from tasks.state import HealthState, HealthyRecord
 
 #: How often a waiting fleet flow asks for the state of a target's run (Prefect's default is 5 s).
 POLL_INTERVAL_S = 1.0
+#: The artifact (key `deploy-outcome-<target>`) that carries a deploy-qwen run's `DeployOutcome`.
+OUTCOME_KEY = "deploy-outcome"
+
+
+class DeployOutcome(BaseModel):
+    """What a deploy-qwen run tells the flow that started it, as data (published by the run itself)."""
+
+    target: str
+    verdict: Literal["deployed", "unchanged", "failed"]
+    message: str = ""  # failed: the error as raised ("rolled back: ..."), secrets scrubbed
+    endpoint: str = ""
+    spec_hash: str | None = None  # the spec that serves now (after recovery or a rollback)
+    degraded: str | None = None  # "requested X, running Y, because Z" when recovery changed the spec
+    kv_cache_tokens: int | None = None
+
+    @property
+    def summary(self) -> str:
+        """The verdict as a fleet table shows it: "deployed", "unchanged (DEGRADED)", "failed: ..."."""
+        if self.verdict == "failed":
+            return f"failed: {self.message}"
+        return self.verdict + (" (DEGRADED)" if self.degraded else "")
+
+
+def publish_outcome(outcome: DeployOutcome) -> None:
+    """Publish the run's outcome as a one-row table artifact (data a fleet flow reads back)."""
+    create_table_artifact(
+        table=[outcome.model_dump(mode="json")],
+        key=artifact_key(OUTCOME_KEY, outcome.target),
+        description=f"deploy-qwen on {outcome.target}: {outcome.summary}"[:200],
+    )
+
+
+def read_outcome(flow_run_id: UUID, target: str) -> DeployOutcome | None:
+    """The outcome the flow run published (None: it published none, e.g. it crashed)."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                key=ArtifactFilterKey(any_=[artifact_key(OUTCOME_KEY, target)]),
+            ),
+            limit=1,
+        )
+    if not found or not found[0].data:
+        return None
+    data = found[0].data
+    try:
+        rows = json.loads(data) if isinstance(data, str) else data
+        return DeployOutcome.model_validate(rows[0]) if isinstance(rows, list) and rows else None
+    except (ValueError, ValidationError):  # not JSON, or not an outcome: none published
+        return None
 
 
 class TargetRun(BaseModel):
@@ -36,46 +95,29 @@ class TargetRun(BaseModel):
     deployment: str
     flow_run_id: UUID | None = None
     state: str  # "COMPLETED", "FAILED", "CRASHED", "CANCELLED", ... or "NOT STARTED"
-    message: str = ""
-    outcome: str = ""  # the run's own report title after "deploy-qwen on <target>: ", when it left one
+    message: str = ""  # the final state's message, as Prefect wrote it
+    outcome: DeployOutcome | None = None  # what a deploy-qwen run published about itself
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         return self.state == "COMPLETED"
 
-
-_ENGINE_PREFIX = "Flow run encountered an exception: "
-_EXCEPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*: ")
-
-
-def run_message(message: str | None) -> str:
-    """A failed run's state message as the flow raised it: without Prefect's "Flow run encountered
-    an exception: " and the exception's class name ("DeployFailed: rolled back: ..." -> "rolled back: ...")."""
-    text = (message or "").removeprefix(_ENGINE_PREFIX)
-    return _EXCEPTION_NAME.sub("", text, count=1)
-
-
-def _report_title(flow_run_id: UUID, key: str) -> str:
-    """The description (title) of the artifact `key` the flow run published, "" when none."""
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[key])
-            ),
-            limit=1,
-        )
-    return (found[0].description or "") if found else ""
+    @property
+    def why(self) -> str:
+        """Why it failed: the run's own words when it published them, else Prefect's state message."""
+        return self.outcome.message if self.outcome and self.outcome.message else self.message
 
 
 @task(name="run-on-target", task_run_name="{deployment} on {target}")
 def run_on_target(
-    deployment: str, target: str, parameters: Mapping[str, Any] | None = None, report_key: str | None = None
+    deployment: str, target: str, parameters: Mapping[str, Any] | None = None, with_outcome: bool = False
 ) -> TargetRun:
     """Run `deployment` with `target` (and `parameters`) through its worker; wait for its final state.
 
     Never raises for the run's failure: a fleet flow reports every target, and one failure must not
     stop the others. A missing deployment is a "NOT STARTED" run whose message says how to register it.
+    ``with_outcome``: read the `DeployOutcome` the run published (deploy-qwen's runs).
     """
     started = time.monotonic()
     try:
@@ -94,37 +136,29 @@ def run_on_target(
             "<targets file>) or check the target's name",
         )
     state = run.state
-    outcome = ""
-    if report_key:
-        title = _report_title(run.id, artifact_key(report_key, target))
-        outcome = title.split(": ", 1)[1] if ": " in title else title
     result = TargetRun(
         target=target,
         deployment=deployment,
         flow_run_id=run.id,
         state=state.type.value if state else "UNKNOWN",
-        message=run_message(state.message)[:500] if state else "",
-        outcome=outcome,
+        message=(state.message or "")[:500] if state else "",
+        outcome=read_outcome(run.id, target) if with_outcome else None,
         seconds=round(time.monotonic() - started, 2),
     )
     logger = get_run_logger()
     if result.ok:
-        logger.info("%s on %s: %s in %.1f s", deployment, target, outcome or "completed", result.seconds)
+        done = result.outcome.summary if result.outcome else "completed"
+        logger.info("%s on %s: %s in %.1f s", deployment, target, done, result.seconds)
     else:
-        logger.warning("%s on %s: %s: %s", deployment, target, result.state, result.message)
+        logger.warning("%s on %s: %s: %s", deployment, target, result.state, result.why)
     return result
 
 
-def spec_summary(record: Mapping[str, Any]) -> str:
+def spec_summary(spec: EngineSpec | None) -> str:
     """A spec as the fleet table shows it: its serving hash (the same on every machine) and the
     fields presets change."""
-    spec_fields = record.get("spec")
-    if not isinstance(spec_fields, dict):
+    if spec is None:
         return ""
-    try:
-        spec = EngineSpec(**spec_fields)
-    except ValueError:
-        return "(unreadable)"
     return (
         f"{spec.serving_hash()} (seqs {spec.max_num_seqs}, util {spec.gpu_memory_utilization:.2f}, "
         f"len {spec.max_model_len})"
@@ -139,27 +173,24 @@ def _ago(epoch: float | None, now: float) -> str:
 
 
 def fleet_row(
-    target: str, endpoint: str, run: TargetRun | None, record: Mapping[str, Any], health: Mapping[str, Any], now: float
+    target: str, endpoint: str, run: TargetRun | None, record: HealthyRecord, health: HealthState, now: float
 ) -> dict[str, Any]:
     """One target's row of a fleet table (pure): this run's verdict, what serves, its last check."""
     if run is None:
         verdict = ""
     elif run.ok:
-        verdict = run.outcome or "completed"
+        verdict = run.outcome.summary if run.outcome else "completed"
     else:
-        verdict = f"{run.state}: {run.message}"[:300]
-    spec = record.get("spec") if isinstance(record.get("spec"), dict) else {}
-    served = spec.get("served_model_name") or spec.get("model") or ""
-    checked = health.get("checked_at")
-    last_check = f"{health['verdict']} ({_ago(checked, now)})" if health.get("verdict") else "never"
+        verdict = f"{run.state}: {run.why}"[:300]
+    last_check = f"{health.verdict} ({_ago(health.checked_at, now)})" if health.verdict else "never"
     return {
         "target": target,
         "verdict": verdict,
         "endpoint": endpoint,
-        "model": served,
-        "spec": spec_summary(record),
-        "degraded": record.get("degraded") or "",
-        "kv_cache_tokens": record.get("kv_cache_tokens"),
+        "model": record.spec.served_name if record.spec else "",
+        "spec": spec_summary(record.spec),
+        "degraded": record.degraded or "",
+        "kv_cache_tokens": record.kv_cache_tokens,
         "last_health_check": last_check,
     }
 

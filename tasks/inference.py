@@ -17,6 +17,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from tasks.errors import SparkVllmError
 from tasks.vllm.api import auth_headers
 
 THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
@@ -32,7 +33,7 @@ COMPLETION_PROMPT = f"{ARITHMETIC}="
 COMPLETION_MAX_TOKENS = 16
 
 
-class SmokeFailed(RuntimeError):
+class SmokeFailed(SparkVllmError):
     """The server answered, but not correctly (or not at all)."""
 
 

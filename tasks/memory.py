@@ -27,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from blocks.shared import HELPER_LABELS
 from blocks.target import SPARK_MEMINFO_COMMAND, TargetMachine, split_volume_target
 from tasks.container import docker_client
+from tasks.errors import ServerDidNotStart, SparkVllmError
 from tasks.recovery.sizing import MARGIN_GIB, margin_for
 from tasks.vllm.failures import FailureCause, free_memory_cause
 
@@ -67,7 +68,7 @@ def parse_meminfo(text: str) -> MemInfo:
     )
 
 
-class MemoryReadError(RuntimeError):
+class MemoryReadError(SparkVllmError):
     """The target's memory could not be read; the message says what ran and how to fix it."""
 
 
@@ -219,7 +220,7 @@ def drop_caches(machine: TargetMachine, image: str) -> None:
     get_run_logger().info("page cache of %s dropped (sync; echo 3 > drop_caches)", machine.name)
 
 
-class NotEnoughMemory(RuntimeError):
+class NotEnoughMemory(ServerDidNotStart):
     """Other processes hold memory a start at this utilization needs; says how much is missing.
 
     Carries the reading, the utilization and the classified cause vLLM's own check would give

@@ -20,9 +20,10 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.target import TargetMachine
 from tasks.container import docker_client, image_present, is_managed
+from tasks.errors import SparkVllmError
 
 
-class PreflightFailed(RuntimeError):
+class PreflightFailed(SparkVllmError):
     """One or more preconditions of a deploy are not met; the message lists each with its fix."""
 
 

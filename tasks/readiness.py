@@ -30,6 +30,7 @@ from prefect_docker.host import DockerHost
 from pydantic import BaseModel, Field
 
 from tasks.container import docker_client
+from tasks.errors import ServerDidNotStart
 from tasks.memory import MemoryReadError, exec_meminfo
 from tasks.recovery.sizing import margin_for
 from tasks.report import ProgressArtifact
@@ -63,7 +64,7 @@ class ReadinessTimeouts(BaseModel):
         return getattr(self, f"{phase}_s", self.serving_s)
 
 
-class ReadinessFailed(RuntimeError):
+class ReadinessFailed(ServerDidNotStart):
     """The server will not become ready; ``cause`` says why and what to do."""
 
     def __init__(self, cause: FailureCause, status: str, lines: list[str] | None = None) -> None:

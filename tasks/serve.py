@@ -40,6 +40,7 @@ from tasks.container import (
     restart_policy_after_ready,
     start_vllm_container,
 )
+from tasks.errors import ServerDidNotStart
 from tasks.events import ServiceEvent, emit_service_event
 from tasks.memory import NotEnoughMemory, drop_caches, make_room_for_start, read_meminfo, read_memory, wait_for_release
 from tasks.prune import prune_docker
@@ -156,7 +157,7 @@ class Served:
         return RecoveryStep(klass=self.steps[-1].klass, overrides=changed, reason=reasons).degraded(requested)
 
 
-class StartFailed(RuntimeError):
+class StartFailed(ServerDidNotStart):
     """The server did not start, and recovery (when on) gave up: ``next_step`` is for a person."""
 
     def __init__(self, target: str, cause: FailureCause, steps: list[RecoveryStep], attempts: list[Attempt]) -> None:

@@ -1,33 +1,45 @@
-"""What the flows remember per target between runs, as Prefect Variables.
+"""What the flows remember per target between runs: typed records kept in Prefect Variables.
 
 Variables, not the target block: this is state the flows write after every run, while the block is
 the operator's configuration, edited in the UI (a flow that rewrote the block would race with
 those edits). Variables show in the UI's Variables page, are JSON, and survive worker restarts.
-Every name is defined here, once:
+Each record is a pydantic model here, read back validated (a record an older version wrote, or
+one edited by hand into nonsense, reads as "none recorded", never as a half-filled dict). Every
+name is defined here, once:
 
-- `vllm-last-healthy-<target>`: the last spec that served (what a rollback returns to);
-- `vllm-recoveries-<target>`: the recent recovery steps (the planner's history across runs);
-- `vllm-desired-<target>`: "running" (deploy-qwen, recover-vllm) or "stopped" (stop-qwen): a
-  stopped target is never recovered;
-- `vllm-health-<target>`: the health check's memory: the verdict and since when, the last
-  /metrics snapshot and restart count (progress and crash loops are judged between two checks); the
-  history itself is the `health-history-<target>` table artifact, read back with `health_history`
-  (Prefect refuses a Variable of more than 5,000 characters: every value here stays small);
-- `vllm-recover-runs-<target>`: when recover-vllm ran and whether it ended healthy (the cap on
-  recoveries that keep failing).
+- `vllm-last-healthy-<target>` (`HealthyRecord`): the last spec that served (what a rollback
+  returns to), its hash, how recovery degraded it, its KV cache size;
+- `vllm-recoveries-<target>` (`RecoveryStep`s): the recent recovery steps (the planner's history
+  across runs);
+- `vllm-desired-<target>` (`DesiredState`): "running" (deploy-qwen, recover-vllm) or "stopped"
+  (stop-qwen): a stopped target is never recovered;
+- `vllm-health-<target>` (`HealthState`): the health check's memory: the verdict and since when,
+  the last /metrics snapshot and restart count (progress and crash loops are judged between two
+  checks); the history itself is the `health-history-<target>` table artifact, read back with
+  `health_history`;
+- `vllm-recover-runs-<target>` (`RecoverRun`s): when recover-vllm ran and whether it ended healthy
+  (the cap on recoveries that keep failing).
+
+Why every value stays small: Prefect refuses a Variable of more than 5,000 characters
+(`prefect.types.MAX_VARIABLE_VALUE_LENGTH`), so what grows (the health history) lives in an
+artifact, and the recovery steps keep only what the planner reads of them.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from prefect.artifacts import Artifact
 from prefect.variables import Variable
+from pydantic import BaseModel, TypeAdapter, ValidationError, field_validator
 
 from blocks.engine import EngineSpec
-from tasks.recovery.planner import RecoveryStep
+from tasks.health.layers import Layer
+from tasks.health.verdict import Verdict
+from tasks.recovery.step import RecoveryStep
+from tasks.vllm.metrics import MetricsSnapshot
 
 LAST_HEALTHY_PREFIX = "vllm-last-healthy-"
 RECOVERIES_PREFIX = "vllm-recoveries-"
@@ -40,15 +52,67 @@ HEALTH_HISTORY = 48
 DesiredState = Literal["running", "stopped"]
 
 
+class HealthyRecord(BaseModel):
+    """The last spec that served on a target (every field None: none recorded)."""
+
+    spec: EngineSpec | None = None
+    spec_hash: str | None = None
+    degraded: str | None = None  # "requested X, running Y, because Z" when recovery changed the spec
+    kv_cache_tokens: int | None = None  # logged when the server started (kept while the same server serves)
+    at: datetime | None = None
+
+    @field_validator("spec", mode="wrap")
+    @classmethod
+    def _unreadable_spec_is_none(cls, value: Any, handler: Any) -> EngineSpec | None:
+        """A spec that no longer validates (an older EngineSpec) is no spec to roll back to."""
+        try:
+            return handler(value)
+        except ValidationError:
+            return None
+
+
+class HealthState(BaseModel):
+    """The health check's memory of a target between two checks (every field None before the first)."""
+
+    verdict: Verdict | None = None
+    since: str | None = None  # ISO time the verdict started
+    checked_at: float | None = None  # epoch seconds
+    layer: Layer | None = None
+    reason: str = ""
+    metrics: MetricsSnapshot | None = None
+    restart_count: int | None = None
+
+
+class RecoverRun(NamedTuple):
+    """One recover-vllm run: when (epoch seconds) and whether it ended healthy."""
+
+    at: float
+    ended_healthy: bool
+
+
+_Model = TypeVar("_Model")
+
+
+def _read(name: str, kind: type[_Model] | TypeAdapter[_Model], empty: _Model) -> _Model:
+    """The Variable ``name`` validated as ``kind``; ``empty`` when unset or unreadable."""
+    value = Variable.get(name, default=None)
+    if value is None:
+        return empty
+    adapter = kind if isinstance(kind, TypeAdapter) else TypeAdapter(kind)
+    try:
+        return adapter.validate_python(value)
+    except ValidationError:
+        return empty
+
+
+def last_healthy_record(target_name: str) -> HealthyRecord:
+    """The record of the last healthy spec (an empty record when none)."""
+    return _read(LAST_HEALTHY_PREFIX + target_name, HealthyRecord, HealthyRecord())
+
+
 def last_healthy(target_name: str) -> EngineSpec | None:
     """The last spec that served on the target (None: none recorded, or it no longer validates)."""
-    value = Variable.get(LAST_HEALTHY_PREFIX + target_name, default=None)
-    if not isinstance(value, dict) or not isinstance(value.get("spec"), dict):
-        return None
-    try:
-        return EngineSpec(**value["spec"])
-    except ValueError:
-        return None
+    return last_healthy_record(target_name).spec
 
 
 def record_healthy(
@@ -58,33 +122,23 @@ def record_healthy(
     because Z" when recovery changed it; its KV cache size when this run started it, for the fleet
     view), and that the target should be running."""
     previous = last_healthy_record(target_name)
-    if kv_cache_tokens is None and previous.get("spec_hash") == spec_hash:
-        kv_cache_tokens = previous.get("kv_cache_tokens")  # the same server, kept: its size is unchanged
-    Variable.set(
-        LAST_HEALTHY_PREFIX + target_name,
-        {
-            "spec": spec.model_dump(mode="json", include=set(EngineSpec.model_fields)),
-            "spec_hash": spec_hash,
-            "degraded": degraded,
-            "kv_cache_tokens": kv_cache_tokens,
-            "at": datetime.now(UTC).isoformat(),
-        },
-        overwrite=True,
+    if kv_cache_tokens is None and previous.spec_hash == spec_hash:
+        kv_cache_tokens = previous.kv_cache_tokens  # the same server, kept: its size is unchanged
+    record = HealthyRecord(
+        spec=spec, spec_hash=spec_hash, degraded=degraded, kv_cache_tokens=kv_cache_tokens, at=datetime.now(UTC)
     )
+    value = record.model_dump(mode="json", exclude={"spec"})
+    value["spec"] = spec.model_dump(mode="json", include=set(EngineSpec.model_fields))  # the fields, not the block's
+    Variable.set(LAST_HEALTHY_PREFIX + target_name, value, overwrite=True)
     set_desired(target_name, "running")
 
 
-def last_healthy_record(target_name: str) -> dict[str, Any]:
-    """The raw record of the last healthy spec ({} when none): spec_hash, degraded, at."""
-    value = Variable.get(LAST_HEALTHY_PREFIX + target_name, default=None)
-    return value if isinstance(value, dict) else {}
-
-
 def recent_recoveries(target_name: str) -> list[RecoveryStep]:
-    """The target's recent recovery steps, oldest first."""
+    """The target's recent recovery steps, oldest first (a step that no longer validates is skipped)."""
     value = Variable.get(RECOVERIES_PREFIX + target_name, default=None)
+    items: list[Any] = value if isinstance(value, list) else []
     steps = []
-    for item in value if isinstance(value, list) else []:
+    for item in items:
         try:
             steps.append(RecoveryStep.model_validate(item))
         except ValueError:
@@ -114,23 +168,21 @@ def remember_recoveries(target_name: str, steps: list[RecoveryStep]) -> None:
 
 def desired_state(target_name: str) -> DesiredState | None:
     """What the operator last asked of the target: "running", "stopped", or None (never deployed)."""
-    value = Variable.get(DESIRED_PREFIX + target_name, default=None)
-    return value if value in ("running", "stopped") else None
+    return _read(DESIRED_PREFIX + target_name, TypeAdapter(DesiredState | None), None)
 
 
 def set_desired(target_name: str, state: DesiredState) -> None:
     Variable.set(DESIRED_PREFIX + target_name, state, overwrite=True)
 
 
-def health_state(target_name: str) -> dict[str, Any]:
-    """The health check's memory of the target ({} before the first check)."""
-    value = Variable.get(HEALTH_PREFIX + target_name, default=None)
-    return value if isinstance(value, dict) else {}
+def health_state(target_name: str) -> HealthState:
+    """The health check's memory of the target (an empty state before the first check)."""
+    return _read(HEALTH_PREFIX + target_name, HealthState, HealthState())
 
 
-def save_health_state(target_name: str, state: dict[str, Any]) -> None:
+def save_health_state(target_name: str, state: HealthState) -> None:
     """Save the check's small state (no history: see `health_history`)."""
-    Variable.set(HEALTH_PREFIX + target_name, {k: v for k, v in state.items() if k != "history"}, overwrite=True)
+    Variable.set(HEALTH_PREFIX + target_name, state.model_dump(mode="json"), overwrite=True)
 
 
 def health_history(target_name: str, key: str) -> list[dict[str, str]]:
@@ -145,15 +197,17 @@ def health_history(target_name: str, key: str) -> list[dict[str, str]]:
     return list(reversed([r for r in rows if isinstance(r, dict)]))[-HEALTH_HISTORY:]
 
 
-def recover_runs(target_name: str) -> list[tuple[float, bool]]:
-    """(epoch seconds, ended healthy) of the target's recent recover-vllm runs, oldest first."""
-    value = Variable.get(RECOVER_RUNS_PREFIX + target_name, default=None)
-    return [(float(at), bool(ok)) for at, ok in value] if isinstance(value, list) else []
+_RUNS = TypeAdapter(list[RecoverRun])
+
+
+def recover_runs(target_name: str) -> list[RecoverRun]:
+    """The target's recent recover-vllm runs, oldest first."""
+    return _read(RECOVER_RUNS_PREFIX + target_name, _RUNS, [])
 
 
 def record_recover_run(target_name: str, at: float, ended_healthy: bool) -> None:
-    kept = [*recover_runs(target_name), (at, ended_healthy)][-KEEP_RECOVERIES:]
-    Variable.set(RECOVER_RUNS_PREFIX + target_name, [list(item) for item in kept], overwrite=True)
+    kept = [*recover_runs(target_name), RecoverRun(at, ended_healthy)][-KEEP_RECOVERIES:]
+    Variable.set(RECOVER_RUNS_PREFIX + target_name, _RUNS.dump_python(kept, mode="json"), overwrite=True)
 
 
 def clear_recover_runs(target_name: str) -> None:

@@ -6,8 +6,10 @@ cache offline); the flow does not retry those and the message says what to chang
 
 from __future__ import annotations
 
+from tasks.errors import SparkVllmError
 
-class StagingError(RuntimeError):
+
+class StagingError(SparkVllmError):
     """Base class: ``str(err)`` is the whole message an operator needs."""
 
     retryable = False

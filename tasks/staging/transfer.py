@@ -39,6 +39,8 @@ import httpx
 from filelock import FileLock, Timeout
 from huggingface_hub import hf_hub_url
 
+from tasks.errors import SparkVllmError
+
 from .cache import FILE_MODE, Hashers, RepoCache, feed_file, hash_blob, is_hf_orphan, remove_quietly
 from .errors import IntegrityError, StagingError, TransferError
 from .hub import access_error, classify_response
@@ -91,22 +93,22 @@ class TransferConfig:
         )
 
 
-class Busy(Exception):
+class Busy(SparkVllmError):
     """The blob's lock is held by another process (non-blocking attempt)."""
 
 
-class Cancelled(Exception):
+class Cancelled(SparkVllmError):
     """Another file failed for good; this one stopped between chunks (its partial is kept)."""
 
 
-class _Transient(Exception):
+class _Transient(SparkVllmError):
     def __init__(self, what: str, retry_after: float | None = None) -> None:
         super().__init__(what)
         self.what = what
         self.retry_after = retry_after
 
 
-class _Restart(Exception):
+class _Restart(SparkVllmError):
     """Start the file over at byte 0 (optionally without Range)."""
 
 

@@ -30,6 +30,7 @@ from deployments.fleet import load_fleet_file, register
 from deployments.targets import sim_target
 from flows.fleet import deploy_fleet, health_check_fleet, rolling_update
 from sim.ports import free_port
+from tasks.fleet import read_outcome
 from tests.integration.conftest import SESSION_PREFIX, TEST_TOKEN, target_containers
 from tests.integration.prefect_reads import table_rows
 
@@ -145,6 +146,11 @@ def test_one_target_failing_leaves_the_other_serving(fleet):
     assert "rolled back" in state.message  # b's bad spec was replaced by its last healthy one
     table = {row["target"]: row for row in table_rows(f"fleet-{fleet.name}")}
     assert table[fleet.a]["verdict"] == "unchanged" and table[fleet.b]["verdict"].startswith("FAILED: rolled back")
+    # each deploy said how it ended as data, published by its own run on its own machine
+    runs = {r.parameters["target"]: r for r in child_runs(state.state_details.flow_run_id)}
+    failed, kept = read_outcome(runs[fleet.b].id, fleet.b), read_outcome(runs[fleet.a].id, fleet.a)
+    assert failed is not None and failed.verdict == "failed" and failed.message.startswith("rolled back")
+    assert kept is not None and kept.verdict == "unchanged" and kept.spec_hash == before[fleet.a]
     for target in fleet.targets:
         assert serves(fleet, target)
         assert fleet.container(target).labels[LABEL_SPEC_HASH] == before[target]

@@ -42,7 +42,7 @@ def test_a_deployed_server_is_healthy_and_the_check_is_published(make_sim_target
         again = health_check(target=target.name)
         assert again.verdict is Verdict.HEALTHY
     kept = health_state(target.name)
-    assert kept["verdict"] == "healthy" and kept["metrics"]
+    assert kept.verdict == "healthy" and kept.metrics
     assert len(health_history(target.name, f"health-history-{target.name}")) == 14
     # the host layer's floor is the target's host_memory_floor_gib (the start's memory guard's floor)
     target.host_memory_floor_gib = 100_000.0

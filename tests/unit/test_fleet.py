@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from blocks.engine import EngineSpec
 from deployments.fleet import FLEET_QUEUE, FleetFile, load_fleet_file, render, spark_templates, worker_commands
-from tasks.fleet import TargetRun, fleet_row, run_message, spec_summary
+from tasks.fleet import DeployOutcome, TargetRun, fleet_row, spec_summary
+from tasks.state import HealthState, HealthyRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEET = FleetFile(
@@ -113,32 +115,52 @@ def test_a_bad_targets_file_names_every_bad_target(tmp_path):
 
 
 def test_a_fleet_row_says_the_verdict_what_serves_and_the_last_check():
-    record = {
-        "spec": {"model": "Qwen/Qwen3-32B-FP8", "max_num_seqs": 32},
-        "spec_hash": "abc",
-        "kv_cache_tokens": 250_000,
-    }
-    run = TargetRun(target="spark-a", deployment="deploy-qwen/spark-a", state="COMPLETED", outcome="deployed")
-    row = fleet_row("spark-a", "http://a:8000", run, record, {"verdict": "healthy", "checked_at": 1000.0}, now=1090.0)
+    record = HealthyRecord.model_validate(
+        {"spec": {"model": "Qwen/Qwen3-32B-FP8", "max_num_seqs": 32}, "spec_hash": "abc", "kv_cache_tokens": 250_000}
+    )
+    deployed = DeployOutcome(target="spark-a", verdict="deployed")
+    run = TargetRun(target="spark-a", deployment="deploy-qwen/spark-a", state="COMPLETED", outcome=deployed)
+    health = HealthState(verdict="healthy", checked_at=1000.0)
+    row = fleet_row("spark-a", "http://a:8000", run, record, health, now=1090.0)
     assert row["verdict"] == "deployed" and row["model"] == "Qwen/Qwen3-32B-FP8" and row["kv_cache_tokens"] == 250_000
     assert row["last_health_check"] == "healthy (90 s ago)" and "seqs 32" in row["spec"]
     failed = TargetRun(target="spark-b", deployment="deploy-qwen/spark-b", state="FAILED", message="rolled back: ...")
-    assert fleet_row("spark-b", "", failed, {}, {}, now=0)["verdict"] == "FAILED: rolled back: ..."
-    assert fleet_row("spark-b", "", None, {}, {}, now=0)["last_health_check"] == "never"
+    assert (
+        fleet_row("spark-b", "", failed, HealthyRecord(), HealthState(), now=0)["verdict"] == "FAILED: rolled back: ..."
+    )
+    assert fleet_row("spark-b", "", None, HealthyRecord(), HealthState(), now=0)["last_health_check"] == "never"
+
+
+def test_a_failed_runs_reason_is_its_own_outcome_not_prefects_message():
+    outcome = DeployOutcome(target="b", verdict="failed", message="rolled back: a serves b")
+    run = TargetRun(
+        target="b",
+        deployment="deploy-qwen/b",
+        state="FAILED",
+        message="Flow run encountered an exception: DeployFailed: rolled back: a serves b",
+        outcome=outcome,
+    )
+    assert run.why == "rolled back: a serves b"
+    assert (
+        fleet_row("b", "", run, HealthyRecord(), HealthState(), now=0)["verdict"] == "FAILED: rolled back: a serves b"
+    )
+    crashed = TargetRun(target="b", deployment="deploy-qwen/b", state="CRASHED", message="killed")
+    assert crashed.why == "killed"  # no outcome published: Prefect's words
+
+
+def test_a_deploys_outcome_says_degraded_and_reads_back_from_its_json():
+    outcome = DeployOutcome(target="a", verdict="unchanged", degraded="requested x, running y", kv_cache_tokens=5)
+    assert outcome.summary == "unchanged (DEGRADED)"
+    assert DeployOutcome.model_validate_json(outcome.model_dump_json()) == outcome
 
 
 def test_the_spec_summary_is_the_same_for_the_same_spec_on_any_target():
-    a = spec_summary({"spec": {"max_num_seqs": 32}})
-    assert a == spec_summary({"spec": {"max_num_seqs": 32}}) != spec_summary({"spec": {"max_num_seqs": 16}})
-    assert spec_summary({}) == ""
+    a = spec_summary(EngineSpec(max_num_seqs=32))
+    assert a == spec_summary(EngineSpec(max_num_seqs=32)) != spec_summary(EngineSpec(max_num_seqs=16))
+    assert spec_summary(None) == ""
     # each machine names its container: still the same spec
-    assert spec_summary({"spec": {"max_num_seqs": 32, "container_name": "vllm-a"}}) == a
+    assert spec_summary(EngineSpec(max_num_seqs=32, container_name="vllm-a")) == a
 
 
-def test_a_failed_runs_message_reads_as_the_flow_raised_it():
-    assert (
-        run_message("Flow run encountered an exception: DeployFailed: rolled back: a serves b")
-        == "rolled back: a serves b"
-    )
-    assert run_message("Flow run encountered an exception: TARGET a IS DOWN: x") == "TARGET a IS DOWN: x"
-    assert run_message(None) == "" and run_message("Crashed: killed") == "killed"
+def test_a_record_whose_spec_no_longer_validates_has_no_spec_to_roll_back_to():
+    assert HealthyRecord.model_validate({"spec": {"max_num_seqs": "many"}, "spec_hash": "abc"}).spec is None
