@@ -235,7 +235,8 @@ def cli_body(args: argparse.Namespace, project: list[dict], default: list[dict])
         ("CLI start-up and the flow run's creation (CLI start -> Scheduled)", "cli_to_created"),
         ("waiting for the worker to pick it up (Scheduled -> Pending)", "pickup"),
         (
-            "the worker starting the flow-run process (Pending -> Running: `python -m prefect.engine`, imports, pull step)",
+            "the worker starting the flow-run process (Pending -> "
+            "Running: `python -m prefect.engine`, imports, pull step)",
             "process_start",
         ),
         ("after the final state, until the CLI exits (`--watch` waits 3 s for late log lines)", "final_to_exit"),
@@ -249,8 +250,13 @@ def cli_body(args: argparse.Namespace, project: list[dict], default: list[dict])
     unchanged = all(r["unchanged"] for r in project + default)
     return f"""{machine_line()}
 `{command} --cli-runs {args.cli_runs} --cli-default-runs {args.cli_default_runs}`: `prefect deploy --all`
-on a throwaway Prefect server (SQLite), then `prefect deployment run deploy-qwen/sim --param target={CLI_TARGET} --watch`
-from a shell, {"every run on an unchanged server (the flow finds its container healthy and keeps it)" if unchanged else "NOT all runs on an unchanged server"};
+on a throwaway Prefect server (SQLite), then \
+`prefect deployment run deploy-qwen/sim --param target={CLI_TARGET} --watch`
+from a shell, {
+        "every run on an unchanged server (the flow finds its container healthy and keeps it)"
+        if unchanged
+        else "NOT all runs on an unchanged server"
+    };
 a process worker started by `deployments/dev/worker.py` with the project's `PREFECT_WORKER_QUERY_SECONDS={query}`,
 then one with Prefect's default (10 s). Wall time measured outside the CLI, the split from the flow
 run's state timestamps on the server. One deploy before the series makes the server "unchanged";
@@ -371,15 +377,24 @@ target (fresh container; staging of a 7-shard repo on the first run of each targ
 
 | figure | median | max | goal |
 |---|---|---|---|
-| readiness detection delay ("Application startup complete." -> flow ready), s | {med(col("readiness_delay")):.3f} | {max(col("readiness_delay")):.3f} | <= 0.25 |
-| failure detection (container `die` -> the readiness gate has the classified cause), s | {med(fcol("to_detection")):.3f} | {max(fcol("to_detection")):.3f} | |
-| failure detection delay (container `die` -> the flow run's Failed state), s | {med(fcol("to_failed_state")):.3f} | {max(fcol("to_failed_state")):.3f} | <= 1 |
-| same, to the flow call returning in the client (Prefect joins its heartbeat thread, up to 1 s), s | {med(fcol("to_return")):.3f} | {max(fcol("to_return")):.3f} | |
-| orchestration overhead (flow wall time - imitation startup), s | {med(col("overhead")):.2f} | {max(col("overhead")):.2f} | <= 3 |
-| of which docker's own container create + start (`create` -> `start` events), s | {med(col("docker_start")):.2f} | {max(col("docker_start")):.2f} | |
-| overhead of the flow itself (the above minus docker's create + start), s | {med(col("overhead_flow")):.2f} | {max(col("overhead_flow")):.2f} | |
-| same, over the run's recorded duration (Running -> Completed on the server), s | {med(col("overhead_run")):.2f} | {max(col("overhead_run")):.2f} | |
-| imitation startup at time scale {args.time_scale} (docker `start` -> ready line), s | {med(col("sim_startup")):.2f} | {max(col("sim_startup")):.2f} | |
+| readiness detection delay ("Application startup complete." -> flow ready), s \
+| {med(col("readiness_delay")):.3f} | {max(col("readiness_delay")):.3f} | <= 0.25 |
+| failure detection (container `die` -> the readiness gate has the classified \
+cause), s | {med(fcol("to_detection")):.3f} | {max(fcol("to_detection")):.3f} | |
+| failure detection delay (container `die` -> the flow run's Failed state), s \
+| {med(fcol("to_failed_state")):.3f} | {max(fcol("to_failed_state")):.3f} | <= 1 |
+| same, to the flow call returning in the client (Prefect joins its heartbeat thread, \
+up to 1 s), s | {med(fcol("to_return")):.3f} | {max(fcol("to_return")):.3f} | |
+| orchestration overhead (flow wall time - imitation startup), s \
+| {med(col("overhead")):.2f} | {max(col("overhead")):.2f} | <= 3 |
+| of which docker's own container create + start (`create` -> `start` events), \
+s | {med(col("docker_start")):.2f} | {max(col("docker_start")):.2f} | |
+| overhead of the flow itself (the above minus docker's create + start), \
+s | {med(col("overhead_flow")):.2f} | {max(col("overhead_flow")):.2f} | |
+| same, over the run's recorded duration (Running -> Completed on the server), \
+s | {med(col("overhead_run")):.2f} | {max(col("overhead_run")):.2f} | |
+| imitation startup at time scale {args.time_scale} (docker `start` -> ready \
+line), s | {med(col("sim_startup")):.2f} | {max(col("sim_startup")):.2f} | |
 | flow wall time, s | {med(col("flow_wall")):.2f} | {max(col("flow_wall")):.2f} | |
 
 For comparison: docker's HEALTHCHECK polls every 30 s, the DGX Spark playbook every 10 s (with a

@@ -588,7 +588,7 @@ def run_all(args: argparse.Namespace, worker_env: dict[str, str]) -> dict[str, A
             rig.remove_containers(two)
             fleet2.append(measure(rig, "fleet of 2", [fleet_call(two)], two))
         print("3. rolling update over 2 against two deploys in a row", flush=True)
-        for i in range(args.runs):
+        for _ in range(args.runs):
             rolling.append(
                 measure(
                     rig,
@@ -675,18 +675,23 @@ def body(results: dict[str, Any]) -> str:
 
     n = args["runs"]
     figures = [
-        f"| 1. one deploy alone (`deploy_fleet(targets=[t])`), call to return, s | {fmt(m['alone'], 2)} | {runs(walls['alone'])} | |",
-        f"| 2. fleet deploy of 2 (`deploy_fleet(targets=[a, b])`), s | {fmt(m['fleet2'], 2)} | {runs(walls['fleet2'])} | |",
+        "| 1. one deploy alone (`deploy_fleet(targets=[t])`), call to "
+        f"return, s | {fmt(m['alone'], 2)} | {runs(walls['alone'])} | |",
+        "| 2. fleet deploy of 2 (`deploy_fleet(targets=[a, b])`), "
+        f"s | {fmt(m['fleet2'], 2)} | {runs(walls['fleet2'])} | |",
         f"| **fleet of 2 / one alone** | **{fmt(r2, 2)}** | | <= {GOAL_RATIO} ({verdict(r2)}) |",
     ]
     if fleet4:
         figures += [
-            f"| 2b. fleet deploy of 4 (two per daemon, four workers), s | {fmt(m['fleet4'], 2)} | {runs(walls['fleet4'])} | |",
+            "| 2b. fleet deploy of 4 (two per daemon, four workers), "
+            f"s | {fmt(m['fleet4'], 2)} | {runs(walls['fleet4'])} | |",
             f"| **fleet of 4 / one alone** | **{fmt(r4, 2)}** | | none ({GOAL_RATIO} is for 2) |",
         ]
     figures += [
-        f"| 3. rolling update over 2 (`rolling_update(targets=[a, b], overrides=...)`, health check on), s | {fmt(m['rolling'], 2)} | {runs(walls['rolling'])} | |",
-        f"| two deploys in a row (`deploy_fleet([a])`, then `deploy_fleet([b])`), s | {fmt(m['sequential'], 2)} | {runs(walls['sequential'])} | |",
+        "| 3. rolling update over 2 (`rolling_update(targets=[a, b], overrides=...)`, "
+        f"health check on), s | {fmt(m['rolling'], 2)} | {runs(walls['rolling'])} | |",
+        "| two deploys in a row (`deploy_fleet([a])`, then `deploy_fleet([b])`), "
+        f"s | {fmt(m['sequential'], 2)} | {runs(walls['sequential'])} | |",
         f"| rolling update / two in a row | {fmt(rr, 2)} | | |",
     ]
 
@@ -751,11 +756,13 @@ def body(results: dict[str, Any]) -> str:
 
     roll_rows = [
         f"| wall time | {per_call(rolling, lambda c: c.wall)} | {per_call(sequential, lambda c: c.wall)} |",
-        f"| the two deploy-qwen runs (created -> final, summed) | {split(rolling, 'deploy')} | {split(sequential, 'deploy')} |",
+        "| the two deploy-qwen runs (created -> final, summed) "
+        f"| {split(rolling, 'deploy')} | {split(sequential, 'deploy')} |",
         f"| of which worker pickup + process start | {kind_phase(rolling, 'deploy', lambda c: c.pickup + c.process)} | "
         f"{kind_phase(sequential, 'deploy', lambda c: c.pickup + c.process)} |",
         f"| the two health-check runs (created -> final, summed) | {split(rolling, 'health')} | - |",
-        f"| of which worker pickup + process start | {kind_phase(rolling, 'health', lambda c: c.pickup + c.process)} | - |",
+        "| of which worker pickup + process start "
+        f"| {kind_phase(rolling, 'health', lambda c: c.pickup + c.process)} | - |",
         f"| of which the check itself (Running -> Completed) | {kind_phase(rolling, 'health', lambda c: c.flow)} | - |",
         f"| outside any child run (flow start, 1 s polling, reading state and artifacts, tables, exit) | "
         f"{per_call(rolling, lambda c: c.between)} | {per_call(sequential, lambda c: c.between)} |",
@@ -792,15 +799,18 @@ def body(results: dict[str, Any]) -> str:
     four = (
         ""
         if not fleet4
-        else ' With `--four`, two more targets (one more on each daemon, each with its own worker: four workers, four "machines"); '
+        else " With `--four`, two more targets (one more on each daemon, "
+        'each with its own worker: four workers, four "machines"); '
         "the 4-target figure is measured last, with all four workers up (1 to 3 run with the first two workers only)."
     )
     return f"""{results["machine"]}
-`python -m bench.fleet --runs {n} --time-scale {args["time_scale"]}{"" if args["four"] else " --no-four"}`: the fleet rig of tests/fleet
+`python -m bench.fleet --runs {n} --time-scale {args["time_scale"]}{"" if args["four"] else " --no-four"}`: \
+the fleet rig of tests/fleet
 (a private PostgreSQL cluster, `prefect server start` on it, the second dockerd as the second "machine",
 the Hub imitation with a 7-shard repo, the vLLM imitation at time scale {args["time_scale"]}), sim targets
 registered by `deployments.fleet.register` from a targets file: two, one per daemon, each with its own
-port, cache, memory ledger and process worker polling its own queue (`PREFECT_WORKER_QUERY_SECONDS={WORKER_ENV["PREFECT_WORKER_QUERY_SECONDS"]}`).{four}
+port, cache, memory ledger and process worker polling its own queue \
+(`PREFECT_WORKER_QUERY_SECONDS={WORKER_ENV["PREFECT_WORKER_QUERY_SECONDS"]}`).{four}
 The fleet flows run in the bench's process against that server. The deployments' schedules (the
 per-target health checks every 5 min) are switched off, so no scheduled run lands in a measurement.
 Every measured deploy starts a new container: for 1 and 2 the targets' containers are stopped and
@@ -821,7 +831,8 @@ Where the time goes, from the child flow runs' state timestamps on the server:
 {sep}
 {chr(10).join(phase_rows)}
 
-Each fleet run's deploys, Running -> Completed, in seconds after the call: fleet of 2: {per_target(fleet2)}{"; fleet of 4: " + per_target(fleet4) if fleet4 else ""}.
+Each fleet run's deploys, Running -> Completed, in seconds after the call: fleet \
+of 2: {per_target(fleet2)}{"; fleet of 4: " + per_target(fleet4) if fleet4 else ""}.
 
 CPU time by component during each call (every process's utime + stime sampled every {SAMPLE_S} s and
 charged by ancestry: the flow-run processes are the workers' children, the containers the shims'):
@@ -928,11 +939,14 @@ def notes(results: dict[str, Any], other: dict[str, Any] | None = None) -> str:
         f"cores and shares only the server ({cpu(alone, server):.1f} CPU-s per deploy here: the part that grows with "
         "a fleet), so most of this box's contention is not a fleet's.",
         f"Two more effects. A fleet deploy waits for its slower target: the slower of two deploys alone "
-        f"(over every pair of the {len(walls)} runs above) has a median of {slower:.2f} s, {slower / w1:.2f}x the median "
+        f"(over every pair of the {len(walls)} runs above) has a "
+        f"median of {slower:.2f} s, {slower / w1:.2f}x the median "
         f"alone, with no contention at all. And the wall times sit on a 1 s grid (the fractional parts of all "
-        f"{len(fractions)} of 1 and 2 lie between {min(fractions):.2f} and {max(fractions):.2f} s): `run_deployment` looks at the target's run every "
+        f"{len(fractions)} of 1 and 2 lie between {min(fractions):.2f} "
+        f"and {max(fractions):.2f} s): `run_deployment` looks at the target's run every "
         "1 s from its creation, so a deploy that ends just after a look costs up to 1 s more, "
-        f"{100 / w1:.0f} % of one deploy at this time scale; a ratio of 1.2 leaves {0.2 * w1:.1f} s, two steps of that grid.",
+        f"{100 / w1:.0f} % of one deploy at this time scale; a ratio "
+        f"of 1.2 leaves {0.2 * w1:.1f} s, two steps of that grid.",
     ]
     if other and other.get("alone") and other.get("fleet2"):
         o1 = med([c["ended"] - c["started"] for c in other["alone"]])
@@ -942,7 +956,8 @@ def notes(results: dict[str, Any], other: dict[str, Any] | None = None) -> str:
             f"**The same at time scale {other['args']['time_scale']}** (measured separately on the same rig, "
             f"`--runs {other['args']['runs']} --no-four --time-scale {other['args']['time_scale']} --save ...`, then "
             f"`--from ... --compare ...`: the imitation's startup {startup:.1f} s instead of "
-            f"{phase(alone, lambda call, c: c.sim_startup):.1f} s, i.e. more of a deploy is waiting, as on a Spark whose "
+            f"{phase(alone, lambda call, c: c.sim_startup):.1f} s, "
+            "i.e. more of a deploy is waiting, as on a Spark whose "
             f"server takes minutes to load): one alone {o1:.2f} s, a fleet of 2 {o2:.2f} s, **{o2 / o1:.2f}x** "
             f"({o2 - o1:+.2f} s, against {w2 - w1:+.2f} s here). The seconds a fleet adds did not grow with the "
             f"deploy; at time scale {results['args']['time_scale']} they are measured against a deploy that is mostly "
@@ -959,7 +974,8 @@ def notes(results: dict[str, Any], other: dict[str, Any] | None = None) -> str:
         health_start = med([sum(c.pickup + c.process for c in call.children if c.kind == "health") for call in rolling])
         gaps = med([c.between for c in rolling]) - med([c.between for c in sequential])
         text.append(
-            f"**Rolling update against two in a row.** {wall(rolling) - wall(sequential):+.1f} s: the two health checks "
+            "**Rolling update against two in a "
+            f"row.** {wall(rolling) - wall(sequential):+.1f} s: the two health checks "
             f"after the deploys ({health:.1f} s, of which {health_start:.1f} s is the worker's pickup and a new "
             "flow-run process each, the check itself about a second), and "
             f"{gaps:+.1f} s more of the rolling flow's own steps between the runs (each wait ends on the next 1 s "

@@ -623,7 +623,8 @@ class Bench:
 
         row = FaultRow(
             "loop",
-            "crash loop on the page cache: the server's PID 1 ends (SIGTERM), docker restarts it, the restart fails on the page cache",
+            "crash loop on the page cache: the server's PID 1 ends (SIGTERM), "
+            "docker restarts it, the restart fails on the page cache",
             "docker's `die` event of the first failed restart",
         )
         [server] = managed_containers(self.client, name)
@@ -644,7 +645,8 @@ class Bench:
             (s.died_at for s in watch.starts if s.container == server.id and s.died_at and s.at < killed), None
         )
         row.note = (
-            f"the kill -> the process's exit {first_die - killed:.2f} s, -> the failed restart's exit {onset - killed:.2f} s"
+            f"the kill -> the process's exit {first_die - killed:.2f} "
+            f"s, -> the failed restart's exit {onset - killed:.2f} s"
             f" (it failed with: {restart.outcome()})"
             if first_die
             else ""
@@ -849,12 +851,17 @@ def limit_lines(limit: HistoryLimit | None, default_interval: float) -> str:
         lines.append(
             f"**Check {limit.failed_at} since the history was emptied failed** (`{limit.error[:200]}`)"
             + (", and so did the next one" if limit.failed_again else "")
-            + f": `save_health_state` runs before the event is emitted, so a failed check emits no `vllm.service.*` event"
+            + ": `save_health_state` runs before the event is emitted, "
+            "so a failed check emits no `vllm.service.*` event"
             f" ({limit.service_events_failed} for the failed run, {limit.service_events_ok} for the last good one) and"
-            f" no automation can fire, and every later check fails the same way (the stored history never shrinks). On a"
-            f" target checked every {default_interval:g} s that is {at[0]} after its first check, every {FAST_INTERVAL_S:g} s"
-            f" {at[1]}; the rows of unhealthy checks are longer, so sooner. Found by this bench, left as it is (tasks/state.py,"
-            " flows/health.py); the in-process and worker checks above stay under it, and the fault rows below each run on"
+            " no automation can fire, and every later check fails "
+            "the same way (the stored history never shrinks). On a"
+            f" target checked every {default_interval:g} s that is {at[0]} "
+            f"after its first check, every {FAST_INTERVAL_S:g} s"
+            f" {at[1]}; the rows of unhealthy checks are longer, so "
+            "sooner. Found by this bench, left as it is (tasks/state.py,"
+            " flows/health.py); the in-process and worker checks "
+            "above stay under it, and the fault rows below each run on"
             " a fresh target."
         )
     else:
@@ -884,7 +891,8 @@ def fault_tables(
             "-"
             if r.automation_s is None
             else (
-                f"{r.automation_s:.2f} ({r.event_to_created_s:.2f} / {r.created_to_pending_s:.2f} / {r.pending_to_running_s:.2f})"
+                f"{r.automation_s:.2f} ({r.event_to_created_s:.2f} "
+                f"/ {r.created_to_pending_s:.2f} / {r.pending_to_running_s:.2f})"
             )
         )
         detect = "-" if r.detect_s is None else f"{r.detect_s:.2f} (check {r.detect_check})"
@@ -894,7 +902,8 @@ def fault_tables(
             "-"
             if r.recover_wall_s is None
             else (
-                f"{r.recover_outcome}: {r.recover_wall_s:.2f} s, of which {r.recover_startup_s:.2f} s startup phases -> {fmt_s(r.recover_scaled_s)} scaled back"
+                f"{r.recover_outcome}: {r.recover_wall_s:.2f} s, of which {r.recover_startup_s:.2f} "
+                f"s startup phases -> {fmt_s(r.recover_scaled_s)} scaled back"
             )
         )
         after = "-" if r.after is None else f"{r.after.verdict} ({r.after.layer}: {r.after.condition})"
@@ -921,7 +930,8 @@ def fault_tables(
     autos = [r.automation_s for r in rows if r.automation_s is not None]
     if autos:
         notes.append(
-            f"- the automation latency a over the {len(autos)} faults: {min(autos):.2f} / {statistics.median(autos):.2f} /"
+            f"- the automation latency a over the {len(autos)} "
+            f"faults: {min(autos):.2f} / {statistics.median(autos):.2f} /"
             f" {max(autos):.2f} s (min / median / max), one sample per fault (the trigger acts once per target)"
         )
     for r in rows:
@@ -1007,13 +1017,18 @@ def body(
 
     run_table = [
         f"| in-process `health_check(target)`, the call's wall time | {len(inproc)} | {cell(inproc)} |",
-        f"| the same checks, the flow run's own duration (Running -> Completed on the server) | {len(inproc_flow)} | {cell(inproc_flow)} |",
+        "| the same checks, the flow run's own duration (Running -> Completed "
+        f"on the server) | {len(inproc_flow)} | {cell(inproc_flow)} |",
     ]
     if worker:
         run_table += [
-            f"| through the worker (deployment health-check/sim; final states: {', '.join(sorted({w['state'] for w in worker}))}): the run's creation -> its final state seen | {len(worker)} | {cell([w['wall'] for w in worker])} |",
-            f"| of which Scheduled -> Pending (the worker's poll) | {len(worker)} | {cell([w['pickup'] for w in worker])} |",
-            f"| of which Pending -> Running (the flow-run process starts) | {len(worker)} | {cell([w['process'] for w in worker])} |",
+            "| through the worker (deployment health-check/sim; final "
+            f"states: {', '.join(sorted({w['state'] for w in worker}))}): the run's creation "
+            f"-> its final state seen | {len(worker)} | {cell([w['wall'] for w in worker])} |",
+            "| of which Scheduled -> Pending (the worker's poll) "
+            f"| {len(worker)} | {cell([w['pickup'] for w in worker])} |",
+            "| of which Pending -> Running (the flow-run process starts) "
+            f"| {len(worker)} | {cell([w['process'] for w in worker])} |",
             f"| of which Running -> final (the check itself) | {len(worker)} | {cell([w['flow'] for w in worker])} |",
         ]
 
@@ -1035,8 +1050,10 @@ def body(
         if var_updates:
             created, updated, size = var_updates
             db_lines.append(
-                f"| variables: created / updated (vllm-health-<target>, now {size:,} characters) | {created} / {updated} | | "
-                f"0 new rows; {per_day(updated, default_interval):,.0f} updates | 0 new rows; {per_day(updated, FAST_INTERVAL_S):,.0f} updates |"
+                "| variables: created / updated (vllm-health-<target>, "
+                f"now {size:,} characters) | {created} / {updated} | | "
+                f"0 new rows; {per_day(updated, default_interval):,.0f} updates | "
+                f"0 new rows; {per_day(updated, FAST_INTERVAL_S):,.0f} updates |"
             )
 
     def growth(entry: tuple[DbSnapshot, int] | None, label: str) -> list[str]:
@@ -1060,7 +1077,8 @@ def body(
                 f" {human_bytes(per_day(events, default_interval) * events_days)} at {default_interval:g} s and"
                 f" {human_bytes(per_day(events, FAST_INTERVAL_S) * events_days)} at {FAST_INTERVAL_S:g} s; the rest"
                 f" {human_bytes(kept)} per check, kept: {human_bytes(per_day(kept, default_interval) * 365)} a year at"
-                f" {default_interval:g} s, {human_bytes(per_day(kept, FAST_INTERVAL_S) * 365)} at {FAST_INTERVAL_S:g} s."
+                f" {default_interval:g} s, {human_bytes(per_day(kept, FAST_INTERVAL_S) * 365)} "
+                f"at {FAST_INTERVAL_S:g} s."
             )
         return [line]
 
@@ -1087,11 +1105,14 @@ def body(
             else f" and keeps its last {limit.keep_rows} history rows"
         )
     return f"""{machine_line()}
-`python -m bench.health --time-scale {args.time_scale} --checks {args.checks} --worker-checks {args.worker_checks}` (the whole
+`python -m bench.health --time-scale {args.time_scale} --checks {args.checks} --worker-checks {args.worker_checks}` \
+(the whole
 run: {run_s:.0f} s): a throwaway Prefect server (`prefect_test_harness`, SQLite), the Hub imitation, the vLLM
-imitation in docker; `prefect deploy --name recover-vllm/sim --name health-check/sim` ({prefect_deploy_s:.0f} s; the schedule of
+imitation in docker; `prefect deploy --name recover-vllm/sim --name health-check/sim` \
+({prefect_deploy_s:.0f} s; the schedule of
 health-check/sim paused and its scheduled runs deleted, so that only the bench's own checks run), a process worker
-from deployments/dev/worker.py (polling every {WORKER_ENV["PREFECT_WORKER_QUERY_SECONDS"]} s); every fault on its own target
+from deployments/dev/worker.py (polling \
+every {WORKER_ENV["PREFECT_WORKER_QUERY_SECONDS"]} s); every fault on its own target
 named sim-... (the trigger of recover-vllm/sim matches vllm.service.sim* and acts once per target per 600 s).
 The default interval, {default_interval:g} s, is prefect.yaml's health-check schedule; a schedule cannot be waited
 out here, so the parts are measured and combined.
@@ -1118,13 +1139,16 @@ where startup is the imitation's startup phases (first log line to ready line) o
 started; the rest (the flow, docker, the memory reads, the wait for the dead server's memory) is kept as
 measured. After it: one more check. {calib_line}
 
-| fault | onset (how its time is taken) | the checks after the onset: verdict (layer: condition), wall | d, s | a, s (-> created / -> Pending / -> Running) | recover-vllm: outcome, wall, scaled back | after it |
+| fault | onset (how its time is taken) | the checks after the onset: verdict (layer: condition), wall | \
+d, s | a, s (-> created / -> Pending / -> Running) | recover-vllm: outcome, wall, scaled back | after it |
 |---|---|---|---|---|---|---|
 {measured}
 
 ### Fault to unhealthy, fault to healthy again (mean / worst)
 
-| fault | I = {default_interval:g} s: fault -> unhealthy | I = {default_interval:g} s: fault -> healthy | I = {FAST_INTERVAL_S:g} s: fault -> unhealthy | I = {FAST_INTERVAL_S:g} s: fault -> healthy | docker HEALTHCHECK 30 s x 3 | Kubernetes liveness 10 s x 3 | the playbook's manual loop (10 s) |
+| fault | I = {default_interval:g} s: fault -> unhealthy | I = {default_interval:g} s: fault -> healthy | I \
+= {FAST_INTERVAL_S:g} s: fault -> unhealthy | I = {FAST_INTERVAL_S:g} s: fault -> healthy | \
+docker HEALTHCHECK 30 s x 3 | Kubernetes liveness 10 s x 3 | the playbook's manual loop (10 s) |
 |---|---|---|---|---|---|---|---|
 {combined}
 
@@ -1132,18 +1156,24 @@ The formulas. A fault falls at a uniformly random moment between two scheduled c
 after I/2 on average and I at worst: fault -> unhealthy = I/2 + d (mean), I + d (worst); fault -> healthy =
 that + a + r, with r recover-vllm's run scaled back; "never (automatically)" when the check after recover-vllm
 was not healthy or degraded. The wedge's d is measured with a {WEDGE_LIMITS["answer_budget_s"]:g} s answer budget and a
-{WEDGE_LIMITS["wedge_window_s"]:g} s wedge window (as tests/integration/test_health.py); a check of a wedged engine waits its whole
-answer budget for the smoke answer, so at the defaults d = measured d - {WEDGE_LIMITS["answer_budget_s"]:g} + {defaults.answer_budget_s:g} s. The first
+{WEDGE_LIMITS["wedge_window_s"]:g} s wedge window (as \
+tests/integration/test_health.py); a check of a wedged engine waits its whole
+answer budget for the smoke answer, so at the defaults d = measured d \
+- {WEDGE_LIMITS["answer_budget_s"]:g} + {defaults.answer_budget_s:g} s. The first
 check after the onset already says unhealthy when the smoke question goes unanswered (the function layer);
-the progress layer's `wedged` needs a second check at least the wedge window ({defaults.wedge_window_s:g} s by default) after
-the first, i.e. one more interval at I >= {defaults.wedge_window_s:g} s and ceil(window / I) more at shorter ones, less any the
+the progress layer's `wedged` needs a second check at least the \
+wedge window ({defaults.wedge_window_s:g} s by default) after
+the first, i.e. one more interval at I >= {defaults.wedge_window_s:g} \
+s and ceil(window / I) more at shorter ones, less any the
 concurrency limit cancels (see below). The anchors by the same formula, for a fault that fails /health: a probe
 every P s after the previous one ended, n failures in a row, each failing probe taking t s: mean P/2 + (n - 1)(P + t)
-+ t, worst P + (n - 1)(P + t) + t. docker HEALTHCHECK (30 s x 3): {fmt_pair(anchors_docker)} when the probe fails at once,
++ t, worst P + (n - 1)(P + t) + t. docker HEALTHCHECK (30 s \
+x 3): {fmt_pair(anchors_docker)} when the probe fails at once,
 {fmt_pair(anchors_docker_hang)} when each probe hangs to its 30 s timeout; an unhealthy container is never restarted
 (moby issue 28400). Kubernetes liveness (10 s x 3): {fmt_pair(anchors_k8s)} ({fmt_pair(anchors_k8s_hang)} with 1 s
 timeouts), then a restart with the same arguments, which on a Spark fails on the page cache again (CrashLoopBackOff):
-never healthy. The playbook's loop: a person polling /health every {PLAYBOOK_POLL_S:g} s, {fmt_pair(at_interval(PLAYBOOK_POLL_S, 0))},
+never healthy. The playbook's loop: a person polling /health \
+every {PLAYBOOK_POLL_S:g} s, {fmt_pair(at_interval(PLAYBOOK_POLL_S, 0))},
 then recovery by hand. A crash ends the process, so docker and Kubernetes act on the exit, not on a probe.
 
 {chr(10).join(notes)}
@@ -1155,7 +1185,8 @@ through the worker), and per day at each interval (the worker's figure, as a sch
 worker, x 86400 / I; checks per day: {per_day(1, default_interval):,.0f} at
 {default_interval:g} s, {per_day(1, FAST_INTERVAL_S):,.0f} at {FAST_INTERVAL_S:g} s):
 
-| what | one check, in-process | one check, through the worker | per day at {default_interval:g} s | per day at {FAST_INTERVAL_S:g} s |
+| what | one check, in-process | one check, through the worker | per \
+day at {default_interval:g} s | per day at {FAST_INTERVAL_S:g} s |
 |---|---|---|---|---|
 {chr(10).join(db_lines)}
 

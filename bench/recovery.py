@@ -739,7 +739,8 @@ at a time. Planner: `deploy_qwen(recover=True)` (max_attempts 2, the default); e
 the planner's held_by_others step runs its project-scoped prune). Both sides with `stage=False` on one
 cache staged before (the runbook's `docker compose up -d` stages nothing).
 
-| class (fault set up) | planner: attempts (containers started) | wall s | wall, scaled | KV cache tokens | running spec (util / max-model-len) | ladder: attempts (started) | wall s | wall, scaled | KV cache tokens | running spec |
+| class (fault set up) | planner: attempts (containers started) | wall s | wall, scaled | KV cache tokens | running \
+spec (util / max-model-len) | ladder: attempts (started) | wall s | wall, scaled | KV cache tokens | running spec |
 |---|---|---|---|---|---|---|---|---|---|---|
 {table}
 
@@ -865,19 +866,22 @@ over every container started in the window, its first log line to its ready line
 one that failed), i.e. the imitation's startup phases that `VLLM_SIM_TIME_SCALE={args.time_scale}` shortens; docker's
 `start` to the first line (the container's Python start-up), the flows, docker and the meminfo helpers
 are kept as measured, unscaled. One clean start on this run (the calibration deploy, which also staged the
-cache): {calib["docker_start_to_ready"]:.2f} s from docker's `start` to ready, of which {calib["python"]:.2f} s Python start-up
+cache): {calib["docker_start_to_ready"]:.2f} s from docker's \
+`start` to ready, of which {calib["python"]:.2f} s Python start-up
 and {calib["startup"]:.2f} s startup phases, so {minutes(calib["one_start_scaled"])} scaled back
 (the runbook: 3-4 minutes from a warm cache), {int(calib["kv"]):,} KV cache tokens at the runbook's spec."""
 
 
 def _faults_text(shortage_note: str, overshoot: float, floor_gib: float) -> str:
     """How each fault is set up on the imitation."""
-    return f"""The faults. page_cache: an earlier load's {EARLIER_WEIGHTS_GIB} GiB of weights in the ledger's page cache;
+    return f"""The faults. page_cache: an earlier \
+load's {EARLIER_WEIGHTS_GIB} GiB of weights in the ledger's page cache;
 deploy-qwen's pre-start memory check drops it before the first start (vLLM counts it as used on GB10), on
 both sides, so no start meets it. held_by_others, shortage: a `vllm_sim hold` container (not ours) on the
 target's ledger; the shortage row: {shortage_note}; and deploy-qwen's `observe-memory` never reports
 `others_gib`, so with a holder the planner names held_by_others (its prune first), not shortage (which it
-reaches only after a prune, or when nothing is held). kv_too_small: 66 GiB held (the 0.38 start leaves 5.2 GiB, above the guard's floor) and a request of
+reaches only after a prune, or when nothing is held). kv_too_small: 66 GiB \
+held (the 0.38 start leaves 5.2 GiB, above the guard's floor) and a request of
 0.38, which starts and then fails vLLM's KV sizing; the ladder's rungs are absolute utilizations, so
 after the failed 0.38 it asks 0.75, 0.70, 0.70 + 16384 of a machine with 50.7 GiB free. activation_peak:
 `VLLM_SIM_FAULT_CUDA_OOM=1` fails every start at any spec (it could not heal on either side), so
@@ -891,7 +895,8 @@ cannot release its ledger entry: the imitation counts it until its heartbeat is 
 (`VLLM_SIM_HEARTBEAT_STALE_S`), as a killed vLLM's memory comes back only seconds after its container is
 gone on a Spark (vllm issue 34643; recover-vllm waits for it, `wait_for_release`); deploy-qwen's recovery
 loop (`tasks/serve.py`) and the ladder here both make their next attempt without waiting. engine_died:
-`VLLM_SIM_FAULT_DIE_AFTER_S={DIE_AFTER_S:g}` (the engine dies {DIE_AFTER_S:g} s after ready, every start of that target: the
+`VLLM_SIM_FAULT_DIE_AFTER_S={DIE_AFTER_S:g}` (the engine \
+dies {DIE_AFTER_S:g} s after ready, every start of that target: the
 recovered server too, after it was measured); the planner side's container has restart policy "no" (else
 docker restarts it while recover-vllm runs), the ladder column is the runbook's own answer,
 `restart: unless-stopped` (docker restarts the container with the same command, given {RESTART_WINDOW_S:g} s to serve;

@@ -17,11 +17,11 @@ from blocks.shared import LABEL_SPEC_HASH
 from flows.deploy import deploy_qwen
 from flows.stop import stop_qwen
 from sim.vllm.vllm_sim.ledger import Ledger
-from tasks.vllm.failures import FailureCause, FailureKind
-from tasks.readiness import ReadinessFailed, ReadinessTimeouts, wait_until_ready
 from tasks.memory import NotEnoughMemory, read_meminfo
 from tasks.preflight import PreflightFailed
+from tasks.readiness import ReadinessFailed, ReadinessTimeouts, wait_until_ready
 from tasks.serve import StartFailed
+from tasks.vllm.failures import FailureCause, FailureKind
 from tests.integration.conftest import TEST_API_KEY, TEST_LABELS, TEST_TOKEN, target_containers
 from tests.integration.prefect_reads import flow_run_artifacts, flow_run_logs, flush_logs
 

@@ -216,7 +216,8 @@ def test_project_prune_removes_only_our_stopped_containers_of_the_target(docker_
 @pytest.mark.integration
 @pytest.mark.skipif(
     not SYSTEM_PRUNE_ALLOWED,
-    reason="docker system prune -f on the whole daemon: set SPARK_VLLM_TEST_SYSTEM_PRUNE=1 where it is this test's alone",
+    reason="docker system prune -f on the whole daemon: "
+    "set SPARK_VLLM_TEST_SYSTEM_PRUNE=1 where it is this test's alone",
 )
 def test_system_prune_removes_the_others_too_never_a_running_container(docker_client, sim_image, leftovers):
     first = run_prune("project", leftovers.target)

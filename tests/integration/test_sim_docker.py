@@ -119,8 +119,8 @@ def test_missing_shard_fails_like_vllm(docker_client, sim_image, hf_filled_cache
         assert "FileNotFoundError: [Errno 2] No such file or directory:" in logs
         assert "model-00003-of-00007.safetensors" in logs
         assert (
-            "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {'EngineCore_0': 1}"
-            in logs
+            "RuntimeError: Engine core initialization failed. See root "
+            "cause above. Failed core proc(s): {'EngineCore_0': 1}" in logs
         )
     finally:
         container.remove(force=True)

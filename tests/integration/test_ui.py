@@ -37,8 +37,8 @@ from flows.bench import bench_qwen
 from flows.deploy import deploy_qwen
 from flows.health import health_check
 from sim.ports import free_port
-from tasks.loadtest.load import Workload
 from tasks.health.verdict import Verdict
+from tasks.loadtest.load import Workload
 from tests.integration.conftest import SESSION_PREFIX, TEST_TOKEN, target_containers
 
 pytestmark = pytest.mark.integration
@@ -75,7 +75,7 @@ def table_rows(html: str) -> list[list[dict[str, str]]]:
     parser = _Tables()
     parser.feed(html)
     parser.close()
-    return [[dict(zip(rows[0], row)) for row in rows[1:]] for rows in parser.tables if rows]
+    return [[dict(zip(rows[0], row, strict=False)) for row in rows[1:]] for rows in parser.tables if rows]
 
 
 @pytest.fixture
