@@ -425,7 +425,7 @@ class EngineSpec(Block):
     PRESET_NAMES: ClassVar[tuple[str, ...]] = tuple(PRESETS)
 
     @classmethod
-    def preset(cls, name: PresetName, **overrides: Any) -> EngineSpec:
+    def preset(cls, name: str, **overrides: Any) -> EngineSpec:
         """The runbook's service (`runbook`) or one of its tuning blocks, then `overrides`.
 
         A shorthand for `load_engine_spec(None, name, overrides)`, so that Python callers and the

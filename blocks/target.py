@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import urlsplit
 
 from prefect.blocks.core import Block
@@ -78,8 +78,9 @@ class TargetMachine(Block):
     _block_type_slug = "vllm-target-machine"
     _description = (
         "A machine that runs the vLLM container: its docker daemon (the worker's own; a daemon "
-        "on another machine is refused until remote targets are supported), the host model cache mounted into the container, GPU request, published "
-        "address and port, and the names of the Secret blocks holding the HF token and API key."
+        "on another machine is refused until remote targets are supported), the host model cache "
+        "mounted into the container, GPU request, published address and port, and the names of the "
+        "Secret blocks holding the HF token and API key."
     )
 
     name: str = Field(
@@ -349,6 +350,12 @@ class TargetMachine(Block):
                     "name it in hf_token_secret / api_key_secret"
                 )
         return value
+
+    @classmethod
+    def named(cls, name: str) -> TargetMachine:
+        """The saved block ``name``, typed: Prefect's ``Block.load`` is typed for sync and async
+        callers at once, and every caller here is a sync flow or task, which gets the block itself."""
+        return cast(TargetMachine, cls.load(name))
 
     # ---------------------------------------------------------------- derived values (pure)
 

@@ -145,7 +145,7 @@ def render(fleet: FleetFile, prefect_yaml: Path = PREFECT_YAML) -> dict[str, Any
     machines = fleet.machines()
     deployments = [for_target(t, m) for m in machines.values() for t in spark_templates(prefect_yaml)]
     targets = list(machines)
-    for flow_name, entrypoint, description, interval in FLEET_FLOWS:
+    for _flow, entrypoint, description, interval in FLEET_FLOWS:
         deployment: dict[str, Any] = {
             "name": fleet.fleet,
             "entrypoint": entrypoint,

@@ -16,8 +16,10 @@ results.json + chart.png + report.md under `results_dir` on the machine that ran
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import cast
 
 from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
 from blocks.engine import EngineSpec
@@ -152,7 +154,10 @@ def _bench_running(
 
 def _deploy(deployment: str, target: str, parameters: dict) -> str | None:
     """Run the deploy-qwen deployment and wait; None when it completed, else its state's message."""
-    run = run_deployment(name=deployment, parameters={"target": target, **parameters}, timeout=None, poll_interval=1)
+    run = cast(
+        FlowRun,  # run_deployment is sync/async dual: a FlowRun in a sync flow
+        run_deployment(name=deployment, parameters={"target": target, **parameters}, timeout=None, poll_interval=1),
+    )
     state = run.state
     if state is not None and state.is_completed():
         return None

@@ -53,7 +53,7 @@ def _rows(runs: Mapping[str, TargetRun | None]) -> list[dict[str, Any]]:
     rows = []
     for target, run in runs.items():
         try:
-            endpoint = TargetMachine.load(target).endpoint
+            endpoint = TargetMachine.named(target).endpoint
         except ValueError:
             endpoint = "(no target block)"
         rows.append(fleet_row(target, endpoint, run, last_healthy_record(target), health_state(target), now))

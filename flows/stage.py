@@ -14,7 +14,8 @@ The runbook lets vLLM download ~32 GB at first start and, when that breaks, says
 
 Offline (`offline=True` or HF_HUB_OFFLINE=1), or with the Hub unreachable, it succeeds from the
 manifest when the cache is complete, and says what is missing otherwise. deploy-qwen runs these
-steps inside its own flow run (`tasks.staging.stage.stage_steps`); run alone with `python -m flows.stage [repo_id]` or as a deployment.
+steps inside its own flow run (`tasks.staging.stage.stage_steps`); run alone with
+`python -m flows.stage [repo_id]` or as a deployment.
 """
 
 from __future__ import annotations
@@ -35,5 +36,5 @@ stage_model = flow(name="stage-model", flow_run_name="stage {repo_id}@{revision}
 if __name__ == "__main__":  # pragma: no cover - operator convenience
     import sys
 
-    result = stage_model(*sys.argv[1:2])
+    result = stage_model(sys.argv[1]) if len(sys.argv) > 1 else stage_model()
     print(result.model_dump_json(indent=2))

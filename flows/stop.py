@@ -40,7 +40,7 @@ def stop_qwen(
     (deploy-qwen drops it before a start; vLLM 0.10.1.1 on GB10 counts it as used).
     """
     logger = get_run_logger()
-    machine = TargetMachine.load(target)
+    machine = TargetMachine.named(target)
     spec = machine.apply_to(load_engine_spec(engine, None, None))
     util = spec.gpu_memory_utilization
     with gpu_lock(machine.name):

@@ -20,12 +20,13 @@ import json
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from uuid import UUID
 
 from prefect import get_client, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel, ValidationError
@@ -121,12 +122,15 @@ def run_on_target(
     """
     started = time.monotonic()
     try:
-        run = run_deployment(
-            name=deployment,
-            parameters={"target": target, **dict(parameters or {})},
-            timeout=None,
-            poll_interval=POLL_INTERVAL_S,
-        )
+        run = cast(
+            FlowRun,
+            run_deployment(
+                name=deployment,
+                parameters={"target": target, **dict(parameters or {})},
+                timeout=None,
+                poll_interval=POLL_INTERVAL_S,
+            ),
+        )  # sync/async dual: a FlowRun in sync code
     except ObjectNotFound:
         return TargetRun(
             target=target,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from uuid import UUID
 
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
@@ -171,7 +171,8 @@ class ProgressArtifact:
             return False
         try:
             if self.artifact_id is None:
-                self.artifact_id = create_progress_artifact(progress=value, key=self.key, description=text)
+                # sync/async dual: the artifact id in sync code
+                self.artifact_id = cast(UUID, create_progress_artifact(progress=value, key=self.key, description=text))
             else:
                 update_progress_artifact(self.artifact_id, progress=value, description=text)
         except Exception as exc:  # noqa: BLE001 - a slow or failing API must never stop the work itself

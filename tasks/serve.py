@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -91,7 +91,7 @@ class Target:
 def load_target(target: str, engine: str | None, preset: str | None, overrides: dict[str, Any] | None) -> Target:
     """The TargetMachine block ``target``, the spec as it runs there (engine block or the runbook's,
     then the preset, then the overrides, then the machine's own overrides) and its secrets."""
-    machine = cast(TargetMachine, TargetMachine.load(target))  # Prefect's sync/async dual: sync here
+    machine = TargetMachine.named(target)
     spec = machine.apply_to(load_engine_spec(engine, preset, overrides))
     return Target(machine, spec, ServerSecrets.for_target(machine))
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar, cast
 
 from prefect.artifacts import Artifact
 from prefect.variables import Variable
@@ -187,7 +187,7 @@ def save_health_state(target_name: str, state: HealthState) -> None:
 
 def health_history(target_name: str, key: str) -> list[dict[str, str]]:
     """The last checks, oldest first, from the latest version of the history table artifact ``key``."""
-    artifact = Artifact.get(key)
+    artifact = cast(Artifact | None, Artifact.get(key))  # sync/async dual: sync here
     if artifact is None or not artifact.data:
         return []
     try:

@@ -1,9 +1,9 @@
 """Pure helpers of the deploy: preflight's GPU check, restart policy split, report keys, timeouts, exit state."""
 
 from tasks.container import restart_policy_after_ready
-from tasks.readiness import ExitState, ReadinessTimeouts, exit_state
 from tasks.locks import gpu_limit_name
 from tasks.preflight import gpu_runtime_problem
+from tasks.readiness import ExitState, ReadinessTimeouts, exit_state
 from tasks.report import artifact_key, key_value_table
 
 
