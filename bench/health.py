@@ -60,7 +60,8 @@ WEDGE_LIMITS = {"wedge_window_s": 2.0, "answer_slow_s": 1.0, "answer_budget_s": 
 SIGTERM_PID1 = ["python3", "-c", "import os, signal; os.kill(1, signal.SIGTERM)"]
 MAX_CHECKS_PER_FAULT = 4
 
-# The anchors (/work/shared/notes/anchors.md): what each probes, how often, how many failures.
+# The anchors (docs/benchmarks.md, "anchor" column): docker HEALTHCHECK, a Kubernetes liveness probe and the
+# DGX Spark playbook's manual poll: what each probes, how often, how many failures.
 DOCKER = {"period_s": 30.0, "timeout_s": 30.0, "failures": 3}  # docker HEALTHCHECK / compose
 K8S = {"period_s": 10.0, "timeout_s": 1.0, "failures": 3}  # Kubernetes liveness probe
 PLAYBOOK_POLL_S = 10.0  # the DGX Spark playbook: a person polling /health

@@ -1,5 +1,5 @@
 """tasks/vllm/failures.py: the failure rules, their priority, and the causes they build from vLLM's exact
-texts (vllm.md) and docker's exit state."""
+texts (vLLM 0.10.1.1, each rule citing its source file) and docker's exit state."""
 
 from __future__ import annotations
 
