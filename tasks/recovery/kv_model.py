@@ -40,7 +40,10 @@ GIB = 1024**3
 #: as ``Model loading took 31.97 GiB`` (``vllm/v1/worker/gpu_model_runner.py``, ``load_model``); the
 #: runbook's "Model: ~32 GB".
 QWEN3_32B_FP8_WEIGHTS_GIB = round(34_322_434_048 / GIB, 2)
-#: The DGX Spark's device total as vLLM sees it on GB10 (CUDA's total = MemTotal, 125,515,968 kB).
+#: The DGX Spark's device total as vLLM sees it on GB10: CUDA's total is the host's MemTotal, which
+#: varies with the OS image by about 2 GiB (119.7 GiB = 125,515,968 kB in tests/unit/test_memory.py's
+#: sample; vLLM's own free-memory error on a Spark prints 121.69 GiB). Used only to turn the runbook's
+#: measured KV cache into an overhead; a flow plans with the total it read from the machine.
 SPARK_TOTAL_GIB = 119.7
 #: The runbook's measurement on the Spark: "KV Cache Usage: 271,360 tokens capacity" with its
 #: compose file's settings (gpu_memory_utilization 0.90, max_num_batched_tokens 16384, max_num_seqs 64).
