@@ -119,7 +119,7 @@ with get_client(sync_client=True) as client:
         flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
         sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1)
 following = f", next at {runs[0].expected_start_time.astimezone():%H:%M:%S}" if runs else ""
-print(f"{state.get('verdict', 'unknown')} since {state.get('since')}   "
+print(f"{state.verdict.value if state.verdict else 'unknown'} since {state.since}   "
       f"(health-check/sim {', '.join(every) or 'with no active schedule'}{following}, worker demo-worker)")
 PY
 )
