@@ -33,7 +33,7 @@ from typing import Any
 import docker
 
 from bench.report import machine_line, write_section
-from tasks import state
+from tasks.state import last_healthy, recent_recoveries
 from tasks.recovery.kv_model import QWEN3_32B_FP8_WEIGHTS_GIB, SPARK_TOTAL_GIB
 
 TOKEN = "hf_bench_token_5d1c2b3a4f"
@@ -467,7 +467,7 @@ class Bench:
             side.wall_s = span.healthy_at - t0
             side.scaled_s = scaled_back(side.wall_s, span.startup_s, self.scale)
             side.kv = serving.kv_tokens()
-            spec = state.last_healthy(target_name)
+            spec = last_healthy(target_name)
             side.running = describe(spec) if spec else "?"
         else:
             side.healed = False
@@ -516,7 +516,7 @@ class Bench:
                     )[:600]
                 except Exception as exc:  # noqa: BLE001 - reported as is
                     side.note = f"failed: {str(exc).splitlines()[0][:300]}"
-            side.classes = [s.klass.value for s in state.recent_recoveries(target.name)]
+            side.classes = [s.klass.value for s in recent_recoveries(target.name)]
             return self.finish(side, watch, t0, fault, target.name)
         finally:
             watch.close()
@@ -602,7 +602,7 @@ class Bench:
                     side.classes = result.classes
                 except Exception as exc:  # noqa: BLE001 - reported as is
                     side.note = f"failed: {str(exc).splitlines()[0][:300]}"
-                    side.classes = [s.klass.value for s in state.recent_recoveries(target.name)]
+                    side.classes = [s.klass.value for s in recent_recoveries(target.name)]
             return self.finish(side, watch, died, fault, target.name)
         finally:
             watch.close()
