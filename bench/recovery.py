@@ -33,8 +33,8 @@ from typing import Any
 import docker
 
 from bench.report import machine_line, write_section
-from tasks.state import last_healthy, recent_recoveries
 from tasks.recovery.kv_model import QWEN3_32B_FP8_WEIGHTS_GIB, SPARK_TOTAL_GIB
+from tasks.state import last_healthy, recent_recoveries
 
 TOKEN = "hf_bench_token_5d1c2b3a4f"
 HEADING = "Memory recovery: planner vs runbook ladder"
