@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from tasks.errors import SparkVllmError
-from tasks.vllm.api import auth_headers
+from tasks.vllm.api import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH, auth_headers
 
 THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
 #: The smoke question (the DGX Spark playbook's) and its answer: the deploy's smoke test and the
@@ -85,7 +85,7 @@ def smoke_inference(
     with httpx.Client(base_url=base_url, headers=auth_headers(api_key), timeout=timeout_s) as client:
         chat, chat_s = _post(
             client,
-            "/v1/chat/completions",
+            CHAT_COMPLETIONS_PATH,
             {
                 "model": served_name,
                 "messages": [{"role": "user", "content": QUESTION}],
@@ -95,7 +95,7 @@ def smoke_inference(
             },
         )
         chat_answer = visible_answer(chat["choices"][0]["message"].get("content"))
-        completion, completion_s = _post(client, "/v1/completions", completion_request(served_name))
+        completion, completion_s = _post(client, COMPLETIONS_PATH, completion_request(served_name))
     completion_answer = visible_answer(completion["choices"][0].get("text"))
     for endpoint, answer in (("chat", chat_answer), ("completion", completion_answer)):
         if not answer:

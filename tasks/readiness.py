@@ -35,7 +35,7 @@ from tasks.memory import MemoryReadError, exec_meminfo
 from tasks.recovery.sizing import margin_for
 from tasks.report import ProgressArtifact
 from tasks.secrets import scrub
-from tasks.vllm.api import auth_headers, lists_model
+from tasks.vllm.api import HEALTH_PATH, auth_headers, lists_model
 from tasks.vllm.failures import FailureCause, classify_failure, host_memory_guard_cause
 from tasks.vllm.logs import EventKind, LineSplitter, Phase, StartupStats, StartupTracker
 
@@ -455,7 +455,7 @@ def _drain(lines: queue.Queue, wait_s: float) -> Iterable[object]:
 
 def _healthy(http: httpx.Client, served_name: str) -> bool:
     try:
-        if http.get("/health").status_code != 200:
+        if http.get(HEALTH_PATH).status_code != 200:
             return False
     except httpx.HTTPError:
         return False

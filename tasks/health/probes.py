@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from tasks.container import docker_client, managed_containers
 from tasks.inference import completion_request, contains_expected, visible_answer
 from tasks.memory import MemInfo, MemoryReadError, exec_meminfo
-from tasks.vllm.api import auth_headers, lists_model
+from tasks.vllm.api import COMPLETIONS_PATH, HEALTH_PATH, METRICS_PATH, auth_headers, lists_model
 
 
 class ContainerFacts(BaseModel):
@@ -80,7 +80,7 @@ def probe_endpoints(base_url: str, served_name: str, api_key: str | None, timeou
     with httpx.Client(base_url=base_url, headers=auth_headers(api_key), timeout=timeout_s) as http:
         try:
             started = time.perf_counter()
-            facts.health_status = http.get("/health").status_code
+            facts.health_status = http.get(HEALTH_PATH).status_code
             facts.health_latency_s = round(time.perf_counter() - started, 4)
         except httpx.HTTPError:
             return facts
@@ -90,7 +90,7 @@ def probe_endpoints(base_url: str, served_name: str, api_key: str | None, timeou
         try:
             started = time.perf_counter()
             # the deploy's smoke question, deterministic (greedy) and a few tokens long
-            response = http.post("/v1/completions", json=completion_request(served_name))
+            response = http.post(COMPLETIONS_PATH, json=completion_request(served_name))
             facts.answer_latency_s = round(time.perf_counter() - started, 4)
             text = visible_answer(response.json()["choices"][0].get("text")) if response.status_code == 200 else ""
             facts.answer = text[:80]
@@ -98,7 +98,7 @@ def probe_endpoints(base_url: str, served_name: str, api_key: str | None, timeou
         except (httpx.HTTPError, ValueError, KeyError, IndexError):
             facts.answer_ok = False
         try:
-            metrics = http.get("/metrics")
+            metrics = http.get(METRICS_PATH)
             facts.metrics_text = metrics.text if metrics.status_code == 200 else None
         except httpx.HTTPError:
             facts.metrics_text = None

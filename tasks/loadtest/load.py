@@ -28,7 +28,7 @@ from httpx_sse import aconnect_sse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.loadtest.metrics import RequestOutput, request_output
-from tasks.vllm.api import auth_headers
+from tasks.vllm.api import COMPLETIONS_PATH, METRICS_PATH, auth_headers
 
 #: Token ids the random prompts draw from: Qwen3's ordinary tokens (its special tokens start at 151643).
 PROMPT_TOKEN_RANGE: tuple[int, int] = (1000, 150000)
@@ -157,7 +157,7 @@ async def stream_completion(
 ) -> RequestOutput:
     """One streamed request; an HTTP error or a broken stream is a failed request, never an exception."""
     events: list[tuple[float, str]] = []
-    url = endpoint.base_url.rstrip("/") + "/v1/completions"
+    url = endpoint.base_url.rstrip("/") + COMPLETIONS_PATH
     start = time.perf_counter()
     try:
         async with aconnect_sse(
@@ -188,7 +188,7 @@ async def _metrics_poller(
     client: httpx.AsyncClient, endpoint: Endpoint, every_s: float, texts: list[tuple[float, str]], stop: asyncio.Event
 ) -> None:
     """Keep /metrics bodies while the level runs (peak KV cache, queue); parsed after the level."""
-    url = endpoint.base_url.rstrip("/") + "/metrics"
+    url = endpoint.base_url.rstrip("/") + METRICS_PATH
     while not stop.is_set():
         try:
             response = await client.get(url, headers=endpoint.headers())

@@ -26,7 +26,7 @@ from tasks.loadtest.load import Endpoint, LevelRun, Workload, make_prompts, run_
 from tasks.loadtest.metrics import DEFAULT_PERCENTILES, BenchmarkMetrics, RequestOutput, SLOs, calculate_metrics
 from tasks.loadtest.server import ServerSide, server_side, snapshots, token_disagreement
 from tasks.report import artifact_key, fenced, markdown_table
-from tasks.vllm.api import auth_headers
+from tasks.vllm.api import METRICS_PATH, auth_headers
 from tasks.vllm.metrics import MetricsSnapshot, parse_metrics
 
 #: Artifact keys: the results table and the report with the chart (one of each per target).
@@ -184,7 +184,7 @@ def _r(value: float | None, digits: int = 1) -> float | None:
 
 def read_metrics(base_url: str, api_key: str | None) -> MetricsSnapshot:
     """GET /metrics once (not guarded by the API key in vLLM; the key is sent anyway, harmless)."""
-    response = httpx.get(base_url.rstrip("/") + "/metrics", headers=auth_headers(api_key), timeout=10)
+    response = httpx.get(base_url.rstrip("/") + METRICS_PATH, headers=auth_headers(api_key), timeout=10)
     response.raise_for_status()
     return parse_metrics(response.text, time.time())
 

@@ -9,6 +9,9 @@ Facts from vLLM 0.10.1.1 (the version in ``nvcr.io/nvidia/vllm:25.09-py3``),
   and answers 401 otherwise; ``/health`` and ``/metrics`` are not checked.
 - lines 565-570, ``GET /v1/models``: the served models as ``{"data": [{"id": <served name>, ...}]}``
   (the served name is ``--served-model-name``, else the model).
+- the routes the project asks, each registered in that file: ``GET /health`` (liveness), ``GET
+  /metrics`` (Prometheus, mounted from ``prometheus_client``), ``POST /v1/completions`` and ``POST
+  /v1/chat/completions``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,14 @@ import httpx
 
 #: The model list: once it names the served model, requests for that name are accepted.
 MODELS_PATH = "/v1/models"
+#: Liveness: 200 while the API server and its engine live.
+HEALTH_PATH = "/health"
+#: Prometheus text of the engine's counters and gauges (tasks/vllm/metrics.py reads it).
+METRICS_PATH = "/metrics"
+#: OpenAI completions: a prompt in, text (or a token stream) out.
+COMPLETIONS_PATH = "/v1/completions"
+#: OpenAI chat completions: messages in, the chat template applied by the server.
+CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:

@@ -173,6 +173,16 @@ def test_the_served_model_check_asks_v1_models_in_one_module():
     assert len(where) <= 1, f"/v1/models is asked in {where}: one function checks that the model is listed"
 
 
+API_PATHS = ("/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions")
+
+
+def test_each_api_path_is_written_in_one_module():
+    """tasks/vllm/api.py names vLLM's routes; a version that moves one changes one line."""
+    for path in API_PATHS:
+        where = modules_where(lambda tree, path=path: path in set(strings(tree)))
+        assert len(where) <= 1, f"{path} is written in {where}"
+
+
 def test_the_pool_name_is_written_in_one_module():
     """bench/ too: the benches deploy to the product's pool and must not retype its name."""
     where = modules_where(lambda tree: "spark-vllm" in set(strings(tree)), (*PRODUCT, "bench"))
