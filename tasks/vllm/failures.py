@@ -28,7 +28,8 @@ host's memory floor). Both sit next to the rule they stand for.
 Adding a kind
 -------------
 Add a member to `FailureKind` and one `FailureRule` to `RULES` at its place in the order, with its
-patterns, its texts (a ``build`` function when the texts need the error's numbers) and its ``why``,
+patterns, its texts (a ``build`` function when the texts need the error's numbers), its ``why`` and its
+``source`` (the vLLM file:line that prints each text, read from vLLM 0.10.1.1's wheel),
 and add a recorded log to ``tests/data/logs/`` for it. Nothing else: the table is checked at import
 (each kind read from logs exactly once, the catch-all last).
 """
@@ -179,6 +180,9 @@ class FailureRule:
     evidence_patterns: tuple[re.Pattern[str], ...] = ()
     #: why the rule sits where it does in `RULES` (the table's order is the priority).
     why: str = ""
+    #: where each matched text comes from: vLLM's file:line (function) in 0.10.1.1, or the library,
+    #: daemon or kernel that prints it when it is not vLLM's; several sites separated by "; ".
+    source: str = ""
 
     def __post_init__(self) -> None:
         if not self.patterns and self.exit_matches is None:
@@ -219,6 +223,7 @@ _CUDA_OOM_DETAIL = {
 }
 _UNIT = {"KiB": 1 / (1024 * 1024), "MiB": 1 / 1024, "GiB": 1.0}
 # The API server's line after every failed engine start: context for the evidence, never a cause.
+# vllm/v1/engine/utils.py:759 (wait_for_engine_startup) in 0.10.1.1.
 _CONTEXT = (re.compile(r"RuntimeError: Engine core initialization failed"),)
 _EXCEPTION_IN_MESSAGE = re.compile(r"(?:^|\] )(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception)\b: ")
 
@@ -290,8 +295,11 @@ def free_memory_cause(
     free_gib: float, total_gib: float, utilization: float, margin_gib: float = MARGIN_GIB, page_cache_gib: float = 0.0
 ) -> FailureCause:
     """The `free_memory` cause of a start refused before it ran: the pre-start memory check
-    (tasks/memory.py `room_for_start`) knows vLLM's check would fail (free < utilization x total,
-    ``vllm/v1/worker/gpu_worker.py`` ``init_device``) and has its numbers, so no log is read.
+    (tasks/memory.py `room_for_start`) knows vLLM's check would fail and has its numbers, so no log
+    is read. The check it stands for: ``vllm/v1/worker/gpu_worker.py:177`` (``init_device``, vLLM
+    0.10.1.1) compares free memory with utilization x total and raises "Free memory on device ...
+    is less than desired GPU memory utilization" at :179 (0.17.1: ``vllm/v1/worker/utils.py:413``,
+    ``request_memory``).
 
     Args:
         free_gib: the free memory vLLM's check would see now (MemFree on GB10).
@@ -408,7 +416,12 @@ def wedged_engine_cause(evidence: Sequence[str] = ()) -> FailureCause:
 def host_memory_guard_cause(available_gib: float, floor_gib: float, evidence: Sequence[str] = ()) -> FailureCause:
     """The readiness gate stopped a start because the host's MemAvailable fell below the target's
     floor (tasks/readiness.py `MemoryGuard`): the gate has the numbers, and whatever vLLM printed
-    last was cut short by that stop, so this cause wins over anything in the log."""
+    last was cut short by that stop, so this cause wins over anything in the log.
+
+    No vLLM check stands behind it: vLLM applies gpu_memory_utilization only after profiling
+    (``vllm/v1/worker/gpu_worker.py:244`` runs ``profile_run`` and :257 subtracts its peak from the
+    requested memory, ``determine_available_memory``, 0.10.1.1), so nothing in vLLM stops the
+    profiling peak from exhausting the host's memory on GB10; the gate is the project's own guard."""
     return FailureCause(
         kind=FailureKind.HOST_MEMORY_GUARD,
         summary=(
@@ -489,6 +502,13 @@ RULES: tuple[FailureRule, ...] = (
             "For an imitation without GPUs set the target's gpus to none."
         ),
         why="docker gives the container no GPU: everything vLLM says afterwards follows from that",
+        source=(
+            "dockerd (moby; Go, no line): `could not select device driver ...` (no driver for `--gpus`) and "
+            "`unknown or invalid runtime name: nvidia`; libnvidia-container (NVIDIA Container Toolkit): "
+            "`nvidia-container-cli: initialization error`; vllm/config/__init__.py:1882 (DeviceConfig.__post_init__) "
+            "in 0.10.1.1: `Failed to infer device type`; torch c10/cuda/CUDAFunctions.cpp (torch is not installed "
+            "here: no line): `No CUDA GPUs are available`, `Found no NVIDIA driver on your system`"
+        ),
     ),
     FailureRule(
         kind=FailureKind.BAD_ARGUMENTS,
@@ -505,6 +525,14 @@ RULES: tuple[FailureRule, ...] = (
             "vLLM 0.10.1.1, so check it against `vllm serve --help` in that image."
         ),
         why="vllm serve rejected its command line: nothing ran",
+        source=(
+            "Python's argparse (vLLM's FlexibleArgumentParser, vllm/utils/__init__.py:1698, subclasses it), in "
+            "CPython 3.11.7 (the image's Python may number them differently): argparse.py:1871 (parse_args) "
+            "`unrecognized arguments`, :776 (ArgumentError.__str__) `argument X: ...`, :2142 (_parse_known_args) "
+            "`the following arguments are required`; pydantic_core's ValidationError (`N validation error(s) for "
+            "SchedulerConfig`: vLLM's config classes are pydantic dataclasses); vllm/config/scheduler.py:254 "
+            "(SchedulerConfig._verify_args) in 0.10.1.1: `max_num_batched_tokens (N) is smaller than max_model_len`"
+        ),
     ),
     FailureRule(
         kind=FailureKind.FP8_KERNEL,
@@ -519,18 +547,31 @@ RULES: tuple[FailureRule, ...] = (
             "base model). Use the image nvcr.io/nvidia/vllm:25.09-py3: vllm/vllm-openai:latest fails FP8 on GB10."
         ),
         why="the runbook's FP8 CUTLASS failure is followed by generic CUDA and engine errors",
+        source=(
+            "`Error Internal`: CUTLASS's cutlassGetStatusString(kErrorInternal), raised by vLLM's C++ CUTLASS_CHECK "
+            "macro (csrc/cutlass_extensions/common.hpp; C++, not in the wheel: no line); `cutlass_scaled_mm failed`: "
+            "not found in vllm 0.10.1.1 source (its .py files; the runbook's symptom text)"
+        ),
     ),
     FailureRule(
         kind=FailureKind.FREE_MEMORY,
         patterns=(_FREE_MEMORY,),
         build=_free_memory,
         why="vLLM's own check at startup, with exact numbers",
+        source=(
+            "vllm/v1/worker/gpu_worker.py:179 (init_device) in 0.10.1.1; vllm/v1/worker/utils.py:413 (request_memory) "
+            "in 0.17.1, the `on device cuda:0` form"
+        ),
     ),
     FailureRule(
         kind=FailureKind.KV_TOO_SMALL,
         patterns=(_KV_TOO_SMALL,),
         build=_kv_too_small,
         why="vLLM's KV sizing check for max_model_len, with exact numbers",
+        source=(
+            "vllm/v1/core/kv_cache_utils.py:699 (check_enough_kv_cache_memory) in 0.10.1.1; "
+            "vllm/v1/core/kv_cache_utils.py:641 (_check_enough_kv_cache_memory) in 0.17.1"
+        ),
     ),
     FailureRule(
         kind=FailureKind.NO_KV_MEMORY,
@@ -543,6 +584,10 @@ RULES: tuple[FailureRule, ...] = (
             "(`sync; echo 3 > /proc/sys/vm/drop_caches`)."
         ),
         why="vLLM's KV sizing found no room at all",
+        source=(
+            "vllm/v1/core/kv_cache_utils.py:682 (check_enough_kv_cache_memory) in 0.10.1.1; "
+            "vllm/worker/worker.py:577 (raise_if_cache_size_invalid, the V0 engine) in 0.10.1.1"
+        ),
     ),
     FailureRule(
         kind=FailureKind.CUDA_OOM,
@@ -553,6 +598,14 @@ RULES: tuple[FailureRule, ...] = (
         ),
         build=_cuda_oom,
         why="PyTorch's generic out-of-memory: vLLM's own checks above name the cause better",
+        source=(
+            "torch (not vLLM; not installed here: no line): `CUDA out of memory. Tried to allocate ...` from "
+            "c10/cuda/CUDACachingAllocator.cpp, raised as torch.OutOfMemoryError (torch.cuda.OutOfMemoryError); "
+            "`CUDA error: out of memory`: c10's CUDA check with the CUDA runtime's error string; vLLM's own "
+            "`CUDA out of memory occurred when warming up ...` also matches: "
+            "vllm/v1/worker/gpu_model_runner.py:2464 (_dummy_sampler_run) and :2542 (_dummy_pooler_run_task) "
+            "in 0.10.1.1"
+        ),
     ),
     FailureRule(
         kind=FailureKind.MISSING_MODEL_FILES,
@@ -577,6 +630,17 @@ RULES: tuple[FailureRule, ...] = (
             "`*.incomplete` files under models--<org>--<name>/, and restart."
         ),
         why="the staged cache lacks a file or has a broken one",
+        source=(
+            "huggingface_hub 2.4.0 (this venv's; the image's version may number them differently): "
+            "huggingface_hub/errors.py:467 (LocalEntryNotFoundError), _snapshot_download.py:382 and :388 "
+            "(snapshot_download) `Cannot find an appropriate cached snapshot`, file_download.py:1945 "
+            "(_raise_on_head_call_error) `outgoing traffic has been disabled`; "
+            "vllm/model_executor/model_loader/default_loader.py:169 (DefaultModelLoader._prepare_weights) in 0.10.1.1: "
+            "`Cannot find any model weights with`; transformers (not installed here: no line): `does not appear to "
+            "have a file named`, `Can't load tokenizer for`, `config file at ... is not a valid JSON file`; "
+            "safetensors (Rust): `SafetensorError: Error while deserializing header`; Python: FileNotFoundError / "
+            "`No such file or directory` (ENOENT), json.JSONDecodeError"
+        ),
     ),
     FailureRule(
         kind=FailureKind.OOM_KILLED,
@@ -587,6 +651,7 @@ RULES: tuple[FailureRule, ...] = (
             "no vLLM error above and docker reports OOMKilled: the engine-death lines the kill may leave"
             " are its consequence"
         ),
+        source="docker State.OOMKilled (the kernel's OOM killer; no vLLM text)",
     ),
     FailureRule(
         kind=FailureKind.ENGINE_DEAD,
@@ -599,6 +664,14 @@ RULES: tuple[FailureRule, ...] = (
         build=_engine_dead,
         evidence_patterns=(_EXCEPTION_IN_MESSAGE,),  # the root cause comes along with the death lines
         why="the engine core died: a symptom, so any cause above wins over it",
+        source=(
+            "vllm/v1/engine/exceptions.py:12 (EngineDeadError.__init__) `EngineCore encountered an issue`; "
+            "vllm/v1/engine/core.py:702 (EngineCoreProc.run_engine_core) and :1213 (DPEngineCoreActor.run) "
+            "`EngineCore encountered a fatal error.`; vllm/v1/engine/core_client.py:562 "
+            "(MPClient.start_engine_core_monitor) `Engine core proc %s died unexpectedly`; "
+            "vllm/v1/engine/async_llm.py:430 (AsyncLLM.output_handler) `AsyncLLM output_handler failed.`; "
+            "all in 0.10.1.1"
+        ),
     ),
     FailureRule(
         kind=FailureKind.KILLED,
@@ -606,6 +679,9 @@ RULES: tuple[FailureRule, ...] = (
         build=_killed,
         evidence=Evidence.ERRORS,
         why="no vLLM error above, exit 137 without OOMKilled: the host's OOM killer or a `docker kill`",
+        source=(
+            "docker State.ExitCode 137 = 128 + SIGKILL (9): the kernel's OOM killer or `docker kill` (no vLLM text)"
+        ),
     ),
     FailureRule(
         kind=FailureKind.UNKNOWN,

@@ -238,6 +238,19 @@ def test_the_table_names_each_kind_once_with_the_catch_all_last():
         FailureRule(kind=FailureKind.UNKNOWN, patterns=(re.compile("x"),), summary="s")  # no fix
 
 
+def test_every_rule_cites_where_its_texts_come_from():
+    """A rule read from logs names the file that prints its texts (vLLM's file:line, or the library's
+    file); a rule read from docker's exit names the State field; only the catch-all cites nothing."""
+    names_a_file = re.compile(r"\b[\w/]+\.(?:py|cpp|hpp)\b")
+    for rule in RULES[:-1]:
+        assert rule.source, rule.kind
+        if rule.patterns:
+            assert names_a_file.search(rule.source), rule.kind
+        else:
+            assert "docker State." in rule.source, rule.kind
+    assert re.search(r"vllm/\S+\.py:\d+", next(r.source for r in RULES if r.kind is FailureKind.FREE_MEMORY))
+
+
 def test_priority_order_and_every_rule_says_why_it_sits_there():
     assert all(rule.why for rule in RULES)
     assert [rule.kind.value for rule in RULES] == [
