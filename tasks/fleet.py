@@ -16,7 +16,6 @@ default. The outcome is small, so deploy-qwen publishes it as a one-row table ar
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -32,7 +31,7 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel, ValidationError
 
 from blocks.engine import EngineSpec
-from tasks.report import artifact_key
+from tasks.report import artifact_key, table_rows
 from tasks.state import HealthState, HealthyRecord
 
 #: How often a waiting fleet flow asks for the state of a target's run (Prefect's default is 5 s).
@@ -79,13 +78,10 @@ def read_outcome(flow_run_id: UUID, target: str) -> DeployOutcome | None:
             ),
             limit=1,
         )
-    if not found or not found[0].data:
-        return None
-    data = found[0].data
+    rows = table_rows(found[0].data) if found else []
     try:
-        rows = json.loads(data) if isinstance(data, str) else data
-        return DeployOutcome.model_validate(rows[0]) if isinstance(rows, list) and rows else None
-    except (ValueError, ValidationError):  # not JSON, or not an outcome: none published
+        return DeployOutcome.model_validate(rows[0]) if rows else None
+    except ValidationError:  # not an outcome: none published
         return None
 
 

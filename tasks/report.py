@@ -8,6 +8,7 @@ same wherever it is shown. Everything here builds plain text from plain data; on
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -112,6 +113,16 @@ def publish_report(
     for heading, text in (sections or {}).items():
         body += ["", f"## {heading}", "", text]
     create_markdown_artifact(markdown="\n".join(body), key=key, description=description or title)
+
+
+def table_rows(data: Any) -> list[dict[str, Any]]:
+    """The rows of a table artifact as the server returns its ``data`` (a JSON string of a list of
+    rows, or the list itself); [] for anything else, so a reader treats it as "nothing published"."""
+    try:
+        rows = json.loads(data) if isinstance(data, str) else data
+    except ValueError:
+        return []
+    return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
 
 
 def fenced(lines: Iterable[str]) -> str:

@@ -27,7 +27,6 @@ artifact, and the recovery steps keep only what the planner reads of them.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, TypeVar, cast
 
@@ -39,6 +38,7 @@ from blocks.engine import EngineSpec
 from tasks.health.layers import Layer
 from tasks.health.verdict import Verdict
 from tasks.recovery.step import RecoveryStep
+from tasks.report import table_rows
 from tasks.vllm.metrics import MetricsSnapshot
 
 LAST_HEALTHY_PREFIX = "vllm-last-healthy-"
@@ -188,13 +188,8 @@ def save_health_state(target_name: str, state: HealthState) -> None:
 def health_history(target_name: str, key: str) -> list[dict[str, str]]:
     """The last checks, oldest first, from the latest version of the history table artifact ``key``."""
     artifact = cast(Artifact | None, Artifact.get(key))  # sync/async dual: sync here
-    if artifact is None or not artifact.data:
-        return []
-    try:
-        rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
-    except ValueError:
-        return []
-    return list(reversed([r for r in rows if isinstance(r, dict)]))[-HEALTH_HISTORY:]
+    rows = table_rows(artifact.data) if artifact is not None else []
+    return list(reversed(rows))[-HEALTH_HISTORY:]
 
 
 _RUNS = TypeAdapter(list[RecoverRun])

@@ -106,3 +106,11 @@ def test_a_refused_connection_to_the_hub_is_unreachable_not_a_hard_error() -> No
         resolve_from_hub(
             "Qwen/Qwen3-32B-FP8", "main", endpoint=endpoint, token=None, allow_patterns=None, attempts=2, backoff_s=0.0
         )
+
+
+def test_table_rows_reads_a_table_artifacts_data_as_the_server_returns_it():
+    rows = [{"a": 1}, {"a": 2}]
+    assert report.table_rows('[{"a": 1}, {"a": 2}]') == rows  # a JSON string
+    assert report.table_rows(rows) == rows  # already decoded
+    assert report.table_rows("not json") == [] and report.table_rows(None) == [] and report.table_rows('{"a": 1}') == []
+    assert report.table_rows('[{"a": 1}, "stray", 3]') == [{"a": 1}]  # only rows
