@@ -60,8 +60,12 @@ def docker_client(docker_host: DockerHost) -> Iterator[docker.DockerClient]:
 
 
 def managed_containers(client: docker.DockerClient, target_name: str) -> list[Container]:
-    """Every container (running or not) that this project created for ``target_name``."""
-    return client.containers.list(all=True, filters=label_filters(target_name))
+    """Every container (running or not) that this project created for ``target_name``.
+
+    ``ignore_removed``: docker-py lists ids, then inspects each; a container another flow removes in
+    between (a health check beside a deploy that replaces its server) is skipped, not a NotFound.
+    """
+    return client.containers.list(all=True, filters=label_filters(target_name), ignore_removed=True)
 
 
 def is_managed(container: Container) -> bool:

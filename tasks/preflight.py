@@ -49,7 +49,7 @@ def gpu_runtime_problem(info: dict) -> str | None:
 def containers_on_port(client: docker.DockerClient, host_port: int) -> list[PortUse]:
     """Running containers that publish ``host_port``."""
     users = []
-    for container in client.containers.list():
+    for container in client.containers.list(ignore_removed=True):
         for bindings in (container.attrs.get("HostConfig", {}).get("PortBindings") or {}).values():
             if any(str(b.get("HostPort")) == str(host_port) for b in bindings or []):
                 users.append(PortUse(container.name, is_managed(container)))

@@ -145,7 +145,10 @@ def prune_with(client: docker.DockerClient, scope: PruneScope, target_name: str 
 
     container_filters = filters["containers"]
     if container_filters is not None:
-        names = {c.id: c.name for c in client.containers.list(all=True, filters=container_filters or None)}
+        names = {
+            c.id: c.name
+            for c in client.containers.list(all=True, filters=container_filters or None, ignore_removed=True)
+        }
         result = _call("containers", client.containers.prune, filters=container_filters or None)
         report.container_ids = list(result.get("ContainersDeleted") or [])
         report.containers = [names.get(cid, cid[:12]) for cid in report.container_ids]

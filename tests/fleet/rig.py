@@ -358,8 +358,8 @@ def copy_image(src_client: docker.DockerClient, dst_client: docker.DockerClient,
 
 def test_containers(client: docker.DockerClient) -> list:
     """Containers of test targets (``test-...``) and those tests started by hand (TEST_LABEL)."""
-    found = client.containers.list(all=True, filters=label_filters())
-    by_hand = client.containers.list(all=True, filters={"label": TEST_LABEL})
+    found = client.containers.list(all=True, filters=label_filters(), ignore_removed=True)
+    by_hand = client.containers.list(all=True, filters={"label": TEST_LABEL}, ignore_removed=True)
     targets = [c for c in found if c.labels.get(LABEL_TARGET, "").startswith(TEST_TARGET_PREFIX)]
     return targets + [c for c in by_hand if c.id not in {t.id for t in targets}]
 

@@ -40,10 +40,10 @@ TEST_LABELS = {TEST_LABEL: SESSION}  # value: the session's pid, as in target na
 
 def target_containers(client: docker.DockerClient, target: str | None = None) -> list:
     """Containers of test targets (or of one target), and those tests started by hand."""
-    found = client.containers.list(all=True, filters=label_filters())
+    found = client.containers.list(all=True, filters=label_filters(), ignore_removed=True)
     if target is not None:
         return [c for c in found if c.labels.get(LABEL_TARGET) == target]
-    by_hand = client.containers.list(all=True, filters={"label": TEST_LABEL})
+    by_hand = client.containers.list(all=True, filters={"label": TEST_LABEL}, ignore_removed=True)
     return [c for c in found if c.labels.get(LABEL_TARGET, "").startswith(TEST_TARGET_PREFIX)] + by_hand
 
 
