@@ -32,8 +32,13 @@ stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     log "installing the project's dependencies into $VENV"
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "is ignored: it is neither" || true
-    "$VENV/bin/python" -c "import prefect, prefect_docker, huggingface_hub, httpx, pydantic" 
+    # pip's own status (pipefail), not grep's: a failed install says so here, not as a missing module later
+    pip_install() {
+        "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
+    }
+    pip_install || { log "pip install failed (above); trying once more"; pip_install; } \
+        || { log "pip install failed twice: see the errors above"; exit 1; }
+    "$VENV/bin/python" -c "import prefect, prefect_docker, huggingface_hub, httpx, pydantic"
     rm -f "$VENV"/.installed-*
     touch "$stamp"
 fi
