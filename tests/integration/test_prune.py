@@ -70,7 +70,7 @@ def _fake_client(calls: list) -> SimpleNamespace:
 
     return SimpleNamespace(
         containers=SimpleNamespace(
-            list=lambda all, filters: [SimpleNamespace(id="a" * 64, name="stopped-one")],
+            list=lambda all, filters, ignore_removed=False: [SimpleNamespace(id="a" * 64, name="stopped-one")],
             prune=_Recorder(calls, "containers", {"ContainersDeleted": ["a" * 64, "b" * 64], "SpaceReclaimed": 10}),
         ),
         networks=SimpleNamespace(prune=_Recorder(calls, "networks", {"NetworksDeleted": ["net1"]})),
