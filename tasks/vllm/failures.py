@@ -82,6 +82,7 @@ class FailureKind(StrEnum):
     KV_TOO_SMALL = "kv_too_small"
     NO_KV_MEMORY = "no_kv_memory"
     CUDA_OOM = "cuda_oom"
+    MEMORY_PROFILING = "memory_profiling"
     MISSING_MODEL_FILES = "missing_model_files"
     FP8_KERNEL = "fp8_kernel"
     GPU_RUNTIME_MISSING = "gpu_runtime_missing"
@@ -215,6 +216,11 @@ _KV_TOO_SMALL = re.compile(
     r"\((?P<needed>[\d.]+) GiB KV cache is needed, which is larger than the available KV cache memory "
     r"\((?P<avail>[\d.]+) GiB\)\.\s*(?:Based on the available memory, the estimated maximum model "
     r"length is (?P<est>\d+)\.)?"
+)
+# "Error in memory profiling. Initial free memory X GiB, current free memory Y GiB. This happens when ..."
+_PROFILING = re.compile(
+    r"Error in memory profiling\. Initial free memory (?P<initial>-?[\d.]+) GiB, current free memory "
+    r"(?P<current>-?[\d.]+) GiB"
 )
 _CUDA_OOM_DETAIL = {
     "tried_to_allocate_gib": re.compile(r"Tried to allocate ([\d.]+) ([KMG]iB)"),
@@ -351,6 +357,23 @@ def _kv_too_small(hit: Hit) -> Diagnosis:
         "The runbook's max-context preset keeps 32000 with max_num_seqs 32."
     )
     return Diagnosis(summary=summary, fix=fix, numbers=numbers, suggested=suggested)
+
+
+def _memory_profiling(hit: Hit) -> Diagnosis:
+    m = _PROFILING.search(hit.line)
+    assert m is not None
+    initial, current = float(m["initial"]), float(m["current"])
+    return Diagnosis(
+        summary=(
+            f"free memory grew while vLLM profiled ({initial:.2f} GiB before, {current:.2f} GiB after): another "
+            "process (or the page cache) released memory during the start, so vLLM could not size the KV cache"
+        ),
+        fix=(
+            "Nothing is wrong with the spec: wait until the host's memory is steady (no other container starting "
+            "or stopping, no large file copy finishing), then start the same spec once more."
+        ),
+        numbers={"initial_free_gib": initial, "current_free_gib": current},
+    )
 
 
 def _cuda_oom(hit: Hit) -> Diagnosis:
@@ -561,6 +584,19 @@ RULES: tuple[FailureRule, ...] = (
         source=(
             "vllm/v1/worker/gpu_worker.py:179 (init_device) in 0.10.1.1; vllm/v1/worker/utils.py:413 (request_memory) "
             "in 0.17.1, the `on device cuda:0` form"
+        ),
+    ),
+    FailureRule(
+        kind=FailureKind.MEMORY_PROFILING,
+        patterns=(_PROFILING,),
+        build=_memory_profiling,
+        why=(
+            "vLLM's own assertion that free memory grew while it profiled: the numbers it measured are wrong, so "
+            "the KV or OOM errors that may follow are its consequence"
+        ),
+        source=(
+            "vllm/v1/worker/gpu_worker.py:248-255 (determine_available_memory) in 0.10.1.1; :272 in 0.10.2; :333 in "
+            "0.11.1; :399 in 0.17.1; :413 in 0.20.1; :653 in 0.31.0"
         ),
     ),
     FailureRule(

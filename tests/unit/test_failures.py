@@ -193,6 +193,7 @@ RECORDED = [
     ("fail_fp8_kernel.log", None, {}, FailureKind.FP8_KERNEL),
     ("fail_free_memory.log", None, {}, FailureKind.FREE_MEMORY),
     ("fail_free_memory_v017.log", None, {}, FailureKind.FREE_MEMORY),
+    ("fail_memory_profiling.log", None, {}, FailureKind.MEMORY_PROFILING),
     ("fail_kv_too_small.log", None, {}, FailureKind.KV_TOO_SMALL),
     ("fail_no_kv_memory.log", None, {}, FailureKind.NO_KV_MEMORY),
     ("fail_cuda_oom.log", None, {}, FailureKind.CUDA_OOM),
@@ -254,8 +255,8 @@ def test_every_rule_cites_where_its_texts_come_from():
 def test_priority_order_and_every_rule_says_why_it_sits_there():
     assert all(rule.why for rule in RULES)
     assert [rule.kind.value for rule in RULES] == [
-        "gpu_runtime_missing", "bad_arguments", "fp8_kernel", "free_memory", "kv_too_small", "no_kv_memory",
-        "cuda_oom", "missing_model_files", "oom_killed", "engine_dead", "killed", "unknown",
+        "gpu_runtime_missing", "bad_arguments", "fp8_kernel", "free_memory", "memory_profiling", "kv_too_small",
+        "no_kv_memory", "cuda_oom", "missing_model_files", "oom_killed", "engine_dead", "killed", "unknown",
     ]  # fmt: skip
 
 
