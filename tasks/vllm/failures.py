@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from packaging.version import Version
 from pydantic import BaseModel, Field
 
 from tasks.recovery.sizing import MARGIN_GIB, MODEL_LEN_STEP, fit_utilization, round_model_len
@@ -298,7 +299,12 @@ def _free_memory_diagnosis(
 
 
 def free_memory_cause(
-    free_gib: float, total_gib: float, utilization: float, margin_gib: float = MARGIN_GIB, page_cache_gib: float = 0.0
+    free_gib: float,
+    total_gib: float,
+    utilization: float,
+    margin_gib: float = MARGIN_GIB,
+    page_cache_gib: float = 0.0,
+    version: Version | None = None,
 ) -> FailureCause:
     """The `free_memory` cause of a start refused before it ran: the pre-start memory check
     (tasks/memory.py `room_for_start`) knows vLLM's check would fail and has its numbers, so no log
@@ -796,6 +802,7 @@ def classify_failure(
     oom_killed: bool = False,
     secrets: Iterable[str] = (),
     margin_gib: float = MARGIN_GIB,
+    version: Version | None = None,
 ) -> FailureCause:
     """Name the cause of a failed start (or of a server that died) from its log and its exit.
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from packaging.version import Version
+
 from tasks.secrets import scrub
 
 # ============================================================================ lines
@@ -357,7 +359,7 @@ def _literal_dict(text: str) -> dict[str, Any] | None:
     return {k: ("***" if str(k) in _SECRET_ARG_KEYS and v else v) for k, v in value.items()}
 
 
-def parse_line(line: str) -> LogEvent | None:
+def parse_line(line: str, version: Version | None = None) -> LogEvent | None:
     """Recognise one vLLM startup/serving milestone (or the cosmetic GB10 warning, or an error
     line); None for everything else."""
     text = scrub(strip_prefix(line))
@@ -485,7 +487,8 @@ class StartupTracker:
     """Feed log lines; keeps the phase, the startup numbers and the recent lines (for
     `tasks.vllm.failures.classify_failure`). Pure: the caller owns clocks and timeouts (per phase)."""
 
-    def __init__(self, keep: int = 500) -> None:
+    def __init__(self, keep: int = 500, version: Version | None = None) -> None:
+        self.version = version  # the vLLM the server runs (None: unknown, every version's forms)
         self.phase: Phase = Phase.STARTING
         self.stats = StartupStats()
         self.recent: deque[str] = deque(maxlen=keep)
@@ -495,7 +498,7 @@ class StartupTracker:
     def feed(self, line: str) -> LogEvent | None:
         if line.strip():
             self.recent.append(line.rstrip("\r\n"))
-        event = parse_line(line)
+        event = parse_line(line, self.version)
         if event is None:
             return None
         self.events += 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+from packaging.version import Version
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -83,7 +84,7 @@ _MAX_FIELDS = frozenset({"kv_cache_usage"})
 _FLOAT_FIELDS = frozenset({"kv_cache_usage", "queue_time_sum"})
 
 
-def parse_metrics(text: str, taken_at: float) -> MetricsSnapshot:
+def parse_metrics(text: str, taken_at: float, version: Version | None = None) -> MetricsSnapshot:
     """The numbers of `METRIC_SAMPLES` from vLLM's Prometheus text (prometheus_client's parser).
 
     Args:
