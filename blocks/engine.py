@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, cast
 
+from packaging.version import Version
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator, model_validator
 
@@ -30,12 +31,17 @@ from blocks.shared import (
     ContainerIdentity,
     check_container_name,
 )
+from tasks.errors import SparkVllmError
+from tasks.vllm.versions import RUNBOOK_VERSION, Variant, variants_for
 
 __all__ = [
     "ENGINE_FLAGS",
+    "KNOWN_FLAGS",
+    "FlagUnavailable",
     "EngineSpec",
     "PRESETS",
     "PresetName",
+    "extra_args_warnings",
     "RestartPolicy",
     "format_utilization",
     "load_engine_spec",
@@ -131,81 +137,209 @@ def _unset(spec: EngineSpec) -> Any:
     return None
 
 
+class FlagUnavailable(SparkVllmError, ValueError):
+    """A spec field renders a `vllm serve` flag that the vLLM about to run does not have."""
+
+
 @dataclass(frozen=True)
 class CliFlag:
-    """One EngineSpec field and the `vllm serve` flag it renders to.
+    """One EngineSpec field and the `vllm serve` flag it renders to, by vLLM version.
 
     Attributes:
         field: the EngineSpec field.
-        flag: the flag as vLLM 0.10.1.1 spells it (`source` is where it is defined).
         kind: how the value is rendered.
-        source: the vLLM file and line that defines the flag.
+        spelled: the flag's spelling per vLLM version range (a `Variant` each, its source the vLLM
+            file:line of every inspected version); a version no variant holds for has no such flag.
         text: the value as the runbook writes it.
         vllm_default: for OPTIONAL, the value vLLM takes when the flag is left out (not rendered).
     """
 
     field: str
-    flag: str
     kind: FlagKind
-    source: str
+    spelled: tuple[Variant[str], ...]
     text: Callable[[Any], str] = str
     vllm_default: Callable[[EngineSpec], Any] = _unset
 
     @property
-    def spellings(self) -> tuple[str, ...]:
-        """Every form of the flag on vLLM's command line: a boolean field is an
-        ``argparse.BooleanOptionalAction``, which also takes ``--no-<flag>`` (vllm/engine/arg_utils.py:195-197)."""
-        if self.kind in (FlagKind.SWITCH, FlagKind.ON, FlagKind.OFF):
-            return (self.flag, "--no-" + self.flag.removeprefix("--"))
-        return (self.flag,)
+    def flag(self) -> str:
+        """The flag as the runbook's vLLM (0.10.1.1) spells it."""
+        return self.flag_for(RUNBOOK_VERSION) or self.spelled[0].value
 
-    def render(self, spec: EngineSpec) -> list[str]:
-        """The arguments this field adds to the command (none when vLLM's default says the same)."""
+    def flag_for(self, version: Version | None) -> str | None:
+        """The flag as ``version`` spells it (None: that vLLM has no such flag; unknown: the runbook's)."""
+        found = variants_for(self.spelled, RUNBOOK_VERSION if version is None else version)
+        return found[0] if found else None
+
+    @property
+    def spellings(self) -> tuple[str, ...]:
+        """Every form of the flag on any inspected vLLM's command line: a boolean field is an
+        ``argparse.BooleanOptionalAction``, which also takes ``--no-<flag>`` (vllm/engine/arg_utils.py:195-197
+        in 0.10.1.1, :379 in 0.31.0)."""
+        names = dict.fromkeys(v.value for v in self.spelled)
+        if self.kind in (FlagKind.SWITCH, FlagKind.ON, FlagKind.OFF):
+            return tuple(form for name in names for form in (name, "--no-" + name.removeprefix("--")))
+        return tuple(names)
+
+    def render(self, spec: EngineSpec, version: Version | None = None) -> list[str]:
+        """The arguments this field adds to the command for ``version`` (none when vLLM's default
+        says the same).
+
+        Raises:
+            FlagUnavailable: the field needs the flag and that vLLM has none; the message names the
+                flag, the version and the field to change.
+        """
+        flag = self.flag_for(version)
+        if flag is not None:
+            return self._args(spec, flag)
+        args = self._args(spec, self.flag)
+        if args:
+            raise FlagUnavailable(
+                f"the engine spec's {self.field}={getattr(spec, self.field)!r} renders {args[0]}, which vLLM"
+                f" {version} does not have (it exists in vLLM {_ranges(self.spelled)}): clear or reset"
+                f" {self.field} in the engine spec, or run an image whose vLLM has the flag (docs/versions.md)"
+            )
+        return []
+
+    def _args(self, spec: EngineSpec, flag: str) -> list[str]:
         value = getattr(spec, self.field)
         if self.kind is FlagKind.POSITIONAL:
             return [self.text(value)]
         if self.kind is FlagKind.VALUE:
-            return [self.flag, self.text(value)]
+            return [flag, self.text(value)]
         if self.kind is FlagKind.OPTIONAL:
-            return [] if value is None or value == self.vllm_default(spec) else [self.flag, self.text(value)]
+            return [] if value is None or value == self.vllm_default(spec) else [flag, self.text(value)]
+        off = "--no-" + flag.removeprefix("--")
         if self.kind is FlagKind.SWITCH:
-            return [self.spellings[0] if value else self.spellings[1]]
+            return [flag if value else off]
         if self.kind is FlagKind.ON:
-            return [self.flag] if value else []
-        return [] if value else [self.spellings[1]]  # OFF
+            return [flag] if value else []
+        return [] if value else [off]  # OFF
+
+
+def _ranges(spelled: tuple[Variant[str], ...]) -> str:
+    return " and ".join(v.versions or "of every version" for v in spelled)
 
 
 _ARGS = "vllm/engine/arg_utils.py"
+#: The versions whose `vllm/engine/arg_utils.py` (and API server CLI) were read for this table.
+_READ = ("0.10.1.1", "0.10.2", "0.11.1", "0.17.1", "0.20.1", "0.31.0")
+
+
+def _everywhere(flag: str, *lines: int, path: str = _ARGS) -> tuple[Variant[str], ...]:
+    """A flag spelled the same in every inspected vLLM, at ``lines`` (one per version of `_READ`)."""
+    where = ", ".join(f":{line} ({version})" for line, version in zip(lines, _READ, strict=True))
+    return (Variant("", flag, f"{path}{where}"),)
+
+
 #: The one table of which field renders to which `vllm serve` flag, in the runbook's order (the
 #: compose file's command, then the optional ones). `vllm_command()` renders it and `MANAGED_FLAGS`
-#: is derived from it. Sources: vLLM 0.10.1.1's `EngineArgs.add_cli_args` and the API server's
-#: `FrontendArgs` (vllm/entrypoints/openai/cli_args.py).
+#: is derived from it. Sources: each version's `EngineArgs.add_cli_args` and the API server's
+#: `FrontendArgs` (vllm/entrypoints/openai/cli_args.py; vllm/entrypoints/launchers/cli_args.py in
+#: 0.31.0). Every flag here is in all six inspected versions (0.10.1.1 to 0.31.0), booleans as
+#: `BooleanOptionalAction` in each (so `--no-...` exists too); a flag that goes is a second range.
 ENGINE_FLAGS: tuple[CliFlag, ...] = (
-    # `vllm serve <model>`: the positional model_tag (cli_args.py:240) replaces --model (cli/serve.py:40-41)
-    CliFlag("model", "--model", FlagKind.POSITIONAL, f"{_ARGS}:472"),
-    CliFlag("download_dir", "--download-dir", FlagKind.VALUE, f"{_ARGS}:567"),
-    CliFlag("max_model_len", "--max-model-len", FlagKind.VALUE, f"{_ARGS}:497"),
-    CliFlag("gpu_memory_utilization", "--gpu-memory-utilization", FlagKind.VALUE, f"{_ARGS}:689", format_utilization),
-    CliFlag("max_num_batched_tokens", "--max-num-batched-tokens", FlagKind.VALUE, f"{_ARGS}:794-796"),
-    CliFlag("max_num_seqs", "--max-num-seqs", FlagKind.VALUE, f"{_ARGS}:797"),
-    # V1 turns prefix caching on by default: leaving the flag out would not turn it off
-    CliFlag("enable_prefix_caching", "--enable-prefix-caching", FlagKind.SWITCH, f"{_ARGS}:696"),
-    CliFlag("trust_remote_code", "--trust-remote-code", FlagKind.ON, f"{_ARGS}:481"),
+    # `vllm serve <model>`: the positional model_tag (openai/cli_args.py:236 in 0.10.1.1,
+    # launchers/cli_args.py:418 in 0.31.0) replaces --model (cli/serve.py:40-41; :54 in 0.31.0)
+    CliFlag("model", FlagKind.POSITIONAL, _everywhere("--model", 472, 501, 609, 667, 745, 929)),
+    CliFlag("download_dir", FlagKind.VALUE, _everywhere("--download-dir", 567, 596, 700, 757, 839, 1036)),
+    CliFlag("max_model_len", FlagKind.VALUE, _everywhere("--max-model-len", 497, 526, 632, 689, 767, 951)),
     CliFlag(
-        "served_model_name", "--served-model-name", FlagKind.OPTIONAL, f"{_ARGS}:517", vllm_default=lambda s: s.model
+        "gpu_memory_utilization",
+        FlagKind.VALUE,
+        _everywhere("--gpu-memory-utilization", 689, 742, 903, 946, 1063, 1326),
+        format_utilization,
     ),
-    CliFlag("revision", "--revision", FlagKind.OPTIONAL, f"{_ARGS}:489"),
-    CliFlag("quantization", "--quantization", FlagKind.OPTIONAL, f"{_ARGS}:499"),
-    CliFlag("enable_chunked_prefill", "--enable-chunked-prefill", FlagKind.OFF, f"{_ARGS}:820-822"),
-    # FrontendArgs.port (default 8000, cli_args.py:75) becomes --port at cli_args.py:223-224
+    CliFlag(
+        "max_num_batched_tokens",
+        FlagKind.VALUE,
+        _everywhere("--max-num-batched-tokens", 795, 852, 1049, 1159, 1284, 1668),
+    ),
+    CliFlag("max_num_seqs", FlagKind.VALUE, _everywhere("--max-num-seqs", 797, 854, 1056, 1166, 1291, 1682)),
+    # V1 turns prefix caching on by default: leaving the flag out would not turn it off
+    CliFlag(
+        "enable_prefix_caching", FlagKind.SWITCH, _everywhere("--enable-prefix-caching", 696, 751, 914, 957, 1073, 1339)
+    ),
+    CliFlag("trust_remote_code", FlagKind.ON, _everywhere("--trust-remote-code", 481, 510, 616, 673, 751, 935)),
+    CliFlag(
+        "served_model_name",
+        FlagKind.OPTIONAL,
+        _everywhere("--served-model-name", 517, 547, 650, 715, 793, 988),
+        vllm_default=lambda s: s.model,
+    ),
+    CliFlag("revision", FlagKind.OPTIONAL, _everywhere("--revision", 489, 518, 627, 684, 762, 946)),
+    CliFlag("quantization", FlagKind.OPTIONAL, _everywhere("--quantization", 499, 528, 633, 690, 768, 952)),
+    CliFlag(
+        "enable_chunked_prefill",
+        FlagKind.OFF,
+        _everywhere("--enable-chunked-prefill", 821, 878, 1082, 1189, 1314, 1713),
+    ),
+    # FrontendArgs.port (default 8000) becomes --port (cli_args.py:223-224 in 0.10.1.1)
     CliFlag(
         "container_port",
-        "--port",
         FlagKind.OPTIONAL,
-        "vllm/entrypoints/openai/cli_args.py:75",
+        (
+            Variant(
+                "",
+                "--port",
+                "vllm/entrypoints/openai/cli_args.py:75 (0.10.1.1, 0.10.2), :78 (0.11.1), :218 (0.17.1, 0.20.1);"
+                " vllm/entrypoints/launchers/cli_args.py:282 (0.31.0)",
+            ),
+        ),
         vllm_default=lambda s: DEFAULT_PORT,
     ),
 )
+
+
+@dataclass(frozen=True)
+class KnownFlag:
+    """A `vllm serve` flag no spec field renders, whose presence by version is worth knowing (an
+    operator's ``extra_args`` may carry it): where it exists, and what to use where it does not."""
+
+    flag: str
+    exists: Variant[str]  # value: the source's summary
+    instead: str
+
+
+#: Flags of `extra_args` whose presence changed between the inspected versions. The spec never
+#: rewrites ``extra_args`` (they are the operator's); a flag the running vLLM lacks is a warning
+#: before the start, naming its replacement.
+KNOWN_FLAGS: tuple[KnownFlag, ...] = (
+    KnownFlag(
+        "--disable-log-requests",
+        Variant(
+            "<0.17.1",
+            "deprecated for --enable-log-requests, 'will be removed in v0.12.0'",
+            f"{_ARGS}:1752 (0.10.1.1), :1783 (0.10.2), :2086 (0.11.1); absent from 0.17.1 on",
+        ),
+        "drop it: requests are not logged unless --enable-log-requests is given"
+        f" ({_ARGS}:2187 in 0.17.1, :3141 in 0.31.0)",
+    ),
+    # vllm PR 24469: how safetensors shards are read (lazy/eager...): a lever for warm restarts
+    KnownFlag(
+        "--safetensors-load-strategy",
+        Variant(
+            ">=0.10.2",
+            "LoadConfig.safetensors_load_strategy",
+            f"{_ARGS}:598 (0.10.2), :702 (0.11.1), :759 (0.17.1), :841 (0.20.1), :1038 (0.31.0); absent from 0.10.1.1",
+        ),
+        "drop it: vLLM 0.10.1.1 reads safetensors lazily and has no such flag",
+    ),
+)
+
+
+def extra_args_warnings(extra_args: list[str], version: Version | None) -> list[str]:
+    """What an operator should know about ``extra_args`` on ``version`` (None: unknown, nothing said):
+    each flag of `KNOWN_FLAGS` that vLLM lacks, with what to do. The args themselves stay as they are."""
+    if version is None:
+        return []
+    given = {arg.split("=", 1)[0] for arg in extra_args}
+    return [
+        f"extra_args carry {known.flag}, which vLLM {version} does not have (vLLM {known.exists.versions}):"
+        f" vLLM will refuse to start; {known.instead}"
+        for known in KNOWN_FLAGS
+        if known.flag in given and not known.exists.holds_for(version)
+    ]
+
 
 #: Flags the spec renders from its own fields (every spelling, -> the field); `extra_args` may not
 #: repeat them (argparse would silently let the last one win, and the labels/hash would describe the
@@ -443,9 +577,15 @@ class EngineSpec(Block):
         """The name clients put in `"model"` and `/v1/models` lists."""
         return self.served_model_name or self.model
 
-    def vllm_command(self) -> list[str]:
-        """The container command, in the runbook's order (`ENGINE_FLAGS`); never contains a secret."""
-        return ["vllm", "serve", *(arg for flag in ENGINE_FLAGS for arg in flag.render(self)), *self.extra_args]
+    def vllm_command(self, version: Version | None = None) -> list[str]:
+        """The container command for the vLLM ``version`` (None: the runbook's), in the runbook's order
+        (`ENGINE_FLAGS`); never contains a secret. ``extra_args`` follow verbatim (the operator's).
+
+        Raises:
+            FlagUnavailable: a field renders a flag this vLLM does not have (before anything starts).
+        """
+        rendered = (arg for flag in ENGINE_FLAGS for arg in flag.render(self, version))
+        return ["vllm", "serve", *rendered, *self.extra_args]
 
     def hashed_fields(self) -> dict[str, Any]:
         """The fields that shape the container, as plain JSON-able values."""

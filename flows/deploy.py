@@ -20,7 +20,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
-from blocks.engine import EngineSpec
+from blocks.engine import EngineSpec, extra_args_warnings
 from blocks.target import TargetMachine
 from tasks.container import remove_container, replace_or_keep
 from tasks.errors import ServerDidNotStart, SparkVllmError
@@ -38,6 +38,8 @@ from tasks.serve import Served, ServerSecrets, Target, load_target, serve
 from tasks.staging import StageResult
 from tasks.staging.stage import stage_steps
 from tasks.state import clear_recover_runs, last_healthy, last_healthy_record, record_healthy
+from tasks.vllm.versions import VersionInfo
+from tasks.vllm_version import confirm_version, learn_vllm_version, version_rows, version_warnings
 
 
 class DeployResult(BaseModel):
@@ -61,6 +63,7 @@ class DeployResult(BaseModel):
     smoke_answer: str
     smoke_latency_s: float
     staged_commit: str | None = None
+    vllm_version: str | None = None  # as the server said it (0.10.1.1+381074ae.nv25.09), else as learnt
     gate: GateResult | None = None
     duration_s: float
     warnings: list[str] = Field(default_factory=list)
@@ -113,9 +116,13 @@ def deploy_qwen(
     resolved = load_target(target, engine, preset, overrides)
     machine, spec = resolved.machine, resolved.spec
     spec_hash = spec.spec_hash(machine)
+    vllm: VersionInfo | None = None
     try:
         # Prerequisites: docker on this machine, GPU runtime, port, image. Changes nothing.
         warnings = preflight(machine, spec.image)
+        # Which vLLM the image runs: its memory rules and flags are chosen by it (docs/versions.md).
+        vllm = learn_vllm_version(machine, spec.image)
+        warnings += _version_checks(spec, vllm)
         # Model download into /opt/hf: outside the GPU lock (a 32 GB download must not hold up stop-qwen).
         staged = _stage(machine, spec) if stage else None
         with gpu_lock(machine.name):
@@ -126,32 +133,56 @@ def deploy_qwen(
             served = (
                 _start(resolved, spec_hash, timeouts, recover, limits, had_server=healthy) if kept is None else None
             )
+            # The server's own word on its vLLM (its log's version line, else GET /version) wins.
+            logged = served.readiness.stats.version if served and served.readiness.stats else None
+            vllm, mismatch = confirm_version(vllm, logged, machine.endpoint)
+            warnings += [mismatch] if mismatch else []
             # "Test inference", checked instead of read by eye.
             smoke = _smoke(resolved, served)
             # The spec's benchmark gate, on a server this run started (a kept one passed it already).
             gate, gate_note = _bench_gate(resolved, spec_hash, timeouts, served, had_server=healthy)
             # What serves now is what a rollback returns to.
-            _remember(machine, spec, spec_hash, served, gate_note)
+            _remember(machine, spec, spec_hash, served, gate_note, vllm)
     except Exception as exc:
-        _report_failure(machine, spec, spec_hash, exc, resolved.secrets)
+        _report_failure(machine, spec, spec_hash, exc, resolved.secrets, vllm)
         raise
-    result = _result(machine, spec, spec_hash, served, smoke, staged, warnings, started, gate, gate_note)
-    _report(result, spec, served)
+    result = _result(machine, spec, spec_hash, served, smoke, staged, warnings, started, gate, gate_note, vllm)
+    _report(result, spec, served, vllm)
     return result
 
 
+def _version_checks(spec: EngineSpec, vllm: VersionInfo) -> list[str]:
+    """Before anything starts: every flag the spec renders exists in this vLLM (`FlagUnavailable`
+    names the field to clear otherwise); what to know about the version and the ``extra_args``."""
+    spec.vllm_command(vllm.parsed)
+    flagged = extra_args_warnings(spec.extra_args, vllm.parsed)
+    for warning in flagged:
+        get_run_logger().warning("%s", warning)
+    return [*version_warnings(vllm), *flagged]
+
+
 def _remember(
-    machine: TargetMachine, spec: EngineSpec, spec_hash: str, served: Served | None, gate_note: str | None
+    machine: TargetMachine,
+    spec: EngineSpec,
+    spec_hash: str,
+    served: Served | None,
+    gate_note: str | None,
+    vllm: VersionInfo,
 ) -> None:
-    """Record the spec that serves (how it is degraded; a kept server keeps its note) as the last
-    healthy one; a person deployed, so the cap on failing recoveries starts again."""
+    """Record the spec that serves (how it is degraded; a kept server keeps its note) and its vLLM
+    as the last healthy one; a person deployed, so the cap on failing recoveries starts again."""
     note = served.degraded(spec) if served else last_healthy_record(machine.name).degraded
     degraded = "; ".join(filter(None, [note, gate_note])) or None
     if served is None:
-        record_healthy(machine.name, spec, spec_hash, degraded=degraded)
+        record_healthy(machine.name, spec, spec_hash, degraded=degraded, vllm_version=vllm.version)
     else:
         record_healthy(
-            machine.name, served.spec, served.spec_hash, degraded=degraded, kv_cache_tokens=served.kv_cache_tokens
+            machine.name,
+            served.spec,
+            served.spec_hash,
+            degraded=degraded,
+            kv_cache_tokens=served.kv_cache_tokens,
+            vllm_version=vllm.version,
         )
     clear_recover_runs(machine.name)
 
@@ -179,6 +210,7 @@ def _start(
     """Start the spec (with recovery); when it does not start, roll back to the last healthy spec."""
     machine, spec, secrets = resolved.machine, resolved.spec, resolved.secrets
     try:
+        # TODO(serve version): pass version=vllm.parsed once tasks/serve.py `serve` takes it
         return serve(resolved.docker_host, machine, spec, secrets, timeouts, recover=recover, limits=limits)
     except ServerDidNotStart as exc:
         # a healthy server was replaced: do not leave the target without one
@@ -256,9 +288,15 @@ def _roll_back(
             f"TARGET {machine.name} IS DOWN: the new spec {why} ({_first_line(failure)}) and the rollback to"
             f" {previous.spec_hash(machine)} failed too ({_first_line(exc)})"
         )
-    record_healthy(machine.name, served.spec, served.spec_hash, kv_cache_tokens=served.kv_cache_tokens)
+    logged = served.readiness.stats.version if served.readiness.stats else None
+    record_healthy(
+        machine.name, served.spec, served.spec_hash, kv_cache_tokens=served.kv_cache_tokens, vllm_version=logged
+    )
     emit_service_event(
-        machine.name, ServiceEvent.ROLLED_BACK, {"spec_hash": served.spec_hash, "failed_spec_hash": failed_hash}
+        machine.name,
+        ServiceEvent.ROLLED_BACK,
+        {"spec_hash": served.spec_hash, "failed_spec_hash": failed_hash},
+        vllm_version=logged,
     )
     return DeployFailed(
         f"rolled back: {machine.name} serves its last healthy spec {served.spec_hash} again; the new spec"
@@ -281,6 +319,7 @@ def _result(
     started: float,
     gate: GateResult | None,
     gate_note: str | None,
+    vllm: VersionInfo,
 ) -> DeployResult:
     readiness = served.readiness if served else None
     stats = readiness.stats if readiness else None
@@ -303,6 +342,7 @@ def _result(
         smoke_answer=smoke.chat_answer,
         smoke_latency_s=smoke.chat_latency_s,
         staged_commit=staged.commit if staged else None,
+        vllm_version=vllm.version,
         gate=gate,
         duration_s=round(time.monotonic() - started, 3),
         warnings=warnings,
@@ -310,14 +350,24 @@ def _result(
 
 
 def _report_failure(
-    machine: TargetMachine, spec: EngineSpec, spec_hash: str, exc: BaseException, secrets: ServerSecrets
+    machine: TargetMachine,
+    spec: EngineSpec,
+    spec_hash: str,
+    exc: BaseException,
+    secrets: ServerSecrets,
+    vllm: VersionInfo | None,
 ) -> None:
-    """A failed deploy still reports: the event for automations, an artifact for the operator."""
+    """A failed deploy still reports (with the vLLM when it was learnt before the failure): the event
+    for automations, an artifact for the operator."""
+    version = vllm.version if vllm else None
     message = scrub(str(exc), secrets.values)
     cause = getattr(exc, "cause", None) or getattr(exc.__cause__, "cause", None)
     kind = str(cause.kind) if cause is not None else type(exc).__name__
     emit_service_event(
-        machine.name, ServiceEvent.FAILED, {"kind": kind, "reason": message[:1000], "spec_hash": spec_hash}
+        machine.name,
+        ServiceEvent.FAILED,
+        {"kind": kind, "reason": message[:1000], "spec_hash": spec_hash},
+        vllm_version=version,
     )
     sections = {"What happened": fenced(message.splitlines())}
     if cause is not None:
@@ -325,15 +375,21 @@ def _report_failure(
     publish_report(
         artifact_key("deploy", machine.name),
         f"deploy-qwen on {machine.name}: FAILED: {_first_line(exc)[:160]}",
-        {"target": machine.name, "image": spec.image, "failure": kind},
+        {"target": machine.name, "image": spec.image, "vLLM": vllm.label() if vllm else None, "failure": kind},
         sections,
     )
     publish_outcome(
-        DeployOutcome(target=machine.name, verdict="failed", message=message[:500], endpoint=machine.endpoint)
+        DeployOutcome(
+            target=machine.name,
+            verdict="failed",
+            message=message[:500],
+            endpoint=machine.endpoint,
+            vllm_version=version,
+        )
     )
 
 
-def _report(result: DeployResult, spec: EngineSpec, served: Served | None) -> None:
+def _report(result: DeployResult, spec: EngineSpec, served: Served | None, vllm: VersionInfo) -> None:
     """A deploy that serves reports: the report artifact for the operator, the outcome for the flow
     that started it, the event for automations, one log line."""
     rows = {
@@ -342,6 +398,7 @@ def _report(result: DeployResult, spec: EngineSpec, served: Served | None) -> No
         "endpoint": result.endpoint,
         "served model": result.served_model,
         "image": result.image,
+        **version_rows(vllm),
         "container": result.container,
         "spec hash": result.spec_hash,
         "requested spec hash": result.requested_spec_hash if result.requested_spec_hash != result.spec_hash else None,
@@ -357,7 +414,7 @@ def _report(result: DeployResult, spec: EngineSpec, served: Served | None) -> No
     }
     if result.warnings:
         rows = {"warning": " ".join(result.warnings), **rows}
-    sections = {"Command": fenced([" ".join(spec.vllm_command())])}
+    sections = {"Command": fenced([" ".join(spec.vllm_command(vllm.parsed))])}
     if served and served.steps:
         sections["Recovery"] = "\n".join(f"- {s.klass.value}: {s.reason}" for s in served.steps)
     if result.gate is not None:
@@ -380,6 +437,7 @@ def _report(result: DeployResult, spec: EngineSpec, served: Served | None) -> No
         spec_hash=result.spec_hash,
         degraded=result.degraded,
         kv_cache_tokens=result.kv_cache_tokens,
+        vllm_version=result.vllm_version,
     )
     publish_report(
         artifact_key("deploy", result.target), f"deploy-qwen on {result.target}: {outcome.summary}", rows, sections
@@ -394,9 +452,11 @@ def _report(result: DeployResult, spec: EngineSpec, served: Served | None) -> No
             "served_model": result.served_model,
             "degraded": result.degraded or "",
         },
+        vllm_version=result.vllm_version,
     )
     get_run_logger().info(
-        "vLLM %s on %s: %s (served model %s)%s",
+        "%s %s on %s: %s (served model %s)%s",
+        vllm.label(),
         result.status,
         result.target,
         result.endpoint,

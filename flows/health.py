@@ -43,6 +43,7 @@ from tasks.state import (
     save_health_state,
 )
 from tasks.vllm.metrics import MetricsSnapshot, parse_metrics
+from tasks.vllm.versions import parse_vllm_version
 
 
 @flow(name="health-check", flow_run_name="health-{target}")
@@ -79,8 +80,10 @@ def health_check(
     server_id = container.container_id if container.exists and container.status == "running" else None
     memory = read_host_memory(resolved.docker_host, server_id, machine.meminfo_command) if server_id else None
 
+    # Which vLLM: the server's GET /version, else the last healthy server's word (its metric names).
+    vllm = endpoints.vllm_version or record.vllm_version
     # The verdict: the first rule of the table that matches, and every layer.
-    metrics = _snapshot(endpoints.metrics_text, now)
+    metrics = _snapshot(endpoints.metrics_text, now, vllm)
     observation = _observation(
         container,
         endpoints,
@@ -91,7 +94,7 @@ def health_check(
         record=record,
         now=now,
     )
-    report = evaluate(observation, thresholds)
+    report = evaluate(observation, thresholds).model_copy(update={"vllm_version": vllm})
 
     # Report: the state for the next check, the event (unhealthy triggers recover-vllm), the artifacts.
     since = _since(before, report)
@@ -100,6 +103,7 @@ def health_check(
         machine.name,
         ServiceEvent(report.verdict.value),
         {"layer": report.layer.value, "condition": report.condition.value, "reason": report.reason, "since": since},
+        vllm_version=vllm,
     )
     history_key = artifact_key("health-history", machine.name)
     history = [*health_history(machine.name, history_key), history_row(report, now)][-HEALTH_HISTORY:]
@@ -111,12 +115,17 @@ def health_check(
     return report
 
 
-def _snapshot(text: str | None, now: float) -> MetricsSnapshot | None:
-    """This check's /metrics numbers; None when the server gave none or not Prometheus text."""
+def _snapshot(text: str | None, now: float, vllm: str | None) -> MetricsSnapshot | None:
+    """This check's /metrics numbers, by the names of the server's vLLM (unknown: every version's);
+    None when the server gave none or not Prometheus text."""
     if not text:
         return None
     try:
-        return parse_metrics(text, now)
+        version = parse_vllm_version(vllm) if vllm else None
+    except ValueError:  # a record edited by hand: every version's names
+        version = None
+    try:
+        return parse_metrics(text, now, version)
     except ValueError:
         return None
 
@@ -200,6 +209,7 @@ def _publish(
         "deciding layer": report.layer.value,
         "endpoint": machine.endpoint,
         "served model": served,
+        "vLLM": report.vllm_version,
         "running spec": record.spec_hash,
         "degraded spec": record.degraded,
         "last healthy deploy or recovery": record.at.isoformat() if record.at else None,

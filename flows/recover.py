@@ -35,8 +35,17 @@ from tasks.recovery.cap import needs_operator
 from tasks.recovery.step import RecoveryLimits
 from tasks.report import artifact_key, publish_report
 from tasks.serve import Failure, ServerSecrets, StartFailed, load_target, serve
-from tasks.state import desired_state, recent_recoveries, record_healthy, record_recover_run, recover_runs
+from tasks.state import (
+    desired_state,
+    last_healthy_record,
+    recent_recoveries,
+    record_healthy,
+    record_recover_run,
+    recover_runs,
+)
 from tasks.vllm.failures import FailureKind, classify_failure, wedged_engine_cause
+from tasks.vllm.versions import VersionInfo
+from tasks.vllm_version import confirm_version, learn_vllm_version, recorded_version, version_rows
 
 
 class RecoverResult(BaseModel):
@@ -50,6 +59,7 @@ class RecoverResult(BaseModel):
     spec_hash: str | None = None
     degraded: str | None = None
     attempts: int = 0
+    vllm_version: str | None = None  # the vLLM that serves again (the server's word)
     duration_s: float
 
 
@@ -138,27 +148,37 @@ def _recover(
     wedged: bool,
 ) -> RecoverResult:
     """The recovery itself, inside the target's GPU lock (see the module docstring)."""
-    failure = _dead_server(machine, secrets, docker_host, limits, wedged)
+    # Which vLLM: the last healthy server's word for this image, else the image's own (tasks/vllm_version.py)
+    recorded = last_healthy_record(machine.name).vllm_version_of(spec.image)
+    vllm = recorded_version(spec.image, recorded) or learn_vllm_version(machine, spec.image)
+    failure = _dead_server(machine, secrets, docker_host, limits, wedged, vllm)
     kind = failure.cause.kind.value if failure else None
     # a killed server's memory can come back seconds after its container is gone (vllm 34643):
     # plan and start from the memory once it settled, not from what a dying process still held
     wait_for_release(machine, spec.image, spec.gpu_memory_utilization, timeout_s=release_timeout_s)
     history = recent_recoveries(machine.name)
     try:
+        # TODO(serve version): pass version=vllm.parsed once tasks/serve.py `serve` takes it
         served = serve(docker_host, machine, spec, secrets, timeouts, limits=limits, history=history, failure=failure)
     except StartFailed as exc:
         if exc.attempts:
-            _report(machine.name, f"recover-vllm on {machine.name}: FAILED", reason, kind, exc.steps, None)
+            _report(machine.name, f"recover-vllm on {machine.name}: FAILED", reason, kind, exc.steps, None, vllm)
             raise
         # the planner gave up on the dead server's failure itself: nothing was started
-        _report(machine.name, f"recover-vllm on {machine.name}: GAVE UP", reason, kind, exc.steps, None)
+        _report(machine.name, f"recover-vllm on {machine.name}: GAVE UP", reason, kind, exc.steps, None, vllm)
         raise RecoveryGaveUp(
             f"recover-vllm on {machine.name} gave up: [{kind}] {exc.cause.summary}\nNext step: {exc.next_step}"
         ) from None
+    vllm, _ = confirm_version(vllm, served.readiness.stats.version, machine.endpoint)
     smoke_inference(machine.endpoint, spec.served_name, secrets.api_key)
     degraded = served.degraded(spec)
     record_healthy(
-        machine.name, served.spec, served.spec_hash, degraded=degraded, kv_cache_tokens=served.kv_cache_tokens
+        machine.name,
+        served.spec,
+        served.spec_hash,
+        degraded=degraded,
+        kv_cache_tokens=served.kv_cache_tokens,
+        vllm_version=vllm.version,
     )
     record_recover_run(machine.name, time.time(), ended_healthy=True)
     result = RecoverResult(
@@ -170,6 +190,7 @@ def _recover(
         spec_hash=served.spec_hash,
         degraded=degraded,
         attempts=len(served.attempts),
+        vllm_version=vllm.version,
         duration_s=_since(started),
     )
     if not served.steps:  # serve() emits `recovered` itself when it planned
@@ -177,17 +198,23 @@ def _recover(
             machine.name,
             ServiceEvent.RECOVERED,
             {"classes": [], "failure": "", "spec_hash": served.spec_hash, "degraded": degraded or ""},
+            vllm_version=vllm.version,
         )
     title = f"recover-vllm on {machine.name}: recovered" + (" (DEGRADED)" if degraded else "")
-    _report(machine.name, title, reason, kind, served.steps, result)
+    _report(machine.name, title, reason, kind, served.steps, result, vllm)
     return result
 
 
 def _dead_server(
-    machine: TargetMachine, secrets: ServerSecrets, docker_host: DockerHost, limits: RecoveryLimits, wedged: bool
+    machine: TargetMachine,
+    secrets: ServerSecrets,
+    docker_host: DockerHost,
+    limits: RecoveryLimits,
+    wedged: bool,
+    vllm: VersionInfo,
 ) -> Failure | None:
-    """What docker says about our server (state, exit code, OOMKilled, log tail), classified, and the
-    server removed; None when there is none."""
+    """What docker says about our server (state, exit code, OOMKilled, log tail), classified by its
+    vLLM's texts, and the server removed; None when there is none."""
     state = inspect_server(docker_host, machine.name, secrets.values)
     if state is None:
         return None
@@ -197,6 +224,7 @@ def _dead_server(
         oom_killed=state.oom_killed,
         secrets=secrets.values,
         margin_gib=limits.margin_gib,
+        version=vllm.parsed,
     )
     if wedged and cause.kind is FailureKind.UNKNOWN:  # a hang prints nothing: the engine is as good as dead
         cause = wedged_engine_cause(cause.evidence)
@@ -209,9 +237,18 @@ def _since(started: float) -> float:
     return round(time.monotonic() - started, 3)
 
 
-def _report(target: str, title: str, reason: str, failure: str | None, steps, result: RecoverResult | None) -> None:
+def _report(
+    target: str,
+    title: str,
+    reason: str,
+    failure: str | None,
+    steps,
+    result: RecoverResult | None,
+    vllm: VersionInfo,
+) -> None:
     rows = {
         "target": target,
+        **version_rows(vllm),
         "reason": reason or None,
         "failure": failure,
         "spec hash": result.spec_hash if result else None,

@@ -23,6 +23,8 @@ EVENT_PREFIX = "vllm.service"
 #: (prefect.yaml's recover-vllm triggers: ``{{ event.payload.target }}``) instead of slicing the
 #: resource id.
 TARGET_KEY = "target"
+#: The payload key that names the vLLM the target runs (``0.10.1.1+381074ae.nv25.09``), where known.
+VLLM_VERSION_KEY = "vllm_version"
 
 
 class ServiceEvent(StrEnum):
@@ -72,7 +74,12 @@ def service_resource(target_name: str) -> dict[str, str]:
     return {"prefect.resource.id": service_resource_id(target_name), "prefect.resource.name": f"vLLM on {target_name}"}
 
 
-def emit_service_event(target_name: str, what: ServiceEvent | str, payload: dict[str, Any] | None = None) -> None:
+def emit_service_event(
+    target_name: str,
+    what: ServiceEvent | str,
+    payload: dict[str, Any] | None = None,
+    vllm_version: str | None = None,
+) -> None:
     """Emit ``vllm.service.<what>`` about the target's server; never put secrets in ``payload``.
 
     Every payload also carries the target's name under `TARGET_KEY`, so an automation reads the
@@ -82,10 +89,14 @@ def emit_service_event(target_name: str, what: ServiceEvent | str, payload: dict
         target_name: the TargetMachine's name (the resource is ``vllm.service.<target_name>``).
         what: a `ServiceEvent`, or its value as a string (e.g. "deployed").
         payload: JSON-able details (endpoint, spec hash, failure kind...).
+        vllm_version: the vLLM the target runs, when known (under `VLLM_VERSION_KEY`; left out
+            when unknown, so an automation can tell "unknown" from a version).
 
     Raises:
         ValueError: `what` is not in the vocabulary; refused before anything is emitted.
     """
     event = service_event(what)
     payload = {**(payload or {}), TARGET_KEY: target_name}
+    if vllm_version:
+        payload[VLLM_VERSION_KEY] = vllm_version
     emit_event(event=event.event, resource=service_resource(target_name), payload=payload)

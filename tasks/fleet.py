@@ -50,6 +50,7 @@ class DeployOutcome(BaseModel):
     spec_hash: str | None = None  # the spec that serves now (after recovery or a rollback)
     degraded: str | None = None  # "requested X, running Y, because Z" when recovery changed the spec
     kv_cache_tokens: int | None = None
+    vllm_version: str | None = None  # the vLLM that serves (the server's word, else what was learnt)
 
     @property
     def summary(self) -> str:
@@ -191,6 +192,7 @@ def fleet_row(
         "spec": spec_summary(record.spec),
         "degraded": record.degraded or "",
         "kv_cache_tokens": record.kv_cache_tokens,
+        "vllm": record.vllm_version or "",
         "last_health_check": last_check,
     }
 

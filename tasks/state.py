@@ -8,7 +8,8 @@ one edited by hand into nonsense, reads as "none recorded", never as a half-fill
 name is defined here, once:
 
 - `vllm-last-healthy-<target>` (`HealthyRecord`): the last spec that served (what a rollback
-  returns to), its hash, how recovery degraded it, its KV cache size;
+  returns to), its hash, how recovery degraded it, its KV cache size, the vLLM it ran (as the
+  server said it: recover-vllm's rules for the same image, the fleet table);
 - `vllm-recoveries-<target>` (`RecoveryStep`s): the recent recovery steps (the planner's history
   across runs);
 - `vllm-desired-<target>` (`DesiredState`): "running" (deploy-qwen, recover-vllm) or "stopped"
@@ -59,7 +60,12 @@ class HealthyRecord(BaseModel):
     spec_hash: str | None = None
     degraded: str | None = None  # "requested X, running Y, because Z" when recovery changed the spec
     kv_cache_tokens: int | None = None  # logged when the server started (kept while the same server serves)
+    vllm_version: str | None = None  # the vLLM it ran, as the server said it (0.10.1.1+381074ae.nv25.09)
     at: datetime | None = None
+
+    def vllm_version_of(self, image: str) -> str | None:
+        """The recorded vLLM when the recorded spec ran ``image`` (a version is a fact of an image)."""
+        return self.vllm_version if self.spec is not None and self.spec.image == image else None
 
     @field_validator("spec", mode="wrap")
     @classmethod
@@ -116,16 +122,27 @@ def last_healthy(target_name: str) -> EngineSpec | None:
 
 
 def record_healthy(
-    target_name: str, spec: EngineSpec, spec_hash: str, degraded: str | None = None, kv_cache_tokens: int | None = None
+    target_name: str,
+    spec: EngineSpec,
+    spec_hash: str,
+    degraded: str | None = None,
+    kv_cache_tokens: int | None = None,
+    vllm_version: str | None = None,
 ) -> None:
     """Record the spec that serves now (for a rollback; ``degraded``: "requested X, running Y,
     because Z" when recovery changed it; its KV cache size when this run started it, for the fleet
-    view), and that the target should be running."""
+    view; the vLLM it runs), and that the target should be running."""
     previous = last_healthy_record(target_name)
-    if kv_cache_tokens is None and previous.spec_hash == spec_hash:
-        kv_cache_tokens = previous.kv_cache_tokens  # the same server, kept: its size is unchanged
+    if previous.spec_hash == spec_hash:  # the same server, kept: what it logged at its start is unchanged
+        kv_cache_tokens = kv_cache_tokens if kv_cache_tokens is not None else previous.kv_cache_tokens
+        vllm_version = vllm_version or previous.vllm_version
     record = HealthyRecord(
-        spec=spec, spec_hash=spec_hash, degraded=degraded, kv_cache_tokens=kv_cache_tokens, at=datetime.now(UTC)
+        spec=spec,
+        spec_hash=spec_hash,
+        degraded=degraded,
+        kv_cache_tokens=kv_cache_tokens,
+        vllm_version=vllm_version,
+        at=datetime.now(UTC),
     )
     value = record.model_dump(mode="json", exclude={"spec"})
     value["spec"] = spec.model_dump(mode="json", include=set(EngineSpec.model_fields))  # the fields, not the block's

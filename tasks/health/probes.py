@@ -2,8 +2,9 @@
 what the host has left. Each is a task that takes values and changes nothing; the verdict is the
 pure `tasks.health.verdict.evaluate`.
 
-A check is cheap by design: one docker inspect, four small HTTP requests (/health, /v1/models, one
-16-token completion, /metrics) and one `docker exec` of the meminfo command in the running server.
+A check is cheap by design: one docker inspect, five small HTTP requests (/health, /version,
+/v1/models, one 16-token completion, /metrics) and one `docker exec` of the meminfo command in the
+running server.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tasks.container import docker_client, managed_containers
 from tasks.inference import completion_request, contains_expected, visible_answer
 from tasks.memory import MemInfo, MemoryReadError, exec_meminfo
 from tasks.vllm.api import COMPLETIONS_PATH, HEALTH_PATH, METRICS_PATH, auth_headers, lists_model
+from tasks.vllm_version import read_server_version
 
 
 class ContainerFacts(BaseModel):
@@ -46,6 +48,7 @@ class EndpointFacts(BaseModel):
     answer: str | None = None
     answer_latency_s: float | None = None
     metrics_text: str | None = None
+    vllm_version: str | None = None  # ``GET /version`` (None: no answer)
 
 
 @task(name="inspect-container", cache_policy=NO_CACHE, task_run_name="inspect-container {target_name}")
@@ -71,7 +74,8 @@ def inspect_container(docker_host: DockerHost, target_name: str) -> ContainerFac
 
 @task(name="probe-endpoints", cache_policy=NO_CACHE, task_run_name="probe-endpoints {base_url}")
 def probe_endpoints(base_url: str, served_name: str, api_key: str | None, timeout_s: float = 10.0) -> EndpointFacts:
-    """/health, then (only when it answers 200) /v1/models, one tiny completion and /metrics.
+    """/health, then (whenever the API server answers) /version, then (only when /health answers 200)
+    /v1/models, one tiny completion and /metrics.
 
     vLLM accepts no connection while it loads: no answer is a fact ("starting" or dead, the verdict
     decides from the container's age), not an error.
@@ -84,6 +88,7 @@ def probe_endpoints(base_url: str, served_name: str, api_key: str | None, timeou
             facts.health_latency_s = round(time.perf_counter() - started, 4)
         except httpx.HTTPError:
             return facts
+        facts.vllm_version = read_server_version(http)  # which vLLM: names the report, picks the metric names
         if facts.health_status != 200:
             return facts
         facts.models_listed = lists_model(http, served_name)

@@ -522,6 +522,8 @@ class HealthReport(BaseModel):
     layers: list[LayerResult]
     #: the observation's ``now``.
     at: float
+    #: the vLLM the server runs (``GET /version``, else the last healthy record's); None: unknown.
+    vllm_version: str | None = None
 
     def markdown(self) -> str:
         """The report for a markdown artifact: the verdict and reason, then one line per layer."""
