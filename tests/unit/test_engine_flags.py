@@ -1,0 +1,101 @@
+"""`ENGINE_FLAGS` by vLLM version: every flag cited in each inspected vLLM, the runbook's command the
+same in all six, a flag a version lacks refused before the start (naming the field to clear), a
+renamed flag rendered as that version spells it, and ``extra_args`` left as the operator wrote them."""
+
+from __future__ import annotations
+
+import pytest
+from packaging.version import Version
+
+from blocks.engine import (
+    ENGINE_FLAGS,
+    KNOWN_FLAGS,
+    MANAGED_FLAGS,
+    CliFlag,
+    EngineSpec,
+    FlagKind,
+    FlagUnavailable,
+    extra_args_warnings,
+)
+from tasks.vllm.versions import NGC_IMAGES, Variant
+
+INSPECTED = ("0.10.1.1", "0.10.2", "0.11.1", "0.17.1", "0.20.1", "0.31.0")
+EVERYTHING_ON = EngineSpec(
+    model="Qwen/Qwen3-32B",
+    served_model_name="qwen3",
+    revision="abc",
+    quantization="fp8",
+    enable_prefix_caching=False,
+    enable_chunked_prefill=False,
+    trust_remote_code=False,
+    max_num_batched_tokens=32768,
+    container_port=8001,
+)
+
+
+def test_every_flag_is_cited_in_every_inspected_version():
+    for flag in ENGINE_FLAGS:
+        sources = " ".join(v.source for v in flag.spelled)
+        assert all(f"({version}" in sources or f", {version}" in sources for version in INSPECTED), flag.field
+
+
+@pytest.mark.parametrize("version", sorted({i.vllm for i in NGC_IMAGES} | set(INSPECTED) | {"0.13.0", "0.24.1"}))
+def test_every_field_renders_in_every_version_of_the_ngc_images(version):
+    """All flags of the table are in 0.10.1.1 to 0.31.0 (vllm/engine/arg_utils.py of each): the
+    runbook's command and a spec with every optional flag render the same for every version."""
+    assert EngineSpec().vllm_command(Version(version)) == EngineSpec().vllm_command()
+    assert EVERYTHING_ON.vllm_command(Version(version)) == EVERYTHING_ON.vllm_command()
+    assert "--no-enable-chunked-prefill" in EVERYTHING_ON.vllm_command(Version(version))
+
+
+def test_a_flag_a_version_lacks_is_refused_before_the_start_with_the_field_to_clear():
+    gone = CliFlag("revision", FlagKind.OPTIONAL, (Variant("<0.17.1", "--revision", "test"),))
+    assert gone.render(EngineSpec(revision="abc"), Version("0.11.1")) == ["--revision", "abc"]
+    assert gone.render(EngineSpec(), Version("0.31.0")) == []  # left at vLLM's default: nothing to render
+    with pytest.raises(FlagUnavailable) as refused:
+        gone.render(EngineSpec(revision="abc"), Version("0.31.0"))
+    message = str(refused.value)
+    assert (
+        "--revision" in message
+        and "0.31.0" in message
+        and "<0.17.1" in message
+        and "clear or reset revision" in message
+    )
+
+
+def test_a_renamed_flag_renders_as_each_version_spells_it():
+    renamed = CliFlag(
+        "enable_prefix_caching",
+        FlagKind.SWITCH,
+        (Variant("<0.17.1", "--old-caching", "test"), Variant(">=0.17.1", "--enable-prefix-caching", "test")),
+    )
+    spec = EngineSpec(enable_prefix_caching=False)
+    assert renamed.render(spec, Version("0.10.2")) == ["--no-old-caching"]
+    assert renamed.render(spec, Version("0.20.1")) == ["--no-enable-prefix-caching"]
+    assert renamed.flag == "--old-caching"  # the runbook's 0.10.1.1 spelling
+    assert set(renamed.spellings) == {
+        "--old-caching",
+        "--no-old-caching",
+        "--enable-prefix-caching",
+        "--no-enable-prefix-caching",
+    }
+
+
+def test_managed_flags_are_every_spelling_of_the_table():
+    assert set(MANAGED_FLAGS) == {s for f in ENGINE_FLAGS for s in f.spellings}
+    assert {"--no-trust-remote-code", "--no-enable-prefix-caching", "--port"} <= set(MANAGED_FLAGS)
+
+
+@pytest.mark.parametrize(
+    ("flag", "absent_in", "present_in"),
+    [("--disable-log-requests", "0.17.1", "0.11.1"), ("--safetensors-load-strategy", "0.10.1.1", "0.10.2")],
+)
+def test_extra_args_the_version_lacks_are_a_warning_and_stay_as_written(flag, absent_in, present_in):
+    args = [f"{flag}=eager" if "safetensors" in flag else flag]
+    spec = EngineSpec(extra_args=args)
+    (warning,) = extra_args_warnings(spec.extra_args, Version(absent_in))
+    assert flag in warning and absent_in in warning and "drop it" in warning
+    assert extra_args_warnings(spec.extra_args, Version(present_in)) == []
+    assert extra_args_warnings(spec.extra_args, None) == []
+    assert spec.vllm_command(Version(absent_in))[-1] == args[-1]  # the operator's, untouched
+    assert {k.flag for k in KNOWN_FLAGS} >= {flag}
