@@ -20,10 +20,14 @@ from sim.vllm.vllm_sim.ledger import Ledger
 from tasks.memory import NotEnoughMemory, read_meminfo
 from tasks.preflight import PreflightFailed
 from tasks.readiness import ReadinessFailed, ReadinessTimeouts, wait_until_ready
+from tasks.report import artifact_key
 from tasks.serve import StartFailed
+from tasks.state import last_healthy_record
 from tasks.vllm.failures import FailureCause, FailureKind
+from tasks.vllm.versions import RUNBOOK_VERSION
+from tasks.vllm_version import learn_vllm_version
 from tests.integration.conftest import TEST_API_KEY, TEST_LABELS, TEST_TOKEN, target_containers
-from tests.integration.prefect_reads import flow_run_artifacts, flow_run_logs, flush_logs
+from tests.integration.prefect_reads import flow_run_artifacts, flow_run_logs, flush_logs, latest_artifact
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +46,11 @@ def test_deploy_then_noop_then_replace_then_stop(make_sim_target, docker_client)
     assert first.status == "deployed"
     assert first.smoke_answer and "204" in first.smoke_answer
     assert first.kv_cache_tokens and 200_000 < first.kv_cache_tokens < 300_000
+    # which vLLM: learnt before the start (the imitation's probe fails today: assumed), the server's word wins
+    assert first.vllm_version == httpx.get(f"{first.endpoint}/version").json()["version"]
+    report = latest_artifact(artifact_key("deploy", target.name)).data
+    assert f"vLLM {first.vllm_version} (server" in report
+    assert last_healthy_record(target.name).vllm_version == first.vllm_version
     models = httpx.get(f"{first.endpoint}/v1/models").json()
     assert models["data"][0]["id"] == "Qwen/Qwen3-32B-FP8"
     [container] = target_containers(docker_client, target.name)
@@ -51,7 +60,7 @@ def test_deploy_then_noop_then_replace_then_stop(make_sim_target, docker_client)
 
     state, _ = run(deploy_qwen, target=target.name)
     second = state.result()
-    assert second.status == "unchanged"
+    assert second.status == "unchanged" and second.vllm_version == first.vllm_version  # GET /version
     [same] = target_containers(docker_client, target.name)
     assert same.id == container.id
 
@@ -219,6 +228,27 @@ def test_missing_gpu_runtime_fails_in_preflight(make_sim_target, docker_client):
     assert state.is_failed()
     assert "NVIDIA Container Toolkit" in _preflight_problems(state)
     assert target_containers(docker_client, target.name) == []
+
+
+def test_an_image_that_cannot_say_its_vllm_falls_back_to_the_ngc_tag_then_to_the_runbook_s(
+    make_sim_target, docker_client
+):
+    """The probe in a throwaway container of an image without vllm (the imitations' base image) fails;
+    under an NGC vLLM tag the release notes' table answers, under any other name the runbook's
+    version is assumed, with the command that checks it. Nothing is left running."""
+    target = make_sim_target()
+    base = "spark-vllm/sim-base:bookworm"
+    ngc_like = f"localhost/{target.name}/nvidia/vllm:26.10-py3"  # matches the NGC table, local only
+    docker_client.images.get(base).tag(ngc_like)
+    probe = flow(name="probe-vllm-version")(lambda image: learn_vllm_version(target, image))
+    try:
+        tagged, assumed = probe(ngc_like), probe(base)
+    finally:
+        docker_client.images.remove(ngc_like, noprune=True)
+    assert (tagged.source, tagged.version) == ("ngc-tag", "0.31.0") and "could not be read" in tagged.note
+    assert (assumed.source, assumed.version) == ("assumed", str(RUNBOOK_VERSION))
+    assert f"docker run --rm --entrypoint '' {base} python3 -c" in assumed.note
+    assert not docker_client.containers.list(all=True, filters={"ancestor": base})
 
 
 def test_secrets_never_reach_logs_or_artifacts(make_sim_target, docker_client):

@@ -38,6 +38,9 @@ def test_a_deployed_server_is_healthy_and_the_check_is_published(make_sim_target
     }
     artifacts = " ".join(flow_run_artifacts(state.state_details.flow_run_id))
     assert f"{target.name}: healthy" in artifacts and "deciding layer" in artifacts
+    # which vLLM: the server's GET /version, in the verdict and the status artifact
+    running = httpx.get(f"{target.endpoint}/version").json()["version"]
+    assert report.vllm_version == running and f"| vLLM | {running} |" in artifacts
     for _ in range(13):  # past the point where a growing Variable hit Prefect's 5,000-character limit
         again = health_check(target=target.name)
         assert again.verdict is Verdict.HEALTHY

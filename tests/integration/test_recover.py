@@ -187,6 +187,8 @@ def test_recover_vllm_brings_back_a_removed_server(project_target, docker_client
     result = recover_vllm(target=target.name, reason="test: server removed")
     assert result.status == "recovered" and result.degraded is None
     assert httpx.get(f"{target.endpoint}/health").status_code == 200
+    # the version came from the last healthy record (same image), and the server confirmed it
+    assert result.vllm_version == httpx.get(f"{target.endpoint}/version").json()["version"]
     again = recover_vllm(target=target.name, reason="test: a second event for the same outage")
     assert again.status == "serving"  # nothing to do: it serves
 
