@@ -17,6 +17,7 @@ from typing import Any
 
 import docker.types
 import yaml
+from packaging.version import Version
 
 from blocks.engine import EngineSpec
 from blocks.shared import (
@@ -145,16 +146,19 @@ def container_kwargs(
     *,
     secret_env: Mapping[str, Any] | None = None,
     labels: Mapping[str, str] | None = None,
+    version: Version | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for docker-py `client.containers.create(**kw)` / `.run(**kw)`.
 
     `secret_env` comes from `secret_environment(...)`; `labels` default to
-    `container_labels(spec, target)`. The runbook implies no ipc/shm settings, so none are set.
+    `container_labels(spec, target)`; `version` is the vLLM of the image (the command has the
+    flags as it spells them; `FlagUnavailable` when a field needs one it lacks; None: the
+    runbook's). The runbook implies no ipc/shm settings, so none are set.
     """
     spec = target.apply_to(spec)
     kw: dict[str, Any] = {
         "image": spec.image,
-        "command": spec.vllm_command(),
+        "command": spec.vllm_command(version),
         "name": spec.container_name,
         "detach": True,
         "ports": {f"{spec.container_port}/tcp": (target.publish_host, target.host_port)},
@@ -251,8 +255,9 @@ def _arg(text: str) -> str:
     return text if isinstance(loaded, str) and loaded == text else _Quoted(text)
 
 
-def compose_service(spec: EngineSpec, target: TargetMachine) -> dict[str, Any]:
-    """The compose service as a plain dict (the structure `compose_yaml` writes)."""
+def compose_service(spec: EngineSpec, target: TargetMachine, version: Version | None = None) -> dict[str, Any]:
+    """The compose service as a plain dict (the structure `compose_yaml` writes), its command for
+    the vLLM ``version`` (None: the runbook's)."""
     spec = target.apply_to(spec)
     host_port = f"{target.host_port}:{spec.container_port}"
     if target.publish_host != "0.0.0.0":
@@ -275,7 +280,7 @@ def compose_service(spec: EngineSpec, target: TargetMachine) -> dict[str, Any]:
         "restart": spec.restart_policy,
         "ports": [_Quoted(host_port)],
         "environment": environment,
-        "command": [_arg(arg) for arg in spec.vllm_command()],
+        "command": [_arg(arg) for arg in spec.vllm_command(version)],
         "volumes": volumes,
     }
     if target.gpus == "all":
@@ -287,10 +292,10 @@ def compose_service(spec: EngineSpec, target: TargetMachine) -> dict[str, Any]:
     return service
 
 
-def compose_yaml(spec: EngineSpec, target: TargetMachine) -> str:
+def compose_yaml(spec: EngineSpec, target: TargetMachine, version: Version | None = None) -> str:
     """The equivalent docker compose file: the runbook's service plus `HF_HUB_OFFLINE` and
     `HF_HUB_CACHE`. Secrets stay `${VAR}` references to the `.env` file, as in the runbook."""
-    document = {"services": {target.apply_to(spec).container_name: compose_service(spec, target)}}
+    document = {"services": {target.apply_to(spec).container_name: compose_service(spec, target, version)}}
     header = (
         f"# Rendered by spark-vllm from the engine spec and target {target.name!r}.\n"
         "# The runbook's compose service plus HF_HUB_OFFLINE/HF_HUB_CACHE (start offline from the\n"

@@ -17,6 +17,8 @@ from blocks.engine import (
     FlagUnavailable,
     extra_args_warnings,
 )
+from blocks.render import compose_yaml, container_kwargs
+from blocks.target import TargetMachine
 from tasks.vllm.versions import NGC_IMAGES, Variant
 
 INSPECTED = ("0.10.1.1", "0.10.2", "0.11.1", "0.17.1", "0.20.1", "0.31.0")
@@ -99,3 +101,11 @@ def test_extra_args_the_version_lacks_are_a_warning_and_stay_as_written(flag, ab
     assert extra_args_warnings(spec.extra_args, None) == []
     assert spec.vllm_command(Version(absent_in))[-1] == args[-1]  # the operator's, untouched
     assert {k.flag for k in KNOWN_FLAGS} >= {flag}
+
+
+def test_the_container_and_the_compose_file_render_the_command_for_the_image_s_vllm():
+    spark = TargetMachine(name="spark")
+    for version in INSPECTED:
+        kw = container_kwargs(EVERYTHING_ON, spark, version=Version(version))
+        assert kw["command"] == EVERYTHING_ON.vllm_command(Version(version))
+        assert "--no-enable-chunked-prefill" in compose_yaml(EVERYTHING_ON, spark, Version(version))
