@@ -136,7 +136,7 @@ def deploy_qwen(
             # The server's own word on its vLLM (its log's version line, else GET /version) wins.
             logged = served.readiness.stats.version if served and served.readiness.stats else None
             vllm, mismatch = confirm_version(vllm, logged, machine.endpoint)
-            warnings += [mismatch] if mismatch else []
+            warnings += [*version_warnings(vllm), *([mismatch] if mismatch else [])]
             # "Test inference", checked instead of read by eye.
             smoke = _smoke(resolved, served)
             # The spec's benchmark gate, on a server this run started (a kept one passed it already).
@@ -153,12 +153,13 @@ def deploy_qwen(
 
 def _version_checks(spec: EngineSpec, vllm: VersionInfo) -> list[str]:
     """Before anything starts: every flag the spec renders exists in this vLLM (`FlagUnavailable`
-    names the field to clear otherwise); what to know about the version and the ``extra_args``."""
+    names the field to clear otherwise); what to know about the ``extra_args`` on it. (What to know
+    about the version itself waits for the server's word: an assumption it confirms is no warning.)"""
     spec.vllm_command(vllm.parsed)
     flagged = extra_args_warnings(spec.extra_args, vllm.parsed)
     for warning in flagged:
         get_run_logger().warning("%s", warning)
-    return [*version_warnings(vllm), *flagged]
+    return flagged
 
 
 def _remember(
@@ -375,7 +376,7 @@ def _report_failure(
     publish_report(
         artifact_key("deploy", machine.name),
         f"deploy-qwen on {machine.name}: FAILED: {_first_line(exc)[:160]}",
-        {"target": machine.name, "image": spec.image, "vLLM": vllm.label() if vllm else None, "failure": kind},
+        {"target": machine.name, "image": spec.image, **version_rows(vllm), "failure": kind},
         sections,
     )
     publish_outcome(
