@@ -38,6 +38,7 @@ from tasks.locks import gpu_lock
 from tasks.readiness import endpoint_ready
 from tasks.serve import load_target
 from tasks.state import last_healthy_record
+from tasks.vllm_version import fetch_server_version
 
 DEFAULT_RESULTS_DIR = "~/spark-vllm/bench-results"
 
@@ -130,16 +131,19 @@ def _bench_running(
                 f"run `prefect deployment run deploy-qwen/{machine.name}` first, or health-check to see why"
             )
         levels = sweep_levels(concurrencies, request_rates, spec.max_num_seqs)
+        # which vLLM is measured: figures of two versions are not the same server's
+        vllm = fetch_server_version(machine.endpoint) or record.vllm_version or "unknown"
         get_run_logger().info(
-            "benchmarking %s (%s, spec %s): levels %s",
+            "benchmarking %s (%s, spec %s, vLLM %s): levels %s",
             machine.name,
             spec.served_name,
             spec_hash,
+            vllm,
             ", ".join(lv.label for lv in levels),
         )
         return bench_levels(
             machine.name,
-            label or f"spec {spec_hash or 'unknown'}",
+            label or f"spec {spec_hash or 'unknown'}, vLLM {vllm}",
             machine.endpoint,
             spec.served_name,
             secrets.api_key,

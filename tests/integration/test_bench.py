@@ -54,6 +54,8 @@ def test_bench_sweep_measures_queueing_and_agrees_with_the_server(make_sim_targe
     run_id = state.state_details.flow_run_id
     one, eight = report.levels
     assert (one.label, eight.label) == ("1", "8 (> max-num-seqs 4)")
+    running = httpx.get(f"{target.endpoint}/version").json()["version"]
+    assert report.series.endswith(f", vLLM {running}")  # the figures name the vLLM they measured
     for level in (one, eight):
         m = level.metrics
         assert (m.completed, m.failed, m.total_output, m.total_input) == (8, 0, 8 * 12, 8 * 48)
