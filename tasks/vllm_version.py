@@ -116,14 +116,16 @@ def learn_vllm_version(machine: TargetMachine, image: str) -> VersionInfo:
         with docker_client(machine.docker_host()) as client:
             output = client.containers.run(**helper_container_kwargs(machine, image, list(VERSION_PROBE)))
         probed = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
-    except ContainerError as exc:
-        error = f"`{' '.join(VERSION_PROBE)}` exited {exc.exit_status}"
+    except ContainerError as exc:  # docker-py keeps the container's stderr: its last line says why
+        said = (exc.stderr or b"").decode("utf-8", "replace").strip().splitlines()[-1:]
+        error = f"`{' '.join(VERSION_PROBE)}` exited {exc.exit_status}" + (f": {said[0][:200]}" if said else "")
     except (APIError, ImageNotFound, ConnectionError) as exc:
         error = str(getattr(exc, "explanation", None) or exc).splitlines()[0][:200]
     info = version_before_start(image, probed, error)
     if info.source == "assumed":
-        logger.warning("vLLM of %s unknown: %s", image, info.note)
-    logger.info("%s runs %s", image, info.label())
+        logger.warning("%s: %s", info.label(), info.note)
+    else:
+        logger.info("%s runs %s", image, info.label())
     return info
 
 

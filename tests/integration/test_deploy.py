@@ -248,6 +248,7 @@ def test_an_image_that_cannot_say_its_vllm_falls_back_to_the_ngc_tag_then_to_the
     assert (tagged.source, tagged.version) == ("ngc-tag", "0.31.0") and "could not be read" in tagged.note
     assert (assumed.source, assumed.version) == ("assumed", str(RUNBOOK_VERSION))
     assert f"docker run --rm --entrypoint '' {base} python3 -c" in assumed.note
+    assert "No module named 'vllm'" in assumed.note  # the probe's own stderr says why
     assert not docker_client.containers.list(all=True, filters={"ancestor": base})
 
 
