@@ -1,6 +1,6 @@
 """Why a vLLM server failed: one table of failure rules, tried in priority order.
 
-vLLM (0.10.1.1 in ``nvcr.io/nvidia/vllm:25.09-py3``) has no failure codes: a start that fails prints
+vLLM (0.10.1.1 in ``nvcr.io/nvidia/vllm:25.09-py3`` to 0.31.0 in 26.10) has no failure codes: a start that fails prints
 a traceback, the API server adds ``RuntimeError: Engine core initialization failed. See root cause
 above.``, and the container exits. The cause is in the exact error texts (tests/data/logs/ holds recorded examples)
 and, when the kernel killed the container, only in docker's ``State`` (``ExitCode`` 137,
@@ -17,6 +17,15 @@ its texts: a fixed ``summary``/``fix``, or a ``build`` function that computes th
 error's numbers. Order matters because one failure prints several errors: the root cause must win
 over its consequences; each rule's ``why`` in the table says why it sits where it does.
 
+Versions
+--------
+Given the server's vLLM (``classify_failure(..., version=...)``), a rule matches only the texts that
+version prints: a pattern that is a `Variant` holds for its range (``Free memory on device cuda:0``
+from 0.17.1; ``MPClient: engine core exited unexpectedly`` in 0.31), a plain one for every version;
+unknown, every text is matched. The fixes follow what the version's free-memory check reads
+(`tasks.vllm.versions.FREE_MEMORY`): before 0.11.1 the page cache counts as used and dropping it is
+the fix; from 0.11.1 it does not, so the fixes never send the operator to drop caches there.
+
 The ``RuntimeError: Engine core initialization failed`` line is context, never a kind: it follows
 every startup failure, so it is added to the evidence of the kind that matched.
 
@@ -29,7 +38,8 @@ Adding a kind
 -------------
 Add a member to `FailureKind` and one `FailureRule` to `RULES` at its place in the order, with its
 patterns, its texts (a ``build`` function when the texts need the error's numbers), its ``why`` and its
-``source`` (the vLLM file:line that prints each text, read from vLLM 0.10.1.1's wheel),
+``source`` (the vLLM file:line that prints each text in each inspected version, read from their wheels;
+a text that differs between versions becomes one `Variant` per form),
 and add a recorded log to ``tests/data/logs/`` for it. Nothing else: the table is checked at import
 (each kind read from logs exactly once, the catch-all last).
 """
@@ -56,7 +66,7 @@ from tasks.vllm.logs import (
     strip_ansi,
     strip_prefix,
 )
-from tasks.vllm.versions import FREE_MEMORY, FreeMemory, Variant, select, variants_for
+from tasks.vllm.versions import DEAD_ENGINE_HEALTH, FREE_MEMORY, FreeMemory, Variant, select, variants_for
 
 __all__ = [
     "MAX_EVIDENCE",
@@ -507,9 +517,10 @@ def _cuda_oom(hit: Hit) -> Diagnosis:
 
 def _engine_dead(hit: Hit) -> Diagnosis:
     when = "after the server was ready" if hit.ready else "during startup"
+    health = " or ".join(str(code) for code in variants_for(DEAD_ENGINE_HEALTH, hit.version))
     return Diagnosis(
         summary=(
-            f"the engine core process died {when}; the API server stops serving (500 in 0.10.x, 503 in 0.11+) and exits"
+            f"the engine core process died {when}; the API server stops serving (/health answers {health}) and exits"
         ),
         fix=(
             "Read the lines before the evidence for the root cause, then recover (restart the container: the "
@@ -678,7 +689,7 @@ RULES: tuple[FailureRule, ...] = (
         source=(
             "`Error Internal`: CUTLASS's cutlassGetStatusString(kErrorInternal), raised by vLLM's C++ CUTLASS_CHECK "
             "macro (csrc/cutlass_extensions/common.hpp; C++, not in the wheel: no line); `cutlass_scaled_mm failed`: "
-            "not found in vllm 0.10.1.1 source (its .py files; the runbook's symptom text)"
+            "not in the .py files of any inspected vLLM (0.10.1.1 to 0.31.0; the runbook's symptom text)"
         ),
     ),
     FailureRule(

@@ -520,6 +520,8 @@ def test_a_0_31_engine_death_is_classified():
     cause = classify_failure(log("engine_dead_v031.log"), version=Version("0.31.0"))
     assert cause.kind is FailureKind.ENGINE_DEAD and cause.numbers["after_ready"] == 1.0
     assert any("MPClient: engine core exited unexpectedly" in line for line in cause.evidence)
+    assert "/health answers 503" in cause.summary  # versions.py DEAD_ENGINE_HEALTH
+    assert "/health answers 500 or 503" in classify_failure(log("engine_dead_v031.log")).summary  # unknown
     only_the_monitor = [line for line in log("engine_dead_v031.log") if "EngineDead" not in line]
     only_the_monitor = [line for line in only_the_monitor if "output_handler" not in line]
     assert classify_failure(only_the_monitor, version=Version("0.31.0")).kind is FailureKind.ENGINE_DEAD
