@@ -372,7 +372,8 @@ GRAMMAR: tuple[LinePattern, ...] = (
             "vllm/entrypoints/utils.py:282 (0.17.1), :279 (0.20.1); "
             "vllm/entrypoints/serve/utils/api_utils.py:327 (0.31.0)",
         ),
-        # ... else an ASCII logo, one logged line per row, `version %s` beside its second row
+        # ... else an ASCII logo, one logged line per row, `version %s` beside its second row: monochrome
+        # under docker without a tty (the `newline` formatter), with ANSI colours (stripped) under a tty
         _form(
             ">=0.17.1",
             r"^[\s█▀▄]+version (?P<version>\S+)$",
@@ -739,7 +740,8 @@ class StartupTracker:
         return [e for e in (self.feed(line) for line in lines) if e is not None]
 
 
-def summarize_startup(lines: Iterable[str]) -> StartupStats:
-    tracker = StartupTracker()
+def summarize_startup(lines: Iterable[str], version: Version | None = None) -> StartupStats:
+    """The startup numbers of a whole log (read with ``version``'s forms; every form when None)."""
+    tracker = StartupTracker(version=version)
     tracker.feed_all(lines)
     return tracker.stats
