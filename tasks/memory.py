@@ -359,11 +359,15 @@ def room_for_start(
         seen, info.total_gib, utilization, margin_gib, page_cache_gib=after_drop - seen, version=version
     )
     fits = cause.numbers["suggested_utilization"]
+    cache = (
+        f" ({info.droppable_gib:.1f} GiB droppable page cache, {info.shmem_gib:.1f} GiB shared memory)"
+        if after_drop > seen
+        else ""
+    )
     raise NotEnoughMemory(
-        f"only {seen:.1f} of {info.total_gib:.1f} GiB is {_reads(free_memory)} ({info.droppable_gib:.1f} GiB"
-        f" droppable page cache, {info.shmem_gib:.1f} GiB shared memory); a start at gpu_memory_utilization"
-        f" {utilization:.2f} needs {need:.1f} GiB. Other processes hold the rest: stop them (`docker ps`;"
-        " the runbook's `docker system prune -f`), or deploy with a lower utilization, e.g."
+        f"only {seen:.1f} of {info.total_gib:.1f} GiB is {_reads(free_memory)}{cache}; a start at"
+        f" gpu_memory_utilization {utilization:.2f} needs {need:.1f} GiB. Other processes hold the rest: stop them"
+        " (`docker ps`; the runbook's `docker system prune -f`), or deploy with a lower utilization, e.g."
         f' overrides={{"gpu_memory_utilization": {fits:.2f}}}.',
         info,
         utilization,

@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 _HOLDERS = "(`docker ps`, `ps aux --sort=-rss`)"
+#: Failures that come after vLLM read the weights (its KV sizing): they are in the page cache now.
+_READ_THE_WEIGHTS = frozenset({FailureKind.KV_TOO_SMALL, FailureKind.NO_KV_MEMORY})
 
 
 @dataclass(frozen=True)
@@ -133,13 +135,14 @@ class Case:
     def retry_model(self, drop: bool) -> RecoveryLimits:
         """The limits whose KV model predicts the retry: a cold start's (`KvModel.cold`) when this vLLM
         charges the page cache its load fills (MemFree versions, vllm issue 35920) and the retry reads
-        the weights cold: the step drops the cache, or meminfo does not show the weights cached (or
-        no meminfo: the conservative side)."""
+        the weights cold: the step drops the cache, or the failed start did not read them and meminfo
+        shows less page cache than they take. Without meminfo the retry is predicted warm, as the
+        runbook's measured KV cache (the model's reference) was."""
         if self.free_memory is FreeMemory.MEM_AVAILABLE:
             return self.limits
         mi = self.meminfo
-        cold = drop or mi is None or mi.droppable_gib < self.limits.weights_gib
-        return self.limits.cold() if cold else self.limits
+        cached = self.cause.kind in _READ_THE_WEIGHTS or mi is None or mi.droppable_gib >= self.limits.weights_gib
+        return self.limits.cold() if drop or not cached else self.limits
 
     def best_free(self) -> tuple[float, float, bool, str]:
         """The most memory a start can count on, by the measure that shows most.

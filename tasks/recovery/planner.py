@@ -282,8 +282,9 @@ def _raise_for(case: Case, missing: float | None, total: float | None) -> tuple[
     warm = ceil_utilization(case.util + missing / total)
     if not case.drop_needed_for(warm):
         return warm, False
-    cold = case.retry_model(True).charged_page_cache_gib
-    return ceil_utilization(case.util + (missing + cold) / total), True
+    cold = ceil_utilization(case.util + (missing + case.retry_model(True).charged_page_cache_gib) / total)
+    afford, drop, _ = case.affordable_util()
+    return (cold, True) if drop and cold <= afford else (warm, False)  # else: reported as not free
 
 
 def _lower_to_estimate(
