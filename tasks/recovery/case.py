@@ -74,7 +74,7 @@ class Case:
     @property
     def vllm(self) -> str:
         """ "vLLM 0.10.1.1", for the reasons."""
-        return f"vLLM {self.version or RUNBOOK_VERSION}"
+        return f"vLLM {(self.version or RUNBOOK_VERSION).base_version}"
 
     @property
     def util(self) -> float:

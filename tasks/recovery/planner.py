@@ -398,15 +398,7 @@ def _unsteady_matches(case: Case) -> bool:
 def _unsteady_plan(case: Case) -> Plan:
     """Wait until memory is steady and start the same spec once; a second such failure within the
     hour (this recovery's retry, or a recent one) is memory that does not settle: a person looks."""
-    hour = timedelta(hours=1)
-    before = [
-        step
-        for step in case.history
-        if step.klass is RecoveryClass.UNSTEADY_MEMORY
-        and not step.give_up
-        and (step.at is None or case.now is None or case.now - step.at < hour)
-    ]
-    if before:
+    if _recent(case, RecoveryClass.UNSTEADY_MEMORY):
         return give_up(
             f"{case.cause.summary}, again after waiting for steady memory: something on the target keeps "
             "releasing memory while vLLM starts",
@@ -467,20 +459,20 @@ def _died_matches(case: Case) -> bool:
     return case.cause.kind is FailureKind.ENGINE_DEAD and case.number("after_ready") == 1
 
 
-def _recent_restarts(case: Case) -> list[RecoveryStep]:
-    """Engine restarts within the last hour (a step without a time, or without `now`, counts)."""
+def _recent(case: Case, klass: RecoveryClass) -> list[RecoveryStep]:
+    """Steps of ``klass`` taken within the last hour (a step without a time, or without `now`, counts)."""
     hour = timedelta(hours=1)
     return [
         step
         for step in case.history
-        if step.klass is RecoveryClass.ENGINE_DIED
+        if step.klass is klass
         and not step.give_up
         and (step.at is None or case.now is None or case.now - step.at < hour)
     ]
 
 
 def _died_plan(case: Case) -> Plan:
-    recent = _recent_restarts(case)
+    recent = _recent(case, RecoveryClass.ENGINE_DIED)
     allowed = case.limits.engine_restarts_per_hour
     if len(recent) >= allowed:
         return give_up(
