@@ -1,9 +1,11 @@
-"""Unified memory of the target, as vLLM 0.10.1.1 sees it: /proc/meminfo, page cache included.
+"""Unified memory of the target, as the vLLM that runs there sees it: /proc/meminfo.
 
-On GB10, CUDA's "free" memory is the host's free memory, and the Linux page cache counts as used
-(vllm issue 48140). So "is the memory free again?" is read from meminfo: ``MemFree`` is what the
-next vLLM start can have, ``MemAvailable - MemFree`` is mostly page cache that only
-``drop_caches`` returns.
+On GB10 vLLM's free-memory check reads the host's memory, and which number depends on the version
+(tasks/vllm/versions.py `FREE_MEMORY`): up to 0.10.x ``torch.cuda.mem_get_info()``, which is
+``MemFree``, so the Linux page cache counts as used (vllm issue 35313; measured on GB10 in unsloth
+PR 10704) and only ``drop_caches`` returns it; from 0.11.1 on ``MemAvailable``, where reclaimable page
+cache already counts as free and a drop only makes the next weight read cold. What a drop returns is
+``Cached - Shmem``: ``Cached`` includes shared memory and tmpfs, which drop_caches cannot free.
 
 One reader for every kind of target: the target's ``meminfo_command`` runs on its docker host (a
 throwaway helper container, or ``docker exec`` in the running server) and its output is parsed as
@@ -21,6 +23,7 @@ from typing import Any
 import docker
 from docker.errors import APIError, ContainerError, ImageNotFound, NotFound
 from docker.types import Mount
+from packaging.version import Version
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -30,20 +33,50 @@ from tasks.container import docker_client
 from tasks.errors import ServerDidNotStart, SparkVllmError
 from tasks.recovery.sizing import MARGIN_GIB, margin_for
 from tasks.vllm.failures import FailureCause, free_memory_cause
+from tasks.vllm.versions import FREE_MEMORY, FreeMemory, select
 
 KIB_PER_GIB = 1024 * 1024
+#: How long `wait_for_steady_memory` waits at most, between its two readings, and the change in what
+#: the check reads below which memory counts as steady: vLLM's profiling run takes seconds (the
+#: ``Memory profiling takes %.2f seconds`` of vllm/utils/__init__.py:2660 in 0.10.1.1), and a stopping
+#: container or a finishing copy moves memory by GiBs in that time.
+STEADY_TIMEOUT_S = 60.0
+STEADY_INTERVAL_S = 3.0
+STEADY_TOLERANCE_GIB = 0.5
+#: What the runbook's vLLM (0.10.1.1) reads, for callers that do not say which vLLM runs.
+_RUNBOOK_READS = select(FREE_MEMORY, None)
 
 
 @dataclass(frozen=True)
 class MemInfo:
+    """/proc/meminfo's figures in GiB (``Shmem`` 0 when the file has none)."""
+
     total_gib: float
     free_gib: float
     available_gib: float
     cached_gib: float
+    shmem_gib: float = 0.0
 
-    def released_for(self, utilization: float) -> bool:
-        """Nothing but page cache (which drop_caches returns) stands between us and a start."""
-        return self.available_gib >= utilization * self.total_gib
+    @property
+    def droppable_gib(self) -> float:
+        """The page cache ``drop_caches`` returns: ``Cached`` without shared memory and tmpfs."""
+        return max(0.0, round(self.cached_gib - self.shmem_gib, 2))
+
+    def check_reads_gib(self, free_memory: FreeMemory) -> float:
+        """What vLLM's free-memory check reads now: MemFree or MemAvailable (`FREE_MEMORY`)."""
+        return self.available_gib if free_memory is FreeMemory.MEM_AVAILABLE else self.free_gib
+
+    def after_drop_gib(self, free_memory: FreeMemory) -> float:
+        """What the check would read after a drop: MemFree gains the droppable page cache;
+        MemAvailable counts it already, so a drop does not raise it."""
+        if free_memory is FreeMemory.MEM_AVAILABLE:
+            return self.available_gib
+        return round(self.free_gib + self.droppable_gib, 2)
+
+    def released_for(self, utilization: float, free_memory: FreeMemory = _RUNBOOK_READS) -> bool:
+        """What the check will see (after the drop a MemFree version needs) covers a start at
+        ``utilization``: nothing but droppable page cache stands between us and a start."""
+        return self.after_drop_gib(free_memory) >= utilization * self.total_gib
 
 
 def parse_meminfo(text: str) -> MemInfo:
@@ -65,6 +98,7 @@ def parse_meminfo(text: str) -> MemInfo:
         free_gib=round(values["MemFree"], 2),
         available_gib=round(values.get("MemAvailable", values["MemFree"]), 2),
         cached_gib=round(values.get("Cached", 0.0), 2),
+        shmem_gib=round(values.get("Shmem", 0.0), 2),
     )
 
 
@@ -160,10 +194,11 @@ def read_memory(machine: TargetMachine, image: str, unreadable_ok: bool = False)
         get_run_logger().warning("memory of %s unknown: %s", machine.name, exc)
         return None
     get_run_logger().info(
-        "memory of %s: %.1f GiB free, %.1f GiB page cache, %.1f available of %.1f GiB",
+        "memory of %s: %.1f GiB free, %.1f GiB page cache (%.1f shmem), %.1f available of %.1f GiB",
         machine.name,
         info.free_gib,
         info.cached_gib,
+        info.shmem_gib,
         info.available_gib,
         info.total_gib,
     )
@@ -172,20 +207,75 @@ def read_memory(machine: TargetMachine, image: str, unreadable_ok: bool = False)
 
 @task(name="wait-for-release", cache_policy=NO_CACHE, task_run_name="wait-for-release {machine.name}")
 def wait_for_release(
-    machine: TargetMachine, image: str, utilization: float, timeout_s: float = 30.0, interval_s: float = 0.25
+    machine: TargetMachine,
+    image: str,
+    utilization: float,
+    timeout_s: float = 30.0,
+    interval_s: float = 0.25,
+    version: Version | None = None,
 ) -> tuple[bool, MemInfo]:
-    """Poll until only page cache would stand in a start's way, or the timeout.
+    """Poll until what ``version``'s free-memory check will see covers ``utilization`` (MemFree after
+    a drop of the page cache up to 0.10.x, MemAvailable from 0.11.1 on), or the timeout.
 
     Returns:
         (released, the last reading).
     """
+    free_memory = select(FREE_MEMORY, version)
     deadline = time.monotonic() + timeout_s
     with docker_client(machine.docker_host()) as client:
         while True:
             info = read_meminfo(client, machine, image)
-            if info.released_for(utilization) or time.monotonic() >= deadline:
-                return info.released_for(utilization), info
+            if info.released_for(utilization, free_memory) or time.monotonic() >= deadline:
+                return info.released_for(utilization, free_memory), info
             time.sleep(interval_s)
+
+
+def steady(before: MemInfo, after: MemInfo, free_memory: FreeMemory, tolerance_gib: float) -> bool:
+    """Two readings a few seconds apart agree on what vLLM's check reads, within ``tolerance_gib``:
+    nothing is releasing or taking memory, so a profiling run now measures what stays."""
+    return abs(after.check_reads_gib(free_memory) - before.check_reads_gib(free_memory)) < tolerance_gib
+
+
+@task(name="wait-for-steady-memory", cache_policy=NO_CACHE, task_run_name="wait-for-steady-memory {machine.name}")
+def wait_for_steady_memory(
+    machine: TargetMachine,
+    image: str,
+    version: Version | None = None,
+    timeout_s: float = STEADY_TIMEOUT_S,
+    interval_s: float = STEADY_INTERVAL_S,
+    tolerance_gib: float = STEADY_TOLERANCE_GIB,
+) -> tuple[bool, MemInfo]:
+    """Poll the docker host's memory until two readings ``interval_s`` apart differ by less than
+    ``tolerance_gib`` in what ``version``'s check reads, or the timeout.
+
+    Why: vLLM asserts that free memory did not grow while it profiled (``Error in memory profiling``,
+    vllm/v1/worker/gpu_worker.py:248-255 in 0.10.1.1): another process released memory during the
+    start. A retry at once can meet the same release; one after memory settled measures what stays.
+
+    Returns:
+        (steady, the last reading); not steady after the timeout still returns (the retry decides).
+    """
+    free_memory = select(FREE_MEMORY, version)
+    deadline = time.monotonic() + timeout_s
+    with docker_client(machine.docker_host()) as client:
+        before = read_meminfo(client, machine, image)
+        while True:
+            time.sleep(interval_s)
+            after = read_meminfo(client, machine, image)
+            settled = steady(before, after, free_memory, tolerance_gib)
+            if settled or time.monotonic() >= deadline:
+                break
+            before = after
+    get_run_logger().info(
+        "memory of %s %s: %s %.1f GiB, then %.1f GiB %.0f s later",
+        machine.name,
+        "is steady" if settled else f"still moves after {timeout_s:.0f} s, retrying anyway",
+        free_memory.value,
+        before.check_reads_gib(free_memory),
+        after.check_reads_gib(free_memory),
+        interval_s,
+    )
+    return settled, after
 
 
 def drop_caches_command() -> list[str]:
@@ -214,7 +304,8 @@ def drop_page_cache(client: docker.DockerClient, machine: TargetMachine, image: 
 
 @task(name="drop-page-cache", cache_policy=NO_CACHE, task_run_name="drop-page-cache {machine.name}")
 def drop_caches(machine: TargetMachine, image: str) -> None:
-    """The runbook-free fix of vllm issue 48140: drop the docker host's page cache (see drop_page_cache)."""
+    """The fix of vllm issue 35313 (vLLM up to 0.10.x reads MemFree on GB10, so page cache blocks a
+    start; unsloth PR 10704): drop the docker host's page cache (see drop_page_cache)."""
     with docker_client(machine.docker_host()) as client:
         drop_page_cache(client, machine, image)
     get_run_logger().info("page cache of %s dropped (sync; echo 3 > drop_caches)", machine.name)
@@ -234,69 +325,95 @@ class NotEnoughMemory(ServerDidNotStart):
         self.cause = cause
 
 
-def room_for_start(info: MemInfo, utilization: float, margin_gib: float = MARGIN_GIB) -> str:
+def room_for_start(
+    info: MemInfo, utilization: float, margin_gib: float = MARGIN_GIB, version: Version | None = None
+) -> str:
     """What a start at ``utilization`` needs done first: 'fits' or 'drop-page-cache'.
 
-    vLLM 0.10.1.1 refuses to start when free memory is below utilization x total, and on unified
-    memory the previous load's page cache counts as used (vllm issue 48140): without dropping it a
-    redeploy at the runbook's 0.90 fails although nothing else runs.
+    vLLM refuses to start when what its free-memory check reads is below utilization x total
+    (``vllm/v1/worker/gpu_worker.py:177`` in 0.10.1.1). Up to 0.10.x it reads MemFree on GB10, so the
+    previous load's page cache counts as used (vllm issue 35313; unsloth PR 10704): without dropping
+    it a redeploy at the runbook's 0.90 fails although nothing else runs. From 0.11.1 on it reads
+    MemAvailable (tasks/vllm/versions.py `FREE_MEMORY`): the page cache does not count, and a drop
+    would only make the next weight read cold, so the answer is never 'drop-page-cache'.
 
     Args:
         info: the target's memory now.
         utilization: the spec's gpu_memory_utilization.
         margin_gib: GiB the suggested utilization leaves free (`tasks.recovery.sizing.margin_for`).
+        version: the vLLM that will start (None: the runbook's 0.10.1.1).
 
     Raises:
         NotEnoughMemory: other processes hold memory that dropping the page cache does not return;
             the message gives the utilization that would fit (tasks/recovery/sizing.py's rule).
     """
+    free_memory = select(FREE_MEMORY, version)
     need = utilization * info.total_gib
-    if info.free_gib >= need:
+    seen = info.check_reads_gib(free_memory)
+    if seen >= need:
         return "fits"
-    reclaimable = info.free_gib + info.cached_gib
-    if reclaimable >= need:
+    after_drop = info.after_drop_gib(free_memory)
+    if after_drop >= need:
         return "drop-page-cache"
-    cause = free_memory_cause(info.free_gib, info.total_gib, utilization, margin_gib, page_cache_gib=info.cached_gib)
+    cause = free_memory_cause(
+        seen, info.total_gib, utilization, margin_gib, page_cache_gib=after_drop - seen, version=version
+    )
     fits = cause.numbers["suggested_utilization"]
+    cache = (
+        f" ({info.droppable_gib:.1f} GiB droppable page cache, {info.shmem_gib:.1f} GiB shared memory)"
+        if after_drop > seen
+        else ""
+    )
     raise NotEnoughMemory(
-        f"only {info.free_gib:.1f} of {info.total_gib:.1f} GiB is free ({info.cached_gib:.1f} GiB page cache);"
-        f" a start at gpu_memory_utilization {utilization:.2f} needs {need:.1f} GiB. Other processes hold the"
-        " rest: stop them (`docker ps`; the runbook's `docker system prune -f`), or deploy with a lower"
-        f' utilization, e.g. overrides={{"gpu_memory_utilization": {fits:.2f}}}.',
+        f"only {seen:.1f} of {info.total_gib:.1f} GiB is {_reads(free_memory)}{cache}; a start at"
+        f" gpu_memory_utilization {utilization:.2f} needs {need:.1f} GiB. Other processes hold the rest: stop them"
+        " (`docker ps`; the runbook's `docker system prune -f`), or deploy with a lower utilization, e.g."
+        f' overrides={{"gpu_memory_utilization": {fits:.2f}}}.',
         info,
         utilization,
         cause,
     )
 
 
+def _reads(free_memory: FreeMemory) -> str:
+    """How a message names what the check reads: 'free' (MemFree) or 'available (MemAvailable)'."""
+    return "free" if free_memory is FreeMemory.MEM_FREE else "available (MemAvailable)"
+
+
 @task(name="make-room-for-start", cache_policy=NO_CACHE, task_run_name="make-room-for-start {machine.name}")
-def make_room_for_start(machine: TargetMachine, image: str, utilization: float) -> str:
-    """Before a start: fits -> nothing; only page cache in the way -> drop it; else fail now.
+def make_room_for_start(machine: TargetMachine, image: str, utilization: float, version: Version | None = None) -> str:
+    """Before a start: fits -> nothing; only page cache in the way (a MemFree version) -> drop it;
+    else fail now.
 
     Args:
         machine: the target (its meminfo and drop_caches paths, its docker host).
         image: an image on the docker host to run the drop-caches helper from (the server's own).
         utilization: the spec's gpu_memory_utilization.
+        version: the vLLM that will start (None: the runbook's 0.10.1.1): which memory its check reads.
 
     Returns:
         What was done: 'fits' or 'dropped-page-cache'.
     """
     logger = get_run_logger()
+    free_memory = select(FREE_MEMORY, version)
     with docker_client(machine.docker_host()) as client:
         info = read_meminfo(client, machine, image)
-        action = room_for_start(info, utilization, margin_for(machine.host_memory_floor_gib))
+        action = room_for_start(info, utilization, margin_for(machine.host_memory_floor_gib), version)
         if action == "fits":
             logger.info(
-                "memory: %.1f GiB free, a start at %.2f needs %.1f GiB",
-                info.free_gib,
+                "memory: %.1f GiB %s (%s, what vLLM's check reads), a start at %.2f needs %.1f GiB",
+                info.check_reads_gib(free_memory),
+                _reads(free_memory),
+                free_memory.value,
                 utilization,
                 utilization * info.total_gib,
             )
             return action
         logger.info(
-            "memory: %.1f GiB free but %.1f GiB is page cache (counted as used on GB10): dropping caches",
+            "memory: %.1f GiB free but %.1f GiB is droppable page cache (counted as used on GB10 by this vLLM):"
+            " dropping caches",
             info.free_gib,
-            info.cached_gib,
+            info.droppable_gib,
         )
         drop_page_cache(client, machine, image)
     return "dropped-page-cache"

@@ -24,6 +24,7 @@ import docker
 import httpx
 from docker.errors import NotFound
 from docker.models.containers import Container
+from packaging.version import Version
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect_docker.host import DockerHost
@@ -225,6 +226,7 @@ def wait_until_ready(
     secrets: list[str],
     progress_key: str,
     guard: MemoryGuard | None = None,
+    version: Version | None = None,
 ) -> Readiness:
     """Block until the server is ready; fail fast with the classified cause when it cannot be.
 
@@ -238,6 +240,7 @@ def wait_until_ready(
         secrets: values scrubbed from every forwarded log line and from the failure's evidence.
         progress_key: artifact key of the shard-loading progress.
         guard: the host-memory guard (None: no guard).
+        version: the vLLM the image runs (None: unknown): the log forms and failure texts read.
     """
     logger = get_run_logger()
     with docker_client(docker_host) as client, LogFollower(docker_host, container_id) as follower:
@@ -254,6 +257,7 @@ def wait_until_ready(
             secrets,
             progress_key,
             guard,
+            version,
         )
 
 
@@ -269,8 +273,10 @@ class _Gate:
     secrets: list[str]
     progress_key: str
     guard: MemoryGuard | None
+    #: the vLLM the image runs (None: unknown, every version's log forms are read).
+    version: Version | None = None
     readiness: Readiness = field(default_factory=lambda: Readiness(started_at=time.monotonic()))
-    tracker: StartupTracker = field(default_factory=StartupTracker)
+    tracker: StartupTracker = field(init=False)
     progress: ProgressArtifact | None = None
     restarts_before: int = 0
     phase_started: float = 0.0
@@ -281,6 +287,7 @@ class _Gate:
     stream_ended: bool = False
 
     def __post_init__(self) -> None:
+        self.tracker = StartupTracker(version=self.version)
         self.restarts_before = self.container.attrs.get("RestartCount", 0)
         self.phase_started = self.readiness.started_at
 
@@ -340,9 +347,15 @@ class _Gate:
             return ReadinessFailed(cause, summary, recent)
         margin = margin_for(self.guard.floor_gib if self.guard else 0.0)
         if isinstance(status, str):
-            return ReadinessFailed(classify_failure(recent, secrets=self.secrets, margin_gib=margin), summary, recent)
+            cause = classify_failure(recent, secrets=self.secrets, margin_gib=margin, version=self.version)
+            return ReadinessFailed(cause, summary, recent)
         cause = classify_failure(
-            recent, exit_code=status.exit_code, oom_killed=status.oom_killed, secrets=self.secrets, margin_gib=margin
+            recent,
+            exit_code=status.exit_code,
+            oom_killed=status.oom_killed,
+            secrets=self.secrets,
+            margin_gib=margin,
+            version=self.version,
         )
         return ReadinessFailed(cause, summary, recent)
 
@@ -389,10 +402,11 @@ def _gate(
     secrets: list[str],
     progress_key: str,
     guard: MemoryGuard | None,
+    version: Version | None = None,
 ) -> Readiness:
     """The gate's loop: take the log, check the container's state once a second and the host's
     memory at the guard's interval, ask /health; return when it serves, raise when it cannot."""
-    gate = _Gate(logger, client, container, lines, timeouts, secrets, progress_key, guard)
+    gate = _Gate(logger, client, container, lines, timeouts, secrets, progress_key, guard, version)
     headers = auth_headers(api_key)
     with httpx.Client(base_url=base_url, timeout=max(timeouts.poll_interval_s, 1.0), headers=headers) as http:
         while True:

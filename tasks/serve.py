@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
+from packaging.version import Version
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -42,7 +43,15 @@ from tasks.container import (
 )
 from tasks.errors import ServerDidNotStart
 from tasks.events import ServiceEvent, emit_service_event
-from tasks.memory import NotEnoughMemory, drop_caches, make_room_for_start, read_meminfo, read_memory, wait_for_release
+from tasks.memory import (
+    NotEnoughMemory,
+    drop_caches,
+    make_room_for_start,
+    read_meminfo,
+    read_memory,
+    wait_for_release,
+    wait_for_steady_memory,
+)
 from tasks.prune import prune_docker
 from tasks.readiness import MemoryGuard, Readiness, ReadinessFailed, ReadinessTimeouts, wait_until_ready
 from tasks.recovery.planner import plan_recovery
@@ -198,12 +207,14 @@ def start_once(
     spec: EngineSpec,
     secrets: ServerSecrets,
     timeouts: ReadinessTimeouts,
+    version: Version | None = None,
 ) -> tuple[str, Readiness]:
-    """Make room in memory, start the container, wait until it serves; remove it if it never does."""
+    """Make room in memory, start the container, wait until it serves; remove it if it never does.
+    ``version``: the vLLM the image runs (None: the runbook's 0.10.1.1 for memory, every log form)."""
     kwargs = container_kwargs(
         spec, machine, secret_env=secret_environment(hf_token=secrets.hf_token, api_key=secrets.api_key)
     )
-    make_room_for_start(machine, spec.image, spec.gpu_memory_utilization)
+    make_room_for_start(machine, spec.image, spec.gpu_memory_utilization, version)
     first_start, restart_policy = restart_policy_after_ready(kwargs)
     container_id = start_vllm_container(docker_host, first_start, redacted(first_start))
     guard = (
@@ -222,6 +233,7 @@ def start_once(
             secrets.values,
             artifact_key("vllm-load", machine.name),
             guard,
+            version,
         )
         arm_restart_policy(
             docker_host, container_id, restart_policy
@@ -246,12 +258,16 @@ def observe_memory(machine: TargetMachine, image: str) -> MachineMemory:
     return MachineMemory(meminfo=info, stale_containers=stale)
 
 
-def act(docker_host: DockerHost, machine: TargetMachine, image: str, step: RecoveryStep) -> None:
+def act(
+    docker_host: DockerHost, machine: TargetMachine, image: str, step: RecoveryStep, version: Version | None = None
+) -> None:
     """Run a step's actions on the machine, in order, each as a task of its own."""
     logger = get_run_logger()
     for action in step.actions:
         if action is Action.DROP_PAGE_CACHE:
             drop_caches(machine, image)
+        elif action is Action.WAIT_FOR_STEADY_MEMORY:
+            wait_for_steady_memory(machine, image, version)
         elif action is Action.REMOVE_STALE_CONTAINERS:
             with docker_client(docker_host) as client:
                 stale = [
@@ -284,6 +300,7 @@ def serve(
     limits: RecoveryLimits | None = None,
     history: list[RecoveryStep] | None = None,
     failure: Failure | None = None,
+    version: Version | None = None,
 ) -> Served:
     """Start ``requested``; on a failure, classify, plan, act and retry until it serves or the planner
     gives up (then StartFailed, nothing left running). ``recover=False``: one start, its failure raised.
@@ -299,6 +316,9 @@ def serve(
         history: the target's earlier recovery steps (engine restarts of the last hour count).
         failure: a failure found before this call (recover-vllm: the dead server's): the loop begins
             by planning from it, and the caller has waited for its memory to come back.
+        version: the vLLM the image runs, as preflight learnt it (None: the runbook's 0.10.1.1): the
+            pre-start memory check, the readiness gate's log forms and failure texts, and the planner
+            read what its free-memory check reads (MemFree or MemAvailable).
     """
     logger = get_run_logger()
     limits = (limits or RecoveryLimits()).guarded(machine.host_memory_floor_gib)
@@ -309,21 +329,21 @@ def serve(
     first = failure
     while True:
         if failure is None:
-            started = _start(docker_host, machine, spec, secrets, timeouts, attempts, recover)
+            started = _start(docker_host, machine, spec, secrets, timeouts, attempts, recover, version)
             if not isinstance(started, Failure):
                 return _served(machine, requested, spec, started, steps, attempts, first)
             failure = started
             first = first or failure
         # retries made: a failure handed in counts as the first start's, as deploy-qwen's first start does
         attempt = max(0, len(attempts) - 1)
-        step = _plan(machine, spec, failure, attempt, limits.calibrated(failure.lines), [*past, *steps])
+        step = _plan(machine, spec, failure, attempt, limits.calibrated(failure.lines), [*past, *steps], version)
         steps.append(step)
         if failure.attempt is not None:
             failure.attempt.then = _describe(step)
         logger.warning("recovery (%s): %s", step.klass.value, step.reason)
         if step.give_up:
             _give_up(machine, failure.cause, steps, attempts)
-        act(docker_host, machine, spec.image, step)
+        act(docker_host, machine, spec.image, step, version)
         spec = machine.apply_to(retry_spec(spec, step))
         failure = None
 
@@ -336,13 +356,14 @@ def _start(
     timeouts: ReadinessTimeouts,
     attempts: list[Attempt],
     recover: bool,
+    version: Version | None = None,
 ) -> tuple[str, Readiness] | Failure:
     """One start, recorded as a row of ``attempts``: the container and what the gate learned, or the
     classified failure (raised as is when ``recover`` is off)."""
     spec_hash = spec.spec_hash(machine)
     started = time.monotonic()
     try:
-        container_id, readiness = start_once(docker_host, machine, spec, secrets, timeouts)
+        container_id, readiness = start_once(docker_host, machine, spec, secrets, timeouts, version)
     except (ReadinessFailed, NotEnoughMemory) as exc:
         cause, lines = failure_of(exc)
         attempts.append(_attempt(len(attempts) + 1, spec, spec_hash, cause.kind.value, None, started))
@@ -352,7 +373,9 @@ def _start(
         if isinstance(exc, ReadinessFailed):
             # a start that got a container: its memory may come back seconds after the kill (vllm
             # 34643); plan from the memory once it settled, not from what the dying start held
-            wait_for_release(machine, spec.image, spec.gpu_memory_utilization, timeout_s=RELEASE_WAIT_S)
+            wait_for_release(
+                machine, spec.image, spec.gpu_memory_utilization, timeout_s=RELEASE_WAIT_S, version=version
+            )
         return Failure(cause, lines, attempts[-1])
     attempts.append(_attempt(len(attempts) + 1, spec, spec_hash, "serving", readiness.stats.kv_cache_tokens, started))
     return container_id, readiness
@@ -365,10 +388,11 @@ def _plan(
     attempt: int,
     limits: RecoveryLimits,
     history: list[RecoveryStep],
+    version: Version | None = None,
 ) -> RecoveryStep:
     """The planner's next step for ``failure``, from the machine's memory as it is now."""
     memory = observe_memory(machine, spec.image)
-    step = plan_recovery(failure.cause, memory, spec, attempt, limits, history, now=datetime.now(UTC))
+    step = plan_recovery(failure.cause, memory, spec, attempt, limits, history, now=datetime.now(UTC), version=version)
     return step.model_copy(update={"at": datetime.now(UTC)})
 
 

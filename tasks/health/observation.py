@@ -87,8 +87,9 @@ class Thresholds(BaseModel):
         description=(
             "this many restarts since the deploy and not serving now -> crash loop (unhealthy). One: deploy-qwen "
             "arms the restart policy only once the server has served, so any docker restart means it died "
-            "after serving, and on GB10 that restart fails on the page cache the first load left (vllm issue "
-            "48140); a start that failed fails the same way, so waiting out another load only hides it"
+            "after serving, and on GB10 with vLLM up to 0.10.x that restart fails on the page cache the first "
+            "load left (vllm issue 35313; unsloth PR 10704; from 0.11.1 on the check reads MemAvailable, but a "
+            "restart that fails on anything else fails the same way too), so waiting out another load only hides it"
         ),
     )
     crash_loop_growth: int = Field(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from packaging.version import Version
 from pydantic import ValidationError
 
 from blocks.engine import PRESETS, EngineSpec
@@ -28,6 +29,7 @@ from tasks.recovery.step import (
     retry_spec,
 )
 from tasks.vllm.failures import FailureCause, FailureKind
+from tasks.vllm.versions import FREE_MEMORY, RUNBOOK_VERSION, FreeMemory, select
 
 __all__ = [
     "Case",
@@ -43,6 +45,8 @@ __all__ = [
 ]
 
 _HOLDERS = "(`docker ps`, `ps aux --sort=-rss`)"
+#: Failures that come after vLLM read the weights (its KV sizing): they are in the page cache now.
+_READ_THE_WEIGHTS = frozenset({FailureKind.KV_TOO_SMALL, FailureKind.NO_KV_MEMORY})
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,20 @@ class Case:
     history: tuple[RecoveryStep, ...]
     guard_tripped: bool
     now: datetime | None
+    #: the vLLM that failed (None: the runbook's 0.10.1.1): what its free-memory check reads.
+    version: Version | None = None
 
     # ---------------------------------------------------------------- facts
+
+    @property
+    def free_memory(self) -> FreeMemory:
+        """What this vLLM's free-memory check reads on GB10: MemFree (0.10.x) or MemAvailable (0.11.1+)."""
+        return select(FREE_MEMORY, self.version)
+
+    @property
+    def vllm(self) -> str:
+        """ "vLLM 0.10.1.1", for the reasons."""
+        return f"vLLM {(self.version or RUNBOOK_VERSION).base_version}"
 
     @property
     def util(self) -> float:
@@ -102,35 +118,58 @@ class Case:
         cache, else what vLLM found not free."""
         if self.memory.others_gib is not None:
             return self.memory.others_gib
-        if self.meminfo is not None:
+        if self.meminfo is not None:  # neither what the check reads nor what a drop returns
             mi = self.meminfo
-            return max(0.0, mi.total_gib - mi.free_gib - mi.cached_gib)
+            return max(0.0, round(mi.total_gib - mi.after_drop_gib(self.free_memory), 2))
         held = self.number("held_gib")
         return held
+
+    def drop_needed_for(self, util: float) -> bool:
+        """A start at ``util`` needs the page cache dropped first: what the check reads now, minus the
+        margin, does not cover it (never on a MemAvailable version: there a drop raises nothing)."""
+        mi = self.meminfo
+        if mi is None or mi.after_drop_gib(self.free_memory) <= mi.check_reads_gib(self.free_memory):
+            return False
+        return fit_utilization(mi.check_reads_gib(self.free_memory), mi.total_gib, self.limits.margin_gib) < util
+
+    def retry_model(self, drop: bool) -> RecoveryLimits:
+        """The limits whose KV model predicts the retry: a cold start's (`KvModel.cold`) when this vLLM
+        charges the page cache its load fills (MemFree versions, vllm issue 35920) and the retry reads
+        the weights cold: the step drops the cache, or the failed start did not read them and meminfo
+        shows less page cache than they take. Without meminfo the retry is predicted warm, as the
+        runbook's measured KV cache (the model's reference) was."""
+        if self.free_memory is FreeMemory.MEM_AVAILABLE:
+            return self.limits
+        mi = self.meminfo
+        cached = self.cause.kind in _READ_THE_WEIGHTS or mi is None or mi.droppable_gib >= self.limits.weights_gib
+        return self.limits.cold() if drop or not cached else self.limits
 
     def best_free(self) -> tuple[float, float, bool, str]:
         """The most memory a start can count on, by the measure that shows most.
 
         Returns (free GiB, total GiB, whether it needs a page-cache drop first, how it was read).
-        Candidates: vLLM's error (free/total), meminfo's MemFree, and MemFree + Cached after a drop.
+        Candidates: vLLM's error (free/total), what the version's check reads in meminfo (MemFree or
+        MemAvailable), and, on a MemFree version, MemFree + the page cache a drop returns (Cached -
+        Shmem).
         """
         candidates: list[tuple[float, float, bool, str]] = []
         free, total = self.number("free_gib"), self.number("total_gib")
         if free is not None and total:
             candidates.append((free, total, False, f"vLLM found {free:.2f} of {total:.2f} GiB free"))
         if self.meminfo is not None:
-            mi = self.meminfo
-            candidates.append(
-                (mi.free_gib, mi.total_gib, False, f"meminfo: {mi.free_gib:.1f} of {mi.total_gib:.1f} GiB free")
-            )
-            if mi.cached_gib > 0 and self.drop_can_help():
+            mi, reads = self.meminfo, self.free_memory
+            seen, after_drop = mi.check_reads_gib(reads), mi.after_drop_gib(reads)
+            named = "free" if reads is FreeMemory.MEM_FREE else f"available ({reads.value}, what {self.vllm} reads)"
+            candidates.append((seen, mi.total_gib, False, f"meminfo: {seen:.1f} of {mi.total_gib:.1f} GiB {named}"))
+            if after_drop > seen and self.drop_can_help():
+                shmem = f", {mi.shmem_gib:.1f} GiB shared memory left out" if mi.shmem_gib else ""
                 candidates.append(
                     (
-                        mi.free_gib + mi.cached_gib,
+                        after_drop,
                         mi.total_gib,
                         True,
-                        f"meminfo: {mi.free_gib:.1f} GiB free + {mi.cached_gib:.1f} GiB page cache"
-                        f" of {mi.total_gib:.1f} GiB",
+                        f"meminfo: {mi.free_gib:.1f} GiB free + {mi.droppable_gib:.1f} GiB page cache"
+                        f" of {mi.total_gib:.1f} GiB{shmem}",
                     )
                 )
         if not candidates:
@@ -193,19 +232,28 @@ def error_text(case: Case) -> str:
     return f"requested {fmt(case.util)} but vLLM found too little free memory"
 
 
-def shorter_model_len(case: Case, util: float, total: float, batched: int, seqs: int) -> tuple[int, str] | Plan | None:
+def shorter_model_len(
+    case: Case, util: float, total: float, batched: int, seqs: int, drop: bool = False
+) -> tuple[int, str] | Plan | None:
     """None when max_model_len fits the KV cache at ``util``; else (the length that fits, why), or
-    a give-up Plan when that length is below ``limits.min_model_len``."""
-    limits = case.limits
+    a give-up Plan when that length is below ``limits.min_model_len``. ``drop``: the step drops the
+    page cache first (a cold retry: `Case.retry_model`)."""
+    limits = case.retry_model(drop)
     want = case.spec.max_model_len
     fits = limits.max_len_at(util, total, batched, seqs)
     if fits >= want:
         return None
     kv = limits.kv_gib(util, total, batched, seqs)
+    charged = (
+        f", {limits.charged_page_cache_gib:.2f} page cache a cold load fills, which {case.vllm} charges (vllm issue"
+        " 35920)"
+        if limits.charged_page_cache_gib
+        else ""
+    )
     why = (
         f"at {fmt(util)} of {total:.1f} GiB the KV cache gets {max(kv, 0.0):.2f} GiB (minus {limits.weights_gib:.2f} "
-        f"GiB weights, {limits.overhead_gib:.2f} overhead, {limits.activation_gib(batched, seqs):.2f} activations), "
-        f"{fits} tokens at {limits.kv_bytes_per_token / 2**20:.2f} MiB/token"
+        f"GiB weights, {limits.overhead_gib:.2f} overhead, {limits.activation_gib(batched, seqs):.2f} activations"
+        f"{charged}), {fits} tokens at {limits.kv_bytes_per_token / 2**20:.2f} MiB/token"
     )
     if fits < limits.min_model_len:
         need = limits.utilization_for(limits.min_model_len, total, batched, seqs)

@@ -1,9 +1,9 @@
-"""How much KV cache a spec gets: vLLM 0.10.1.1's memory arithmetic for the served model.
+"""How much KV cache a spec gets: vLLM's memory arithmetic for the served model.
 
 vLLM sizes its cache after loading the weights and profiling one forward pass
 (``vllm/v1/worker/gpu_worker.py``, ``determine_available_memory``)::
 
-    KV GiB = util x total - weights - overhead - activation peak
+    KV GiB = util x total - weights - overhead - activation peak - charged page cache
     activation peak = max_num_batched_tokens x activation_bytes_per_batched_token
                       + max_num_seqs x sampler_bytes_per_seq
     tokens = KV bytes / kv_bytes_per_token
@@ -13,6 +13,17 @@ The defaults are Qwen3-32B-FP8 on a DGX Spark. The weights are the checkpoint's 
 what the runbook's measured KV cache (271,360 tokens at 0.90, 16384 batched tokens, 64 sequences)
 leaves after weights and activations. A flow overrides the weights with the failed start's own
 ``Model loading took X GiB`` line (`KvModel.calibrated`).
+
+Cold and warm starts (vllm issue 35920). The overhead is vLLM's "non-torch increase since
+init_device" (``vllm/utils/__init__.py:2742``, ``memory_profiling``, in 0.10.1.1), measured as used
+memory minus torch's: ``total - free`` with ``free`` from ``torch.cuda.mem_get_info()`` (:2622), which
+is MemFree on GB10 up to 0.10.x. Page cache that the start's own weight reads fill counts as used
+there, so a start that reads its weights cold (not in page cache: after a drop, or the first load)
+gets up to the checkpoint's size less KV cache than a warm one. From 0.11.1 on vLLM reads MemAvailable
+(tasks/vllm/versions.py `FREE_MEMORY`) and the page cache is never charged. The term
+``charged_page_cache_gib`` carries it: 0 for a warm start and on MemAvailable versions; the planner
+sets it to the weights (`KvModel.cold`) for a retry that reads them cold on a MemFree version, an
+upper bound (the kernel caps the page cache at what is free), so its predictions hold on both.
 """
 
 from __future__ import annotations
@@ -87,6 +98,17 @@ class KvModel(BaseModel):
         _SAMPLER_BYTES_PER_SEQ, ge=0, description="sampler warm-up logits per sequence: vocab 151,936 x 4 bytes x 2"
     )
     kv_bytes_per_token: int = Field(_KV_BYTES_PER_TOKEN, gt=0, description="Qwen3-32B: 0.25 MiB per token")
+    charged_page_cache_gib: float = Field(
+        0.0,
+        ge=0,
+        description="page cache the start's weight reads fill that vLLM charges as non-torch memory: a cold "
+        "start on a MemFree version (0.10.x on GB10, vllm issue 35920); 0 when warm and from 0.11.1 on",
+    )
+
+    def cold(self) -> Self:
+        """This model for a start that reads its weights cold on a vLLM that charges the page cache
+        it fills (at most the checkpoint's size: the weights)."""
+        return self.model_copy(update={"charged_page_cache_gib": self.weights_gib})
 
     def calibrated(self, lines: Iterable[str]) -> Self:
         """This model with ``weights_gib`` from a startup log's ``Model loading took X GiB``.
@@ -111,6 +133,7 @@ class KvModel(BaseModel):
             - self.weights_gib
             - self.overhead_gib
             - self.activation_gib(max_num_batched_tokens, max_num_seqs)
+            - self.charged_page_cache_gib
         )
 
     def max_len_at(self, utilization: float, total_gib: float, max_num_batched_tokens: int, max_num_seqs: int) -> int:
@@ -128,6 +151,7 @@ class KvModel(BaseModel):
             self.weights_gib
             + self.overhead_gib
             + self.activation_gib(max_num_batched_tokens, max_num_seqs)
+            + self.charged_page_cache_gib
             + max_model_len * self.kv_bytes_per_token / GIB
         )
         return ceil_utilization(need / total_gib)

@@ -5,10 +5,18 @@ Why classify before fixing
 The runbook's answer to "Container Fails with Memory Errors" is a blind ladder: stop everything,
 ``docker system prune -f``, lower ``--gpu-memory-utilization`` to 0.75, then 0.70, then
 ``--max-model-len`` to 16384. Each rung is a fresh 3-4 minute start, and most rungs fix nothing:
-on the DGX Spark (GB10, unified memory) the usual cause is the previous load's page cache, which
-vLLM 0.10.1.1 counts as used (vllm issue 48140) and which no lower utilization returns; when other
-processes really hold memory, vLLM's own error already says how much is free, so the one
-utilization that fits can be computed instead of guessed (tasks/recovery/sizing.py).
+on the DGX Spark (GB10, unified memory) with the runbook's vLLM 0.10.1.1 the usual cause is the
+previous load's page cache, which vLLM up to 0.10.x counts as used (vllm issue 35313; measured on
+GB10 in unsloth PR 10704) and which no lower utilization returns; when other processes really hold
+memory, vLLM's own error already says how much is free, so the one utilization that fits can be
+computed instead of guessed (tasks/recovery/sizing.py).
+
+Which vLLM failed decides what "free" means (tasks/vllm/versions.py `FREE_MEMORY`, carried by
+``plan_recovery(..., version=...)`` into `Case.free_memory`, the one place the planner reads it):
+from 0.11.1 on the check reads MemAvailable, the page cache never blocks a start, a free-memory
+failure means memory is really held, and no step drops the page cache (a drop there only makes the
+next weight read cold). Up to 0.10.x a cold read costs KV cache too (vllm issue 35920): the KV
+predictions of a step that drops the cache count it (`Case.retry_model`).
 `plan_recovery` reads the classified failure (`tasks.vllm.failures.FailureCause`), the machine's
 memory as read after the failure (`MachineMemory`) and the spec that failed, and returns the one
 next step: what to do to the machine, which spec to start, and why, with the numbers, or that a
@@ -34,6 +42,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
+
+from packaging.version import Version
 
 from blocks.engine import EngineSpec
 from tasks.recovery.case import (
@@ -97,10 +107,12 @@ def _stale_plan(case: Case) -> Plan:
 
 
 def _page_cache_fits(case: Case) -> bool:
+    """A drop raises what this vLLM's check reads (never on MemAvailable) enough for the request."""
     mi = case.meminfo
-    if mi is None or mi.cached_gib <= 0:
+    if mi is None:
         return False
-    return mi.free_gib + mi.cached_gib - case.limits.margin_gib >= case.util * mi.total_gib
+    after = mi.after_drop_gib(case.free_memory)
+    return after > mi.check_reads_gib(case.free_memory) and after - case.limits.margin_gib >= case.util * mi.total_gib
 
 
 def _page_cache_matches(case: Case) -> bool:
@@ -111,12 +123,13 @@ def _page_cache_plan(case: Case) -> Plan:
     mi = case.meminfo
     assert mi is not None
     need = case.util * mi.total_gib
+    shmem = f" ({mi.shmem_gib:.1f} GiB shared memory left out: a drop cannot free it)" if mi.shmem_gib else ""
     return Plan(
         reason=(
-            f"{error_text(case)}; {mi.cached_gib:.1f} GiB is page cache, which vLLM 0.10.1.1 counts "
-            f"as used on GB10 (vllm issue 48140): free {mi.free_gib:.1f} + cached {mi.cached_gib:.1f} GiB covers "
-            f"the {need:.1f} GiB of {fmt(case.util)} x {mi.total_gib:.1f} GiB and keeps the"
-            f" {case.limits.margin_gib:.1f} GiB margin: drop the page cache and retry the same spec"
+            f"{error_text(case)}; {mi.droppable_gib:.1f} GiB is page cache{shmem}, which {case.vllm} counts "
+            f"as used on GB10 (vllm issue 35313; unsloth PR 10704): free {mi.free_gib:.1f} + page cache "
+            f"{mi.droppable_gib:.1f} GiB covers the {need:.1f} GiB of {fmt(case.util)} x {mi.total_gib:.1f} GiB and"
+            f" keeps the {case.limits.margin_gib:.1f} GiB margin: drop the page cache and retry the same spec"
         ),
         actions=(Action.DROP_PAGE_CACHE,),
         overrides={},
@@ -194,7 +207,9 @@ def _lower_utilization(case: Case, prune: bool) -> Plan:
         )
     overrides: dict[str, Any] = {"gpu_memory_utilization": new_util}
     reason = f"requested {fmt(case.util)}, retry at {fmt(new_util)}: {held_text} ({how})"
-    fitted = shorter_model_len(case, new_util, total, case.spec.max_num_batched_tokens, case.spec.max_num_seqs)
+    fitted = shorter_model_len(
+        case, new_util, total, case.spec.max_num_batched_tokens, case.spec.max_num_seqs, drop=drop
+    )
     if isinstance(fitted, Plan):
         return give_up(f"{reason}; {fitted.reason}", fitted.next_step or "")
     if fitted is not None:
@@ -229,7 +244,7 @@ def _kv_plan(case: Case) -> Plan:
         )
     total = case.total_gib()
     missing = needed - available if needed is not None and available is not None else None
-    raise_to = ceil_utilization(case.util + missing / total) if missing is not None and total else None
+    raise_to, drop = _raise_for(case, missing, total)
 
     # 1. keep the context and raise the utilization, when free memory covers the missing GiB. Not
     #    twice in a row: if a raise was not enough, vLLM's new estimate is the better guide.
@@ -238,13 +253,15 @@ def _kv_plan(case: Case) -> Plan:
     )
     why_not_raise = " (no meminfo shows free memory for a higher utilization)"
     if raise_to is not None and case.meminfo is not None and not raised_before:
-        afford, drop, how = case.affordable_util()
+        afford, _, how = case.affordable_util()
         if case.util < raise_to <= min(afford, 1.0):
+            cold = case.retry_model(drop).charged_page_cache_gib
+            charge = f" + {cold:.2f} GiB of page cache the cold read after the drop fills (vllm issue 35920)"
             return Plan(
                 reason=(
                     f"{said}: keep max_model_len {length} and raise gpu_memory_utilization {fmt(case.util)} -> "
-                    f"{fmt(raise_to)} for the missing {missing:.2f} GiB, since free memory allows up to "
-                    f"{fmt(afford)} ({how}, {limits.margin_gib:.1f} GiB margin)"
+                    f"{fmt(raise_to)} for the missing {missing:.2f} GiB{charge if drop and cold else ''}, since free"
+                    f" memory allows up to {fmt(afford)} ({how}, {limits.margin_gib:.1f} GiB margin)"
                 ),
                 actions=(Action.DROP_PAGE_CACHE,) if drop else (),
                 overrides={"gpu_memory_utilization": raise_to},
@@ -252,6 +269,36 @@ def _kv_plan(case: Case) -> Plan:
         why_not_raise = f" (raising to {fmt(raise_to)} needs more than is free: up to {fmt(afford)}, {how})"
     elif raised_before:
         why_not_raise = " (the last retry raised the utilization already)"
+    return _lower_to_estimate(case, said, length, estimate, raise_to, missing, why_not_raise)
+
+
+def _raise_for(case: Case, missing: float | None, total: float | None) -> tuple[float | None, bool]:
+    """The utilization that adds ``missing`` GiB of KV cache, and whether the page cache must be
+    dropped for it. A drop only when what the check reads does not cover the raise; a drop on a
+    MemFree version makes the retry cold, whose refilled page cache vLLM charges (vllm issue 35920):
+    the raise then covers it too."""
+    if missing is None or not total:
+        return None, False
+    warm = ceil_utilization(case.util + missing / total)
+    if not case.drop_needed_for(warm):
+        return warm, False
+    cold = ceil_utilization(case.util + (missing + case.retry_model(True).charged_page_cache_gib) / total)
+    afford, drop, _ = case.affordable_util()
+    return (cold, True) if drop and cold <= afford else (warm, False)  # else: reported as not free
+
+
+def _lower_to_estimate(
+    case: Case,
+    said: str,
+    length: int,
+    estimate: float | None,
+    raise_to: float | None,
+    missing: float | None,
+    why_not_raise: str,
+) -> Plan:
+    """vLLM's own estimate of the max_model_len that fits, rounded down; give up below the minimum.
+    The failed start measured it, and the retry is no colder (no drop), so it holds."""
+    limits = case.limits
 
     # 2. lower the context to vLLM's own estimate
     if estimate is None:
@@ -289,13 +336,12 @@ def _no_kv_matches(case: Case) -> bool:
 
 
 def _no_kv_plan(case: Case) -> Plan:
-    limits, spec = case.limits, case.spec
+    spec = case.spec
     total = case.total_gib()
     said = f"no memory was left for the KV cache at {fmt(case.util)}"
     if total and case.meminfo is not None:
-        afford, drop, how = case.affordable_util()
-        want = limits.utilization_for(spec.max_model_len, total, spec.max_num_batched_tokens, spec.max_num_seqs)
-        new_util = min(afford, max(want, round(case.util + UTIL_STEP, 2)), 1.0)
+        afford, _, how = case.affordable_util()
+        new_util, drop, want = _no_kv_util(case, afford, total)
         if new_util > case.util:
             overrides: dict[str, Any] = {"gpu_memory_utilization": new_util}
             reason = (
@@ -303,7 +349,7 @@ def _no_kv_plan(case: Case) -> Plan:
                 f"{spec.max_model_len} needs {fmt(want)} by the KV model;"
                 f" free memory allows up to {fmt(afford)}: {how})"
             )
-            fitted = shorter_model_len(case, new_util, total, spec.max_num_batched_tokens, spec.max_num_seqs)
+            fitted = shorter_model_len(case, new_util, total, spec.max_num_batched_tokens, spec.max_num_seqs, drop)
             if not isinstance(fitted, Plan):
                 if fitted is not None:
                     overrides["max_model_len"] = fitted[0]
@@ -320,6 +366,48 @@ def _no_kv_plan(case: Case) -> Plan:
     return give_up(
         f"{said}, and the batch settings are already at the latency preset",
         free_it_next_step(case),
+    )
+
+
+def _no_kv_util(case: Case, afford: float, total: float) -> tuple[float, bool, float]:
+    """(the utilization to retry at, whether it needs a drop, what the KV model wants): the least that
+    holds one max_model_len request, at least one step up, within what free memory allows; counted
+    as a cold start's (`Case.retry_model`) when it needs the drop."""
+    spec = case.spec
+
+    def pick(drop: bool) -> tuple[float, float]:
+        want = case.retry_model(drop).utilization_for(
+            spec.max_model_len, total, spec.max_num_batched_tokens, spec.max_num_seqs
+        )
+        return min(afford, max(want, round(case.util + UTIL_STEP, 2)), 1.0), want
+
+    new_util, want = pick(False)
+    drop = case.drop_needed_for(new_util)
+    if drop:
+        new_util, want = pick(True)
+    return new_util, drop, want
+
+
+# ---------------------------------------------------------------- unsteady_memory
+
+
+def _unsteady_matches(case: Case) -> bool:
+    return case.cause.kind is FailureKind.MEMORY_PROFILING
+
+
+def _unsteady_plan(case: Case) -> Plan:
+    """Wait until memory is steady and start the same spec once; a second such failure within the
+    hour (this recovery's retry, or a recent one) is memory that does not settle: a person looks."""
+    if _recent(case, RecoveryClass.UNSTEADY_MEMORY):
+        return give_up(
+            f"{case.cause.summary}, again after waiting for steady memory: something on the target keeps "
+            "releasing memory while vLLM starts",
+            case.cause.fix,
+        )
+    return Plan(
+        reason=f"{case.cause.summary}: wait until memory is steady, then start the same spec once more",
+        actions=(Action.WAIT_FOR_STEADY_MEMORY,),
+        overrides={},
     )
 
 
@@ -371,20 +459,20 @@ def _died_matches(case: Case) -> bool:
     return case.cause.kind is FailureKind.ENGINE_DEAD and case.number("after_ready") == 1
 
 
-def _recent_restarts(case: Case) -> list[RecoveryStep]:
-    """Engine restarts within the last hour (a step without a time, or without `now`, counts)."""
+def _recent(case: Case, klass: RecoveryClass) -> list[RecoveryStep]:
+    """Steps of ``klass`` taken within the last hour (a step without a time, or without `now`, counts)."""
     hour = timedelta(hours=1)
     return [
         step
         for step in case.history
-        if step.klass is RecoveryClass.ENGINE_DIED
+        if step.klass is klass
         and not step.give_up
         and (step.at is None or case.now is None or case.now - step.at < hour)
     ]
 
 
 def _died_plan(case: Case) -> Plan:
-    recent = _recent_restarts(case)
+    recent = _recent(case, RecoveryClass.ENGINE_DIED)
     allowed = case.limits.engine_restarts_per_hour
     if len(recent) >= allowed:
         return give_up(
@@ -432,10 +520,12 @@ CLASSES: tuple[RecoveryRule, ...] = (
         RecoveryClass.PAGE_CACHE,
         _page_cache_matches,
         _page_cache_plan,
-        "free_memory, and meminfo free + cached - margin covers util x total | drop_page_cache | same spec",
+        "free_memory on a MemFree vLLM (0.10.x), and meminfo free + (cached - shmem) - margin covers"
+        " util x total | drop_page_cache | same spec",
         why=(
-            "the usual cause on GB10 (vllm issue 48140): free + page cache covers the request, so the same spec "
-            "runs after a drop"
+            "the usual cause on GB10 up to vLLM 0.10.x (vllm issue 35313; unsloth PR 10704): free + page cache "
+            "covers the request, so the same spec runs after a drop; never from 0.11.1 on, whose check reads "
+            "MemAvailable"
         ),
     ),
     RecoveryRule(
@@ -463,7 +553,8 @@ CLASSES: tuple[RecoveryRule, ...] = (
         RecoveryClass.KV_TOO_SMALL,
         _kv_matches,
         _kv_plan,
-        "kv_too_small | [drop_page_cache] | higher utilization if free, else vLLM's estimate rounded to 256",
+        "kv_too_small | [drop_page_cache, 0.10.x only, when the raise needs it]"
+        " | higher utilization if free, else vLLM's estimate rounded to 256",
         why=(
             "vLLM's KV sizing check with exact numbers: raise the utilization when free memory covers the missing "
             "GiB, else vLLM's estimate"
@@ -473,10 +564,21 @@ CLASSES: tuple[RecoveryRule, ...] = (
         RecoveryClass.NO_KV_MEMORY,
         _no_kv_matches,
         _no_kv_plan,
-        "no_kv_memory | [drop_page_cache] | higher utilization if free, else smaller batch settings",
+        "no_kv_memory | [drop_page_cache, 0.10.x only, when the raise needs it]"
+        " | higher utilization if free, else smaller batch settings",
         why=(
             "no room for any KV block: more utilization if free memory allows, else a smaller profiling peak, "
             "else give up"
+        ),
+    ),
+    RecoveryRule(
+        RecoveryClass.UNSTEADY_MEMORY,
+        _unsteady_matches,
+        _unsteady_plan,
+        "memory_profiling | wait_for_steady_memory | same spec, once",
+        why=(
+            "vLLM's assertion that free memory grew while it profiled: nothing is wrong with the spec, another "
+            "process released memory mid-start; a retry once memory is steady measures what stays"
         ),
     ),
     RecoveryRule(
@@ -532,6 +634,7 @@ def plan_recovery(
     *,
     guard_tripped: bool = False,
     now: datetime | None = None,
+    version: Version | None = None,
 ) -> RecoveryStep:
     """The one next step after a failed start (or a server that died): pure, no I/O, no clock.
 
@@ -552,12 +655,14 @@ def plan_recovery(
             host_memory_floor_gib (no FailureKind names that: tasks/vllm/failures.py only reads logs and
             exits); planned as an activation peak.
         now: the flow's clock, to age ``history`` (None: every engine restart in it counts).
+        version: the vLLM that failed (None: the runbook's 0.10.1.1): which memory its free-memory
+            check reads (tasks/vllm/versions.py `FREE_MEMORY`), so whether a page-cache drop can help.
 
     Returns:
         The step; ``give_up`` with a ``next_step`` for a person when no retry should run.
     """
     guard_tripped = guard_tripped or cause.kind is FailureKind.HOST_MEMORY_GUARD  # the gate's own stop
-    case = Case(cause, memory, spec, attempt, limits or RecoveryLimits(), tuple(history), guard_tripped, now)
+    case = Case(cause, memory, spec, attempt, limits or RecoveryLimits(), tuple(history), guard_tripped, now, version)
     rule = next(r for r in CLASSES if r.matches(case))
     plan = rule.plan(case)
     step = RecoveryStep(

@@ -41,6 +41,7 @@ class RecoveryClass(StrEnum):
     SHORTAGE = "shortage"
     KV_TOO_SMALL = "kv_too_small"
     NO_KV_MEMORY = "no_kv_memory"
+    UNSTEADY_MEMORY = "unsteady_memory"
     ACTIVATION_PEAK = "activation_peak"
     ENGINE_DIED = "engine_died"
     UNRECOVERABLE = "unrecoverable"
@@ -56,10 +57,13 @@ class Action(StrEnum):
     REMOVE_STALE_CONTAINERS = "remove_stale_containers"
     #: the runbook's ``docker system prune -f`` (`tasks.prune.prune_docker`): frees disk, not memory.
     PRUNE = "prune"
+    #: poll meminfo until two readings a few seconds apart agree (`tasks.memory.wait_for_steady_memory`):
+    #: changes nothing, waits out another process's release of memory.
+    WAIT_FOR_STEADY_MEMORY = "wait_for_steady_memory"
 
 
 #: Actions that change the machine, so retrying the same spec after them is not a blind repeat.
-MACHINE_ACTIONS: frozenset[Action] = frozenset(Action)
+MACHINE_ACTIONS: frozenset[Action] = frozenset(Action) - {Action.WAIT_FOR_STEADY_MEMORY}
 
 #: Failure kinds that are about memory (a stale container of ours is then the first suspect).
 MEMORY_KINDS: frozenset[FailureKind] = frozenset(

@@ -1,5 +1,5 @@
-"""vLLM's OpenAI-compatible HTTP API, the two facts every client of the project needs: how a request
-carries the API key, and how the server says which model it serves.
+"""vLLM's OpenAI-compatible HTTP API, the facts every client of the project needs: how a request
+carries the API key, how the server says which model it serves, and which vLLM it is.
 
 Facts from vLLM 0.10.1.1 (the version in ``nvcr.io/nvidia/vllm:25.09-py3``),
 ``vllm/entrypoints/openai/api_server.py``:
@@ -12,9 +12,16 @@ Facts from vLLM 0.10.1.1 (the version in ``nvcr.io/nvidia/vllm:25.09-py3``),
 - the routes the project asks, each registered in that file: ``GET /health`` (liveness), ``GET
   /metrics`` (Prometheus, mounted from ``prometheus_client``), ``POST /v1/completions`` and ``POST
   /v1/chat/completions``.
+- line 573, ``GET /version``: ``{"version": <vLLM's __version__>}``, outside ``/v1`` so no key is asked; in
+  every later version: api_server.py:574 (0.10.2), :487 (0.11.1),
+  ``vllm/entrypoints/serve/instrumentator/basic.py:54`` (0.17.1, 0.20.1) and :53 (0.31.0), whose API-key
+  middleware guards only ``/v1``, ``/v2``, ``/inference`` and ``/cohere``
+  (``vllm/entrypoints/serve/middleware/authenticate.py:11``).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import httpx
 
@@ -28,6 +35,9 @@ METRICS_PATH = "/metrics"
 COMPLETIONS_PATH = "/v1/completions"
 #: OpenAI chat completions: messages in, the chat template applied by the server.
 CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
+#: The running server's vLLM version (``{"version": "0.10.1.1+381074ae.nv25.09"}``): confirms the version
+#: learnt from the image before the start (tasks/vllm/versions.py `VersionInfo`).
+VERSION_PATH = "/version"
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
@@ -57,3 +67,13 @@ def lists_model(http: httpx.Client, served_name: str) -> bool:
         return any(m.get("id") == served_name for m in response.json().get("data", []))
     except (httpx.HTTPError, ValueError):
         return False
+
+
+def version_from_body(body: Any) -> str | None:
+    """The version in the JSON body of ``GET /version`` (``{"version": "0.31.0"}``), as vLLM prints it
+    (``tasks.vllm.versions.parse_vllm_version`` reads it); None for any other body, so a proxy's or an
+    older server's answer is a fact for the caller, never an exception."""
+    if not isinstance(body, dict):
+        return None
+    version = body.get("version")
+    return (version.strip() or None) if isinstance(version, str) else None

@@ -1,6 +1,6 @@
 """Why a vLLM server failed: one table of failure rules, tried in priority order.
 
-vLLM (0.10.1.1 in ``nvcr.io/nvidia/vllm:25.09-py3``) has no failure codes: a start that fails prints
+vLLM (0.10.1.1 in ``nvcr.io/nvidia/vllm:25.09-py3`` to 0.31.0 in 26.10) has no failure codes: a start that fails prints
 a traceback, the API server adds ``RuntimeError: Engine core initialization failed. See root cause
 above.``, and the container exits. The cause is in the exact error texts (tests/data/logs/ holds recorded examples)
 and, when the kernel killed the container, only in docker's ``State`` (``ExitCode`` 137,
@@ -17,6 +17,15 @@ its texts: a fixed ``summary``/``fix``, or a ``build`` function that computes th
 error's numbers. Order matters because one failure prints several errors: the root cause must win
 over its consequences; each rule's ``why`` in the table says why it sits where it does.
 
+Versions
+--------
+Given the server's vLLM (``classify_failure(..., version=...)``), a rule matches only the texts that
+version prints: a pattern that is a `Variant` holds for its range (``Free memory on device cuda:0``
+from 0.17.1; ``MPClient: engine core exited unexpectedly`` in 0.31), a plain one for every version;
+unknown, every text is matched. The fixes follow what the version's free-memory check reads
+(`tasks.vllm.versions.FREE_MEMORY`): before 0.11.1 the page cache counts as used and dropping it is
+the fix; from 0.11.1 it does not, so the fixes never send the operator to drop caches there.
+
 The ``RuntimeError: Engine core initialization failed`` line is context, never a kind: it follows
 every startup failure, so it is added to the evidence of the kind that matched.
 
@@ -29,7 +38,8 @@ Adding a kind
 -------------
 Add a member to `FailureKind` and one `FailureRule` to `RULES` at its place in the order, with its
 patterns, its texts (a ``build`` function when the texts need the error's numbers), its ``why`` and its
-``source`` (the vLLM file:line that prints each text, read from vLLM 0.10.1.1's wheel),
+``source`` (the vLLM file:line that prints each text in each inspected version, read from their wheels;
+a text that differs between versions becomes one `Variant` per form),
 and add a recorded log to ``tests/data/logs/`` for it. Nothing else: the table is checked at import
 (each kind read from logs exactly once, the catch-all last).
 """
@@ -56,6 +66,7 @@ from tasks.vllm.logs import (
     strip_ansi,
     strip_prefix,
 )
+from tasks.vllm.versions import DEAD_ENGINE_HEALTH, FREE_MEMORY, FreeMemory, Variant, select, variants_for
 
 __all__ = [
     "MAX_EVIDENCE",
@@ -149,6 +160,8 @@ class Hit:
     oom_killed: bool
     #: GiB a suggested utilization leaves free (tasks/recovery/sizing.py `margin_for`).
     margin_gib: float = MARGIN_GIB
+    #: the vLLM that printed the log (None: unknown, the runbook's 0.10.1.1 for what the fix says).
+    version: Version | None = None
 
 
 @dataclass(frozen=True)
@@ -165,13 +178,15 @@ class Diagnosis:
 class FailureRule:
     """One kind of failure: how to recognise it and how to explain it.
 
-    A rule matches when one of its ``patterns`` is found in a log line (prefixes stripped) or when
-    ``exit_matches(exit_code, oom_killed)`` is true. Its texts are either fixed (``summary`` and
-    ``fix``) or computed by ``build`` from the `Hit` (for fixes with the error's own numbers).
+    A rule matches when one of its ``patterns`` for the server's vLLM is found in a log line (prefixes
+    stripped) or when ``exit_matches(exit_code, oom_killed)`` is true. A plain pattern holds for every
+    version; a `Variant` only for its range (a text vLLM words differently, or prints only in some
+    versions). Its texts are either fixed (``summary`` and ``fix``) or computed by ``build`` from the
+    `Hit` (for fixes with the error's own numbers, or what the version's free-memory check reads).
     """
 
     kind: FailureKind
-    patterns: tuple[re.Pattern[str], ...] = ()
+    patterns: tuple[re.Pattern[str] | Variant[re.Pattern[str]], ...] = ()
     summary: str = ""
     fix: str = ""
     build: Callable[[Hit], Diagnosis] | None = None
@@ -182,8 +197,8 @@ class FailureRule:
     evidence_patterns: tuple[re.Pattern[str], ...] = ()
     #: why the rule sits where it does in `RULES` (the table's order is the priority).
     why: str = ""
-    #: where each matched text comes from: vLLM's file:line (function) in 0.10.1.1, or the library,
-    #: daemon or kernel that prints it when it is not vLLM's; several sites separated by "; ".
+    #: where each matched text comes from: vLLM's file:line (function) in each inspected version (a
+    #: `Variant` cites its own), or the library, daemon or kernel that prints it when it is not vLLM's.
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -192,10 +207,17 @@ class FailureRule:
         if self.build is None and not (self.summary and self.fix):
             raise ValueError(f"rule {self.kind.value}: give a build function or both summary and fix")
 
-    def first_match(self, bodies: Sequence[str]) -> str | None:
-        """The first line (prefixes stripped) one of the patterns matches, or None."""
+    def patterns_for(self, version: Version | None) -> tuple[re.Pattern[str], ...]:
+        """The patterns that hold for ``version`` (every one when it is unknown)."""
+        plain = [p for p in self.patterns if isinstance(p, re.Pattern)]
+        versioned = variants_for([p for p in self.patterns if isinstance(p, Variant)], version)
+        return (*plain, *versioned)
+
+    def first_match(self, bodies: Sequence[str], version: Version | None = None) -> str | None:
+        """The first line (prefixes stripped) one of the version's patterns matches, or None."""
+        patterns = self.patterns_for(version)
         for body in bodies:
-            if any(p.search(body) for p in self.patterns):
+            if any(p.search(body) for p in patterns):
                 return body
         return None
 
@@ -208,16 +230,46 @@ class FailureRule:
 
 # ============================================================================ patterns with numbers
 
-_FREE_MEMORY = re.compile(
-    r"Free memory on device(?: (?P<device>\S+))? \((?P<free>[\d.]+)/(?P<total>[\d.]+) GiB\) on startup "
-    r"is less than desired GPU memory utilization \((?P<util>[\d.]+), (?P<req>[\d.]+) GiB\)"
+_FREE_MEMORY_TAIL = (
+    r"\((?P<free>[\d.]+)/(?P<total>[\d.]+) GiB\) on startup is less than desired GPU memory utilization "
+    r"\((?P<util>[\d.]+), (?P<req>[\d.]+) GiB\)"
 )
-_KV_TOO_SMALL = re.compile(
-    r"To serve at least one request with the models?'s max seq len \((?P<len>\d+)\),\s*"
-    r"\((?P<needed>[\d.]+) GiB KV cache is needed, which is larger than the available KV cache memory "
-    r"\((?P<avail>[\d.]+) GiB\)\.\s*(?:Based on the available memory, the estimated maximum model "
-    r"length is (?P<est>\d+)\.)?"
+#: vLLM's free-memory check: ``Free memory on device (...)``, from 0.17.1 with the device named.
+_FREE_MEMORY: tuple[Variant[re.Pattern[str]], ...] = (
+    Variant(
+        "<0.17.1",
+        re.compile(r"Free memory on device " + _FREE_MEMORY_TAIL),
+        "vllm/v1/worker/gpu_worker.py:180-187 (init_device) in 0.10.1.1, :181-188 in 0.10.2, :248-255 in 0.11.1",
+    ),
+    Variant(
+        ">=0.17.1",
+        re.compile(r"Free memory on device (?P<device>\S+) " + _FREE_MEMORY_TAIL),
+        "vllm/v1/worker/utils.py:414-421 (request_memory: `on device {init_snapshot.device_}`, cuda:0; numbers by "
+        "format_gib, the request rounded up with math.ceil) in 0.17.1 and 0.20.1, :549-556 in 0.31.0",
+    ),
 )
+_KV_TOO_SMALL_TAIL = (
+    r"max seq len \((?P<len>\d+)\),\s*\((?P<needed>[\d.]+) GiB KV cache is needed, which is larger than the "
+    r"available KV cache memory \((?P<avail>-?[\d.]+) GiB\)\.\s*(?:Based on the available memory, the estimated "
+    r"maximum model length is (?P<est>\d+)\.)?"
+)
+#: vLLM's KV sizing check for max_model_len. The estimate sentence is left out when the estimate is 0 (then
+#: ``GiB).  Try``, two spaces, in 0.10.1.1): kv_cache_utils.py:692-696 in 0.10.1.1, :633-638 in 0.17.1.
+_KV_TOO_SMALL: tuple[Variant[re.Pattern[str]], ...] = (
+    Variant(
+        "<0.31",
+        re.compile(r"To serve at least one request with the models's " + _KV_TOO_SMALL_TAIL),
+        "vllm/v1/core/kv_cache_utils.py:700 (check_enough_kv_cache_memory) in 0.10.1.1, :709 in 0.10.2, :708 in "
+        "0.11.1; :642 (_check_enough_kv_cache_memory) in 0.17.1, :715 in 0.20.1 (vLLM's typo `models's`)",
+    ),
+    Variant(
+        ">=0.31",
+        re.compile(r"To serve at least one request with the model's " + _KV_TOO_SMALL_TAIL),
+        "vllm/v1/core/kv_cache_utils.py:926 (_check_enough_kv_cache_memory) in 0.31.0",
+    ),
+)
+# `Available KV cache memory: %s GiB`, logged just before the KV checks (tasks/vllm/logs.py GRAMMAR cites it).
+_KV_BUDGET = re.compile(r"Available KV cache memory: (?P<gib>-?\d+(?:\.\d+)?) GiB")
 # "Error in memory profiling. Initial free memory X GiB, current free memory Y GiB. This happens when ..."
 _PROFILING = re.compile(
     r"Error in memory profiling\. Initial free memory (?P<initial>-?[\d.]+) GiB, current free memory "
@@ -230,7 +282,8 @@ _CUDA_OOM_DETAIL = {
 }
 _UNIT = {"KiB": 1 / (1024 * 1024), "MiB": 1 / 1024, "GiB": 1.0}
 # The API server's line after every failed engine start: context for the evidence, never a cause.
-# vllm/v1/engine/utils.py:759 (wait_for_engine_startup) in 0.10.1.1.
+# vllm/v1/engine/utils.py:759 (wait_for_engine_startup) in 0.10.1.1, :782 in 0.10.2, :965 in 0.11.1,
+# :1011 in 0.17.1, :1179 in 0.20.1, :1349 in 0.31.0.
 _CONTEXT = (re.compile(r"RuntimeError: Engine core initialization failed"),)
 _EXCEPTION_IN_MESSAGE = re.compile(r"(?:^|\] )(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception)\b: ")
 
@@ -252,17 +305,55 @@ def _gib(value: str, unit: str) -> float:
 # ============================================================================ texts with numbers
 
 
+#: What held memory means on GB10, by what the version's free-memory check reads (`FREE_MEMORY`).
+_HELD_MEMORY: dict[FreeMemory, str] = {
+    FreeMemory.MEM_FREE: (
+        "On the DGX Spark (GB10, unified memory) vLLM before 0.11.1 counts the Linux page cache as used (its check "
+        "reads MemFree: vllm issue 35313, measured on GB10 in unsloth PR 10704), and a previous load leaves the "
+        "weights there: if the host's page cache (`Cached` in /proc/meminfo) is about that size, drop it "
+        "(`sync; echo 3 > /proc/sys/vm/drop_caches`) and retry with the same utilization."
+    ),
+    FreeMemory.MEM_AVAILABLE: (
+        "On the DGX Spark (GB10) vLLM 0.11.1 and later reads MemAvailable, which already counts the reclaimable "
+        "page cache as free: dropping caches frees nothing here (it only makes the next weight read cold). The "
+        "memory is really held: by processes or containers, or by shared memory and tmpfs (`Shmem` in "
+        "/proc/meminfo), which no cache drop returns."
+    ),
+}
+#: The page-cache step of a KV fix: only where the version counts the page cache as used.
+_DROP_FIRST: dict[FreeMemory, str] = {
+    FreeMemory.MEM_FREE: "; on the Spark drop the page cache first (`sync; echo 3 > /proc/sys/vm/drop_caches`)",
+    FreeMemory.MEM_AVAILABLE: "",
+}
+#: Who can release memory under a profiling vLLM, as its free-memory reading sees it.
+_RELEASED_BY: dict[FreeMemory, str] = {
+    FreeMemory.MEM_FREE: "another process (or the page cache, which this vLLM counts as used)",
+    FreeMemory.MEM_AVAILABLE: "another process",
+}
+
+
 def _free_memory(hit: Hit) -> Diagnosis:
-    m = _FREE_MEMORY.search(hit.line)
+    m = next((found for p in variants_for(_FREE_MEMORY, None) if (found := p.search(hit.line))), None)
     assert m is not None
-    return _free_memory_diagnosis(
-        float(m["free"]), float(m["total"]), float(m["util"]), float(m["req"]), m["device"] or "", hit.margin_gib
-    )
+    free, total, util, req = float(m["free"]), float(m["total"]), float(m["util"]), float(m["req"])
+    device = m.groupdict().get("device") or ""
+    return _free_memory_diagnosis(free, total, util, req, device, hit.margin_gib, hit.version)
 
 
 def _free_memory_diagnosis(
-    free: float, total: float, util: float, requested: float, device: str, margin_gib: float, cached: float = 0.0
+    free: float,
+    total: float,
+    util: float,
+    requested: float,
+    device: str,
+    margin_gib: float,
+    version: Version | None,
+    cached: float = 0.0,
 ) -> Diagnosis:
+    """The texts of a free-memory failure; ``cached`` (page cache a drop returns) counts only where the
+    version's check reads MemFree (`FREE_MEMORY`): MemAvailable already includes it."""
+    reads = select(FREE_MEMORY, version)
+    cached = cached if reads is FreeMemory.MEM_FREE else 0.0
     suggested_util = fit_utilization(free + cached, total, margin_gib)
     held = total - free
     device = f" {device}" if device else ""
@@ -287,12 +378,8 @@ def _free_memory_diagnosis(
         else "there is too little free memory for any utilization: free memory first"
     )
     fix = (
-        "Find out what holds the memory before lowering anything. On the DGX Spark (GB10, unified "
-        "memory) vLLM 0.10.1.1 counts the Linux page cache as used, and a previous load leaves the "
-        "weights there: if the host's page cache (`Cached` in /proc/meminfo) is about that size, drop "
-        "it (`sync; echo 3 > /proc/sys/vm/drop_caches`) and retry with the same utilization. If other "
-        f"processes or containers hold it, follow {_RUNBOOK_MEMORY_STEPS}, and retry. Only if nothing "
-        f"can be freed, {lower}."
+        f"Find out what holds the memory before lowering anything. {_HELD_MEMORY[reads]} If other processes or "
+        f"containers hold it, follow {_RUNBOOK_MEMORY_STEPS}, and retry. Only if nothing can be freed, {lower}."
     )
     suggested = {"gpu_memory_utilization": suggested_util} if 0 < suggested_util < util else {}
     return Diagnosis(summary=summary, fix=fix, numbers=numbers, suggested=suggested)
@@ -308,21 +395,25 @@ def free_memory_cause(
 ) -> FailureCause:
     """The `free_memory` cause of a start refused before it ran: the pre-start memory check
     (tasks/memory.py `room_for_start`) knows vLLM's check would fail and has its numbers, so no log
-    is read. The check it stands for: ``vllm/v1/worker/gpu_worker.py:177`` (``init_device``, vLLM
-    0.10.1.1) compares free memory with utilization x total and raises "Free memory on device ...
-    is less than desired GPU memory utilization" at :179 (0.17.1: ``vllm/v1/worker/utils.py:413``,
-    ``request_memory``).
+    is read. The check it stands for compares free memory with utilization x total at startup:
+    ``vllm/v1/worker/gpu_worker.py:177-187`` (``init_device``) in 0.10.1.1, ``vllm/v1/worker/utils.py:413``
+    (``request_memory``) from 0.17.1 (`_FREE_MEMORY` cites each version).
 
     Args:
-        free_gib: the free memory vLLM's check would see now (MemFree on GB10).
+        free_gib: the free memory vLLM's check would see now: MemFree on GB10 before 0.11.1,
+            MemAvailable from 0.11.1 (`tasks.vllm.versions.FREE_MEMORY`).
         total_gib: the device total (MemTotal on GB10).
         utilization: the spec's gpu_memory_utilization.
         margin_gib: GiB the suggested utilization leaves free (tasks/recovery/sizing.py `margin_for`).
-        page_cache_gib: page cache a drop would return before the start (counted in the suggestion).
+        page_cache_gib: page cache a drop would return before the start (counted in the suggestion
+            only where the version reads MemFree: MemAvailable already includes it).
+        version: the server's vLLM (None: the runbook's 0.10.1.1); the fix says what its check reads.
     """
     free, total = round(free_gib, 2), round(total_gib, 2)
     requested = round(total * utilization, 2)
-    diagnosis = _free_memory_diagnosis(free, total, utilization, requested, "", margin_gib, round(page_cache_gib, 2))
+    diagnosis = _free_memory_diagnosis(
+        free, total, utilization, requested, "", margin_gib, version, round(page_cache_gib, 2)
+    )
     return FailureCause(
         kind=FailureKind.FREE_MEMORY,
         summary=diagnosis.summary,
@@ -333,7 +424,7 @@ def free_memory_cause(
 
 
 def _kv_too_small(hit: Hit) -> Diagnosis:
-    m = _KV_TOO_SMALL.search(hit.line)
+    m = next((found for p in variants_for(_KV_TOO_SMALL, None) if (found := p.search(hit.line))), None)
     assert m is not None
     length, needed, available = int(m["len"]), float(m["needed"]), float(m["avail"])
     numbers: dict[str, float] = {"max_model_len": length, "needed_gib": needed, "available_gib": available}
@@ -359,20 +450,36 @@ def _kv_too_small(hit: Hit) -> Diagnosis:
         lower = "lower max_model_len"
     fix = (
         f"Either {lower}, or raise gpu_memory_utilization so that about {needed - available:.2f} GiB more "
-        "is left for the KV cache (if free memory allows; on the Spark drop the page cache first). "
+        f"is left for the KV cache (if free memory allows{_DROP_FIRST[select(FREE_MEMORY, hit.version)]}). "
         "The runbook's max-context preset keeps 32000 with max_num_seqs 32."
     )
     return Diagnosis(summary=summary, fix=fix, numbers=numbers, suggested=suggested)
+
+
+def _no_kv_memory(hit: Hit) -> Diagnosis:
+    budget = next((m for e in hit.evidence if (m := _KV_BUDGET.search(e))), None)
+    numbers = {"available_gib": float(budget["gib"])} if budget else {}
+    left = f" (vLLM computed {budget['gib']} GiB for it)" if budget else ""
+    return Diagnosis(
+        summary=f"after loading the weights and profiling, no memory was left for the KV cache{left}",
+        fix=(
+            "Raise gpu_memory_utilization if free memory allows (the ~32 GB of FP8 weights must fit with "
+            "room to spare; the runbook uses 0.90), or lower max_num_batched_tokens / max_num_seqs to shrink "
+            f"the profiling peak{_DROP_FIRST[select(FREE_MEMORY, hit.version)]}."
+        ),
+        numbers=numbers,
+    )
 
 
 def _memory_profiling(hit: Hit) -> Diagnosis:
     m = _PROFILING.search(hit.line)
     assert m is not None
     initial, current = float(m["initial"]), float(m["current"])
+    released_by = _RELEASED_BY[select(FREE_MEMORY, hit.version)]
     return Diagnosis(
         summary=(
-            f"free memory grew while vLLM profiled ({initial:.2f} GiB before, {current:.2f} GiB after): another "
-            "process (or the page cache) released memory during the start, so vLLM could not size the KV cache"
+            f"free memory grew while vLLM profiled ({initial:.2f} GiB before, {current:.2f} GiB after): "
+            f"{released_by} released memory during the start, so vLLM could not size the KV cache"
         ),
         fix=(
             "Nothing is wrong with the spec: wait until the host's memory is steady (no other container starting "
@@ -410,9 +517,10 @@ def _cuda_oom(hit: Hit) -> Diagnosis:
 
 def _engine_dead(hit: Hit) -> Diagnosis:
     when = "after the server was ready" if hit.ready else "during startup"
+    health = " or ".join(str(code) for code in variants_for(DEAD_ENGINE_HEALTH, hit.version))
     return Diagnosis(
         summary=(
-            f"the engine core process died {when}; the API server stops serving (500 in 0.10.x, 503 in 0.11+) and exits"
+            f"the engine core process died {when}; the API server stops serving (/health answers {health}) and exits"
         ),
         fix=(
             "Read the lines before the evidence for the root cause, then recover (restart the container: the "
@@ -534,8 +642,9 @@ RULES: tuple[FailureRule, ...] = (
         source=(
             "dockerd (moby; Go, no line): `could not select device driver ...` (no driver for `--gpus`) and "
             "`unknown or invalid runtime name: nvidia`; libnvidia-container (NVIDIA Container Toolkit): "
-            "`nvidia-container-cli: initialization error`; vllm/config/__init__.py:1882 (DeviceConfig.__post_init__) "
-            "in 0.10.1.1: `Failed to infer device type`; torch c10/cuda/CUDAFunctions.cpp (torch is not installed "
+            "`nvidia-container-cli: initialization error`; `Failed to infer device type` (DeviceConfig.__post_init__): "
+            "vllm/config/__init__.py:1883 in 0.10.1.1, :1864 in 0.10.2, vllm/config/device.py:59 in 0.11.1, :57 in "
+            "0.17.1 and 0.20.1, :56 in 0.31.0; torch c10/cuda/CUDAFunctions.cpp (torch is not installed "
             "here: no line): `No CUDA GPUs are available`, `Found no NVIDIA driver on your system`"
         ),
     ),
@@ -550,8 +659,8 @@ RULES: tuple[FailureRule, ...] = (
         ),
         summary="vllm serve rejected its command line",
         fix=(
-            "Fix the flag named in the evidence in the engine spec (most often extra_args); the image runs "
-            "vLLM 0.10.1.1, so check it against `vllm serve --help` in that image."
+            "Fix the flag named in the evidence in the engine spec (most often extra_args), and check it against "
+            "`vllm serve --help` in the server's image: flags come and go between vLLM versions."
         ),
         why="vllm serve rejected its command line: nothing ran",
         source=(
@@ -559,8 +668,9 @@ RULES: tuple[FailureRule, ...] = (
             "CPython 3.11.7 (the image's Python may number them differently): argparse.py:1871 (parse_args) "
             "`unrecognized arguments`, :776 (ArgumentError.__str__) `argument X: ...`, :2142 (_parse_known_args) "
             "`the following arguments are required`; pydantic_core's ValidationError (`N validation error(s) for "
-            "SchedulerConfig`: vLLM's config classes are pydantic dataclasses); vllm/config/scheduler.py:254 "
-            "(SchedulerConfig._verify_args) in 0.10.1.1: `max_num_batched_tokens (N) is smaller than max_model_len`"
+            "SchedulerConfig`: vLLM's config classes are pydantic dataclasses); `max_num_batched_tokens (N) is smaller "
+            "than max_model_len` (SchedulerConfig): vllm/config/scheduler.py:255-256 in 0.10.1.1, 0.10.2 and 0.11.1, "
+            ":257-258 in 0.17.1, :265-266 in 0.20.1, :321-322 in 0.31.0"
         ),
     ),
     FailureRule(
@@ -579,18 +689,15 @@ RULES: tuple[FailureRule, ...] = (
         source=(
             "`Error Internal`: CUTLASS's cutlassGetStatusString(kErrorInternal), raised by vLLM's C++ CUTLASS_CHECK "
             "macro (csrc/cutlass_extensions/common.hpp; C++, not in the wheel: no line); `cutlass_scaled_mm failed`: "
-            "not found in vllm 0.10.1.1 source (its .py files; the runbook's symptom text)"
+            "not in the .py files of any inspected vLLM (0.10.1.1 to 0.31.0; the runbook's symptom text)"
         ),
     ),
     FailureRule(
         kind=FailureKind.FREE_MEMORY,
-        patterns=(_FREE_MEMORY,),
+        patterns=_FREE_MEMORY,
         build=_free_memory,
         why="vLLM's own check at startup, with exact numbers",
-        source=(
-            "vllm/v1/worker/gpu_worker.py:179 (init_device) in 0.10.1.1; vllm/v1/worker/utils.py:413 (request_memory) "
-            "in 0.17.1, the `on device cuda:0` form"
-        ),
+        source="; ".join(v.source for v in _FREE_MEMORY),
     ),
     FailureRule(
         kind=FailureKind.MEMORY_PROFILING,
@@ -601,34 +708,27 @@ RULES: tuple[FailureRule, ...] = (
             "the KV or OOM errors that may follow are its consequence"
         ),
         source=(
-            "vllm/v1/worker/gpu_worker.py:248-255 (determine_available_memory) in 0.10.1.1; :272 in 0.10.2; :333 in "
-            "0.11.1; :399 in 0.17.1; :413 in 0.20.1; :653 in 0.31.0"
+            "vllm/v1/worker/gpu_worker.py:249-256 (determine_available_memory) in 0.10.1.1; :272 in 0.10.2; :333 in "
+            "0.11.1; :399 in 0.17.1 (format_gib numbers); :413 in 0.20.1; :653 in 0.31.0: the same text in each"
         ),
     ),
     FailureRule(
         kind=FailureKind.KV_TOO_SMALL,
-        patterns=(_KV_TOO_SMALL,),
+        patterns=_KV_TOO_SMALL,
         build=_kv_too_small,
         why="vLLM's KV sizing check for max_model_len, with exact numbers",
-        source=(
-            "vllm/v1/core/kv_cache_utils.py:699 (check_enough_kv_cache_memory) in 0.10.1.1; "
-            "vllm/v1/core/kv_cache_utils.py:641 (_check_enough_kv_cache_memory) in 0.17.1"
-        ),
+        source="; ".join(v.source for v in _KV_TOO_SMALL),
     ),
     FailureRule(
         kind=FailureKind.NO_KV_MEMORY,
         patterns=(re.compile(r"No available memory for the cache blocks"),),
-        summary="after loading the weights and profiling, no memory was left for the KV cache",
-        fix=(
-            "Raise gpu_memory_utilization if free memory allows (the ~32 GB of FP8 weights must fit with "
-            "room to spare; the runbook uses 0.90), or lower max_num_batched_tokens / max_num_seqs to shrink "
-            "the profiling peak. On the DGX Spark drop the page cache first "
-            "(`sync; echo 3 > /proc/sys/vm/drop_caches`)."
-        ),
+        build=_no_kv_memory,
+        evidence_patterns=(_KV_BUDGET,),  # the negative budget vLLM logged just before
         why="vLLM's KV sizing found no room at all",
         source=(
-            "vllm/v1/core/kv_cache_utils.py:682 (check_enough_kv_cache_memory) in 0.10.1.1; "
-            "vllm/worker/worker.py:577 (raise_if_cache_size_invalid, the V0 engine) in 0.10.1.1"
+            "vllm/v1/core/kv_cache_utils.py:682 (check_enough_kv_cache_memory) in 0.10.1.1, :691 in 0.10.2, :687 in "
+            "0.11.1, :624 (_check_enough_kv_cache_memory) in 0.17.1, :697 in 0.20.1, :906 in 0.31.0; "
+            "vllm/worker/worker.py:577 (raise_if_cache_size_invalid, the V0 engine) in 0.10.1.1 and :660 in 0.10.2"
         ),
     ),
     FailureRule(
@@ -677,9 +777,10 @@ RULES: tuple[FailureRule, ...] = (
             "huggingface_hub/errors.py:467 (LocalEntryNotFoundError), _snapshot_download.py:382 and :388 "
             "(snapshot_download) `Cannot find an appropriate cached snapshot`, file_download.py:1945 "
             "(_raise_on_head_call_error) `outgoing traffic has been disabled`; "
-            "vllm/model_executor/model_loader/default_loader.py:169 (DefaultModelLoader._prepare_weights) in 0.10.1.1: "
-            "`Cannot find any model weights with`; transformers (not installed here: no line): `does not appear to "
-            "have a file named`, `Can't load tokenizer for`, `config file at ... is not a valid JSON file`; "
+            "`Cannot find any model weights with` (DefaultModelLoader._prepare_weights): "
+            "vllm/model_executor/model_loader/default_loader.py:170 in 0.10.1.1, :151 in 0.10.2, :161 in 0.11.1, :180 "
+            "in 0.17.1, :198 in 0.20.1, :249 in 0.31.0; transformers (not installed here: no line): `does not appear "
+            "to have a file named`, `Can't load tokenizer for`, `config file at ... is not a valid JSON file`; "
             "safetensors (Rust): `SafetensorError: Error while deserializing header`; Python: FileNotFoundError / "
             "`No such file or directory` (ENOENT), json.JSONDecodeError"
         ),
@@ -700,19 +801,38 @@ RULES: tuple[FailureRule, ...] = (
         patterns=(
             re.compile(r"EngineDeadError"),
             re.compile(r"EngineCore encountered (?:a fatal error|an issue)"),
-            re.compile(r"Engine core proc \S+ died unexpectedly"),
             re.compile(r"AsyncLLM output_handler failed"),
+            # the monitor of the engine process, when it dies without an exception (killed, crashed)
+            Variant(
+                "<0.20.1",
+                re.compile(r"Engine core proc \S+ died unexpectedly"),
+                "vllm/v1/engine/core_client.py:563 (MPClient.start_engine_core_monitor) in 0.10.1.1, :565 in 0.10.2, "
+                ":599 in 0.11.1, :692 in 0.17.1 (0.20.1 prints nothing there: core_client.py:652-661)",
+            ),
+            Variant(
+                ">=0.31",
+                re.compile(r"MPClient: engine core exited unexpectedly"),
+                "vllm/v1/engine/core_client.py:809-811 (monitor_engine_cores, warning_once `[shutdown] MPClient: "
+                "engine core exited unexpectedly; starting cleanup`) in 0.31.0",
+            ),
+            Variant(
+                ">=0.20.1",
+                re.compile(r"Engine core process \S+ died unexpectedly"),
+                "vllm/v1/utils.py:314-317 (wait_for_completion_or_failure, several API servers) in 0.20.1, "
+                ":601-604 in 0.31.0",
+            ),
         ),
         build=_engine_dead,
         evidence_patterns=(_EXCEPTION_IN_MESSAGE,),  # the root cause comes along with the death lines
         why="the engine core died: a symptom, so any cause above wins over it",
         source=(
-            "vllm/v1/engine/exceptions.py:12 (EngineDeadError.__init__) `EngineCore encountered an issue`; "
-            "vllm/v1/engine/core.py:702 (EngineCoreProc.run_engine_core) and :1213 (DPEngineCoreActor.run) "
-            "`EngineCore encountered a fatal error.`; vllm/v1/engine/core_client.py:562 "
-            "(MPClient.start_engine_core_monitor) `Engine core proc %s died unexpectedly`; "
-            "vllm/v1/engine/async_llm.py:430 (AsyncLLM.output_handler) `AsyncLLM output_handler failed.`; "
-            "all in 0.10.1.1"
+            "`EngineCore encountered an issue` (EngineDeadError): vllm/v1/engine/exceptions.py:12 in 0.10.1.1 and "
+            "0.10.2, :13 in 0.11.1, 0.17.1 and 0.20.1, :16 in 0.31.0; `EngineCore encountered a fatal error.` "
+            "(EngineCoreProc.run_engine_core and DPEngineCoreActor.run): vllm/v1/engine/core.py:702 and :1213 in "
+            "0.10.1.1, :720 and :1242 in 0.10.2, :844 and :1417 in 0.11.1, :1102 and :1907 in 0.17.1, :1138 and "
+            ":2018 in 0.20.1, :1435 and :2586 in 0.31.0; `AsyncLLM output_handler failed.`: "
+            "vllm/v1/engine/async_llm.py:430 in 0.10.1.1, :485 in 0.10.2, :525 in 0.11.1, :708 in 0.17.1, :704 in "
+            "0.20.1, :871 in 0.31.0; the monitor's lines: each pattern's own source"
         ),
     ),
     FailureRule(
@@ -777,18 +897,22 @@ def _matching_lines(lines: Sequence[str], patterns: Iterable[re.Pattern[str]], s
     return picked[:MAX_EVIDENCE]
 
 
-def _pattern_evidence(rule: FailureRule, lines: Sequence[str], secrets: Sequence[str]) -> list[str]:
-    evidence = _matching_lines(lines, (*rule.patterns, *rule.evidence_patterns), secrets)
+def _pattern_evidence(
+    rule: FailureRule, lines: Sequence[str], secrets: Sequence[str], version: Version | None
+) -> list[str]:
+    evidence = _matching_lines(lines, (*rule.patterns_for(version), *rule.evidence_patterns), secrets)
     context = _matching_lines(lines, _CONTEXT, secrets)
     room = max(0, MAX_EVIDENCE - len(evidence))
     return evidence + [line for line in context if line not in evidence][:room]
 
 
-def _error_evidence(lines: Sequence[str], bodies: Sequence[str], secrets: Sequence[str]) -> list[str]:
+def _error_evidence(
+    lines: Sequence[str], bodies: Sequence[str], secrets: Sequence[str], version: Version | None
+) -> list[str]:
     """The last error lines, exceptions preferred; the last lines of all when none is an error."""
     errors = []
     for line, body in zip(lines, bodies, strict=True):
-        parsed = parse_line(body)
+        parsed = parse_line(body, version)
         if parsed is not None and parsed.kind is EventKind.ERROR:
             errors.append(scrub(line, secrets))
     exceptions = [e for e in errors if is_exception(split_header(strip_prefix(e))[2])]
@@ -819,6 +943,9 @@ def classify_failure(
             tokens are always scrubbed).
         margin_gib: GiB a suggested utilization leaves free: the target's
             (`tasks.recovery.sizing.margin_for`), so the fix quotes the utilization the planner retries.
+        version: the server's vLLM: only its texts are matched (a `Variant` of a rule holds for a range),
+            and the fixes say what its free-memory check reads (`tasks.vllm.versions.FREE_MEMORY`: on
+            0.11.1+ a page-cache drop frees nothing). None: every text, and the runbook's 0.10.1.1 fixes.
 
     Returns:
         The cause; ``unknown`` (with the last error lines) when no other rule matches. The GB10
@@ -830,16 +957,16 @@ def classify_failure(
     ready = any("Application startup complete." in body for body in bodies)
 
     for rule in RULES:
-        first = rule.first_match(bodies) if rule.patterns else None
+        first = rule.first_match(bodies, version) if rule.patterns else None
         if first is None:
             if rule.exit_matches is None or not rule.exit_matches(exit_code, oom_killed):
                 continue
             first = ""
         if rule.evidence is Evidence.MATCHES:
-            evidence = _pattern_evidence(rule, text_lines, secret_values)
+            evidence = _pattern_evidence(rule, text_lines, secret_values, version)
         else:
-            evidence = _error_evidence(text_lines, bodies, secret_values)
-        hit = Hit(first, tuple(evidence), ready, exit_code, oom_killed, margin_gib)
+            evidence = _error_evidence(text_lines, bodies, secret_values, version)
+        hit = Hit(first, tuple(evidence), ready, exit_code, oom_killed, margin_gib, version)
         diagnosis = rule.diagnose(hit)
         return FailureCause(
             kind=rule.kind,

@@ -2,10 +2,12 @@
 
 Pure functions and small pure classes only (no Prefect, no I/O), so the deploy/recover flows
 can feed them line by line and the unit tests can feed them sample logs (tests/data/logs/).
-Each pattern cites the vLLM file and line that prints its text, in vLLM 0.10.1.1 (the version in
-`nvcr.io/nvidia/vllm:25.09-py3`; read from its wheel); later forms are noted where they differ.
+The grammar is one table, `GRAMMAR`: each milestone with its forms, each form a `Variant` holding the
+vLLM versions that print it and the file:line of the logger call in each inspected version (0.10.1.1 of
+`nvcr.io/nvidia/vllm:25.09-py3` to 0.31.0 of 26.10, read from their wheels). A parser given the server's
+version tries only that version's forms; without one it tries them all.
 
-    tracker = StartupTracker()
+    tracker = StartupTracker(version=Version("0.31.0"))
     for line in lines:                      # e.g. LineSplitter().feed(chunk) from docker logs
         event = tracker.feed(line)          # LogEvent | None
         ... tracker.phase, tracker.stats.shards_done, tracker.stats.kv_cache_tokens ...
@@ -13,7 +15,7 @@ Each pattern cites the vLLM file and line that prints its text, in vLLM 0.10.1.1
 
 What a failed start's log *means* (the failure rules, their causes and fixes) is `tasks.vllm.failures`,
 which builds on this module; hiding secrets in lines is `tasks.secrets.scrub`. This module imports
-only `tasks.secrets` of the project, never `tasks.vllm.failures`, so there is no import cycle.
+only `tasks.secrets` and `tasks.vllm.versions` of the project, never `tasks.vllm.failures`, so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -29,13 +31,19 @@ from typing import Any
 from packaging.version import Version
 
 from tasks.secrets import scrub
+from tasks.vllm.versions import Variant, variants_for
 
 # ============================================================================ lines
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _DOCKER_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d) ")
-# `(APIServer pid=1) `, `(EngineCore_0 pid=210) ` (0.11-0.17 `EngineCore_DP0`, 0.24+ `EngineCore`),
-# also workers of multi-GPU runs (`(VllmWorker TP0 pid=..)`).
+# `(APIServer pid=1) `, `(EngineCore_0 pid=210) `, workers of multi-GPU runs (`(VllmWorker TP0 pid=..)`); one
+# form in every version, printed by: _add_prefix on the process's stdout/stderr, vllm/utils/__init__.py:3350
+# (0.10.1.1), :3392 (0.10.2), vllm/utils/system_utils.py:143 (0.11.1), :196 (0.17.1), :201 (0.20.1); vLLM's log
+# format itself in 0.31.0 (vllm/logger.py:27-31, `(%(vllm_process_name)s pid=%(process)d) `; tqdm and uvicorn
+# lines then come without it). The engine is `EngineCore_0` (vllm/v1/engine/utils.py:119, 0.10.1.1),
+# `EngineCore_DP0` (:119 in 0.10.2, :122 in 0.17.1), `EngineCore` without data parallelism (:145 in 0.20.1,
+# :227 in 0.31.0).
 _PROCESS_PREFIX = re.compile(r"^\((?P<process>[A-Za-z][\w.-]*(?: [\w.-]+)*) pid=(?P<pid>\d+)\)\s?")
 # vLLM's format: `%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s`, date `%m-%d %H:%M:%S`.
 _VLLM_HEADER = re.compile(
@@ -210,12 +218,16 @@ def advance(current: Phase | str | None, event: LogEvent | None) -> Phase:
 
 # ----------------------------------------------------------------------------- patterns
 
-_NUM = r"(\d+(?:\.\d+)?)"
-_INT_SEP = r"(\d[\d,]*)"
+
+def _num(name: str) -> str:
+    """A named number group; signed, because vLLM prints a negative KV budget
+    (``Available KV cache memory: -0.53 GiB`` just before ``No available memory for the cache blocks``)."""
+    return rf"(?P<{name}>-?\d+(?:\.\d+)?)"
 
 
-def _int(text: str) -> int:
-    return int(text.replace(",", ""))
+def _count(name: str) -> str:
+    """A named integer with thousands separators (``271,360``)."""
+    return rf"(?P<{name}>\d[\d,]*)"
 
 
 # PyTorch's, not vLLM's: torch/cuda/__init__.py `_check_capability` (GB10 is 12.1, the wheel's maximum 12.0).
@@ -234,89 +246,322 @@ def is_cosmetic(line: str) -> bool:
     return any(p.search(text) for p in _COSMETIC)
 
 
-# Sources below: vLLM 0.10.1.1, file:line of the logger call.
-_SIMPLE: list[tuple[EventKind, re.Pattern[str], tuple[str, ...]]] = [
-    # vllm/platforms/__init__.py:241
-    (EventKind.PLATFORM, re.compile(r"Automatically detected platform (\w+)"), ("platform",)),
-    # vllm/entrypoints/openai/api_server.py:1805 (0.31: `vLLM server version %s, serving model %s`)
-    (EventKind.VERSION, re.compile(r"vLLM (?:API )?server version (\S+)"), ("version",)),
-    # vllm/config/__init__.py:711
-    (EventKind.ARCHITECTURE, re.compile(r"Resolved architecture: (\S+)"), ("architecture",)),
-    # vllm/config/__init__.py:1750
-    (EventKind.MAX_MODEL_LEN, re.compile(r"Using max model len (\d+)"), ("max_model_len",)),
-    # vllm/config/scheduler.py:222
-    (
+@dataclass(frozen=True)
+class LinePattern:
+    """One milestone of the grammar: its kind and its forms, each for the vLLM versions that print it.
+
+    A form's named groups are the event's values (the names of `StartupStats` fields where the
+    tracker keeps them); `parse_line` tries the forms of the server's version (every form when the
+    version is unknown).
+    """
+
+    kind: EventKind
+    forms: tuple[Variant[re.Pattern[str]], ...]
+
+
+def _line(kind: EventKind, *forms: Variant[re.Pattern[str]]) -> LinePattern:
+    return LinePattern(kind, forms)
+
+
+def _form(versions: str, pattern: str, source: str) -> Variant[re.Pattern[str]]:
+    return Variant(versions, re.compile(pattern), source)
+
+
+_ALL = ""  # every version
+
+#: vLLM's startup and serving lines, tried in this order on the message (the text after vLLM's header).
+#: Each form cites the file:line of the logger call in every inspected version (0.10.1.1, 0.10.2,
+#: 0.11.1, 0.17.1, 0.20.1, 0.31.0); a range starts at the first version that prints the form.
+GRAMMAR: tuple[LinePattern, ...] = (
+    # tqdm bars, printed without vLLM's header
+    _line(
+        EventKind.SHARD_PROGRESS,
+        _form(
+            _ALL,
+            r"Loading safetensors checkpoint shards:\s*(?P<percent>\d+)% Completed \| (?P<done>\d+)/(?P<total>\d+)",
+            "desc at vllm/model_executor/model_loader/weight_utils.py:469 (0.10.1.1), :525 (0.10.2), "
+            ":594 (0.11.1), :714 (0.17.1), :890 (0.20.1), :1049 (0.31.0)",
+        ),
+    ),
+    _line(
+        EventKind.GRAPH_CAPTURE,
+        _form(
+            _ALL,
+            r"Capturing CUDA graph[^:]*:\s*(?P<graphs_percent>\d+)%.*?\| ?"
+            r"(?P<graphs_done>\d+)/(?P<graphs_total>\d+)",
+            "desc `Capturing CUDA graphs ({}, {})` at vllm/v1/worker/gpu_model_runner.py:2723 (0.10.1.1), :3134 "
+            "(0.10.2), :4264 (0.11.1), :5423 (0.17.1), :6195 (0.20.1), :6930 (0.31.0)",
+        ),
+    ),
+    # the 0.31 form first: read with no version, the joined line keeps its concurrency
+    _line(
+        EventKind.KV_CACHE_TOKENS,
+        _form(
+            ">=0.31",
+            rf"\w+ KV cache size: {_count('kv_cache_tokens')} tokens, Maximum concurrency for "
+            rf"{_count('concurrency_tokens')} tokens per request: {_num('max_concurrency')}x",
+            "vllm/v1/core/kv_cache_utils.py:2464-2470 (update_kv_cache_capacity: `%s KV cache size: %s tokens, "
+            "Maximum concurrency for %s tokens per request: %.2fx`) in 0.31.0",
+        ),
+        _form(
+            "<0.31",
+            rf"GPU KV cache size: {_count('kv_cache_tokens')} tokens",
+            "vllm/v1/core/kv_cache_utils.py:849 (0.10.1.1), :864 (0.10.2), :1229 (0.11.1), :1314 (0.17.1), "
+            ":1708 (0.20.1)",
+        ),
+    ),
+    _line(
+        EventKind.MAX_CONCURRENCY,
+        _form(
+            "<0.31",
+            rf"Maximum concurrency for {_count('concurrency_tokens')} tokens per request: "
+            rf"{_num('max_concurrency')}x",
+            "vllm/v1/core/kv_cache_utils.py:853 (0.10.1.1), :868 (0.10.2), :1235 (0.11.1), :1320 (0.17.1), "
+            ":1710 (0.20.1)",
+        ),
+    ),
+    _line(
+        EventKind.ENGINE_STATS,
+        _form(
+            _ALL,
+            r"Engine (?P<engine>\d+): Avg prompt throughput: ",
+            "vllm/v1/metrics/loggers.py:123 (0.10.1.1) and :123 (0.10.2), one format string; from 0.11.1 "
+            "the prefix `Engine {:03d}: ` (loggers.py:138 in 0.11.1, :154 in 0.17.1, :158 in 0.20.1, :169 in "
+            "0.31.0) and the parts joined by `, ` (loggers.py:197 in 0.11.1, :220 in 0.17.1, :224 in 0.20.1, "
+            ":275 in 0.31.0)",
+        ),
+    ),
+    _line(
+        EventKind.ARGS,
+        _form(
+            _ALL,
+            r"non-default args: (?P<non_default_args>\{.*\})\s*$",
+            "vllm/entrypoints/utils.py:326 (0.10.1.1), :328 (0.10.2), :253 (0.11.1), :238 (0.17.1), :233 (0.20.1); "
+            "vllm/entrypoints/serve/utils/api_utils.py:286 (0.31.0, redacted)",
+        ),
+    ),
+    _line(
+        EventKind.ENGINE_INIT,
+        _form(
+            _ALL,
+            r"Initializing a V1 LLM engine \(v?(?P<version>[^)]+)\) with config: (?P<config>.*)$",
+            "vllm/v1/engine/core.py:74 (0.10.1.1), :76 (0.10.2), :94 (0.11.1), :102 (0.17.1), :110 (0.20.1), "
+            ":130 (0.31.0)",
+        ),
+    ),
+    _line(
+        EventKind.PLATFORM,
+        _form(
+            _ALL,
+            r"Automatically detected platform (?P<platform>\w+)",
+            "vllm/platforms/__init__.py:241 (0.10.1.1), :216 (0.10.2), :226 (0.11.1), :221 (0.17.1), "
+            ":247 (0.20.1), :288 (0.31.0)",
+        ),
+    ),
+    _line(
+        EventKind.VERSION,
+        _form(
+            "<0.17.1",
+            r"vLLM API server version (?P<version>\S+)",
+            "vllm/entrypoints/openai/api_server.py:1805 (0.10.1.1), :1896 (0.10.2), :1977 (0.11.1)",
+        ),
+        # log_version_and_model: without vLLM's formatter (or VLLM_DISABLE_LOG_LOGO) one line ...
+        _form(
+            ">=0.17.1",
+            r"vLLM server version (?P<version>\S+), serving model (?P<model>\S+)",
+            "vllm/entrypoints/utils.py:282 (0.17.1), :279 (0.20.1); "
+            "vllm/entrypoints/serve/utils/api_utils.py:327 (0.31.0)",
+        ),
+        # ... else an ASCII logo, one logged line per row, `version %s` beside its second row: monochrome
+        # under docker without a tty (the `newline` formatter), with ANSI colours (stripped) under a tty
+        _form(
+            ">=0.17.1",
+            r"^[\s█▀▄]+version (?P<version>\S+)$",
+            "logo_template at vllm/entrypoints/utils.py:284-289, logged at :302 (0.17.1); :281-286 and :299 "
+            "(0.20.1); vllm/entrypoints/serve/utils/api_utils.py:329-334 and :347 (0.31.0); each row carries the "
+            "header (NewLineFormatter, vllm/logging_utils/formatter.py)",
+        ),
+    ),
+    _line(
+        EventKind.ARCHITECTURE,
+        _form(
+            _ALL,
+            r"Resolved architecture: (?P<architecture>\S+)",
+            "vllm/config/__init__.py:711 (0.10.1.1), :742 (0.10.2); vllm/config/model.py:631 (0.11.1), "
+            ":531 (0.17.1), :555 (0.20.1), :699 (0.31.0)",
+        ),
+    ),
+    _line(
+        EventKind.MAX_MODEL_LEN,
+        _form(
+            _ALL,
+            r"Using max model len (?P<max_model_len>\d+)",
+            "vllm/config/__init__.py:1750 (0.10.1.1), :1815 (0.10.2); vllm/config/model.py:1745 (0.11.1), :1554 "
+            "(0.17.1), :1680 (0.20.1), :2109 (0.31.0)",
+        ),
+    ),
+    _line(
         EventKind.CHUNKED_PREFILL,
-        re.compile(r"Chunked prefill is enabled with max_num_batched_tokens=(\d+)"),
-        ("max_num_batched_tokens",),
+        _form(
+            _ALL,
+            r"Chunked prefill is enabled with max_num_batched_tokens=(?P<max_num_batched_tokens>\d+)",
+            "vllm/config/scheduler.py:223 (0.10.1.1, 0.10.2), :217 (0.11.1), :232 (0.17.1), :240 (0.20.1), "
+            ":309 (0.31.0)",
+        ),
     ),
-    # vllm/v1/worker/gpu_model_runner.py:1953
-    (EventKind.LOAD_START, re.compile(r"Starting to load model (\S+?)(?:\.\.\.)?$"), ("model",)),
-    # vllm/model_executor/model_loader/weight_utils.py:296
-    (EventKind.WEIGHTS_FORMAT, re.compile(r"Using model weights format (\[.*\])"), ("weights_format",)),
-    # vllm/model_executor/model_loader/default_loader.py:262
-    (EventKind.WEIGHTS_LOADED, re.compile(rf"Loading weights took {_NUM} seconds"), ("weights_load_seconds",)),
-    # vllm/v1/worker/gpu_model_runner.py:2007
-    (
+    _line(
+        EventKind.LOAD_START,
+        _form(
+            _ALL,
+            r"Starting to load model (?P<model>\S+?)(?:\.\.\.)?$",
+            "vllm/v1/worker/gpu_model_runner.py:1953 (0.10.1.1), :2338 (0.10.2), :3256 (0.11.1), :4282 (0.17.1), "
+            ":4778 (0.20.1), :5256 (0.31.0)",
+        ),
+    ),
+    _line(
+        EventKind.WEIGHTS_FORMAT,
+        _form(
+            _ALL,
+            r"Using model weights format (?P<weights_format>\[.*\])",
+            "vllm/model_executor/model_loader/weight_utils.py:296 (0.10.1.1), :348 (0.10.2); logger.debug "
+            "from 0.11.1 (shown only with VLLM_LOGGING_LEVEL=DEBUG): :420 (0.11.1), :537 (0.17.1), :591 (0.20.1), "
+            ":499 (0.31.0)",
+        ),
+    ),
+    _line(
+        EventKind.WEIGHTS_LOADED,
+        _form(
+            _ALL,
+            rf"Loading weights took {_num('weights_load_seconds')} seconds",
+            "vllm/model_executor/model_loader/default_loader.py:263 (0.10.1.1), :269 (0.10.2), :315 (0.11.1), "
+            ":294 (0.17.1), :385 (0.20.1), :485 (0.31.0)",
+        ),
+    ),
+    _line(
         EventKind.MODEL_LOADED,
-        re.compile(rf"Model loading took {_NUM} GiB(?: memory)? and {_NUM} seconds"),
-        ("model_gib", "model_load_seconds"),
+        _form(
+            "<0.11.1",
+            rf"Model loading took {_num('model_gib')} GiB and {_num('model_load_seconds')} seconds",
+            "vllm/v1/worker/gpu_model_runner.py:2007 (0.10.1.1), :2392 (0.10.2)",
+        ),
+        _form(
+            ">=0.11.1",
+            rf"Model loading took {_num('model_gib')} GiB(?: memory)? and {_num('model_load_seconds')} seconds",
+            "`GiB memory and`: vllm/v1/worker/gpu_model_runner.py:3335 (0.11.1), :4365 (0.17.1), :4880 (0.20.1), "
+            ":5355 (0.31.0); the model runner v2 says `GiB and` (vllm/v1/worker/gpu/model_runner.py:258 in 0.17.1, "
+            ":291 in 0.20.1) and `GiB memory and` (:408 in 0.31.0)",
+        ),
     ),
-    # vllm/compilation/monitor.py:34 (0.31: `torch.compile took`, not matched)
-    (EventKind.COMPILE_DONE, re.compile(rf"torch\.compile takes {_NUM} s in total"), ("compile_seconds",)),
-    # vllm/compilation/backends.py:559
-    (EventKind.COMPILE_PROGRESS, re.compile(rf"Dynamo bytecode transform time: {_NUM} s"), ("dynamo_seconds",)),
-    # vllm/compilation/backends.py:215
-    (
+    _line(
+        EventKind.COMPILE_DONE,
+        _form(
+            "<0.20.1",
+            rf"torch\.compile takes {_num('compile_seconds')} s in total",
+            "vllm/compilation/monitor.py:34 (0.10.1.1, 0.10.2), :35 (0.11.1), :36 (0.17.1)",
+        ),
+        _form(
+            ">=0.20.1",
+            rf"torch\.compile (?:and initial profiling/warmup run together )?took {_num('compile_seconds')} "
+            r"s in total",
+            "vllm/compilation/monitor.py:20 (the default message, logged at :53) in 0.20.1 and 0.31.0; without AOT "
+            "compile `torch.compile and initial profiling/warmup run together took`: "
+            "vllm/compilation/decorators.py:634-635 (0.20.1), :683-684 (0.31.0)",
+        ),
+    ),
+    _line(
         EventKind.COMPILE_PROGRESS,
-        re.compile(rf"Compiling a graph for dynamic shape takes {_NUM} s"),
-        ("graph_compile_seconds",),
+        _form(
+            _ALL,
+            rf"Dynamo bytecode transform time: {_num('dynamo_seconds')} s",
+            "vllm/compilation/backends.py:559 (0.10.1.1), :550 (0.10.2), :648 (0.11.1), :977 (0.17.1), "
+            ":1129 (0.20.1), :1152 (0.31.0)",
+        ),
+        _form(
+            "<0.17.1",
+            rf"Compiling a graph for dynamic shape takes {_num('graph_compile_seconds')} s",
+            "vllm/compilation/backends.py:215 (0.10.1.1, 0.10.2), :283 (0.11.1)",
+        ),
+        _form(
+            ">=0.17.1",
+            rf"Compiling a graph for compile range \(\d+, \d+\) takes {_num('graph_compile_seconds')} s",
+            "vllm/compilation/backends.py:367 (0.17.1), :392 (0.20.1, 0.31.0); the range prints `(start, end)` "
+            "(vllm/config/utils.py Range.__str__)",
+        ),
+        _form(
+            _ALL,
+            r"Directly load the compiled graph",
+            "vllm/compilation/backends.py:162 and :166 (0.10.1.1, 0.10.2), :211 and :217 (0.11.1), `for compile "
+            "range %s` :267 (0.17.1), :291 (0.20.1, 0.31.0)",
+        ),
+        _form(
+            _ALL,
+            r"for vLLM's torch\.compile",
+            "`Using cache directory: %s for vLLM's torch.compile`: vllm/compilation/backends.py:548 (0.10.1.1), "
+            ":539 (0.10.2), :632 (0.11.1), :917 (0.17.1), :1070 (0.20.1), :1091 (0.31.0)",
+        ),
     ),
-    # vllm/compilation/backends.py:161 and :165
-    (EventKind.COMPILE_PROGRESS, re.compile(r"Directly load the compiled graph"), ()),
-    # vllm/compilation/backends.py:548 (`Using cache directory: %s for vLLM's torch.compile`)
-    (EventKind.COMPILE_PROGRESS, re.compile(r"for vLLM's torch\.compile"), ()),
-    # vllm/v1/worker/gpu_worker.py:276
-    (EventKind.KV_CACHE_MEMORY, re.compile(rf"Available KV cache memory: {_NUM} GiB"), ("kv_cache_gib",)),
-    # vllm/v1/worker/gpu_model_runner.py:2708
-    (
+    _line(
+        EventKind.KV_CACHE_MEMORY,
+        _form(
+            _ALL,
+            rf"Available KV cache memory: {_num('kv_cache_gib')} GiB",
+            "`%.2f GiB`: vllm/v1/worker/gpu_worker.py:276 (0.10.1.1), :298 (0.10.2), :360 (0.11.1); `%s GiB` "
+            "(format_gib): :425 (0.17.1), :441 (0.20.1), :693 (0.31.0)",
+        ),
+    ),
+    _line(
         EventKind.GRAPH_CAPTURED,
-        re.compile(rf"Graph capturing finished in {_NUM} secs?, took (-?\d+(?:\.\d+)?) GiB"),
-        ("graph_capture_seconds", "graph_gib"),
+        _form(
+            _ALL,
+            rf"Graph capturing finished in {_num('graph_capture_seconds')} secs?, took {_num('graph_gib')} GiB",
+            "vllm/v1/worker/gpu_model_runner.py:2708 (0.10.1.1), :3118 (0.10.2), :4241 (0.11.1), :5387 (0.17.1), "
+            ":6134 (0.20.1), :6855 (0.31.0)",
+        ),
     ),
-    # vllm/v1/engine/core.py:214 (0.31 adds `(compilation: %.2f s)` and says `s`, not matched)
-    (
+    _line(
         EventKind.ENGINE_READY,
-        re.compile(rf"init engine \(profile, create kv cache, warmup model\) took {_NUM} seconds"),
-        ("init_engine_seconds",),
+        _form(
+            "<0.20.1",
+            rf"init engine \(profile, create kv cache, warmup model\) took {_num('init_engine_seconds')} seconds",
+            "vllm/v1/engine/core.py:214 (0.10.1.1), :218 (0.10.2), :251 (0.11.1), :283 (0.17.1)",
+        ),
+        _form(
+            ">=0.20.1",
+            rf"init engine \(profile, create kv cache, warmup model\) took {_num('init_engine_seconds')} s\b"
+            rf"(?: \(compilation: {_num('compilation_seconds')} s)?",
+            "vllm/v1/engine/core.py:290 (with the encoder's share), :300 (`(compilation: %.2f s)`), :307 (none "
+            "compiled) in 0.20.1; :364, :374, :381 in 0.31.0",
+        ),
     ),
-    # vllm/entrypoints/openai/api_server.py:1880 (0.24+: `Starting vLLM server on %s`)
-    (EventKind.API_SERVER_START, re.compile(r"Starting vLLM (?:API )?server(?: \d+)? on (\S+)"), ("url",)),
+    _line(
+        EventKind.API_SERVER_START,
+        _form(
+            "<0.20.1",
+            r"Starting vLLM API server \d+ on (?P<url>\S+)",
+            "vllm/entrypoints/openai/api_server.py:1880 (0.10.1.1), :1971 (0.10.2), :2053 (0.11.1), :501 (0.17.1)",
+        ),
+        _form(
+            ">=0.20.1",
+            r"Starting vLLM server on (?P<url>\S+)",
+            "vllm/entrypoints/openai/api_server.py:602 and :647 (0.20.1); "
+            "vllm/entrypoints/launchers/api_server/entry.py:136 (0.31.0)",
+        ),
+    ),
     # uvicorn's, not vLLM's: uvicorn/server.py (`Started server process [%d]`), then uvicorn/lifespan/on.py
-    (EventKind.SERVER_PROCESS, re.compile(r"Started server process \[(\d+)\]"), ("server_pid",)),
-    (EventKind.WAITING_STARTUP, re.compile(r"Waiting for application startup\."), ()),
-    (EventKind.APP_STARTUP_COMPLETE, re.compile(r"Application startup complete\."), ()),
-]
-# vllm/v1/engine/core.py:74
-_ENGINE_INIT = re.compile(r"Initializing a V1 LLM engine \(v?([^)]+)\) with config: (.*)$")
-# vllm/entrypoints/utils.py:326
-_NON_DEFAULT_ARGS = re.compile(r"non-default args: (\{.*\})\s*$")
-# tqdm, desc set at vllm/model_executor/model_loader/weight_utils.py:469 (printed without vLLM's header)
-_SHARDS = re.compile(r"Loading safetensors checkpoint shards:\s*(\d+)% Completed \| (\d+)/(\d+)")
-# tqdm, desc set at vllm/v1/worker/gpu_model_runner.py:2723 (`Capturing CUDA graphs (mixed prefill-decode, ...)`)
-_GRAPH_PROGRESS = re.compile(r"Capturing CUDA graph[^:]*:\s*(\d+)%.*?\| ?(\d+)/(\d+)")
-# vllm/v1/core/kv_cache_utils.py:849 (`GPU KV cache size: %s tokens`) and :853 (0.33 joins both on one line)
-_KV_TOKENS = re.compile(rf"KV cache size: {_INT_SEP} tokens")
-_CONCURRENCY = re.compile(rf"Maximum concurrency for {_INT_SEP} tokens per request: {_NUM}x", re.IGNORECASE)
-# vllm/v1/metrics/loggers.py:123 (`Engine %03d: Avg prompt throughput: ...`)
-_ENGINE_STATS = re.compile(r"Engine (\d+): Avg prompt throughput: ")
+    LinePattern(EventKind.SERVER_PROCESS, (_form(_ALL, r"Started server process \[(?P<server_pid>\d+)\]", "uvicorn"),)),
+    LinePattern(EventKind.WAITING_STARTUP, (_form(_ALL, r"Waiting for application startup\.", "uvicorn"),)),
+    LinePattern(EventKind.APP_STARTUP_COMPLETE, (_form(_ALL, r"Application startup complete\.", "uvicorn"),)),
+)
+
+# The stats line's parts, found anywhere in it (0.11.1+ adds `Preemptions: %d` and, 0.31, `Deferred: %d
+# reqs`; 0.31 names the device, `%s KV cache usage`, and drops the hit rate while nothing was cached).
 _STATS_FIELDS = {
-    "prompt_throughput": re.compile(rf"Avg prompt throughput: {_NUM} tokens/s"),
-    "generation_throughput": re.compile(rf"Avg generation throughput: {_NUM} tokens/s"),
+    "prompt_throughput": re.compile(r"Avg prompt throughput: (-?\d+(?:\.\d+)?) tokens/s"),
+    "generation_throughput": re.compile(r"Avg generation throughput: (-?\d+(?:\.\d+)?) tokens/s"),
     "running": re.compile(r"Running: (\d+) reqs"),
     "waiting": re.compile(r"Waiting: (\d+) reqs"),
-    "kv_cache_usage_pct": re.compile(rf"(?:GPU )?KV cache usage: {_NUM}%"),
-    "prefix_cache_hit_rate_pct": re.compile(rf"Prefix cache hit rate: {_NUM}%"),
+    "kv_cache_usage_pct": re.compile(r"(?:\w+ )?KV cache usage: (\d+(?:\.\d+)?)%"),
+    "prefix_cache_hit_rate_pct": re.compile(r"Prefix cache hit rate: (\d+(?:\.\d+)?)%"),
 }
 _CONFIG_FIELD = re.compile(r"(\w+)=('(?:[^']*)'|[^,]+)")
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception|Interrupt)\b(?::|$)")
@@ -325,6 +570,7 @@ _TEXT_VALUES = {"platform", "version", "architecture", "model", "weights_format"
 
 
 def _number(text: str) -> int | float:
+    text = text.replace(",", "")
     return int(text) if re.fullmatch(r"-?\d+", text) else float(text)
 
 
@@ -359,69 +605,48 @@ def _literal_dict(text: str) -> dict[str, Any] | None:
     return {k: ("***" if str(k) in _SECRET_ARG_KEYS and v else v) for k, v in value.items()}
 
 
+def _values(kind: EventKind, match: re.Match[str], message: str) -> dict[str, Any]:
+    """The event's values from a form's named groups; the three lines with structure get their own reading."""
+    groups = {name: raw for name, raw in match.groupdict().items() if raw is not None}
+    if kind is EventKind.ARGS:
+        return {"non_default_args": _literal_dict(groups["non_default_args"]) or {}}
+    if kind is EventKind.ENGINE_INIT:
+        config = {k: v.strip("'") for k, v in _CONFIG_FIELD.findall(groups["config"])}
+        return {"version": groups["version"], "model": config.get("model"), "download_dir": config.get("download_dir")}
+    values: dict[str, Any] = {k: v if k in _TEXT_VALUES else _number(v) for k, v in groups.items()}
+    if kind is EventKind.ENGINE_STATS:
+        for name, pattern in _STATS_FIELDS.items():
+            if found := pattern.search(message):
+                values[name] = _number(found[1])
+    return values
+
+
 def parse_line(line: str, version: Version | None = None) -> LogEvent | None:
     """Recognise one vLLM startup/serving milestone (or the cosmetic GB10 warning, or an error
-    line); None for everything else."""
+    line); None for everything else.
+
+    Args:
+        line: one log line, with or without docker's and vLLM's prefixes.
+        version: the vLLM that printed it: only its forms of `GRAMMAR` are tried (None: every form,
+            for a log read before the version is known).
+    """
     text = scrub(strip_prefix(line))
     if not text:
         return None
     level, source, message = split_header(text)
 
-    def event(kind: EventKind, **values: Any) -> LogEvent:
-        return LogEvent(kind, message, text, level, source, values)
-
     if any(p.search(text) for p in _COSMETIC):
-        return event(EventKind.COSMETIC_WARNING)
-
-    if match := _SHARDS.search(message):
-        return event(
-            EventKind.SHARD_PROGRESS,
-            percent=int(match[1]),
-            done=int(match[2]),
-            total=int(match[3]),
-        )
-    if match := _GRAPH_PROGRESS.search(message):
-        return event(
-            EventKind.GRAPH_CAPTURE,
-            graphs_percent=int(match[1]),
-            graphs_done=int(match[2]),
-            graphs_total=int(match[3]),
-        )
-    if match := _KV_TOKENS.search(message):
-        values: dict[str, Any] = {"kv_cache_tokens": _int(match[1])}
-        if conc := _CONCURRENCY.search(message):  # 0.33 joins both on one line
-            values.update(concurrency_tokens=_int(conc[1]), max_concurrency=float(conc[2]))
-        return event(EventKind.KV_CACHE_TOKENS, **values)
-    if match := _CONCURRENCY.search(message):
-        return event(EventKind.MAX_CONCURRENCY, concurrency_tokens=_int(match[1]), max_concurrency=float(match[2]))
-    if match := _ENGINE_STATS.search(message):
-        values = {"engine": int(match[1])}
-        for name, pattern in _STATS_FIELDS.items():
-            if found := pattern.search(message):
-                values[name] = _number(found[1])
-        return event(EventKind.ENGINE_STATS, **values)
-    if match := _NON_DEFAULT_ARGS.search(message):
-        return event(EventKind.ARGS, non_default_args=_literal_dict(match[1]) or {})
-    if match := _ENGINE_INIT.search(message):
-        config = {k: v.strip("'") for k, v in _CONFIG_FIELD.findall(match[2])}
-        return event(
-            EventKind.ENGINE_INIT,
-            version=match[1],
-            model=config.get("model"),
-            download_dir=config.get("download_dir"),
-        )
-    for kind, pattern, names in _SIMPLE:
-        if match := pattern.search(message):
-            values = {}
-            for name, raw in zip(names, match.groups(), strict=True):
-                values[name] = raw if name in _TEXT_VALUES else _number(raw)
-            return event(kind, **values)
+        return LogEvent(EventKind.COSMETIC_WARNING, message, text, level, source)
+    for entry in GRAMMAR:
+        for pattern in variants_for(entry.forms, version):
+            if match := pattern.search(message):
+                return LogEvent(entry.kind, message, text, level, source, _values(entry.kind, match, message))
     if (
         level in ("ERROR", "CRITICAL")
         or message.startswith("Traceback (most recent call last)")
         or _EXCEPTION_LINE.match(message)
     ):
-        return event(EventKind.ERROR)
+        return LogEvent(EventKind.ERROR, message, text, level, source)
     return None
 
 
@@ -442,6 +667,8 @@ class StartupStats:
     model_gib: float | None = None
     model_load_seconds: float | None = None
     compile_seconds: float | None = None
+    #: the engine's own total of compilation (`init engine ... (compilation: %.2f s)`, 0.20.1+).
+    compilation_seconds: float | None = None
     kv_cache_gib: float | None = None
     kv_cache_tokens: int | None = None
     max_concurrency: float | None = None
@@ -513,7 +740,8 @@ class StartupTracker:
         return [e for e in (self.feed(line) for line in lines) if e is not None]
 
 
-def summarize_startup(lines: Iterable[str]) -> StartupStats:
-    tracker = StartupTracker()
+def summarize_startup(lines: Iterable[str], version: Version | None = None) -> StartupStats:
+    """The startup numbers of a whole log (read with ``version``'s forms; every form when None)."""
+    tracker = StartupTracker(version=version)
     tracker.feed_all(lines)
     return tracker.stats

@@ -2,10 +2,11 @@
 
 vLLM renders ``/metrics`` with prometheus_client, so prometheus_client's own text parser reads it
 (`prometheus_client.parser.text_string_to_metric_families`); this module only says which samples
-matter and how label sets combine. The metric names are vLLM 0.10.1.1's, defined in
-``PrometheusStatLogger.__init__`` of ``vllm/v1/metrics/loggers.py`` (the lines are cited in
-`METRIC_SAMPLES`). Every metric carries the labels ``model_name`` and ``engine`` (loggers.py:168),
-one label set per engine core.
+matter and how label sets combine. The metric names differ between vLLM versions (0.17.1 drops
+``vllm:gpu_cache_usage_perc`` and ``vllm:time_per_output_token_seconds``): `METRIC_SAMPLES` keeps
+them by version, each citing where ``PrometheusStatLogger.__init__`` of ``vllm/v1/metrics/loggers.py``
+declares it. Every metric carries the labels ``model_name`` and ``engine`` (loggers.py:168 in 0.10.1.1,
+:480 in 0.31.0), one label set per engine core.
 
 No I/O, no clock: the caller reads the text and passes when it did.
 """
@@ -18,7 +19,9 @@ from packaging.version import Version
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["METRIC_SAMPLES", "MetricsSnapshot", "counter_delta", "parse_metrics"]
+from tasks.vllm.versions import Variant, variants_for
+
+__all__ = ["METRIC_SAMPLES", "MetricsSnapshot", "counter_delta", "metric_names", "parse_metrics"]
 
 
 class MetricsSnapshot(BaseModel):
@@ -48,6 +51,17 @@ class MetricsSnapshot(BaseModel):
     requests_succeeded_total: int | None = Field(None, description="vllm:request_success_total (all finish reasons)")
     queue_time_sum: float | None = Field(None, description="vllm:request_queue_time_seconds_sum (seconds)")
     queue_time_count: int | None = Field(None, description="vllm:request_queue_time_seconds_count")
+    ttft_sum: float | None = Field(None, description="vllm:time_to_first_token_seconds_sum (seconds)")
+    ttft_count: int | None = Field(None, description="vllm:time_to_first_token_seconds_count")
+    itl_sum: float | None = Field(
+        None,
+        description="vllm:inter_token_latency_seconds_sum (seconds); 0.10.1.1: vllm:time_per_output_token_seconds_sum",
+    )
+    itl_count: int | None = Field(
+        None, description="vllm:inter_token_latency_seconds_count; 0.10.1.1: vllm:time_per_output_token_seconds_count"
+    )
+    e2e_latency_sum: float | None = Field(None, description="vllm:e2e_request_latency_seconds_sum (seconds)")
+    e2e_latency_count: int | None = Field(None, description="vllm:e2e_request_latency_seconds_count")
 
     @property
     def in_flight(self) -> int | None:
@@ -57,39 +71,150 @@ class MetricsSnapshot(BaseModel):
         return (self.requests_running or 0) + (self.requests_waiting or 0)
 
 
-#: Which samples feed which field of `MetricsSnapshot`, in order of preference: the first name that
-#: has samples wins (``vllm:kv_cache_usage_perc`` over the deprecated ``vllm:gpu_cache_usage_perc``).
-#: vLLM declares counters without ``_total``; prometheus_client exposes their samples as
-#: ``<name>_total`` (the parser keeps it on samples while it strips it from the family name), so a
-#: counter is listed by its sample name and by the bare name (an untyped exposition). Where vLLM
-#: 0.10.1.1 declares each, in vllm/v1/metrics/loggers.py:
-METRIC_SAMPLES: dict[str, tuple[str, ...]] = {
-    "requests_running": ("vllm:num_requests_running",),  # gauge, loggers.py:189
-    "requests_waiting": ("vllm:num_requests_waiting",),  # gauge, loggers.py:198
-    # gauges, loggers.py:245 and the deprecated loggers.py:212 (same value, still exported in 0.10)
-    "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
-    "generation_tokens_total": ("vllm:generation_tokens_total", "vllm:generation_tokens"),  # loggers.py:286
-    "prompt_tokens_total": ("vllm:prompt_tokens_total", "vllm:prompt_tokens"),  # loggers.py:278
-    "preemptions_total": ("vllm:num_preemptions_total", "vllm:num_preemptions"),  # loggers.py:271
-    "prefix_cache_queries_total": ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_queries"),  # :252
-    "prefix_cache_hits_total": ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_hits"),  # loggers.py:260
-    # one label set per finished_reason (loggers.py:295-297)
-    "requests_succeeded_total": ("vllm:request_success_total", "vllm:request_success"),
-    # histogram, loggers.py:417: its _sum and _count samples
-    "queue_time_sum": ("vllm:request_queue_time_seconds_sum",),
-    "queue_time_count": ("vllm:request_queue_time_seconds_count",),
+def _sample(versions: str, names: tuple[str, ...], source: str) -> Variant[tuple[str, ...]]:
+    return Variant(versions, names, source)
+
+
+#: Which samples feed which field of `MetricsSnapshot`, in order of preference, by vLLM version: the
+#: first name of the version's variants that has samples wins (``vllm:kv_cache_usage_perc`` over the
+#: deprecated ``vllm:gpu_cache_usage_perc``). vLLM declares counters without ``_total``;
+#: prometheus_client exposes their samples as ``<name>_total`` (the parser keeps it on samples while
+#: it strips it from the family name), so a counter is listed by its sample name and by the bare name
+#: (an untyped exposition); a histogram by its ``_sum`` and ``_count`` samples. Each cites where
+#: ``PrometheusStatLogger.__init__`` declares it, vllm/v1/metrics/loggers.py, in the inspected versions
+#: (0.10.1.1, 0.10.2, 0.11.1, 0.17.1, 0.20.1, 0.31.0).
+METRIC_SAMPLES: dict[str, tuple[Variant[tuple[str, ...]], ...]] = {
+    "requests_running": (
+        _sample("", ("vllm:num_requests_running",), "gauge, loggers.py:189, :189, :398, :436, :452, :509"),
+    ),
+    "requests_waiting": (
+        _sample("", ("vllm:num_requests_waiting",), "gauge, loggers.py:198, :198, :408, :446, :462, :519"),
+    ),
+    "kv_cache_usage": (
+        _sample("", ("vllm:kv_cache_usage_perc",), "gauge, loggers.py:245, :245, :495, :482, :520, :577"),
+        _sample(
+            "<0.17.1",
+            ("vllm:gpu_cache_usage_perc",),
+            "the deprecated gauge (same value), loggers.py:212 in 0.10.1.1 and 0.10.2; :450 in 0.11.1 only with "
+            "--show-hidden-metrics-for-version=0.10 (:448); gone from 0.17.1",
+        ),
+    ),
+    "generation_tokens_total": (
+        _sample(
+            "",
+            ("vllm:generation_tokens_total", "vllm:generation_tokens"),
+            "counter, loggers.py:286, :286, :613, :635, :663, :720",
+        ),
+    ),
+    "prompt_tokens_total": (
+        _sample(
+            "",
+            ("vllm:prompt_tokens_total", "vllm:prompt_tokens"),
+            "counter, loggers.py:278, :278, :604, :591, :629, :686",
+        ),
+    ),
+    "preemptions_total": (
+        _sample(
+            "",
+            ("vllm:num_preemptions_total", "vllm:num_preemptions"),
+            "counter, loggers.py:271, :271, :595, :582, :620, :677",
+        ),
+    ),
+    "prefix_cache_queries_total": (
+        _sample(
+            "",
+            ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_queries"),
+            "counter, loggers.py:252, :252, :518, :505, :543, :600",
+        ),
+    ),
+    "prefix_cache_hits_total": (
+        _sample(
+            "",
+            ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_hits"),
+            "counter, loggers.py:260, :260, :529, :516, :554, :611",
+        ),
+    ),
+    "requests_succeeded_total": (
+        _sample(
+            "",
+            ("vllm:request_success_total", "vllm:request_success"),
+            "counter, one label set per finished_reason, loggers.py:295, :295, :623, :645, :673, :730",
+        ),
+    ),
+    "queue_time_sum": (
+        _sample(
+            "", ("vllm:request_queue_time_seconds_sum",), "histogram, loggers.py:404, :419, :866, :853, :881, :862"
+        ),
+    ),
+    "queue_time_count": (
+        _sample(
+            "", ("vllm:request_queue_time_seconds_count",), "histogram, loggers.py:404, :419, :866, :853, :881, :862"
+        ),
+    ),
+    "ttft_sum": (
+        _sample(
+            "", ("vllm:time_to_first_token_seconds_sum",), "histogram, loggers.py:369, :369, :705, :727, :755, :822"
+        ),
+    ),
+    "ttft_count": (
+        _sample(
+            "", ("vllm:time_to_first_token_seconds_count",), "histogram, loggers.py:369, :369, :705, :727, :755, :822"
+        ),
+    ),
+    "itl_sum": (
+        _sample(
+            ">=0.10.2",
+            ("vllm:inter_token_latency_seconds_sum",),
+            "histogram, loggers.py:396 in 0.10.2, :773 in 0.11.1, :760 in 0.17.1, :788 in 0.20.1, :832 in 0.31.0",
+        ),
+        _sample(
+            "<0.17.1",
+            ("vllm:time_per_output_token_seconds_sum",),
+            "the same inter-token gaps under the old name, loggers.py:381 in 0.10.1.1, :383 in 0.10.2, :740 in "
+            "0.11.1 (deprecated); gone from 0.17.1",
+        ),
+    ),
+    "itl_count": (
+        _sample(
+            ">=0.10.2",
+            ("vllm:inter_token_latency_seconds_count",),
+            "histogram, loggers.py:396 in 0.10.2, :773 in 0.11.1, :760 in 0.17.1, :788 in 0.20.1, :832 in 0.31.0",
+        ),
+        _sample(
+            "<0.17.1",
+            ("vllm:time_per_output_token_seconds_count",),
+            "the old name, loggers.py:381 in 0.10.1.1, :383 in 0.10.2, :740 in 0.11.1; gone from 0.17.1",
+        ),
+    ),
+    "e2e_latency_sum": (
+        _sample(
+            "", ("vllm:e2e_request_latency_seconds_sum",), "histogram, loggers.py:396, :411, :856, :843, :871, :852"
+        ),
+    ),
+    "e2e_latency_count": (
+        _sample(
+            "", ("vllm:e2e_request_latency_seconds_count",), "histogram, loggers.py:396, :411, :856, :843, :871, :852"
+        ),
+    ),
 }
 #: Fields whose label sets are combined by max, not sum (a fraction per engine).
 _MAX_FIELDS = frozenset({"kv_cache_usage"})
-_FLOAT_FIELDS = frozenset({"kv_cache_usage", "queue_time_sum"})
+_FLOAT_FIELDS = frozenset({"kv_cache_usage", "queue_time_sum", "ttft_sum", "itl_sum", "e2e_latency_sum"})
+
+
+def metric_names(field: str, version: Version | None = None) -> list[str]:
+    """The sample names that feed ``field`` on ``version``, preferred first (every version's when unknown)."""
+    return [name for names in variants_for(METRIC_SAMPLES[field], version) for name in names]
 
 
 def parse_metrics(text: str, taken_at: float, version: Version | None = None) -> MetricsSnapshot:
-    """The numbers of `METRIC_SAMPLES` from vLLM's Prometheus text (prometheus_client's parser).
+    """The numbers of `METRIC_SAMPLES` for ``version`` from vLLM's Prometheus text (prometheus_client's parser).
 
     Args:
         text: the body of ``GET /metrics`` (vLLM renders it with prometheus_client).
         taken_at: when it was read (epoch seconds), from the caller's clock.
+        version: the server's vLLM: only the names it exports are read (0.31.0 has no
+            ``vllm:gpu_cache_usage_perc``); None reads every version's, the first found winning.
 
     Returns:
         The snapshot; a metric the text lacks is None (an empty text gives all None).
@@ -97,7 +222,8 @@ def parse_metrics(text: str, taken_at: float, version: Version | None = None) ->
     Raises:
         ValueError: the text is not Prometheus exposition (the parser's error, with context).
     """
-    wanted = {name for names in METRIC_SAMPLES.values() for name in names}
+    names_of = {field: metric_names(field, version) for field in METRIC_SAMPLES}
+    wanted = {name for names in names_of.values() for name in names}
     found: dict[str, list[float]] = {}
     try:
         for family in text_string_to_metric_families(text):
@@ -107,7 +233,7 @@ def parse_metrics(text: str, taken_at: float, version: Version | None = None) ->
     except ValueError as exc:
         raise ValueError(f"/metrics is not Prometheus text: {exc}") from exc
     values: dict[str, float | int | None] = {}
-    for field, names in METRIC_SAMPLES.items():
+    for field, names in names_of.items():
         samples = next((found[name] for name in names if name in found), None)
         if samples is None:
             values[field] = None

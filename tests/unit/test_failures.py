@@ -1,5 +1,6 @@
 """tasks/vllm/failures.py: the failure rules, their priority, and the causes they build from vLLM's exact
-texts (vLLM 0.10.1.1, each rule citing its source file) and docker's exit state."""
+texts (each rule citing its source file; the texts of each inspected vLLM, 0.10.1.1 to 0.31.0, built from
+that version's format strings) and docker's exit state."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
 from tasks.vllm.failures import (
     MAX_EVIDENCE,
@@ -22,6 +24,7 @@ from tasks.vllm.failures import (
     host_memory_guard_cause,
 )
 from tasks.vllm.logs import strip_prefix
+from tasks.vllm.versions import Variant
 
 LOGS = Path(__file__).resolve().parents[1] / "data" / "logs"
 
@@ -76,7 +79,9 @@ def test_kv_too_small():
 def test_no_kv_memory():
     cause = classify_failure(log("fail_no_kv_memory.log"))
     assert cause.kind is FailureKind.NO_KV_MEMORY
-    assert "No available memory for the cache blocks" in cause.evidence[0]
+    assert "Available KV cache memory: -1.25 GiB" in cause.evidence[0]  # the budget vLLM computed, just before
+    assert "No available memory for the cache blocks" in cause.evidence[1]
+    assert cause.numbers == {"available_gib": -1.25} and "-1.25 GiB" in cause.summary
 
 
 def test_cuda_oom():
@@ -200,6 +205,7 @@ RECORDED = [
     ("fail_missing_model.log", None, {}, FailureKind.MISSING_MODEL_FILES),
     ("fail_missing_shard.log", None, {}, FailureKind.MISSING_MODEL_FILES),
     ("engine_dead.log", None, {}, FailureKind.ENGINE_DEAD),
+    ("engine_dead_v031.log", None, {}, FailureKind.ENGINE_DEAD),
     # killed while loading the shards: the log just stops, docker's state names the cause
     ("startup_success.log", "43% Completed", {"exit_code": 137, "oom_killed": True}, FailureKind.OOM_KILLED),
     ("startup_success.log", "43% Completed", {"oom_killed": True}, FailureKind.OOM_KILLED),
@@ -355,3 +361,174 @@ def test_a_start_refused_before_it_ran_has_the_numbers_of_vllms_own_check():
     # the pre-start check counts the page cache a drop would return in its suggestion
     after_drop = free_memory_cause(60.0, 121.69, 0.92, page_cache_gib=25.92)
     assert after_drop.numbers["free_gib"] == 60.0 and after_drop.suggested == {"gpu_memory_utilization": 0.69}
+
+
+# ------------------------------------------------------------------------------ every inspected vLLM
+
+VERSIONS = ["0.10.1.1", "0.10.2", "0.11.1", "0.17.1", "0.20.1", "0.31.0"]
+MEM_FREE_VERSIONS = {"0.10.1.1", "0.10.2"}  # tasks/vllm/versions.py FREE_MEMORY: MemFree before 0.11.1
+ENGINE = {"0.10.1.1": "EngineCore_0", "0.10.2": "EngineCore_DP0", "0.11.1": "EngineCore_DP0"}
+ENGINE |= {"0.17.1": "EngineCore_DP0", "0.20.1": "EngineCore", "0.31.0": "EngineCore"}
+
+
+def at(version: str, message: str, process: str = "", level: str = "ERROR") -> str:
+    return f"({process or ENGINE[version]} pid=7) {level} 12-05 10:00:00 [x.py:1] {message}"
+
+
+def free_memory_error(version: str) -> str:
+    """vLLM's free-memory error of that version, its f-string filled: gpu_worker.py:180-187 (0.10.1.1, 0.10.2,
+    0.11.1: GiB() rounds to 2 places); from 0.17.1 utils.py:414-421 with the device and format_gib."""
+    device = "" if Version(version) < Version("0.17.1") else "cuda:0 "
+    return (
+        f"ValueError: Free memory on device {device}(85.92/121.69 GiB) on startup is less than desired GPU memory "
+        "utilization (0.92, 111.95 GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes."
+    )
+
+
+def kv_too_small_error(version: str, estimate: int) -> str:
+    """kv_cache_utils.py's message of that version (0.10.1.1 :700, 0.11.1 :708, 0.17.1 :642, 0.31.0 :926)."""
+    v = Version(version)
+    model = "model's" if v >= Version("0.31") else "models's"
+    if v < Version("0.17.1"):  # `GiB). {estimated_msg} Try`: two spaces when the estimate is 0
+        est = f"Based on the available memory, the estimated maximum model length is {estimate}." if estimate else ""
+        tail = (
+            f"{est} Try increasing `gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine."
+        )
+    else:  # `GiB). {estimated_msg}Try`, the sentence ending with its own space
+        est = f"Based on the available memory, the estimated maximum model length is {estimate}. " if estimate else ""
+        tail = (
+            f"{est}Try increasing `gpu_memory_utilization` ... when initializing the engine. See https://docs.vllm.ai/"
+        )
+    return (
+        f"ValueError: To serve at least one request with the {model} max seq len (32000), (7.81 GiB KV cache is "
+        f"needed, which is larger than the available KV cache memory (3.1 GiB). {tail}"
+    )
+
+
+def no_kv_error(version: str) -> str:
+    """kv_cache_utils.py:682 (0.10.1.1), :687 (0.11.1), :624 (0.17.1), :906 (0.31.0: the CPU backend's note)."""
+    v = Version(version)
+    text = "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when "
+    if v < Version("0.17.1"):
+        return text + "initializing the engine."
+    if v < Version("0.31"):
+        return text + "initializing the engine. See https://docs.vllm.ai/en/latest/configuration/conserving_memory/"
+    return text + "initializing the engine (this flag also controls CPU memory reservation on the CPU backend, despite"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_free_memory_of_each_version(version):
+    """26.03's (0.17.1) `Free memory on device cuda:0 (...)` as much as 25.09's form; the fix follows what the
+    version's check reads: a page-cache drop only where the cache counts as used."""
+    lines = [at(version, free_memory_error(version)), at(version, "RuntimeError: Engine core initialization failed.")]
+    cause = classify_failure(lines, exit_code=1, version=Version(version))
+    assert cause.kind is FailureKind.FREE_MEMORY
+    assert cause.numbers["free_gib"] == 85.92 and cause.numbers["total_gib"] == 121.69
+    assert cause.numbers["requested_utilization"] == 0.92 and cause.numbers["requested_gib"] == 111.95
+    assert cause.suggested == {"gpu_memory_utilization": 0.69}
+    assert ("cuda:0" in cause.summary) is (Version(version) >= Version("0.17.1"))
+    if version in MEM_FREE_VERSIONS:
+        assert "drop_caches" in cause.fix and "MemFree" in cause.fix and "35313" in cause.fix
+    else:
+        assert "drop_caches" not in cause.fix and "MemAvailable" in cause.fix and "really held" in cause.fix
+    assert classify_failure(lines, exit_code=1).kind is FailureKind.FREE_MEMORY  # version unknown: every form
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_start_refused_before_it_ran_says_what_the_version_reads(version):
+    """The pre-start check's cause: the page cache a drop returns counts only on a MemFree version."""
+    cause = free_memory_cause(60.0, 121.69, 0.92, page_cache_gib=25.92, version=Version(version))
+    assert cause.kind is FailureKind.FREE_MEMORY and cause.numbers["free_gib"] == 60.0
+    if version in MEM_FREE_VERSIONS:
+        assert cause.suggested == {"gpu_memory_utilization": 0.69} and "drop_caches" in cause.fix
+    else:  # MemAvailable already holds the reclaimable cache: no drop, no extra room
+        assert cause.suggested == {"gpu_memory_utilization": 0.48} and "drop_caches" not in cause.fix
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_memory_profiling_of_each_version(version):
+    """The same assertion text in every version (gpu_worker.py:249-256 in 0.10.1.1 ... :653 in 0.31.0)."""
+    message = (
+        "AssertionError: Error in memory profiling. Initial free memory 80.12 GiB, current free memory 84.5 GiB. "
+        "This happens when other processes sharing the same container release GPU memory while vLLM is profiling "
+        "during initialization. To fix this, ensure consistent GPU memory allocation or isolate vLLM in its own "
+        "container."
+    )
+    cause = classify_failure([at(version, message)], exit_code=1, version=Version(version))
+    assert cause.kind is FailureKind.MEMORY_PROFILING
+    assert cause.numbers == {"initial_free_gib": 80.12, "current_free_gib": 84.5}
+    assert ("page cache" in cause.summary) is (version in MEM_FREE_VERSIONS)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("estimate", [12688, 0])
+def test_kv_too_small_of_each_version(version, estimate):
+    """`models's` until 0.20.1, `model's` in 0.31; the estimate sentence left out when it is 0."""
+    cause = classify_failure([at(version, kv_too_small_error(version, estimate))], version=Version(version))
+    assert cause.kind is FailureKind.KV_TOO_SMALL
+    assert cause.numbers["needed_gib"] == 7.81 and cause.numbers["available_gib"] == 3.1
+    assert cause.numbers.get("estimated_max_model_len") == (estimate or None)
+    assert cause.suggested == ({"max_model_len": 12544} if estimate else {})
+    assert ("drop the page cache" in cause.fix) is (version in MEM_FREE_VERSIONS)
+    assert classify_failure([at(version, kv_too_small_error(version, estimate))]).kind is FailureKind.KV_TOO_SMALL
+
+
+def test_the_0_31_kv_wording_is_not_read_as_an_older_version_s():
+    line = at("0.31.0", kv_too_small_error("0.31.0", 12688))
+    assert classify_failure([line], version=Version("0.10.1.1")).kind is FailureKind.UNKNOWN
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_no_kv_memory_of_each_version(version):
+    lines = [
+        at(version, "Available KV cache memory: -0.53 GiB", level="INFO"),  # %.2f before 0.17.1, format_gib after
+        at(version, no_kv_error(version)),
+    ]
+    cause = classify_failure(lines, exit_code=1, version=Version(version))
+    assert cause.kind is FailureKind.NO_KV_MEMORY and cause.numbers == {"available_gib": -0.53}
+    assert ("drop the page cache" in cause.fix) is (version in MEM_FREE_VERSIONS)
+
+
+# what the engine core's death prints, by version (tasks/vllm/failures.py ENGINE_DEAD cites each line)
+DEATH_LINES = {
+    "EngineCore encountered a fatal error.": VERSIONS,
+    "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) for the "
+    "root cause.": VERSIONS,
+    "AsyncLLM output_handler failed.": VERSIONS,
+    "Engine core proc EngineCore_DP0 died unexpectedly, shutting down client.": [
+        "0.10.1.1",
+        "0.10.2",
+        "0.11.1",
+        "0.17.1",
+    ],
+    "[shutdown] MPClient: engine core exited unexpectedly; starting cleanup": ["0.31.0"],
+    "RuntimeError: Engine core process EngineCore died unexpectedly.": ["0.20.1", "0.31.0"],
+}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("message", list(DEATH_LINES))
+def test_engine_death_lines_of_each_version(version, message):
+    lines = [at(version, "Application startup complete.", "APIServer", "INFO"), at(version, message, "APIServer")]
+    cause = classify_failure(lines, version=Version(version))
+    expected = FailureKind.ENGINE_DEAD if version in DEATH_LINES[message] else FailureKind.UNKNOWN
+    assert cause.kind is expected
+    assert classify_failure(lines).kind is FailureKind.ENGINE_DEAD  # version unknown: every form
+
+
+def test_a_0_31_engine_death_is_classified():
+    cause = classify_failure(log("engine_dead_v031.log"), version=Version("0.31.0"))
+    assert cause.kind is FailureKind.ENGINE_DEAD and cause.numbers["after_ready"] == 1.0
+    assert any("MPClient: engine core exited unexpectedly" in line for line in cause.evidence)
+    assert "/health answers 503" in cause.summary  # versions.py DEAD_ENGINE_HEALTH
+    assert "/health answers 500 or 503" in classify_failure(log("engine_dead_v031.log")).summary  # unknown
+    only_the_monitor = [line for line in log("engine_dead_v031.log") if "EngineDead" not in line]
+    only_the_monitor = [line for line in only_the_monitor if "output_handler" not in line]
+    assert classify_failure(only_the_monitor, version=Version("0.31.0")).kind is FailureKind.ENGINE_DEAD
+
+
+def test_versioned_patterns_cite_their_source():
+    for rule in RULES:
+        for pattern in rule.patterns:
+            if isinstance(pattern, Variant):
+                assert re.search(r"vllm/\S+\.py:\d+", pattern.source) and pattern.versions, (rule.kind, pattern)

@@ -5,7 +5,7 @@ import httpx
 import pytest
 
 from tasks.inference import ARITHMETIC, EXPECTED, QUESTION, completion_request, contains_expected, visible_answer
-from tasks.vllm.api import auth_headers, lists_model
+from tasks.vllm.api import VERSION_PATH, auth_headers, lists_model, version_from_body
 
 
 def test_thinking_block_is_not_the_answer():
@@ -58,3 +58,20 @@ def test_no_answer_is_not_listed():
 
     with httpx.Client(base_url="http://vllm", transport=httpx.MockTransport(refuse)) as http:
         assert lists_model(http, "qwen3") is False
+
+
+@pytest.mark.parametrize(
+    "body,version",
+    [
+        ({"version": "0.10.1.1+381074ae.nv25.09"}, "0.10.1.1+381074ae.nv25.09"),  # api_server.py:573-576, 0.10.1.1
+        ({"version": "0.31.0"}, "0.31.0"),  # vllm/entrypoints/serve/instrumentator/basic.py:53-56, 0.31.0
+        ({"version": " "}, None),
+        ({"version": 31}, None),
+        ({"detail": "Not Found"}, None),  # an older or other server
+        ([], None),
+        (None, None),
+    ],
+)
+def test_the_version_route_s_body(body, version):
+    assert VERSION_PATH == "/version"
+    assert version_from_body(body) == version

@@ -4,12 +4,15 @@ scrubbing those lines and logging where a secret came from. Failure classes: tes
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
 from tasks.secrets import load_secret, scrub
 from tasks.vllm.logs import (
+    GRAMMAR,
     PHASE_ORDER,
     EventKind,
     LineSplitter,
@@ -26,6 +29,7 @@ from tasks.vllm.logs import (
     strip_prefix,
     summarize_startup,
 )
+from tasks.vllm.versions import Variant
 
 LOGS = Path(__file__).resolve().parents[1] / "data" / "logs"
 
@@ -454,7 +458,180 @@ def test_load_secret_inside_a_run_logs_to_the_run_logger(prefect_server, monkeyp
     assert not any("hf_insideabcdefgh12" in m or "sk-from-dotenv-123" in m for m in everything)
 
 
-def test_every_simple_pattern_names_each_of_its_groups():
-    from tasks.vllm.logs import _SIMPLE
+def test_every_form_names_its_groups_and_cites_its_source():
+    """A form's groups are the event's values, so each is named; each form says where vLLM prints it."""
+    for entry in GRAMMAR:
+        assert entry.forms, entry.kind
+        for form in entry.forms:
+            assert form.value.groups == len(form.value.groupindex), (entry.kind, form.value.pattern)
+            assert form.source, (entry.kind, form.value.pattern)
+            if form.source != "uvicorn":
+                assert re.search(r"(?:vllm/\S+\.py)?:\d+", form.source), (entry.kind, form.source)
 
-    assert [kind for kind, pattern, names in _SIMPLE if pattern.groups != len(names)] == []
+
+# ------------------------------------------------------------------------------ every inspected vLLM
+
+VERSIONS = ["0.10.1.1", "0.10.2", "0.11.1", "0.17.1", "0.20.1", "0.31.0"]
+#: the engine core's process name: vllm/v1/engine/utils.py:119 (0.10.1.1 `EngineCore_{i}`, 0.10.2
+#: `EngineCore_DP{i}`), :122 (0.17.1), :145 (0.20.1: `EngineCore` without data parallelism), :227 (0.31.0)
+ENGINE = {"0.10.1.1": "EngineCore_0", "0.10.2": "EngineCore_DP0", "0.11.1": "EngineCore_DP0"}
+ENGINE |= {"0.17.1": "EngineCore_DP0", "0.20.1": "EngineCore", "0.31.0": "EngineCore"}
+#: the monochrome logo of log_version_and_model (vllm/entrypoints/utils.py:284-289 in 0.17.1,
+#: vllm/entrypoints/serve/utils/api_utils.py:329-334 in 0.31.0), colours substituted by ""
+LOGO = (
+    "\n       █     █     █▄   ▄█\n ▄▄ ▄█ █     █     █ ▀▄▀ █  version %s\n"
+    "  █▄█▀ █     █     █     █  model   %s\n   ▀▀  ▀▀▀▀▀ ▀▀▀▀▀ ▀     ▀\n"
+)
+
+
+def logged(process: str, message: str, source: str = "x.py:1", level: str = "INFO") -> list[str]:
+    """What vLLM writes for one logger call: the header on every line of the message (NewLineFormatter,
+    vllm/logging_utils/formatter.py), rows joined by ``\\r\\n``, as docker's log hands them over."""
+    head = f"({process} pid=7) {level} 12-05 10:00:00 [{source}] "
+    return (head + message.replace("\n", "\r\n" + head)).split("\r\n")
+
+
+# (versions, kind, the version's %-format string, its arguments, the values parse_line reads)
+FORMS = [
+    ("", EventKind.PLATFORM, "Automatically detected platform %s.", ("cuda",), {"platform": "cuda"}),
+    ("<0.17.1", EventKind.VERSION, "vLLM API server version %s", ("0.10.1.1+381074ae.nv25.09",),
+     {"version": "0.10.1.1+381074ae.nv25.09"}),
+    (">=0.17.1", EventKind.VERSION, "vLLM server version %s, serving model %s", ("0.31.0", "Qwen/Qwen3-32B-FP8"),
+     {"version": "0.31.0", "model": "Qwen/Qwen3-32B-FP8"}),
+    ("", EventKind.ARCHITECTURE, "Resolved architecture: %s", ("Qwen3ForCausalLM",),
+     {"architecture": "Qwen3ForCausalLM"}),
+    ("", EventKind.MAX_MODEL_LEN, "Using max model len %s", (32000,), {"max_model_len": 32000}),
+    ("", EventKind.CHUNKED_PREFILL, "Chunked prefill is enabled with max_num_batched_tokens=%d.", (16384,),
+     {"max_num_batched_tokens": 16384}),
+    ("", EventKind.LOAD_START, "Starting to load model %s...", ("Qwen/Qwen3-32B-FP8",),
+     {"model": "Qwen/Qwen3-32B-FP8"}),
+    ("", EventKind.WEIGHTS_LOADED, "Loading weights took %.2f seconds", (204.371,), {"weights_load_seconds": 204.37}),
+    ("<0.11.1", EventKind.MODEL_LOADED, "Model loading took %.4f GiB and %.6f seconds", (32.13454, 205.6123451),
+     {"model_gib": 32.1345, "model_load_seconds": 205.612345}),
+    ("==0.11.1", EventKind.MODEL_LOADED, "Model loading took %.4f GiB memory and %.6f seconds", (32.13454, 205.6),
+     {"model_gib": 32.1345, "model_load_seconds": 205.6}),
+    (">=0.17.1", EventKind.MODEL_LOADED, "Model loading took %s GiB memory and %.6f seconds", ("32.13", 205.6),
+     {"model_gib": 32.13, "model_load_seconds": 205.6}),
+    ("", EventKind.COMPILE_PROGRESS, "Dynamo bytecode transform time: %.2f s", (9.12,), {"dynamo_seconds": 9.12}),
+    ("<0.17.1", EventKind.COMPILE_PROGRESS, "Compiling a graph for dynamic shape takes %.2f s", (7.61,),
+     {"graph_compile_seconds": 7.61}),
+    (">=0.17.1", EventKind.COMPILE_PROGRESS, "Compiling a graph for compile range %s takes %.2f s",
+     ("(1, 16384)", 7.61), {"graph_compile_seconds": 7.61}),
+    ("<0.20.1", EventKind.COMPILE_DONE, "torch.compile takes %.2f s in total", (16.73,), {"compile_seconds": 16.73}),
+    (">=0.20.1", EventKind.COMPILE_DONE, "torch.compile took %.2f s in total", (16.73,), {"compile_seconds": 16.73}),
+    (">=0.20.1", EventKind.COMPILE_DONE, "torch.compile and initial profiling/warmup run together took %.2f s in total",
+     (21.5,), {"compile_seconds": 21.5}),
+    ("<0.17.1", EventKind.KV_CACHE_MEMORY, "Available KV cache memory: %.2f GiB", (-0.534,), {"kv_cache_gib": -0.53}),
+    (">=0.17.1", EventKind.KV_CACHE_MEMORY, "Available KV cache memory: %s GiB", ("-0.53",), {"kv_cache_gib": -0.53}),
+    (">=0.17.1", EventKind.KV_CACHE_MEMORY, "Available KV cache memory: %s GiB", ("66.25",), {"kv_cache_gib": 66.25}),
+    ("<0.31", EventKind.KV_CACHE_TOKENS, "GPU KV cache size: %s tokens", ("271,360",), {"kv_cache_tokens": 271360}),
+    ("<0.31", EventKind.MAX_CONCURRENCY, "Maximum concurrency for %s tokens per request: %.2fx", ("32,000", 8.48),
+     {"concurrency_tokens": 32000, "max_concurrency": 8.48}),
+    (">=0.31", EventKind.KV_CACHE_TOKENS, "%s KV cache size: %s tokens, Maximum concurrency for %s tokens per request: "
+     "%.2fx", ("GPU", "271,360", "32,000", 8.48),
+     {"kv_cache_tokens": 271360, "concurrency_tokens": 32000, "max_concurrency": 8.48}),
+    ("", EventKind.GRAPH_CAPTURED, "Graph capturing finished in %.0f secs, took %.2f GiB", (6.2, 0.53),
+     {"graph_capture_seconds": 6, "graph_gib": 0.53}),
+    ("<0.20.1", EventKind.ENGINE_READY, "init engine (profile, create kv cache, warmup model) took %.2f seconds",
+     (25.31,), {"init_engine_seconds": 25.31}),
+    (">=0.20.1", EventKind.ENGINE_READY, "init engine (profile, create kv cache, warmup model) took %.2f s "
+     "(compilation: %.2f s)", (25.31, 16.73), {"init_engine_seconds": 25.31, "compilation_seconds": 16.73}),
+    (">=0.20.1", EventKind.ENGINE_READY, "init engine (profile, create kv cache, warmup model) took %.2f s", (9.5,),
+     {"init_engine_seconds": 9.5}),
+    ("<0.20.1", EventKind.API_SERVER_START, "Starting vLLM API server %d on %s", (0, "http://0.0.0.0:8000"),
+     {"url": "http://0.0.0.0:8000"}),
+    (">=0.20.1", EventKind.API_SERVER_START, "Starting vLLM server on %s", ("http://0.0.0.0:8000",),
+     {"url": "http://0.0.0.0:8000"}),
+    ("<0.31", EventKind.ENGINE_STATS, "Engine %03d: Avg prompt throughput: %.1f tokens/s, Avg generation throughput: "
+     "%.1f tokens/s, Running: %d reqs, Waiting: %d reqs, GPU KV cache usage: %.1f%%, Prefix cache hit rate: %.1f%%",
+     (0, 1.4, 6.6, 1, 0, 0.1, 0.0), {"engine": 0, "prompt_throughput": 1.4, "generation_throughput": 6.6,
+                                     "running": 1, "waiting": 0, "kv_cache_usage_pct": 0.1,
+                                     "prefix_cache_hit_rate_pct": 0.0}),
+    (">=0.31", EventKind.ENGINE_STATS, "Engine 000: Avg prompt throughput: %.1f tokens/s, Avg generation throughput: "
+     "%.1f tokens/s, Running: %d reqs, Waiting: %d reqs, Preemptions: %d, %s KV cache usage: %.1f%%",
+     (1.4, 6.6, 1, 0, 2, "GPU", 0.1), {"engine": 0, "prompt_throughput": 1.4, "generation_throughput": 6.6,
+                                       "running": 1, "waiting": 0, "kv_cache_usage_pct": 0.1}),
+]  # fmt: skip
+#: forms whose text another range also prints: `GiB and` by the model runner v2 (vllm/v1/worker/gpu/model_runner.py
+#: :258 in 0.17.1), `%.2f` and format_gib's `%s` print alike, and the stats line reads the same
+SHARED_TEXT = {
+    (EventKind.MODEL_LOADED, "<0.11.1"),
+    (EventKind.MODEL_LOADED, "==0.11.1"),
+    (EventKind.MODEL_LOADED, ">=0.17.1"),
+}
+SHARED_TEXT |= {(EventKind.KV_CACHE_MEMORY, "<0.17.1")}
+SHARED_TEXT |= {
+    (EventKind.KV_CACHE_MEMORY, ">=0.17.1"),
+    (EventKind.ENGINE_STATS, "<0.31"),
+    (EventKind.ENGINE_STATS, ">=0.31"),
+}
+CASES = [(v, *form) for v in VERSIONS for form in FORMS if Variant(form[0], None, "").holds_for(Version(v))]
+
+
+@pytest.mark.parametrize("version,spec,kind,fmt,args,values", CASES, ids=[f"{c[0]}-{c[3]}" for c in CASES])
+def test_each_version_s_lines_parse_with_their_numbers(version, spec, kind, fmt, args, values):
+    """Each line built from the version's own format string, read with that version, and with none known."""
+    process = "APIServer" if kind in (EventKind.VERSION, EventKind.API_SERVER_START) else ENGINE[version]
+    (line,) = logged(process, fmt % args)
+    for known in (Version(version), None):
+        event = parse_line(line, known)
+        assert event is not None and event.kind is kind, (known, line)
+        assert event.values == values, known
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_form_of_another_version_is_not_read_as_this_version_s(version):
+    """The version picks the forms: a line only another range prints gives this version no milestone values."""
+    for spec, kind, fmt, args, values in FORMS:
+        if spec and (kind, spec) not in SHARED_TEXT and not Variant(spec, None, "").holds_for(Version(version)):
+            event = parse_line(logged("APIServer", fmt % args)[0], Version(version))
+            assert event is None or (event.kind, event.values) != (kind, values), (version, fmt)
+
+
+@pytest.mark.parametrize("version", ["0.17.1", "0.20.1", "0.31.0"])
+def test_the_version_logo_gives_the_version(version):
+    lines = logged("APIServer", LOGO % (f"{version}+nv", "Qwen/Qwen3-32B-FP8"), "api_utils.py:347")
+    assert len(lines) == 6  # one logged row per line of the logo, each with its header
+    events = [e for e in (parse_line(line, Version(version)) for line in lines) if e is not None]
+    assert [(e.kind, e.values) for e in events] == [(EventKind.VERSION, {"version": f"{version}+nv"})]
+    coloured = lines[2].replace("version ", "version \x1b[1m") + "\x1b[0m"  # the colour formatter's logo
+    assert parse_line(coloured).values == {"version": f"{version}+nv"}
+    assert parse_line(lines[2], Version("0.10.1.1")) is None  # no logo before 0.17.1
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_each_version_s_process_prefix_is_stripped(version):
+    (line,) = logged(ENGINE[version], "Loading weights took 1.00 seconds")
+    assert strip_prefix(line).endswith("[x.py:1] Loading weights took 1.00 seconds")
+    assert split_header(strip_prefix(line))[2] == "Loading weights took 1.00 seconds"
+
+
+def test_a_0_31_startup_is_tracked_to_ready_with_its_figures():
+    tracker = StartupTracker(version=Version("0.31.0"))
+    events = tracker.feed_all(log("startup_success_v031.log"))
+    assert EventKind.ERROR not in [e.kind for e in events]
+    stats = tracker.stats
+    assert stats.version == "0.31.0+nv26.10" and stats.ready is True and tracker.phase is Phase.READY
+    assert stats.compile_seconds == 16.73 and stats.compilation_seconds == 16.73 and stats.init_engine_seconds == 25.31
+    assert stats.kv_cache_tokens == 271_360 and stats.max_concurrency == 8.48 and stats.concurrency_tokens == 32000
+    assert stats.model_gib == 32.13 and stats.kv_cache_gib == 66.25 and stats.url == "http://0.0.0.0:8000"
+    assert (stats.shards_done, stats.shards_total) == (7, 7) and stats.architecture == "Qwen3ForCausalLM"
+    assert [b for _, b, _ in tracker.transitions] == [
+        Phase.LOADING, Phase.COMPILING, Phase.KV_CACHE, Phase.SERVING, Phase.READY
+    ]  # fmt: skip
+    assert "torch.compile took" in tracker.transitions[2][2]
+    unknown = StartupTracker()  # the version not known yet: every form is read, with the same figures
+    unknown.feed_all(log("startup_success_v031.log"))
+    assert unknown.stats == stats
+    old = StartupTracker(version=Version("0.10.1.1"))  # read with the wrong version's grammar, the figures go
+    old.feed_all(log("startup_success_v031.log"))
+    assert old.stats.version == "0.31.0+nv26.10"  # the engine's line is the same in every version
+    assert old.stats.compile_seconds is None and old.stats.max_concurrency is None
+
+
+def test_a_negative_kv_budget_parses():
+    line = "(EngineCore_0 pid=210) INFO 11-07 12:04:07 [gpu_worker.py:276] Available KV cache memory: -0.53 GiB"
+    assert parse_line(line).values == {"kv_cache_gib": -0.53}
+    tracker = StartupTracker(version=Version("0.10.1.1"))
+    tracker.feed(line)
+    assert tracker.stats.kv_cache_gib == -0.53

@@ -1,11 +1,14 @@
-"""tasks/memory.py: meminfo as vLLM 0.10.1.1 on GB10 sees it, from /proc/meminfo or the imitation's ledger."""
+"""tasks/memory.py: meminfo as each vLLM on GB10 sees it (MemFree up to 0.10.x, MemAvailable from 0.11.1),
+from /proc/meminfo or the imitation's ledger."""
 
 import pytest
+from packaging.version import Version
 
 from sim.vllm.vllm_sim.ledger import Ledger
 from sim.vllm.vllm_sim.machine import meminfo_text as imitation_meminfo
-from tasks.memory import NotEnoughMemory, drop_caches_command, parse_meminfo, room_for_start
+from tasks.memory import MemInfo, NotEnoughMemory, drop_caches_command, parse_meminfo, room_for_start, steady
 from tasks.vllm.failures import FailureKind
+from tasks.vllm.versions import FreeMemory
 
 SPARK_LIKE = """MemTotal:       125515968 kB
 MemFree:        89000000 kB
@@ -64,3 +67,52 @@ def test_room_for_start_decides_from_free_memory_and_page_cache():
     with pytest.raises(NotEnoughMemory) as guarded:
         room_for_start(info, 0.99, margin_gib=5.0)  # a target with the 4 GiB host floor
     assert '"gpu_memory_utilization": 0.93' in str(guarded.value)
+
+
+V0101 = Version("0.10.1.1+381074ae.nv25.09")
+V0111 = Version("0.11.1+nv25.12")
+WITH_SHMEM = SPARK_LIKE + "Shmem:          10485760 kB\n"  # 10 GiB of tmpfs / shared memory inside Cached
+
+
+def test_room_for_start_by_version():
+    """0.10.1.1 compares MemFree (a drop helps), 0.11.1 MemAvailable (a drop never helps, so never planned)."""
+    info = parse_meminfo(SPARK_LIKE)  # 84.9 free, 31.5 page cache, 116.4 available of 119.7
+    assert room_for_start(info, 0.90, version=V0101) == "drop-page-cache"
+    assert room_for_start(info, 0.90, version=V0111) == "fits"  # 107.7 needed, 116.4 available
+    assert room_for_start(info, 0.90) == room_for_start(info, 0.90, version=V0101)  # None: the runbook's
+    for util in (0.50, 0.70, 0.90, 0.97):
+        assert room_for_start(info, util, version=V0111) != "drop-page-cache"
+    with pytest.raises(NotEnoughMemory) as short:
+        room_for_start(info, 0.99, version=V0111)  # 118.5 needed, 116.4 available
+    assert "only 116.3 of 119.7 GiB is available (MemAvailable); a start" in str(short.value)
+    assert short.value.cause.numbers["free_gib"] == info.available_gib  # what 0.11.1's check would see
+    assert short.value.cause.suggested == {"gpu_memory_utilization": 0.96}  # floor((116.35 - 1) / 119.7)
+
+
+def test_shmem_is_left_out_of_what_a_drop_frees():
+    info = parse_meminfo(WITH_SHMEM)
+    assert info.shmem_gib == 10.0 and info.droppable_gib == pytest.approx(21.47, abs=0.01)
+    assert parse_meminfo(SPARK_LIKE).shmem_gib == 0.0  # absent: 0
+    # 84.88 free + 21.47 droppable = 106.35 < 107.7 at 0.90: no drop would make room (it would with Cached)
+    with pytest.raises(NotEnoughMemory) as short:
+        room_for_start(info, 0.90, version=V0101)
+    assert "21.5 GiB droppable page cache, 10.0 GiB shared memory" in str(short.value)
+    assert short.value.cause.suggested == {"gpu_memory_utilization": 0.88}  # floor((106.35 - 1) / 119.7)
+    assert room_for_start(info, 0.88, version=V0101) == "drop-page-cache"
+    assert not info.released_for(0.90) and parse_meminfo(SPARK_LIKE).released_for(0.90)
+
+
+def test_released_means_what_the_versions_check_will_see():
+    info = MemInfo(total_gib=119.7, free_gib=60.0, available_gib=100.0, cached_gib=45.0, shmem_gib=5.0)
+    assert info.after_drop_gib(FreeMemory.MEM_FREE) == 100.0  # 60 + (45 - 5)
+    assert info.check_reads_gib(FreeMemory.MEM_FREE) == 60.0
+    assert info.check_reads_gib(FreeMemory.MEM_AVAILABLE) == info.after_drop_gib(FreeMemory.MEM_AVAILABLE) == 100.0
+    assert info.released_for(0.83, FreeMemory.MEM_FREE) and info.released_for(0.83, FreeMemory.MEM_AVAILABLE)
+    assert not info.released_for(0.84, FreeMemory.MEM_AVAILABLE)
+
+
+def test_steady_compares_what_the_check_reads():
+    before = MemInfo(total_gib=119.7, free_gib=60.0, available_gib=100.0, cached_gib=40.0)
+    cache_moved = MemInfo(total_gib=119.7, free_gib=58.0, available_gib=100.2, cached_gib=42.2)
+    assert steady(before, cache_moved, FreeMemory.MEM_AVAILABLE, 0.5)  # MemAvailable did not move
+    assert not steady(before, cache_moved, FreeMemory.MEM_FREE, 0.5)  # MemFree did: 2 GiB

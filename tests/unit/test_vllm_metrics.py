@@ -1,12 +1,14 @@
-"""tasks/vllm/metrics.py: /metrics parsing, of the imitation's renderer and of vLLM 0.10.1.1's format."""
+"""tasks/vllm/metrics.py: /metrics parsing, of the imitation's renderer, of vLLM 0.10.1.1's format and of the
+names each inspected vLLM (0.10.1.1 to 0.31.0) exports."""
 
 from __future__ import annotations
 
 import pytest
+from packaging.version import Version
 from pydantic import ValidationError
 
 from sim.vllm.vllm_sim.metrics import VllmMetrics
-from tasks.vllm.metrics import METRIC_SAMPLES, MetricsSnapshot, counter_delta, parse_metrics
+from tasks.vllm.metrics import METRIC_SAMPLES, MetricsSnapshot, counter_delta, metric_names, parse_metrics
 
 MODEL = "Qwen/Qwen3-32B-FP8"
 NOW = 1_750_000_000.0
@@ -98,6 +100,12 @@ def test_parse_the_imitations_metrics():
         requests_succeeded_total=7,
         queue_time_sum=0.75,
         queue_time_count=2,
+        ttft_sum=0.0,
+        ttft_count=0,
+        itl_sum=0.0,
+        itl_count=0,
+        e2e_latency_sum=1.5,
+        e2e_latency_count=1,
     )
     assert s.in_flight == 8
 
@@ -189,4 +197,90 @@ def test_counter_delta():
 
 def test_every_snapshot_field_has_its_samples():
     assert set(METRIC_SAMPLES) == set(MetricsSnapshot.model_fields) - {"taken_at"}
-    assert all(name.startswith("vllm:") for names in METRIC_SAMPLES.values() for name in names)
+    for field, variants in METRIC_SAMPLES.items():
+        assert all(name.startswith("vllm:") for variant in variants for name in variant.value), field
+        assert all("loggers.py:" in variant.source for variant in variants), field
+        for version in VERSIONS:  # every field is exported by every inspected version, under some name
+            assert metric_names(field, Version(version)), (field, version)
+
+
+# ------------------------------------------------------------------------------ /metrics: every inspected vLLM
+
+VERSIONS = ["0.10.1.1", "0.10.2", "0.11.1", "0.17.1", "0.20.1", "0.31.0"]
+#: what PrometheusStatLogger.__init__ (vllm/v1/metrics/loggers.py) declares in each version, of the names read
+#: here; counters are exposed with `_total`, histograms by `_sum` and `_count` (0.11.1 shows
+#: gpu_cache_usage_perc only with --show-hidden-metrics-for-version=0.10, loggers.py:448)
+COMMON = ["num_requests_running", "num_requests_waiting", "kv_cache_usage_perc", "prompt_tokens", "generation_tokens"]
+COMMON += ["num_preemptions", "prefix_cache_queries", "prefix_cache_hits", "request_success"]
+COMMON += ["time_to_first_token_seconds", "e2e_request_latency_seconds", "request_queue_time_seconds"]
+DECLARED = {
+    "0.10.1.1": [*COMMON, "gpu_cache_usage_perc", "time_per_output_token_seconds"],
+    "0.10.2": [*COMMON, "gpu_cache_usage_perc", "time_per_output_token_seconds", "inter_token_latency_seconds"],
+    "0.11.1": [*COMMON, "time_per_output_token_seconds", "inter_token_latency_seconds"],
+    "0.17.1": [*COMMON, "inter_token_latency_seconds"],
+    "0.20.1": [*COMMON, "inter_token_latency_seconds"],
+    "0.31.0": [*COMMON, "inter_token_latency_seconds"],
+}
+GAUGES = {
+    "num_requests_running": 3,
+    "num_requests_waiting": 5,
+    "kv_cache_usage_perc": 0.42,
+    "gpu_cache_usage_perc": 0.42,
+}
+COUNTERS = {"prompt_tokens": 45678, "generation_tokens": 1234, "num_preemptions": 2, "prefix_cache_queries": 20480}
+COUNTERS |= {"prefix_cache_hits": 8192, "request_success": 42}
+HISTOGRAMS = {"time_to_first_token_seconds": (42, 8.4), "e2e_request_latency_seconds": (42, 210.5)}
+HISTOGRAMS |= {"request_queue_time_seconds": (42, 1.5), "inter_token_latency_seconds": (1192, 59.6)}
+HISTOGRAMS |= {"time_per_output_token_seconds": (1192, 59.6)}
+
+
+def exposition(version: str) -> str:
+    """A /metrics text of that version: its declared names, rendered the way prometheus_client does."""
+    lines = []
+    for name in DECLARED[version]:
+        labels = f'{{engine="0",model_name="{MODEL}"}}'
+        if name in GAUGES:
+            lines += [f"# TYPE vllm:{name} gauge", f"vllm:{name}{labels} {GAUGES[name]}"]
+        elif name in COUNTERS:
+            lines += [f"# TYPE vllm:{name} counter", f"vllm:{name}_total{labels} {COUNTERS[name]}"]
+        else:
+            count, total = HISTOGRAMS[name]
+            lines += [f"# TYPE vllm:{name} histogram", f'vllm:{name}_bucket{{engine="0",le="+Inf"}} {count}']
+            lines += [f"vllm:{name}_count{labels} {count}", f"vllm:{name}_sum{labels} {total}"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_each_version_s_metrics(version):
+    """Every field read from each version's own names, with the version and with none known."""
+    for known in (Version(version), None):
+        s = parse_metrics(exposition(version), NOW, known)
+        assert (s.requests_running, s.requests_waiting, s.kv_cache_usage) == (3, 5, 0.42)
+        assert (s.prompt_tokens_total, s.generation_tokens_total, s.preemptions_total) == (45678, 1234, 2)
+        assert (s.prefix_cache_queries_total, s.prefix_cache_hits_total, s.requests_succeeded_total) == (
+            20480,
+            8192,
+            42,
+        )
+        assert (s.ttft_count, s.ttft_sum, s.e2e_latency_count, s.e2e_latency_sum) == (42, 8.4, 42, 210.5)
+        assert (s.queue_time_count, s.queue_time_sum) == (42, 1.5)
+        assert (s.itl_count, s.itl_sum) == (1192, 59.6)  # 0.10.1.1: under time_per_output_token_seconds
+
+
+def test_0_31_has_no_gpu_cache_usage_perc_and_is_read_without_it():
+    assert "gpu_cache_usage_perc" not in exposition("0.31.0") and "time_per_output_token" not in exposition("0.31.0")
+    assert "vllm:gpu_cache_usage_perc" not in metric_names("kv_cache_usage", Version("0.31.0"))
+    assert metric_names("itl_sum", Version("0.31.0")) == ["vllm:inter_token_latency_seconds_sum"]
+    only_deprecated = 'vllm:gpu_cache_usage_perc{engine="0"} 0.3\n'  # a name 0.31 does not export is not read
+    assert parse_metrics(only_deprecated, NOW, Version("0.31.0")).kv_cache_usage is None
+    assert parse_metrics(only_deprecated, NOW, Version("0.10.1.1")).kv_cache_usage == 0.3
+    assert parse_metrics(only_deprecated, NOW).kv_cache_usage == 0.3  # unknown: every name
+
+
+def test_the_inter_token_name_is_preferred_where_both_exist():
+    both = (
+        'vllm:time_per_output_token_seconds_sum{engine="0"} 1.0\nvllm:inter_token_latency_seconds_sum{engine="0"} 2.0\n'
+    )
+    assert parse_metrics(both, NOW, Version("0.11.1")).itl_sum == 2.0
+    assert parse_metrics(both, NOW).itl_sum == 2.0
+    assert parse_metrics(both, NOW, Version("0.10.1.1")).itl_sum == 1.0  # 0.10.1.1 has only the old name
