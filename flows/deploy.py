@@ -17,6 +17,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from packaging.version import Version
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
@@ -39,7 +40,13 @@ from tasks.staging import StageResult
 from tasks.staging.stage import stage_steps
 from tasks.state import clear_recover_runs, last_healthy, last_healthy_record, record_healthy
 from tasks.vllm.versions import VersionInfo
-from tasks.vllm_version import confirm_version, learn_vllm_version, version_rows, version_warnings
+from tasks.vllm_version import (
+    confirm_version,
+    learn_vllm_version,
+    recorded_version,
+    version_rows,
+    version_warnings,
+)
 
 
 class DeployResult(BaseModel):
@@ -131,7 +138,7 @@ def deploy_qwen(
             kept = replace_or_keep(resolved.docker_host, machine.name, spec.container_name, spec_hash, healthy)
             limits = RecoveryLimits(max_attempts=max_attempts)
             served = (
-                _start(resolved, spec_hash, timeouts, recover, limits, had_server=healthy) if kept is None else None
+                _start(resolved, spec_hash, timeouts, recover, limits, healthy, vllm.parsed) if kept is None else None
             )
             # The server's own word on its vLLM (its log's version line, else GET /version) wins.
             logged = served.readiness.stats.version if served and served.readiness.stats else None
@@ -207,12 +214,15 @@ def _start(
     recover: bool,
     limits: RecoveryLimits,
     had_server: bool,
+    version: Version,
 ) -> Served:
-    """Start the spec (with recovery); when it does not start, roll back to the last healthy spec."""
+    """Start the spec (with recovery, by the rules of its vLLM ``version``); when it does not start,
+    roll back to the last healthy spec."""
     machine, spec, secrets = resolved.machine, resolved.spec, resolved.secrets
     try:
-        # TODO(serve version): pass version=vllm.parsed once tasks/serve.py `serve` takes it
-        return serve(resolved.docker_host, machine, spec, secrets, timeouts, recover=recover, limits=limits)
+        return serve(
+            resolved.docker_host, machine, spec, secrets, timeouts, recover=recover, limits=limits, version=version
+        )
     except ServerDidNotStart as exc:
         # a healthy server was replaced: do not leave the target without one
         outcome = _roll_back(machine, spec_hash, secrets, timeouts, exc, had_server=had_server)
@@ -270,10 +280,12 @@ def _roll_back(
     serving server was replaced for it. Returns the exception the flow raises (its first line says
     whether the target has a server now)."""
     logger = get_run_logger()
-    previous = last_healthy(machine.name)
+    record = last_healthy_record(machine.name)
+    previous = record.spec
     if not had_server or previous is None or previous.spec_hash(machine) == failed_hash:
         return failure
     previous = machine.apply_to(previous)
+    known = recorded_version(previous.image, record.vllm_version_of(previous.image))  # its server's word
     logger.warning(
         "the new spec %s: rolling back to the last spec that served on %s (%s)",
         why,
@@ -281,7 +293,15 @@ def _roll_back(
         previous.spec_hash(machine),
     )
     try:
-        served = serve(machine.docker_host(), machine, previous, secrets, timeouts, recover=True)
+        served = serve(
+            machine.docker_host(),
+            machine,
+            previous,
+            secrets,
+            timeouts,
+            recover=True,
+            version=known.parsed if known else None,
+        )
         smoke_inference(machine.endpoint, previous.served_name, secrets.api_key)
     except Exception as exc:  # noqa: BLE001 - reported: the target is down
         emit_service_event(machine.name, ServiceEvent.FAILED, {"kind": "rollback_failed", "spec_hash": failed_hash})

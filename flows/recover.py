@@ -158,8 +158,17 @@ def _recover(
     wait_for_release(machine, spec.image, spec.gpu_memory_utilization, timeout_s=release_timeout_s)
     history = recent_recoveries(machine.name)
     try:
-        # TODO(serve version): pass version=vllm.parsed once tasks/serve.py `serve` takes it
-        served = serve(docker_host, machine, spec, secrets, timeouts, limits=limits, history=history, failure=failure)
+        served = serve(
+            docker_host,
+            machine,
+            spec,
+            secrets,
+            timeouts,
+            limits=limits,
+            history=history,
+            failure=failure,
+            version=vllm.parsed,
+        )
     except StartFailed as exc:
         if exc.attempts:
             _report(machine.name, f"recover-vllm on {machine.name}: FAILED", reason, kind, exc.steps, None, vllm)

@@ -212,7 +212,10 @@ def start_once(
     """Make room in memory, start the container, wait until it serves; remove it if it never does.
     ``version``: the vLLM the image runs (None: the runbook's 0.10.1.1 for memory, every log form)."""
     kwargs = container_kwargs(
-        spec, machine, secret_env=secret_environment(hf_token=secrets.hf_token, api_key=secrets.api_key)
+        spec,
+        machine,
+        secret_env=secret_environment(hf_token=secrets.hf_token, api_key=secrets.api_key),
+        version=version,
     )
     make_room_for_start(machine, spec.image, spec.gpu_memory_utilization, version)
     first_start, restart_policy = restart_policy_after_ready(kwargs)

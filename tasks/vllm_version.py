@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from blocks.target import TargetMachine
 from tasks.container import docker_client
 from tasks.memory import helper_container_kwargs
+from tasks.vllm.api import VERSION_PATH, version_from_body
 from tasks.vllm.versions import (
     RUNBOOK_VERSION,
     VERSION_PROBE,
@@ -46,10 +47,6 @@ __all__ = [
     "version_rows",
     "version_warnings",
 ]
-
-# TODO(api.py): tasks/vllm/api.py gets VERSION_PATH and version_from_body (another helper's
-# change); until it is merged, this module holds the path, in this one place.
-_VERSION_PATH = "/version"
 
 
 def _check_command(image: str) -> str:
@@ -151,13 +148,12 @@ def read_server_version(http: httpx.Client) -> str | None:
         http: a client bound to the server's base URL.
     """
     try:
-        response = http.get(_VERSION_PATH)
+        response = http.get(VERSION_PATH)
         body = response.json() if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
         return None
-    # TODO(api.py): version_from_body(body) once tasks/vllm/api.py has it
-    version = body.get("version") if isinstance(body, dict) else None
-    return version.strip() if isinstance(version, str) and _is_version(version) else None
+    version = version_from_body(body)
+    return version if version is not None and _is_version(version) else None
 
 
 def fetch_server_version(base_url: str, timeout_s: float = 5.0) -> str | None:
