@@ -17,7 +17,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from packaging.version import Version
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
@@ -137,9 +136,7 @@ def deploy_qwen(
             healthy = endpoint_ready(machine.endpoint, spec.served_name, resolved.secrets.api_key)
             kept = replace_or_keep(resolved.docker_host, machine.name, spec.container_name, spec_hash, healthy)
             limits = RecoveryLimits(max_attempts=max_attempts)
-            served = (
-                _start(resolved, spec_hash, timeouts, recover, limits, healthy, vllm.parsed) if kept is None else None
-            )
+            served = _start(resolved, spec_hash, timeouts, recover, limits, healthy, vllm) if kept is None else None
             # The server's own word on its vLLM (its log's version line, else GET /version) wins.
             logged = served.readiness.stats.version if served and served.readiness.stats else None
             vllm, mismatch = confirm_version(vllm, logged, machine.endpoint)
@@ -214,15 +211,13 @@ def _start(
     recover: bool,
     limits: RecoveryLimits,
     had_server: bool,
-    version: Version,
+    vllm: VersionInfo,
 ) -> Served:
-    """Start the spec (with recovery, by the rules of its vLLM ``version``); when it does not start,
+    """Start the spec (with recovery, by the rules of its ``vllm``); when it does not start,
     roll back to the last healthy spec."""
     machine, spec, secrets = resolved.machine, resolved.spec, resolved.secrets
     try:
-        return serve(
-            resolved.docker_host, machine, spec, secrets, timeouts, recover=recover, limits=limits, version=version
-        )
+        return serve(resolved.docker_host, machine, spec, secrets, timeouts, recover=recover, limits=limits, vllm=vllm)
     except ServerDidNotStart as exc:
         # a healthy server was replaced: do not leave the target without one
         outcome = _roll_back(machine, spec_hash, secrets, timeouts, exc, had_server=had_server)
@@ -300,7 +295,7 @@ def _roll_back(
             secrets,
             timeouts,
             recover=True,
-            version=known.parsed if known else None,
+            vllm=known,
         )
         smoke_inference(machine.endpoint, previous.served_name, secrets.api_key)
     except Exception as exc:  # noqa: BLE001 - reported: the target is down

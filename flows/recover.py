@@ -155,7 +155,7 @@ def _recover(
     kind = failure.cause.kind.value if failure else None
     # a killed server's memory can come back seconds after its container is gone (vllm 34643):
     # plan and start from the memory once it settled, not from what a dying process still held
-    wait_for_release(machine, spec.image, spec.gpu_memory_utilization, timeout_s=release_timeout_s)
+    wait_for_release(machine, spec.image, spec.gpu_memory_utilization, timeout_s=release_timeout_s, version=vllm.parsed)
     history = recent_recoveries(machine.name)
     try:
         served = serve(
@@ -167,7 +167,7 @@ def _recover(
             limits=limits,
             history=history,
             failure=failure,
-            version=vllm.parsed,
+            vllm=vllm,
         )
     except StartFailed as exc:
         if exc.attempts:

@@ -18,7 +18,8 @@ from tasks.events import ServiceEvent, emit_service_event
 from tasks.locks import gpu_lock
 from tasks.memory import read_memory, wait_for_release
 from tasks.report import artifact_key, publish_report
-from tasks.state import set_desired
+from tasks.state import last_healthy_record, set_desired
+from tasks.vllm_version import recorded_version
 
 
 class StopResult(BaseModel):
@@ -36,19 +37,26 @@ def stop_qwen(
 ) -> StopResult:
     """Stop and remove the target's vLLM container(s); confirm the memory they held came back.
 
-    "Came back" means a start at the spec's utilization would fit once the page cache is dropped
-    (deploy-qwen drops it before a start; vLLM 0.10.1.1 on GB10 counts it as used).
+    "Came back" means a start at the spec's utilization would pass vLLM's free-memory check: on
+    0.10.x once the page cache is dropped (deploy-qwen drops it before a start: that vLLM counts it as
+    used on GB10), from 0.11.1 as MemAvailable reads it (docs/versions.md). Which vLLM is the last
+    healthy server's word (tasks/state.py); none recorded: the runbook's.
     """
     logger = get_run_logger()
     machine = TargetMachine.named(target)
     spec = machine.apply_to(load_engine_spec(engine, None, None))
     util = spec.gpu_memory_utilization
+    vllm = recorded_version(spec.image, last_healthy_record(machine.name).vllm_version_of(spec.image))
     with gpu_lock(machine.name):
         set_desired(machine.name, "stopped")  # on purpose: health checks report it stopped, never recover it
         before = read_memory(machine, spec.image, unreadable_ok=True)
         removed = remove_managed_containers(machine.docker_host(), machine.name, stop_timeout_s)
         released, after = (
-            (None, None) if before is None else wait_for_release(machine, spec.image, util, timeout_s=memory_timeout_s)
+            (None, None)
+            if before is None
+            else wait_for_release(
+                machine, spec.image, util, timeout_s=memory_timeout_s, version=vllm.parsed if vllm else None
+            )
         )
     if after is None:
         logger.warning(
@@ -82,5 +90,7 @@ def stop_qwen(
         memory_released=released,
     )
     publish_report(artifact_key("stop", machine.name), f"stop-qwen on {machine.name}", result.model_dump())
-    emit_service_event(machine.name, ServiceEvent.STOPPED, result.model_dump())
+    emit_service_event(
+        machine.name, ServiceEvent.STOPPED, result.model_dump(), vllm_version=vllm.version if vllm else None
+    )
     return result

@@ -60,6 +60,7 @@ from tasks.report import artifact_key
 from tasks.secrets import DOTENV, HF_TOKEN_ENV_VARS, load_secret
 from tasks.state import remember_recoveries
 from tasks.vllm.failures import FailureCause
+from tasks.vllm.versions import VersionInfo
 
 #: How long a failed start's memory may take to come back before recovery plans (a killed process's
 #: memory is released when the kernel reaps it; the imitation's, when its heartbeat goes stale: 5 s).
@@ -303,7 +304,7 @@ def serve(
     limits: RecoveryLimits | None = None,
     history: list[RecoveryStep] | None = None,
     failure: Failure | None = None,
-    version: Version | None = None,
+    vllm: VersionInfo | None = None,
 ) -> Served:
     """Start ``requested``; on a failure, classify, plan, act and retry until it serves or the planner
     gives up (then StartFailed, nothing left running). ``recover=False``: one start, its failure raised.
@@ -319,11 +320,13 @@ def serve(
         history: the target's earlier recovery steps (engine restarts of the last hour count).
         failure: a failure found before this call (recover-vllm: the dead server's): the loop begins
             by planning from it, and the caller has waited for its memory to come back.
-        version: the vLLM the image runs, as preflight learnt it (None: the runbook's 0.10.1.1): the
+        vllm: the vLLM the image runs, as preflight learnt it (None: the runbook's 0.10.1.1): the
             pre-start memory check, the readiness gate's log forms and failure texts, and the planner
-            read what its free-memory check reads (MemFree or MemAvailable).
+            read what its free-memory check reads (MemFree or MemAvailable); the events name it.
     """
     logger = get_run_logger()
+    version = vllm.parsed if vllm else None
+    named = vllm.version if vllm else None
     limits = (limits or RecoveryLimits()).guarded(machine.host_memory_floor_gib)
     spec = requested
     steps: list[RecoveryStep] = []
@@ -334,7 +337,7 @@ def serve(
         if failure is None:
             started = _start(docker_host, machine, spec, secrets, timeouts, attempts, recover, version)
             if not isinstance(started, Failure):
-                return _served(machine, requested, spec, started, steps, attempts, first)
+                return _served(machine, requested, spec, started, steps, attempts, first, named)
             failure = started
             first = first or failure
         # retries made: a failure handed in counts as the first start's, as deploy-qwen's first start does
@@ -345,7 +348,7 @@ def serve(
             failure.attempt.then = _describe(step)
         logger.warning("recovery (%s): %s", step.klass.value, step.reason)
         if step.give_up:
-            _give_up(machine, failure.cause, steps, attempts)
+            _give_up(machine, failure.cause, steps, attempts, named)
         act(docker_host, machine, spec.image, step, version)
         spec = machine.apply_to(retry_spec(spec, step))
         failure = None
@@ -400,7 +403,11 @@ def _plan(
 
 
 def _give_up(
-    machine: TargetMachine, cause: FailureCause, steps: list[RecoveryStep], attempts: list[Attempt]
+    machine: TargetMachine,
+    cause: FailureCause,
+    steps: list[RecoveryStep],
+    attempts: list[Attempt],
+    vllm_version: str | None,
 ) -> NoReturn:
     """The planner gave up: report the attempts, remember the steps, say so, raise StartFailed."""
     step = steps[-1]
@@ -416,6 +423,7 @@ def _give_up(
             "next_step": step.next_step or "",
             "attempts": len(attempts),
         },
+        vllm_version=vllm_version,
     )
     raise StartFailed(machine.name, cause, steps, attempts) from None
 
@@ -428,6 +436,7 @@ def _served(
     steps: list[RecoveryStep],
     attempts: list[Attempt],
     first: Failure | None,
+    vllm_version: str | None,
 ) -> Served:
     """The server serves: after a recovery, report the attempts, remember the steps, emit `recovered`."""
     container_id, readiness = started
@@ -445,6 +454,7 @@ def _served(
                 "spec_hash": served.spec_hash,
                 "degraded": served.degraded(requested) or "",
             },
+            vllm_version=vllm_version,
         )
     return served
 
