@@ -337,3 +337,28 @@ def test_negative_kv_memory_is_printed_before_the_no_memory_error(hf_cache: Fake
     out = server.output
     negative = re.search(r"Available KV cache memory: -\d+\.\d\d GiB", out)
     assert negative and out.index(negative[0]) < out.index("ValueError: No available memory for the cache blocks.")
+
+
+# --- the images -------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_each_image_says_its_version_as_an_ngc_image_does() -> None:
+    """The product's probe (tasks/vllm/versions.py VERSION_PROBE) in a throwaway container of each tag."""
+    import docker
+
+    from deployments.targets import SIM_IMAGE, SIM_IMAGES
+    from sim.image import ensure_sim_image
+    from tasks.vllm.versions import VERSION_PROBE, version_from_probe
+
+    client = docker.from_env()
+    try:
+        assert ensure_sim_image(client) == SIM_IMAGE and SIM_IMAGES[versions.DEFAULT_VERSION] == SIM_IMAGE
+        for version, tag in SIM_IMAGES.items():
+            out = client.containers.run(tag, list(VERSION_PROBE), remove=True, entrypoint=[], network_mode="none")
+            assert out.decode().strip() == version
+            assert version_from_probe(out.decode()).base_version == version.split("+")[0]
+            cli = client.containers.run(tag, ["vllm", "--version"], remove=True, network_mode="none")
+            assert cli.decode().strip() == version
+    finally:
+        client.close()
