@@ -246,7 +246,7 @@ def test_profile_overshoot_pushes_available_memory_down_then_starts(
     assert normal.stop() == 0
     assert _tags(server.output) == _tags(normal.output)
     kv = re.compile(r"GPU KV cache size: [\d,]+ tokens")
-    assert kv.findall(server.output) == kv.findall(normal.output) == ["GPU KV cache size: 140,432 tokens"]
+    assert kv.findall(server.output) == kv.findall(normal.output) == ["GPU KV cache size: 271,360 tokens"]
 
 
 def test_profile_overshoot_knobs() -> None:

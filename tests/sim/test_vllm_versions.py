@@ -51,6 +51,7 @@ def test_any_version_gets_the_row_of_its_range(version: str, row: versions.Behav
 def test_default_is_the_runbooks_image_and_a_bad_version_names_the_knob() -> None:
     knobs = Knobs.from_env({})
     assert knobs.version == "0.10.1.1+381074ae.nv25.09" and knobs.behaviour is V0_10_1_1
+    assert (knobs.cold_load_charge, knobs.shmem_gib, knobs.fault_profiling_release_gib) == (0.0, 0.5, None)
     with pytest.raises(ValueError, match="VLLM_SIM_VERSION='latest' is not a vLLM version"):
         Knobs.from_env({"VLLM_SIM_VERSION": "latest"})
 
@@ -197,9 +198,9 @@ EXPECTED_LINES = {
     OLD: [
         "(APIServer pid={api}) INFO {ts} [api_server.py:1805] vLLM API server version 0.10.1.1+381074ae.nv25.09",
         "(EngineCore_0 pid={eng}) INFO {ts} [monitor.py:34] torch.compile takes {s} s in total",
-        "(EngineCore_0 pid={eng}) INFO {ts} [kv_cache_utils.py:849] GPU KV cache size: 140,432 tokens",
+        "(EngineCore_0 pid={eng}) INFO {ts} [kv_cache_utils.py:849] GPU KV cache size: 271,360 tokens",
         "(EngineCore_0 pid={eng}) INFO {ts} [kv_cache_utils.py:853] Maximum concurrency for 32,000 tokens per "
-        "request: 4.39x",
+        "request: 8.48x",
         "(EngineCore_0 pid={eng}) INFO {ts} [core.py:214] init engine (profile, create kv cache, warmup model) took "
         "{s} seconds",
         "(APIServer pid={api}) INFO {ts} [api_server.py:1880] Starting vLLM API server 0 on http://127.0.0.1:{port}",
@@ -299,14 +300,16 @@ def test_page_cache_refuses_010_and_not_011(hf_cache: FakeCache, ledger_dir: Pat
 
 
 def test_cold_start_gets_less_kv_than_a_warm_one_on_010_only(hf_cache: FakeCache, tmp_path: Path) -> None:
-    """0.70 fits beside the page cache even on MemFree (83.79 <= 84.73 GiB), so 0.10.1.1 starts warm too."""
+    """With VLLM_SIM_COLD_LOAD_CHARGE=1 (vllm issue 35920). 0.70 fits beside the page cache even on
+    MemFree (83.79 <= 84.73 GiB), so 0.10.1.1 starts warm too."""
     args = [MODEL, "--download-dir", str(hf_cache.root), "--max-model-len", "32000", "--gpu-memory-utilization", "0.70"]
     tokens: dict[tuple[str, str], int] = {}
     for version in (OLD, MID):
         ledger = tmp_path / f"ledger-{version}"
         ledger.mkdir()
         for start in ("cold", "warm"):
-            server = start_sim(hf_cache, ledger, args=args, env_extra={"VLLM_SIM_VERSION": version})
+            env = {"VLLM_SIM_VERSION": version, "VLLM_SIM_COLD_LOAD_CHARGE": "1"}
+            server = start_sim(hf_cache, ledger, args=args, env_extra=env)
             server.wait_ready()
             assert server.stop() == 0
             tokens[(version, start)] = kv_tokens(server.output)

@@ -53,8 +53,10 @@ class Knobs:
     non_torch_gib: float = 6.94  # VLLM_SIM_NON_TORCH_GIB: CUDA context, cuBLAS, GB10 accounting (calibrated)
     shmem_gib: float = 0.5  # VLLM_SIM_SHMEM_GIB: shmem/tmpfs inside the baseline, in Cached, never dropped
     # VLLM_SIM_COLD_LOAD_CHARGE: the fraction of the page cache filled by this start's own load that a
-    # MemFree-reading vLLM (0.10.x) charges as non-torch memory (vllm issue 35920); 0 turns it off
-    cold_load_charge: float = 1.0
+    # MemFree-reading vLLM (0.10.x) charges as non-torch memory (vllm issue 35920). Default 0: the
+    # runbook's 271,360 tokens at 0.90 on 0.10.1.1 (necessarily a cold start there) show no charge;
+    # 1 charges all of it, as vLLM's arithmetic implies (docs/imitations.md, "Memory model")
+    cold_load_charge: float = 0.0
     ledger_dir: str = "/var/lib/vllm-sim"  # VLLM_SIM_LEDGER_DIR: shared state between containers
     instance_id: str = ""  # VLLM_SIM_INSTANCE_ID: ledger name (default: hostname)
     heartbeat_stale_s: float = 5.0  # VLLM_SIM_HEARTBEAT_STALE_S
