@@ -147,32 +147,28 @@ def metric_names(**flags: bool) -> set[str]:
     return {fam.name for fam in text_string_to_metric_families(text)}
 
 
+GPU, TPOT, ITL, REQ_TPOT = (
+    "vllm:gpu_cache_usage_perc",
+    "vllm:time_per_output_token_seconds",
+    "vllm:inter_token_latency_seconds",
+    "vllm:request_time_per_output_token_seconds",
+)
+
+
 @pytest.mark.parametrize(
     ("row", "present", "absent"),
     [
-        (
-            V0_10_1_1,
-            {"vllm:gpu_cache_usage_perc", "vllm:time_per_output_token_seconds"},
-            {"vllm:inter_token_latency_seconds"},
-        ),
-        (
-            V0_11_1,
-            {
-                "vllm:time_per_output_token_seconds",
-                "vllm:inter_token_latency_seconds",
-                "vllm:request_time_per_output_token_seconds",
-            },
-            {"vllm:gpu_cache_usage_perc"},
-        ),
-        (
-            V0_31_0,
-            {"vllm:inter_token_latency_seconds", "vllm:request_time_per_output_token_seconds"},
-            {"vllm:gpu_cache_usage_perc", "vllm:time_per_output_token_seconds"},
-        ),
+        (V0_10_1_1, {GPU, TPOT}, {ITL, REQ_TPOT}),  # loggers.py:212, :381 in 0.10.1.1
+        (V0_10_2, {GPU, TPOT, ITL}, {REQ_TPOT}),  # loggers.py:396 in 0.10.2
+        (V0_11_1, {TPOT, ITL, REQ_TPOT}, {GPU}),  # loggers.py:448 (hidden), :740, :773, :803 in 0.11.1
+        (V0_17_1, {ITL, REQ_TPOT}, {GPU, TPOT}),  # loggers.py:760, :790 in 0.17.1
+        (V0_31_0, {ITL, REQ_TPOT}, {GPU, TPOT}),  # loggers.py:832, :842 in 0.31.0
     ],
 )
 def test_metric_families_per_version(row: versions.Behaviour, present: set[str], absent: set[str]) -> None:
-    names = metric_names(gpu_cache=row.gpu_cache_metric, tpot=row.tpot_metric, itl=row.itl_metrics)
+    names = metric_names(
+        gpu_cache=row.gpu_cache_metric, tpot=row.tpot_metric, itl=row.itl_metric, request_tpot=row.request_tpot_metric
+    )
     assert present <= names and not (absent & names)
     assert "vllm:kv_cache_usage_perc" in names
 
@@ -270,9 +266,9 @@ def test_each_version_logs_answers_and_dies_as_its_source(version: str, hf_cache
         assert line_pattern(template, api, server.port).search(server.output), template
     assert httpx.get(server.base_url + "/version").json() == {"version": version}
     names = {f.name for f in text_string_to_metric_families(httpx.get(server.base_url + "/metrics").text)}
-    assert ("vllm:gpu_cache_usage_perc" in names) == (version == OLD)
-    assert ("vllm:time_per_output_token_seconds" in names) == (version != NEW)
-    assert ("vllm:inter_token_latency_seconds" in names) == (version != OLD)
+    assert (GPU in names) == (version == OLD)
+    assert (TPOT in names) == (version != NEW)
+    assert (ITL in names) == (version != OLD)
     status, monitor = DEAD[version]
     assert server.wait_for("EngineCore encountered a fatal error.", 5)
     assert server.wait_for("unexpectedly", 5)

@@ -7,9 +7,9 @@ follows prometheus_client's `generate_latest` (counters as `<name>_total` plus a
 real server work here.  Names, help texts, labels (model_name, engine) and
 buckets are vLLM 0.10.1.1's (vllm/v1/metrics/loggers.py). Which families exist depends on the
 version (versions.py): `vllm:gpu_cache_usage_perc` up to 0.10.x (hidden from 0.11.1, loggers.py:448
-in 0.11.1), `vllm:time_per_output_token_seconds` up to 0.2x (gone in 0.31.0),
-`vllm:inter_token_latency_seconds` and `vllm:request_time_per_output_token_seconds` from 0.11.1
-(loggers.py:773 and :803 in 0.11.1, same buckets as time_per_output_token).
+in 0.11.1), `vllm:time_per_output_token_seconds` up to 0.11.x (gone in 0.17.1), `vllm:inter_token_latency_seconds`
+from 0.10.2 (loggers.py:396 in 0.10.2) and `vllm:request_time_per_output_token_seconds` from 0.11.1
+(loggers.py:803 in 0.11.1), both with time_per_output_token's buckets.
 """
 
 from __future__ import annotations
@@ -236,6 +236,7 @@ class VllmMetrics:
         gpu_cache: bool = True,
         tpot: bool = True,
         itl: bool = False,
+        request_tpot: bool = False,
     ) -> None:
         base = (("model_name", model_name), ("engine", "0"))
         self.lock = threading.Lock()
@@ -295,7 +296,7 @@ class VllmMetrics:
                 base,
                 TPOT_BUCKETS,
             )
-            if itl
+            if request_tpot
             else None
         )
         self.e2e = Histogram(

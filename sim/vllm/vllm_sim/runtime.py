@@ -501,7 +501,8 @@ class Runtime:
             },
             gpu_cache=self.b.gpu_cache_metric,
             tpot=self.b.tpot_metric,
-            itl=self.b.itl_metrics,
+            itl=self.b.itl_metric,
+            request_tpot=self.b.request_tpot_metric,
         )
         roofline = Roofline.from_knobs(self.knobs, weights_bytes, cfg.kv_bytes_per_token, cfg.active_params)
         engine = Engine(

@@ -66,7 +66,8 @@ class Behaviour:
     dead_monitor: tuple[str, str, str]  # (level, where, message {proc}) the API server logs as the engine dies
     gpu_cache_metric: bool  # vllm:gpu_cache_usage_perc served
     tpot_metric: bool  # vllm:time_per_output_token_seconds served
-    itl_metrics: bool  # vllm:inter_token_latency_seconds + vllm:request_time_per_output_token_seconds
+    itl_metric: bool  # vllm:inter_token_latency_seconds (and TPOT's help says DEPRECATED)
+    request_tpot_metric: bool  # vllm:request_time_per_output_token_seconds
 
 
 _OLD_KV_TOO_SMALL = (
@@ -113,7 +114,8 @@ V0_10_1_1 = Behaviour(
     dead_monitor=("ERROR", "core_client.py:562", "Engine core proc {proc} died unexpectedly, shutting down client."),
     gpu_cache_metric=True,  # v1/metrics/loggers.py:212 (deprecated, still served)
     tpot_metric=True,  # loggers.py:381
-    itl_metrics=False,
+    itl_metric=False,
+    request_tpot_metric=False,
 )
 
 V0_10_2 = replace(
@@ -122,6 +124,7 @@ V0_10_2 = replace(
     engine_proc="EngineCore_DP0",  # vllm/v1/engine/utils.py:119 name=f"EngineCore_DP{global_index}" in 0.10.2
     version_line=("api_server.py:1896", "vLLM API server version {version}"),
     dead_monitor=("ERROR", "core_client.py:564", "Engine core proc {proc} died unexpectedly, shutting down client."),
+    itl_metric=True,  # v1/metrics/loggers.py:396 in 0.10.2 (time_per_output_token's help: DEPRECATED, :383-386)
 )
 
 V0_11_1 = replace(
@@ -146,7 +149,7 @@ V0_11_1 = replace(
     dead_monitor=("ERROR", "core_client.py:598", "Engine core proc {proc} died unexpectedly, shutting down client."),
     # v1/metrics/loggers.py:448-450 only with --show-hidden-metrics-for-version (0.10)
     gpu_cache_metric=False,
-    itl_metrics=True,  # loggers.py:773 and :803
+    request_tpot_metric=True,  # loggers.py:803
 )
 
 V0_17_1 = replace(
@@ -174,6 +177,7 @@ V0_17_1 = replace(
     profiling_where="gpu_worker.py:398",  # v1/worker/gpu_worker.py:398-406, format_gib
     profiling_strict=False,
     profiling_number="format_gib",
+    tpot_metric=False,  # v1/metrics/loggers.py in 0.17.1: no vllm:time_per_output_token_seconds (ITL :760)
 )
 
 V0_31_0 = replace(
@@ -221,7 +225,6 @@ V0_31_0 = replace(
         "core_client.py:809",
         "[shutdown] MPClient: engine core exited unexpectedly; starting cleanup",
     ),
-    tpot_metric=False,  # v1/metrics/loggers.py (0.31.0): no vllm:time_per_output_token_seconds
 )
 
 #: The table: rows in version order; a version uses the last row whose `since` it reaches.
