@@ -19,8 +19,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from blocks.target import TargetMachine
 
-#: The vLLM imitation's image, as ``sim/image.py`` tags it (built locally, never pulled).
+#: The vLLM imitation's image, as ``sim/image.py`` tags it (built locally, never pulled): it speaks
+#: vLLM 0.10.1.1 (``nvcr.io/nvidia/vllm:25.09-py3``).
 SIM_IMAGE = "spark-vllm/vllm-sim:latest"
+
+#: The imitation image per vLLM version it speaks (docs/imitations.md, "Versions"): the image itself
+#: says its version as an NGC image does (``import vllm; print(vllm.__version__)``, its log, GET /version).
+#: The 0.11.1 and 0.31.0 tags are ``SIM_IMAGE`` plus ``ENV VLLM_SIM_VERSION``, built by ``sim/image.py``.
+SIM_IMAGES: dict[str, str] = {
+    "0.10.1.1+381074ae.nv25.09": SIM_IMAGE,
+    "0.11.1": "spark-vllm/vllm-sim:0.11.1",
+    "0.31.0": "spark-vllm/vllm-sim:0.31.0",
+}
 
 #: The imitation's /proc/meminfo: its memory ledger rendered when read (sim/vllm, `vllm_sim meminfo`).
 SIM_MEMINFO_COMMAND: tuple[str, ...] = ("python3", "-m", "vllm_sim", "meminfo")

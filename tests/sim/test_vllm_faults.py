@@ -14,7 +14,10 @@ import openai
 import pytest
 from vllm_fixtures import MODEL, REPO_ROOT, hf_cache, ledger_dir, sim_env, start_sim  # noqa: F401
 
+from sim.vllm.vllm_sim.ledger import Ledger
 from sim.vllm.vllm_sim.testing import FakeCache
+
+WEIGHTS_GIB = 34_322_434_048 / 1024**3  # the index's total_size: 31.97 GiB
 
 ENGINE_FAILED = (
     "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {'EngineCore_0': 1}"
@@ -111,6 +114,8 @@ def test_page_cache_blocks_a_restart_until_drop_caches(hf_cache: FakeCache, ledg
 
 
 def test_kv_cache_too_small_for_max_model_len(hf_cache: FakeCache, ledger_dir: Path) -> None:
+    """A warm start (the weights already in page cache: 0.4 x 119.7 fits beside them even on MemFree)."""
+    Ledger(ledger_dir, "earlier-load").record_load(f"{MODEL}@{hf_cache.commit}", WEIGHTS_GIB)
     args = [MODEL, "--download-dir", str(hf_cache.root), "--max-model-len", "40960", "--gpu-memory-utilization", "0.4"]
     out = failed_start(hf_cache, ledger_dir, args=args)
     assert "Available KV cache memory: 6.57 GiB" in out

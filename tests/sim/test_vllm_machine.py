@@ -23,7 +23,7 @@ from sim.vllm.vllm_sim.ledger import Ledger, MemoryView
 from sim.vllm.vllm_sim.testing import FakeCache
 from tasks.memory import MemInfo, parse_meminfo  # the product's parser
 
-TOTAL, BASELINE = 119.7, 3.0
+TOTAL, BASELINE, SHMEM = 119.7, 3.0, 0.5
 EMPTY_FREE = TOTAL - BASELINE  # 116.7
 BUDGET = round(TOTAL * 0.90, 2)  # the runbook's 0.90: 107.73
 WEIGHTS_GIB = 34_322_434_048 / 1024**3  # the index's total_size: 31.97 GiB
@@ -92,14 +92,20 @@ def test_meminfo_is_the_ledger_rendered_when_read(ledger_dir: Path, tmp_path: Pa
         TOTAL,
         EMPTY_FREE,
         EMPTY_FREE,
-        0.0,
+        SHMEM,  # shmem: inside the baseline's used memory, shown in Cached
     )
     # the servers' knobs, and exactly Ledger.meminfo_text's lines
     knobs = {"VLLM_SIM_DEVICE_TOTAL_GIB": "121.69", "VLLM_SIM_SYSTEM_BASELINE_GIB": "2.5"}
     Ledger(ledger_dir, "other").publish(10.25, "held", "x")
     out = meminfo_run(ledger_dir, **knobs).stdout
-    assert out == Ledger(ledger_dir, "", total_gib=121.69, baseline_gib=2.5).meminfo_text()
-    assert [line.split(":")[0] for line in out.splitlines()] == ["MemTotal", "MemFree", "MemAvailable", "Cached"]
+    assert out == Ledger(ledger_dir, "", total_gib=121.69, baseline_gib=2.5, shmem_gib=SHMEM).meminfo_text()
+    assert [line.split(":")[0] for line in out.splitlines()] == [
+        "MemTotal",
+        "MemFree",
+        "MemAvailable",
+        "Cached",
+        "Shmem",
+    ]
     assert parse_meminfo(out).free_gib == round(121.69 - 2.5 - 10.25, 2)
     assert sorted(p.name for p in ledger_dir.iterdir()) == ["held"]  # a reader writes nothing (no meminfo file)
     # no ledger directory: an empty machine, as a server without the mount sees it; nothing created
@@ -177,14 +183,14 @@ def test_page_cache_and_drop_caches_show_at_once_without_a_server(hf_cache: Fake
     first.wait_ready()
     assert first.stop() == 0
     after_load = meminfo(ledger_dir)  # no server runs: computed now, not left behind by one
-    assert after_load.cached_gib == round(WEIGHTS_GIB, 2)
+    assert after_load.cached_gib == round(WEIGHTS_GIB + SHMEM, 2)
     assert after_load.free_gib == round(EMPTY_FREE - WEIGHTS_GIB, 2) == 84.73
     second = start_sim(hf_cache, ledger_dir)
     assert second.wait_exit(20) == 1
     assert tuple(map(float, FREE_ERROR.search(second.output).groups())) == (after_load.free_gib, TOTAL)
     (ledger_dir / "drop_caches").write_text("3\n")  # what `sync; echo 3 > /proc/sys/vm/drop_caches` is here
     dropped = meminfo(ledger_dir)
-    assert (dropped.free_gib, dropped.cached_gib) == (EMPTY_FREE, 0.0)
+    assert (dropped.free_gib, dropped.cached_gib) == (EMPTY_FREE, SHMEM)  # drop_caches cannot free shmem
     assert not (ledger_dir / "meminfo").exists()
 
 
@@ -232,14 +238,15 @@ def test_profile_overshoot_pushes_available_memory_down_then_starts(
     assert all(free == 0.0 for _, _, free in during)
     assert during[-1][0] - during[0][0] > 1.5  # the phase lasts VLLM_SIM_FAULT_PROFILE_OVERSHOOT_S
     assert ready.available_gib > ceiling  # back to the budget once profiled: 119.7 - 3 - 108.36
-    assert "GPU KV cache size: 271,360 tokens" in server.output
-    # nothing unusual in the log: the same lines as a start without the fault
+    # nothing unusual in the log: the same lines and KV cache as a start without the fault
     normal_ledger = tmp_path / "normal-ledger"
     normal_ledger.mkdir()
     normal = start_sim(hf_cache, normal_ledger)
     normal.wait_ready()
     assert normal.stop() == 0
     assert _tags(server.output) == _tags(normal.output)
+    kv = re.compile(r"GPU KV cache size: [\d,]+ tokens")
+    assert kv.findall(server.output) == kv.findall(normal.output) == ["GPU KV cache size: 271,360 tokens"]
 
 
 def test_profile_overshoot_knobs() -> None:

@@ -49,12 +49,12 @@ def test_startup_log_has_vllm_lines_in_order(runbook_server: SimServer) -> None:
     out = runbook_server.output
     order = [
         "[__init__.py:241] Automatically detected platform cuda.",
-        "[api_server.py:1805] vLLM API server version 0.10.1.1",
+        "[api_server.py:1805] vLLM API server version 0.10.1.1+381074ae.nv25.09",
         "non-default args: {'model_tag': 'Qwen/Qwen3-32B-FP8'",
         "Resolved architecture: Qwen3ForCausalLM",
         "Using max model len 32000",
         "Chunked prefill is enabled with max_num_batched_tokens=16384.",
-        "Initializing a V1 LLM engine (v0.10.1.1) with config: model='Qwen/Qwen3-32B-FP8'",
+        "Initializing a V1 LLM engine (v0.10.1.1+381074ae.nv25.09) with config: model='Qwen/Qwen3-32B-FP8'",
         "Found GPU0 NVIDIA GB10 which is of cuda capability 12.1.",
         "Starting to load model Qwen/Qwen3-32B-FP8...",
         "Loading safetensors checkpoint shards:  43% Completed | 3/7 [",

@@ -88,7 +88,8 @@ def test_empty_machine_passes_the_runbook_free_memory_check() -> None:
 
 
 def test_page_cache_of_a_previous_load_fails_the_next_start() -> None:
-    """vllm issue 48140: the weights left in page cache count as used on GB10."""
+    """vllm issue 35313 (measured on GB10 in unsloth PR 10704): on 0.10.x the weights left in page
+    cache count as used."""
     free = free_memory_gib(119.7, KNOBS.system_baseline_gib, 0.0, DEFAULT_TOTAL_SIZE / GIB)
     with pytest.raises(StartupFailure):
         memory.check_free_memory(free, 119.7, 0.90)

@@ -11,12 +11,15 @@ order.  Like vLLM's FlexibleArgumentParser, `--max_model_len` is accepted for
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-VERSION = "0.10.1.1+381074ae.nv25.09"
+from .versions import DEFAULT_VERSION
+
+VERSION = DEFAULT_VERSION  # what `vllm --version` prints unless VLLM_SIM_VERSION says otherwise
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
 SUBCOMMANDS = ("chat", "complete", "serve", "bench", "collect-env", "run-batch")
 
@@ -103,7 +106,8 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vllm", description="vLLM CLI")
-    parser.add_argument("-v", "--version", action="version", version=VERSION)
+    version = os.environ.get("VLLM_SIM_VERSION", "").strip() or VERSION
+    parser.add_argument("-v", "--version", action="version", version=version)
     subs = parser.add_subparsers(required=False, dest="subparser", metavar="{" + ",".join(SUBCOMMANDS) + "}")
     for name in SUBCOMMANDS:
         if name == "serve":

@@ -112,7 +112,7 @@ class Engine:
         self.window = StatsWindow()
         self._prefix_queries = 0
         self._prefix_hits = 0
-        self._thread = threading.Thread(target=self._loop, name="EngineCore_0", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="EngineCore", daemon=True)
 
     # --- control -------------------------------------------------------------
     def start(self) -> None:
@@ -175,7 +175,8 @@ class Engine:
             self.metrics.waiting.set(len(self._waiting))
             usage = self._kv_usage()
             self.metrics.kv_cache.set(usage)
-            self.metrics.gpu_cache.set(usage)
+            if self.metrics.gpu_cache is not None:
+                self.metrics.gpu_cache.set(usage)
 
     def _drop_aborted(self, now: float) -> None:
         for req in [r for r in self._running if r.aborted]:
@@ -282,7 +283,9 @@ class Engine:
                 self.metrics.prompt_tokens.inc(req.prompt_len)
                 self.metrics.prefill.observe(now - (req.scheduled_at or now))
             elif req.last_token_at is not None:
-                self.metrics.tpot.observe(now - req.last_token_at)
+                for gap in (self.metrics.tpot, self.metrics.itl):
+                    if gap is not None:
+                        gap.observe(now - req.last_token_at)
         if req.first_token_at is None:
             req.first_token_at = now
             self.window.prompt_tokens += req.prompt_len
@@ -301,6 +304,8 @@ class Engine:
                 self.metrics.inference.observe(now - req.scheduled_at)
             if req.first_token_at is not None:
                 self.metrics.decode.observe(now - req.first_token_at)
+                if self.metrics.request_tpot is not None and req.generated > 1:
+                    self.metrics.request_tpot.observe((now - req.first_token_at) / (req.generated - 1))
         if notify:
             req.events.put((req.index, "", reason))
 

@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .versions import DEFAULT_VERSION, Behaviour, behaviour, release
+
 GIB = 1024**3
 
 
@@ -43,10 +45,18 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
 class Knobs:
     """The imitation's tunables; defaults reproduce a DGX Spark (GB10)."""
 
+    # --- which vLLM it speaks (versions.py) ---
+    version: str = DEFAULT_VERSION  # VLLM_SIM_VERSION: any vLLM version; the row of its range applies
     # --- the device (memory model) ---
     device_total_gib: float = 119.7  # VLLM_SIM_DEVICE_TOTAL_GIB: CUDA total = MemTotal on GB10
     system_baseline_gib: float = 3.0  # VLLM_SIM_SYSTEM_BASELINE_GIB: OS, desktop, docker
     non_torch_gib: float = 6.94  # VLLM_SIM_NON_TORCH_GIB: CUDA context, cuBLAS, GB10 accounting (calibrated)
+    shmem_gib: float = 0.5  # VLLM_SIM_SHMEM_GIB: shmem/tmpfs inside the baseline, in Cached, never dropped
+    # VLLM_SIM_COLD_LOAD_CHARGE: the fraction of the page cache filled by this start's own load that a
+    # MemFree-reading vLLM (0.10.x) charges as non-torch memory (vllm issue 35920). Default 0: the
+    # runbook's 271,360 tokens at 0.90 on 0.10.1.1 (necessarily a cold start there) show no charge;
+    # 1 charges all of it, as vLLM's arithmetic implies (docs/imitations.md, "Memory model")
+    cold_load_charge: float = 0.0
     ledger_dir: str = "/var/lib/vllm-sim"  # VLLM_SIM_LEDGER_DIR: shared state between containers
     instance_id: str = ""  # VLLM_SIM_INSTANCE_ID: ledger name (default: hostname)
     heartbeat_stale_s: float = 5.0  # VLLM_SIM_HEARTBEAT_STALE_S
@@ -71,6 +81,10 @@ class Knobs:
         None  # VLLM_SIM_FAULT_PROFILE_OVERSHOOT_GIB: hold budget + N while profiling
     )
     fault_profile_overshoot_s: float = 5.0  # VLLM_SIM_FAULT_PROFILE_OVERSHOOT_S: least real seconds of that phase
+    # VLLM_SIM_FAULT_PROFILING_RELEASE_GIB: GiB another process releases while vLLM profiles
+    fault_profiling_release_gib: float | None = None
+    # VLLM_SIM_FAULT_PROFILING_RELEASE_TIMES: on the first N starts sharing the ledger (then memory is steady)
+    fault_profiling_release_times: int = 1
     # --- environment seen by "vLLM" ---
     env: Mapping[str, str] = field(default_factory=dict)
 
@@ -78,10 +92,15 @@ class Knobs:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Knobs:
         """Read the knobs from `env` (default: the process environment)."""
         e: Mapping[str, str] = dict(os.environ) if env is None else dict(env)
+        version = e.get("VLLM_SIM_VERSION", "").strip() or cls.version
+        release(version)  # a text that is no version fails here, naming the knob
         return cls(
+            version=version,
             device_total_gib=_float(e, "VLLM_SIM_DEVICE_TOTAL_GIB", cls.device_total_gib),
             system_baseline_gib=_float(e, "VLLM_SIM_SYSTEM_BASELINE_GIB", cls.system_baseline_gib),
             non_torch_gib=_float(e, "VLLM_SIM_NON_TORCH_GIB", cls.non_torch_gib),
+            shmem_gib=max(0.0, _float(e, "VLLM_SIM_SHMEM_GIB", cls.shmem_gib)),
+            cold_load_charge=min(1.0, max(0.0, _float(e, "VLLM_SIM_COLD_LOAD_CHARGE", cls.cold_load_charge))),
             ledger_dir=e.get("VLLM_SIM_LEDGER_DIR", "").strip() or cls.ledger_dir,
             instance_id=e.get("VLLM_SIM_INSTANCE_ID", "").strip(),
             heartbeat_stale_s=_float(e, "VLLM_SIM_HEARTBEAT_STALE_S", cls.heartbeat_stale_s),
@@ -103,8 +122,17 @@ class Knobs:
             fault_profile_overshoot_s=max(
                 0.0, _float(e, "VLLM_SIM_FAULT_PROFILE_OVERSHOOT_S", cls.fault_profile_overshoot_s)
             ),
+            fault_profiling_release_gib=_opt_float(e, "VLLM_SIM_FAULT_PROFILING_RELEASE_GIB"),
+            fault_profiling_release_times=int(
+                _float(e, "VLLM_SIM_FAULT_PROFILING_RELEASE_TIMES", cls.fault_profiling_release_times)
+            ),
             env=e,
         )
+
+    @property
+    def behaviour(self) -> Behaviour:
+        """The forms of the vLLM version this imitation speaks (versions.py)."""
+        return behaviour(self.version)
 
     @property
     def startup_scale(self) -> float:

@@ -11,6 +11,7 @@ into every imitation container; the files in it stand in for the machine:
                        deleted it on SIGTERM.  <name> = VLLM_SIM_INSTANCE_ID, else the
                        hostname (the container id) when running as PID 1, else
                        "<hostname>-<pid>" so host processes do not collide.
+    faults/<name>.json {"fired": N}: a one-shot fault's count (VLLM_SIM_FAULT_PROFILING_RELEASE_TIMES)
     page_cache.json    {"<repo>@<commit>": {"gib", "loaded_at"}}: weights read by any
                        load (the same snapshot counts once), kept after the server stops.
     drop_caches        write "3" (or "1") to it to drop the page cache, as
@@ -52,30 +53,43 @@ def default_instance_name(explicit: str = "") -> str:
 class MemoryView:
     """The machine's memory at one moment, as the ledger describes it (GiB).
 
-    `free` is what vLLM 0.10.1.1's startup check sees (mem_get_info on GB10: page cache counts
-    as used).  `cached` is the page cache the kernel still keeps: when processes hold so much
-    that it no longer fits beside them it is shown reclaimed down to what is left, so
-    MemAvailable falls towards 0 under pressure as on a real machine (the ledger keeps the
-    recorded page cache: it counts again once the pressure ends).
+    `free` is MemFree: what vLLM 0.10.x's startup check sees (mem_get_info on GB10: page cache
+    counts as used; vllm issue 35313, measured on GB10 in unsloth PR 10704). `cached` is the
+    page cache the kernel still keeps plus shmem: when processes hold so much that the page cache
+    no longer fits beside them it is shown reclaimed down to what is left, so MemAvailable falls
+    towards 0 under pressure as on a real machine (the ledger keeps the recorded page cache: it
+    counts again once the pressure ends). `available` is MemAvailable, what vLLM 0.11.1+ reads
+    on GB10 (vllm/utils/mem_utils.py:85-102 in 0.11.1).
+
+    `shmem_gib` (shmem/tmpfs) is part of the system baseline: used memory that /proc/meminfo also
+    shows inside `Cached`, and that drop_caches cannot free, so it never counts as available.
     """
 
     total_gib: float
     baseline_gib: float
     held_gib: float
     page_cache_gib: float
+    shmem_gib: float = 0.0
+
+    @property
+    def _room_gib(self) -> float:
+        return max(0.0, self.total_gib - self.baseline_gib - self.held_gib)
 
     @property
     def free_gib(self) -> float:
-        return max(0.0, self.total_gib - self.baseline_gib - self.held_gib - self.page_cache_gib)
+        return max(0.0, self._room_gib - self.page_cache_gib)
 
     @property
     def cached_gib(self) -> float:
-        room = max(0.0, self.total_gib - self.baseline_gib - self.held_gib)
-        return min(self.page_cache_gib, room)
+        return min(self.page_cache_gib, self._room_gib) + self.shmem_gib
 
     @property
     def available_gib(self) -> float:
-        return self.free_gib + self.cached_gib
+        return self.free_gib + min(self.page_cache_gib, self._room_gib)
+
+    def reads(self, semantics: str) -> float:
+        """The free memory vLLM sees: "MemFree" (0.10.x on GB10) or "MemAvailable" (0.11.1+)."""
+        return self.available_gib if semantics == "MemAvailable" else self.free_gib
 
     def meminfo_text(self) -> str:
         """/proc/meminfo lines (kB, as the kernel writes them)."""
@@ -84,6 +98,7 @@ class MemoryView:
             ("MemFree", self.free_gib),
             ("MemAvailable", self.available_gib),
             ("Cached", self.cached_gib),
+            ("Shmem", self.shmem_gib),
         )
         return "".join(f"{name + ':':<16}{int(round(gib * KIB_PER_GIB)):>8} kB\n" for name, gib in rows)
 
@@ -96,17 +111,30 @@ class Ledger:
     """
 
     def __init__(
-        self, root: Path, name: str, stale_s: float = 5.0, total_gib: float | None = None, baseline_gib: float = 0.0
+        self,
+        root: Path,
+        name: str,
+        stale_s: float = 5.0,
+        total_gib: float | None = None,
+        baseline_gib: float = 0.0,
+        shmem_gib: float = 0.0,
     ) -> None:
         self.root = Path(root)
         self.name = name
         self.stale_s = stale_s
         self.total_gib = total_gib  # for meminfo_text / view
         self.baseline_gib = baseline_gib
+        self.shmem_gib = min(shmem_gib, baseline_gib)  # shmem is part of the baseline
 
     @classmethod
     def open(
-        cls, root: str, name: str, stale_s: float = 5.0, total_gib: float | None = None, baseline_gib: float = 0.0
+        cls,
+        root: str,
+        name: str,
+        stale_s: float = 5.0,
+        total_gib: float | None = None,
+        baseline_gib: float = 0.0,
+        shmem_gib: float = 0.0,
     ) -> Ledger:
         """Use `root` when it exists (the bind mount); otherwise a private temp dir."""
         path = Path(root)
@@ -114,7 +142,7 @@ class Ledger:
             import tempfile  # only here: the meminfo command must start fast
 
             path = Path(tempfile.mkdtemp(prefix="vllm-sim-ledger-"))
-        return cls(path, name, stale_s, total_gib, baseline_gib)
+        return cls(path, name, stale_s, total_gib, baseline_gib, shmem_gib)
 
     # --- locking -------------------------------------------------------------
     @contextmanager
@@ -230,7 +258,19 @@ class Ledger:
             baseline_gib=self.baseline_gib,
             held_gib=self.others_held_gib(now=now, include_self=include_self),
             page_cache_gib=self.page_cache_gib(),
+            shmem_gib=self.shmem_gib,
         )
+
+    # --- one-shot faults ------------------------------------------------------
+    def take_fault(self, name: str, times: int) -> bool:
+        """True for the first `times` calls with `name` on this ledger (all servers sharing it)."""
+        with self._locked():
+            path = self.root / "faults" / f"{name}.json"
+            fired = int((self._read_json(path) or {}).get("fired", 0))
+            if fired >= times:
+                return False
+            self._write_json(path, {"fired": fired + 1})
+            return True
 
     def meminfo_text(self) -> str:
         """/proc/meminfo lines for the state the ledger holds now (kB, as the kernel writes them)."""

@@ -1,11 +1,14 @@
-"""vLLM 0.10.1.1's log format, the process prefixes and tqdm's bar texts.
+"""vLLM's log format, the process prefixes and tqdm's bar texts.
 
 Why: operators and the project's log classifier read `docker logs`; every line
 must look like the real server's.  Format (vllm/logger.py):
 `%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s`, date
 `%m-%d %H:%M:%S`, each line prefixed `(APIServer pid=N) ` or
-`(EngineCore_0 pid=N) `.  Everything goes to stdout with a flush per line so
-`docker logs -f` streams it live.
+`(<engine process> pid=N) ` (`EngineCore_0` in 0.10.1.1, `EngineCore_DP0` from 0.10.2,
+`EngineCore` in 0.31: versions.py).  Up to 0.2x the prefix comes from wrapping stdout and
+stderr (decorate_logs), so tracebacks and uvicorn's lines carry it too; in 0.31 it is part
+of the log format only (vllm/logger.py:27-31), so they do not.  Everything goes to stdout
+with a flush per line so `docker logs -f` streams it live.
 """
 
 from __future__ import annotations
@@ -66,9 +69,18 @@ def tqdm_bar(desc: str, n: int, total: int, elapsed: float, width: int = 10) -> 
 class VllmLog:
     """Thread-safe writer of vLLM-looking lines for the API server and EngineCore."""
 
-    def __init__(self, api_pid: int, engine_pid: int, stream: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        api_pid: int,
+        engine_pid: int,
+        stream: IO[str] | None = None,
+        engine_proc: str = "EngineCore_0",
+        raw_prefixed: bool = True,
+    ) -> None:
         self.api_pid = api_pid
         self.engine_pid = engine_pid
+        self.engine_proc = engine_proc
+        self.raw_prefixed = raw_prefixed
         self._stream = stream
         self._lock = threading.Lock()
 
@@ -80,7 +92,7 @@ class VllmLog:
         if proc == API:
             return f"(APIServer pid={self.api_pid}) "
         if proc == ENGINE:
-            return f"(EngineCore_0 pid={self.engine_pid}) "
+            return f"({self.engine_proc} pid={self.engine_pid}) "
         return ""
 
     @staticmethod
@@ -111,8 +123,9 @@ class VllmLog:
         self.log(proc, "ERROR", where, message)
 
     def raw(self, proc: str, text: str) -> None:
-        """Lines not produced by the logger (tracebacks, warnings, uvicorn) with the process prefix."""
-        pre = self.prefix(proc)
+        """Lines not produced by the logger (tracebacks, warnings, uvicorn): prefixed while vLLM wraps
+        the streams (up to 0.2x), bare in 0.31."""
+        pre = self.prefix(proc) if self.raw_prefixed else ""
         self.write_lines(pre + part for part in text.split("\n"))
 
     def uvicorn(self, message: str) -> None:

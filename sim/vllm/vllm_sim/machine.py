@@ -5,10 +5,10 @@ machine with processes that are not its own.  The imitation's machine is the led
 so the image carries two commands over it:
 
     python3 -m vllm_sim meminfo
-        prints the ledger's memory as /proc/meminfo (MemTotal, MemFree, MemAvailable, Cached, kB),
+        prints the ledger's memory as /proc/meminfo (MemTotal, MemFree, MemAvailable, Cached, Shmem, kB),
         computed when it runs: live held entries (stale heartbeats ignored), page cache since the
-        last drop_caches.  Same knobs as the servers: VLLM_SIM_LEDGER_DIR, VLLM_SIM_DEVICE_TOTAL_GIB,
-        VLLM_SIM_SYSTEM_BASELINE_GIB, VLLM_SIM_HEARTBEAT_STALE_S.  A ledger directory that does not
+        last drop_caches, shmem.  Same knobs as the servers: VLLM_SIM_LEDGER_DIR, VLLM_SIM_DEVICE_TOTAL_GIB,
+        VLLM_SIM_SYSTEM_BASELINE_GIB, VLLM_SIM_SHMEM_GIB, VLLM_SIM_HEARTBEAT_STALE_S.  A ledger directory that does not
         exist is an empty machine (as a server sees it); nothing is ever written.
 
     python3 -m vllm_sim hold --gib N [--name NAME]
@@ -42,7 +42,12 @@ def meminfo_text(env: Mapping[str, str] | None = None) -> str:
     """The ledger's memory now, in /proc/meminfo's format."""
     knobs = Knobs.from_env(env)
     ledger = Ledger(
-        Path(knobs.ledger_dir), "", knobs.heartbeat_stale_s, knobs.device_total_gib, knobs.system_baseline_gib
+        Path(knobs.ledger_dir),
+        "",
+        knobs.heartbeat_stale_s,
+        knobs.device_total_gib,
+        knobs.system_baseline_gib,
+        knobs.shmem_gib,
     )
     return ledger.meminfo_text()
 

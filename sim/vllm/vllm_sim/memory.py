@@ -1,11 +1,12 @@
-"""The Spark's unified memory as vLLM 0.10.1.1 sees it, and the KV-cache arithmetic.
+"""The Spark's unified memory as vLLM sees it, and the KV-cache arithmetic, by version.
 
 Why: the project's recovery logic classifies memory failures from vLLM's own
 numbers, so the imitation must produce them from a model that behaves like the
-machine: free memory on GB10 is `torch.cuda.mem_get_info()`, which counts other
-processes *and the Linux page cache* (vllm issue 48140) as used.  The shared
-state (who holds what, which weights sit in page cache) lives in the ledger
-(`ledger.py`); this module is pure arithmetic and error texts.
+machine: free memory on GB10 is `torch.cuda.mem_get_info()` in 0.10.x, which counts
+other processes *and the Linux page cache* as used (vllm issue 35313; measured on
+GB10 in unsloth PR 10704), and MemAvailable from 0.11.1 on. The shared state (who
+holds what, which weights sit in page cache) lives in the ledger (`ledger.py`); the
+texts' forms per version in `versions.py`; this module is arithmetic and error texts.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .failures import STAGE_INIT_DEVICE, STAGE_KV_CACHE, StartupFailure
+from .failures import STAGE_INIT_DEVICE, STAGE_KV_CACHE, STAGE_PROFILE, StartupFailure
 from .model_files import ModelConfig
+from .versions import V0_10_1_1, Behaviour, format_gib
 
 GIB = 1024**3
 BLOCK_SIZE = 16
@@ -26,18 +28,41 @@ def gib_round(num_bytes: float) -> float:
     return round(num_bytes / GIB, 2)
 
 
-def check_free_memory(free_gib: float, total_gib: float, util: float) -> None:
-    """gpu_worker.init_device's startup check, with its exact text."""
+def check_free_memory(free_gib: float, total_gib: float, util: float, b: Behaviour = V0_10_1_1) -> None:
+    """gpu_worker.init_device's startup check, with its exact text (versions.py: the form by version)."""
     total = total_gib * GIB
     free = free_gib * GIB
-    requested = total * util
+    requested = math.ceil(total * util) if b.requested_ceil else total * util
     if free < requested:
         raise StartupFailure(
             STAGE_INIT_DEVICE,
             "ValueError",
-            f"Free memory on device ({gib_round(free)}/{gib_round(total)} GiB) on startup is less "
-            f"than desired GPU memory utilization ({util}, {gib_round(requested)} GiB). Decrease GPU "
+            f"Free memory on device{b.free_memory_device} ({gib_round(free)}/{gib_round(total)} GiB) on startup "
+            f"is less than desired GPU memory utilization ({util}, {gib_round(requested)} GiB). Decrease GPU "
             "memory utilization or reduce GPU memory used by other processes.",
+        )
+
+
+def check_profiling(init_free_bytes: int, after_free_bytes: int, b: Behaviour = V0_10_1_1) -> None:
+    """gpu_worker.determine_available_memory's assertion: free memory must have fallen while profiling.
+
+    It fails when another process (or the page cache) let go of more than vLLM took since
+    init_device: 0.10-0.11 assert `init > after` (gpu_worker.py:248-255 in 0.10.1.1, numbers
+    unrounded), 0.17+ `init >= after` (gpu_worker.py:652-660 in 0.31.0, format_gib).
+    """
+    fails = init_free_bytes <= after_free_bytes if b.profiling_strict else init_free_bytes < after_free_bytes
+
+    def number(x: int) -> str:
+        return format_gib(x) if b.profiling_number == "format_gib" else f"{x / GIB}"
+
+    if fails:
+        raise StartupFailure(
+            STAGE_PROFILE,
+            "AssertionError",
+            f"Error in memory profiling. Initial free memory {number(init_free_bytes)} GiB, current free memory "
+            f"{number(after_free_bytes)} GiB. This happens when other processes sharing the same container release "
+            "GPU memory while vLLM is profiling during initialization. To fix this, ensure consistent GPU memory "
+            "allocation or isolate vLLM in its own container.",
         )
 
 
@@ -109,26 +134,30 @@ def max_len_that_fits(available_bytes: int, kv_bytes_per_token: int, max_model_l
     return int(min(fits, max_model_len))
 
 
-def check_kv_fits(available_bytes: int, kv_bytes_per_token: int, max_model_len: int) -> None:
-    """kv_cache_utils.check_enough_kv_cache_memory, with vLLM 0.10.1.1's texts (typo included)."""
+def kv_gib(num_bytes: float, b: Behaviour) -> str:
+    """The KV error's GiB: `%.2f` up to 0.11, format_gib (round(x, 2), no padding) from 0.17."""
+    return format_gib(num_bytes) if b.kv_number == "format_gib" else f"{num_bytes / GIB:.2f}"
+
+
+def check_kv_fits(available_bytes: int, kv_bytes_per_token: int, max_model_len: int, b: Behaviour = V0_10_1_1) -> None:
+    """kv_cache_utils.check_enough_kv_cache_memory, with the version's texts (versions.py).
+
+    The estimate sentence is left out when the estimate is 0 (kv_cache_utils.py:693-697 in 0.10.1.1).
+    """
     if available_bytes <= 0:
-        raise StartupFailure(
-            STAGE_KV_CACHE,
-            "ValueError",
-            "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when "
-            "initializing the engine.",
-        )
+        raise StartupFailure(STAGE_KV_CACHE, "ValueError", b.kv_no_memory)
     needed = math.ceil(max_model_len / BLOCK_SIZE) * BLOCK_SIZE * kv_bytes_per_token
     if needed > available_bytes:
         estimate = max_len_that_fits(available_bytes, kv_bytes_per_token, max_model_len)
         raise StartupFailure(
             STAGE_KV_CACHE,
             "ValueError",
-            f"To serve at least one request with the models's max seq len ({max_model_len}), "
-            f"({needed / GIB:.2f} GiB KV cache is needed, which is larger than the available KV cache "
-            f"memory ({available_bytes / GIB:.2f} GiB). Based on the available memory, the estimated "
-            f"maximum model length is {estimate}. Try increasing `gpu_memory_utilization` or "
-            "decreasing `max_model_len` when initializing the engine.",
+            b.kv_too_small.format(
+                max_len=max_model_len,
+                needed=kv_gib(needed, b),
+                available=kv_gib(available_bytes, b),
+                estimate=b.kv_estimate.format(estimate=estimate) if estimate > 0 else "",
+            ),
         )
 
 
@@ -160,6 +189,6 @@ def plan_kv_cache(
     return plan
 
 
-def validate_plan(plan: KVPlan) -> None:
+def validate_plan(plan: KVPlan, b: Behaviour = V0_10_1_1) -> None:
     """Raise the KV errors for a plan (kept apart so the log can print the memory line first)."""
-    check_kv_fits(plan.available_bytes, plan.kv_bytes_per_token, plan.max_model_len)
+    check_kv_fits(plan.available_bytes, plan.kv_bytes_per_token, plan.max_model_len, b)

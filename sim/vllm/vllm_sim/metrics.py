@@ -1,11 +1,15 @@
-"""vLLM 0.10.x's Prometheus metrics, rendered as prometheus_client renders them.
+"""vLLM's Prometheus metrics, rendered as prometheus_client renders them.
 
 Why hand-rolled: the image has only the standard library.  The exposition
 follows prometheus_client's `generate_latest` (counters as `<name>_total` plus a
 `<name>_created` gauge family, histograms as `_bucket{le}`/`_count`/`_sum` then
 `_created`, Go-style float formatting), so scrapers and parsers that work on the
 real server work here.  Names, help texts, labels (model_name, engine) and
-buckets are vLLM 0.10.1.1's (vllm/v1/metrics/loggers.py).
+buckets are vLLM 0.10.1.1's (vllm/v1/metrics/loggers.py). Which families exist depends on the
+version (versions.py): `vllm:gpu_cache_usage_perc` up to 0.10.x (hidden from 0.11.1, loggers.py:448
+in 0.11.1), `vllm:time_per_output_token_seconds` up to 0.11.x (gone in 0.17.1), `vllm:inter_token_latency_seconds`
+from 0.10.2 (loggers.py:396 in 0.10.2) and `vllm:request_time_per_output_token_seconds` from 0.11.1
+(loggers.py:803 in 0.11.1), both with time_per_output_token's buckets.
 """
 
 from __future__ import annotations
@@ -225,15 +229,27 @@ class Histogram(_Metric):
 class VllmMetrics:
     """The server's metric set; every update goes through one lock."""
 
-    def __init__(self, model_name: str, cache_info: dict[str, str]) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        cache_info: dict[str, str],
+        gpu_cache: bool = True,
+        tpot: bool = True,
+        itl: bool = False,
+        request_tpot: bool = False,
+    ) -> None:
         base = (("model_name", model_name), ("engine", "0"))
         self.lock = threading.Lock()
         self.running = Gauge("vllm:num_requests_running", "Number of requests in model execution batches.", base)
         self.waiting = Gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", base)
-        self.gpu_cache = Gauge(
-            "vllm:gpu_cache_usage_perc",
-            "GPU KV-cache usage. 1 means 100 percent usage.(DEPRECATED: Use vllm:kv_cache_usage_perc instead.)",
-            base,
+        self.gpu_cache: Gauge | None = (
+            Gauge(
+                "vllm:gpu_cache_usage_perc",
+                "GPU KV-cache usage. 1 means 100 percent usage.(DEPRECATED: Use vllm:kv_cache_usage_perc instead.)",
+                base,
+            )
+            if gpu_cache
+            else None
         )
         self.kv_cache = Gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", base)
         self.preemptions = Counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.", base)
@@ -255,8 +271,33 @@ class VllmMetrics:
         self.ttft = Histogram(
             "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", base, TTFT_BUCKETS
         )
-        self.tpot = Histogram(
-            "vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.", base, TPOT_BUCKETS
+        self.tpot: Histogram | None = (
+            Histogram(
+                "vllm:time_per_output_token_seconds",
+                "Histogram of time per output token in seconds."
+                + ("DEPRECATED: Use vllm:inter_token_latency_seconds instead." if itl else ""),
+                base,
+                TPOT_BUCKETS,
+            )
+            if tpot
+            else None
+        )
+        self.itl: Histogram | None = (
+            Histogram(
+                "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", base, TPOT_BUCKETS
+            )
+            if itl
+            else None
+        )
+        self.request_tpot: Histogram | None = (
+            Histogram(
+                "vllm:request_time_per_output_token_seconds",
+                "Histogram of time_per_output_token_seconds per request.",
+                base,
+                TPOT_BUCKETS,
+            )
+            if request_tpot
+            else None
         )
         self.e2e = Histogram(
             "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", base, LATENCY_BUCKETS
@@ -287,7 +328,7 @@ class VllmMetrics:
         )
         info = tuple(sorted(cache_info.items())) + (("engine", "0"),)
         self.cache_info = Gauge("vllm:cache_config_info", "Information of the LLMEngine CacheConfig", info, 1.0)
-        self._order: list[_Metric] = [
+        order: list[_Metric | None] = [
             self.running,
             self.waiting,
             self.gpu_cache,
@@ -300,6 +341,8 @@ class VllmMetrics:
             self.success,
             self.ttft,
             self.tpot,
+            self.itl,
+            self.request_tpot,
             self.e2e,
             self.queue,
             self.inference,
@@ -307,6 +350,7 @@ class VllmMetrics:
             self.decode,
             self.cache_info,
         ]
+        self._order: list[_Metric] = [m for m in order if m is not None]
 
     def render(self) -> str:
         with self.lock:

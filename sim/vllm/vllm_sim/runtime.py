@@ -1,4 +1,4 @@
-"""`vllm serve`: the startup sequence of 0.10.1.1, then serving until SIGTERM.
+"""`vllm serve`: the startup sequence of the version it speaks (versions.py), then serving until SIGTERM.
 
 Why one class walking the phases in order: the log is the product here — the
 lines, their order and their timing are what operators and the project's
@@ -23,11 +23,12 @@ from .cli import ServeArgs
 from .engine import Engine
 from .failures import STAGE_ARGS, STAGE_LOAD_OOM, STAGE_PORT, StartupFailure
 from .knobs import GIB, Knobs
-from .ledger import Ledger, default_instance_name
+from .ledger import Ledger, MemoryView, default_instance_name
 from .logs import API, ENGINE, NONE, VllmLog, shard_bar, tqdm_bar
 from .memory import (
     KVPlan,
     check_free_memory,
+    check_profiling,
     cuda_graph_sizes,
     plan_kv_cache,
     validate_plan,
@@ -50,8 +51,8 @@ from .timing import (
     startup_timeline,
 )
 from .tracebacks import render_failure
+from .versions import Line, format_gib
 
-ENGINE_VERSION = "0.10.1.1"
 DEFAULT_MAX_BATCHED_TOKENS = 8192  # serve on a >= 70 GiB device (vllm arg_utils)
 DEFAULT_MAX_NUM_SEQS = 1024
 CUDA_CONTEXT_GIB = 0.5
@@ -89,7 +90,8 @@ class Runtime:
         self.knobs = knobs
         self.env = knobs.env
         api_pid = os.getpid()
-        self.log = log or VllmLog(api_pid, api_pid + 215)
+        self.b = knobs.behaviour
+        self.log = log or VllmLog(api_pid, api_pid + 215, None, self.b.engine_proc, self.b.raw_prefixed)
         self.stop = threading.Event()
         self.exit_code = 0
         self.ledger = Ledger.open(
@@ -98,8 +100,11 @@ class Runtime:
             knobs.heartbeat_stale_s,
             knobs.device_total_gib,
             knobs.system_baseline_gib,
+            knobs.shmem_gib,
         )
         self.held_gib = 0.0
+        self._init_view: MemoryView | None = None  # the machine at init_device (this server left out)
+        self._compile_s = 0.0
         self.held_state = "starting"
         self._held_lock = threading.Lock()  # one writer of our entry at a time, newest value last
         self._overshoot_since: float | None = None
@@ -107,6 +112,11 @@ class Runtime:
         self.httpd: SimHTTPServer | None = None
 
     # --- helpers -------------------------------------------------------------
+    def _line(self, proc: str, line: Line, **fields: object) -> None:
+        """One INFO line in the version's form (versions.py: where and template)."""
+        where, template = line
+        self.log.info(proc, where, template.format(**fields))
+
     def _sleep(self, seconds: float) -> None:
         if self.stop.wait(max(0.0, seconds)):
             raise Interrupted()
@@ -189,7 +199,7 @@ class Runtime:
         t = StartupTimeline(self.knobs.startup_scale, 0.0)  # per-shard time comes with the weights
         self.log.info(NONE, "__init__.py:241", "Automatically detected platform cuda.")
         self._sleep(t(PLATFORM_S))
-        self.log.info(API, "api_server.py:1805", f"vLLM API server version {ENGINE_VERSION}")
+        self._line(API, self.b.version_line, version=self.knobs.version, model=self.args.model)
         self.log.info(API, "utils.py:326", f"non-default args: {self.args.non_default}")
         self._bind()
         self._sleep(t(CONFIG_S))
@@ -220,11 +230,7 @@ class Runtime:
         self._compile(t)
         plan = self._kv_cache(cfg, settings, weights.total_size, t)
         self._graphs(plan, settings, t)
-        self.log.info(
-            ENGINE,
-            "core.py:214",
-            f"init engine (profile, create kv cache, warmup model) took {time.monotonic() - init_start:.2f} seconds",
-        )
+        self._line(ENGINE, self.b.init_engine, seconds=time.monotonic() - init_start, compile=self._compile_s)
         state = self._build_server(cfg, settings, plan, weights.total_size)
         self._api_ready(plan, t)
         return state
@@ -288,7 +294,7 @@ class Runtime:
             ENGINE,
             "core.py:74",
             (
-                f"Initializing a V1 LLM engine (v{ENGINE_VERSION}) with config: model={a.model!r}, "
+                f"Initializing a V1 LLM engine (v{self.knobs.version}) with config: model={a.model!r}, "
                 f"speculative_config=None, "
                 f"tokenizer={a.model!r}, skip_tokenizer_init=False, tokenizer_mode=auto, revision={a.revision}, "
                 f"override_neuron_config={{}}, tokenizer_revision=None, trust_remote_code={a.trust_remote_code}, "
@@ -310,10 +316,13 @@ class Runtime:
     def _init_device(self) -> None:
         """gpu_worker.init_device: the free-memory check against the shared ledger.
 
-        The same view as `python3 -m vllm_sim meminfo` renders (MemFree), minus our own entry.
+        The same view as `python3 -m vllm_sim meminfo` renders, minus our own entry: MemFree up to
+        0.10.x, MemAvailable from 0.11.1 (versions.py `free_memory_reads`).
         """
         view = self.ledger.view(include_self=False)
-        check_free_memory(view.free_gib, self.knobs.device_total_gib, self.args.gpu_memory_utilization)
+        self._init_view = view
+        free = view.reads(self.b.free_memory_reads)
+        check_free_memory(free, self.knobs.device_total_gib, self.args.gpu_memory_utilization, self.b)
         self._hold(CUDA_CONTEXT_GIB, "loading")
         self._start_heartbeat()
 
@@ -341,13 +350,13 @@ class Runtime:
             self._hold(CUDA_CONTEXT_GIB + loaded, "loading")
             self.ledger.record_load(key, loaded)
             self.log.bar(shard_bar(i + 1, n, time.monotonic() - load_start))
-        self.log.info(
-            ENGINE, "default_loader.py:262", f"Loading weights took {time.monotonic() - load_start:.2f} seconds"
-        )
-        self.log.info(
+        self._line(ENGINE, self.b.loading_weights, seconds=time.monotonic() - load_start)
+        self._line(
             ENGINE,
-            "gpu_model_runner.py:2007",
-            f"Model loading took {weights_gib:.4f} GiB and {time.monotonic() - start:.6f} seconds",
+            self.b.model_loading,
+            gib=weights_gib,
+            gib_r=format_gib(weights.total_size),
+            seconds=time.monotonic() - start,
         )
         return weights
 
@@ -403,7 +412,8 @@ class Runtime:
             "backends.py:215",
             f"Compiling a graph for dynamic shape takes {time.monotonic() - mid + t(INDUCTOR_S * 0.25):.2f} s",
         )
-        self.log.info(ENGINE, "monitor.py:34", f"torch.compile takes {time.monotonic() - start:.2f} s in total")
+        self._compile_s = time.monotonic() - start
+        self._line(ENGINE, self.b.compile_total, seconds=self._compile_s)
 
     def _kv_cache(self, cfg: model_files.ModelConfig, s: Settings, weights_bytes: int, t: StartupTimeline) -> KVPlan:
         self._sleep(t(PROFILE_S))
@@ -416,18 +426,45 @@ class Runtime:
             s.max_model_len,
             s.max_num_batched_tokens,
             s.max_num_seqs,
-            self.knobs.non_torch_gib,
+            self._non_torch_gib(weights_bytes),
         )
-        self.log.info(ENGINE, "gpu_worker.py:276", f"Available KV cache memory: {plan.available_gib:.2f} GiB")
-        validate_plan(plan)
-        self.log.info(ENGINE, "kv_cache_utils.py:849", f"GPU KV cache size: {plan.num_tokens:,} tokens")
-        self.log.info(
-            ENGINE,
-            "kv_cache_utils.py:853",
-            f"Maximum concurrency for {s.max_model_len:,} tokens per request: {plan.max_concurrency:.2f}x",
-        )
+        self._line(ENGINE, self.b.available_kv, gib=plan.available_gib, gib_r=format_gib(plan.available_bytes))
+        validate_plan(plan, self.b)
+        for line in self.b.kv_size:
+            self._line(ENGINE, line, tokens=plan.num_tokens, max_len=s.max_model_len, concurrency=plan.max_concurrency)
         self._hold(plan.requested_bytes / GIB, "profiled")
         return plan
+
+    def _non_torch_gib(self, weights_bytes: int) -> float:
+        """memory_profiling's non-torch increase: the calibrated constant plus what the rest of the
+        machine changed since init_device, as the version reads free memory.
+
+        vLLM measures it as the change of (total - free - torch) between init_device and the end of
+        profiling (vllm/utils/__init__.py:2737-2744 in 0.10.1.1; mem_utils.py:223-228 in 0.11.1), so
+        on 0.10.x (free = MemFree) the page cache this start's own load filled is charged as
+        non-torch memory (vllm issue 35920; VLLM_SIM_COLD_LOAD_CHARGE scales it), while from 0.11.1
+        (MemAvailable) it is not. Memory others released makes it smaller; released beyond what vLLM
+        took since init_device, the profiling assertion fails (VLLM_SIM_FAULT_PROFILING_RELEASE_GIB).
+        """
+        assert self._init_view is not None
+        init, end = self._init_view, self.ledger.view(include_self=False)
+        semantics = self.b.free_memory_reads
+        others_grew = init.reads(semantics) - end.reads(semantics)
+        if semantics == "MemFree":
+            page_growth = max(0.0, end.page_cache_gib - init.page_cache_gib)
+            others_grew -= (1.0 - self.knobs.cold_load_charge) * min(page_growth, max(0.0, others_grew))
+        released = self._profiling_release()
+        own = weights_bytes / GIB + self.knobs.non_torch_gib
+        after_free = init.reads(semantics) - others_grew + released - own
+        check_profiling(int(init.reads(semantics) * GIB), int(after_free * GIB), self.b)
+        return self.knobs.non_torch_gib + others_grew - released
+
+    def _profiling_release(self) -> float:
+        """VLLM_SIM_FAULT_PROFILING_RELEASE_GIB, on the first ..._TIMES starts sharing the ledger."""
+        gib = self.knobs.fault_profiling_release_gib
+        if gib is None or not self.ledger.take_fault("profiling_release", self.knobs.fault_profiling_release_times):
+            return 0.0
+        return gib
 
     def _graphs(self, plan: KVPlan, s: Settings, t: StartupTimeline) -> None:
         if self.args.enforce_eager:
@@ -439,11 +476,7 @@ class Runtime:
         self._sleep(t(GRAPH_S_PER_SIZE * n))
         elapsed = time.monotonic() - start
         self.log.bar(tqdm_bar(desc, n, n, elapsed))
-        self.log.info(
-            ENGINE,
-            "gpu_model_runner.py:2708",
-            f"Graph capturing finished in {elapsed:.0f} secs, took {plan.graph_gib:.2f} GiB",
-        )
+        self._line(ENGINE, self.b.graphs, seconds=elapsed, gib=plan.graph_gib)
         self._hold(plan.held_gib, "ready")
 
     def _build_server(self, cfg: model_files.ModelConfig, s: Settings, plan: KVPlan, weights_bytes: int) -> ServerState:
@@ -466,6 +499,10 @@ class Runtime:
                 "swap_space": "4",
                 "swap_space_bytes": str(4 * GIB),
             },
+            gpu_cache=self.b.gpu_cache_metric,
+            tpot=self.b.tpot_metric,
+            itl=self.b.itl_metric,
+            request_tpot=self.b.request_tpot_metric,
         )
         roofline = Roofline.from_knobs(self.knobs, weights_bytes, cfg.kv_bytes_per_token, cfg.active_params)
         engine = Engine(
@@ -487,6 +524,8 @@ class Runtime:
             api_key,
             roofline.frontend_overhead_s * self.knobs.decode_time_scale,
             access_log=not a.disable_uvicorn_access_log,
+            version=self.knobs.version,
+            dead_health=self.b.dead_health,
         )
         assert self.httpd is not None
         self.httpd.state = state
@@ -527,7 +566,7 @@ class Runtime:
             )
         host = self.args.host or "0.0.0.0"
         host = f"[{host}]" if ":" in host else host
-        self.log.info(API, "api_server.py:1880", f"Starting vLLM API server 0 on http://{host}:{self.args.port}")
+        self._line(API, self.b.server_start, url=f"http://{host}:{self.args.port}")
         self.log.info(API, "launcher.py:36", "Available routes are:")
         for path, methods in ROUTES:
             self.log.info(API, "launcher.py:44", f"Route: {path}, Methods: {methods}")

@@ -26,7 +26,6 @@ from .engine import Engine, Event, GenRequest
 from .logs import VllmLog
 from .metrics import CONTENT_TYPE, VllmMetrics
 
-VERSION = "0.10.1.1"
 ROUTES: list[tuple[str, str]] = [
     ("/openapi.json", "GET, HEAD"),
     ("/docs", "GET, HEAD"),
@@ -74,6 +73,8 @@ class ServerState:
     api_key: str | None
     frontend_delay_s: float
     access_log: bool = True
+    version: str = "0.10.1.1+381074ae.nv25.09"  # GET /version: vllm.__version__ (api_server.py:573-576 in 0.10.1.1)
+    dead_health: int = 500  # GET /health once the engine died (versions.py)
     dead: bool = False
     hung: bool = False
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -172,7 +173,7 @@ class Handler(BaseHTTPRequestHandler):
         routes = {
             ("GET", "/health"): self._health,
             ("GET", "/v1/models"): lambda: self._json(200, self.state.protocol.models_body()),
-            ("GET", "/version"): lambda: self._json(200, {"version": VERSION}),
+            ("GET", "/version"): lambda: self._json(200, {"version": self.state.version}),
             ("GET", "/metrics"): lambda: self._send(200, self.state.metrics.render().encode(), CONTENT_TYPE),
             ("POST", "/v1/chat/completions"): lambda: self._generate("chat", body),
             ("POST", "/v1/completions"): lambda: self._generate("completion", body),
@@ -186,7 +187,9 @@ class Handler(BaseHTTPRequestHandler):
             self._json(404, {"detail": "Not Found"})
 
     def _health(self) -> None:
-        if self.state.dead:
+        if self.state.dead and self.state.dead_health == 503:
+            self._send(503, b"", None)  # Response(status_code=503): no body
+        elif self.state.dead:
             self._send(500, b"Internal Server Error", "text/plain; charset=utf-8")
         else:
             self._send(200, b"", None)

@@ -190,6 +190,49 @@ _ENGINE_FRAMES = {
         ),
         _f(f"{V}/v1/core/kv_cache_utils.py", 699, "check_enough_kv_cache_memory", "raise ValueError("),
     ],
+    F.STAGE_PROFILE: _ENGINE_HEAD
+    + [
+        _f(
+            f"{V}/v1/engine/core.py",
+            89,
+            "__init__",
+            "num_gpu_blocks, num_cpu_blocks, kv_cache_config = self._initialize_kv_caches(\n"
+            "                                                  ^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
+        ),
+        _f(
+            f"{V}/v1/engine/core.py",
+            169,
+            "_initialize_kv_caches",
+            "self.model_executor.determine_available_memory())\n    ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
+        ),
+        _f(
+            f"{V}/v1/executor/abstract.py",
+            76,
+            "determine_available_memory",
+            'output = self.collective_rpc("determine_available_memory")',
+        ),
+        _f(
+            f"{V}/executor/uniproc_executor.py",
+            58,
+            "collective_rpc",
+            "answer = run_method(self.driver_worker, method, args, kwargs)\n"
+            "         ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
+        ),
+        _f(f"{V}/utils/__init__.py", 3007, "run_method", "return func(*args, **kwargs)\n       ^^^^^^^^^^^^^^^^^^^^^"),
+        _f(
+            f"{SITE}/torch/utils/_contextlib.py",
+            116,
+            "decorate_context",
+            "return func(*args, **kwargs)\n       ^^^^^^^^^^^^^^^^^^^^^",
+        ),
+        _f(
+            f"{V}/v1/worker/gpu_worker.py",
+            248,
+            "determine_available_memory",
+            "assert self.init_snapshot.free_memory > free_gpu_memory, (\n"
+            "       ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
+        ),
+    ],
 }
 
 _API_HEAD: list[Frame] = [
@@ -369,15 +412,16 @@ def engine_failed_start_message(log: VllmLog, failure: StartupFailure) -> None:
     frames = _ENGINE_FRAMES[failure.stage]
     body = traceback_lines(frames, failure)
     log.error(ENGINE, "core.py:700", "\n".join(["EngineCore failed to start."] + body))
-    log.raw(ENGINE, "\n".join(["Process EngineCore_0:"] + traceback_lines(_PROCESS_BOOTSTRAP + frames, failure)))
+    log.raw(ENGINE, "\n".join([f"Process {log.engine_proc}:"] + traceback_lines(_PROCESS_BOOTSTRAP + frames, failure)))
 
 
 def api_engine_init_failed(log: VllmLog) -> None:
-    """The API server's own traceback once the EngineCore process exited with 1."""
+    """The API server's own traceback once the EngineCore process exited with 1 (the process name
+    is the version's: v1/engine/utils.py:759-762 in 0.10.1.1, :1349-1352 in 0.31.0)."""
     runtime = StartupFailure(
         "engine_start",
         "RuntimeError",
-        "Engine core initialization failed. See root cause above. Failed core proc(s): {'EngineCore_0': 1}",
+        f"Engine core initialization failed. See root cause above. Failed core proc(s): {{'{log.engine_proc}': 1}}",
     )
     log.raw(API, "\n".join(traceback_lines(_API_FRAMES["engine_start"], runtime)))
 
@@ -391,8 +435,10 @@ def render_failure(log: VllmLog, failure: StartupFailure) -> None:
         log.raw(API, "\n".join(traceback_lines(_API_FRAMES[failure.stage], failure)))
 
 
-def engine_dead_lines(log: VllmLog) -> None:
-    """The EngineCore dying while serving (0.10.x): fatal error, then EngineDeadError in the API server."""
+def engine_dead_lines(log: VllmLog, monitor: tuple[str, str, str] | None = None) -> None:
+    """The EngineCore dying while serving: fatal error, EngineDeadError in the API server, then the
+    client's liveness monitor noticing the process is gone (`monitor`: the version's line,
+    versions.py `dead_monitor`)."""
     fatal = StartupFailure(
         "fatal",
         "RuntimeError",
@@ -466,3 +512,6 @@ def engine_dead_lines(log: VllmLog) -> None:
             ]
         ),
     )
+    if monitor is not None:
+        level, where, message = monitor
+        log.log(API, level, where, message.format(proc=log.engine_proc))
