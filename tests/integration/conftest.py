@@ -11,6 +11,7 @@ while ``make demo`` runs.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,9 +20,9 @@ import docker
 import pytest
 
 from blocks.render import label_filters
-from blocks.shared import LABEL_TARGET
+from blocks.shared import LABEL_MANAGED_BY, LABEL_TARGET, MANAGED_BY
 from blocks.target import TargetMachine
-from deployments.targets import sim_target
+from deployments.targets import SIM_LEDGER_MOUNT, sim_target
 from sim.hub import HubServer, RepoSpec
 from sim.image import ensure_sim_image
 from sim.ports import free_port
@@ -128,3 +129,44 @@ def make_sim_target(
     for name in made:
         for container in target_containers(docker_client, name):
             container.remove(force=True)
+
+
+@pytest.fixture
+def holder(docker_client, sim_image):
+    """Start processes that hold unified memory on a target's machine (another job, or a stale server)."""
+    started = []
+
+    def hold(target, gib: float, ours: bool = False):
+        labels = dict(TEST_LABELS)
+        if ours:  # a server of ours that an interrupted run left behind
+            labels.update({LABEL_MANAGED_BY: MANAGED_BY, LABEL_TARGET: target.name})
+        ledger = str(Path(target.drop_caches_path).parent)
+        container = docker_client.containers.run(
+            sim_image,
+            ["python3", "-m", "vllm_sim", "hold", "--gib", str(gib)],
+            detach=True,
+            labels=labels,
+            volumes={ledger: {"bind": SIM_LEDGER_MOUNT, "mode": "rw"}},
+            network_mode="none",
+            name=f"holder-{uuid.uuid4().hex[:8]}",
+        )
+        started.append(container)
+        deadline = time.monotonic() + 30
+        while b"holding" not in container.logs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert b"holding" in container.logs(), container.logs()
+        return container
+
+    yield hold
+    for container in started:
+        try:
+            container.remove(force=True)
+        except Exception:  # noqa: BLE001 - already removed by the test (a stale server of ours)
+            pass
+
+
+@pytest.fixture
+def project_target(make_sim_target):
+    """A sim target whose prune is limited to this project's things: a system prune on the test
+    machine's shared daemon would remove other sessions' stopped containers."""
+    return lambda **kw: make_sim_target(prune_scope="project", **kw)

@@ -19,10 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from blocks.shared import LABEL_MANAGED_BY, LABEL_TARGET, MANAGED_BY
 from deployments.dev.worker import start_worker, stop_worker
 from deployments.setup import ensure_work_pool
-from deployments.targets import SIM_LEDGER_MOUNT
 from flows.deploy import DeployFailed, deploy_qwen
 from flows.recover import recover_vllm
 from flows.stop import stop_qwen
@@ -33,53 +31,12 @@ from tasks.recovery.step import RecoveryLimits
 from tasks.serve import StartFailed
 from tasks.state import last_healthy, record_recover_run
 from tasks.vllm.failures import FailureKind
-from tests.integration.conftest import TEST_LABELS, target_containers
+from tests.integration.conftest import target_containers
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 TOTAL, BASELINE = 119.7, 3.0  # the imitation's Spark: CUDA's total and what the system holds
-
-
-@pytest.fixture
-def holder(docker_client, sim_image):
-    """Start processes that hold unified memory on a target's machine (another job, or a stale server)."""
-    started = []
-
-    def hold(target, gib: float, ours: bool = False):
-        labels = dict(TEST_LABELS)
-        if ours:  # a server of ours that an interrupted run left behind
-            labels.update({LABEL_MANAGED_BY: MANAGED_BY, LABEL_TARGET: target.name})
-        ledger = str(Path(target.drop_caches_path).parent)
-        container = docker_client.containers.run(
-            sim_image,
-            ["python3", "-m", "vllm_sim", "hold", "--gib", str(gib)],
-            detach=True,
-            labels=labels,
-            volumes={ledger: {"bind": SIM_LEDGER_MOUNT, "mode": "rw"}},
-            network_mode="none",
-            name=f"holder-{uuid.uuid4().hex[:8]}",
-        )
-        started.append(container)
-        deadline = time.monotonic() + 30
-        while b"holding" not in container.logs() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert b"holding" in container.logs(), container.logs()
-        return container
-
-    yield hold
-    for container in started:
-        try:
-            container.remove(force=True)
-        except Exception:  # noqa: BLE001 - already removed by the test (a stale server of ours)
-            pass
-
-
-@pytest.fixture
-def project_target(make_sim_target):
-    """A sim target whose prune is limited to this project's things: a system prune on the test
-    machine's shared daemon would remove other sessions' stopped containers."""
-    return lambda **kw: make_sim_target(prune_scope="project", **kw)
 
 
 def served_max_model_len(endpoint: str) -> int:
