@@ -10,10 +10,15 @@ the next rung's overrides after each failure). The startup runs at ``--time-scal
 figure puts the imitation's own startup back at real speed and keeps the orchestration as measured
 (see `scaled_back`).
 
+Per vLLM version (``--vllm``, default the runbook's 0.10.1.1 and NGC 26.10's 0.31.0: the imitation image
+of each, deployments/targets.py `SIM_IMAGES`), one table each, with whether the page cache was dropped:
+0.10.x's free-memory check counts it as used, 0.31's does not (docs/versions.md), so a drop there is
+never needed.
+
 Runs a throwaway Prefect server, the Hub imitation and the imitation image through real docker,
 loopback only, one server at a time.
-    .venv/bin/python -m bench.recovery [--time-scale 0.02] [--budget-s 480] [--no-write]
-        [--only page_cache held kv shortage peak died]
+    .venv/bin/python -m bench.recovery [--time-scale 0.02] [--budget-s 960] [--no-write]
+        [--vllm 0.10.1.1 0.31.0] [--only page_cache held kv shortage peak unsteady died]
 """
 
 from __future__ import annotations
@@ -381,13 +386,17 @@ class Side:
         default_factory=list
     )  # per container started: utilization, outcome, MemAvailable left
     budget_windows: list[float] = field(default_factory=list)  # serving containers: budget held before ready, s
+    dropped: bool = False  # the page cache was dropped (the target's drop_caches file was written)
 
 
 class Bench:
-    def __init__(self, client: docker.DockerClient, root: Path, hub_url: str, scale: float, run_id: str) -> None:
+    def __init__(
+        self, client: docker.DockerClient, root: Path, hub_url: str, scale: float, run_id: str, image: str
+    ) -> None:
         from tasks.readiness import ReadinessTimeouts
 
         self.client, self.root, self.hub_url, self.scale, self.run_id = client, root, hub_url, scale, run_id
+        self.image = image  # the imitation of one vLLM version (SIM_IMAGES)
         self.cache = root / "hf"  # one staged cache, mounted by every target (staged by the calibration)
         self.cache.mkdir(parents=True, exist_ok=True)
         self.holders: list = []
@@ -409,7 +418,7 @@ class Bench:
             extra_env=extra_env,
             cache_dir=str(self.cache),
             prune_scope="project",
-            **overrides,
+            **{"image": self.image, **overrides},
         )
         target.save(name, overwrite=True)
         self.targets.append(name)
@@ -450,6 +459,10 @@ class Bench:
         return target
 
     def finish(self, side: Side, watch: Watch, t0: float, fault: Fault, target_name: str) -> Side:
+        from blocks.target import TargetMachine
+
+        drop_file = Path(TargetMachine.named(target_name).drop_caches_path)
+        side.dropped = drop_file.read_text().strip() == "3"  # what `sync; echo 3 > drop_caches` leaves
         serving = watch.serving(t0) if side.healed else None
         span = window(watch, t0, serving, fault.real_between)
         side.started = len(span.starts)
@@ -682,11 +695,12 @@ def describe(spec) -> str:
 
 def cells(side: Side | None) -> str:
     if side is None:
-        return "not run | | | |"
+        return "not run | | | | |"
     tries = "-" if side.attempts is None else f"{side.attempts} ({side.started} started)"
+    dropped = "yes" if side.dropped else "no"
     if not side.healed:
-        return f"{tries} | not healthy | | - | -"
-    return f"{tries} | {side.wall_s:.1f} | {minutes(side.scaled_s)} | {side.kv:,} | {side.running}"
+        return f"{tries} | not healthy | | - | - | {dropped}"
+    return f"{tries} | {side.wall_s:.1f} | {minutes(side.scaled_s)} | {side.kv:,} | {side.running} | {dropped}"
 
 
 def planner_margin() -> float:
@@ -698,56 +712,99 @@ def planner_margin() -> float:
     return RecoveryLimits().guarded(TargetMachine.model_fields["host_memory_floor_gib"].default).margin_gib
 
 
+@dataclass
+class VersionRun:
+    """One vLLM version's rows: its imitation image, the calibration start, each fault's two sides."""
+
+    version: str
+    image: str
+    calib: dict[str, float]
+    rows: dict[str, tuple[Side | None, Side | None]] = field(default_factory=dict)
+
+
+def version_table(faults: list[Fault], run: VersionRun) -> str:
+    """One version's table, its goal lines and its notes per row."""
+    from tasks.vllm.versions import FREE_MEMORY, parse_vllm_version, select
+
+    rows = run.rows
+    table = "\n".join(
+        f"| {f.label} | {cells(rows[f.key][0])} | {cells(rows[f.key][1])} |" for f in faults if f.key in rows
+    )
+    retry_line, kv_line = _goal_lines(faults, rows)
+    reads = select(FREE_MEMORY, parse_vllm_version(run.version))
+    drop_line = _drop_line(faults, rows, reads.value)
+    return f"""### vLLM {run.version} (`{run.image}`: its free-memory check reads {reads.value})
+
+| class (fault set up) | planner: attempts (containers started) | wall s | wall, scaled | KV cache tokens | running \
+spec (util / max-model-len) | cache dropped | ladder: attempts (started) | wall s | wall, scaled | KV cache tokens \
+| running spec | cache dropped |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
+{table}
+
+{retry_line}
+{kv_line}
+{drop_line}
+
+One clean start (the calibration deploy): {int(run.calib["kv"]):,} KV cache tokens at the runbook's spec,
+{minutes(run.calib["one_start_scaled"])} scaled back.
+
+Per row (what each side named, why a side ended without a server; per container started: its utilization,
+its outcome, the MemAvailable it leaves at its budget):
+
+{chr(10).join(_row_notes(faults, rows))}
+"""
+
+
+def _drop_line(faults: list[Fault], rows: dict[str, tuple[Side | None, Side | None]], reads: str) -> str:
+    """The goal "never a cache drop the version does not need": on a MemAvailable version no drop at all;
+    on a MemFree version the rows whose page cache was dropped (the flows drop only when vLLM's check
+    would refuse the start without it: tasks/memory.py `room_for_start`, the planner's `drop_needed_for`)."""
+    dropped = [f.label for f in faults if f.key in rows and rows[f.key][0] is not None and rows[f.key][0].dropped]
+    if reads == "MemAvailable":
+        verdict = "met" if not dropped else "not met"
+        none = ", ".join(dropped) or "none"
+        return f"**No page-cache drop on a version that reads MemAvailable: {verdict}** (dropped: {none})."
+    return (
+        "Page cache dropped by the planner's side (MemFree: the page cache counts as used, a drop is the fix "
+        f"where it stands in the way): {', '.join(dropped) or 'none'}."
+    )
+
+
 def body(
     args: argparse.Namespace,
     faults: list[Fault],
-    rows: dict[str, tuple[Side | None, Side | None]],
-    calib: dict[str, float],
+    runs: list[VersionRun],
     shortage_note: str,
     overshoot: float,
     run_s: float,
     floor_gib: float,
 ) -> str:
-    """The section of docs/benchmarks.md: how it ran, the table, the two goals, how the figures are taken,
-    the faults, the guard's part, and a note per row."""
-    table = "\n".join(
-        f"| {f.label} | {cells(rows[f.key][0])} | {cells(rows[f.key][1])} |" for f in faults if f.key in rows
-    )
-    notes = _row_notes(faults, rows)
-    retry_line, kv_line = _goal_lines(faults, rows)
+    """The section of docs/benchmarks.md: how it ran, a table per vLLM version with the goals, how the
+    figures are taken, the faults, the guard's part."""
+    rows = {f"{run.version}/{key}": pair for run in runs for key, pair in run.rows.items()}
     guard = _guard_text(args, faults, rows, floor_gib)
-    how = _how_measured(args, calib)
+    how = _how_measured(args, runs[0].calib) if runs else ""
     described = _faults_text(shortage_note, overshoot, floor_gib)
+    tables = "\n".join(version_table(faults, run) for run in runs)
     return f"""{machine_line()}
-`python -m bench.recovery --time-scale {args.time_scale}` (the whole run: {run_s:.0f} s): deploy-qwen on the vLLM
-imitation in docker, a throwaway Prefect server (SQLite), the Hub imitation; every side of every row on a
-fresh target (its own memory ledger: a fresh machine), the fault set up before the first start, one server
-at a time. Planner: `deploy_qwen(recover=True)` (max_attempts 2, the default); engine_died:
-`recover_vllm` at the engine's death. Ladder: the request first, then after each failure
-`deploy_qwen(recover=False, overrides=runbook_ladder(n))`, n = 1, 2, 3 (0.75, 0.70, 0.70 + max-model-len
-16384), until one serves or the ladder ends; a failed start's container is already removed by deploy-qwen
-(the runbook's `docker compose down`), and no prune runs between rungs (a prune frees disk, not memory;
-the planner's held_by_others step runs its project-scoped prune). Both sides with `stage=False` on one
-cache staged before (the runbook's `docker compose up -d` stages nothing).
+`python -m bench.recovery --time-scale {args.time_scale} --vllm {" ".join(args.vllm)}` (the whole run: {run_s:.0f} s):
+deploy-qwen on the vLLM imitation of each version in docker, a throwaway Prefect server (SQLite), the Hub
+imitation; every side of every row on a fresh target (its own memory ledger: a fresh machine), the fault
+set up before the first start, one server at a time. Planner: `deploy_qwen(recover=True)` (max_attempts 2,
+the default); engine_died: `recover_vllm` at the engine's death. Ladder: the request first, then after each
+failure `deploy_qwen(recover=False, overrides=runbook_ladder(n))`, n = 1, 2, 3 (0.75, 0.70, 0.70 +
+max-model-len 16384), until one serves or the ladder ends; a failed start's container is already removed by
+deploy-qwen (the runbook's `docker compose down`), and no prune runs between rungs (a prune frees disk, not
+memory; the planner's held_by_others step runs its project-scoped prune). Both sides with `stage=False` on
+one cache staged before (the runbook's `docker compose up -d` stages nothing). "cache dropped": the target's
+drop_caches file was written during that side (deploy-qwen's pre-start check or a recovery step).
 
-| class (fault set up) | planner: attempts (containers started) | wall s | wall, scaled | KV cache tokens | running \
-spec (util / max-model-len) | ladder: attempts (started) | wall s | wall, scaled | KV cache tokens | running spec |
-|---|---|---|---|---|---|---|---|---|---|---|
-{table}
-
-{retry_line}
-{kv_line}
-
+{tables}
 {how}
 
 {described}
 
 {guard}
-
-Per row (what each side named, why a side ended without a server; per container started: its utilization,
-its outcome, the MemAvailable it leaves at its budget):
-
-{chr(10).join(notes)}
 
 Measured on these 2 cores with the imitations, not on a Spark.
 """
@@ -867,11 +924,14 @@ def _faults_text(shortage_note: str, overshoot: float, floor_gib: float) -> str:
     """How each fault is set up on the imitation."""
     return f"""The faults. page_cache: an earlier \
 load's {EARLIER_WEIGHTS_GIB} GiB of weights in the ledger's page cache;
-deploy-qwen's pre-start memory check drops it before the first start (vLLM counts it as used on GB10), on
-both sides, so no start meets it. held_by_others, shortage: a `vllm_sim hold` container (not ours) on the
-target's ledger; the shortage row: {shortage_note}; and deploy-qwen's `observe-memory` never reports
-`others_gib`, so with a holder the planner names held_by_others (its prune first), not shortage (which it
-reaches only after a prune, or when nothing is held). kv_too_small: 66 GiB \
+on 0.10.x deploy-qwen's pre-start memory check drops it before the first start (that vLLM counts it as used
+on GB10), on both sides, so no start meets it; on 0.31 nothing is dropped (MemAvailable counts it free) and
+the first start serves with the weights still warm. unsteady_memory: `VLLM_SIM_FAULT_PROFILING_RELEASE_GIB=40`
+(40 GiB released by another process while the first start profiles: vLLM's "Error in memory profiling"
+assertion; later starts on that machine profile steadily). held_by_others, shortage: a `vllm_sim hold`
+container (not ours) on the target's ledger; the shortage row: {shortage_note}; and deploy-qwen's
+`observe-memory` never reports `others_gib`, so with a holder the planner names held_by_others (its prune
+first), not shortage (which it reaches only after a prune, or when nothing is held). kv_too_small: 66 GiB \
 held (the 0.38 start leaves 5.2 GiB, above the guard's floor) and a request of
 0.38, which starts and then fails vLLM's KV sizing; the ladder's rungs are absolute utilizations, so
 after the failed 0.38 it asks 0.75, 0.70, 0.70 + 16384 of a machine with 50.7 GiB free. activation_peak:
@@ -925,6 +985,11 @@ def _faults(floor_gib: float, overshoot: float) -> tuple[list[Fault], str]:
             real_between=(LOADED_LINE, PROFILED_LINE),
         ),
         Fault(
+            "unsteady",
+            "unsteady_memory (40 GiB released while the first start profiles)",
+            extra_env={"VLLM_SIM_FAULT_PROFILING_RELEASE_GIB": "40"},
+        ),
+        Fault(
             "died",
             f"engine_died (engine dies {DIE_AFTER_S:g} s after ready)",
             extra_env={"VLLM_SIM_FAULT_DIE_AFTER_S": str(DIE_AFTER_S)},
@@ -934,10 +999,45 @@ def _faults(floor_gib: float, overshoot: float) -> tuple[list[Fault], str]:
     return faults, short_why
 
 
+def image_of(version: str) -> tuple[str, str]:
+    """The imitation image of a vLLM version given as its release (``0.31.0``) or in full; (full version, tag)."""
+    from deployments.targets import SIM_IMAGES
+
+    found = [(full, tag) for full, tag in SIM_IMAGES.items() if full == version or full.split("+")[0] == version]
+    if not found:
+        raise SystemExit(f"no imitation image of vLLM {version}: choose from {', '.join(SIM_IMAGES)}")
+    return found[0]
+
+
+def run_version(client, tmp: Path, hub_url: str, args, faults: list[Fault], version: str, began: float) -> VersionRun:
+    """Every fault on both sides, on the imitation of one vLLM version."""
+    full, image = image_of(version)
+    bench = Bench(client, tmp / full, hub_url, args.time_scale, uuid.uuid4().hex[:4], image)
+    run = VersionRun(full, image, {})
+    try:
+        run.calib = bench.calibrate()
+        print(f"{full}: calibration: {run.calib}", flush=True)
+        for fault in faults:
+            if time.monotonic() - began > args.budget_s:
+                print(f"{full}: time budget spent: {fault.key} not run", flush=True)
+                continue
+            if fault.engine:
+                planner, ladder = bench.engine(fault, runbook=False), bench.engine(fault, runbook=True)
+            else:
+                planner, ladder = bench.planner(fault), bench.ladder(fault)
+            run.rows[fault.key] = (planner, ladder)
+            print(f"{full} {fault.key}: planner {planner}\n{full} {fault.key}: ladder {ladder}", flush=True)
+    finally:
+        for name in bench.targets:
+            bench.cleanup(name)
+    return run
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--time-scale", type=float, default=0.02)
-    parser.add_argument("--budget-s", type=float, default=480, help="stop starting new rows after this long")
+    parser.add_argument("--budget-s", type=float, default=960, help="stop starting new rows after this long")
+    parser.add_argument("--vllm", nargs="*", default=["0.10.1.1", "0.31.0"], help="vLLM versions (SIM_IMAGES)")
     parser.add_argument("--only", nargs="*", help="fault keys to run (default: all)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -956,10 +1056,11 @@ def main() -> int:
     faults, short_why = _faults(floor_gib, overshoot)
     if args.only:
         faults = [f for f in faults if f.key in args.only]
+    for version in args.vllm:
+        image_of(version)  # refuse an unknown version before anything starts
 
     client = docker.from_env()
     ensure_sim_image(client)
-    rows: dict[str, tuple[Side | None, Side | None]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp,
         prefect_test_harness(server_startup_timeout=90),
@@ -968,25 +1069,9 @@ def main() -> int:
         ) as hub,
     ):
         Secret(value=TOKEN).save("hf-token", overwrite=True)
-        bench = Bench(client, Path(tmp), hub.url, args.time_scale, uuid.uuid4().hex[:4])
-        try:
-            calib = bench.calibrate()
-            print(f"calibration: {calib}", flush=True)
-            for fault in faults:
-                if time.monotonic() - began > args.budget_s:
-                    print(f"time budget spent: {fault.key} not run", flush=True)
-                    continue
-                if fault.engine:
-                    planner, ladder = bench.engine(fault, runbook=False), bench.engine(fault, runbook=True)
-                else:
-                    planner, ladder = bench.planner(fault), bench.ladder(fault)
-                rows[fault.key] = (planner, ladder)
-                print(f"{fault.key}: planner {planner}\n{fault.key}: ladder {ladder}", flush=True)
-        finally:
-            for name in bench.targets:
-                bench.cleanup(name)
+        runs = [run_version(client, Path(tmp), hub.url, args, faults, v, began) for v in args.vllm]
     run_s = time.monotonic() - began
-    text = body(args, faults, rows, calib, short_why, overshoot, run_s, floor_gib)
+    text = body(args, faults, runs, short_why, overshoot, run_s, floor_gib)
     print(text)
     if not args.no_write:
         write_section(HEADING, text)
