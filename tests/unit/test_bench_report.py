@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 from bench.report import BENCHMARKS, machine_line, write_section
 
 
@@ -111,3 +113,18 @@ def test_the_summary_table_opens_the_doc_and_dates_each_row_as_its_section() -> 
         assert anchor in sections, f"{row[:60]}: no section #{anchor}"
         measured = re.search(r"\d{4}-\d\d-\d\d", sections[anchor])[0]
         assert date == measured, f"{row[:60]}: dated {date}, its section was measured {measured}"
+
+
+def test_recovery_bench_runs_each_version_on_its_imitation_and_judges_its_drops() -> None:
+    from bench.recovery import Fault, Side, _drop_line, image_of
+    from deployments.targets import SIM_IMAGES
+
+    assert image_of("0.31.0") == ("0.31.0", SIM_IMAGES["0.31.0"])
+    assert image_of("0.10.1.1")[0] == "0.10.1.1+381074ae.nv25.09"  # the release names the NVIDIA build
+    with pytest.raises(SystemExit, match="no imitation image of vLLM 0.99"):
+        image_of("0.99")
+    faults = [Fault("page_cache", "page_cache"), Fault("held", "held")]
+    rows = {"page_cache": (Side(dropped=True), Side()), "held": (Side(), Side())}
+    assert "MemAvailable: not met** (dropped: page_cache)" in _drop_line(faults, rows, "MemAvailable")
+    assert "MemAvailable: met** (dropped: none)" in _drop_line(faults, {"held": (Side(), None)}, "MemAvailable")
+    assert _drop_line(faults, rows, "MemFree").endswith("stands in the way): page_cache.")
