@@ -40,6 +40,7 @@ from tasks.health.layers import Finding, Layer, LayerResult, LayerVerdict, layer
 from tasks.health.observation import Check, Observation, Thresholds
 from tasks.health.wording import count, pct, secs, times
 from tasks.inference import ARITHMETIC, EXPECTED
+from tasks.vllm.versions import DEAD_ENGINE_HEALTH
 
 # recover-vllm (flows/recover.py) imports the recovery cap from here until it imports tasks.recovery.cap.
 
@@ -149,11 +150,9 @@ def _not_running(c: Check) -> str:
 
 def _health_error(c: Check) -> str:
     code = c.obs.health_status
-    if code in (500, 503):
-        return (
-            f"/health answered {code}: the engine core is dead (vLLM 0.10.x answers 500 and then exits, 0.11+ "
-            "answers 503)"
-        )
+    if code in {variant.value for variant in DEAD_ENGINE_HEALTH}:
+        by_version = ", ".join(f"vLLM {v.versions} answers {v.value}" for v in DEAD_ENGINE_HEALTH)
+        return f"/health answered {code}: the engine core is dead ({by_version} on a dead engine)"
     return f"/health answered HTTP {code}, not 200: the server on the port is not a healthy vLLM"
 
 
@@ -356,8 +355,10 @@ RULES: tuple[HealthRule, ...] = (
         Layer.LIVENESS,
         lambda c: c.obs.health_status is not None and c.obs.health_status != 200,
         _health_error,
-        why="liveness next: /health answered, but not 200 (500 in 0.10.x, 503 in 0.11+): the engine core is dead, "
-        "whatever the later layers say",
+        why=(
+            "liveness next: /health answered, but not 200 (500 or 503 by version, DEAD_ENGINE_HEALTH): the engine "
+            "core is dead, whatever the later layers say"
+        ),
     ),
     HealthRule(
         Condition.LOADING,
