@@ -46,6 +46,7 @@ from tasks.vllm_version import (
     version_rows,
     version_warnings,
 )
+from tasks.warmup import warm_page_cache
 
 
 class DeployResult(BaseModel):
@@ -136,6 +137,8 @@ def deploy_qwen(
             healthy = endpoint_ready(machine.endpoint, spec.served_name, resolved.secrets.api_key)
             kept = replace_or_keep(resolved.docker_host, machine.name, spec.container_name, spec_hash, healthy)
             limits = RecoveryLimits(max_attempts=max_attempts)
+            if kept is None:  # ours is gone: read the shards into the page cache where that helps (docs/recovery.md)
+                warm_page_cache(machine, spec, vllm.parsed, "mmap")
             served = _start(resolved, spec_hash, timeouts, recover, limits, healthy, vllm) if kept is None else None
             # The server's own word on its vLLM (its log's version line, else GET /version) wins.
             logged = served.readiness.stats.version if served and served.readiness.stats else None

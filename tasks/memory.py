@@ -31,6 +31,8 @@ from blocks.shared import HELPER_LABELS
 from blocks.target import SPARK_MEMINFO_COMMAND, TargetMachine, split_volume_target
 from tasks.container import docker_client
 from tasks.errors import ServerDidNotStart, SparkVllmError
+from tasks.recovery.kv_model import QWEN3_32B_FP8_WEIGHTS_GIB
+from tasks.recovery.load_memory import load_peak_gib, loader_guard_cause, loader_transient_gib
 from tasks.recovery.sizing import MARGIN_GIB, margin_for
 from tasks.vllm.failures import FailureCause, free_memory_cause
 from tasks.vllm.versions import FREE_MEMORY, FreeMemory, select
@@ -326,7 +328,13 @@ class NotEnoughMemory(ServerDidNotStart):
 
 
 def room_for_start(
-    info: MemInfo, utilization: float, margin_gib: float = MARGIN_GIB, version: Version | None = None
+    info: MemInfo,
+    utilization: float,
+    margin_gib: float = MARGIN_GIB,
+    version: Version | None = None,
+    loader: str = "mmap",
+    floor_gib: float = 0.0,
+    weights_gib: float = QWEN3_32B_FP8_WEIGHTS_GIB,
 ) -> str:
     """What a start at ``utilization`` needs done first: 'fits' or 'drop-page-cache'.
 
@@ -342,19 +350,25 @@ def room_for_start(
         utilization: the spec's gpu_memory_utilization.
         margin_gib: GiB the suggested utilization leaves free (`tasks.recovery.sizing.margin_for`).
         version: the vLLM that will start (None: the runbook's 0.10.1.1).
+        loader: the weight loader the start uses (tasks/recovery/load_memory.py `LOADER_MEMORY`): one
+            with a buffer of its own (eager, fastsafetensors) must not take MemAvailable under
+            ``floor_gib`` while it loads; mmap has none, and the check is today's.
+        floor_gib: the readiness gate's host-memory floor (0: no guard, no load check).
+        weights_gib: the model's weights, in memory by the end of the load.
 
     Raises:
-        NotEnoughMemory: other processes hold memory that dropping the page cache does not return;
-            the message gives the utilization that would fit (tasks/recovery/sizing.py's rule).
+        NotEnoughMemory: other processes hold memory that dropping the page cache does not return
+            (the message gives the utilization that would fit, tasks/recovery/sizing.py's rule), or
+            the loader's buffer would take MemAvailable under the floor while loading (the message
+            names the buffer and the loader without one).
     """
     free_memory = select(FREE_MEMORY, version)
     need = utilization * info.total_gib
     seen = info.check_reads_gib(free_memory)
-    if seen >= need:
-        return "fits"
     after_drop = info.after_drop_gib(free_memory)
-    if after_drop >= need:
-        return "drop-page-cache"
+    if seen >= need or after_drop >= need:
+        _room_while_loading(info, utilization, loader, floor_gib, weights_gib)
+        return "fits" if seen >= need else "drop-page-cache"
     cause = free_memory_cause(
         seen, info.total_gib, utilization, margin_gib, page_cache_gib=after_drop - seen, version=version
     )
@@ -375,21 +389,52 @@ def room_for_start(
     )
 
 
+def _room_while_loading(info: MemInfo, utilization: float, loader: str, floor_gib: float, weights_gib: float) -> None:
+    """Raise when the loader's own buffer would take MemAvailable under the floor while the weights
+    load (the guard would stop the start then): say so before the start. MemAvailable is what the
+    guard reads; a drop does not raise it (it counts the page cache already)."""
+    transient = loader_transient_gib(loader)
+    if floor_gib <= 0 or transient <= 0:
+        return
+    left = round(info.available_gib - load_peak_gib(loader, weights_gib), 2)
+    if left >= floor_gib:
+        return
+    cause = loader_guard_cause(loader, left, floor_gib, transient)
+    raise NotEnoughMemory(
+        f"the {loader} loader holds {transient:.1f} GiB besides the {weights_gib:.1f} GiB of weights while it loads:"
+        f" MemAvailable {info.available_gib:.1f} GiB would fall to {left:.1f} GiB, under the host floor"
+        f" {floor_gib:.1f} GiB, and the memory guard would stop the start. {cause.fix}",
+        info,
+        utilization,
+        cause,
+    )
+
+
 def _reads(free_memory: FreeMemory) -> str:
     """How a message names what the check reads: 'free' (MemFree) or 'available (MemAvailable)'."""
     return "free" if free_memory is FreeMemory.MEM_FREE else "available (MemAvailable)"
 
 
 @task(name="make-room-for-start", cache_policy=NO_CACHE, task_run_name="make-room-for-start {machine.name}")
-def make_room_for_start(machine: TargetMachine, image: str, utilization: float, version: Version | None = None) -> str:
-    """Before a start: fits -> nothing; only page cache in the way (a MemFree version) -> drop it;
-    else fail now.
+def make_room_for_start(
+    machine: TargetMachine,
+    image: str,
+    utilization: float,
+    version: Version | None = None,
+    loader: str = "mmap",
+    weights_gib: float = QWEN3_32B_FP8_WEIGHTS_GIB,
+) -> str:
+    """Before a start: fits -> nothing; only page cache in the way (a MemFree version: 0.10.x, where
+    the drop is needed) -> drop it; else fail now. A loader with a buffer of its own (eager,
+    fastsafetensors) must also leave the host's floor while it loads (`room_for_start`).
 
     Args:
-        machine: the target (its meminfo and drop_caches paths, its docker host).
+        machine: the target (its meminfo and drop_caches paths, its docker host, its floor).
         image: an image on the docker host to run the drop-caches helper from (the server's own).
         utilization: the spec's gpu_memory_utilization.
         version: the vLLM that will start (None: the runbook's 0.10.1.1): which memory its check reads.
+        loader: the weight loader the start uses ("mmap", the default, is today's check).
+        weights_gib: the model's weights (the KV model's, calibrated from a failed start's log).
 
     Returns:
         What was done: 'fits' or 'dropped-page-cache'.
@@ -398,7 +443,8 @@ def make_room_for_start(machine: TargetMachine, image: str, utilization: float, 
     free_memory = select(FREE_MEMORY, version)
     with docker_client(machine.docker_host()) as client:
         info = read_meminfo(client, machine, image)
-        action = room_for_start(info, utilization, margin_for(machine.host_memory_floor_gib), version)
+        floor = machine.host_memory_floor_gib
+        action = room_for_start(info, utilization, margin_for(floor), version, loader, floor, weights_gib)
         if action == "fits":
             logger.info(
                 "memory: %.1f GiB %s (%s, what vLLM's check reads), a start at %.2f needs %.1f GiB",

@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 from tasks.container import docker_client
 from tasks.errors import ServerDidNotStart
 from tasks.memory import MemoryReadError, exec_meminfo
+from tasks.recovery.load_memory import loader_guard_cause, loader_transient_gib
 from tasks.recovery.sizing import margin_for
 from tasks.report import ProgressArtifact
 from tasks.secrets import scrub
@@ -93,6 +94,19 @@ class MemoryGuard(BaseModel):
     command: list[str] = Field(description="the target's meminfo_command, run in the starting container")
     floor_gib: float = Field(gt=0, description="MemAvailable below this stops the start")
     interval_s: float = Field(1.0, gt=0, description="how often MemAvailable is read")
+    loader: str = Field(
+        "mmap",
+        description="the weight loader of the start: a stop while the shards load names its buffer "
+        "(tasks/recovery/load_memory.py)",
+    )
+
+    def cause(self, available_gib: float, phase: Phase, evidence: list[str]) -> FailureCause:
+        """Why the guard stopped the start: the loader's buffer when it held memory then (a stop in the
+        loading phase with eager or fastsafetensors), else the profiling peak."""
+        transient = loader_transient_gib(self.loader)
+        if phase is Phase.LOADING and transient > 0:
+            return loader_guard_cause(self.loader, available_gib, self.floor_gib, transient, evidence)
+        return host_memory_guard_cause(available_gib, self.floor_gib, evidence)
 
 
 @dataclass
@@ -282,8 +296,9 @@ class _Gate:
     phase_started: float = 0.0
     next_state_check: float = 0.0
     next_guard_check: float = 0.0
-    #: MemAvailable (GiB) when the guard stopped the start; None while it has not.
+    #: MemAvailable (GiB) when the guard stopped the start, and the phase it stopped in; None while it has not.
     guard_reading: float | None = None
+    guard_phase: Phase = Phase.STARTING
     stream_ended: bool = False
 
     def __post_init__(self) -> None:
@@ -327,12 +342,14 @@ class _Gate:
         available = _available_gib(self.client, self.container, guard)
         if available is None or available >= guard.floor_gib:
             return False
-        self.guard_reading = available
+        self.guard_reading, self.guard_phase = available, self.tracker.phase
         self.logger.warning(
-            "memory guard: MemAvailable %.2f GiB is below the host floor %.2f GiB while vLLM starts: stopping the"
-            " container before the machine runs out of memory",
+            "memory guard: MemAvailable %.2f GiB is below the host floor %.2f GiB while vLLM starts (%s, %s loader):"
+            " stopping the container before the machine runs out of memory",
             available,
             guard.floor_gib,
+            self.tracker.phase.value,
+            guard.loader,
         )
         _kill(self.container)
         self.next_state_check = 0.0  # the kill ends the start: the state check reports it
@@ -343,7 +360,7 @@ class _Gate:
         recent = list(self.tracker.recent)
         summary = status if isinstance(status, str) else status.summary
         if self.guard is not None and self.guard_reading is not None:
-            cause = host_memory_guard_cause(self.guard_reading, self.guard.floor_gib, recent)  # lines are scrubbed
+            cause = self.guard.cause(self.guard_reading, self.guard_phase, recent)  # lines are scrubbed
             return ReadinessFailed(cause, summary, recent)
         margin = margin_for(self.guard.floor_gib if self.guard else 0.0)
         if isinstance(status, str):

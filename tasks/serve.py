@@ -54,6 +54,7 @@ from tasks.memory import (
 )
 from tasks.prune import prune_docker
 from tasks.readiness import MemoryGuard, Readiness, ReadinessFailed, ReadinessTimeouts, wait_until_ready
+from tasks.recovery.kv_model import QWEN3_32B_FP8_WEIGHTS_GIB
 from tasks.recovery.planner import plan_recovery
 from tasks.recovery.step import Action, MachineMemory, RecoveryLimits, RecoveryStep, retry_spec
 from tasks.report import artifact_key
@@ -209,20 +210,25 @@ def start_once(
     secrets: ServerSecrets,
     timeouts: ReadinessTimeouts,
     version: Version | None = None,
+    loader: str = "mmap",
+    weights_gib: float = QWEN3_32B_FP8_WEIGHTS_GIB,
 ) -> tuple[str, Readiness]:
     """Make room in memory, start the container, wait until it serves; remove it if it never does.
-    ``version``: the vLLM the image runs (None: the runbook's 0.10.1.1 for memory, every log form)."""
+    ``version``: the vLLM the image runs (None: the runbook's 0.10.1.1 for memory, every log form).
+    ``loader``: the weight loader the start uses (tasks/loader.py's choice; "mmap" is today's start):
+    the pre-start check and the memory guard count its buffer (tasks/recovery/load_memory.py), with
+    ``weights_gib`` in memory by the end of the load."""
     kwargs = container_kwargs(
         spec,
         machine,
         secret_env=secret_environment(hf_token=secrets.hf_token, api_key=secrets.api_key),
         version=version,
     )
-    make_room_for_start(machine, spec.image, spec.gpu_memory_utilization, version)
+    make_room_for_start(machine, spec.image, spec.gpu_memory_utilization, version, loader, weights_gib)
     first_start, restart_policy = restart_policy_after_ready(kwargs)
     container_id = start_vllm_container(docker_host, first_start, redacted(first_start))
     guard = (
-        MemoryGuard(command=machine.meminfo_command, floor_gib=machine.host_memory_floor_gib)
+        MemoryGuard(command=machine.meminfo_command, floor_gib=machine.host_memory_floor_gib, loader=loader)
         if machine.host_memory_floor_gib > 0
         else None
     )
@@ -305,6 +311,7 @@ def serve(
     history: list[RecoveryStep] | None = None,
     failure: Failure | None = None,
     vllm: VersionInfo | None = None,
+    loader: str = "mmap",
 ) -> Served:
     """Start ``requested``; on a failure, classify, plan, act and retry until it serves or the planner
     gives up (then StartFailed, nothing left running). ``recover=False``: one start, its failure raised.
@@ -323,6 +330,9 @@ def serve(
         vllm: the vLLM the image runs, as preflight learnt it (None: the runbook's 0.10.1.1): the
             pre-start memory check, the readiness gate's log forms and failure texts, and the planner
             read what its free-memory check reads (MemFree or MemAvailable); the events name it.
+        loader: the weight loader the spec's command uses (tasks/loader.py `choose_loader`'s name:
+            "mmap", "eager" or "fastsafetensors"; "mmap" is today's start): the pre-start check and
+            the memory guard count its buffer while the shards load.
     """
     logger = get_run_logger()
     version = vllm.parsed if vllm else None
@@ -335,7 +345,7 @@ def serve(
     first = failure
     while True:
         if failure is None:
-            started = _start(docker_host, machine, spec, secrets, timeouts, attempts, recover, version)
+            started = _start(docker_host, machine, spec, secrets, timeouts, attempts, recover, version, loader, limits)
             if not isinstance(started, Failure):
                 return _served(machine, requested, spec, started, steps, attempts, first, named)
             failure = started
@@ -363,13 +373,17 @@ def _start(
     attempts: list[Attempt],
     recover: bool,
     version: Version | None = None,
+    loader: str = "mmap",
+    limits: RecoveryLimits | None = None,
 ) -> tuple[str, Readiness] | Failure:
     """One start, recorded as a row of ``attempts``: the container and what the gate learned, or the
-    classified failure (raised as is when ``recover`` is off)."""
+    classified failure (raised as is when ``recover`` is off). ``loader`` and the KV model's weights
+    (``limits``) size the load's memory (`start_once`)."""
     spec_hash = spec.spec_hash(machine)
     started = time.monotonic()
+    weights = (limits or RecoveryLimits()).weights_gib
     try:
-        container_id, readiness = start_once(docker_host, machine, spec, secrets, timeouts, version)
+        container_id, readiness = start_once(docker_host, machine, spec, secrets, timeouts, version, loader, weights)
     except (ReadinessFailed, NotEnoughMemory) as exc:
         cause, lines = failure_of(exc)
         attempts.append(_attempt(len(attempts) + 1, spec, spec_hash, cause.kind.value, None, started))

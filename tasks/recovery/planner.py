@@ -419,6 +419,14 @@ def _peak_matches(case: Case) -> bool:
 
 
 def _peak_plan(case: Case) -> Plan:
+    buffer = case.number("loader_transient_gib")
+    if case.guard_tripped and buffer:
+        # the loader's own buffer took the floor while the shards loaded (tasks/recovery/load_memory.py):
+        # a smaller batch or utilization does not shrink it, so no retry of this spec can help
+        return give_up(
+            f"the host-memory guard stopped the start while the shards loaded: {case.cause.summary}",
+            case.cause.fix,
+        )
     if case.guard_tripped:
         what = "the host-memory guard stopped the start (MemAvailable fell below the host floor)"
     elif case.cause.kind is FailureKind.CUDA_OOM:
@@ -586,7 +594,8 @@ CLASSES: tuple[RecoveryRule, ...] = (
         _peak_matches,
         _peak_plan,
         "cuda_oom, oom_killed, killed, or guard_tripped | -"
-        " | batch settings to the latency preset 8192/16 in one step, then utilization -0.05",
+        " | batch settings to the latency preset 8192/16 in one step, then utilization -0.05;"
+        " give up with the loader fix when the guard names the loader's buffer (loader_transient_gib)",
         why=(
             "a CUDA OOM, a kill or the host-memory guard: the profiling peak overshot, so shrink it before "
             "touching the utilization"
