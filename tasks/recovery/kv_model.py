@@ -24,6 +24,10 @@ gets up to the checkpoint's size less KV cache than a warm one. From 0.11.1 on v
 ``charged_page_cache_gib`` carries it: 0 for a warm start and on MemAvailable versions; the planner
 sets it to the weights (`KvModel.cold`) for a retry that reads them cold on a MemFree version, an
 upper bound (the kernel caps the page cache at what is free), so its predictions hold on both.
+
+The loader's own buffer while the shards load (eager, fastsafetensors) is no term here: it is
+released before vLLM profiles, so it never shrinks the KV cache; it counts for the host's floor
+during the load (tasks/recovery/load_memory.py `load_peak_gib`).
 """
 
 from __future__ import annotations
