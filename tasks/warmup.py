@@ -26,6 +26,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from docker import DockerClient
+from docker.errors import APIError, ContainerError, ImageNotFound
 from packaging.version import Version
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -34,7 +36,7 @@ from pydantic import BaseModel
 from blocks.engine import EngineSpec
 from blocks.target import TargetMachine
 from tasks.container import docker_client
-from tasks.memory import MemInfo, helper_container_kwargs, read_meminfo
+from tasks.memory import MemInfo, MemoryReadError, helper_container_kwargs, read_meminfo
 from tasks.recovery.load_memory import loader_memory
 from tasks.recovery.sizing import margin_for
 from tasks.staging.cache import RepoCache
@@ -109,6 +111,17 @@ def warm_command(paths: list[Path]) -> list[str]:
     return ["sh", "-c", 'cat -- "$@" > /dev/null', "warm", *[str(path) for path in paths]]
 
 
+def _read_shards(client: DockerClient, machine: TargetMachine, image: str, shards: list[Path]) -> float:
+    """Read ``shards`` in a throwaway helper of ``image`` on the docker host, the model cache mounted
+    read-only at its own path (the shards are resolved paths under it); the seconds it took."""
+    kwargs = helper_container_kwargs(machine, image, warm_command(shards))
+    root = str(Path(machine.cache_dir).resolve())
+    kwargs["volumes"], kwargs["environment"] = {root: {"bind": root, "mode": "ro"}}, {}
+    started = time.monotonic()
+    client.containers.run(**kwargs)
+    return round(time.monotonic() - started, 2)
+
+
 @task(name="warm-page-cache", cache_policy=NO_CACHE, task_run_name="warm-page-cache {machine.name}")
 def warm_page_cache(machine: TargetMachine, spec: EngineSpec, version: Version | None, loader: str) -> WarmResult:
     """Read the model's staged shards on the docker host so the next load hits the page cache, when
@@ -133,18 +146,17 @@ def warm_page_cache(machine: TargetMachine, spec: EngineSpec, version: Version |
         logger.info("page cache of %s not warmed: %s", machine.name, why)
         return WarmResult(warmed=False, why=why)
     gib = round(sum(path.stat().st_size for path in shards) / _GIB, 2)
-    with docker_client(machine.docker_host()) as client:
-        fits, room = warm_fits(read_meminfo(client, machine, spec.image), gib, machine.host_memory_floor_gib)
-        if not fits:
-            logger.info("page cache of %s not warmed: %s", machine.name, room)
-            return WarmResult(warmed=False, why=room)
-        kwargs = helper_container_kwargs(machine, spec.image, warm_command(shards))
-        root = str(Path(machine.cache_dir).resolve())  # the shards are resolved paths under it
-        kwargs["volumes"] = {root: {"bind": root, "mode": "ro"}}
-        kwargs["environment"] = {}
-        started = time.monotonic()
-        client.containers.run(**kwargs)
-        seconds = round(time.monotonic() - started, 2)
+    try:
+        with docker_client(machine.docker_host()) as client:
+            fits, room = warm_fits(read_meminfo(client, machine, spec.image), gib, machine.host_memory_floor_gib)
+            seconds = _read_shards(client, machine, spec.image, shards) if fits else 0.0
+    except (APIError, ContainerError, ImageNotFound, MemoryReadError) as exc:  # a warm is no reason to fail a deploy
+        why = f"the helper failed ({getattr(exc, 'explanation', None) or exc}): the load reads from the disk"
+        logger.warning("page cache of %s not warmed: %s", machine.name, why)
+        return WarmResult(warmed=False, why=why)
+    if not fits:
+        logger.info("page cache of %s not warmed: %s", machine.name, room)
+        return WarmResult(warmed=False, why=room)
     logger.info(
         "page cache of %s warmed: read %.2f GiB (%d shards of %s) in %.1f s; %s",
         machine.name,
