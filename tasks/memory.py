@@ -447,12 +447,15 @@ def make_room_for_start(
         action = room_for_start(info, utilization, margin_for(floor), version, loader, floor, weights_gib)
         if action == "fits":
             logger.info(
-                "memory: %.1f GiB %s (%s, what vLLM's check reads), a start at %.2f needs %.1f GiB",
+                "memory: %.1f GiB %s (%s, what vLLM's check reads), a start at %.2f needs %.1f GiB; the %s loader"
+                " holds %.1f GiB more while loading",
                 info.check_reads_gib(free_memory),
                 _reads(free_memory),
                 free_memory.value,
                 utilization,
                 utilization * info.total_gib,
+                loader,
+                loader_transient_gib(loader),
             )
             return action
         logger.info(
