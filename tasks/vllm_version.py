@@ -214,4 +214,4 @@ def version_rows(info: VersionInfo | None) -> dict[str, str | None]:
     and the note (why assumed, or the disagreement with the server); None values are left out."""
     if info is None:
         return {"vLLM": None}
-    return {"vLLM": info.label(), "vLLM note": info.note or None}
+    return {"vLLM": info.label().removeprefix("vLLM "), "vLLM note": info.note or None}

@@ -45,7 +45,7 @@ def test_on_0_31_a_memory_failure_heals_in_one_retry_and_every_report_names_the_
     [step] = recent_recoveries(target.name)
     assert step.klass is RecoveryClass.HELD_BY_OTHERS and "drop_page_cache" not in step.actions
     artifacts = " ".join(flow_run_artifacts(state.state_details.flow_run_id))
-    assert f"vLLM {V0_31} (server)" in artifacts  # learnt from the image, confirmed by the server
+    assert f"| vLLM | {V0_31} (server) |" in artifacts  # learnt from the image, confirmed by the server
 
     report = health_check(target=target.name)
     # serving, on the spec recovery chose: degraded (not the requested spec), decided by no layer of the server
