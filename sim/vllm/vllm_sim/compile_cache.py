@@ -5,7 +5,7 @@ the same spec skips the compile; a test can only prove that mount works if the i
 its entry there and really reads it back. The layout is vLLM's:
 
     $VLLM_CACHE_ROOT (envs.py: default $XDG_CACHE_HOME/vllm, else ~/.cache/vllm, `~` expanded)
-      torch_compile_cache/<10 hex of the factors>/rank_0_0/backbone/      (compilation/backends.py:503-547
+      torch_compile_cache/<10 hex of the factors>/rank_0_0/backbone/      (compilation/backends.py:480-548
           vllm_compile_cache.py   the handles, a Python literal            in 0.10.1.1; :1020-1050 in 0.31.0)
           artifact_shape_None_subgraph_0/sim-artifact.json   the imitation's stand-in for Inductor's artifact
       torch_compile_cache/torch_aot_compile/<64 hex>/rank_0_0/model       (0.31: compilation/decorators.py:523-563)
