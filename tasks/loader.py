@@ -22,7 +22,7 @@ from blocks.engine import ENGINE_FLAGS, EngineSpec, LoaderSetting
 from tasks.errors import SparkVllmError
 from tasks.vllm.versions import RUNBOOK_VERSION
 
-__all__ = ["LoaderChoice", "LoaderUnavailable", "choose_loader", "with_loader"]
+__all__ = ["LoaderChoice", "LoaderUnavailable", "choose_loader", "loader_as_served", "with_loader"]
 
 LoaderName = Literal["mmap", "eager", "fastsafetensors"]
 
@@ -112,3 +112,17 @@ def with_loader(spec: EngineSpec, choice: LoaderChoice) -> EngineSpec:
         return spec
     fields = spec.model_dump(include=set(type(spec).model_fields))
     return type(spec).model_validate({**fields, "loader": choice.name})
+
+
+def loader_as_served(spec: EngineSpec, served: EngineSpec | None) -> EngineSpec:
+    """``spec`` with ``auto`` resolved as the last healthy server of the same image had it (pure).
+
+    For recover-vllm, which restarts the spec without probing the image (the record is the server's
+    own word, tasks/vllm_version.py `recorded_version`): the restart then reads the weights as fast as
+    deploy-qwen's start did, and carries the same spec hash, so the next deploy keeps it. Nothing
+    recorded for this image (or a pinned loader): ``spec`` as it is (``auto`` renders vLLM's default).
+    """
+    if spec.loader != "auto" or served is None or served.image != spec.image or served.loader == "auto":
+        return spec
+    fields = spec.model_dump(include=set(type(spec).model_fields))
+    return type(spec).model_validate({**fields, "loader": served.loader})

@@ -73,3 +73,13 @@ def test_the_chosen_loader_is_what_the_spec_renders_and_hashes():
     assert resolved.loader == "eager" and resolved.vllm_command(version)[-2:] == EAGER
     assert resolved.spec_hash() == EngineSpec(loader="eager").spec_hash() != spec.spec_hash()
     assert with_loader(resolved, choose_loader("eager", version, False)) is resolved  # nothing to change
+
+
+def test_recover_restarts_auto_with_the_loader_the_last_server_of_the_image_had():
+    from tasks.loader import loader_as_served
+
+    served = EngineSpec(loader="eager", max_num_seqs=32)
+    assert loader_as_served(EngineSpec(), served).loader == "eager"
+    assert loader_as_served(EngineSpec(), EngineSpec(image="other:1", loader="eager")).loader == "auto"
+    assert loader_as_served(EngineSpec(loader="mmap"), served).loader == "mmap"  # pinned stays
+    assert loader_as_served(EngineSpec(), None).loader == "auto"
