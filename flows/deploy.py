@@ -127,7 +127,8 @@ def deploy_qwen(
     Args:
         target: name of the TargetMachine block (e.g. "spark", "sim").
         engine: name of an EngineSpec block; None = the runbook's compose file.
-        preset: one of the runbook's tuning blocks: "throughput", "latency", "max-context".
+        preset: one of the runbook's tuning blocks: "throughput", "latency", "max-context"; or "runbook":
+            the compose file's exact command (vLLM's mmap loader, no cache mounts).
         overrides: EngineSpec fields to change for this run only, e.g. {"gpu_memory_utilization": 0.75}.
         stage: stage the model first (skipped in seconds when the cache's manifest verifies).
         timeouts: per-phase readiness limits.
@@ -206,7 +207,7 @@ def _replaced_for_upgrade(machine: TargetMachine, spec: EngineSpec, spec_hash: s
 
 def _caches(machine: TargetMachine, spec: EngineSpec, clear: bool) -> CacheReport | None:
     """Before a start: clear the caches when asked; create them (when the spec mounts them) and keep them
-    under the target's bound, oldest entries first. None when the spec keeps no caches and none were cleared."""
+    under the target's bound, oldest entries first. None when the spec keeps no caches (runbook preset)."""
     if clear:
         clear_caches(machine, spec.image)
     if not spec.persistent_caches:
