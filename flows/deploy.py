@@ -157,7 +157,7 @@ def deploy_qwen(
         with gpu_lock(machine.name):
             # `docker compose up -d`: keep a healthy identical server, else replace ours and gate on health.
             healthy = endpoint_ready(machine.endpoint, spec.served_name, resolved.secrets.api_key)
-            upgraded = _replaced_for_upgrade(machine, spec, spec_hash, healthy)
+            upgraded = healthy and replaced_for_upgrade(last_healthy_record(machine.name).spec_hash, spec, machine)
             keep = healthy and not clear_caches
             kept = replace_or_keep(resolved.docker_host, machine.name, spec.container_name, spec_hash, keep)
             # The compile and kernel caches the new server mounts: created, bounded, cleared when asked.
@@ -198,11 +198,11 @@ def _loader(resolved: Target, image: ImageFacts) -> tuple[Target, LoaderChoice]:
     return dataclasses.replace(resolved, spec=with_loader(resolved.spec, choice)), choice
 
 
-def _replaced_for_upgrade(machine: TargetMachine, spec: EngineSpec, spec_hash: str, healthy: bool) -> bool:
-    """True when the serving server is this spec as hashed before the fast-restart fields existed
-    (`RESTART_FIELDS`): replacing it is the project upgrade's one-time cost, which the report says."""
-    recorded = last_healthy_record(machine.name).spec_hash
-    return healthy and recorded not in (None, spec_hash) and recorded == spec.spec_hash(machine, RESTART_FIELDS)
+def replaced_for_upgrade(recorded_hash: str | None, spec: EngineSpec, machine: TargetMachine) -> bool:
+    """True when the serving server (its recorded hash) is ``spec`` as hashed before the fast-restart
+    fields existed (`RESTART_FIELDS`): replacing it is the project upgrade's one-time cost (pure)."""
+    now = spec.spec_hash(machine)
+    return recorded_hash not in (None, now) and recorded_hash == spec.spec_hash(machine, RESTART_FIELDS)
 
 
 def _caches(machine: TargetMachine, spec: EngineSpec, clear: bool) -> CacheReport | None:
