@@ -238,6 +238,7 @@ def _run(machine: TargetMachine, image: str, mode: str, args: dict[str, Any]) ->
             output = client.containers.run(**kwargs)
     except Exception as exc:  # noqa: BLE001 - docker's errors and the helper's exit, named with the fix
         said = getattr(exc, "stderr", None) or getattr(exc, "explanation", None) or exc
+        said = said.decode("utf-8", "replace").strip() if isinstance(said, bytes) else said
         raise CacheError(
             f"the vLLM caches at {machine.vllm_cache_dir} on target {machine.name!r} could not be changed ({mode}):"
             f" {str(said)[-300:]}. Check that the docker host can create that directory (vllm_cache_dir), or turn"
