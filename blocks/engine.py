@@ -1,7 +1,9 @@
 """The served engine: what `vllm serve` runs, as a Prefect block an operator edits in the UI.
 
 Every default is the runbook's compose service ("Service Configuration", copied verbatim in
-`tests/data/runbook_compose.yaml`); the presets are its three "Performance Tuning" blocks. The
+`tests/data/runbook_compose.yaml`) but two that make restarts fast: ``loader="auto"`` and
+``persistent_caches=True``; the ``runbook`` preset sets those back, and its command and mounts are the
+compose file's exactly. The other presets are its three "Performance Tuning" blocks. The
 methods here are pure: they render the spec, they never touch docker or the Prefect API.
 `load_engine_spec` is the one path from the flows' parameters (engine block, preset, overrides)
 to a spec. This module imports nothing from `blocks.target` (see `blocks.shared`).
@@ -45,17 +47,24 @@ __all__ = [
     "RestartPolicy",
     "format_utilization",
     "load_engine_spec",
+    "LoaderSetting",
+    "RESTART_FIELDS",
 ]
 
 #: docker's restart policies (`docker run --restart`, compose `restart:`).
 RestartPolicy = Literal["no", "always", "on-failure", "unless-stopped"]
 PresetName = Literal["runbook", "throughput", "latency", "max-context"]
+#: How vLLM reads the weights: ``auto`` lets deploy-qwen choose the fastest the image offers
+#: (tasks/loader.py `choose_loader`); the others pin one (docs/operator.md, "The loader").
+LoaderSetting = Literal["auto", "mmap", "eager", "fastsafetensors"]
 
 #: The runbook's three tuning blocks, field by field. Each block lists only the flags it changes;
-#: everything else (prefix caching, trust-remote-code, image, paths) stays at the runbook's service.
+#: everything else (prefix caching, trust-remote-code, image, paths) stays at the spec's defaults,
+#: the fast loader and the cache mounts included (only `runbook` sets those back).
 PRESETS: dict[str, dict[str, Any]] = {
-    # "Service Configuration": the compose file itself.
-    "runbook": {},
+    # "Service Configuration": the compose file itself, exactly: vLLM's own loader (mmap) and no cache
+    # mounts, the two things this project's defaults add for fast restarts (docs/operator.md).
+    "runbook": {"loader": "mmap", "persistent_caches": False},
     # "For Maximum Throughput"
     "throughput": {
         "max_model_len": 32000,
@@ -100,7 +109,15 @@ HASHED_FIELDS: tuple[str, ...] = (
     "restart_policy",
     "extra_args",
     "env",
+    "loader",
+    "persistent_caches",
 )
+
+#: What the fast restarts added to the spec hash (the spec's ``loader`` and ``persistent_caches``, the
+#: target's ``vllm_cache_dir``): a server started before they existed has the hash computed without
+#: them, which is how deploy-qwen tells "replaced once because the project was upgraded" from a real
+#: change of the spec (docs/operator.md, "Upgrading").
+RESTART_FIELDS: tuple[str, ...] = ("loader", "persistent_caches", "vllm_cache_dir")
 
 DEFAULT_PORT = 8000
 
@@ -130,6 +147,7 @@ class FlagKind(StrEnum):
     SWITCH = "switch"  # `--flag` or `--no-flag`, always
     ON = "on"  # `--flag` when True; nothing when False (vLLM's default)
     OFF = "off"  # `--no-flag` when False; nothing when True (the default here)
+    WHEN = "when"  # `--flag <value>` when the value is one of `CliFlag.when`; nothing otherwise
 
 
 def _unset(spec: EngineSpec) -> Any:
@@ -152,6 +170,7 @@ class CliFlag:
             file:line of every inspected version); a version no variant holds for has no such flag.
         text: the value as the runbook writes it.
         vllm_default: for OPTIONAL, the value vLLM takes when the flag is left out (not rendered).
+        when: for WHEN, the values of the field that render the flag (any other renders nothing).
     """
 
     field: str
@@ -159,6 +178,7 @@ class CliFlag:
     spelled: tuple[Variant[str], ...]
     text: Callable[[Any], str] = str
     vllm_default: Callable[[EngineSpec], Any] = _unset
+    when: tuple[str, ...] = ()
 
     @property
     def flag(self) -> str:
@@ -208,6 +228,8 @@ class CliFlag:
             return [flag, self.text(value)]
         if self.kind is FlagKind.OPTIONAL:
             return [] if value is None or value == self.vllm_default(spec) else [flag, self.text(value)]
+        if self.kind is FlagKind.WHEN:
+            return [flag, self.text(value)] if value in self.when else []
         off = "--no-" + flag.removeprefix("--")
         if self.kind is FlagKind.SWITCH:
             return [flag if value else off]
@@ -229,6 +251,14 @@ def _everywhere(flag: str, *lines: int, path: str = _ARGS) -> tuple[Variant[str]
     """A flag spelled the same in every inspected vLLM, at ``lines`` (one per version of `_READ`)."""
     where = ", ".join(f":{line} ({version})" for line, version in zip(lines, _READ, strict=True))
     return (Variant("", flag, f"{path}{where}"),)
+
+
+def _since(versions: str, flag: str, *lines: int, path: str = _ARGS) -> tuple[Variant[str], ...]:
+    """A flag that appeared in vLLM: spelled the same from ``versions`` on, at ``lines`` (one per
+    version of `_READ` in that range)."""
+    read = [version for version in _READ if Variant(versions, flag, "").holds_for(Version(version))]
+    where = ", ".join(f":{line} ({version})" for line, version in zip(lines, read, strict=True))
+    return (Variant(versions, flag, f"{path}{where}; absent before"),)
 
 
 #: The one table of which field renders to which `vllm serve` flag, in the runbook's order (the
@@ -287,6 +317,25 @@ ENGINE_FLAGS: tuple[CliFlag, ...] = (
         ),
         vllm_default=lambda s: DEFAULT_PORT,
     ),
+    # The loader (tasks/loader.py chooses it). `mmap` renders nothing: vLLM's own default, load format
+    # "auto" read through safetensors' mmap (LoadConfig.load_format, vllm/config/__init__.py:1759 in
+    # 0.10.1.1, vllm/config/load.py:30 in 0.31.0), as the runbook runs it. fastsafetensors is a load
+    # format of every inspected vLLM (vllm/model_executor/model_loader/__init__.py:32 in 0.10.1.1, :35
+    # in 0.11.1, :37 in 0.31.0), imported from the package of that name (weight_utils.py:48 in 0.10.1.1,
+    # :57 in 0.31.0): the image must have it. "eager" reads each file whole into CPU memory
+    # (vllm/config/load.py:54-61 in 0.10.2, :65-79 in 0.31.0), from 0.10.2 on (vllm PR 24469).
+    CliFlag(
+        "loader",
+        FlagKind.WHEN,
+        _everywhere("--load-format", 566, 595, 699, 756, 838, 1035),
+        when=("fastsafetensors",),
+    ),
+    CliFlag(
+        "loader",
+        FlagKind.WHEN,
+        _since(">=0.10.2", "--safetensors-load-strategy", 598, 702, 759, 841, 1038),
+        when=("eager",),
+    ),
 )
 
 
@@ -314,16 +363,6 @@ KNOWN_FLAGS: tuple[KnownFlag, ...] = (
         "drop it: requests are not logged unless --enable-log-requests is given"
         f" ({_ARGS}:2187 in 0.17.1, :3141 in 0.31.0)",
     ),
-    # vllm PR 24469: how safetensors shards are read (lazy/eager...): a lever for warm restarts
-    KnownFlag(
-        "--safetensors-load-strategy",
-        Variant(
-            ">=0.10.2",
-            "LoadConfig.safetensors_load_strategy",
-            f"{_ARGS}:598 (0.10.2), :702 (0.11.1), :759 (0.17.1), :841 (0.20.1), :1038 (0.31.0); absent from 0.10.1.1",
-        ),
-        "drop it: vLLM 0.10.1.1 reads safetensors lazily and has no such flag",
-    ),
 )
 
 
@@ -350,7 +389,8 @@ MANAGED_FLAGS: dict[str, str] = {spelling: f.field for f in ENGINE_FLAGS for spe
 class EngineSpec(Block):
     """What `vllm serve` runs: the runbook's compose service, field by field.
 
-    Defaults reproduce `docker compose up -d vllm-qwen3-32b-fp8` from the runbook exactly.
+    The `runbook` preset reproduces `docker compose up -d vllm-qwen3-32b-fp8` from the runbook
+    exactly; the defaults differ from it in the loader (`auto`) and the cache mounts only.
     Change a value here (UI: Blocks -> vLLM Engine Spec) and the next deploy replaces the
     container; leave it and a re-run is a no-op.
     """
@@ -425,6 +465,26 @@ class EngineSpec(Block):
         default_factory=dict,
         title="Extra container environment (not secret)",
         description="Secrets (HF token, API key) come from the target's Secret blocks instead.",
+    )
+    loader: LoaderSetting = Field(
+        default="auto",
+        title="Weight loader",
+        description=(
+            "How vLLM reads the weights. auto: fastsafetensors when the image has the package, else the "
+            "eager strategy (vLLM 0.10.2+), else mmap; deploy-qwen learns what the image offers and says "
+            "its choice in the report. mmap: vLLM's default, as the runbook runs it (slow on GB10, about "
+            "155 MB/s). eager: `--safetensors-load-strategy eager` (0.10.2+). fastsafetensors: "
+            "`--load-format fastsafetensors` (the image needs the package). docs/operator.md"
+        ),
+    )
+    persistent_caches: bool = Field(
+        default=True,
+        title="Persistent compile and kernel caches",
+        description=(
+            "Mount the target's vllm_cache_dir for vLLM's compile cache and the Triton and FlashInfer "
+            "kernel caches, so a restart of the same spec skips torch.compile. Off: every container "
+            "compiles afresh, as the runbook's does."
+        ),
     )
     bench_gate: BenchGate | None = Field(
         default=None,
@@ -587,6 +647,14 @@ class EngineSpec(Block):
         rendered = (arg for flag in ENGINE_FLAGS for arg in flag.render(self, version))
         return ["vllm", "serve", *rendered, *self.extra_args]
 
+    def loader_flags(self, version: Version | None = None) -> list[str]:
+        """The arguments the ``loader`` field renders for ``version`` (`ENGINE_FLAGS`' loader rows).
+
+        Raises:
+            FlagUnavailable: the loader needs a flag this vLLM does not have (eager before 0.10.2).
+        """
+        return [arg for flag in ENGINE_FLAGS if flag.field == "loader" for arg in flag.render(self, version)]
+
     def hashed_fields(self) -> dict[str, Any]:
         """The fields that shape the container, as plain JSON-able values."""
         return self.model_dump(mode="json", include=set(HASHED_FIELDS))
@@ -599,17 +667,20 @@ class EngineSpec(Block):
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
-    def spec_hash(self, target: ContainerIdentity | None = None) -> str:
+    def spec_hash(self, target: ContainerIdentity | None = None, leave_out: tuple[str, ...] = ()) -> str:
         """Stable 12-hex digest of what the container is made of (for the spec-hash label).
 
         Without a target: the spec's fields only. With a target: also the target's fields that
         shape the container (cache dir, GPUs, published address and port, extra volumes and env,
         which Secret blocks are used), so moving the port or the cache replaces the container
         too. `container_labels(spec, target)` uses the latter. Secret values never enter it.
+        ``leave_out``: field names (spec or target) hashed as if they did not exist: with
+        `RESTART_FIELDS`, the hash a server got before the fast restarts were added.
         """
-        data: dict[str, Any] = {"spec": self.hashed_fields()}
+        fields = {k: v for k, v in self.hashed_fields().items() if k not in leave_out}
+        data: dict[str, Any] = {"spec": fields}
         if target is not None:
-            data["target"] = target.container_identity()
+            data["target"] = {k: v for k, v in target.container_identity().items() if k not in leave_out}
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import docker.types
@@ -32,8 +33,12 @@ from blocks.shared import (
     SECRET_FLAGS,
 )
 from blocks.target import TargetMachine, split_volume_target
+from tasks.vllm.versions import Variant, select
 
 __all__ = [
+    "CACHE_MOUNTS",
+    "CacheMount",
+    "cache_volumes",
     "REDACTED",
     "SecretValue",
     "compose_service",
@@ -111,14 +116,84 @@ def device_requests(target: TargetMachine) -> list[docker.types.DeviceRequest]:
     return []
 
 
-def _volumes(spec: EngineSpec, target: TargetMachine) -> dict[str, dict[str, str]]:
+@dataclass(frozen=True)
+class CacheMount:
+    """One cache a server keeps across containers: a subdirectory of the target's ``vllm_cache_dir``
+    mounted where the server's processes (root, HOME=/root in the NVIDIA image and the imitation)
+    keep it, by vLLM version.
+
+    Attributes:
+        subdir: the host subdirectory under ``vllm_cache_dir``.
+        path: where the container keeps the cache, per vLLM version (a `Variant` each, with its source).
+        what: what it holds, for the docs and the report.
+    """
+
+    subdir: str
+    path: tuple[Variant[str], ...]
+    what: str
+
+
+#: The caches mounted when the spec keeps ``persistent_caches`` (the one table: rendering mounts them,
+#: tasks/caches.py creates, measures, bounds and clears them).
+CACHE_MOUNTS: tuple[CacheMount, ...] = (
+    CacheMount(
+        "vllm",
+        (
+            Variant(
+                "",
+                "/root/.cache/vllm",
+                "VLLM_CACHE_ROOT defaults to $XDG_CACHE_HOME/vllm, ~/.cache/vllm: vllm/envs.py:290-295 and"
+                " get_default_cache_root :167-171 (0.10.1.1); :303/:180 (0.10.2), :486/:231 (0.11.1), :534/:250"
+                " (0.17.1), :566/:267 (0.20.1), :707/:333 (0.31.0)",
+            ),
+        ),
+        "vLLM's compile cache (torch_compile_cache/<config hash>, vllm/compilation/backends.py:527-530 in"
+        " 0.10.1.1, :1063-1065 in 0.31.0), with Inductor's code and its Triton kernels inside"
+        " (compiler_interface.py:274-279 in 0.10.1.1)",
+    ),
+    CacheMount(
+        "triton",
+        (
+            Variant(
+                "",
+                "/root/.triton/cache",
+                "Triton's default cache, ~/.triton/cache when TRITON_CACHE_DIR is unset, as"
+                " vllm/snapshot/runtime.py:91 (0.31.0) lists the caches an engine keeps",
+            ),
+        ),
+        "Triton kernels compiled outside torch.compile (vLLM's own Triton kernels)",
+    ),
+    CacheMount(
+        "flashinfer",
+        (
+            Variant(
+                "",
+                "/root/.cache/flashinfer",
+                "FlashInfer's JIT cache, ~/.cache/flashinfer, as vllm/snapshot/runtime.py:92 (0.31.0) lists it",
+            ),
+        ),
+        "FlashInfer's JIT-compiled kernels",
+    ),
+)
+
+
+def cache_volumes(target: TargetMachine, version: Version | None = None) -> dict[str, dict[str, str]]:
+    """The cache mounts (host subdirectory of ``vllm_cache_dir`` -> the path for ``version``)."""
+    root = target.vllm_cache_dir.rstrip("/")
+    return {f"{root}/{m.subdir}": {"bind": select(m.path, version), "mode": "rw"} for m in CACHE_MOUNTS}
+
+
+def _volumes(spec: EngineSpec, target: TargetMachine, version: Version | None = None) -> dict[str, dict[str, str]]:
     volumes = {target.cache_dir: {"bind": spec.download_dir, "mode": "rw"}}
+    if spec.persistent_caches:
+        volumes.update(cache_volumes(target, version))
     for host, container in target.extra_volumes.items():
         path, mode = split_volume_target(container)
-        if host in volumes or path == spec.download_dir:
+        if host in volumes or path in {mount["bind"] for mount in volumes.values()}:
             raise ValueError(
-                f"target {target.name!r}: extra_volumes entry {host!r} -> {container!r} collides with "
-                f"the model cache mount {target.cache_dir} -> {spec.download_dir}"
+                f"target {target.name!r}: extra_volumes entry {host!r} -> {container!r} collides with the model"
+                f" cache mount {target.cache_dir} -> {spec.download_dir} or a cache mount of vllm_cache_dir"
+                f" ({target.vllm_cache_dir})"
             )
         volumes[host] = {"bind": path, "mode": mode}
     return volumes
@@ -162,7 +237,7 @@ def container_kwargs(
         "name": spec.container_name,
         "detach": True,
         "ports": {f"{spec.container_port}/tcp": (target.publish_host, target.host_port)},
-        "volumes": _volumes(spec, target),
+        "volumes": _volumes(spec, target, version),
         "environment": container_environment(spec, target, secret_env),
         "restart_policy": {"Name": spec.restart_policy},
         "labels": dict(labels) if labels is not None else container_labels(spec, target),
@@ -272,7 +347,7 @@ def compose_service(spec: EngineSpec, target: TargetMachine, version: Version | 
         environment[key] = _Quoted(value)
     volumes = [
         f"{host}:{mount['bind']}" + (":ro" if mount["mode"] == "ro" else "")
-        for host, mount in _volumes(spec, target).items()
+        for host, mount in _volumes(spec, target, version).items()
     ]
     service: dict[str, Any] = {
         "image": spec.image,
@@ -294,7 +369,8 @@ def compose_service(spec: EngineSpec, target: TargetMachine, version: Version | 
 
 def compose_yaml(spec: EngineSpec, target: TargetMachine, version: Version | None = None) -> str:
     """The equivalent docker compose file: the runbook's service plus `HF_HUB_OFFLINE` and
-    `HF_HUB_CACHE`. Secrets stay `${VAR}` references to the `.env` file, as in the runbook."""
+    `HF_HUB_CACHE` (and, with ``persistent_caches``, the cache mounts of `CACHE_MOUNTS`). Secrets stay
+    `${VAR}` references to the `.env` file, as in the runbook."""
     document = {"services": {target.apply_to(spec).container_name: compose_service(spec, target, version)}}
     header = (
         f"# Rendered by spark-vllm from the engine spec and target {target.name!r}.\n"

@@ -122,6 +122,27 @@ class TargetMachine(Block):
         title="Model cache dir (host)",
         description="Host path mounted at the engine spec's download dir (runbook: /opt/hf).",
     )
+    vllm_cache_dir: str = Field(
+        default="/opt/vllm-cache",
+        title="vLLM compile and kernel caches (host)",
+        description=(
+            "Host directory for vLLM's compile cache and the Triton and FlashInfer kernel caches, mounted "
+            "into every server whose engine spec keeps persistent_caches on (subdirectories vllm, triton, "
+            "flashinfer): a restart of the same spec skips torch.compile. Next to the model cache (/opt/hf). "
+            "Targets on one machine may share it: vLLM keys each entry by its config. Never removed by a "
+            "stop or a prune; deploy-qwen clear_caches=true empties it."
+        ),
+    )
+    vllm_cache_max_gib: float = Field(
+        default=20.0,
+        title="Cache bound (GiB)",
+        description=(
+            "Before a start, the oldest compile and kernel cache entries beyond this size are removed (the "
+            "next start of their config compiles again). 20 GiB: room for the compile caches of many specs "
+            "and vLLM versions (Inductor's code and Triton kernels per config) while staying small beside "
+            "the ~32 GB model; the deploy report shows the real size, to set it from. 0: no bound."
+        ),
+    )
     gpus: Literal["all", "none"] = Field(
         default="all",
         title="GPUs",
@@ -261,7 +282,14 @@ class TargetMachine(Block):
             )
         return value
 
-    @field_validator("cache_dir", "drop_caches_path")
+    @field_validator("vllm_cache_max_gib")
+    @classmethod
+    def _cache_bound(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"vllm_cache_max_gib must be >= 0 GiB (got {value}); 20 is the default, 0 means no bound")
+        return value
+
+    @field_validator("cache_dir", "vllm_cache_dir", "drop_caches_path")
     @classmethod
     def _absolute(cls, value: str, info) -> str:
         if not value.startswith("/"):
@@ -383,6 +411,7 @@ class TargetMachine(Block):
             "image": self.image,
             "container_name": self.container_name,
             "cache_dir": self.cache_dir,
+            "vllm_cache_dir": self.vllm_cache_dir,
             "gpus": self.gpus,
             "publish_host": self.publish_host,
             "host_port": self.host_port,

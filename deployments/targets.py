@@ -56,7 +56,9 @@ def sim_target(
     extra_env: dict[str, str] | None = None,
     **overrides: Any,
 ) -> TargetMachine:
-    """A target on this rig: the imitation image, a cache and a memory ledger under ``root``.
+    """A target on this rig: the imitation image, a model cache, a compile/kernel cache directory
+    (``vllm-cache``, created by deploy-qwen's helper container as a Spark's is) and a memory ledger
+    under ``root``.
 
     The ledger directory stands for the Spark's unified memory: every imitation container of
     this target mounts it, the image's ``meminfo`` command renders it as /proc/meminfo at the moment
@@ -77,6 +79,7 @@ def sim_target(
         image_pull=False,
         gpus="none",
         cache_dir=str(cache),
+        vllm_cache_dir=str(root / "vllm-cache"),
         publish_host="127.0.0.1",
         client_host="127.0.0.1",
         host_port=host_port,

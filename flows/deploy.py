@@ -3,8 +3,9 @@
     prefect deployment run deploy-qwen/spark      # the DGX Spark, NVIDIA image, real Hub
     prefect deployment run deploy-qwen/sim        # the same flow on the imitations
 
-Runbook steps -> flow steps: prerequisites (.env, /opt/hf) -> preflight; model download -> stage;
-`docker compose up -d` -> replace-or-keep + start; "Monitor Loading" and `curl /health` ->
+Runbook steps -> flow steps: prerequisites (.env, /opt/hf) -> preflight, then what the image offers
+(its vLLM, fastsafetensors) and the loader it gets; model download -> stage; `docker compose up -d` ->
+replace-or-keep, the compile/kernel caches (create, bound), start; "Monitor Loading" and `curl /health` ->
 wait-until-ready; "Troubleshooting: Container Fails with Memory Errors" -> recovery (classify the
 failure, act once, retry: tasks/serve.py); "Test inference" -> smoke-inference; "Key Metrics" ->
 the report. A deploy that cannot start a new spec rolls back to the last spec that served on the
@@ -13,6 +14,7 @@ target, so a failed deploy does not leave the target without a server.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -20,13 +22,15 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
-from blocks.engine import EngineSpec, extra_args_warnings
+from blocks.engine import RESTART_FIELDS, EngineSpec, extra_args_warnings
 from blocks.target import TargetMachine
+from tasks.caches import CacheReport, bound_caches, clear_caches, evict_cache_entries, list_caches, pick_evictions
 from tasks.container import remove_container, replace_or_keep
 from tasks.errors import ServerDidNotStart, SparkVllmError
 from tasks.events import ServiceEvent, emit_service_event
 from tasks.fleet import DeployOutcome, publish_outcome
 from tasks.inference import SmokeResult, smoke_inference
+from tasks.loader import LoaderChoice, choose_loader, with_loader
 from tasks.loadtest.run import GateResult, run_gate
 from tasks.locks import gpu_lock
 from tasks.preflight import preflight
@@ -40,13 +44,22 @@ from tasks.staging.stage import stage_steps
 from tasks.state import clear_recover_runs, last_healthy, last_healthy_record, record_healthy
 from tasks.vllm.versions import VersionInfo
 from tasks.vllm_version import (
+    ImageFacts,
     confirm_version,
-    learn_vllm_version,
+    learn_image,
     recorded_version,
     version_rows,
     version_warnings,
 )
 from tasks.warmup import warm_page_cache
+
+#: What the deploy report says when a server is replaced only because the project's upgrade added the
+#: fast-restart fields to the spec hash (`RESTART_FIELDS`): once per server, never again.
+UPGRADE_NOTE = (
+    "replaced the running server once for the project's upgrade: the fast-restart defaults (loader auto,"
+    " persistent caches) change the command line and the mounts, and so the spec hash; the next deploy of"
+    " this spec keeps it. The runbook's exact command is the 'runbook' preset (docs/operator.md)"
+)
 
 
 class DeployResult(BaseModel):
@@ -72,6 +85,8 @@ class DeployResult(BaseModel):
     staged_commit: str | None = None
     vllm_version: str | None = None  # as the server said it (0.10.1.1+381074ae.nv25.09), else as learnt
     gate: GateResult | None = None
+    loader: LoaderChoice | None = None  # the loader the spec got on this image, and why
+    caches: CacheReport | None = None  # the compile/kernel caches before this start (None: no start, or none kept)
     duration_s: float
     warnings: list[str] = Field(default_factory=list)
 
@@ -101,6 +116,7 @@ def deploy_qwen(
     timeouts: ReadinessTimeouts = ReadinessTimeouts(),
     recover: bool = True,
     max_attempts: int = 2,
+    clear_caches: bool = False,
 ) -> DeployResult:
     """Deploy the engine spec on the target machine and prove it answers.
 
@@ -112,12 +128,15 @@ def deploy_qwen(
     Args:
         target: name of the TargetMachine block (e.g. "spark", "sim").
         engine: name of an EngineSpec block; None = the runbook's compose file.
-        preset: one of the runbook's tuning blocks: "throughput", "latency", "max-context".
+        preset: one of the runbook's tuning blocks: "throughput", "latency", "max-context"; or "runbook":
+            the compose file's exact command (vLLM's mmap loader, no cache mounts).
         overrides: EngineSpec fields to change for this run only, e.g. {"gpu_memory_utilization": 0.75}.
         stage: stage the model first (skipped in seconds when the cache's manifest verifies).
         timeouts: per-phase readiness limits.
         recover: on a memory failure, classify it, act once and retry (docs/recovery.md); off: fail.
         max_attempts: retries after the first start, at most.
+        clear_caches: empty the target's compile and kernel caches and start afresh (a healthy server of
+            the same spec is replaced too): for a cache that is suspect.
     """
     started = time.monotonic()
     resolved = load_target(target, engine, preset, overrides)
@@ -127,18 +146,26 @@ def deploy_qwen(
     try:
         # Prerequisites: docker on this machine, GPU runtime, port, image. Changes nothing.
         warnings = preflight(machine, spec.image)
-        # Which vLLM the image runs: its memory rules and flags are chosen by it (docs/versions.md).
-        vllm = learn_vllm_version(machine, spec.image)
+        # Which vLLM the image runs and whether it has fastsafetensors (one container; docs/versions.md).
+        image = learn_image(machine, spec.image)
+        vllm = image.vllm
+        # The loader: `auto` becomes the fastest the image has; a pinned one it lacks fails here.
+        resolved, loader = _loader(resolved, image)
+        spec, spec_hash = resolved.spec, resolved.spec.spec_hash(machine)
         warnings += _version_checks(spec, vllm)
         # Model download into /opt/hf: outside the GPU lock (a 32 GB download must not hold up stop-qwen).
         staged = _stage(machine, spec) if stage else None
         with gpu_lock(machine.name):
             # `docker compose up -d`: keep a healthy identical server, else replace ours and gate on health.
             healthy = endpoint_ready(machine.endpoint, spec.served_name, resolved.secrets.api_key)
-            kept = replace_or_keep(resolved.docker_host, machine.name, spec.container_name, spec_hash, healthy)
+            upgraded = healthy and replaced_for_upgrade(last_healthy_record(machine.name).spec_hash, spec, machine)
+            keep = healthy and not clear_caches
+            kept = replace_or_keep(resolved.docker_host, machine.name, spec.container_name, spec_hash, keep)
+            # The compile and kernel caches the new server mounts: created, bounded, cleared when asked.
+            caches = _caches(machine, spec, clear_caches) if kept is None else None
             limits = RecoveryLimits(max_attempts=max_attempts)
             if kept is None:  # ours is gone: read the shards into the page cache where that helps (docs/recovery.md)
-                warm_page_cache(machine, spec, vllm.parsed, "mmap")
+                warm_page_cache(machine, spec, vllm.parsed, loader.name)
             served = _start(resolved, spec_hash, timeouts, recover, limits, healthy, vllm) if kept is None else None
             # The server's own word on its vLLM (its log's version line, else GET /version) wins.
             logged = served.readiness.stats.version if served and served.readiness.stats else None
@@ -153,9 +180,49 @@ def deploy_qwen(
     except Exception as exc:
         _report_failure(machine, spec, spec_hash, exc, resolved.secrets, vllm)
         raise
+    warnings += [
+        *([UPGRADE_NOTE] if upgraded and served else []),
+        *([caches.warning] if caches and caches.warning else []),
+    ]
     result = _result(machine, spec, spec_hash, served, smoke, staged, warnings, started, gate, gate_note, vllm)
+    result = result.model_copy(update={"loader": loader, "caches": caches})
     _report(result, spec, served, vllm)
     return result
+
+
+def _loader(resolved: Target, image: ImageFacts) -> tuple[Target, LoaderChoice]:
+    """The spec with its loader chosen for the image (tasks/loader.py), and the choice, logged once.
+
+    Raises:
+        LoaderUnavailable: the spec pins a loader the image lacks (before anything starts).
+    """
+    choice = choose_loader(resolved.spec.loader, image.vllm.parsed, image.fastsafetensors)
+    get_run_logger().info("loader: %s", _loader_row(choice))
+    return dataclasses.replace(resolved, spec=with_loader(resolved.spec, choice)), choice
+
+
+def replaced_for_upgrade(recorded_hash: str | None, spec: EngineSpec, machine: TargetMachine) -> bool:
+    """True when the serving server (its recorded hash) is ``spec`` as hashed before the fast-restart
+    fields existed (`RESTART_FIELDS`): replacing it is the project upgrade's one-time cost (pure)."""
+    now = spec.spec_hash(machine)
+    return recorded_hash not in (None, now) and recorded_hash == spec.spec_hash(machine, RESTART_FIELDS)
+
+
+def _caches(machine: TargetMachine, spec: EngineSpec, clear: bool) -> CacheReport | None:
+    """Before a start: clear the caches when asked; create them (when the spec mounts them) and keep them
+    under the target's bound, oldest entries first. None when the spec keeps no caches (runbook preset)."""
+    if clear:
+        clear_caches(machine, spec.image)
+    if not spec.persistent_caches:
+        return None
+    listing = list_caches(machine, spec.image)
+    evicted = pick_evictions(listing, int(machine.vllm_cache_max_gib * 1024**3))
+    if evicted:
+        evict_cache_entries(machine, spec.image, evicted)
+    report = bound_caches(machine, listing, evicted, cleared=clear)
+    if report.warning:
+        get_run_logger().warning("%s", report.warning)
+    return report
 
 
 def _version_checks(spec: EngineSpec, vllm: VersionInfo) -> list[str]:
@@ -408,6 +475,14 @@ def _report_failure(
     )
 
 
+def _loader_row(choice: LoaderChoice | None) -> str | None:
+    """`eager (--safetensors-load-strategy eager): auto: ...`: the loader, its flags and why."""
+    if choice is None:
+        return None
+    flags = f" ({' '.join(choice.flags)})" if choice.flags else ""
+    return f"{choice.name}{flags}: {choice.why}"
+
+
 def _report(result: DeployResult, spec: EngineSpec, served: Served | None, vllm: VersionInfo) -> None:
     """A deploy that serves reports: the report artifact for the operator, the outcome for the flow
     that started it, the event for automations, one log line."""
@@ -426,6 +501,8 @@ def _report(result: DeployResult, spec: EngineSpec, served: Served | None, vllm:
         "KV cache tokens": f"{result.kv_cache_tokens:,}" if result.kv_cache_tokens else None,
         "max concurrency (at max-model-len)": result.max_concurrency,
         "model load (s)": result.load_s,
+        "loader": _loader_row(result.loader),
+        "vLLM caches": result.caches.summary() if result.caches else None,
         "time to ready (s)": result.time_to_ready_s,
         "smoke answer (12*17)": result.smoke_answer,
         "smoke latency (s)": result.smoke_latency_s,

@@ -28,6 +28,7 @@ from tasks.errors import SparkVllmError
 from tasks.events import ServiceEvent, emit_service_event
 from tasks.health.probes import probe_endpoints
 from tasks.inference import smoke_inference
+from tasks.loader import loader_as_served
 from tasks.locks import gpu_lock
 from tasks.memory import wait_for_release
 from tasks.readiness import ReadinessTimeouts
@@ -150,6 +151,7 @@ def _recover(
     """The recovery itself, inside the target's GPU lock (see the module docstring)."""
     # Which vLLM: the last healthy server's word for this image, else the image's own (tasks/vllm_version.py)
     recorded = last_healthy_record(machine.name).vllm_version_of(spec.image)
+    spec = loader_as_served(spec, last_healthy_record(machine.name).spec)  # the loader deploy-qwen chose for it
     vllm = recorded_version(spec.image, recorded) or learn_vllm_version(machine, spec.image)
     failure = _dead_server(machine, secrets, docker_host, limits, wedged, vllm)
     kind = failure.cause.kind.value if failure else None

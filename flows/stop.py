@@ -2,7 +2,8 @@
 
 Stale processes holding GPU memory after a stop are a known pain on these servers; a stop that
 does not check leaves the next start to fail with "Free memory on device". This flow stops and
-removes only our containers for the target, then reads the target's meminfo until a start at the
+removes only our containers for the target (never the model cache or the compile/kernel caches
+of ``vllm_cache_dir``: the next start reuses them), then reads the target's meminfo until a start at the
 spec's utilization would fit again, and says what still holds memory when it would not.
 """
 
@@ -51,6 +52,8 @@ def stop_qwen(
         set_desired(machine.name, "stopped")  # on purpose: health checks report it stopped, never recover it
         before = read_memory(machine, spec.image, unreadable_ok=True)
         removed = remove_managed_containers(machine.docker_host(), machine.name, stop_timeout_s)
+        # containers only: the model cache and the compile/kernel caches stay for the next start
+        logger.info("the vLLM caches at %s stay (deploy-qwen clear_caches=true empties them)", machine.vllm_cache_dir)
         released, after = (
             (None, None)
             if before is None

@@ -55,6 +55,7 @@ from tasks.memory import (
 from tasks.prune import prune_docker
 from tasks.readiness import MemoryGuard, Readiness, ReadinessFailed, ReadinessTimeouts, wait_until_ready
 from tasks.recovery.kv_model import QWEN3_32B_FP8_WEIGHTS_GIB
+from tasks.recovery.load_memory import LOADER_MEMORY
 from tasks.recovery.planner import plan_recovery
 from tasks.recovery.step import Action, MachineMemory, RecoveryLimits, RecoveryStep, retry_spec
 from tasks.report import artifact_key
@@ -194,6 +195,14 @@ class Failure:
     attempt: Attempt | None = None
 
 
+def loader_of(spec: EngineSpec, loader: str | None = None) -> str:
+    """The loader a start of ``spec`` uses: ``loader`` when given, else the spec's own once resolved
+    (tasks/loader.py `with_loader` turns ``auto`` into a loader's name), else "mmap" (vLLM's default)."""
+    if loader:
+        return loader
+    return spec.loader if spec.loader in LOADER_MEMORY else "mmap"
+
+
 def failure_of(exc: BaseException) -> tuple[FailureCause, list[str]]:
     """The classified cause of a failed start, and the log lines it came from (for calibration)."""
     if isinstance(exc, ReadinessFailed):
@@ -210,14 +219,15 @@ def start_once(
     secrets: ServerSecrets,
     timeouts: ReadinessTimeouts,
     version: Version | None = None,
-    loader: str = "mmap",
+    loader: str | None = None,
     weights_gib: float = QWEN3_32B_FP8_WEIGHTS_GIB,
 ) -> tuple[str, Readiness]:
     """Make room in memory, start the container, wait until it serves; remove it if it never does.
     ``version``: the vLLM the image runs (None: the runbook's 0.10.1.1 for memory, every log form).
-    ``loader``: the weight loader the start uses (tasks/loader.py's choice; "mmap" is today's start):
-    the pre-start check and the memory guard count its buffer (tasks/recovery/load_memory.py), with
-    ``weights_gib`` in memory by the end of the load."""
+    ``loader``: the weight loader the start uses (None: the spec's own, `loader_of`): the pre-start
+    check and the memory guard count its buffer (tasks/recovery/load_memory.py), with ``weights_gib``
+    in memory by the end of the load."""
+    loader = loader_of(spec, loader)
     kwargs = container_kwargs(
         spec,
         machine,
@@ -311,7 +321,7 @@ def serve(
     history: list[RecoveryStep] | None = None,
     failure: Failure | None = None,
     vllm: VersionInfo | None = None,
-    loader: str = "mmap",
+    loader: str | None = None,
 ) -> Served:
     """Start ``requested``; on a failure, classify, plan, act and retry until it serves or the planner
     gives up (then StartFailed, nothing left running). ``recover=False``: one start, its failure raised.
@@ -330,9 +340,9 @@ def serve(
         vllm: the vLLM the image runs, as preflight learnt it (None: the runbook's 0.10.1.1): the
             pre-start memory check, the readiness gate's log forms and failure texts, and the planner
             read what its free-memory check reads (MemFree or MemAvailable); the events name it.
-        loader: the weight loader the spec's command uses (tasks/loader.py `choose_loader`'s name:
-            "mmap", "eager" or "fastsafetensors"; "mmap" is today's start): the pre-start check and
-            the memory guard count its buffer while the shards load.
+        loader: the weight loader the spec's command uses ("mmap", "eager" or "fastsafetensors"; None:
+            the spec's own once tasks/loader.py `with_loader` resolved it, else "mmap", today's start):
+            the pre-start check and the memory guard count its buffer while the shards load.
     """
     logger = get_run_logger()
     version = vllm.parsed if vllm else None
@@ -373,7 +383,7 @@ def _start(
     attempts: list[Attempt],
     recover: bool,
     version: Version | None = None,
-    loader: str = "mmap",
+    loader: str | None = None,
     limits: RecoveryLimits | None = None,
 ) -> tuple[str, Readiness] | Failure:
     """One start, recorded as a row of ``attempts``: the container and what the gate learned, or the

@@ -4,8 +4,9 @@ Decisions such as dropping the page cache (vLLM 0.10.x reads MemFree, 0.11.1+ Me
 which `vllm serve` flags exist are taken before the server starts, so deploy-qwen learns the
 version right after preflight, in the order of trust (docs/versions.md):
 
-1. the image itself: `VERSION_PROBE` (``vllm.__version__``) in a throwaway container of the image
-   on the target's docker host, as the memory reader runs one (tasks/memory.py
+1. the image itself: `IMAGE_PROBE` (``vllm.__version__``, and whether ``fastsafetensors`` imports:
+   the image's capabilities, `ImageFacts`) in one throwaway container of the image on the target's
+   docker host, as the memory reader runs one (tasks/memory.py
    `helper_container_kwargs`: our labels, no network, the entrypoint bypassed); source ``image``;
 2. the NGC tag table (`version_of_image`, NVIDIA's release notes); source ``ngc-tag``;
 3. the runbook's vLLM, with a warning that says how to check; source ``assumed``.
@@ -21,6 +22,7 @@ from docker.errors import APIError, ContainerError, ImageNotFound
 from packaging.version import Version
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
 
 from blocks.target import TargetMachine
 from tasks.container import docker_client
@@ -37,8 +39,13 @@ from tasks.vllm.versions import (
 )
 
 __all__ = [
+    "IMAGE_PROBE",
+    "ImageFacts",
     "confirm_version",
+    "facts_before_start",
+    "fastsafetensors_from_probe",
     "fetch_server_version",
+    "learn_image",
     "learn_vllm_version",
     "read_server_version",
     "recorded_version",
@@ -47,6 +54,54 @@ __all__ = [
     "version_rows",
     "version_warnings",
 ]
+
+
+#: The line the probe prints about the fastsafetensors package, before the version line.
+_FASTSAFETENSORS = "fastsafetensors:"
+#: What runs in the one throwaway container: whether ``fastsafetensors`` imports (the package vLLM's
+#: fastsafetensors loader imports: vllm/model_executor/model_loader/weight_utils.py:48 in 0.10.1.1, :57 in
+#: 0.31.0; its absence is caught, never fatal), then `VERSION_PROBE` (the version on the last line).
+IMAGE_PROBE: tuple[str, ...] = (
+    VERSION_PROBE[0],
+    VERSION_PROBE[1],
+    "try:\n    import fastsafetensors\n"
+    f"    print({_FASTSAFETENSORS!r}, 'yes')\n"
+    "except Exception as exc:\n"
+    f"    print({_FASTSAFETENSORS!r}, 'no', type(exc).__name__)\n" + VERSION_PROBE[2],
+)
+
+
+class ImageFacts(BaseModel):
+    """What deploy-qwen knows of the image before it starts: its vLLM and what it offers the loader
+    (tasks/loader.py `choose_loader`).
+
+    Attributes:
+        vllm: the image's vLLM (`version_before_start`).
+        fastsafetensors: ``import fastsafetensors`` works inside the image (False when the probe said nothing).
+        note: why ``fastsafetensors`` is taken as absent when the probe could not say.
+    """
+
+    vllm: VersionInfo
+    fastsafetensors: bool = False
+    note: str = ""
+
+
+def fastsafetensors_from_probe(output: str | None) -> bool | None:
+    """What `IMAGE_PROBE` printed about fastsafetensors: True, False, None (no such line: it did not run)."""
+    for line in (output or "").splitlines():
+        words = line.split()
+        if words[:1] == [_FASTSAFETENSORS]:
+            return words[1:2] == ["yes"]
+    return None
+
+
+def facts_before_start(image: str, probed: str | None, probe_error: str | None) -> ImageFacts:
+    """`ImageFacts` from the probe's output (pure): the version as `version_before_start` reads it, and
+    the fastsafetensors line (absent when the probe did not run: the loader then does without it)."""
+    info = version_before_start(image, probed, probe_error)
+    has = fastsafetensors_from_probe(probed)
+    note = "" if has is not None else f"whether the image has fastsafetensors is unknown ({probe_error or 'no probe'})"
+    return ImageFacts(vllm=info, fastsafetensors=bool(has), note=note)
 
 
 def _check_command(image: str) -> str:
@@ -101,29 +156,49 @@ def _is_version(text: str) -> bool:
     return True
 
 
-@task(name="learn-vllm-version", cache_policy=NO_CACHE, task_run_name="learn-vllm-version {machine.name}")
-def learn_vllm_version(machine: TargetMachine, image: str) -> VersionInfo:
-    """The vLLM of ``image``, before it starts: `VERSION_PROBE` in a throwaway container of the image
-    on the target's docker host (a few seconds on a Spark: importing vllm imports torch), then the
-    NGC tag table, then the runbook's (assumed, with a warning). Never raises for a probe that fails.
-    """
-    logger = get_run_logger()
+def _probe(machine: TargetMachine, image: str) -> tuple[str | None, str | None]:
+    """`IMAGE_PROBE` in a throwaway container of ``image`` on the target's docker host: (what it
+    printed, why it printed nothing). Never raises for a probe that fails."""
     probed, error = None, None
     try:
         with docker_client(machine.docker_host()) as client:
-            output = client.containers.run(**helper_container_kwargs(machine, image, list(VERSION_PROBE)))
+            output = client.containers.run(**helper_container_kwargs(machine, image, list(IMAGE_PROBE)))
         probed = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
     except ContainerError as exc:  # docker-py keeps the container's stderr: its last line says why
         said = (exc.stderr or b"").decode("utf-8", "replace").strip().splitlines()[-1:]
         error = f"`{' '.join(VERSION_PROBE)}` exited {exc.exit_status}" + (f": {said[0][:200]}" if said else "")
     except (APIError, ImageNotFound, ConnectionError) as exc:
         error = str(getattr(exc, "explanation", None) or exc).splitlines()[0][:200]
-    info = version_before_start(image, probed, error)
+    return probed, error
+
+
+def _log_version(info: VersionInfo, image: str) -> None:
     if info.source == "assumed":
-        logger.warning("%s: %s", info.label(), info.note)
+        get_run_logger().warning("%s: %s", info.label(), info.note)
     else:
-        logger.info("%s runs %s", image, info.label())
+        get_run_logger().info("%s runs %s", image, info.label())
+
+
+@task(name="learn-vllm-version", cache_policy=NO_CACHE, task_run_name="learn-vllm-version {machine.name}")
+def learn_vllm_version(machine: TargetMachine, image: str) -> VersionInfo:
+    """The vLLM of ``image``, before it starts: `IMAGE_PROBE` in a throwaway container of the image
+    on the target's docker host (a few seconds on a Spark: importing vllm imports torch), then the
+    NGC tag table, then the runbook's (assumed, with a warning). Never raises for a probe that fails.
+    """
+    info = version_before_start(image, *_probe(machine, image))
+    _log_version(info, image)
     return info
+
+
+@task(name="learn-image", cache_policy=NO_CACHE, task_run_name="learn-image {machine.name}")
+def learn_image(machine: TargetMachine, image: str) -> ImageFacts:
+    """`learn_vllm_version`, and whether the image has fastsafetensors, from the same one container."""
+    facts = facts_before_start(image, *_probe(machine, image))
+    _log_version(facts.vllm, image)
+    get_run_logger().info(
+        "%s: fastsafetensors %s", image, "imports" if facts.fastsafetensors else f"absent {facts.note}".strip()
+    )
+    return facts
 
 
 def recorded_version(image: str, recorded: str | None) -> VersionInfo | None:
@@ -214,4 +289,4 @@ def version_rows(info: VersionInfo | None) -> dict[str, str | None]:
     and the note (why assumed, or the disagreement with the server); None values are left out."""
     if info is None:
         return {"vLLM": None}
-    return {"vLLM": info.label(), "vLLM note": info.note or None}
+    return {"vLLM": info.label().removeprefix("vLLM "), "vLLM note": info.note or None}

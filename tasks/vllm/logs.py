@@ -135,6 +135,7 @@ class EventKind(StrEnum):
     WEIGHTS_LOADED = "weights_loaded"
     MODEL_LOADED = "model_loaded"
     COMPILE_PROGRESS = "compile_progress"
+    COMPILE_CACHE_HIT = "compile_cache_hit"
     COMPILE_DONE = "compile_done"
     KV_CACHE_MEMORY = "kv_cache_memory"
     KV_CACHE_TOKENS = "kv_cache_tokens"
@@ -166,6 +167,7 @@ EVENT_PHASE: dict[EventKind, Phase | None] = {
     EventKind.WEIGHTS_LOADED: Phase.LOADING,
     EventKind.MODEL_LOADED: Phase.COMPILING,
     EventKind.COMPILE_PROGRESS: Phase.COMPILING,
+    EventKind.COMPILE_CACHE_HIT: Phase.COMPILING,
     EventKind.COMPILE_DONE: Phase.KV_CACHE,
     EventKind.KV_CACHE_MEMORY: Phase.KV_CACHE,
     EventKind.KV_CACHE_TOKENS: Phase.KV_CACHE,
@@ -278,9 +280,25 @@ GRAMMAR: tuple[LinePattern, ...] = (
         EventKind.SHARD_PROGRESS,
         _form(
             _ALL,
-            r"Loading safetensors checkpoint shards:\s*(?P<percent>\d+)% Completed \| (?P<done>\d+)/(?P<total>\d+)",
+            r"Loading safetensors checkpoint shards(?: \(eager\))?:\s*(?P<percent>\d+)% Completed \| "
+            r"(?P<done>\d+)/(?P<total>\d+)",
             "desc at vllm/model_executor/model_loader/weight_utils.py:469 (0.10.1.1), :525 (0.10.2), "
-            ":594 (0.11.1), :714 (0.17.1), :890 (0.20.1), :1049 (0.31.0)",
+            ":594 (0.11.1), :714 (0.17.1), :890 (0.20.1), :1049 (0.31.0); ` (eager)` added with "
+            "--safetensors-load-strategy eager: :526-527 (0.10.2), :1050-1051 (0.31.0)",
+        ),
+        _form(
+            "<0.31",
+            r"Loading safetensors using Fastsafetensor loader:\s*(?P<percent>\d+)% Completed \| "
+            r"(?P<done>\d+)/(?P<total>\d+)",
+            "--load-format fastsafetensors: desc at vllm/model_executor/model_loader/weight_utils.py:520 "
+            "(0.10.1.1), :617 (0.10.2), :728 (0.11.1), :864 (0.17.1), :1112 (0.20.1)",
+        ),
+        _form(
+            ">=0.31",
+            r"Loading fastsafetensors checkpoint shards:\s*(?P<percent>\d+)% Completed \| "
+            r"(?P<done>\d+)/(?P<total>\d+)",
+            "--load-format fastsafetensors in 0.31.0: vllm/model_executor/model_loader/weight_utils.py:1249 hands "
+            "the files to fastsafetensors' ParallelLoader, whose bar this is (fastsafetensors/parallel_loader.py)",
         ),
     ),
     _line(
@@ -489,15 +507,24 @@ GRAMMAR: tuple[LinePattern, ...] = (
         ),
         _form(
             _ALL,
+            r"for vLLM's torch\.compile",
+            "`Using cache directory: %s for vLLM's torch.compile`: vllm/compilation/backends.py:548 (0.10.1.1), "
+            ":539 (0.10.2), :632 (0.11.1), :917 (0.17.1), :1070 (0.20.1), :1091 (0.31.0)",
+        ),
+    ),
+    # the compile cache of an earlier start with the same config: torch.compile is skipped
+    _line(
+        EventKind.COMPILE_CACHE_HIT,
+        _form(
+            _ALL,
             r"Directly load the compiled graph",
             "vllm/compilation/backends.py:162 and :166 (0.10.1.1, 0.10.2), :211 and :217 (0.11.1), `for compile "
             "range %s` :267 (0.17.1), :291 (0.20.1, 0.31.0)",
         ),
         _form(
-            _ALL,
-            r"for vLLM's torch\.compile",
-            "`Using cache directory: %s for vLLM's torch.compile`: vllm/compilation/backends.py:548 (0.10.1.1), "
-            ":539 (0.10.2), :632 (0.11.1), :917 (0.17.1), :1070 (0.20.1), :1091 (0.31.0)",
+            ">=0.31",
+            r"Directly load AOT compilation from path",
+            "vllm/compilation/decorators.py:313 (0.31.0)",
         ),
     ),
     _line(
@@ -676,6 +703,8 @@ class StartupStats:
     graph_capture_seconds: float | None = None
     graph_gib: float | None = None
     init_engine_seconds: float | None = None
+    #: the start read an earlier start's torch.compile cache (a mounted cache directory survives the container).
+    compile_cache_hit: bool = False
     ready: bool = False
 
     def update(self, event: LogEvent) -> None:
@@ -685,6 +714,8 @@ class StartupStats:
             self.shards_done, self.shards_total = values["done"], values["total"]
         elif event.kind is EventKind.APP_STARTUP_COMPLETE:
             self.ready = True
+        elif event.kind is EventKind.COMPILE_CACHE_HIT:
+            self.compile_cache_hit = True
         elif event.kind is EventKind.ENGINE_INIT:
             self.version = self.version or values.get("version")
         elif event.kind in _STATS_KINDS:
@@ -693,7 +724,7 @@ class StartupStats:
                     setattr(self, name, value)
 
 
-_STATS_FIELD_NAMES = {f for f in StartupStats.__dataclass_fields__ if f != "ready"}
+_STATS_FIELD_NAMES = {f for f in StartupStats.__dataclass_fields__ if f not in ("ready", "compile_cache_hit")}
 _STATS_KINDS = {
     EventKind.VERSION,
     EventKind.ARCHITECTURE,

@@ -46,10 +46,10 @@ def test_deploy_then_noop_then_replace_then_stop(make_sim_target, docker_client)
     assert first.status == "deployed"
     assert first.smoke_answer and "204" in first.smoke_answer
     assert first.kv_cache_tokens and 200_000 < first.kv_cache_tokens < 300_000
-    # which vLLM: learnt before the start (the imitation's probe fails today: assumed), the server's word wins
+    # which vLLM: learnt before the start from the image, the server's word wins
     assert first.vllm_version == httpx.get(f"{first.endpoint}/version").json()["version"]
     report = latest_artifact(artifact_key("deploy", target.name)).data
-    assert f"vLLM {first.vllm_version} (server" in report
+    assert f"| vLLM | {first.vllm_version} (server) |" in report
     assert last_healthy_record(target.name).vllm_version == first.vllm_version
     models = httpx.get(f"{first.endpoint}/v1/models").json()
     assert models["data"][0]["id"] == "Qwen/Qwen3-32B-FP8"

@@ -48,3 +48,16 @@ def test_exit_state_reads_dockers_state_for_the_classifier():
     assert plain == ExitState("exited with code 1", 1, False)
     restarting = exit_state({"State": {"Restarting": True, "ExitCode": 1}, "RestartCount": 2})
     assert restarting.summary == "restarting after exit code 1 (restart 2)" and not restarting.oom_killed
+
+
+def test_a_server_hashed_before_the_fast_restart_fields_is_replaced_once_and_said_so():
+    from blocks.engine import RESTART_FIELDS, EngineSpec
+    from blocks.target import TargetMachine
+    from flows.deploy import replaced_for_upgrade
+
+    spark, spec = TargetMachine(name="spark"), EngineSpec(loader="eager")
+    before_upgrade = spec.spec_hash(spark, RESTART_FIELDS)
+    assert replaced_for_upgrade(before_upgrade, spec, spark)
+    assert not replaced_for_upgrade(spec.spec_hash(spark), spec, spark)  # the same server: kept, nothing to say
+    assert not replaced_for_upgrade(EngineSpec(max_num_seqs=8).spec_hash(spark, RESTART_FIELDS), spec, spark)
+    assert not replaced_for_upgrade(None, spec, spark)

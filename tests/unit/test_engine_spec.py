@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.version import Version
 from pydantic import ValidationError
 
-from blocks.engine import ENGINE_FLAGS, MANAGED_FLAGS, PRESETS, EngineSpec, format_utilization
+from blocks.engine import ENGINE_FLAGS, MANAGED_FLAGS, PRESETS, EngineSpec, FlagKind, format_utilization
 from blocks.render import compose_yaml
 from blocks.target import TargetMachine
 
@@ -158,8 +159,9 @@ def test_no_api_key_ever_in_the_command():
 def test_one_table_maps_fields_to_flags():
     """`ENGINE_FLAGS` is the one mapping: each field and each flag once, every field a spec field, and
     every flag the command renders (in any spelling) is one `extra_args` may not repeat."""
-    fields = [f.field for f in ENGINE_FLAGS]
+    fields = [f.field for f in ENGINE_FLAGS if f.kind is not FlagKind.WHEN]  # WHEN: one field, a flag per value
     assert len(fields) == len(set(fields)) and set(fields) <= set(EngineSpec.model_fields)
+    assert len({f.flag for f in ENGINE_FLAGS}) == len(ENGINE_FLAGS)
     assert len(MANAGED_FLAGS) == sum(len(f.spellings) for f in ENGINE_FLAGS)
     everything_on = EngineSpec(
         model="Qwen/Qwen3-32B",
@@ -181,8 +183,18 @@ def test_one_table_maps_fields_to_flags():
 # ------------------------------------------------------------------------------ presets
 
 
-def test_runbook_preset_is_the_default():
-    assert EngineSpec.preset("runbook") == EngineSpec()
+def test_runbook_preset_is_the_default_but_the_loader_and_the_caches():
+    runbook = EngineSpec.preset("runbook")
+    assert (runbook.loader, runbook.persistent_caches) == ("mmap", False)
+    assert (EngineSpec().loader, EngineSpec().persistent_caches) == ("auto", True)
+    assert runbook == EngineSpec(loader="mmap", persistent_caches=False)
+    assert runbook.spec_hash() != EngineSpec().spec_hash()  # an upgrade replaces a running server once
+
+
+def test_the_tuning_presets_keep_the_fast_restart_defaults():
+    for name in set(PRESETS) - {"runbook"}:
+        spec = EngineSpec.preset(name)
+        assert (spec.loader, spec.persistent_caches) == ("auto", True), name
 
 
 @pytest.mark.parametrize(
@@ -366,7 +378,7 @@ def test_spec_hash_with_target_covers_the_container_shape():
 
 
 def test_compose_yaml_equals_the_runbook_service_plus_offline_env():
-    ours = yaml.safe_load(compose_yaml(EngineSpec(), TargetMachine(name="spark")))
+    ours = yaml.safe_load(compose_yaml(EngineSpec.preset("runbook"), TargetMachine(name="spark")))
     assert list(ours) == ["services"] and list(ours["services"]) == [SERVICE]
     mine, runbook = ours["services"][SERVICE], runbook_service()
     assert set(mine) == set(runbook)
@@ -391,7 +403,7 @@ def test_compose_yaml_for_other_targets():
         name="sim", gpus="none", publish_host="127.0.0.1", host_port=18000, cache_dir="/tmp/hf",
         hf_token_secret=None, api_key_secret="vllm-api-key", extra_volumes={"/tmp/ledger": "/ledger:ro"},
     )  # fmt: skip
-    service = yaml.safe_load(compose_yaml(EngineSpec(), target))["services"][SERVICE]
+    service = yaml.safe_load(compose_yaml(EngineSpec.preset("runbook"), target))["services"][SERVICE]
     assert service["ports"] == ["127.0.0.1:18000:8000"]
     assert "deploy" not in service
     assert service["volumes"] == ["/tmp/hf:/root/.cache/huggingface", "/tmp/ledger:/ledger:ro"]
@@ -408,3 +420,50 @@ def test_runbook_compose_copy_has_not_drifted():
     body = "".join(line for line in copy.splitlines(keepends=True) if not line.startswith("#"))
     assert copy.startswith("#") and "000_2893f9d7df783e64.txt" in copy.splitlines()[0]
     assert body == block
+
+
+# ------------------------------------------------------------------------------ fast restarts (issue 17)
+
+INSPECTED = ("0.10.1.1", "0.10.2", "0.11.1", "0.17.1", "0.20.1", "0.31.0")
+
+
+@pytest.mark.parametrize("version", INSPECTED)
+def test_the_runbook_preset_renders_the_compose_file_s_exact_command_and_mounts(version):
+    spec, service = EngineSpec.preset("runbook"), runbook_service()
+    assert spec.vllm_command(Version(version)) == service["command"]
+    mine = yaml.safe_load(compose_yaml(spec, TargetMachine(name="spark"), Version(version)))["services"][SERVICE]
+    assert mine["command"] == service["command"] and mine["volumes"] == service["volumes"]
+
+
+def test_the_default_differs_from_the_runbook_by_the_loader_flags_and_the_cache_mounts():
+    from tasks.loader import choose_loader, with_loader
+
+    version, service = Version("0.11.1"), runbook_service()
+    default = with_loader(EngineSpec(), choose_loader("auto", version, has_fastsafetensors=False))
+    assert default.vllm_command(version) == [*service["command"], "--safetensors-load-strategy", "eager"]
+    mine = yaml.safe_load(compose_yaml(default, TargetMachine(name="spark"), version))["services"][SERVICE]
+    assert mine["volumes"] == [
+        *service["volumes"],
+        "/opt/vllm-cache/vllm:/root/.cache/vllm",
+        "/opt/vllm-cache/triton:/root/.triton/cache",
+        "/opt/vllm-cache/flashinfer:/root/.cache/flashinfer",
+    ]
+
+
+def test_the_hash_before_the_fast_restart_fields_is_the_old_one():
+    """A server started before the upgrade carries the hash without `RESTART_FIELDS`; deploy-qwen
+    recognises it (and says it replaces it once) by hashing the spec as if those fields did not exist."""
+    import hashlib
+    import json
+
+    from blocks.engine import HASHED_FIELDS, RESTART_FIELDS
+
+    spec, spark = EngineSpec.preset("runbook"), TargetMachine(name="spark")
+    old_fields = {k: v for k, v in spec.hashed_fields().items() if k not in RESTART_FIELDS}
+    old_target = {k: v for k, v in spark.container_identity().items() if k != "vllm_cache_dir"}
+    canonical = json.dumps({"spec": old_fields, "target": old_target}, sort_keys=True, separators=(",", ":"))
+    assert spec.spec_hash(spark, RESTART_FIELDS) == hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    assert spec.spec_hash(spark, RESTART_FIELDS) == EngineSpec().spec_hash(spark, RESTART_FIELDS)
+    assert spec.spec_hash(spark) != EngineSpec().spec_hash(spark)
+    assert {"loader", "persistent_caches"} <= set(HASHED_FIELDS)
+    assert spec.spec_hash(spark) != spec.spec_hash(TargetMachine(name="spark", vllm_cache_dir="/srv/vllm-cache"))

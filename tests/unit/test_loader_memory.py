@@ -194,3 +194,11 @@ def test_the_report_line():
     assert WarmResult(warmed=False, why="vLLM 0.10.1.1 reads MemFree").summary == "skipped: vLLM 0.10.1.1 reads MemFree"
     done = WarmResult(warmed=True, why="mmap", gib=31.97, seconds=12.34, shards=7)
     assert done.summary == "read 31.97 GiB (7 shards) in 12.3 s: mmap"
+
+
+def test_a_start_counts_the_spec_s_resolved_loader():
+    from tasks.serve import loader_of
+
+    assert loader_of(EngineSpec()) == "mmap"  # "auto", not resolved: vLLM's default
+    assert loader_of(EngineSpec(loader="eager")) == "eager"  # resolved by tasks/loader.py's with_loader
+    assert loader_of(EngineSpec(loader="eager"), "fastsafetensors") == "fastsafetensors"

@@ -635,3 +635,38 @@ def test_a_negative_kv_budget_parses():
     tracker = StartupTracker(version=Version("0.10.1.1"))
     tracker.feed(line)
     assert tracker.stats.kv_cache_gib == -0.53
+
+
+@pytest.mark.parametrize(
+    "version,bar",
+    [
+        ("0.10.2", "Loading safetensors checkpoint shards (eager)"),  # --safetensors-load-strategy eager
+        ("0.31.0", "Loading safetensors checkpoint shards (eager)"),
+        ("0.10.1.1", "Loading safetensors using Fastsafetensor loader"),  # --load-format fastsafetensors
+        ("0.20.1", "Loading safetensors using Fastsafetensor loader"),
+        ("0.31.0", "Loading fastsafetensors checkpoint shards"),  # fastsafetensors' own ParallelLoader bar
+    ],
+)
+def test_every_loaders_shard_bar_is_the_loading_phase(version, bar):
+    tracker = StartupTracker(version=Version(version))
+    event = tracker.feed(f"{bar}:  43% Completed | 3/7 [00:10<00:14,  3.30s/it]")
+    assert event is not None and event.kind is EventKind.SHARD_PROGRESS and event.values["done"] == 3
+    assert tracker.phase is Phase.LOADING and (tracker.stats.shards_done, tracker.stats.shards_total) == (3, 7)
+
+
+@pytest.mark.parametrize(
+    "version,line",
+    [
+        ("0.10.1.1", "[backends.py:161] Directly load the compiled graph(s) for dynamic shape from the cache, "
+         "took 1.800 s"),
+        ("0.31.0", "[backends.py:291] Directly load the compiled graph(s) for compile range (1, 16384) from the cache, "
+         "took 1.800 s"),
+        ("0.31.0", "[decorators.py:313] Directly load AOT compilation from path /root/.cache/vllm/torch_compile_cache/"
+         "torch_aot_compile/ab/rank_0_0/model"),
+    ],
+)  # fmt: skip
+def test_a_compile_cache_hit_is_seen_by_the_tracker(version, line):
+    tracker = StartupTracker(version=Version(version))
+    event = tracker.feed(f"(EngineCore pid=9) INFO 12-05 10:00:00 {line}")
+    assert event is not None and event.kind is EventKind.COMPILE_CACHE_HIT and tracker.stats.compile_cache_hit
+    assert not StartupTracker(version=Version(version)).stats.compile_cache_hit

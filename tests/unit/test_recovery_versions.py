@@ -116,10 +116,16 @@ def test_shared_memory_is_no_page_cache_a_drop_returns():
 # ------------------------------------------------------------------------------ KV cache, cold and warm
 
 
+def test_the_runbooks_cold_start_is_the_reference_so_by_default_cold_is_charged_nothing():
+    """The model is calibrated on the runbook's 0.10.1.1 start, a cold one (0.90 passes MemFree only with
+    the weights out of the page cache): by default a cold retry is predicted as that start was."""
+    assert KvModel().cold() == KvModel() and RecoveryLimits().cold() == RecoveryLimits()
+
+
 def test_a_cold_start_on_0_10_gets_less_kv_cache_than_a_warm_one():
-    """vLLM 0.10.x charges the page cache its weight reads fill as non-torch memory (vllm issue 35920):
-    the KV model's cold start loses the weights' size of KV cache."""
-    warm, cold = KvModel(), KvModel().cold()
+    """Where vLLM 0.10.x charges the page cache its weight reads fill as non-torch memory (vllm issue
+    35920; cold_load_charge 1), the KV model's cold start loses the weights' size of KV cache."""
+    warm, cold = KvModel(cold_load_charge=1.0), KvModel(cold_load_charge=1.0).cold()
     assert cold.charged_page_cache_gib == warm.weights_gib == 31.97
     assert cold.kv_gib(0.90, 119.7, 16384, 64) == warm.kv_gib(0.90, 119.7, 16384, 64) - 31.97
     assert cold.max_len_at(0.90, 119.7, 16384, 64) < warm.max_len_at(0.90, 119.7, 16384, 64)
@@ -132,7 +138,7 @@ def test_a_retry_after_a_drop_is_predicted_cold_on_0_10_only():
     0.11.1 reads 85 GiB available, fits 0.69 without a drop, warm: 131072 stays."""
     spec = EngineSpec(gpu_memory_utilization=0.92, max_model_len=131072)
     memory = machine(free=40.0, available=85.0, cached=45.0)
-    limits = RecoveryLimits()
+    limits = RecoveryLimits(cold_load_charge=1.0)
     old = plan_recovery(free_memory_failure(40.0, V0101), memory, spec, 0, limits, version=V0101)
     assert Action.DROP_PAGE_CACHE in old.actions and old.overrides["gpu_memory_utilization"] == 0.69
     assert old.overrides["max_model_len"] == limits.cold().max_len_at(0.69, 121.69, 16384, 64) < 131072
@@ -149,7 +155,7 @@ def test_a_kv_raise_that_needs_a_drop_covers_the_cold_read_on_0_10():
     failed = classify_failure((LOGS / "fail_kv_too_small.log").read_text())
     memory = machine(free=50.0, available=112.0, cached=62.0, total=119.7)
     spec = EngineSpec(gpu_memory_utilization=0.40)
-    limits = RecoveryLimits().calibrated((LOGS / "fail_kv_too_small.log").read_text().splitlines())
+    limits = RecoveryLimits(cold_load_charge=1.0).calibrated((LOGS / "fail_kv_too_small.log").read_text().splitlines())
     old = plan_recovery(failed, memory, spec, 0, limits, version=V0101)
     assert old.actions == [Action.DROP_PAGE_CACHE] and old.overrides == {"gpu_memory_utilization": 0.71}
     assert "vllm issue 35920" in old.reason
@@ -159,7 +165,7 @@ def test_a_kv_raise_that_needs_a_drop_covers_the_cold_read_on_0_10():
 
 def test_a_no_kv_raise_that_needs_a_drop_is_sized_as_a_cold_start_on_0_10():
     failed = classify_failure((LOGS / "fail_no_kv_memory.log").read_text())
-    limits = RecoveryLimits().calibrated((LOGS / "fail_no_kv_memory.log").read_text().splitlines())
+    limits = RecoveryLimits(cold_load_charge=1.0).calibrated((LOGS / "fail_no_kv_memory.log").read_text().splitlines())
     memory = machine(free=40.0, available=112.0, cached=72.0, total=119.7)
     spec = EngineSpec(gpu_memory_utilization=0.35)
     old = plan_recovery(failed, memory, spec, 0, limits, version=V0101)

@@ -297,7 +297,7 @@ def test_labels():
 
 
 def test_container_kwargs_for_the_spark_are_the_runbook_service():
-    spec, target = EngineSpec(), spark()
+    spec, target = EngineSpec.preset("runbook"), spark()
     kw = container_kwargs(spec, target, secret_env=secret_environment(HF, None), labels=container_labels(spec, target))
     assert kw["image"] == "nvcr.io/nvidia/vllm:25.09-py3"
     assert kw["command"] == spec.vllm_command()
@@ -319,13 +319,16 @@ def test_container_kwargs_for_the_spark_are_the_runbook_service():
 
 
 def test_container_kwargs_for_an_imitation():
-    spec, target = EngineSpec(), sim(api_key_secret="vllm-api-key")
+    spec, target = EngineSpec(), sim(api_key_secret="vllm-api-key", vllm_cache_dir="/tmp/sim/vllm-cache/")
     kw = container_kwargs(spec, target, secret_env=secret_environment(None, KEY))
     assert kw["image"] == "spark-vllm/vllm-sim:latest"  # the target's image override
     assert "device_requests" not in kw
     assert kw["ports"] == {"8000/tcp": ("127.0.0.1", 18000)}
     assert kw["volumes"] == {
         "/tmp/sim/hf": {"bind": "/root/.cache/huggingface", "mode": "rw"},
+        "/tmp/sim/vllm-cache/vllm": {"bind": "/root/.cache/vllm", "mode": "rw"},
+        "/tmp/sim/vllm-cache/triton": {"bind": "/root/.triton/cache", "mode": "rw"},
+        "/tmp/sim/vllm-cache/flashinfer": {"bind": "/root/.cache/flashinfer", "mode": "rw"},
         "/tmp/sim/ledger": {"bind": "/var/lib/vllm-sim", "mode": "rw"},
     }
     assert kw["environment"]["VLLM_SIM_TIME_SCALE"] == "0.05"
@@ -339,6 +342,12 @@ def test_env_precedence_and_colliding_volume():
     assert env["HF_HUB_OFFLINE"] == "0" and env["VLLM_LOGGING_LEVEL"] == "INFO"
     with pytest.raises(ValueError, match="collides"):
         container_kwargs(spec, sim(extra_volumes={"/srv/other": "/root/.cache/huggingface"}))
+    with pytest.raises(ValueError, match="cache mount of vllm_cache_dir"):
+        container_kwargs(spec, sim(extra_volumes={"/srv/other": "/root/.cache/vllm"}))
+    assert (
+        "/srv/other"
+        in container_kwargs(spec.preset("runbook"), sim(extra_volumes={"/srv/other": "/root/.cache/vllm"}))["volumes"]
+    )
 
 
 def _captured_create_body(kw: dict) -> dict:
@@ -361,7 +370,7 @@ def _captured_create_body(kw: dict) -> dict:
 
 
 def test_docker_py_accepts_the_kwargs_and_sends_what_the_runbook_says():
-    spec, target = EngineSpec(), spark()
+    spec, target = EngineSpec.preset("runbook"), spark()
     kw = container_kwargs(spec, target, secret_env=secret_environment(HF, KEY))
     body = _captured_create_body(kw)
     host = body["HostConfig"]
@@ -378,6 +387,14 @@ def test_docker_py_accepts_the_kwargs_and_sends_what_the_runbook_says():
     # docker receives the real secret values (only in the container's env), never "***"
     assert f"HF_TOKEN={HF}" in body["Env"] and f"HUGGING_FACE_HUB_TOKEN={HF}" in body["Env"]
     assert f"VLLM_API_KEY={KEY}" in body["Env"]
+    # the defaults add the cache mounts, as binds docker creates on the host when missing
+    default = _captured_create_body(container_kwargs(EngineSpec(), target))["HostConfig"]["Binds"]
+    assert default == [
+        "/opt/hf:/root/.cache/huggingface:rw",
+        "/opt/vllm-cache/vllm:/root/.cache/vllm:rw",
+        "/opt/vllm-cache/triton:/root/.triton/cache:rw",
+        "/opt/vllm-cache/flashinfer:/root/.cache/flashinfer:rw",
+    ]
     assert "HF_HUB_OFFLINE=1" in body["Env"] and "HF_HUB_CACHE=/root/.cache/huggingface" in body["Env"]
     assert not any(KEY in arg or HF in arg for arg in body["Cmd"])
 

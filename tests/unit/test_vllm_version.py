@@ -121,3 +121,32 @@ def test_events_carry_the_version_where_known(monkeypatch):
     events.emit_service_event("spark", "deployed", {"spec_hash": "abc"}, vllm_version=NVIDIA_BUILD)
     events.emit_service_event("spark", "healthy", {})
     assert sent[0][events.VLLM_VERSION_KEY] == NVIDIA_BUILD and events.VLLM_VERSION_KEY not in sent[1]
+
+
+# ------------------------------------------------------------------------------ the image's capabilities
+
+
+def test_the_probe_says_whether_fastsafetensors_imports_and_still_ends_with_the_version():
+    from tasks.vllm_version import IMAGE_PROBE, facts_before_start, fastsafetensors_from_probe
+
+    assert IMAGE_PROBE[:2] == VERSION_PROBE[:2] and IMAGE_PROBE[2].endswith(VERSION_PROBE[2])
+    image = "nvcr.io/nvidia/vllm:25.09-py3"
+    has = facts_before_start(image, "fastsafetensors: yes\n0.10.1.1+381074ae.nv25.09\n", None)
+    assert has.fastsafetensors is True and has.vllm.version == "0.10.1.1+381074ae.nv25.09" and has.note == ""
+    lacks = facts_before_start(image, "fastsafetensors: no ModuleNotFoundError\n0.31.0\n", None)
+    assert lacks.fastsafetensors is False and lacks.vllm.version == "0.31.0" and lacks.note == ""
+    unknown = facts_before_start(image, None, "`python3 -c ...` exited 1: No module named 'vllm'")
+    assert unknown.fastsafetensors is False and "unknown" in unknown.note and unknown.vllm.source == "ngc-tag"
+    assert fastsafetensors_from_probe("0.11.1") is None
+
+
+def test_the_probe_runs_as_python_prints_it():
+    """The probe itself, run by this machine's python3 (no vllm here): the capability line comes first."""
+    import subprocess
+    import sys
+
+    from tasks.vllm_version import IMAGE_PROBE, fastsafetensors_from_probe
+
+    done = subprocess.run([sys.executable, "-c", IMAGE_PROBE[2]], capture_output=True, text=True)
+    assert done.returncode != 0 and "No module named 'vllm'" in done.stderr
+    assert fastsafetensors_from_probe(done.stdout) is False

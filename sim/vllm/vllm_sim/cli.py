@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .versions import DEFAULT_VERSION
+from .versions import DEFAULT_VERSION, behaviour
 
 VERSION = DEFAULT_VERSION  # what `vllm --version` prints unless VLLM_SIM_VERSION says otherwise
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
@@ -60,14 +60,17 @@ class ServeArgs:
     disable_log_stats: bool
     disable_uvicorn_access_log: bool
     non_default: dict[str, Any]
+    load_format: str = "auto"
+    safetensors_load_strategy: str | None = None
 
     @property
     def served_names(self) -> list[str]:
         return list(self.served_model_name) if self.served_model_name else [self.model]
 
 
-def _add_serve_options(p: argparse.ArgumentParser) -> None:
-    """Options in the order vLLM registers them (frontend first, then engine args)."""
+def _add_serve_options(p: argparse.ArgumentParser, version: str) -> None:
+    """Options in the order vLLM registers them (frontend first, then engine args); the version's
+    load flags (versions.py `load_strategy_choices`)."""
     p.add_argument(
         "model_tag", nargs="?", default=None, help="The model tag to serve (optional if specified in config)"
     )
@@ -93,7 +96,17 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantization", "-q", type=str, default=None)
     p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--served-model-name", nargs="+", type=str, default=None)
+    # engine/arg_utils.py:566 (0.10.1.1): `str | LoadFormats`, so any text (a metavar, not choices)
+    p.add_argument("--load-format", type=str, default="auto")
     p.add_argument("--download-dir", type=str, default=None)
+    b = behaviour(version)
+    if b.load_strategy_choices is not None:  # 0.10.2+ (vllm PR 24469)
+        p.add_argument(
+            "--safetensors-load-strategy",
+            type=str,
+            default=b.load_strategy_default,
+            choices=list(b.load_strategy_choices) or None,
+        )
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None)
@@ -117,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Start the vLLM OpenAI Compatible API server.",
                 usage="vllm serve [model_tag] [options]",
             )
-            _add_serve_options(serve)
+            _add_serve_options(serve, version)
         else:
             subs.add_parser(name, help=f"{name} (not available in the imitation)")
     return parser
@@ -189,6 +202,8 @@ def to_serve_args(ns: argparse.Namespace) -> ServeArgs:
         disable_log_stats=ns.disable_log_stats,
         disable_uvicorn_access_log=ns.disable_uvicorn_access_log,
         non_default=ns.non_default,
+        load_format=ns.load_format,
+        safetensors_load_strategy=getattr(ns, "safetensors_load_strategy", None),
     )
 
 

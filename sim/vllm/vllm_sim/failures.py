@@ -18,13 +18,14 @@ STAGE_INIT_DEVICE = "init_device"  # EngineCore: gpu_worker.init_device free-mem
 STAGE_WEIGHTS = "weights"  # EngineCore: locating the weights snapshot
 STAGE_SHARD = "shard"  # EngineCore: opening one safetensors shard
 STAGE_LOAD_OOM = "load_oom"  # EngineCore: CUDA OOM while loading weights
+STAGE_LOADER = "loader"  # EngineCore: the weights loader's package is missing (fastsafetensors)
 STAGE_KV_CACHE = "kv_cache"  # EngineCore: KV cache sizing
 STAGE_PROFILE = "profile"  # EngineCore: the memory-profiling assertion (determine_available_memory)
 STAGE_ARGS = "args"  # APIServer: engine-args validation
 STAGE_PORT = "port"  # APIServer: binding the listening socket
 
 ENGINE_STAGES = frozenset(
-    {STAGE_INIT_DEVICE, STAGE_WEIGHTS, STAGE_SHARD, STAGE_LOAD_OOM, STAGE_KV_CACHE, STAGE_PROFILE}
+    {STAGE_INIT_DEVICE, STAGE_WEIGHTS, STAGE_SHARD, STAGE_LOAD_OOM, STAGE_LOADER, STAGE_KV_CACHE, STAGE_PROFILE}
 )
 
 

@@ -63,7 +63,15 @@ class Knobs:
     # --- time ---
     time_scale: float = 1.0  # VLLM_SIM_TIME_SCALE: startup + stats-log interval
     decode_time_scale: float = 1.0  # VLLM_SIM_DECODE_TIME_SCALE: 0 = instant decoding
-    load_gbps: float = 0.168  # VLLM_SIM_LOAD_GBPS: safetensors shard read rate (GB/s)
+    # --- weight loading (loaders.py; docs/imitations.md "Startup phases": each rate's source and range) ---
+    load_gbps: float = 0.168  # VLLM_SIM_LOAD_GBPS: mmap (lazy) read rate from disk, GB/s (0.145-0.168)
+    eager_gbps: float = 0.91  # VLLM_SIM_EAGER_GBPS: --safetensors-load-strategy eager from disk (0.36-0.91)
+    fastsafetensors_gbps: float = 1.1  # VLLM_SIM_FASTSAFETENSORS_GBPS: --load-format fastsafetensors (0.56-2.0)
+    page_cache_gbps: float = 2.8  # VLLM_SIM_PAGE_CACHE_GBPS: eager/fastsafetensors from page cache (2.8-4.1)
+    mmap_warm_gbps: float = 0.68  # VLLM_SIM_MMAP_WARM_GBPS: mmap from page cache (0.168-2.8)
+    no_fastsafetensors: bool = False  # VLLM_SIM_NO_FASTSAFETENSORS=1: the image lacks the package
+    # --- the torch.compile cache (compile_cache.py) ---
+    compile_cache_load_s: float = 1.8  # VLLM_SIM_COMPILE_CACHE_LOAD_S: reading the compiled graphs (1.8-7.5)
     # --- the roofline ---
     mem_bw_gbps: float = 273.0  # VLLM_SIM_MEM_BW_GBPS: LPDDR5x bandwidth
     bw_efficiency: float = 0.80  # VLLM_SIM_BW_EFFICIENCY: achieved fraction of it
@@ -107,6 +115,12 @@ class Knobs:
             time_scale=max(0.0, _float(e, "VLLM_SIM_TIME_SCALE", cls.time_scale)),
             decode_time_scale=max(0.0, _float(e, "VLLM_SIM_DECODE_TIME_SCALE", cls.decode_time_scale)),
             load_gbps=max(1e-6, _float(e, "VLLM_SIM_LOAD_GBPS", cls.load_gbps)),
+            eager_gbps=max(1e-6, _float(e, "VLLM_SIM_EAGER_GBPS", cls.eager_gbps)),
+            fastsafetensors_gbps=max(1e-6, _float(e, "VLLM_SIM_FASTSAFETENSORS_GBPS", cls.fastsafetensors_gbps)),
+            page_cache_gbps=max(1e-6, _float(e, "VLLM_SIM_PAGE_CACHE_GBPS", cls.page_cache_gbps)),
+            mmap_warm_gbps=max(1e-6, _float(e, "VLLM_SIM_MMAP_WARM_GBPS", cls.mmap_warm_gbps)),
+            no_fastsafetensors=_flag(e, "VLLM_SIM_NO_FASTSAFETENSORS"),
+            compile_cache_load_s=max(0.0, _float(e, "VLLM_SIM_COMPILE_CACHE_LOAD_S", cls.compile_cache_load_s)),
             mem_bw_gbps=max(1e-6, _float(e, "VLLM_SIM_MEM_BW_GBPS", cls.mem_bw_gbps)),
             bw_efficiency=min(1.0, max(1e-3, _float(e, "VLLM_SIM_BW_EFFICIENCY", cls.bw_efficiency))),
             compute_tflops=max(1e-6, _float(e, "VLLM_SIM_COMPUTE_TFLOPS", cls.compute_tflops)),

@@ -240,6 +240,11 @@ class Ledger:
         """Weights left in page cache by loads since the last drop_caches."""
         return sum(float(e.get("gib", 0)) for e in self._live_page_cache().values())
 
+    def page_cache_of(self, key: str) -> float:
+        """GiB of snapshot `key` in page cache now (0 after a drop_caches or before any load)."""
+        entry = self._live_page_cache().get(key)
+        return float(entry.get("gib", 0)) if entry else 0.0
+
     def record_load(self, key: str, gib: float) -> None:
         """A load read `gib` of snapshot `key` into page cache (same files count once)."""
         with self._locked():

@@ -46,11 +46,12 @@ def _remaining(n: int, total: int, elapsed: float) -> str:
     return format_interval((total - n) * elapsed / n)
 
 
-def shard_bar(n: int, total: int, elapsed: float) -> str:
-    """vLLM's weight_utils bar: `{desc}: {percentage:3.0f}% Completed | n/total [elapsed<remaining, rate]`."""
+def shard_bar(n: int, total: int, elapsed: float, desc: str = "Loading safetensors checkpoint shards") -> str:
+    """vLLM's weight_utils bar: `{desc}: {percentage:3.0f}% Completed | n/total [elapsed<remaining, rate]`
+    (the desc is the loader's, versions.py)."""
     pct = 100.0 * n / total if total else 100.0
     return (
-        f"Loading safetensors checkpoint shards: {pct:3.0f}% Completed | {n}/{total} "
+        f"{desc}: {pct:3.0f}% Completed | {n}/{total} "
         f"[{format_interval(elapsed)}<{_remaining(n, total, elapsed)}, {_rate_fmt(n, elapsed)}]"
     )
 

@@ -9,7 +9,6 @@ memory, timing) for the facts it prints.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -17,9 +16,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from . import faults, model_files
+from . import faults, loaders, model_files
 from .api import Protocol
 from .cli import ServeArgs
+from .compile_cache import CompileCache, compile_cache, disabled
 from .engine import Engine
 from .failures import STAGE_ARGS, STAGE_LOAD_OOM, STAGE_PORT, StartupFailure
 from .knobs import GIB, Knobs
@@ -48,7 +48,6 @@ from .timing import (
     PROFILE_S,
     Roofline,
     StartupTimeline,
-    startup_timeline,
 )
 from .tracebacks import render_failure
 from .versions import Line, format_gib
@@ -227,7 +226,7 @@ class Runtime:
         weights = self._load_weights()
         init_start = time.monotonic()
         self._begin_profile_overshoot()
-        self._compile(t)
+        self._compile(t, settings)
         plan = self._kv_cache(cfg, settings, weights.total_size, t)
         self._graphs(plan, settings, t)
         self._line(ENGINE, self.b.init_engine, seconds=time.monotonic() - init_start, compile=self._compile_s)
@@ -299,7 +298,7 @@ class Runtime:
                 f"tokenizer={a.model!r}, skip_tokenizer_init=False, tokenizer_mode=auto, revision={a.revision}, "
                 f"override_neuron_config={{}}, tokenizer_revision=None, trust_remote_code={a.trust_remote_code}, "
                 f"dtype=torch.bfloat16, max_seq_len={s.max_model_len}, download_dir={a.download_dir!r}, "
-                f"load_format=auto, "
+                f"load_format={a.load_format}, "
                 "tensor_parallel_size=1, pipeline_parallel_size=1, disable_custom_all_reduce=False, "
                 f"quantization={s.quantization}, enforce_eager={a.enforce_eager}, kv_cache_dtype=auto, "
                 f"device_config=cuda, "
@@ -335,21 +334,26 @@ class Runtime:
         weights = model_files.locate_weights(a.model, a.revision, a.download_dir, self.env)
         if not os.path.isdir(a.model):
             self.log.info(ENGINE, "weight_utils.py:296", "Using model weights format ['*.safetensors']")
-        t = startup_timeline(self.knobs, weights.total_size, len(weights.shard_names))
+        loader = loaders.resolve_loader(a.load_format, a.safetensors_load_strategy, self.b, self.knobs)
         n = len(weights.shard_names)
         key = f"{a.model}@{weights.commit}" if weights.commit != "local" else str(weights.snapshot_dir.resolve())
         weights_gib = weights.total_size / GIB
+        warm = loaders.warm_shards(n, weights_gib, self.ledger.page_cache_of(key))
+        buffer_gib = loader.buffer_files * weights_gib / max(1, n)  # one file read whole (loaders.py)
         load_start = time.monotonic()
-        self.log.bar(shard_bar(0, n, 0.0))
+        self.log.bar(shard_bar(0, n, 0.0, loader.desc))
+        if loader.name == loaders.FASTSAFETENSORS and self.knobs.no_fastsafetensors:
+            raise loaders.missing_package(self.b)
         for i, name in enumerate(weights.shard_names):
             model_files.check_shard(weights.shard_path(name))
             if self.knobs.fault_cuda_oom and i == n // 2:
                 raise self._cuda_oom(weights_gib * i / n)
-            self._sleep(t.per_shard_s)
+            self._hold(CUDA_CONTEXT_GIB + weights_gib * i / n + buffer_gib, "loading")
+            self._sleep(loader.shard_seconds(weights.total_size // max(1, n), warm[i]) * self.knobs.startup_scale)
             loaded = weights_gib * (i + 1) / n
-            self._hold(CUDA_CONTEXT_GIB + loaded, "loading")
+            self._hold(CUDA_CONTEXT_GIB + loaded + (buffer_gib if i + 1 < n else 0.0), "loading")
             self.ledger.record_load(key, loaded)
-            self.log.bar(shard_bar(i + 1, n, time.monotonic() - load_start))
+            self.log.bar(shard_bar(i + 1, n, time.monotonic() - load_start, loader.desc))
         self._line(ENGINE, self.b.loading_weights, seconds=time.monotonic() - load_start)
         self._line(
             ENGINE,
@@ -392,19 +396,51 @@ class Runtime:
         self._sleep(self.knobs.fault_profile_overshoot_s - (time.monotonic() - self._overshoot_since))
         self._overshoot_since = None
 
-    def _compile(self, t: StartupTimeline) -> None:
+    def _compile(self, t: StartupTimeline, settings: Settings) -> None:
+        """torch.compile, through vLLM's compile cache (compile_cache.py): a hit reads the entry an
+        earlier start of the same config left in $VLLM_CACHE_ROOT and takes VLLM_SIM_COMPILE_CACHE_LOAD_S
+        instead of the Inductor compile; the 0.31 AOT artifact skips Dynamo as well."""
         if self.args.enforce_eager:
             return
         start = time.monotonic()
-        digest = hashlib.sha256(repr(sorted(self.args.non_default.items())).encode()).hexdigest()[:10]
-        cache = os.path.join(
-            os.path.expanduser("~"), ".cache", "vllm", "torch_compile_cache", digest, "rank_0_0", "backbone"
-        )
+        a = self.args
+        fields = {
+            "model": a.model,
+            "dtype": a.dtype,
+            "quantization": settings.quantization,
+            "revision": a.revision,
+            "max_model_len": settings.max_model_len,
+            "trust_remote_code": a.trust_remote_code,
+            "max_num_batched_tokens": settings.max_num_batched_tokens,
+        }
+        cache = None if disabled(self.env) else compile_cache(self.env, self.b, self.knobs.version, fields)
+        if cache is not None and self.b.aot_compile and cache.hit():
+            self._sleep(t(self.knobs.compile_cache_load_s))
+            self._line(ENGINE, self.b.cache_hit_line, path=cache.aot_path)
+        else:
+            self._compile_graphs(t, settings, cache, start)
+        self._compile_s = time.monotonic() - start
+        self._line(ENGINE, self.b.compile_total, seconds=self._compile_s)
+
+    def _compile_graphs(self, t: StartupTimeline, s: Settings, cache: CompileCache | None, start: float) -> None:
+        """Dynamo, then the backend: the graphs loaded from the cache or compiled and stored."""
+        hit = cache is not None and cache.hit()
         self._sleep(t(DYNAMO_S))
-        self.log.info(ENGINE, "backends.py:548", f"Using cache directory: {cache} for vLLM's torch.compile")
+        if cache is None:
+            self._line(ENGINE, self.b.cache_disabled_line)
+        else:
+            self._line(ENGINE, self.b.cache_dir_line, path=cache.local_dir)
         self.log.info(ENGINE, "backends.py:559", f"Dynamo bytecode transform time: {time.monotonic() - start:.2f} s")
+        if hit:
+            mid = time.monotonic()
+            self._sleep(t(self.knobs.compile_cache_load_s))
+            self._line(
+                ENGINE, self.b.cache_hit_line, seconds=time.monotonic() - mid, max_tokens=s.max_num_batched_tokens
+            )
+            return
         self._sleep(t(INDUCTOR_S * 0.25))
-        self.log.info(ENGINE, "backends.py:194", "Cache the graph for dynamic shape for later use")
+        if cache is not None:
+            self.log.info(ENGINE, "backends.py:194", "Cache the graph for dynamic shape for later use")
         mid = time.monotonic()
         self._sleep(t(INDUCTOR_S * 0.75))
         self.log.info(
@@ -412,8 +448,10 @@ class Runtime:
             "backends.py:215",
             f"Compiling a graph for dynamic shape takes {time.monotonic() - mid + t(INDUCTOR_S * 0.25):.2f} s",
         )
-        self._compile_s = time.monotonic() - start
-        self._line(ENGINE, self.b.compile_total, seconds=self._compile_s)
+        if cache is not None:
+            cache.write()
+            if self.b.aot_compile:
+                self._line(ENGINE, self.b.aot_saved_line, path=cache.aot_path)
 
     def _kv_cache(self, cfg: model_files.ModelConfig, s: Settings, weights_bytes: int, t: StartupTimeline) -> KVPlan:
         self._sleep(t(PROFILE_S))

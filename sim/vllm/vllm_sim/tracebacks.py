@@ -167,6 +167,26 @@ _ENGINE_FRAMES = {
             "param = f.get_tensor(name)\n        ^^^^^^^^^^^^^^^^^^",
         ),
     ],
+    F.STAGE_LOADER: _ENGINE_HEAD
+    + _EXECUTOR
+    + _LOAD_MODEL
+    + [
+        _f(
+            f"{V}/model_executor/model_loader/default_loader.py",
+            219,
+            "<genexpr>",
+            "return ((source.prefix + name, tensor)",
+        ),
+        _f(
+            f"{V}/model_executor/model_loader/weight_utils.py",
+            524,
+            "fastsafetensors_weights_iterator",
+            "loader = SafeTensorsFileLoader(pg, device)\n             ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
+        ),
+        _f(f"{V}/utils/__init__.py", 2348, "__call__", 'return self.__getattr__("__call__")'),
+        _f(f"{V}/utils/__init__.py", 2504, "__getattr__", 'getattr(self.__module, f"{self.__attr_path}.{key}")'),
+        _f(f"{V}/utils/__init__.py", 2482, "__getattr__", "raise ImportError(msg) from exc"),
+    ],
     F.STAGE_KV_CACHE: _ENGINE_HEAD
     + [
         _f(
@@ -382,6 +402,22 @@ _PROCESS_BOOTSTRAP: list[Frame] = [
 _CAUSE_FRAMES: list[Frame] = [
     _f(f"{SITE}/requests/adapters.py", 700, "send", "raise ConnectionError(e, request=request)"),
 ]
+#: The chained cause's frames where it is not the Hub's connection error: vLLM's PlaceholderModule importing
+#: the missing package (vllm/utils/__init__.py:2476-2477 in 0.10.1.1)
+_STAGE_CAUSE_FRAMES: dict[str, list[Frame]] = {
+    F.STAGE_LOADER: [
+        _f(f"{V}/utils/__init__.py", 2477, "__getattr__", "importlib.import_module(name)"),
+        _f(
+            "/usr/lib/python3.12/importlib/__init__.py",
+            90,
+            "import_module",
+            "return _bootstrap._gcd_import(name[level:], package, level)",
+        ),
+        _f("<frozen importlib._bootstrap>", 1387, "_gcd_import", ""),
+        _f("<frozen importlib._bootstrap>", 1360, "_find_and_load", ""),
+        _f("<frozen importlib._bootstrap>", 1324, "_find_and_load_unlocked", ""),
+    ],
+}
 
 
 def frame_lines(frames: Sequence[Frame]) -> list[str]:
@@ -400,7 +436,7 @@ def traceback_lines(frames: Sequence[Frame], failure: StartupFailure) -> list[st
     if failure.cause_line:
         lines += (
             ["Traceback (most recent call last):"]
-            + frame_lines(_CAUSE_FRAMES)
+            + frame_lines(_STAGE_CAUSE_FRAMES.get(failure.stage, _CAUSE_FRAMES))
             + [failure.cause_line, "", "The above exception was the direct cause of the following exception:", ""]
         )
     lines += ["Traceback (most recent call last):"] + frame_lines(frames) + [str(failure)]

@@ -68,6 +68,21 @@ class Behaviour:
     tpot_metric: bool  # vllm:time_per_output_token_seconds served
     itl_metric: bool  # vllm:inter_token_latency_seconds (and TPOT's help says DEPRECATED)
     request_tpot_metric: bool  # vllm:request_time_per_output_token_seconds
+    # --- loaders (loaders.py) ---
+    load_strategy_choices: tuple[str, ...] | None  # --safetensors-load-strategy: None = no such flag; () = any text
+    load_strategy_default: str | None
+    mmap_desc: str  # the shard bar's desc with mmap (lazy)
+    eager_desc: str  # ... with --safetensors-load-strategy eager
+    fastsafetensors_desc: str  # ... with --load-format fastsafetensors
+    fastsafetensors_missing: tuple[str, str, str]  # (exception, message, where) when the package does not import
+    # --- the torch.compile cache (compile_cache.py) ---
+    compile_key_fields: tuple[str, ...]  # the config fields vLLM hashes into the cache directory's name
+    compile_hash: str  # "md5" | "sha256" (the digest of the factors, first 10 hex digits)
+    cache_dir_line: Line  # {path}
+    cache_disabled_line: Line
+    cache_hit_line: Line  # {seconds} {max_tokens} (non-AOT) | {path} (AOT)
+    aot_compile: bool  # torch.compile runs ahead of time and saves one artifact per rank (decorators.py)
+    aot_saved_line: Line  # {path}
 
 
 _OLD_KV_TOO_SMALL = (
@@ -116,6 +131,29 @@ V0_10_1_1 = Behaviour(
     tpot_metric=True,  # loggers.py:381
     itl_metric=False,
     request_tpot_metric=False,
+    load_strategy_choices=None,  # engine/arg_utils.py:566 (load group): no --safetensors-load-strategy in 0.10.1.1
+    load_strategy_default=None,
+    mmap_desc="Loading safetensors checkpoint shards",  # model_loader/weight_utils.py:469
+    eager_desc="Loading safetensors checkpoint shards",  # (no eager strategy)
+    fastsafetensors_desc="Loading safetensors using Fastsafetensor loader",  # weight_utils.py:520
+    # weight_utils.py:47-53 PlaceholderModule("fastsafetensors"); SafeTensorsFileLoader(pg, device) at :524 imports it
+    # and raises vllm/utils/__init__.py:2476-2482 (vllm[fastsafetensors] is an extra of the wheel's metadata)
+    fastsafetensors_missing=(
+        "ImportError",
+        "Please install vllm[fastsafetensors] for fastsafetensors support",
+        "vllm/utils/__init__.py:2482",
+    ),
+    # config/__init__.py:486-502 ModelConfig.compute_hash; scheduler and cache configs add nothing (scheduler.py:176)
+    compile_key_fields=("model", "dtype", "quantization", "revision", "max_model_len", "trust_remote_code"),
+    compile_hash="md5",  # compilation/backends.py:523-526 hashlib.md5(str(factors))[:10]
+    cache_dir_line=("backends.py:548", "Using cache directory: {path} for vLLM's torch.compile"),
+    cache_disabled_line=("backends.py:546", "vLLM's torch.compile cache is disabled."),
+    cache_hit_line=(
+        "backends.py:161",
+        "Directly load the compiled graph(s) for dynamic shape from the cache, took {seconds:.3f} s",
+    ),
+    aot_compile=False,
+    aot_saved_line=("", ""),
 )
 
 V0_10_2 = replace(
@@ -125,6 +163,14 @@ V0_10_2 = replace(
     version_line=("api_server.py:1896", "vLLM API server version {version}"),
     dead_monitor=("ERROR", "core_client.py:564", "Engine core proc {proc} died unexpectedly, shutting down client."),
     itl_metric=True,  # v1/metrics/loggers.py:396 in 0.10.2 (time_per_output_token's help: DEPRECATED, :383-386)
+    # engine/arg_utils.py:598-599, config/load.py:54 `safetensors_load_strategy: str = "lazy"` (vllm PR 24469): any text
+    load_strategy_choices=(),
+    load_strategy_default="lazy",
+    mmap_desc="Loading safetensors checkpoint shards",  # weight_utils.py:525
+    eager_desc="Loading safetensors checkpoint shards (eager)",  # weight_utils.py:525-527
+    fastsafetensors_desc="Loading safetensors using Fastsafetensor loader",  # weight_utils.py:617
+    cache_dir_line=("backends.py:539", "Using cache directory: {path} for vLLM's torch.compile"),
+    cache_disabled_line=("backends.py:537", "vLLM's torch.compile cache is disabled."),
 )
 
 V0_11_1 = replace(
@@ -150,6 +196,13 @@ V0_11_1 = replace(
     # v1/metrics/loggers.py:448-450 only with --show-hidden-metrics-for-version (0.10)
     gpu_cache_metric=False,
     request_tpot_metric=True,  # loggers.py:803
+    fastsafetensors_desc="Loading safetensors using Fastsafetensor loader",  # weight_utils.py:728
+    cache_dir_line=("backends.py:631", "Using cache directory: {path} for vLLM's torch.compile"),
+    cache_disabled_line=("backends.py:629", "vLLM's torch.compile cache is disabled."),
+    cache_hit_line=(
+        "backends.py:210",
+        "Directly load the compiled graph(s) for dynamic shape from the cache, took {seconds:.3f} s",
+    ),
 )
 
 V0_17_1 = replace(
@@ -178,6 +231,23 @@ V0_17_1 = replace(
     profiling_strict=False,
     profiling_number="format_gib",
     tpot_metric=False,  # v1/metrics/loggers.py in 0.17.1: no vllm:time_per_output_token_seconds (ITL :760)
+    # config/scheduler.py ScheduleConfig.compute_hash adds max_num_batched_tokens (the compile range's end)
+    compile_key_fields=(
+        "model",
+        "dtype",
+        "quantization",
+        "revision",
+        "max_model_len",
+        "trust_remote_code",
+        "max_num_batched_tokens",
+    ),
+    compile_hash="sha256",  # compilation/backends.py hashlib.sha256(str(factors))[:10]
+    cache_dir_line=("backends.py:916", "Using cache directory: {path} for vLLM's torch.compile"),
+    cache_disabled_line=("backends.py:914", "vLLM's torch.compile cache is disabled."),
+    cache_hit_line=(
+        "backends.py:266",
+        "Directly load the compiled graph(s) for compile range (1, {max_tokens}) from the cache, took {seconds:.3f} s",
+    ),
 )
 
 V0_31_0 = replace(
@@ -225,6 +295,27 @@ V0_31_0 = replace(
         "core_client.py:809",
         "[shutdown] MPClient: engine core exited unexpectedly; starting cleanup",
     ),
+    # config/load.py:14 Literal["lazy", "eager", "prefetch", "torchao"] | None = None (:65): argparse choices
+    # sorted plus "None" (engine/arg_utils.py literal_to_kwargs, optional_type)
+    load_strategy_choices=("eager", "lazy", "prefetch", "torchao", "None"),
+    load_strategy_default=None,
+    mmap_desc="Loading safetensors checkpoint shards",  # weight_utils.py:1049
+    eager_desc="Loading safetensors checkpoint shards (eager)",  # weight_utils.py:1049-1051
+    # weight_utils.py:1249 hands the files to fastsafetensors' ParallelLoader, whose bar this is
+    # (fastsafetensors/parallel_loader.py, _consumer_worker)
+    fastsafetensors_desc="Loading fastsafetensors checkpoint shards",
+    # weight_utils.py:1249 `from fastsafetensors.parallel_loader import ParallelLoader`: a plain import
+    fastsafetensors_missing=(
+        "ModuleNotFoundError",
+        "No module named 'fastsafetensors'",
+        "vllm/model_executor/model_loader/weight_utils.py:1249",
+    ),
+    cache_dir_line=("backends.py:1090", "Using cache directory: {path} for vLLM's torch.compile"),
+    cache_disabled_line=("backends.py:1088", "vLLM's torch.compile cache is disabled."),
+    # compilation/decorators.py:312-314, the AOT artifact (envs.py:372-381: on by default with torch >= 2.10)
+    cache_hit_line=("decorators.py:312", "Directly load AOT compilation from path {path}"),
+    aot_compile=True,
+    aot_saved_line=("decorators.py:717", "saved AOT compiled function to {path}"),
 )
 
 #: The table: rows in version order; a version uses the last row whose `since` it reaches.
