@@ -51,7 +51,7 @@ from tasks.vllm_version import (
     version_rows,
     version_warnings,
 )
-from tasks.warmup import warm_page_cache
+from tasks.warmup import WarmResult, warm_page_cache
 
 #: What the deploy report says when a server is replaced only because the project's upgrade added the
 #: fast-restart fields to the spec hash (`RESTART_FIELDS`): once per server, never again.
@@ -87,6 +87,8 @@ class DeployResult(BaseModel):
     gate: GateResult | None = None
     loader: LoaderChoice | None = None  # the loader the spec got on this image, and why
     caches: CacheReport | None = None  # the compile/kernel caches before this start (None: no start, or none kept)
+    page_cache_warm: str | None = None  # what the warm before the start did, and why (None: no start)
+    compile_cache: str | None = None  # whether the start read an earlier start's torch.compile cache
     duration_s: float
     warnings: list[str] = Field(default_factory=list)
 
@@ -164,8 +166,9 @@ def deploy_qwen(
             # The compile and kernel caches the new server mounts: created, bounded, cleared when asked.
             caches = _caches(machine, spec, clear_caches) if kept is None else None
             limits = RecoveryLimits(max_attempts=max_attempts)
+            warm = None
             if kept is None:  # ours is gone: read the shards into the page cache where that helps (docs/recovery.md)
-                warm_page_cache(machine, spec, vllm.parsed, loader.name)
+                warm = warm_page_cache(machine, spec, vllm.parsed, loader.name)
             served = _start(resolved, spec_hash, timeouts, recover, limits, healthy, vllm) if kept is None else None
             # The server's own word on its vLLM (its log's version line, else GET /version) wins.
             logged = served.readiness.stats.version if served and served.readiness.stats else None
@@ -180,14 +183,44 @@ def deploy_qwen(
     except Exception as exc:
         _report_failure(machine, spec, spec_hash, exc, resolved.secrets, vllm)
         raise
-    warnings += [
-        *([UPGRADE_NOTE] if upgraded and served else []),
-        *([caches.warning] if caches and caches.warning else []),
-    ]
+    warnings += [UPGRADE_NOTE] if upgraded and served else []
     result = _result(machine, spec, spec_hash, served, smoke, staged, warnings, started, gate, gate_note, vllm)
-    result = result.model_copy(update={"loader": loader, "caches": caches})
+    result = _with_restart_facts(result, spec, served, loader, caches, warm)
     _report(result, spec, served, vllm)
     return result
+
+
+def _with_restart_facts(
+    result: DeployResult,
+    spec: EngineSpec,
+    served: Served | None,
+    loader: LoaderChoice,
+    caches: CacheReport | None,
+    warm: WarmResult | None,
+) -> DeployResult:
+    """The result with what makes a restart fast (docs/operator.md): the loader and why, the
+    caches (and their bound's warning), the page-cache warm, whether the compile cache was read."""
+    return result.model_copy(
+        update={
+            "loader": loader,
+            "caches": caches,
+            "page_cache_warm": warm.summary if warm else None,
+            "compile_cache": compile_cache_row(spec, served),
+            "warnings": [*result.warnings, *([caches.warning] if caches and caches.warning else [])],
+        }
+    )
+
+
+def compile_cache_row(spec: EngineSpec, served: Served | None) -> str | None:
+    """Whether the start read an earlier start's torch.compile cache (its log's "Directly load ..."
+    line), for the report: the one figure that says the cache mount works. None without a start."""
+    if served is None or served.readiness.stats is None:
+        return None
+    if not spec.persistent_caches:
+        return "not kept: persistent_caches is off (each container compiles again)"
+    if served.readiness.stats.compile_cache_hit:
+        return "hit: read the compiled graphs an earlier start of this config left in the mounted cache"
+    return "miss: compiled, and saved in the mounted cache for the next start of this config"
 
 
 def _loader(resolved: Target, image: ImageFacts) -> tuple[Target, LoaderChoice]:
@@ -503,6 +536,8 @@ def _report(result: DeployResult, spec: EngineSpec, served: Served | None, vllm:
         "model load (s)": result.load_s,
         "loader": _loader_row(result.loader),
         "vLLM caches": result.caches.summary() if result.caches else None,
+        "compile cache": result.compile_cache,
+        "page-cache warm": result.page_cache_warm,
         "time to ready (s)": result.time_to_ready_s,
         "smoke answer (12*17)": result.smoke_answer,
         "smoke latency (s)": result.smoke_latency_s,

@@ -61,6 +61,11 @@ def test_the_caches_outlive_containers_stops_and_prunes_and_clear_caches_empties
     assert second.status == "deployed" and replaced.id != server.id
     assert replaced.exec_run(["cat", f"/root/.cache/vllm/{ENTRY}"]).output == b"graph\n"
     assert second.caches and second.caches.entries >= 1
+    # the first start compiled and saved its graphs; the second (max_num_seqs is not in 0.10.1.1's compile
+    # key, vllm/compilation/backends.py) read them from the mounted cache, as its log and its report say
+    assert first.compile_cache and first.compile_cache.startswith("miss")
+    assert second.compile_cache and second.compile_cache.startswith("hit")
+    assert "| compile cache | hit:" in latest_artifact(artifact_key("deploy", target.name)).data
 
     # stop-qwen and a prune touch containers only
     stop_qwen(target=target.name, memory_timeout_s=15)
