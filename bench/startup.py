@@ -426,6 +426,37 @@ A first start here is the server start on a staged cache: the runbook's 9-10 min
     return "\n\n".join(parts)
 
 
+PHASE_NAMES = {
+    "python": "the container's Python start-up",
+    "init": "init (platform, config, engine spawn, CUDA)",
+    "loading": "loading",
+    "compiling": "compiling",
+    "kv_graphs": "profiling, KV cache and CUDA graphs",
+    "serving": "the API server",
+}
+
+
+def _limits(m: Measured) -> str:
+    """What the new default's same-spec restart still spends its time on, largest first, and why."""
+    from sim.hub.repo import REAL_TOTAL_SIZE
+
+    assert m.phases is not None
+    ranked = sorted(m.phases.items(), key=lambda kv: -kv[1])[:3]
+    why = []
+    knob = read_rate_knob(REAL_TOTAL_SIZE, m.phases["loading"])
+    rate = REAL_TOTAL_SIZE / m.phases["loading"] / 1e9
+    why.append(
+        f"the weights are read at {rate:.2f} GB/s ({PARAMETERS[knob][0].split(',')[0]}"
+        + (", the page cache having been dropped before the start: this vLLM counts it as used" if m.dropped else "")
+        + ")"
+    )
+    if m.cache_hit and m.phases["compiling"] > 2 * PARAMETERS["compile_cache_load_s"][1]:
+        why.append("the compile cache is read after Dynamo has traced the model again (no AOT artifact before 0.31)")
+    return (
+        "what is left: " + ", ".join(f"{PHASE_NAMES[n]} {fmt_s(s)} s" for n, s in ranked) + "; " + "; ".join(why) + "."
+    )
+
+
 def _findings(runs: list[VersionRun]) -> str:
     out = []
     for r in runs:
@@ -444,6 +475,8 @@ def _findings(runs: list[VersionRun]) -> str:
                 f"Loading {fmt_s(same_d.phases['loading'] if same_d.phases else None)} s, compiling "
                 f"{fmt_s(same_d.phases['compiling'] if same_d.phases else None)} s."
             )
+        if same_d and same_d.phases:
+            out.append(f"- {v}: {_limits(same_d)}")
         if chg:
             out.append(
                 f"- {v}: after the spec change (max_num_seqs 64 -> 32) the compile cache "
