@@ -166,6 +166,7 @@ class Measured:
     server_s: float | None = None  # docker `start` -> ready, as measured
     starts: int = 0
     note: str = ""
+    served: str = ""  # a recovery's restart: what recover-vllm found and what it served
 
     @property
     def spark_s(self) -> float | None:
@@ -282,6 +283,15 @@ class Bench:
         if side == "today" and key != "first":
             m.note = (m.note + " " if m.note else "") + "(drop by the bench: today's flow drops always)"
         self.measure(m, watch, t0, result, wall)
+        if key == "recovery" and result is not None:
+            from bench.recovery import describe
+            from tasks.state import last_healthy
+
+            spec = last_healthy(target.name)
+            m.served = (
+                f"recover-vllm: {', '.join(result.classes) or 'no class'}; served {describe(spec) if spec else '?'}"
+                " (utilization / max_model_len, batch tokens/seqs)"
+            )
         after = drop_stamp(drop_file)
         m.dropped = (side == "today" and key != "first") or (after is not None and after != before)
         return m
@@ -450,6 +460,13 @@ def _limits(m: Measured) -> str:
         + (", the page cache having been dropped before the start: this vLLM counts it as used" if m.dropped else "")
         + ")"
     )
+    extra = m.phases["loading"] - REAL_TOTAL_SIZE / (PARAMETERS[knob][1] * 1e9)
+    if extra > 1:
+        why.append(
+            f"{fmt_s(extra)} s of that loading is the imitation's own per-shard bookkeeping (ledger, page-cache "
+            "records), real milliseconds magnified by 1 / time scale: the model's rate alone gives "
+            f"{fmt_s(m.phases['loading'] - extra)} s"
+        )
     if m.cache_hit and m.phases["compiling"] > 2 * PARAMETERS["compile_cache_load_s"][1]:
         why.append("the compile cache is read after Dynamo has traced the model again (no AOT artifact before 0.31)")
     return (
@@ -477,6 +494,12 @@ def _findings(runs: list[VersionRun]) -> str:
             )
         if same_d and same_d.phases:
             out.append(f"- {v}: {_limits(same_d)}")
+        rec = get.get(("recovery", "default"))
+        if rec and rec.served:
+            out.append(
+                f"- {v}: the recovery's restart: {rec.served}; compile cache {'hit' if rec.cache_hit else 'missed'}"
+                " on the new default (a batch-token change is in this version's compile key where it missed)."
+            )
         if chg:
             out.append(
                 f"- {v}: after the spec change (max_num_seqs 64 -> 32) the compile cache "
