@@ -85,7 +85,7 @@ up() {
     fi
 
     say "Blocks, work pool, concurrency limits and deployments"
-    "$BIN/python" -m deployments.setup --reset-blocks --hub-endpoint "$HUB_URL" --sim-root "$DEMO/sim" 2>&1 | grep -v "is ignored" | tail -n 20
+    "$BIN/python" -m deployments.setup --reset-blocks --pause-unreachable --hub-endpoint "$HUB_URL" --sim-root "$DEMO/sim" 2>&1 | grep -v "is ignored" | tail -n 20
 
     say "Process worker on pool spark-vllm (log: .demo/worker.log)"
     "$BIN/python" -m deployments.dev.worker start "${WORKER[@]}" --log "$DEMO/worker.log"

@@ -157,6 +157,39 @@ def deploy_all() -> None:
         print(f"deployment {name} ready")
 
 
+def unreachable_reason(target: TargetMachine) -> str | None:
+    """Why this machine cannot serve ``target`` (None: it can): its docker host does not answer, or the
+    image the target runs is not there. Checks scheduled on such a target would only ever report it."""
+    from tasks.container import docker_client, image_present
+
+    image = target.image or EngineSpec().image
+    if problem := target.remote_docker_problem():
+        return problem
+    try:
+        with docker_client(target.docker_host()) as client:
+            return None if image_present(client, image) else f"the image {image} is not on its docker host"
+    except Exception as exc:  # noqa: BLE001 - any failure to reach docker is the reason itself
+        return f"its docker host does not answer ({str(exc).splitlines()[0][:200]})"
+
+
+def pause_checks_of_unreachable(targets: list[TargetMachine]) -> None:
+    """Pause the scheduled health check of each target this machine cannot reach (`unreachable_reason`),
+    so a demo or a fresh setup shows no checks and no recoveries of a Spark that is not there; resumed
+    in the UI (Deployments -> health-check/<target> -> schedule) once the target is set up."""
+    with get_client(sync_client=True) as client:
+        for target in targets:
+            why = unreachable_reason(target)
+            if why is None:
+                continue
+            try:
+                deployment = client.read_deployment_by_name(f"health-check/{target.name}")
+            except ObjectNotFound:
+                continue
+            for schedule in deployment.schedules:
+                client.update_deployment_schedule(deployment.id, schedule.id, active=False)
+            print(f"health-check/{target.name}: schedule paused: {why}; resume it in the UI once it is set up")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deployments.setup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -191,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         help="overwrite the saved engine spec and target blocks with these defaults (UI edits are lost)",
     )
     parser.add_argument("--no-deploy", action="store_true", help="skip `prefect deploy --all`")
+    parser.add_argument(
+        "--pause-unreachable",
+        action="store_true",
+        help="pause the scheduled health check of every target this machine cannot reach (the demo's Spark)",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     want_key = args.api_key or args.rotate_api_key
@@ -220,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"concurrency limit {ensure_gpu_limit(target.name)} ready")
     if not args.no_deploy:
         deploy_all()
+        if args.pause_unreachable:
+            pause_checks_of_unreachable(targets)
     return 0
 
 

@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from blocks.target import TargetMachine
 from tasks.events import ServiceEvent, emit_service_event
-from tasks.health.history import history_row
+from tasks.health.history import history_row, verdict_since
 from tasks.health.observation import Observation, Thresholds
 from tasks.health.probes import ContainerFacts, EndpointFacts, inspect_container, probe_endpoints, read_host_memory
-from tasks.health.verdict import HealthReport, evaluate
+from tasks.health.verdict import HealthReport, Verdict, evaluate
 from tasks.memory import MemInfo
 from tasks.report import artifact_key, publish_report
 from tasks.serve import load_target
@@ -97,13 +97,14 @@ def health_check(
     report = evaluate(observation, thresholds).model_copy(update={"vllm_version": vllm})
 
     # Report: the state for the next check, the event (unhealthy triggers recover-vllm), the artifacts.
-    since = _since(before, report)
+    since = verdict_since(before.verdict, before.since, report.verdict.value, record.at, datetime.now(UTC))
     save_health_state(machine.name, _state(report, since, now, container, metrics, before))
     emit_service_event(
         machine.name,
         ServiceEvent(report.verdict.value),
         {"layer": report.layer.value, "condition": report.condition.value, "reason": report.reason, "since": since},
         vllm_version=vllm,
+        incident=since if report.verdict is Verdict.UNHEALTHY else None,
     )
     history_key = artifact_key("health-history", machine.name)
     history = [*health_history(machine.name, history_key), history_row(report, now)][-HEALTH_HISTORY:]
@@ -130,10 +131,13 @@ def _snapshot(text: str | None, now: float, vllm: str | None) -> MetricsSnapshot
         return None
 
 
-def _since(before: HealthState, report: HealthReport) -> str:
-    """Since when the verdict holds: the previous check's time while it is unchanged, else now (UTC, ISO)."""
-    kept = before.since if before.verdict == report.verdict else None
-    return kept or datetime.now(UTC).isoformat()
+def _never_deployed_or_running(
+    record: HealthyRecord, container: ContainerFacts
+) -> Literal["running", "never-deployed"]:
+    """The desired state of a target nobody recorded one for: "never-deployed" when nothing of ours ever
+    ran there (no healthy record, no container: the demo's Spark), else "running" (a first deploy in
+    progress, or a server from before desired states were recorded)."""
+    return "running" if record.at or record.spec or container.exists else "never-deployed"
 
 
 def _observation(
@@ -149,7 +153,7 @@ def _observation(
 ) -> Observation:
     """What the probes saw, with what the previous check and the last deploy left, for `evaluate`."""
     return Observation(
-        desired=desired_state(machine.name) or "running",
+        desired=desired_state(machine.name) or _never_deployed_or_running(record, container),
         now=now,
         exists=container.exists,
         status=container.status,

@@ -23,6 +23,12 @@ EVENT_PREFIX = "vllm.service"
 #: (prefect.yaml's recover-vllm triggers: ``{{ event.payload.target }}``) instead of slicing the
 #: resource id.
 TARGET_KEY = "target"
+#: The resource label that names an outage: the time its unhealthy streak began (the health check's
+#: ``since``). recover-vllm's trigger buckets by it (prefect.yaml ``for_each``), so a second outage
+#: after a healthy verdict or a recovery is a new bucket and is recovered too, while repeats of one
+#: outage stay one recovery (Prefect evaluates ``for_each`` on resource labels:
+#: prefect/server/events/schemas/automations.py ``bucketing_key``).
+INCIDENT_LABEL = "vllm.incident"
 #: The payload key that names the vLLM the target runs (``0.10.1.1+381074ae.nv25.09``), where known.
 VLLM_VERSION_KEY = "vllm_version"
 
@@ -69,9 +75,14 @@ def service_event(what: ServiceEvent | str) -> ServiceEvent:
         ) from None
 
 
-def service_resource(target_name: str) -> dict[str, str]:
-    """The event resource for the target's server (id ``vllm.service.<target>``)."""
-    return {"prefect.resource.id": service_resource_id(target_name), "prefect.resource.name": f"vLLM on {target_name}"}
+def service_resource(target_name: str, incident: str | None = None) -> dict[str, str]:
+    """The event resource for the target's server (id ``vllm.service.<target>``), with the outage's
+    `INCIDENT_LABEL` when given."""
+    resource = {
+        "prefect.resource.id": service_resource_id(target_name),
+        "prefect.resource.name": f"vLLM on {target_name}",
+    }
+    return {**resource, INCIDENT_LABEL: incident} if incident else resource
 
 
 def emit_service_event(
@@ -79,6 +90,7 @@ def emit_service_event(
     what: ServiceEvent | str,
     payload: dict[str, Any] | None = None,
     vllm_version: str | None = None,
+    incident: str | None = None,
 ) -> None:
     """Emit ``vllm.service.<what>`` about the target's server; never put secrets in ``payload``.
 
@@ -91,6 +103,7 @@ def emit_service_event(
         payload: JSON-able details (endpoint, spec hash, failure kind...).
         vllm_version: the vLLM the target runs, when known (under `VLLM_VERSION_KEY`; left out
             when unknown, so an automation can tell "unknown" from a version).
+        incident: the outage this event belongs to (`INCIDENT_LABEL` on the resource), for unhealthy.
 
     Raises:
         ValueError: `what` is not in the vocabulary; refused before anything is emitted.
@@ -99,4 +112,4 @@ def emit_service_event(
     payload = {**(payload or {}), TARGET_KEY: target_name}
     if vllm_version:
         payload[VLLM_VERSION_KEY] = vllm_version
-    emit_event(event=event.event, resource=service_resource(target_name), payload=payload)
+    emit_event(event=event.event, resource=service_resource(target_name, incident), payload=payload)

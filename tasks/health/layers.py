@@ -59,7 +59,9 @@ def _numbers(**values: float | int | bool | None) -> dict[str, float]:
 
 
 def _desired_ok(c: Check) -> str:
-    return "desired running" if c.obs.desired == "running" else "desired stopped (stop-qwen)"
+    return {"running": "desired running", "stopped": "desired stopped (stop-qwen)"}.get(
+        c.obs.desired, "never deployed (no desired state)"
+    )
 
 
 def _container_ok(c: Check) -> str:
@@ -211,12 +213,15 @@ def layer_results(check: Check, findings: Sequence[Finding]) -> list[LayerResult
 
 def _layer_result(spec: LayerSpec, check: Check, findings: Sequence[Finding]) -> LayerResult:
     numbers = spec.numbers(check)
-    if check.obs.desired == "stopped":  # nothing is judged; the desired layer says why
+    if check.obs.desired != "running":  # nothing is judged; the desired layer says why
         if spec.layer is Layer.DESIRED:
             return LayerResult(name=spec.layer, verdict=LayerVerdict.OK, detail=spec.ok_detail(check), numbers=numbers)
         facts = f": {spec.facts(check)}" if spec.facts else ""
         return LayerResult(
-            name=spec.layer, verdict=LayerVerdict.SKIPPED, detail=f"not judged, desired stopped{facts}", numbers=numbers
+            name=spec.layer,
+            verdict=LayerVerdict.SKIPPED,
+            detail=f"not judged, {_desired_ok(check)}{facts}",
+            numbers=numbers,
         )
     mine = [f for f in findings if f.layer is spec.layer]
     if mine:

@@ -118,7 +118,8 @@ class Observation:
     None always means "not observed" (the flow did not or could not look), never "bad".
 
     Attributes:
-        desired: ``"running"``, or ``"stopped"`` when stop-qwen recorded the target stopped.
+        desired: ``"running"``, ``"stopped"`` when stop-qwen recorded the target stopped, or
+            ``"never-deployed"``: no deploy or recovery ever served on it, so nothing is wanted of it.
         now: the flow's clock (epoch seconds), for the container's age.
         exists: a container of ours exists for the target.
         status: docker's ``State.Status`` (created, running, paused, restarting, removing, exited, dead).
@@ -143,7 +144,7 @@ class Observation:
         degraded: the last deploy's "requested X, running Y, because Z" for a recovered spec.
     """
 
-    desired: Literal["running", "stopped"]
+    desired: Literal["running", "stopped", "never-deployed"]
     now: float
     exists: bool = False
     status: str | None = None
@@ -165,8 +166,8 @@ class Observation:
     degraded: str | None = None
 
     def __post_init__(self) -> None:
-        if self.desired not in ("running", "stopped"):
-            raise ValueError(f"desired must be 'running' or 'stopped' (got {self.desired!r})")
+        if self.desired not in ("running", "stopped", "never-deployed"):
+            raise ValueError(f"desired must be 'running', 'stopped' or 'never-deployed' (got {self.desired!r})")
         if self.memory_floor_gib < 0:
             raise ValueError(f"memory_floor_gib must be >= 0 GiB (got {self.memory_floor_gib}); 0 means no floor")
 

@@ -61,6 +61,7 @@ class Condition(StrEnum):
     """What the deciding rule found (`RULES` gives the priority order)."""
 
     DESIRED_STOPPED = "desired_stopped"
+    NEVER_DEPLOYED = "never_deployed"
     NO_CONTAINER = "no_container"
     CRASH_LOOP = "crash_loop"
     NOT_RUNNING = "not_running"
@@ -103,6 +104,11 @@ class HealthRule:
 
 
 # ============================================================================ reasons
+
+
+def _never_deployed(c: Check) -> str:
+    found = "; a container of ours runs all the same (the check touches nothing)" if c.running else ""
+    return f"never deployed: no deploy-qwen or recover-vllm has served on this target, so none is wanted{found}"
 
 
 def _stopped(c: Check) -> str:
@@ -322,6 +328,15 @@ RULES: tuple[HealthRule, ...] = (
         _stopped,
         why="what the operator asked for outranks everything the container does: a target stop-qwen recorded "
         "stopped is never anything else, so no automation ever 'recovers' a target someone stopped",
+    ),
+    HealthRule(
+        Condition.NEVER_DEPLOYED,
+        Verdict.STOPPED,
+        Layer.DESIRED,
+        lambda c: c.obs.desired == "never-deployed",
+        _never_deployed,
+        why="a target no deploy ever served on has no desired state: nothing is missing, so nothing is unhealthy "
+        "and no automation recovers a server (or a machine) that was never there",
     ),
     HealthRule(
         Condition.NO_CONTAINER,

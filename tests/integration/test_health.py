@@ -99,3 +99,11 @@ def test_a_server_with_an_api_key_is_checked_with_it(make_sim_target):
     deploy_qwen(target=target.name)
     report = health_check(target=target.name)
     assert report.verdict is Verdict.HEALTHY, report.reason
+
+
+def test_a_target_never_deployed_says_so_and_triggers_nothing(make_sim_target):
+    target = make_sim_target()  # saved, never deployed: no desired state, no record, no container
+    report = health_check(target=target.name)
+    assert (report.verdict, report.condition.value) == (Verdict.STOPPED, "never_deployed"), report.reason
+    assert report.reason.startswith("never deployed")
+    assert health_state(target.name).verdict == "stopped"  # its event is vllm.service.stopped: no recovery

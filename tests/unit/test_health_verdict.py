@@ -144,6 +144,21 @@ def test_stopped_wins_over_everything(obs):
     assert all(r.verdict is LayerVerdict.SKIPPED for r in report.layers if r.name is not Layer.DESIRED)
 
 
+@pytest.mark.parametrize("obs", [healthy(exists=False, status=None), healthy(health_status=None, models_listed=None)])
+def test_a_target_never_deployed_is_never_unhealthy(obs):
+    """No deploy or recovery ever served on it (no desired state): nothing is wanted, so nothing is missing,
+    the verdict is stopped (its event triggers no recovery), and the reason says why."""
+    report = evaluate(dataclasses.replace(obs, desired="never-deployed"))
+    assert (report.verdict, report.layer, report.condition) == (
+        Verdict.STOPPED,
+        Layer.DESIRED,
+        Condition.NEVER_DEPLOYED,
+    )
+    assert report.reason.startswith("never deployed")
+    assert layer(report, Layer.DESIRED).detail == "never deployed (no desired state)"
+    assert all(r.verdict is LayerVerdict.SKIPPED for r in report.layers if r.name is not Layer.DESIRED)
+
+
 def test_stopped_says_a_container_still_runs():
     report = evaluate(healthy(desired="stopped"))
     assert "a container of ours still runs" in report.reason
@@ -491,6 +506,7 @@ def test_every_degraded_condition_is_reported_the_first_decides():
 def test_table_order():
     assert [rule.condition for rule in RULES] == [
         Condition.DESIRED_STOPPED,
+        Condition.NEVER_DEPLOYED,
         Condition.NO_CONTAINER,
         Condition.CRASH_LOOP,
         Condition.NOT_RUNNING,

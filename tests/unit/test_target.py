@@ -172,6 +172,22 @@ def test_limit_and_resource_names_are_defined_once():
     assert locks.gpu_limit_name is gpu_limit_name
     assert t.event_resource_id == service_resource_id("spark") == "vllm.service.spark"
     assert events.service_resource("spark")["prefect.resource.id"] == t.event_resource_id
+    assert events.INCIDENT_LABEL not in events.service_resource("spark")
+    with_incident = events.service_resource("spark", incident="2026-12-05T21:00:00+00:00")
+    assert with_incident[events.INCIDENT_LABEL] == "2026-12-05T21:00:00+00:00"
+
+
+def test_recovery_triggers_bucket_by_target_and_incident():
+    """prefect.yaml's recover-vllm triggers key their window on the outage too, so a second outage fires."""
+    from pathlib import Path
+
+    import yaml
+
+    from tasks.events import INCIDENT_LABEL
+
+    project = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
+    triggers = [t for d in project["deployments"] for t in d.get("triggers") or [] if "unhealthy" in str(t["expect"])]
+    assert triggers and all(t["for_each"] == ["prefect.resource.id", INCIDENT_LABEL] for t in triggers)
 
 
 def test_service_events_are_one_vocabulary(monkeypatch):
