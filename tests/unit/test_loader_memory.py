@@ -4,8 +4,6 @@ decisions (tasks/warmup.py), by vLLM version and loader."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from packaging.version import Version
 
@@ -28,7 +26,6 @@ from tasks.vllm.logs import Phase
 from tasks.vllm.versions import NGC_IMAGES
 from tasks.warmup import WarmResult, snapshot_shards, warm_command, warm_decision, warm_fits
 
-VSRC = Path("/tmp/vsrc")
 MEMFREE_VERSIONS = ("0.10.1.1", "0.10.2")
 MEMAVAILABLE_VERSIONS = ("0.11.1", "0.17.1", "0.20.1", "0.31.0")
 EAGER = loader_transient_gib("eager")
@@ -54,26 +51,6 @@ def test_what_each_loader_holds_while_loading():
     assert EAGER == pytest.approx(3 * QWEN3_32B_FP8_LARGEST_SHARD_GIB, abs=0.01)  # bytes, tensors, previous file
     assert load_peak_gib("eager", QWEN3_32B_FP8_WEIGHTS_GIB) == pytest.approx(31.97 + EAGER, abs=0.01)
     assert [name for name, entry in LOADER_MEMORY.items() if entry.reads_page_cache] == ["mmap", "eager"]
-
-
-@pytest.mark.skipif(not VSRC.is_dir(), reason="vLLM's source is not unpacked at /tmp/vsrc")
-@pytest.mark.parametrize(
-    ("version", "line", "text"),
-    [
-        ("0.10.2", 537, "state_dict = load(f.read())"),
-        ("0.11.1", 606, "state_dict = load(f.read())"),
-        ("0.17.1", 727, "state_dict = load(f.read())"),
-        ("0.20.1", 965, "state_dict = load(f.read())"),
-        ("0.31.0", 1128, "state_dict = load(f.read())"),
-        ("0.10.1.1", 473, "with safe_open(st_file"),
-        ("0.10.2", 540, "with safe_open(st_file"),
-        ("0.10.1.1", 528, "fb = loader.copy_files_to_device()"),
-    ],
-)
-def test_the_cited_lines_say_so(version, line, text):
-    """The lines tasks/recovery/load_memory.py cites hold what it says (when vLLM's source is here)."""
-    source = VSRC / version / "vllm/model_executor/model_loader/weight_utils.py"
-    assert text in source.read_text().splitlines()[line - 1]
 
 
 # ------------------------------------------------------------------------------ the pre-start check
