@@ -104,6 +104,9 @@ class Incident(BaseModel):
     opens_in_window: int = 1
     #: further signals folded into it.
     repeats: int = 0
+    #: outages in it: a new one begins when the target fails again after a FIXED signal (a recovery that
+    #: served) before any check saw it serving.
+    outages: int = 1
     #: a flapping incident: when the checks started seeing the target serving.
     clear_since: float | None = None
 
@@ -152,7 +155,14 @@ def advance_incident(
     if signal.effect is Effect.ESCALATE and current.escalation is None:
         escalated = current.model_copy(update={"escalation": _words(signal), "clear_since": None})
         return state.model_copy(update={"open": escalated}), Notice(IncidentEvent.ESCALATED, escalated, signal, now)
-    folded = current.model_copy(update={"repeats": current.repeats + 1, "clear_since": None})
+    again = signal.effect is Effect.OPEN and current.fixed_by is not None and incident_id != current.id
+    folded = current.model_copy(
+        update={
+            "repeats": current.repeats + 1,
+            "clear_since": None,
+            "outages": current.outages + 1 if again else current.outages,
+        }
+    )
     return state.model_copy(update={"open": folded}), None
 
 

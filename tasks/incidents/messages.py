@@ -94,6 +94,8 @@ def _closed(notice: Notice, target: str) -> tuple[str, list[str]]:
     lines = [f"Resolved after {lasted}: {how}", f"It was: {incident.what}: {incident.cause}"]
     if incident.escalation:
         lines.append(f"Escalated on the way: {incident.escalation}")
+    if incident.outages > 1:
+        lines.append(f"Outages in it: {incident.outages} (it failed again after a fix, before a check saw it serving)")
     if incident.repeats:
         lines.append(f"Further signals folded into it: {incident.repeats}")
     return f"[{target}] RESOLVED after {lasted}: {incident.what}", lines

@@ -62,6 +62,14 @@ def test_repeats_of_one_outage_are_one_message():
     assert [n.event for n in sent] == [IncidentEvent.OPENED]
 
 
+def test_a_second_outage_after_a_recovery_before_any_check_is_counted_in_the_same_incident():
+    again = check("unhealthy", "crash_loop", "restarting", since="s2")
+    state, sent = run([(0, UNHEALTHY), (120, RECOVERED), (240, again), (360, RECOVERED), (600, HEALTHY)])
+    assert [n.event for n in sent] == [IncidentEvent.OPENED, IncidentEvent.CLOSED]
+    assert sent[1].incident.outages == 2
+    assert "Outages in it: 2" in message(sent[1], "spark", None, Links()).body
+
+
 def test_escalation_is_sent_once():
     state, sent = run([(0, UNHEALTHY), (100, RECOVERY_FAILED), (300, UNHEALTHY), (400, NEEDS_OPERATOR)])
     assert [n.event for n in sent] == [IncidentEvent.OPENED, IncidentEvent.ESCALATED]
