@@ -1,8 +1,8 @@
 """Where the operator's messages go: one Prefect notification block and the automation that uses it.
 
-    python -m deployments.setup --notify https://hooks.slack.com/services/T.../B.../...   # turn on / change
-    python -m deployments.setup --notify off                                              # turn off
-    python -m deployments.notify                                                          # where they go now
+    python -m deployments.setup --no-deploy --notify https://hooks.slack.com/services/T.../B.../...  # on / change
+    python -m deployments.setup --no-deploy --notify off                                            # off
+    python -m deployments.notify                                                                    # where they go now
 
 The webhook URL chooses the block (`notification_block`): Prefect's own blocks for Slack, Microsoft
 Teams and Discord (prefect/blocks/notifications.py), and its custom webhook block, a JSON POST, for
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 from typing import cast
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -282,9 +283,12 @@ def notifications_status() -> str:
     block = saved_alerts_block()
     with get_client(sync_client=True) as client:
         automations = client.read_automations_by_name(NOTIFY_AUTOMATION)
-    api = PREFECT_API_URL.value()
+    python = Path(sys.executable)
+    if python.is_relative_to(Path.cwd()):
+        python = python.relative_to(Path.cwd())
     turn_on = (
-        f"PREFECT_API_URL={api} {sys.executable} -m deployments.setup --notify https://hooks.slack.com/services/..."
+        f"PREFECT_API_URL={PREFECT_API_URL.value()} {python} -m deployments.setup --no-deploy "
+        "--notify https://hooks.slack.com/services/..."
     )
     if block is None:
         return f"off; turn on with: {turn_on} (docs/operator.md, 'Where alerts go')"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import uuid
+from datetime import timedelta
 
 import pytest
 from prefect.blocks.notifications import (
@@ -14,7 +15,8 @@ from prefect.blocks.notifications import (
     MicrosoftTeamsWebhook,
     SlackWebhook,
 )
-from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.events.actions import SendNotification
+from prefect.events.schemas.automations import EventTrigger, Posture, ResourceSpecification
 
 from deployments import setup
 from deployments.notify import (
@@ -70,18 +72,21 @@ def test_each_service_gets_its_block_and_the_url_is_never_shown(url, block_type,
 
 
 def test_slack_and_teams_keep_the_whole_url_in_their_secret_field():
-    assert notification_block(SLACK).url.get_secret_value() == SLACK
-    assert notification_block(TEAMS_LOGIC).url.get_secret_value() == TEAMS_LOGIC
+    slack, teams = notification_block(SLACK), notification_block(TEAMS_LOGIC)
+    assert isinstance(slack, SlackWebhook) and isinstance(teams, MicrosoftTeamsWebhook)
+    assert slack.url.get_secret_value() == SLACK and teams.url.get_secret_value() == TEAMS_LOGIC
 
 
 def test_discord_takes_the_webhook_id_and_token_from_the_url():
     block = notification_block(DISCORD)
+    assert isinstance(block, DiscordWebhook)
     assert block.webhook_id.get_secret_value() == "112233445566778899"
     assert block.webhook_token.get_secret_value() == f"{SECRET}-x_y"
 
 
 def test_a_custom_webhook_posts_json_with_the_subject_body_and_name_and_keeps_its_url_secret():
     block = notification_block(CUSTOM)
+    assert isinstance(block, CustomWebhookNotificationBlock)
     # the block's URL field is a plain str (shown in the UI): the URL lives in its SecretDict
     assert SECRET not in block.url and block.secrets.get_secret_value() == {"url": CUSTOM}
     request = block._build_request_args(body="line 1\nline 2", subject="sim: unhealthy")
@@ -152,8 +157,9 @@ def test_the_automation_sends_each_incident_event_once_with_its_own_subject_and_
             "vllm.incident.closed",
         }
     )
+    assert isinstance(trigger.match, ResourceSpecification)
     assert trigger.match.model_dump() == {"prefect.resource.id": "vllm.service.*"}
-    assert trigger.posture is Posture.Reactive and trigger.threshold == 1 and trigger.within.total_seconds() == 0
+    assert trigger.posture is Posture.Reactive and trigger.threshold == 1 and trigger.within == timedelta(0)
     [action] = automation.actions
-    assert action.type == "send-notification" and action.block_document_id == block_id
+    assert isinstance(action, SendNotification) and action.block_document_id == block_id
     assert action.subject == "{{ event.payload.subject }}" and action.body == "{{ event.payload.body }}"
