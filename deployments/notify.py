@@ -40,15 +40,14 @@ from prefect.types import SecretDict
 from pydantic import SecretStr
 
 from blocks.target import service_resource_id
+from tasks.events import IncidentEvent
 
 #: The block document every message goes through (one at a time, whatever its type).
 ALERTS_BLOCK = "vllm-alerts"
 #: The automation that sends the incident events through `ALERTS_BLOCK`.
 NOTIFY_AUTOMATION = "notify-vllm-incidents"
-#: The events that carry a message (payload ``subject`` and ``body``): tasks/events.py
-#: ``IncidentEvent``'s ``.event`` names (the lead's vocabulary: once merged, this tuple becomes
-#: ``tuple(e.event for e in IncidentEvent)``).
-INCIDENT_EVENTS = ("vllm.incident.opened", "vllm.incident.escalated", "vllm.incident.closed")
+#: The events that carry a message (payload ``subject`` and ``body``): every `IncidentEvent`.
+INCIDENT_EVENTS = tuple(what.event for what in IncidentEvent)
 #: What `--notify` takes to remove the block and the automation.
 NOTIFY_OFF = "off"
 #: The custom webhook block's URL field is a plain ``str`` (shown in the UI and the API): the real
