@@ -171,3 +171,19 @@ def project_target(make_sim_target):
     """A sim target whose prune is limited to this project's things: a system prune on the test
     machine's shared daemon would remove other sessions' stopped containers."""
     return lambda **kw: make_sim_target(prune_scope="project", **kw)
+
+
+@pytest.fixture
+def alerts(prefect_server: str, webhook_receiver):
+    """Incident messages go to a fresh loopback receiver for the test (`deployments.setup --notify`), and
+    nowhere after it."""
+    from deployments.notify import NOTIFY_OFF, configure_notifications
+
+    configure_notifications(webhook_receiver.url)
+    yield webhook_receiver
+    configure_notifications(NOTIFY_OFF)
+
+
+def messages_about(receiver, target_name: str) -> list[dict]:
+    """The JSON bodies the receiver got about one target (their subjects start with ``[<target>]``), oldest first."""
+    return [m["json"] for m in receiver.messages if (m["json"] or {}).get("subject", "").startswith(f"[{target_name}]")]

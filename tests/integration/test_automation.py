@@ -28,7 +28,7 @@ from flows.deploy import deploy_qwen
 from flows.health import health_check
 from sim.ports import free_port
 from tasks.health.verdict import Verdict
-from tests.integration.conftest import SESSION, target_containers
+from tests.integration.conftest import SESSION, messages_about, target_containers
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +73,7 @@ def finished_recovery(name: str, count: int, timeout_s: float = 180):
 
 
 def test_a_crash_loop_on_page_cache_is_recovered_by_the_automation(
-    prefect_server, docker_client, sim_image, hub, hf_token_block, tmp_path
+    prefect_server, docker_client, sim_image, hub, hf_token_block, tmp_path, alerts
 ):
     name = f"sim-t{SESSION}-{uuid.uuid4().hex[:6]}"
     target = sim_target(
@@ -104,6 +104,8 @@ def test_a_crash_loop_on_page_cache_is_recovered_by_the_automation(
         crash_into_a_loop(docker_client, name)
         report = health_check(target=name)
         assert report.verdict is Verdict.UNHEALTHY and report.layer.value == "container", report.reason
+        opened = alerts.wait_for(lambda m: (m["json"] or {}).get("subject", "").startswith(f"[{name}]"), 30)["json"]
+        assert opened["subject"].startswith(f"[{name}] OPENED: unhealthy: container: ")
         first = finished_recovery(name, count=1)
         assert first.state.is_completed(), first.state.message
         # a second outage minutes after the first, before any check saw the server healthy: a new
@@ -116,6 +118,14 @@ def test_a_crash_loop_on_page_cache_is_recovered_by_the_automation(
         # serving again; the planner, having dropped the page cache for the same failure minutes ago, may
         # choose a lower utilization this time (degraded: a recovered spec), never nothing
         assert health_check(target=name).verdict in (Verdict.HEALTHY, Verdict.DEGRADED)
+        # the operator was told twice: opened at the first check, resolved at this one, with both outages
+        closed = alerts.wait_for(lambda m: "RESOLVED" in ((m["json"] or {}).get("subject") or ""), 30)["json"]
+        assert closed["subject"].startswith(f"[{name}] RESOLVED after ")
+        assert "fixed by recover-vllm (" in closed["body"] and "Outages in it: 2" in closed["body"], closed["body"]
+        assert [m["subject"].split(":")[0].split(" after")[0] for m in messages_about(alerts, name)] == [
+            f"[{name}] OPENED",
+            f"[{name}] RESOLVED",
+        ]
     finally:
         stop_worker(worker)
         for container in target_containers(docker_client, name):

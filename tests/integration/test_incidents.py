@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from deployments.notify import configure_notifications
 from flows.health import health_check
 from flows.recover import NEEDS_OPERATOR_AFTER, recover_vllm
 from tasks.health.verdict import Verdict
@@ -28,9 +27,9 @@ def for_target(name: str):
 
 
 def test_a_down_target_opens_once_escalates_once_and_quiet_targets_send_nothing(
-    make_sim_target, webhook_receiver, hf_token_block
+    make_sim_target, alerts, hf_token_block
 ):
-    configure_notifications(webhook_receiver.url)
+    webhook_receiver = alerts
     never, stopped, down = make_sim_target(), make_sim_target(), make_sim_target(api_key=TEST_API_KEY)
     # nothing is wanted of these two: their checks say stopped and send nothing
     set_desired(stopped.name, "stopped")

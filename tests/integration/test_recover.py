@@ -31,7 +31,7 @@ from tasks.recovery.step import RecoveryLimits
 from tasks.serve import StartFailed
 from tasks.state import last_healthy, record_recover_run
 from tasks.vllm.failures import FailureKind
-from tests.integration.conftest import target_containers
+from tests.integration.conftest import messages_about, target_containers
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +124,7 @@ def test_a_spec_that_cannot_start_rolls_back_to_the_last_healthy_one(project_tar
     assert httpx.get(f"{first.endpoint}/health").status_code == 200
 
 
-def test_when_the_rollback_fails_too_the_report_says_the_target_is_down(project_target, holder, docker_client):
+def test_when_the_rollback_fails_too_the_report_says_the_target_is_down(project_target, holder, docker_client, alerts):
     target = project_target()
     deploy_qwen(target=target.name)
     holder(target, 100)  # once the old server is gone, nothing fits
@@ -134,6 +134,13 @@ def test_when_the_rollback_fails_too_the_report_says_the_target_is_down(project_
         state.result()
     assert str(failed.value).startswith(f"TARGET {target.name} IS DOWN")
     assert target_containers(docker_client, target.name) == []
+    # the operator is told once: the incident opens already escalated (the target is down)
+    message = alerts.wait_for(lambda m: (m["json"] or {}).get("subject", "").startswith(f"[{target.name}]"), 30)
+    assert message["json"]["subject"].startswith(f"[{target.name}] ESCALATED: target down: the new spec did not start")
+    assert "the rollback failed too" in message["json"]["body"]
+    assert "Fix: no server serves: fix the cause above and run deploy-qwen again" in message["json"]["body"]
+    time.sleep(2)
+    assert len(messages_about(alerts, target.name)) == 1, messages_about(alerts, target.name)
 
 
 def test_recover_vllm_brings_back_a_removed_server(project_target, docker_client):
