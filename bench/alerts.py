@@ -381,9 +381,14 @@ def slow_requests(endpoint: str, n: int = SLO_REQUESTS) -> None:
 
 
 def point_schedule(api, deployment_id, name: str, interval_s: float) -> None:
-    """The deployment's one schedule, every ``interval_s`` for target ``name`` (the server deletes the
-    runs it had scheduled and schedules new ones within seconds: its recent-deployments loop)."""
+    """The deployment's one schedule, every ``interval_s`` for target ``name``, and its next runs.
+
+    Updating a schedule deletes the runs it had scheduled; the server's scheduler service creates runs
+    minutes ahead of their start, so it is not in the fault -> message path; here its work is asked
+    for at once (``POST /deployments/{id}/schedule``, what the service calls) rather than waited for.
+    """
     from prefect.client.schemas.schedules import IntervalSchedule
+    from prefect.settings import PREFECT_API_URL
 
     deployment = api.read_deployment(deployment_id)
     first, *rest = deployment.schedules
@@ -396,6 +401,10 @@ def point_schedule(api, deployment_id, name: str, interval_s: float) -> None:
         schedule=IntervalSchedule(interval=timedelta(seconds=interval_s), anchor_date=datetime.now(UTC)),
         parameters={"target": name},
     )
+    ahead = {"min_runs": 6, "max_runs": 12, "min_time": 6 * interval_s}
+    httpx.post(
+        f"{PREFECT_API_URL.value()}/deployments/{deployment_id}/schedule", json=ahead, timeout=30
+    ).raise_for_status()
 
 
 def first_scheduled(api, deployment_id, name: str, timeout_s: float = 90.0) -> float | None:
