@@ -33,6 +33,7 @@ from blocks.engine import EngineSpec
 from blocks.shared import API_KEY_BLOCK, HF_TOKEN_BLOCK, WORK_POOL
 from blocks.target import TargetMachine
 from deployments.targets import sim_target, spark_target
+from deployments.zombies import ensure_zombie_detection
 from tasks.locks import ensure_gpu_limit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -260,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         deploy_all()
         if args.pause_unreachable:
             pause_checks_of_unreachable(targets)
+    ensure_zombie_detection()
     return 0
 
 
