@@ -37,6 +37,7 @@ from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
 from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import AutomationCore
+from prefect.settings import PREFECT_UI_URL
 from prefect.workers.process import ProcessWorker
 
 from blocks.shared import WORK_POOL
@@ -98,11 +99,21 @@ def pool_deployment_ids(pool: str = WORK_POOL) -> list[UUID]:
     return sorted(d.id for d in deployments)
 
 
+def run_link(ui_url: str | None) -> str:
+    """The message's link to the run: under ``ui_url`` (the setup's ``PREFECT_UI_URL``, as the flows'
+    links), else Prefect's ``ui_url`` filter, which renders "None" on a server started without
+    ``PREFECT_UI_URL`` or ``PREFECT_API_URL`` in its environment (prefect/server/events/jinja_filters.py)."""
+    if ui_url:
+        return ui_url.rstrip("/") + "/runs/flow-run/{{ flow_run.id }}"
+    return "{{ flow_run|ui_url }}"
+
+
 def zombie_automation(
-    deployment_ids: Iterable[UUID], within_s: int, alerts_block_id: UUID | None = None
+    deployment_ids: Iterable[UUID], within_s: int, alerts_block_id: UUID | None = None, ui_url: str | None = None
 ) -> AutomationCore:
     """The automation (pure): after a heartbeat of a run of these deployments, nothing alive for
-    ``within_s`` -> Crashed, with a message; and a notification through the alerts block when given."""
+    ``within_s`` -> Crashed, with a message; and a notification through the alerts block when given,
+    its link under ``ui_url`` (`run_link`)."""
     message = (
         f"no heartbeat for {within_s} s: the flow-run process is frozen or gone (automation"
         f" {ZOMBIE_AUTOMATION}; what happens to its container: docs/operator.md)"
@@ -119,7 +130,7 @@ def zombie_automation(
                     f"{within_s} s since {{{{ event.occurred }}}}: its process is frozen or gone, and it was "
                     "marked Crashed. A deploy or recovery that was starting a container leaves it to the "
                     "target's next health check (docs/operator.md, 'Stuck, cancelled and crashed runs').\n"
-                    "Flow run: {{ flow_run|ui_url }}"
+                    f"Flow run: {run_link(ui_url)}"
                 ),
             )
         )
@@ -163,7 +174,8 @@ def ensure_zombie_automation(pool: str = WORK_POOL, within_s: int | None = None)
             client.delete_automation(old.id)
         if not ids:
             return None
-        return client.create_automation(zombie_automation(ids, within_s or zombie_window_s(), _alerts_block_id()))
+        automation = zombie_automation(ids, within_s or zombie_window_s(), _alerts_block_id(), PREFECT_UI_URL.value())
+        return client.create_automation(automation)
 
 
 def ensure_zombie_detection(pool: str = WORK_POOL) -> None:

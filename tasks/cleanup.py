@@ -14,7 +14,8 @@ Who runs the hook (Prefect 3.9.1, a process worker; docs/operator.md "Stuck, can
   its entrypoint (prefect/runner/_cancellation_manager.py ``CancellationManager.cancel``,
   prefect/runner/_workspace_runtime_bootstrap.py); then it sets Cancelled. The flow-run process,
   told it is a cancellation, does not run them (prefect/flow_engine.py
-  ``_engine_owns_cancellation_handling``).
+  ``_engine_owns_cancellation_handling``), but the SIGTERM ends its readiness gate, whose own cleanup
+  (tasks/serve.py ``start_once``) usually removes the server first: the hook removes what is left.
 - **The flow-run process killed** (SIGKILL, the OOM killer): the worker sees it exit with no final
   state, sets Crashed and runs the ``on_crashed`` hooks the same way
   (prefect/runner/_flow_run_executor.py ``FlowRunExecutor.submit``).

@@ -12,23 +12,37 @@ server's own automation (the window's arithmetic is unit-tested).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from uuid import UUID
 
 import psutil
 import pytest
 from prefect import get_client
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+from prefect.settings import PREFECT_UI_URL
 from prefect.states import Cancelling
 
 from blocks.shared import LABEL_FLOW_RUN, WORK_POOL
 from deployments.dev.worker import Worker, start_worker, stop_worker
 from deployments.setup import ensure_work_pool
-from deployments.zombies import HEARTBEAT_ENV, ensure_heartbeats, zombie_automation
+from deployments.zombies import (
+    HEARTBEAT_ENV,
+    ZOMBIE_AUTOMATION,
+    ensure_heartbeats,
+    ensure_zombie_detection,
+    zombie_automation,
+    zombie_window_s,
+)
 from tasks.preflight import preflight
 from tests.integration.conftest import TEST_LABELS, target_containers
 
@@ -83,6 +97,48 @@ def run_containers(docker_client, target: str, run_id: UUID) -> list:
     return [c for c in target_containers(docker_client, target) if c.labels.get(LABEL_FLOW_RUN) == str(run_id)]
 
 
+def hook_lines(run_id: UUID) -> list[str]:
+    """The run's log lines written by the cleanup hook (tasks/cleanup.py)."""
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    return [log.message for log in logs if "this run started" in log.message or "started no container" in log.message]
+
+
+def heartbeats_of(run_id: UUID) -> int:
+    """How many heartbeats of the run the server has stored (its event feed)."""
+    wanted = EventFilter(
+        event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]),
+    )
+    with get_client(sync_client=True) as client:
+        response = client._client.post("/events/filter", json={"filter": wanted.model_dump(mode="json"), "limit": 5})
+    response.raise_for_status()
+    return len(response.json()["events"])
+
+
+class Received(BaseHTTPRequestHandler):
+    """Records each JSON POST (a loopback webhook the notification block sends to)."""
+
+    got: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict]]]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Received)
+    Received.got = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", Received.got
+    server.shutdown()
+
+
 def flow_run_process(worker: Worker, run_id: UUID) -> psutil.Process | None:
     """The worker's child that runs ``run_id`` (the flow-run process: PREFECT__FLOW_RUN_ID in its environment)."""
     for child in psutil.Process(worker.pid).children(recursive=True):
@@ -112,33 +168,51 @@ def test_a_deploy_cancelled_while_its_server_loads_removes_it(worker, project_ta
     assert final.is_cancelled(), final
     wait_for("the container removed", lambda: not run_containers(docker_client, target.name, run_id), 30)
     assert container.name not in [c.name for c in target_containers(docker_client, target.name)]
+    # the run's own cleanup (tasks/serve.py start_once removes a server that never served, on the worker's
+    # SIGTERM too) usually wins; the worker's on_cancellation hook then finds nothing left, or removes it
+    [line] = wait_for("the hook's log line", lambda: hook_lines(run_id), 10)
+    assert line in (
+        f"Cancelling: this run had started no container on {target.name}",
+        f"Cancelling: removed {container.name}, which this run started and which never served",
+    )
 
 
 def test_a_deploy_whose_process_is_killed_ends_crashed_and_its_server_is_removed(worker, project_target, docker_client):
     target = project_target(time_scale=0.2)
     run_id = run_deploy(target.name)
-    loading_container(docker_client, target.name, run_id)
+    container = loading_container(docker_client, target.name, run_id)
     process = wait_for("the flow-run process", lambda: flow_run_process(worker, run_id), 10)
     process.send_signal(signal.SIGKILL)
     final = wait_for("Crashed", lambda: (s := state_of(run_id)).is_final() and s)
     assert final.is_crashed() and "-9" in (final.message or ""), final
     # the worker runs the on_crashed hook in a process of its own: it removes what never served
     wait_for("the container removed", lambda: not run_containers(docker_client, target.name, run_id), 60)
+    assert wait_for("the hook's log line", lambda: hook_lines(run_id), 10) == [
+        f"Crashed: removed {container.name}, which this run started and which never served"
+    ]
 
 
-def test_a_frozen_run_is_marked_crashed_by_the_zombie_automation(worker, project_target):
+def test_a_frozen_run_is_marked_crashed_by_the_zombie_automation(worker, project_target, webhook):
     target = project_target(time_scale=0.2)
     deployment = deployment_of("deploy-qwen", "flows/deploy.py:deploy_qwen")
+    url, received = webhook  # a block of its own: the session's vllm-alerts (if any) is left alone
+    block = CustomWebhookNotificationBlock(name="zombie-test", url=url, json_data={"s": "{{subject}}", "b": "{{body}}"})
+    block_id = block.save(f"zombie-test-{uuid.uuid4().hex[:6]}")
     with get_client(sync_client=True) as client:
-        automation = client.create_automation(zombie_automation([deployment], within_s=10))
+        automation = client.create_automation(zombie_automation([deployment], 10, block_id, PREFECT_UI_URL.value()))
         run_id = client.create_flow_run_from_deployment(deployment, parameters={"target": target.name}).id
     try:
-        wait_for("Running", lambda: state_of(run_id).is_running())
+        # its first heartbeat, sent as the flow starts (the trigger judges only runs it heard beat once)
+        wait_for("a heartbeat", lambda: heartbeats_of(run_id), 20)
         process = wait_for("the flow-run process", lambda: flow_run_process(worker, run_id), 10)
         assert process.environ().get(HEARTBEAT_ENV) == "30"  # from the pool's base job template
         process.send_signal(signal.SIGSTOP)  # frozen: no heartbeat, no state, its worker alive
         crashed = wait_for("Crashed", lambda: (s := state_of(run_id)).is_crashed() and s, 40)
         assert "no heartbeat for 10 s" in (crashed.message or ""), crashed
+        [message] = wait_for("the notification", lambda: list(received), 20)
+        assert f"target {target.name}) sent no heartbeat for 10 s" in message["b"], message
+        assert "deploy-qwen/stuck-" in message["s"] and "is stuck: marked Crashed" in message["s"], message
+        assert f"/runs/flow-run/{run_id}" in message["b"], message
     finally:
         with get_client(sync_client=True) as client:
             client.delete_automation(automation)
@@ -146,6 +220,23 @@ def test_a_frozen_run_is_marked_crashed_by_the_zombie_automation(worker, project
             process.send_signal(signal.SIGKILL)  # a stopped process dies of SIGKILL too: nothing leaks
             process.wait(10)
     assert state_of(run_id).is_crashed()
+
+
+def test_setup_creates_one_zombie_automation_for_the_pools_deployments(worker):
+    deployment = deployment_of("stop-qwen", "flows/stop.py:stop_qwen")
+    try:
+        ensure_zombie_detection()
+        ensure_zombie_detection()  # a re-run replaces it
+        with get_client(sync_client=True) as client:
+            [automation] = client.read_automations_by_name(ZOMBIE_AUTOMATION)
+            pool = client.read_work_pool(WORK_POOL).base_job_template
+        assert f"prefect.deployment.{deployment}" in automation.trigger.match_related["prefect.resource.id"]
+        assert automation.trigger.within.total_seconds() == zombie_window_s() == 90
+        assert pool["variables"]["properties"]["env"]["default"][HEARTBEAT_ENV] == "30"
+    finally:
+        with get_client(sync_client=True) as client:  # the session's other runs are not judged by it
+            for automation in client.read_automations_by_name(ZOMBIE_AUTOMATION):
+                client.delete_automation(automation.id)
 
 
 def test_preflight_warns_of_a_host_without_oom_guard_until_one_runs(project_target, docker_client, sim_image):

@@ -107,6 +107,9 @@ def test_the_automation_notifies_only_through_an_existing_block():
     assert notify.block_document_id == block
     assert "{{ flow_run.name }}" in notify.subject and "{{ deployment.name }}" in notify.subject
     assert "{{ flow_run.parameters.target }}" in notify.body and "{{ flow_run|ui_url }}" in notify.body
+    _, linked = zombie_automation([uuid.uuid4()], 90, block, "http://spark:4200/").actions
+    assert isinstance(linked, SendNotification)
+    assert linked.body.endswith("Flow run: http://spark:4200/runs/flow-run/{{ flow_run.id }}")
 
 
 def test_a_proactive_window_below_ten_seconds_is_refused():
