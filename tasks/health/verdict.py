@@ -579,3 +579,7 @@ def evaluate(obs: Observation, thresholds: Thresholds = _DEFAULTS) -> HealthRepo
         layers=layer_results(check, findings),
         at=obs.now,
     )
+
+
+#: The conditions that are service-level breaches (a degraded verdict that opens an incident).
+SERVICE_LEVEL_CONDITIONS: frozenset[Condition] = frozenset({Condition.KV_CACHE_FULL, Condition.PREEMPTIONS})
