@@ -7,7 +7,9 @@ on the self-hosted server: every flow-run process sends ``prefect.flow-run.heart
 `HEARTBEAT_S` seconds while its flow runs (a daemon thread: prefect/flow_engine.py ``_send_heartbeats``);
 a Proactive trigger per flow run fires when, after a heartbeat, neither another heartbeat nor a final
 state came within `zombie_window_s` (`MISSED_BEATS` beats); its actions mark the run Crashed and, when
-the ``vllm-alerts`` notification block exists (``python -m deployments.setup --notify``), say so.
+the ``vllm-alerts`` notification block exists (``python -m deployments.setup --notify``,
+deployments/notify.py), say so. Setup runs this after ``--notify``: the automation refers to the block
+by id, so a later ``--notify`` (a new block) or ``--notify off`` is followed by a new automation here.
 
 Where the frequency is set: the work pool's base job template (`with_heartbeats`), as the default of its
 ``env`` job variable, which the process worker puts in every flow run's environment. Not prefect.yaml's
@@ -41,6 +43,7 @@ from prefect.settings import PREFECT_UI_URL
 from prefect.workers.process import ProcessWorker
 
 from blocks.shared import WORK_POOL
+from deployments.notify import ALERTS_BLOCK, alerts_block_id
 
 #: The setting behind the flow runs' heartbeat (prefect/settings/models/flows.py ``heartbeat_frequency``).
 HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
@@ -52,8 +55,6 @@ HEARTBEAT_S = 30
 MISSED_BEATS = 3
 #: The automation's name (replaced, never duplicated, by each setup).
 ZOMBIE_AUTOMATION = "crash-zombie-flow-runs"
-#: The notification block the operator's messages go through (`python -m deployments.setup --notify`).
-_ALERTS_BLOCK = "vllm-alerts"
 #: A heartbeat, or one of these final states, keeps a run alive in the trigger's eyes (the recipe's list).
 ALIVE_EVENTS = frozenset(
     {
@@ -155,17 +156,6 @@ def zombie_automation(
     )
 
 
-def _alerts_block_id() -> UUID | None:
-    """The id of the ``vllm-alerts`` notification block, whatever its type (None: notifications are off)."""
-    with get_client(sync_client=True) as client:
-        documents = client.read_block_documents(include_secrets=False)
-    for document in documents:
-        capabilities = document.block_schema.capabilities if document.block_schema else []
-        if document.name == _ALERTS_BLOCK and "notify" in capabilities:
-            return document.id
-    return None
-
-
 def ensure_zombie_automation(pool: str = WORK_POOL, within_s: int | None = None) -> UUID | None:
     """Create (replace) `ZOMBIE_AUTOMATION` for the pool's deployments; None when the pool has none."""
     ids = pool_deployment_ids(pool)
@@ -174,7 +164,7 @@ def ensure_zombie_automation(pool: str = WORK_POOL, within_s: int | None = None)
             client.delete_automation(old.id)
         if not ids:
             return None
-        automation = zombie_automation(ids, within_s or zombie_window_s(), _alerts_block_id(), PREFECT_UI_URL.value())
+        automation = zombie_automation(ids, within_s or zombie_window_s(), alerts_block_id(), PREFECT_UI_URL.value())
         return client.create_automation(automation)
 
 
@@ -186,5 +176,7 @@ def ensure_zombie_detection(pool: str = WORK_POOL) -> None:
     if automation is None:
         print(f"automation {ZOMBIE_AUTOMATION}: not created (no deployment on {pool} yet)")
     else:
-        notify = "and notifies through vllm-alerts" if _alerts_block_id() else "(no vllm-alerts block: no message)"
+        notify = (
+            f"and notifies through {ALERTS_BLOCK}" if alerts_block_id() else f"(no {ALERTS_BLOCK} block: no message)"
+        )
         print(f"automation {ZOMBIE_AUTOMATION}: a run silent for {zombie_window_s()} s is marked Crashed {notify}")

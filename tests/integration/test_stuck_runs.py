@@ -12,14 +12,11 @@ server's own automation (the window's arithmetic is unit-tested).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from uuid import UUID
 
@@ -116,29 +113,6 @@ def heartbeats_of(run_id: UUID) -> int:
     return len(response.json()["events"])
 
 
-class Received(BaseHTTPRequestHandler):
-    """Records each JSON POST (a loopback webhook the notification block sends to)."""
-
-    got: list[dict] = []
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        self.got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def webhook() -> Iterator[tuple[str, list[dict]]]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Received)
-    Received.got = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", Received.got
-    server.shutdown()
-
-
 def flow_run_process(worker: Worker, run_id: UUID) -> psutil.Process | None:
     """The worker's child that runs ``run_id`` (the flow-run process: PREFECT__FLOW_RUN_ID in its environment)."""
     for child in psutil.Process(worker.pid).children(recursive=True):
@@ -192,11 +166,13 @@ def test_a_deploy_whose_process_is_killed_ends_crashed_and_its_server_is_removed
     ]
 
 
-def test_a_frozen_run_is_marked_crashed_by_the_zombie_automation(worker, project_target, webhook):
+def test_a_frozen_run_is_marked_crashed_by_the_zombie_automation(worker, project_target, webhook_receiver):
     target = project_target(time_scale=0.2)
     deployment = deployment_of("deploy-qwen", "flows/deploy.py:deploy_qwen")
-    url, received = webhook  # a block of its own: the session's vllm-alerts (if any) is left alone
-    block = CustomWebhookNotificationBlock(name="zombie-test", url=url, json_data={"s": "{{subject}}", "b": "{{body}}"})
+    # a block of its own: the session's vllm-alerts (if any) is left alone
+    block = CustomWebhookNotificationBlock(
+        name="zombie-test", url=webhook_receiver.url, json_data={"s": "{{subject}}", "b": "{{body}}"}
+    )
     block_id = block.save(f"zombie-test-{uuid.uuid4().hex[:6]}")
     with get_client(sync_client=True) as client:
         automation = client.create_automation(zombie_automation([deployment], 10, block_id, PREFECT_UI_URL.value()))
@@ -209,7 +185,7 @@ def test_a_frozen_run_is_marked_crashed_by_the_zombie_automation(worker, project
         process.send_signal(signal.SIGSTOP)  # frozen: no heartbeat, no state, its worker alive
         crashed = wait_for("Crashed", lambda: (s := state_of(run_id)).is_crashed() and s, 40)
         assert "no heartbeat for 10 s" in (crashed.message or ""), crashed
-        [message] = wait_for("the notification", lambda: list(received), 20)
+        message = webhook_receiver.wait_for(lambda m: m["json"] is not None, 20)["json"]
         assert f"target {target.name}) sent no heartbeat for 10 s" in message["b"], message
         assert "deploy-qwen/stuck-" in message["s"] and "is stuck: marked Crashed" in message["s"], message
         assert f"/runs/flow-run/{run_id}" in message["b"], message
