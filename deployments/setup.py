@@ -34,6 +34,7 @@ from blocks.shared import API_KEY_BLOCK, HF_TOKEN_BLOCK, WORK_POOL
 from blocks.target import TargetMachine
 from deployments.notify import ALERTS_BLOCK, NOTIFY_AUTOMATION, configure_notifications, notify_argument
 from deployments.targets import sim_target, spark_target
+from deployments.zombies import ensure_zombie_detection
 from tasks.locks import ensure_gpu_limit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -271,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         deploy_all()
         if args.pause_unreachable:
             pause_checks_of_unreachable(targets)
+    ensure_zombie_detection()
     return 0
 
 
