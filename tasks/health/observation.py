@@ -9,10 +9,13 @@ host's memory floor is not a threshold: it is the target machine's `host_memory_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tasks.health.service import ServiceLevels, service_levels
 
 # Real imports, not TYPE_CHECKING ones: Prefect validates task parameters with pydantic, which must
 # resolve every annotation of `Observation`. Nothing of tasks.memory's I/O is used here.
@@ -75,11 +78,81 @@ class Thresholds(BaseModel):
             "prefill a few seconds, so a minute without one token is not load"
         ),
     )
+    # The service-level limits (tasks.health.verdict's service rules): the defaults are vLLM's example
+    # PrometheusRule (vllm-project/vllm, examples/online_serving/prometheus_grafana/k8s-monitoring/
+    # prometheusrule.yaml) and llm-d's alerting rules (llm-d/llm-d, docs/monitoring/prometheus-alerting-rules.yaml),
+    # each named by its alert; docs/operator.md lists them.
+    ttft_p99_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "p99 time to first token over the window between two checks above this (seconds) -> degraded: vLLM's "
+            "VllmTTFTP99TooHigh (> 30, for 2m) and llm-d's LLMDExtremeTTFT (> 30, for 5m; its warning "
+            "LLMDHighTTFT says 10)"
+        ),
+    )
+    itl_p99_s: float = Field(
+        1.0,
+        gt=0,
+        description=(
+            "p99 inter-token latency over the window above this (seconds) -> degraded: vLLM's VllmITLP99TooHigh "
+            "(> 1, for 2m); llm-d's rules have no inter-token alert"
+        ),
+    )
+    error_ratio: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description=(
+            "the window's finished requests that vLLM counts as aborted or failed (request_success_total, "
+            "finished_reason abort or error) above this fraction -> degraded: llm-d's LLMDHighErrorRate (> 5 %, "
+            "for 2m, on its gateway's error counter); vLLM's example has no error rule and counts no client abort"
+        ),
+    )
     kv_cache_full: float = Field(
         0.95,
         gt=0,
         le=1,
-        description="KV cache usage above this fraction -> degraded: new requests wait and running ones get preempted",
+        description=(
+            "KV cache usage above this fraction at every check for kv_cache_full_for_s -> degraded: vLLM's "
+            "VllmKVCacheNearFull (> 0.95, for 5m) and llm-d's LLMDDecodeKVCacheCritical (> 0.95, for 5m; its "
+            "LLMDKVCacheSaturation warns at 0.90 for 10m)"
+        ),
+    )
+    kv_cache_full_for_s: float = Field(
+        300.0,
+        ge=0,
+        description="how long the KV cache must stay above kv_cache_full, at every check, before it counts (5m)",
+    )
+    waiting_requests: int = Field(
+        50,
+        ge=0,
+        description=(
+            "requests waiting above this at every check for waiting_requests_for_s -> degraded: vLLM's "
+            "VllmHighQueueDepth (> 50, for 3m) and llm-d's LLMDRequestQueueBuildup (> 50, for 5m)"
+        ),
+    )
+    waiting_requests_for_s: float = Field(
+        180.0,
+        ge=0,
+        description="how long the queue must stay above waiting_requests, at every check, before it counts (3m)",
+    )
+    preemptions_per_s: float = Field(
+        1.0,
+        gt=0,
+        description=(
+            "preemptions per second over the window between two checks above this -> degraded: vLLM's "
+            "VllmPreemptionSpike (rate > 1, for 3m) and llm-d's LLMDHighPreemptions (> 1, for 5m)"
+        ),
+    )
+    min_window_requests: int = Field(
+        10,
+        ge=1,
+        description=(
+            "fewer requests than this in the window and the p99s and the error ratio are not judged: a p99 of a "
+            "handful of requests is the slowest of them, so a nearly idle server would page on one slow request "
+            "(our own choice: Prometheus's rules apply none)"
+        ),
     )
     crash_loop_restarts: int = Field(
         1,
@@ -136,8 +209,14 @@ class Observation:
         answer_ok: the smoke question (12*17) was answered 204; False also for an error or a timeout.
         answer_latency_s: how long the smoke answer took.
         answer_detail: what went wrong with it, in words (e.g. "answered '203'", "timed out after 60 s").
-        metrics: this check's ``/metrics`` (`tasks.vllm.metrics.parse_metrics`).
-        previous: the previous check's snapshot.
+        metrics: this check's ``/metrics``, read after the smoke question (`tasks.vllm.metrics.parse_metrics`).
+        previous: the previous check's snapshot (read after its smoke question): the wedge's reference and
+            the start of the service-level window.
+        service: this check's ``/metrics`` read before its smoke question: the end of the service-level
+            window (`tasks.health.service`), so the check's own question is never counted.
+        held_since: since when (epoch seconds) each service-level condition has held at every check, as
+            the previous check left it (`HealthReport.streaks`): a rule with a hold time fires once its
+            condition has held that long.
         memory: the docker host's meminfo (`tasks.memory.MemInfo`).
         memory_floor_gib: the target's ``host_memory_floor_gib`` (blocks/target.py): MemAvailable
             below it is low headroom, as it stops a start; 0 = no floor (the target's guard is off).
@@ -161,6 +240,8 @@ class Observation:
     answer_detail: str | None = None
     metrics: MetricsSnapshot | None = None
     previous: MetricsSnapshot | None = None
+    service: MetricsSnapshot | None = None
+    held_since: dict[str, float] = field(default_factory=dict)
     memory: MemInfo | None = None
     memory_floor_gib: float = 0.0
     degraded: str | None = None
@@ -251,15 +332,15 @@ class Check:
             return False
         return cur.generation_tokens_total == prev.generation_tokens_total
 
-    @property
-    def preempted(self) -> int:
-        delta = self.delta("preemptions_total")
-        return int(delta) if delta else 0
+    # ---------------------------------------------------------------- service levels
+    @cached_property
+    def levels(self) -> ServiceLevels:
+        """The service-level figures of the window (`tasks.health.service`)."""
+        return service_levels(self.obs.service, self.obs.previous, self.limits.min_window_requests)
 
-    @property
-    def kv_full(self) -> bool:
-        usage = self.obs.metrics.kv_cache_usage if self.obs.metrics else None
-        return usage is not None and usage > self.limits.kv_cache_full
+    def held_s(self, condition: str) -> float:
+        """How long ``condition`` has held at every check: since the previous check's streak, or 0 (new)."""
+        return max(0.0, self.obs.now - self.obs.held_since.get(condition, self.obs.now))
 
     # ---------------------------------------------------------------- host
     @property

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from sim.vllm.vllm_sim.metrics import (
     TPOT_BUCKETS,
     TTFT_BUCKETS,
-    VllmMetrics,  # noqa: I001
+    VllmMetrics,
     go_float,
 )
 from tasks.vllm.metrics import (
