@@ -261,3 +261,44 @@ def test_the_default_limits_are_the_sources():
     assert (limits.ttft_p99_s, limits.itl_p99_s, limits.kv_cache_full, limits.kv_cache_full_for_s) == (30, 1, 0.95, 300)
     assert (limits.waiting_requests, limits.waiting_requests_for_s, limits.preemptions_per_s) == (50, 180, 1)
     assert limits.error_ratio == 0.05
+
+
+# ------------------------------------------------------------------------------ the block and a run's overrides
+
+
+def test_a_runs_limits_override_the_blocks_fields():
+    from blocks.health_limits import HealthLimits
+
+    saved = HealthLimits(limits=Thresholds(ttft_p99_s=10)).limits
+    run = saved.overridden({"kv_cache_full_for_s": 5, "waiting_requests": 5.0})
+    assert (run.ttft_p99_s, run.kv_cache_full_for_s, run.waiting_requests) == (10, 5, 5)
+    assert saved.overridden(None) is saved and saved.overridden({}) is saved
+    assert HealthLimits().limits == Thresholds()  # the block's defaults are Thresholds' (one definition)
+
+
+def test_a_bad_key_names_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown health limit.s. ttft_p99: the limits are startup_budget_s, ") as e:
+        Thresholds().overridden({"ttft_p99": 5})
+    assert "ttft_p99_s" in str(e.value) and "kv_cache_full_for_s" in str(e.value)
+    with pytest.raises(ValueError, match="error_ratio"):
+        Thresholds().overridden({"error_ratio": 2.0})  # a fraction: at most 1
+
+
+def test_the_health_state_stays_within_a_variable():
+    """Prefect refuses a Variable of more than 5,000 characters: the whole state, with both histograms' buckets
+    of a busy server, every streak and the longest reason, stays well inside."""
+    from tasks.state import HealthState
+
+    busy = reading("0.10.1.1", NOW, ttft=[0.2] * 99_999 + [45.0], itl=[0.05] * 99_999, waiting=999, preemptions=99_999)
+    state = HealthState(
+        verdict=Verdict.DEGRADED,
+        since="2026-12-05T22:00:00+00:00",
+        checked_at=NOW,
+        layer=Layer.SERVICE,
+        reason="x" * 300,
+        metrics=busy,
+        restart_count=99,
+        streaks={"kv_cache_full": NOW, "queue_long": NOW},
+    )
+    size = len(state.model_dump_json())
+    assert size < 3_000, size
