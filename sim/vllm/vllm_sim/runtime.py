@@ -541,6 +541,7 @@ class Runtime:
             tpot=self.b.tpot_metric,
             itl=self.b.itl_metric,
             request_tpot=self.b.request_tpot_metric,
+            finish_reasons=self.b.finish_reasons,
         )
         roofline = Roofline.from_knobs(self.knobs, weights_bytes, cfg.kv_bytes_per_token, cfg.active_params)
         engine = Engine(
