@@ -103,3 +103,27 @@ def test_slow_first_tokens_a_full_kv_cache_and_a_long_queue_breach_and_clear(mak
     pressure(endpoint)
     for thread in threads:
         thread.join()
+
+
+def test_the_limits_block_is_saved_once_read_by_every_check_and_overridden_per_run(make_sim_target):
+    from blocks.health_limits import HEALTH_LIMITS_BLOCK, HealthLimits, ensure_health_limits, load_health_limits
+    from tasks.health.limits import Thresholds
+
+    target = make_sim_target()  # never deployed: nothing is judged, but the limits show in the layers' numbers
+
+    def budget(**kw) -> float:
+        report = health_check(target=target.name, **kw)
+        return next(r for r in report.layers if r.name.value == "liveness").numbers["startup_budget_s"]
+
+    try:
+        ensure_health_limits()
+        assert load_health_limits() == Thresholds()
+        HealthLimits(limits=Thresholds(startup_budget_s=1234)).save(HEALTH_LIMITS_BLOCK, overwrite=True)
+        ensure_health_limits()  # an operator's edit is kept
+        assert budget() == 1234
+        assert budget(limits={"startup_budget_s": 7}) == 7  # this run only
+        assert budget() == 1234
+        with pytest.raises(ValueError, match="unknown health limit.s. startup_budget: the limits are"):
+            health_check(target=target.name, limits={"startup_budget": 7})
+    finally:
+        HealthLimits().save(HEALTH_LIMITS_BLOCK, overwrite=True)  # the defaults, for the other tests

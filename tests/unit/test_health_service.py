@@ -302,3 +302,15 @@ def test_the_health_state_stays_within_a_variable():
     )
     size = len(state.model_dump_json())
     assert size < 3_000, size
+
+
+def test_the_block_renders_for_the_ui():
+    from uuid import uuid4
+
+    from blocks.health_limits import HealthLimits
+
+    assert HealthLimits.get_block_type_slug() == "vllm-health-limits"
+    schema = HealthLimits._to_block_schema(block_type_id=uuid4())
+    assert "ttft_p99_s" in str(schema.fields)  # the nested Thresholds' fields, with their descriptions
+    document = HealthLimits()._to_block_document(name="default", block_schema_id=uuid4(), block_type_id=uuid4())
+    assert document.data["limits"]["kv_cache_full_for_s"] == 300
