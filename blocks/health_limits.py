@@ -48,7 +48,7 @@ def ensure_health_limits(name: str = HEALTH_LIMITS_BLOCK) -> None:
     """Register the block type and save the defaults under ``name`` unless saved already (the operator's)."""
     HealthLimits.register_type_and_schema()
     if load_health_limits(name) is not None:
-        print(f"health limits block {name} exists: kept")
+        print(f"health limits block {name}: already saved, left as it is")
         return
     HealthLimits().save(name, overwrite=True)
     print(f"health limits block {name} saved (the defaults: vLLM's and llm-d's alert rules)")
