@@ -124,12 +124,14 @@ print(f"{state.verdict.value if state.verdict else 'unknown'} since {state.since
 PY
 )
     UI=http://127.0.0.1:${DEMO_PREFECT_PORT:-4200}
+    alerts=$("$BIN/python" -m deployments.notify 2>/dev/null) || alerts="unknown (python -m deployments.notify says)"
 
     cat <<MSG
 
 The imitation of vLLM serving Qwen/Qwen3-32B-FP8 is up:
   endpoint   http://127.0.0.1:18000/v1   (try: curl http://127.0.0.1:18000/v1/models)
   verdict    ${verdict}
+  alerts     ${alerts#notifications: }
   again      make demo   (keeps the server, the Hub and the worker; "unchanged" if nothing changed)
   stop all   make down
 

@@ -33,6 +33,7 @@ from blocks.engine import EngineSpec
 from blocks.health_limits import ensure_health_limits
 from blocks.shared import API_KEY_BLOCK, HF_TOKEN_BLOCK, WORK_POOL
 from blocks.target import TargetMachine
+from deployments.notify import ALERTS_BLOCK, NOTIFY_AUTOMATION, configure_notifications, notify_argument
 from deployments.targets import sim_target, spark_target
 from tasks.locks import ensure_gpu_limit
 
@@ -230,6 +231,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="pause the scheduled health check of every target this machine cannot reach (the demo's Spark)",
     )
+    parser.add_argument(
+        "--notify",
+        type=notify_argument,
+        metavar="URL|off",
+        help=f"send incident messages to this webhook (Slack, Teams, Discord, or any URL: a JSON POST) through "
+        f"the block {ALERTS_BLOCK} and the automation {NOTIFY_AUTOMATION}, replacing the earlier destination; "
+        f"'off' removes both; `python -m deployments.notify` says where they go now",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     want_key = args.api_key or args.rotate_api_key
@@ -258,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_work_pool()
     for target in targets:
         print(f"concurrency limit {ensure_gpu_limit(target.name)} ready")
+    if args.notify:
+        configure_notifications(args.notify)
     if not args.no_deploy:
         deploy_all()
         if args.pause_unreachable:

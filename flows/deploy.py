@@ -27,21 +27,22 @@ from blocks.target import TargetMachine
 from tasks.caches import CacheReport, bound_caches, clear_caches, evict_cache_entries, list_caches, pick_evictions
 from tasks.container import remove_container, replace_or_keep
 from tasks.errors import ServerDidNotStart, SparkVllmError
-from tasks.events import ServiceEvent, emit_service_event
+from tasks.events import ServiceEvent
 from tasks.fleet import DeployOutcome, publish_outcome
+from tasks.incidents.track import report_service_event
 from tasks.inference import SmokeResult, smoke_inference
 from tasks.loader import LoaderChoice, choose_loader, with_loader
 from tasks.loadtest.run import GateResult, run_gate
 from tasks.locks import gpu_lock
 from tasks.preflight import preflight
-from tasks.readiness import ReadinessTimeouts, endpoint_ready
+from tasks.readiness import ReadinessTimeouts, endpoint_ready, serves
 from tasks.recovery.planner import RecoveryLimits
 from tasks.report import artifact_key, fenced, key_value_table, publish_report
 from tasks.secrets import scrub
 from tasks.serve import Served, ServerSecrets, Target, load_target, serve
 from tasks.staging import StageResult
 from tasks.staging.stage import stage_steps
-from tasks.state import clear_recover_runs, last_healthy, last_healthy_record, record_healthy
+from tasks.state import clear_recover_runs, desired_state, last_healthy, last_healthy_record, record_healthy
 from tasks.vllm.versions import VersionInfo
 from tasks.vllm_version import (
     ImageFacts,
@@ -402,7 +403,16 @@ def _roll_back(
         )
         smoke_inference(machine.endpoint, previous.served_name, secrets.api_key)
     except Exception as exc:  # noqa: BLE001 - reported: the target is down
-        emit_service_event(machine.name, ServiceEvent.FAILED, {"kind": "rollback_failed", "spec_hash": failed_hash})
+        report_service_event(
+            machine.name,
+            ServiceEvent.FAILED,
+            {
+                "kind": "rollback_failed",
+                "spec_hash": failed_hash,
+                "down": True,
+                "reason": f"the new spec {why} ({_first_line(failure)}); the rollback failed too ({_first_line(exc)})",
+            },
+        )
         return DeployFailed(
             f"TARGET {machine.name} IS DOWN: the new spec {why} ({_first_line(failure)}) and the rollback to"
             f" {previous.spec_hash(machine)} failed too ({_first_line(exc)})"
@@ -411,10 +421,14 @@ def _roll_back(
     record_healthy(
         machine.name, served.spec, served.spec_hash, kv_cache_tokens=served.kv_cache_tokens, vllm_version=logged
     )
-    emit_service_event(
+    report_service_event(
         machine.name,
         ServiceEvent.ROLLED_BACK,
-        {"spec_hash": served.spec_hash, "failed_spec_hash": failed_hash},
+        {
+            "spec_hash": served.spec_hash,
+            "failed_spec_hash": failed_hash,
+            "reason": f"the new spec {failed_hash} {why}: {_first_line(failure)}",
+        },
         vllm_version=logged,
     )
     return DeployFailed(
@@ -482,10 +496,10 @@ def _report_failure(
     message = scrub(str(exc), secrets.values)
     cause = getattr(exc, "cause", None) or getattr(exc.__cause__, "cause", None)
     kind = str(cause.kind) if cause is not None else type(exc).__name__
-    emit_service_event(
+    report_service_event(
         machine.name,
         ServiceEvent.FAILED,
-        {"kind": kind, "reason": message[:1000], "spec_hash": spec_hash},
+        {"kind": kind, "reason": message[:1000], "spec_hash": spec_hash, "down": _left_down(machine, spec, secrets)},
         vllm_version=version,
     )
     sections = {"What happened": fenced(message.splitlines())}
@@ -506,6 +520,14 @@ def _report_failure(
             vllm_version=version,
         )
     )
+
+
+def _left_down(machine: TargetMachine, spec: EngineSpec, secrets: ServerSecrets) -> bool:
+    """A failed deploy left a target that was wanted running (a desired state or a server that served)
+    with no server answering /health: the incident's "target down". A target never deployed is not
+    down: the person who ran the first deploy reads its failure."""
+    wanted = desired_state(machine.name) == "running" or last_healthy_record(machine.name).at is not None
+    return wanted and not serves(machine.endpoint, secrets.api_key)
 
 
 def _loader_row(choice: LoaderChoice | None) -> str | None:
@@ -574,7 +596,7 @@ def _report(result: DeployResult, spec: EngineSpec, served: Served | None, vllm:
         artifact_key("deploy", result.target), f"deploy-qwen on {result.target}: {outcome.summary}", rows, sections
     )
     publish_outcome(outcome)
-    emit_service_event(
+    report_service_event(
         result.target,
         ServiceEvent(result.status),
         {
@@ -582,6 +604,7 @@ def _report(result: DeployResult, spec: EngineSpec, served: Served | None, vllm:
             "spec_hash": result.spec_hash,
             "served_model": result.served_model,
             "degraded": result.degraded or "",
+            "gate": "; ".join(result.gate.problems) if result.gate and not result.gate.passed else "",
         },
         vllm_version=result.vllm_version,
     )

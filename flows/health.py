@@ -28,12 +28,13 @@ from prefect.artifacts import create_table_artifact
 
 from blocks.health_limits import HEALTH_LIMITS_BLOCK, load_health_limits
 from blocks.target import TargetMachine
-from tasks.events import ServiceEvent, emit_service_event
+from tasks.events import ServiceEvent
 from tasks.health.history import history_row, verdict_since
 from tasks.health.limits import Thresholds
 from tasks.health.observation import Observation
 from tasks.health.probes import ContainerFacts, EndpointFacts, inspect_container, probe_endpoints, read_host_memory
 from tasks.health.verdict import HealthReport, Verdict, evaluate
+from tasks.incidents.track import report_service_event
 from tasks.memory import MemInfo
 from tasks.report import artifact_key, publish_report
 from tasks.serve import load_target
@@ -105,10 +106,11 @@ def health_check(
     )
     report = evaluate(observation, thresholds).model_copy(update={"vllm_version": vllm})
 
-    # Report: the state for the next check, the event (unhealthy triggers recover-vllm), the artifacts.
+    # Report: the state for the next check, the event (unhealthy triggers recover-vllm) and the incident
+    # (opened, escalated or closed: one message each), the artifacts.
     since = verdict_since(before.verdict, before.since, report.verdict.value, record.at, datetime.now(UTC))
     save_health_state(machine.name, _state(report, since, now, container, metrics, before))
-    emit_service_event(
+    report_service_event(
         machine.name,
         ServiceEvent(report.verdict.value),
         {"layer": report.layer.value, "condition": report.condition.value, "reason": report.reason, "since": since},

@@ -25,8 +25,9 @@ from blocks.engine import EngineSpec
 from blocks.target import TargetMachine
 from tasks.container import inspect_server, remove_managed_containers
 from tasks.errors import SparkVllmError
-from tasks.events import ServiceEvent, emit_service_event
+from tasks.events import ServiceEvent
 from tasks.health.probes import probe_endpoints
+from tasks.incidents.track import report_service_event
 from tasks.inference import smoke_inference
 from tasks.loader import loader_as_served
 from tasks.locks import gpu_lock
@@ -123,7 +124,7 @@ def recover_vllm(
                 " recovery stops here until a person deploys again (deploy-qwen)"
             )
             logger.warning("%s", message)
-            emit_service_event(machine.name, ServiceEvent.NEEDS_OPERATOR, {"reason": message, "trigger": reason})
+            report_service_event(machine.name, ServiceEvent.NEEDS_OPERATOR, {"reason": message, "trigger": reason})
             return RecoverResult(
                 target=machine.name, status="needs-operator", reason=reason, duration_s=_since(started)
             )
@@ -131,8 +132,10 @@ def recover_vllm(
             return _recover(
                 machine, spec, secrets, docker_host, limits, reason, timeouts, release_timeout_s, started, wedged
             )
-        except BaseException:
+        except BaseException as exc:
             record_recover_run(machine.name, time.time(), ended_healthy=False)
+            if not isinstance(exc, StartFailed | RecoveryGaveUp):  # those said recovery-failed already
+                _report_crash(machine.name, exc)
             raise
 
 
@@ -205,7 +208,7 @@ def _recover(
         duration_s=_since(started),
     )
     if not served.steps:  # serve() emits `recovered` itself when it planned
-        emit_service_event(
+        report_service_event(
             machine.name,
             ServiceEvent.RECOVERED,
             {"classes": [], "failure": "", "spec_hash": served.spec_hash, "degraded": degraded or ""},
@@ -242,6 +245,16 @@ def _dead_server(
     get_run_logger().info("%s is %s: [%s] %s", state.name, state.status, cause.kind.value, cause.summary)
     remove_managed_containers(docker_host, machine.name, 10)
     return Failure(cause, list(state.log_tail))
+
+
+def _report_crash(target: str, exc: BaseException) -> None:
+    """recover-vllm itself failed (not the planner giving up): say so, so the incident escalates."""
+    first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+    report_service_event(
+        target,
+        ServiceEvent.RECOVERY_FAILED,
+        {"kind": type(exc).__name__, "next_step": f"recover-vllm failed: {first}; see its run", "attempts": 0},
+    )
 
 
 def _since(started: float) -> float:

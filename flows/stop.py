@@ -15,7 +15,8 @@ from pydantic import BaseModel
 from blocks.engine import load_engine_spec
 from blocks.target import TargetMachine
 from tasks.container import remove_managed_containers
-from tasks.events import ServiceEvent, emit_service_event
+from tasks.events import ServiceEvent
+from tasks.incidents.track import report_service_event
 from tasks.locks import gpu_lock
 from tasks.memory import read_memory, wait_for_release
 from tasks.report import artifact_key, publish_report
@@ -93,7 +94,7 @@ def stop_qwen(
         memory_released=released,
     )
     publish_report(artifact_key("stop", machine.name), f"stop-qwen on {machine.name}", result.model_dump())
-    emit_service_event(
+    report_service_event(
         machine.name, ServiceEvent.STOPPED, result.model_dump(), vllm_version=vllm.version if vllm else None
     )
     return result

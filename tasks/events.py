@@ -1,5 +1,7 @@
 """Prefect events about the served model: ``vllm.service.<what>`` on resource ``vllm.service.<target>``,
-with the target's name in every payload (``target``).
+with the target's name in every payload (``target``); and the operator's incidents about it,
+``vllm.incident.<opened|escalated|closed>`` on the same resource, whose payload carries the message
+(``subject``, ``body``) that the ``notify-vllm-incidents`` automation sends (deployments/notify.py).
 
 Automations match on them (unhealthy -> recovery) and the UI's event feed shows them. The
 vocabulary is `ServiceEvent`, the one list of what may follow ``vllm.service.``: an automation
@@ -59,6 +61,24 @@ class ServiceEvent(StrEnum):
         return f"{EVENT_PREFIX}.{self.value}"
 
 
+#: What every incident event name starts with.
+INCIDENT_EVENT_PREFIX = "vllm.incident"
+
+
+class IncidentEvent(StrEnum):
+    """What happened to an incident (tasks/incidents); the event is ``vllm.incident.<value>``: one
+    message each."""
+
+    OPENED = "opened"
+    ESCALATED = "escalated"
+    CLOSED = "closed"
+
+    @property
+    def event(self) -> str:
+        """The full event name, e.g. ``vllm.incident.opened`` (what the notify automation matches)."""
+        return f"{INCIDENT_EVENT_PREFIX}.{self.value}"
+
+
 def service_event(what: ServiceEvent | str) -> ServiceEvent:
     """`what` as a `ServiceEvent`; a plain string must be one of the vocabulary's values.
 
@@ -113,3 +133,18 @@ def emit_service_event(
     if vllm_version:
         payload[VLLM_VERSION_KEY] = vllm_version
     emit_event(event=event.event, resource=service_resource(target_name, incident), payload=payload)
+
+
+def emit_incident_event(target_name: str, what: IncidentEvent, payload: dict[str, Any]) -> None:
+    """Emit ``vllm.incident.<what>`` about the target's server with the message in its payload.
+
+    The payload must hold ``subject`` and ``body`` (the notify automation templates them) and no
+    secret; the target's name is added under `TARGET_KEY`.
+
+    Raises:
+        ValueError: the payload lacks the subject or the body (nothing is emitted).
+    """
+    missing = [key for key in ("subject", "body") if not payload.get(key)]
+    if missing:
+        raise ValueError(f"an incident event needs {' and '.join(missing)} in its payload (the message sent)")
+    emit_event(event=what.event, resource=service_resource(target_name), payload={**payload, TARGET_KEY: target_name})

@@ -1,4 +1,5 @@
-"""One GPU-touching flow at a time per target machine, through a Prefect global concurrency limit.
+"""One GPU-touching flow at a time per target machine, through a Prefect global concurrency limit;
+and one writer at a time of a target's incident (``incident:<target>``, held for milliseconds).
 
 The limit ``gpu:<target>`` (limit 1) is created by ``deployments/setup.py``; the flow also creates it
 when missing, because a non-strict ``concurrency()`` on a missing limit silently does not limit,
@@ -20,12 +21,15 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from blocks.target import gpu_limit_name
 
-__all__ = ["ensure_gpu_limit", "gpu_limit_name", "gpu_lock"]
+__all__ = ["ensure_gpu_limit", "gpu_limit_name", "gpu_lock", "incident_lock"]
 
 
 def ensure_gpu_limit(target_name: str) -> str:
     """Create the target's limit (1 slot) unless it exists; return its name."""
-    name = gpu_limit_name(target_name)
+    return _ensure_limit(gpu_limit_name(target_name))
+
+
+def _ensure_limit(name: str) -> str:
     with get_client(sync_client=True) as client:
         try:
             client.read_global_concurrency_limit_by_name(name)
@@ -41,4 +45,12 @@ def ensure_gpu_limit(target_name: str) -> str:
 def gpu_lock(target_name: str, timeout_s: float | None = 3600) -> Iterator[None]:
     """Hold the target's single GPU slot for the duration of the block."""
     with concurrency(ensure_gpu_limit(target_name), occupy=1, timeout_seconds=timeout_s, strict=True):
+        yield
+
+
+@contextmanager
+def incident_lock(target_name: str, timeout_s: float = 30) -> Iterator[None]:
+    """Hold the target's incident slot: a health check and a recovery reporting at once must not
+    both read the incident, change it and write it back (tasks/incidents/track.py)."""
+    with concurrency(_ensure_limit(f"incident:{target_name}"), occupy=1, timeout_seconds=timeout_s, strict=True):
         yield

@@ -171,6 +171,15 @@ def endpoint_ready(base_url: str, served_name: str, api_key: str | None = None, 
         return _healthy(client, served_name)
 
 
+def serves(base_url: str, api_key: str | None = None, timeout: float = 2.0) -> bool:
+    """Some server answers /health with 200 at ``base_url`` (whatever model it serves)."""
+    try:
+        with httpx.Client(base_url=base_url, timeout=timeout, headers=auth_headers(api_key)) as client:
+            return client.get(HEALTH_PATH).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 class LogFollower:
     """A thread that streams a container's log into a bounded queue until closed.
 

@@ -42,7 +42,8 @@ from tasks.container import (
     start_vllm_container,
 )
 from tasks.errors import ServerDidNotStart
-from tasks.events import ServiceEvent, emit_service_event
+from tasks.events import ServiceEvent
+from tasks.incidents.track import report_service_event
 from tasks.memory import (
     NotEnoughMemory,
     drop_caches,
@@ -438,7 +439,7 @@ def _give_up(
     if attempts:
         _publish_attempts(machine, attempts)
     remember_recoveries(machine.name, steps)
-    emit_service_event(
+    report_service_event(
         machine.name,
         ServiceEvent.RECOVERY_FAILED,
         {
@@ -468,7 +469,7 @@ def _served(
     if steps:
         _publish_attempts(machine, attempts)
         remember_recoveries(machine.name, steps)
-        emit_service_event(
+        report_service_event(
             machine.name,
             ServiceEvent.RECOVERED,
             {

@@ -21,7 +21,9 @@ name is defined here, once:
   the history itself is the `health-history-<target>` table artifact, read back with
   `health_history`;
 - `vllm-recover-runs-<target>` (`RecoverRun`s): when recover-vllm ran and whether it ended healthy
-  (the cap on recoveries that keep failing).
+  (the cap on recoveries that keep failing);
+- `vllm-incident-<target>` (`tasks.incidents.machine.IncidentState`): the open incident and when the
+  recent ones opened (tasks/incidents/track.py says why a Variable).
 
 Why every value stays small: Prefect refuses a Variable of more than 5,000 characters
 (`prefect.types.MAX_VARIABLE_VALUE_LENGTH`), so what grows (the health history) lives in an
@@ -40,6 +42,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError, field_validator
 from blocks.engine import EngineSpec
 from tasks.health.layers import Layer
 from tasks.health.verdict import Verdict
+from tasks.incidents.machine import IncidentState
 from tasks.recovery.step import RecoveryStep
 from tasks.report import table_rows
 from tasks.vllm.metrics import MetricsSnapshot
@@ -49,6 +52,7 @@ RECOVERIES_PREFIX = "vllm-recoveries-"
 DESIRED_PREFIX = "vllm-desired-"
 HEALTH_PREFIX = "vllm-health-"
 RECOVER_RUNS_PREFIX = "vllm-recover-runs-"
+INCIDENT_PREFIX = "vllm-incident-"
 KEEP_RECOVERIES = 10
 HEALTH_HISTORY = 48
 
@@ -229,3 +233,12 @@ def record_recover_run(target_name: str, at: float, ended_healthy: bool) -> None
 def clear_recover_runs(target_name: str) -> None:
     """A person deployed: the cap on failing recoveries starts again."""
     Variable.set(RECOVER_RUNS_PREFIX + target_name, [], overwrite=True)
+
+
+def incident_state(target_name: str) -> IncidentState:
+    """The target's incident state (none open, none recent when unset or unreadable)."""
+    return _read(INCIDENT_PREFIX + target_name, IncidentState, IncidentState())
+
+
+def save_incident_state(target_name: str, state: IncidentState) -> None:
+    Variable.set(INCIDENT_PREFIX + target_name, state.model_dump(mode="json"), overwrite=True)

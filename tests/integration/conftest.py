@@ -26,6 +26,7 @@ from deployments.targets import SIM_LEDGER_MOUNT, sim_target
 from sim.hub import HubServer, RepoSpec
 from sim.image import ensure_sim_image
 from sim.ports import free_port
+from tests.integration.receiver import webhook_receiver  # noqa: F401 - the fixture, for every integration test
 
 TEST_TOKEN = "hf_test_token_7f3a9c1e5b2d4f60"
 TEST_API_KEY = "sk-test-api-key-0c9e8d7f6a5b"
