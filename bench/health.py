@@ -432,10 +432,9 @@ class Bench:
 
     def check(self, name: str, thresholds=None) -> tuple[CheckSeen, Any]:
         from flows.health import health_check
-        from tasks.health.observation import Thresholds
 
         started, t0 = time.time(), time.monotonic()
-        state = health_check(target=name, thresholds=thresholds or Thresholds(), return_state=True)
+        state = health_check(target=name, limits=thresholds.model_dump() if thresholds else None, return_state=True)
         wall = time.monotonic() - t0
         if not state.is_completed():  # the flow run itself failed: no verdict
             why = (state.message or state.type.value).split("\n")

@@ -1,10 +1,12 @@
-"""Configuration an operator edits in the Prefect UI: the served engine and the target machine.
+"""Configuration an operator edits in the Prefect UI: the served engine, the target machine and the
+health check's limits.
 
-`prefect block register -m blocks` registers both block types. Rendering to docker-py arguments
+`prefect block register -m blocks` registers the block types. Rendering to docker-py arguments
 and to a compose file lives in `blocks.render` (pure functions).
 """
 
 from blocks.engine import PRESETS, EngineSpec, format_utilization, load_engine_spec
+from blocks.health_limits import HealthLimits
 from blocks.render import (
     REDACTED,
     SecretValue,
@@ -24,6 +26,7 @@ from blocks.target import TargetMachine
 __all__ = [
     "EngineSpec",
     "TargetMachine",
+    "HealthLimits",
     "PRESETS",
     "format_utilization",
     "load_engine_spec",

@@ -24,6 +24,7 @@ from blocks.engine import EngineSpec
 from blocks.shared import (
     API_KEY_ENV,
     HF_TOKEN_ENV_KEYS,
+    LABEL_FLOW_RUN,
     LABEL_MANAGED_BY,
     LABEL_SERVED_MODEL,
     LABEL_SPEC_HASH,
@@ -57,14 +58,21 @@ __all__ = [
 REDACTED = "***"
 
 
-def container_labels(spec: EngineSpec, target: TargetMachine) -> dict[str, str]:
-    """The labels every container we create carries; how we find (only) our own containers."""
-    return {
+def container_labels(spec: EngineSpec, target: TargetMachine, flow_run_id: str | None = None) -> dict[str, str]:
+    """The labels every container we create carries; how we find (only) our own containers.
+
+    ``flow_run_id``: the Prefect flow run that starts the server (`LABEL_FLOW_RUN`), so that run's
+    cancellation or crash hook can remove the container it was starting (tasks/cleanup.py).
+    """
+    labels = {
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_TARGET: target.name,
         LABEL_SPEC_HASH: spec.spec_hash(target),
         LABEL_SERVED_MODEL: spec.served_name,
     }
+    if flow_run_id:
+        labels[LABEL_FLOW_RUN] = flow_run_id
+    return labels
 
 
 def label_filters(target_name: str | None = None) -> dict[str, list[str]]:
@@ -222,11 +230,12 @@ def container_kwargs(
     secret_env: Mapping[str, Any] | None = None,
     labels: Mapping[str, str] | None = None,
     version: Version | None = None,
+    flow_run_id: str | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for docker-py `client.containers.create(**kw)` / `.run(**kw)`.
 
     `secret_env` comes from `secret_environment(...)`; `labels` default to
-    `container_labels(spec, target)`; `version` is the vLLM of the image (the command has the
+    `container_labels(spec, target, flow_run_id)`; `version` is the vLLM of the image (the command has the
     flags as it spells them; `FlagUnavailable` when a field needs one it lacks; None: the
     runbook's). The runbook implies no ipc/shm settings, so none are set.
     """
@@ -240,7 +249,7 @@ def container_kwargs(
         "volumes": _volumes(spec, target, version),
         "environment": container_environment(spec, target, secret_env),
         "restart_policy": {"Name": spec.restart_policy},
-        "labels": dict(labels) if labels is not None else container_labels(spec, target),
+        "labels": dict(labels) if labels is not None else container_labels(spec, target, flow_run_id),
     }
     requests = device_requests(target)
     if requests:

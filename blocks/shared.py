@@ -16,6 +16,10 @@ LABEL_MANAGED_BY = f"{LABEL_PREFIX}.managed-by"
 LABEL_TARGET = f"{LABEL_PREFIX}.target"
 LABEL_SPEC_HASH = f"{LABEL_PREFIX}.spec-hash"
 LABEL_SERVED_MODEL = f"{LABEL_PREFIX}.served-model"
+#: The Prefect flow run that created the server: its on_cancellation / on_crashed hook (tasks/cleanup.py)
+#: finds by it the container that run was starting. Not part of the spec hash: which run started a
+#: server never changes what runs.
+LABEL_FLOW_RUN = f"{LABEL_PREFIX}.flow-run"
 MANAGED_BY = "spark-vllm"
 #: What a container of ours is for, when it is not the server: "helper" (memory reads, drop caches).
 LABEL_ROLE = f"{LABEL_PREFIX}.role"

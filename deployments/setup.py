@@ -30,10 +30,12 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from blocks.engine import EngineSpec
+from blocks.health_limits import ensure_health_limits
 from blocks.shared import API_KEY_BLOCK, HF_TOKEN_BLOCK, WORK_POOL
 from blocks.target import TargetMachine
 from deployments.notify import ALERTS_BLOCK, NOTIFY_AUTOMATION, configure_notifications, notify_argument
 from deployments.targets import sim_target, spark_target
+from deployments.zombies import ensure_zombie_detection
 from tasks.locks import ensure_gpu_limit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         reset=args.reset_blocks,
         api_key_for={API_KEY_TARGET: API_KEY_BLOCK} if want_key else None,
     )
+    ensure_health_limits()
     ensure_work_pool()
     for target in targets:
         print(f"concurrency limit {ensure_gpu_limit(target.name)} ready")
@@ -271,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         deploy_all()
         if args.pause_unreachable:
             pause_checks_of_unreachable(targets)
+    ensure_zombie_detection()
     return 0
 
 

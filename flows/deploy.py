@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from blocks.engine import RESTART_FIELDS, EngineSpec, extra_args_warnings
 from blocks.target import TargetMachine
 from tasks.caches import CacheReport, bound_caches, clear_caches, evict_cache_entries, list_caches, pick_evictions
+from tasks.cleanup import remove_unserved_container
 from tasks.container import remove_container, replace_or_keep
 from tasks.errors import ServerDidNotStart, SparkVllmError
 from tasks.events import ServiceEvent
@@ -109,7 +110,13 @@ class BenchGateFailed(SparkVllmError):
         self.gate = gate
 
 
-@flow(name="deploy-qwen", flow_run_name="deploy-{target}", log_prints=True)
+@flow(
+    name="deploy-qwen",
+    flow_run_name="deploy-{target}",
+    log_prints=True,
+    on_cancellation=[remove_unserved_container],
+    on_crashed=[remove_unserved_container],
+)
 def deploy_qwen(
     target: str = "spark",
     engine: str | None = None,

@@ -7,11 +7,14 @@ to Watch", done by a flow every few minutes, in layers, each with its own verdic
 (exists, state, restarts since the deploy, exit code, OOMKilled), liveness (/health; no answer
 while loading is "starting", not dead), readiness (/v1/models lists the model), function (one tiny
 deterministic request), progress (/metrics: requests in flight while no token is generated =
-wedged, even when /health says 200: vllm issue 39863; KV cache usage, preemptions), host
-(MemAvailable against the target's `host_memory_floor_gib`, the floor of the start's memory
-guard). The verdict is the pure `tasks.health.verdict.evaluate`. It publishes an event per check
-(`vllm.service.<verdict>`: the unhealthy one's automation runs recover-vllm), a status artifact and
-a history table; it never restarts anything itself.
+wedged, even when /health says 200: vllm issue 39863), service levels (/metrics read before the
+smoke question against the previous check's read after its own: p99 TTFT and inter-token latency,
+error ratio, preemption rate, KV cache and queue held for minutes; the limits in the
+`HealthLimits` block `default`, a run's ``limits`` overriding them), host (MemAvailable against the
+target's `host_memory_floor_gib`, the floor of the start's memory guard). The verdict is the pure
+`tasks.health.verdict.evaluate`. It publishes an event per check (`vllm.service.<verdict>`: the
+unhealthy one's automation runs recover-vllm), a status artifact and a history table; it never
+restarts anything itself.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
+from blocks.health_limits import HEALTH_LIMITS_BLOCK, load_health_limits
 from blocks.target import TargetMachine
 from tasks.events import ServiceEvent
 from tasks.health.history import history_row, verdict_since
-from tasks.health.observation import Observation, Thresholds
+from tasks.health.limits import Thresholds
+from tasks.health.observation import Observation
 from tasks.health.probes import ContainerFacts, EndpointFacts, inspect_container, probe_endpoints, read_host_memory
 from tasks.health.verdict import HealthReport, Verdict, evaluate
 from tasks.incidents.track import report_service_event
@@ -53,7 +58,7 @@ def health_check(
     engine: str | None = None,
     preset: str | None = None,
     overrides: dict[str, Any] | None = None,
-    thresholds: Thresholds = Thresholds(),
+    limits: dict[str, float] | None = None,
 ) -> HealthReport:
     """Check the target's server layer by layer; publish the verdict. Changes nothing on the machine.
 
@@ -62,9 +67,12 @@ def health_check(
         engine: name of an EngineSpec block (for the served model name); None = the runbook's.
         preset: a runbook tuning block (only the served name matters here).
         overrides: EngineSpec fields (only the served name matters here).
-        thresholds: the verdict's limits (startup budget, latency budgets, wedge window, KV cache, crash loop).
+        limits: health limits for this run only, over the `HealthLimits` block ``default`` (UI: Blocks ->
+            vLLM Health Limits), e.g. ``{"ttft_p99_s": 10, "kv_cache_full_for_s": 600}``; a key that is no
+            limit fails the run naming the valid ones.
     """
     started = time.monotonic()
+    thresholds = _limits(limits)
     resolved = load_target(target, engine, preset, overrides)
     machine, served = resolved.machine, resolved.spec.served_name
     before = health_state(machine.name)
@@ -84,11 +92,12 @@ def health_check(
     # Which vLLM: the server's GET /version, else the last healthy server's word (its metric names).
     vllm = endpoints.vllm_version or record.vllm_version
     # The verdict: the first rule of the table that matches, and every layer.
-    metrics = _snapshot(endpoints.metrics_text, now, vllm)
+    metrics = _snapshot(endpoints.metrics_text, endpoints.metrics_at or now, vllm)
+    service = _snapshot(endpoints.metrics_before_text, endpoints.metrics_before_at or now, vllm)
     observation = _observation(
         container,
         endpoints,
-        metrics,
+        (metrics, service),
         memory,
         machine=machine,
         before=before,
@@ -118,6 +127,18 @@ def health_check(
     return report
 
 
+def _limits(overrides: dict[str, float] | None) -> Thresholds:
+    """The `HealthLimits` block's limits (the defaults when none is saved, said once in the run's log), with
+    this run's overrides."""
+    saved = load_health_limits(HEALTH_LIMITS_BLOCK)
+    if saved is None:
+        get_run_logger().warning(
+            "no HealthLimits block %r: the default limits apply (python -m deployments.setup saves it)",
+            HEALTH_LIMITS_BLOCK,
+        )
+    return (saved or Thresholds()).overridden(overrides)
+
+
 def _snapshot(text: str | None, now: float, vllm: str | None) -> MetricsSnapshot | None:
     """This check's /metrics numbers, by the names of the server's vLLM (unknown: every version's);
     None when the server gave none or not Prometheus text."""
@@ -145,7 +166,7 @@ def _never_deployed_or_running(
 def _observation(
     container: ContainerFacts,
     endpoints: EndpointFacts,
-    metrics: MetricsSnapshot | None,
+    reads: tuple[MetricsSnapshot | None, MetricsSnapshot | None],
     memory: MemInfo | None,
     *,
     machine: TargetMachine,
@@ -153,7 +174,9 @@ def _observation(
     record: HealthyRecord,
     now: float,
 ) -> Observation:
-    """What the probes saw, with what the previous check and the last deploy left, for `evaluate`."""
+    """What the probes saw, with what the previous check and the last deploy left, for `evaluate`;
+    ``reads`` are /metrics after and before the smoke question."""
+    metrics, service = reads
     return Observation(
         desired=desired_state(machine.name) or _never_deployed_or_running(record, container),
         now=now,
@@ -172,6 +195,8 @@ def _observation(
         answer_detail=f"answered {endpoints.answer!r}" if endpoints.answer_ok is False else None,
         metrics=metrics,
         previous=before.metrics,
+        service=service,
+        held_since=before.streaks,
         memory=memory,
         memory_floor_gib=machine.host_memory_floor_gib,
         degraded=record.degraded,
@@ -186,8 +211,9 @@ def _state(
     metrics: MetricsSnapshot | None,
     before: HealthState,
 ) -> HealthState:
-    """What the next check needs of this one: the verdict and since when, the restarts, and the last
-    /metrics numbers (the previous check's when this one read none, so a wedge can still be judged)."""
+    """What the next check needs of this one: the verdict and since when, the restarts, the last
+    /metrics numbers read after the smoke question (the previous check's when this one read none, so a
+    wedge can still be judged; the next service-level window starts there), and the service-level streaks."""
     return HealthState(
         verdict=report.verdict,
         since=since,
@@ -196,6 +222,7 @@ def _state(
         reason=report.reason[:300],
         metrics=metrics or before.metrics,
         restart_count=container.restart_count,
+        streaks=report.streaks,
     )
 
 

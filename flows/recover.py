@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from blocks.engine import EngineSpec
 from blocks.target import TargetMachine
+from tasks.cleanup import remove_unserved_container
 from tasks.container import inspect_server, remove_managed_containers
 from tasks.errors import SparkVllmError
 from tasks.events import ServiceEvent
@@ -73,7 +74,12 @@ class RecoveryGaveUp(SparkVllmError):
     """The planner found nothing to do that would help; the message says what a person should do."""
 
 
-@flow(name="recover-vllm", flow_run_name="recover-{target}")
+@flow(
+    name="recover-vllm",
+    flow_run_name="recover-{target}",
+    on_cancellation=[remove_unserved_container],
+    on_crashed=[remove_unserved_container],
+)
 def recover_vllm(
     target: str = "spark",
     reason: str = "",

@@ -4,23 +4,34 @@ Checked before anything changes on the machine, so a failing deploy leaves nothi
 target's docker host is this machine (the worker's) and reachable, the NVIDIA runtime is there when
 GPUs are requested, the published port is free or held by our own container, the image is present or
 pullable. Free disk for the model is the staging flow's own preflight (it knows the bytes still
-missing). What is allowed but worth knowing (a server open to the network without an API key) comes
-back as warnings, for the log and the deploy report.
+missing). What is allowed but worth knowing (a server open to the network without an API key, a docker
+host with no OOM guard) comes back as warnings, for the log and the deploy report.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import docker
-from docker.errors import APIError, DockerException
+from docker.errors import APIError, ContainerError, DockerException
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.target import TargetMachine
 from tasks.container import docker_client, image_present, is_managed
 from tasks.errors import SparkVllmError
+from tasks.memory import helper_container_kwargs
+
+#: Daemons that kill the largest memory user while the machine still answers (their process names).
+#: On GB10 the GPU's memory is the host's and a start or a long prefill can exhaust it and hang the
+#: whole machine before the kernel's OOM killer acts (vllm issue 46307); either daemon acts first.
+OOM_GUARDS: tuple[str, ...] = ("earlyoom", "systemd-oomd")
+#: The docker host's process names, read in a throwaway container that shares the host's process
+#: namespace (``pid_mode="host"``): the worker may not be the docker host. ``true``: a process that
+#: ends while it is read is no failure.
+HOST_PROCESS_NAMES = ["sh", "-c", "cat /proc/[0-9]*/comm 2>/dev/null; true"]
 
 
 class PreflightFailed(SparkVllmError):
@@ -101,6 +112,35 @@ def _docker_problems(client: docker.DockerClient, machine: TargetMachine, image:
     return problems, info.get("ServerVersion")
 
 
+def running_oom_guard(process_names: Iterable[str]) -> str | None:
+    """The first of `OOM_GUARDS` among the docker host's process names, or None (pure)."""
+    names = {name.strip() for name in process_names}
+    return next((guard for guard in OOM_GUARDS if guard in names), None)
+
+
+def oom_guard_warning(target_name: str, process_names: Iterable[str]) -> str | None:
+    """None when an OOM guard runs on the docker host, else the warning with its fix (pure)."""
+    if running_oom_guard(process_names) is not None:
+        return None
+    return (
+        f"no OOM guard runs on the docker host of {target_name} (neither {' nor '.join(OOM_GUARDS)}): on GB10 a"
+        " start or a long prefill that exhausts the unified memory can hang the whole machine before the kernel's"
+        " OOM killer acts (vllm issue 46307). Install and enable one: `sudo apt-get install earlyoom &&"
+        " sudo systemctl enable --now earlyoom`, or `sudo systemctl enable --now systemd-oomd`."
+    )
+
+
+def _host_oom_warning(client: docker.DockerClient, machine: TargetMachine, image: str) -> str | None:
+    """`oom_guard_warning` from the docker host's processes, read in a helper of ``image`` (present after
+    the image check); a host that cannot be read is a warning too, never a failure."""
+    kwargs = helper_container_kwargs(machine, image, HOST_PROCESS_NAMES, pid_mode="host")
+    try:
+        output = client.containers.run(**kwargs)
+    except (APIError, ContainerError) as exc:
+        return f"could not tell whether an OOM guard runs on the docker host of {machine.name}: {_short(exc)}"
+    return oom_guard_warning(machine.name, output.decode("utf-8", "replace").splitlines())
+
+
 @task(name="preflight", cache_policy=NO_CACHE, task_run_name="preflight {machine.name}")
 def preflight(machine: TargetMachine, image: str) -> list[str]:
     """Run every check; raise one PreflightFailed that lists every problem found.
@@ -114,7 +154,7 @@ def preflight(machine: TargetMachine, image: str) -> list[str]:
     """
     logger = get_run_logger()
     problems: list[str] = []
-    version = None
+    version, host = None, None
     if remote := machine.remote_docker_problem():
         problems.append(remote)  # and no connection to that machine: nothing there would be used
     else:
@@ -122,12 +162,12 @@ def preflight(machine: TargetMachine, image: str) -> list[str]:
             with docker_client(machine.docker_host()) as client:
                 found, version = _docker_problems(client, machine, image)
                 problems += found
+                host = None if found else _host_oom_warning(client, machine, image)
         except ConnectionError as exc:
             problems.append(str(exc))
     if problems:
         raise PreflightFailed("preflight found {} problem(s):\n- {}".format(len(problems), "\n- ".join(problems)))
-    warning = machine.open_to_network_warning()
-    warnings = [warning] if warning is not None else []
+    warnings = [w for w in (machine.open_to_network_warning(), host) if w is not None]
     for warning in warnings:
         logger.warning("%s", warning)
     logger.info("preflight passed: docker %s, port %s, image %s", version, machine.host_port, image)

@@ -27,6 +27,7 @@ from packaging.version import Version
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 from prefect_docker.host import DockerHost
 from pydantic import BaseModel
 
@@ -234,6 +235,7 @@ def start_once(
         machine,
         secret_env=secret_environment(hf_token=secrets.hf_token, api_key=secrets.api_key),
         version=version,
+        flow_run_id=flow_run.id,  # the label the run's cancellation/crash hook finds it by (tasks/cleanup.py)
     )
     make_room_for_start(machine, spec.image, spec.gpu_memory_utilization, version, loader, weights_gib)
     first_start, restart_policy = restart_policy_after_ready(kwargs)

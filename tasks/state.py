@@ -15,8 +15,10 @@ name is defined here, once:
 - `vllm-desired-<target>` (`DesiredState`): "running" (deploy-qwen, recover-vllm) or "stopped"
   (stop-qwen): a stopped target is never recovered;
 - `vllm-health-<target>` (`HealthState`): the health check's memory: the verdict and since when,
-  the last /metrics snapshot and restart count (progress and crash loops are judged between two
-  checks); the history itself is the `health-history-<target>` table artifact, read back with
+  the last /metrics snapshot (read after the check's smoke question: the wedge's reference and the
+  start of the next service-level window) and restart count (progress, crash loops and service
+  levels are judged between two checks), and since when each held service-level condition holds;
+  the history itself is the `health-history-<target>` table artifact, read back with
   `health_history`;
 - `vllm-recover-runs-<target>` (`RecoverRun`s): when recover-vllm ran and whether it ended healthy
   (the cap on recoveries that keep failing);
@@ -91,6 +93,8 @@ class HealthState(BaseModel):
     reason: str = ""
     metrics: MetricsSnapshot | None = None
     restart_count: int | None = None
+    # since when each service-level condition with a hold time has held at every check (HealthReport.streaks)
+    streaks: dict[str, float] = {}
 
 
 class RecoverRun(NamedTuple):

@@ -1,8 +1,9 @@
 """The scheduled health check (flows/health.py), one idea per module.
 
 - `probes`: the read-only tasks that look at a target (docker, HTTP, meminfo).
-- `observation`: what one check observed, where its lines are drawn (`Thresholds`) and the facts
-  the rules read (`Check`).
+- `limits`: where its lines are drawn (`Thresholds`, held by the operator's `HealthLimits` block).
+- `observation`: what one check observed and the facts the rules read (`Check`).
+- `service`: the service-level figures of the window between two checks (p99s, rates, gauges).
 - `verdict`: the rules (`RULES`, priority first) and `evaluate`, which turns an observation into a
   `HealthReport`.
 - `layers`: how each layer shows in the report (`LAYERS`, in display order).

@@ -33,6 +33,7 @@ class Layer(StrEnum):
     READINESS = "readiness"
     FUNCTION = "function"
     PROGRESS = "progress"
+    SERVICE = "service"
     HOST = "host"
 
 
@@ -99,6 +100,30 @@ def _progress_ok(c: Check) -> str:
     return ", ".join(parts)
 
 
+def _service_ok(c: Check) -> str:
+    lv = c.levels
+    parts = []
+    if lv.ttft_p99_s is not None or lv.itl_p99_s is not None:
+        p99s = [
+            f"p99 {name} {secs(v)}" for name, v in (("TTFT", lv.ttft_p99_s), ("ITL", lv.itl_p99_s)) if v is not None
+        ]
+        parts.append(f"{' and '.join(p99s)} over {count(lv.requests)} requests in {secs(lv.window_s or 0.0)}")
+    if lv.error_ratio is not None:
+        parts.append(f"{pct(lv.error_ratio)} of {count(lv.finished)} finished requests aborted or failed")
+    if lv.preemptions_per_s is not None:
+        parts.append(f"{lv.preemptions_per_s:.2f} preemptions/s")
+    if lv.kv_cache_usage is not None:
+        parts.append(f"KV cache {pct(lv.kv_cache_usage)}")
+    if lv.requests_waiting is not None:
+        parts.append(f"waiting {count(lv.requests_waiting)}")
+    return ", ".join(parts) or "nothing judged"
+
+
+def _service_note(c: Check) -> str | None:
+    """What the service layer could not judge (a metric the server does not export, no window, little traffic)."""
+    return f"not judged: {'; '.join(c.levels.not_judged)}" if c.levels.not_judged else None
+
+
 def _host_ok(c: Check) -> str:
     mem = c.obs.memory
     assert mem is not None
@@ -116,6 +141,8 @@ class LayerSpec:
     numbers: Callable[[Check], dict[str, float]]
     #: the facts to show when the layer is not judged (desired stopped).
     facts: Callable[[Check], str] | None = None
+    #: what the layer could not judge, appended to its detail whenever it is judged (None: nothing to add).
+    note: Callable[[Check], str | None] | None = None
 
 
 #: The layers in display order: the operator's wish first, then down from the container to the host.
@@ -178,8 +205,23 @@ LAYERS: tuple[LayerSpec, ...] = (
             generation_tokens_delta=c.delta("generation_tokens_total"),
             window_s=c.window_s,
             kv_cache_usage=c.obs.metrics.kv_cache_usage if c.obs.metrics else None,
-            preemptions_delta=c.delta("preemptions_total"),
         ),
+    ),
+    LayerSpec(
+        Layer.SERVICE,
+        lambda c: None if c.obs.service is not None else "/metrics not read before the smoke question",
+        _service_ok,
+        lambda c: _numbers(
+            window_s=c.levels.window_s,
+            window_requests=c.levels.requests,
+            ttft_p99_s=c.levels.ttft_p99_s,
+            itl_p99_s=c.levels.itl_p99_s,
+            error_ratio=c.levels.error_ratio,
+            preemptions_per_s=c.levels.preemptions_per_s,
+            kv_cache_usage=c.levels.kv_cache_usage,
+            requests_waiting=c.levels.requests_waiting,
+        ),
+        note=_service_note,
     ),
     LayerSpec(
         Layer.HOST,
@@ -224,10 +266,13 @@ def _layer_result(spec: LayerSpec, check: Check, findings: Sequence[Finding]) ->
             numbers=numbers,
         )
     mine = [f for f in findings if f.layer is spec.layer]
+    note = spec.note(check) if spec.note else None
     if mine:
         verdict = LayerVerdict.FAIL if any(f.verdict is LayerVerdict.FAIL for f in mine) else LayerVerdict.WARN
-        return LayerResult(name=spec.layer, verdict=verdict, detail="; ".join(f.reason for f in mine), numbers=numbers)
+        detail = "; ".join([*(f.reason for f in mine), *([note] if note else [])])
+        return LayerResult(name=spec.layer, verdict=verdict, detail=detail, numbers=numbers)
     why_not = spec.unobserved(check)
     if why_not is not None:
         return LayerResult(name=spec.layer, verdict=LayerVerdict.SKIPPED, detail=why_not, numbers=numbers)
-    return LayerResult(name=spec.layer, verdict=LayerVerdict.OK, detail=spec.ok_detail(check), numbers=numbers)
+    detail = spec.ok_detail(check) + (f"; {note}" if note else "")
+    return LayerResult(name=spec.layer, verdict=LayerVerdict.OK, detail=detail, numbers=numbers)

@@ -1,18 +1,21 @@
 """One health check's input: what it observed of a target, where it draws its lines, and the facts the rules read.
 
 `Observation` is what the flow saw (docker, HTTP, /metrics, meminfo; None = not observed),
-`Thresholds` where the lines are drawn, and `Check` the two together with the facts the rules of
-`tasks.health.verdict` derive from them (the container's age, a counter's growth, a wedge). The
-host's memory floor is not a threshold: it is the target machine's `host_memory_floor_gib`
-(blocks/target.py), the same floor the start's memory guard uses, and the flow passes it in.
+`Thresholds` (tasks/health/limits.py) where the lines are drawn, and `Check` the two together
+with the facts the rules of `tasks.health.verdict` derive from them (the container's age, a
+counter's growth, a wedge, the service-level figures of `tasks.health.service`). The host's memory
+floor is not a threshold: it is the target machine's `host_memory_floor_gib` (blocks/target.py),
+the same floor the start's memory guard uses, and the flow passes it in.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tasks.health.limits import Thresholds
+from tasks.health.service import ServiceLevels, service_levels
 
 # Real imports, not TYPE_CHECKING ones: Prefect validates task parameters with pydantic, which must
 # resolve every annotation of `Observation`. Nothing of tasks.memory's I/O is used here.
@@ -20,95 +23,6 @@ from tasks.memory import MemInfo
 from tasks.vllm.metrics import MetricsSnapshot, counter_delta
 
 __all__ = ["Check", "Observation", "Thresholds"]
-
-
-class Thresholds(BaseModel):
-    """Where the health check draws its lines; each default says why it is where it is.
-
-    The host's memory floor is not here: it is a property of the machine, the target's
-    `host_memory_floor_gib` (`Observation.memory_floor_gib`).
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    startup_budget_s: float = Field(
-        600.0,
-        gt=0,
-        description=(
-            "seconds after the container started during which no HTTP answer means 'starting', not dead: vLLM "
-            "accepts no connection while it loads, a warm start of Qwen3-32B-FP8 on a Spark takes 3-4 min "
-            "(~3.4 min of shards, ~17 s torch.compile, graphs); 600 s leaves a slow disk room and is the "
-            "startup window of KServe and the vLLM production stack. The flow may pass the deploy's timeouts."
-        ),
-    )
-    answer_slow_s: float = Field(
-        10.0,
-        gt=0,
-        description=(
-            "smoke answer slower than this -> degraded: 12*17 -> 204 is a few tokens, ~1.5 s on an idle Spark "
-            "(~7 tokens/s single-stream decode of 32 GB of weights at 273 GB/s, plus prefill); 10 s is over 6x "
-            "that: users feel it, usually a saturated batch or a long queue"
-        ),
-    )
-    answer_budget_s: float = Field(
-        60.0,
-        gt=0,
-        description=(
-            "smoke answer slower than this -> unhealthy: a minute for a few tokens is as good as no service "
-            "(and matches the wedge window); the flow's HTTP timeout should be at least this"
-        ),
-    )
-    health_slow_s: float = Field(
-        5.0,
-        gt=0,
-        description=(
-            "/health slower than this -> degraded: it does no work, so seconds mean the API server's event loop "
-            "is starved"
-        ),
-    )
-    wedge_window_s: float = Field(
-        60.0,
-        gt=0,
-        description=(
-            "requests in flight at two snapshots at least this far apart and generation_tokens_total unchanged "
-            "-> wedged (vllm issue 39863); a decode step takes well under a second and the longest chunked "
-            "prefill a few seconds, so a minute without one token is not load"
-        ),
-    )
-    kv_cache_full: float = Field(
-        0.95,
-        gt=0,
-        le=1,
-        description="KV cache usage above this fraction -> degraded: new requests wait and running ones get preempted",
-    )
-    crash_loop_restarts: int = Field(
-        1,
-        ge=1,
-        description=(
-            "this many restarts since the deploy and not serving now -> crash loop (unhealthy). One: deploy-qwen "
-            "arms the restart policy only once the server has served, so any docker restart means it died "
-            "after serving, and on GB10 with vLLM up to 0.10.x that restart fails on the page cache the first "
-            "load left (vllm issue 35313; unsloth PR 10704; from 0.11.1 on the check reads MemAvailable, but a "
-            "restart that fails on anything else fails the same way too), so waiting out another load only hides it"
-        ),
-    )
-    crash_loop_growth: int = Field(
-        2,
-        ge=1,
-        description=(
-            "this many restarts since the previous check -> crash loop: checks are minutes apart, so two "
-            "restarts in between means neither run finished a 3-4 min load"
-        ),
-    )
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Thresholds:
-        if self.answer_slow_s > self.answer_budget_s:
-            raise ValueError(
-                f"answer_slow_s ({self.answer_slow_s}) must not exceed answer_budget_s ({self.answer_budget_s}):"
-                " slow means degraded, beyond the budget means unhealthy"
-            )
-        return self
 
 
 @dataclass(frozen=True)
@@ -136,8 +50,14 @@ class Observation:
         answer_ok: the smoke question (12*17) was answered 204; False also for an error or a timeout.
         answer_latency_s: how long the smoke answer took.
         answer_detail: what went wrong with it, in words (e.g. "answered '203'", "timed out after 60 s").
-        metrics: this check's ``/metrics`` (`tasks.vllm.metrics.parse_metrics`).
-        previous: the previous check's snapshot.
+        metrics: this check's ``/metrics``, read after the smoke question (`tasks.vllm.metrics.parse_metrics`).
+        previous: the previous check's snapshot (read after its smoke question): the wedge's reference and
+            the start of the service-level window.
+        service: this check's ``/metrics`` read before its smoke question: the end of the service-level
+            window (`tasks.health.service`), so the check's own question is never counted.
+        held_since: since when (epoch seconds) each service-level condition has held at every check, as
+            the previous check left it (`HealthReport.streaks`): a rule with a hold time fires once its
+            condition has held that long.
         memory: the docker host's meminfo (`tasks.memory.MemInfo`).
         memory_floor_gib: the target's ``host_memory_floor_gib`` (blocks/target.py): MemAvailable
             below it is low headroom, as it stops a start; 0 = no floor (the target's guard is off).
@@ -161,6 +81,8 @@ class Observation:
     answer_detail: str | None = None
     metrics: MetricsSnapshot | None = None
     previous: MetricsSnapshot | None = None
+    service: MetricsSnapshot | None = None
+    held_since: dict[str, float] = field(default_factory=dict)
     memory: MemInfo | None = None
     memory_floor_gib: float = 0.0
     degraded: str | None = None
@@ -251,15 +173,15 @@ class Check:
             return False
         return cur.generation_tokens_total == prev.generation_tokens_total
 
-    @property
-    def preempted(self) -> int:
-        delta = self.delta("preemptions_total")
-        return int(delta) if delta else 0
+    # ---------------------------------------------------------------- service levels
+    @cached_property
+    def levels(self) -> ServiceLevels:
+        """The service-level figures of the window (`tasks.health.service`)."""
+        return service_levels(self.obs.service, self.obs.previous, self.limits.min_window_requests)
 
-    @property
-    def kv_full(self) -> bool:
-        usage = self.obs.metrics.kv_cache_usage if self.obs.metrics else None
-        return usage is not None and usage > self.limits.kv_cache_full
+    def held_s(self, condition: str) -> float:
+        """How long ``condition`` has held at every check: since the previous check's streak, or 0 (new)."""
+        return max(0.0, self.obs.now - self.obs.held_since.get(condition, self.obs.now))
 
     # ---------------------------------------------------------------- host
     @property

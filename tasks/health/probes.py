@@ -2,9 +2,11 @@
 what the host has left. Each is a task that takes values and changes nothing; the verdict is the
 pure `tasks.health.verdict.evaluate`.
 
-A check is cheap by design: one docker inspect, five small HTTP requests (/health, /version,
-/v1/models, one 16-token completion, /metrics) and one `docker exec` of the meminfo command in the
-running server.
+A check is cheap by design: one docker inspect, six small HTTP requests (/health, /version,
+/v1/models, /metrics, one 16-token completion, /metrics again) and one `docker exec` of the meminfo
+command in the running server. /metrics is read on both sides of the smoke question: the read before
+it ends the service-level window (tasks/health/service.py), so the check's own question is never in
+the figures; the read after it starts the next window and is the wedge's snapshot.
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ class EndpointFacts(BaseModel):
     answer_ok: bool | None = None
     answer: str | None = None
     answer_latency_s: float | None = None
-    metrics_text: str | None = None
+    metrics_text: str | None = None  # /metrics after the smoke question
+    metrics_at: float | None = None  # when (epoch seconds)
+    metrics_before_text: str | None = None  # /metrics before the smoke question
+    metrics_before_at: float | None = None
     vllm_version: str | None = None  # ``GET /version`` (None: no answer)
 
 
@@ -75,7 +80,7 @@ def inspect_container(docker_host: DockerHost, target_name: str) -> ContainerFac
 @task(name="probe-endpoints", cache_policy=NO_CACHE, task_run_name="probe-endpoints {base_url}")
 def probe_endpoints(base_url: str, served_name: str, api_key: str | None, timeout_s: float = 10.0) -> EndpointFacts:
     """/health, then (whenever the API server answers) /version, then (only when /health answers 200)
-    /v1/models, one tiny completion and /metrics.
+    /v1/models, /metrics, one tiny completion and /metrics again.
 
     vLLM accepts no connection while it loads: no answer is a fact ("starting" or dead, the verdict
     decides from the container's age), not an error.
@@ -92,6 +97,7 @@ def probe_endpoints(base_url: str, served_name: str, api_key: str | None, timeou
         if facts.health_status != 200:
             return facts
         facts.models_listed = lists_model(http, served_name)
+        facts.metrics_before_text, facts.metrics_before_at = _read_metrics(http)
         try:
             started = time.perf_counter()
             # the deploy's smoke question, deterministic (greedy) and a few tokens long
@@ -102,12 +108,18 @@ def probe_endpoints(base_url: str, served_name: str, api_key: str | None, timeou
             facts.answer_ok = contains_expected(text)
         except (httpx.HTTPError, ValueError, KeyError, IndexError):
             facts.answer_ok = False
-        try:
-            metrics = http.get(METRICS_PATH)
-            facts.metrics_text = metrics.text if metrics.status_code == 200 else None
-        except httpx.HTTPError:
-            facts.metrics_text = None
+        facts.metrics_text, facts.metrics_at = _read_metrics(http)
     return facts
+
+
+def _read_metrics(http: httpx.Client) -> tuple[str | None, float]:
+    """/metrics's text (None: no 200 answer) and when it was read (epoch seconds)."""
+    at = time.time()
+    try:
+        answer = http.get(METRICS_PATH)
+    except httpx.HTTPError:
+        return None, at
+    return (answer.text if answer.status_code == 200 else None), at
 
 
 @task(name="read-host-memory", cache_policy=NO_CACHE)

@@ -44,7 +44,7 @@ from tasks.vllm.versions import DEAD_ENGINE_HEALTH
 
 # recover-vllm (flows/recover.py) imports the recovery cap from here until it imports tasks.recovery.cap.
 
-__all__ = ["RULES", "Condition", "HealthReport", "HealthRule", "Verdict", "evaluate"]
+__all__ = ["RULES", "SERVICE_LEVEL_CONDITIONS", "Condition", "HealthReport", "HealthRule", "Verdict", "evaluate"]
 
 
 class Verdict(StrEnum):
@@ -74,8 +74,12 @@ class Condition(StrEnum):
     ANSWER_TOO_SLOW = "answer_too_slow"
     SLOW_ANSWER = "slow_answer"
     SLOW_HEALTH = "slow_health"
+    TTFT_P99 = "ttft_p99"
+    ITL_P99 = "itl_p99"
+    ERROR_RATIO = "error_ratio"
+    QUEUE_LONG = "queue_long"
     KV_CACHE_FULL = "kv_cache_full"
-    PREEMPTIONS = "preemptions"
+    PREEMPTION_RATE = "preemption_rate"
     LOW_HEADROOM = "low_headroom"
     RESTARTED = "restarted"
     RECOVERED_SPEC = "recovered_spec"
@@ -93,6 +97,9 @@ class HealthRule:
         matches: true when the condition holds; must accept any observation (None = not observed).
         reason: the operator's words, with the numbers.
         why: why the rule stands at its place in `RULES` (the priority), for the next maintainer.
+        held_for: for a condition that must hold a while (Prometheus's ``for:``): how long, from the
+            thresholds; the rule fires once ``matches`` was true at every check for that long
+            (`Check.held_s`; the streak is `HealthReport.streaks`). None: it fires at once.
     """
 
     condition: Condition
@@ -101,6 +108,7 @@ class HealthRule:
     matches: Callable[[Check], bool]
     reason: Callable[[Check], str]
     why: str
+    held_for: Callable[[Thresholds], float] | None = None
 
 
 # ============================================================================ reasons
@@ -233,20 +241,60 @@ def _slow_health(c: Check) -> str:
     )
 
 
+def _window(c: Check) -> str:
+    return f"the last {secs(c.levels.window_s or 0.0)} (between this check and the previous one)"
+
+
+def _ttft_p99(c: Check) -> str:
+    return (
+        f"p99 time to first token was {secs(c.levels.ttft_p99_s or 0.0)} over the {count(c.levels.requests)} "
+        f"requests of {_window(c)}, above {secs(c.limits.ttft_p99_s)}: users wait before any text (a long queue, "
+        "long prompts or a saturated prefill)"
+    )
+
+
+def _itl_p99(c: Check) -> str:
+    return (
+        f"p99 inter-token latency was {secs(c.levels.itl_p99_s or 0.0)} over the {count(c.levels.requests)} "
+        f"requests of {_window(c)}, above {secs(c.limits.itl_p99_s)}: streams stall between tokens (a batch too "
+        "large for the memory bandwidth, or preemptions)"
+    )
+
+
+def _error_ratio(c: Check) -> str:
+    return (
+        f"{pct(c.levels.error_ratio or 0.0)} of the {count(c.levels.finished)} requests finished in {_window(c)} "
+        f"were aborted or failed by the engine, above {pct(c.limits.error_ratio)}: read the server's log"
+    )
+
+
+def _queue_long(c: Check) -> str:
+    return (
+        f"{count(c.levels.requests_waiting)} requests waiting, above {count(c.limits.waiting_requests)}, at every "
+        f"check for {secs(c.held_s(Condition.QUEUE_LONG))}: the batch (max_num_seqs) or the KV cache is full; "
+        "lower the load or add a server"
+    )
+
+
 def _kv_cache_full(c: Check) -> str:
-    usage = c.obs.metrics.kv_cache_usage if c.obs.metrics else None
     return (
-        f"KV cache usage is {pct(usage or 0.0)}, above {pct(c.limits.kv_cache_full)}: new requests wait and "
-        "running ones get preempted (lower max_num_seqs or the load, or raise max_model_len headroom)"
+        f"KV cache usage is {pct(c.levels.kv_cache_usage or 0.0)}, above {pct(c.limits.kv_cache_full)} at every "
+        f"check for {secs(c.held_s(Condition.KV_CACHE_FULL))}: new requests wait and running ones get preempted "
+        "(lower max_num_seqs or the load)"
     )
 
 
-def _preemptions(c: Check) -> str:
-    window = f" in {secs(c.window_s)}" if c.window_s is not None else ""
+def _preemption_rate(c: Check) -> str:
     return (
-        f"the engine preempted {count(c.preempted)} request(s) since the previous check{window}: the KV cache "
-        "ran out and their work is redone"
+        f"the engine preempted {count(c.levels.preemptions)} request(s) in {_window(c)}, "
+        f"{c.levels.preemptions_per_s or 0.0:.2f}/s, above {c.limits.preemptions_per_s:g}/s: the KV cache runs out "
+        "and their work is redone"
     )
+
+
+def _over(value: float | int | None, limit: float) -> bool:
+    """A service-level figure above its limit; a figure not judged (None) is never a breach."""
+    return value is not None and value > limit
 
 
 def _low_headroom(c: Check) -> str:
@@ -445,20 +493,61 @@ RULES: tuple[HealthRule, ...] = (
         why="users feel it now too: a starved event loop delays every request",
     ),
     HealthRule(
-        Condition.KV_CACHE_FULL,
+        Condition.TTFT_P99,
         _D,
-        Layer.PROGRESS,
-        lambda c: c.kv_full,
-        _kv_cache_full,
-        why="about to hurt: new requests wait and running ones get preempted",
+        Layer.SERVICE,
+        lambda c: _over(c.levels.ttft_p99_s, c.limits.ttft_p99_s),
+        _ttft_p99,
+        why="the service levels after the smoke answer and /health, what users feel first: p99 TTFT over the window "
+        "between checks (Thresholds.ttft_p99_s, vLLM's VllmTTFTP99TooHigh, llm-d's LLMDExtremeTTFT); no hold: "
+        "the window, minutes long, is already the span the sources' rate[5m] and for: 2m cover",
     ),
     HealthRule(
-        Condition.PREEMPTIONS,
+        Condition.ITL_P99,
         _D,
-        Layer.PROGRESS,
-        lambda c: c.preempted > 0,
-        _preemptions,
-        why="about to hurt: the KV cache ran out since the previous check and work is redone",
+        Layer.SERVICE,
+        lambda c: _over(c.levels.itl_p99_s, c.limits.itl_p99_s),
+        _itl_p99,
+        why="users feel it too: streams stall (Thresholds.itl_p99_s, vLLM's VllmITLP99TooHigh); after TTFT, "
+        "which comes first in a request",
+    ),
+    HealthRule(
+        Condition.ERROR_RATIO,
+        _D,
+        Layer.SERVICE,
+        lambda c: _over(c.levels.error_ratio, c.limits.error_ratio),
+        _error_ratio,
+        why="requests that end without an answer (Thresholds.error_ratio, llm-d's LLMDHighErrorRate); judged "
+        "only where vLLM exports the abort or error label set of request_success_total",
+    ),
+    HealthRule(
+        Condition.QUEUE_LONG,
+        _D,
+        Layer.SERVICE,
+        lambda c: _over(c.levels.requests_waiting, c.limits.waiting_requests),
+        _queue_long,
+        why="about to hurt, held a while (vLLM's VllmHighQueueDepth: for 3m): a queue that stays long is the "
+        "cause the latency rules above show next",
+        held_for=lambda t: t.waiting_requests_for_s,
+    ),
+    HealthRule(
+        Condition.KV_CACHE_FULL,
+        _D,
+        Layer.SERVICE,
+        lambda c: _over(c.levels.kv_cache_usage, c.limits.kv_cache_full),
+        _kv_cache_full,
+        why="about to hurt, held a while (vLLM's VllmKVCacheNearFull: for 5m): new requests wait and running ones "
+        "get preempted; a single full sample is a busy moment, not a breach",
+        held_for=lambda t: t.kv_cache_full_for_s,
+    ),
+    HealthRule(
+        Condition.PREEMPTION_RATE,
+        _D,
+        Layer.SERVICE,
+        lambda c: _over(c.levels.preemptions_per_s, c.limits.preemptions_per_s),
+        _preemption_rate,
+        why="about to hurt: work redone since the KV cache ran out, as a rate over the window (vLLM's "
+        "VllmPreemptionSpike, llm-d's LLMDHighPreemptions: > 1/s); a few preemptions are the scheduler working",
     ),
     HealthRule(
         Condition.LOW_HEADROOM,
@@ -509,6 +598,14 @@ def _check_rules(rules: Sequence[HealthRule]) -> None:
 
 _check_rules(RULES)
 
+#: The conditions that are service-level breaches (the figures users get, from /metrics between checks):
+#: a breach is verdict degraded with one of these as the condition (the health event's payload carries it).
+SERVICE_LEVEL_CONDITIONS: frozenset[Condition] = frozenset(
+    rule.condition for rule in RULES if rule.layer is Layer.SERVICE
+)
+if any(rule.verdict is not Verdict.DEGRADED for rule in RULES if rule.condition in SERVICE_LEVEL_CONDITIONS):
+    raise ValueError("a service-level rule's verdict is degraded: it breaches a service level, nothing is down")
+
 
 # ============================================================================ the verdict
 
@@ -540,6 +637,9 @@ class HealthReport(BaseModel):
     at: float
     #: the vLLM the server runs (``GET /version``, else the last healthy record's); None: unknown.
     vllm_version: str | None = None
+    #: since when (epoch seconds) each condition with a hold time (`HealthRule.held_for`) has held at every
+    #: check, this one included; the flow stores it for the next check (`Observation.held_since`).
+    streaks: dict[str, float] = Field(default_factory=dict)
 
     def markdown(self) -> str:
         """The report for a markdown artifact: the verdict and reason, then one line per layer."""
@@ -557,12 +657,17 @@ def evaluate(obs: Observation, thresholds: Thresholds = _DEFAULTS) -> HealthRepo
         obs: what the flow observed.
         thresholds: where the lines are drawn (frozen, so the shared default is safe).
 
+    A rule with a hold time (`HealthRule.held_for`) fires only once its condition has held at every
+    check for that long: ``obs.held_since`` is the previous check's `HealthReport.streaks`, and a check
+    without the condition (or that could not judge it) ends the streak.
+
     Returns:
         The report. ``starting`` is never ``unhealthy``: a model within its startup budget is not
         judged dead; ``stopped`` (desired stopped) is never anything else.
     """
     check = Check(obs=obs, limits=thresholds)
-    matched = [rule for rule in RULES if rule.matches(check)]
+    holding = [rule for rule in RULES if rule.matches(check)]
+    matched = [r for r in holding if r.held_for is None or check.held_s(r.condition) >= r.held_for(thresholds)]
     decider = matched[0]  # the healthy rule always matches
     reasons = {rule.condition: rule.reason(check) for rule in matched}
     findings = [
@@ -578,8 +683,5 @@ def evaluate(obs: Observation, thresholds: Thresholds = _DEFAULTS) -> HealthRepo
         also=[reasons[r.condition] for r in matched[1:] if r.verdict is decider.verdict],
         layers=layer_results(check, findings),
         at=obs.now,
+        streaks={r.condition.value: obs.now - check.held_s(r.condition) for r in holding if r.held_for is not None},
     )
-
-
-#: The conditions that are service-level breaches (a degraded verdict that opens an incident).
-SERVICE_LEVEL_CONDITIONS: frozenset[Condition] = frozenset({Condition.KV_CACHE_FULL, Condition.PREEMPTIONS})

@@ -108,7 +108,10 @@ SIGNAL_RULES: tuple[SignalRule, ...] = (
         Effect.OPEN,
         "service level breached",
         _check_reason,
-        lambda p: "the figures and the limit are in the health report; the limits live in the health-limits block",
+        lambda p: (
+            "the figures and the limit are in the health report; the limits are the block"
+            " vllm-health-limits/default (UI: Blocks)"
+        ),
         "health",
         when=_service_level,
         why="a service-level rule fired (tasks/health/verdict.py SERVICE_LEVEL_CONDITIONS): users feel it",

@@ -13,7 +13,6 @@ from prefect.blocks.system import Secret
 from flows.deploy import deploy_qwen
 from flows.health import health_check
 from flows.stop import stop_qwen
-from tasks.health.observation import Thresholds
 from tasks.health.verdict import Verdict
 from tasks.state import health_history, health_state
 from tests.integration.conftest import TEST_API_KEY, target_containers
@@ -86,9 +85,9 @@ def test_a_wedged_engine_is_caught_by_the_progress_layer_while_health_says_200(m
     deploy_qwen(target=target.name)
     time.sleep(1.5)
     assert httpx.get(f"{target.endpoint}/health").status_code == 200
-    thresholds = Thresholds(wedge_window_s=2, answer_slow_s=1, answer_budget_s=3)  # its answer never comes
-    health_check(target=target.name, thresholds=thresholds)  # its own tiny request stays queued: in flight
-    report = health_check(target=target.name, thresholds=thresholds)
+    limits = {"wedge_window_s": 2, "answer_slow_s": 1, "answer_budget_s": 3}  # its answer never comes
+    health_check(target=target.name, limits=limits)  # its own tiny request stays queued: in flight
+    report = health_check(target=target.name, limits=limits)
     assert report.verdict is Verdict.UNHEALTHY
     assert report.layer.value == "progress" and "wedged" in report.reason, report.reason
 

@@ -239,3 +239,35 @@ def test_unknown_flag_exits_2_without_starting(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[-1] == "vllm: error: unrecognized arguments: --frobnicate"
+
+
+def test_pressure_drives_the_service_levels_through_metrics(hf_cache: FakeCache, ledger_dir: Path) -> None:
+    """The outside load (engine.Pressure): a KV cache held from outside, slow first tokens, stalled steps and
+    forced preemptions, at start (VLLM_SIM_PRESSURE_*) and at run time (POST/DELETE /_sim/pressure)."""
+    from tasks.vllm.metrics import histogram_quantile, parse_metrics
+
+    server = start_sim(hf_cache, ledger_dir, env_extra={"VLLM_SIM_PRESSURE_KV_RESERVED": "0.97"})
+    try:
+        server.wait_ready()
+        url = server.base_url
+
+        def metrics():
+            return parse_metrics(httpx.get(url + "/metrics").text, time.time())
+
+        assert metrics().kv_cache_usage == pytest.approx(0.97, abs=0.001)  # held from outside, idle
+        set_to = {"first_token_delay_s": 0.4, "token_delay_s": 0.2, "preemptions_per_s": 50}
+        assert httpx.post(url + "/_sim/pressure", json=set_to).json() == {"kv_reserved": 0.0, **set_to}
+        assert metrics().kv_cache_usage == 0.0
+        before = metrics()
+        started = time.monotonic()
+        answer = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 4})
+        assert answer.status_code == 200 and time.monotonic() - started >= 0.4 + 3 * 0.2
+        after = metrics()
+        assert histogram_quantile(0.5, after.ttft_buckets, before.ttft_buckets) >= 0.4
+        assert histogram_quantile(0.5, after.itl_buckets, before.itl_buckets) >= 0.2
+        assert after.preemptions_total > before.preemptions_total  # and the answer still came
+        bad = httpx.post(url + "/_sim/pressure", json={"kv_reserved": 2})
+        assert bad.status_code == 400 and "kv_reserved must be a fraction" in bad.json()["detail"]
+        assert httpx.delete(url + "/_sim/pressure").json()["first_token_delay_s"] == 0.0
+    finally:
+        server.stop()

@@ -7,8 +7,21 @@ import pytest
 from packaging.version import Version
 from pydantic import ValidationError
 
-from sim.vllm.vllm_sim.metrics import VllmMetrics
-from tasks.vllm.metrics import METRIC_SAMPLES, MetricsSnapshot, counter_delta, metric_names, parse_metrics
+from sim.vllm.vllm_sim.metrics import (
+    TPOT_BUCKETS,
+    TTFT_BUCKETS,
+    VllmMetrics,
+    go_float,
+)
+from tasks.vllm.metrics import (
+    METRIC_SAMPLES,
+    MetricsSnapshot,
+    counter_delta,
+    counter_rate,
+    histogram_quantile,
+    metric_names,
+    parse_metrics,
+)
 
 MODEL = "Qwen/Qwen3-32B-FP8"
 NOW = 1_750_000_000.0
@@ -83,7 +96,9 @@ def test_parse_the_imitations_metrics():
     m.prefix_queries.inc(100)
     m.prefix_hits.inc(40)
     m.success.inc(7, "stop")
+    m.success.inc(1, "abort")
     m.e2e.observe(1.5)
+    m.ttft.observe(0.3)
     m.queue.observe(0.25)
     m.queue.observe(0.5)
     s = parse_metrics(m.render(), taken_at=NOW)
@@ -97,11 +112,14 @@ def test_parse_the_imitations_metrics():
         preemptions_total=2,
         prefix_cache_queries_total=100,
         prefix_cache_hits_total=40,
-        requests_succeeded_total=7,
+        requests_succeeded_total=8,
+        requests_aborted_total=1,
         queue_time_sum=0.75,
         queue_time_count=2,
-        ttft_sum=0.0,
-        ttft_count=0,
+        ttft_sum=0.3,
+        ttft_count=1,
+        ttft_buckets={le: (0 if float(le) < 0.3 else 1) for le in [*map(go_float, TTFT_BUCKETS), "+Inf"]},
+        itl_buckets={le: 0 for le in [*map(go_float, TPOT_BUCKETS), "+Inf"]},
         itl_sum=0.0,
         itl_count=0,
         e2e_latency_sum=1.5,
@@ -284,3 +302,110 @@ def test_the_inter_token_name_is_preferred_where_both_exist():
     assert parse_metrics(both, NOW, Version("0.11.1")).itl_sum == 2.0
     assert parse_metrics(both, NOW).itl_sum == 2.0
     assert parse_metrics(both, NOW, Version("0.10.1.1")).itl_sum == 1.0  # 0.10.1.1 has only the old name
+
+
+# ------------------------------------------------------------------------------ the service-level samples
+
+#: vLLM's bucket bounds: TTFT loggers.py:371-374 in 0.10.1.1, buckets.py:56-79 in 0.31.0 (the same);
+#: inter-token loggers.py:383-386 in 0.10.1.1 (time_per_output_token), buckets.py:83-103 in 0.31.0.
+VLLM_TTFT_BOUNDS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
+VLLM_TTFT_BOUNDS += [20.0, 40.0, 80.0, 160.0, 640.0, 2560.0]
+VLLM_ITL_BOUNDS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
+VLLM_ITL_BOUNDS += [20.0, 40.0, 80.0]
+#: FINISH_REASON_STRINGS, vllm/v1/engine/__init__.py:21 in 0.10.1.1, :36 in 0.31.0
+FINISH_REASONS = {"0.10.1.1": ["stop", "length", "abort"], "0.31.0": ["stop", "length", "abort", "error", "repetition"]}
+ITL_NAME = {"0.10.1.1": "time_per_output_token_seconds", "0.31.0": "inter_token_latency_seconds"}
+
+
+def histogram_lines(name: str, bounds: list[float], observed: list[float], engine: str = "0") -> list[str]:
+    """A histogram as prometheus_client renders it (cumulative ``_bucket`` lines, then +Inf)."""
+    lines = [f"# TYPE vllm:{name} histogram"]
+    for bound in [*bounds, float("inf")]:
+        n = sum(1 for v in observed if v <= bound)
+        lines.append(f'vllm:{name}_bucket{{engine="{engine}",le="{go_float(bound)}",model_name="{MODEL}"}} {n}.0')
+    lines.append(f'vllm:{name}_count{{engine="{engine}",model_name="{MODEL}"}} {len(observed)}.0')
+    return lines
+
+
+def service_text(version: str, ttft: list[float], itl: list[float], finished: dict[str, int]) -> str:
+    lines = histogram_lines("time_to_first_token_seconds", VLLM_TTFT_BOUNDS, ttft)
+    lines += histogram_lines(ITL_NAME[version], VLLM_ITL_BOUNDS, itl)
+    lines.append("# TYPE vllm:request_success counter")
+    for reason in FINISH_REASONS[version]:  # every label set exists from the start (loggers.py:298-301, :734-736)
+        labels = f'engine="0",finished_reason="{reason}",model_name="{MODEL}"'
+        lines.append(f"vllm:request_success_total{{{labels}}} {finished.get(reason, 0)}.0")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("version", ["0.10.1.1", "0.31.0"])
+def test_buckets_and_failed_requests_by_version(version):
+    text = service_text(version, ttft=[0.2, 0.3, 45.0], itl=[0.05] * 9 + [1.2], finished={"stop": 7, "abort": 2})
+    for known in (Version(version), None):
+        s = parse_metrics(text, NOW, known)
+        assert list(s.ttft_buckets) == [*map(go_float, VLLM_TTFT_BOUNDS), "+Inf"]
+        assert (s.ttft_buckets["0.25"], s.ttft_buckets["0.5"], s.ttft_buckets["40.0"], s.ttft_buckets["+Inf"]) == (
+            1,
+            2,
+            2,
+            3,
+        )
+        assert (s.itl_buckets["0.05"], s.itl_buckets["1.0"], s.itl_buckets["+Inf"]) == (9, 9, 10)
+        assert (s.requests_succeeded_total, s.requests_aborted_total) == (9, 2)
+        # finished_reason="error" exists from 0.31.0 on (FinishReason.ERROR, v1/engine/__init__.py:65)
+        assert s.requests_errored_total == (0 if version == "0.31.0" else None)
+
+
+def test_buckets_are_summed_over_engines_and_stay_small():
+    text = "\n".join(
+        histogram_lines("time_to_first_token_seconds", VLLM_TTFT_BOUNDS, [0.2] * 5, "0")
+        + histogram_lines("time_to_first_token_seconds", VLLM_TTFT_BOUNDS, [30.0] * 5, "1")
+    )
+    s = parse_metrics(text + "\n", NOW)
+    assert (s.ttft_buckets["0.25"], s.ttft_buckets["40.0"], s.ttft_buckets["+Inf"]) == (5, 10, 10)
+    busy = parse_metrics(
+        service_text("0.10.1.1", [0.2] * 99_999, [0.05] * 99_999, {"stop": 99_999}) + VLLM_0_10_SAMPLE, NOW
+    )
+    assert len(busy.model_dump_json()) < 2_000  # kept in a Variable of at most 5,000 characters with the rest
+
+
+def test_a_server_without_the_histograms_has_none():
+    s = parse_metrics(VLLM_0_10_SAMPLE, NOW)
+    assert s.ttft_buckets is None and s.itl_buckets is None and s.requests_aborted_total is None
+
+
+def bucket_map(bounds: list[float], observed: list[float]) -> dict[str, int]:
+    return {go_float(b): sum(1 for v in observed if v <= b) for b in [*bounds, float("inf")]}
+
+
+def test_histogram_quantile_interpolates_as_prometheus_does():
+    # 100 observations: 90 at 0.2 s (bucket 0.1-0.25), 10 at 35 s (bucket 20-40): p99 rank 99 falls in 20-40,
+    # at 9 of its 10 -> 20 + 20 * 0.9 = 38
+    now = bucket_map(VLLM_TTFT_BOUNDS, [0.2] * 90 + [35.0] * 10)
+    assert histogram_quantile(0.99, now) == pytest.approx(38.0)
+    # p50: rank 50 of the 90 in 0.1-0.25 -> 0.1 + 0.15 * 50/90
+    assert histogram_quantile(0.5, now) == pytest.approx(0.1 + 0.15 * 50 / 90)
+    # the first bucket interpolates from 0
+    assert histogram_quantile(0.5, bucket_map([1.0, 2.0], [0.5] * 4)) == pytest.approx(0.5)
+
+
+def test_histogram_quantile_is_of_the_window_only():
+    before = bucket_map(VLLM_TTFT_BOUNDS, [35.0] * 50)  # slow requests before the window do not count
+    now = bucket_map(VLLM_TTFT_BOUNDS, [35.0] * 50 + [0.2] * 20)
+    assert histogram_quantile(0.99, now, before) == pytest.approx(0.1 + 0.15 * (0.99 * 20) / 20)
+    assert histogram_quantile(0.99, before, before) is None  # nothing observed in between
+    restarted = bucket_map(VLLM_TTFT_BOUNDS, [0.2] * 3)  # a reset: all of it is new
+    assert histogram_quantile(0.99, restarted, before) == pytest.approx(0.1 + 0.15 * 2.97 / 3)
+
+
+def test_histogram_quantile_edges():
+    in_inf = bucket_map([1.0, 2.0], [5.0] * 10)  # every observation above the last bound: that bound
+    assert histogram_quantile(0.99, in_inf) == 2.0
+    assert histogram_quantile(0.99, None) is None
+    assert histogram_quantile(0.99, {"1.0": 3}) is None  # no +Inf: not a histogram
+    assert histogram_quantile(1.5, in_inf) == float("inf") and histogram_quantile(-1, in_inf) == float("-inf")
+
+
+def test_counter_rate():
+    assert counter_rate(700, 100, 300.0) == 2.0
+    assert counter_rate(30, 100, 10.0) == 3.0  # a reset counts from zero
+    assert counter_rate(None, 1, 10.0) is None and counter_rate(5, 1, 0.0) is None and counter_rate(5, 1, None) is None

@@ -75,6 +75,36 @@ def _block_hashes(pieces: list[str]) -> list[str]:
 
 
 @dataclass
+class Pressure:
+    """Load the imitation does not model, that drives the service-level breaches for real (settable at run
+    time: `POST /_sim/pressure`; at start: the `VLLM_SIM_PRESSURE_*` knobs).
+
+    Attributes:
+        kv_reserved: fraction of the KV blocks held by requests outside the model (a long context that
+            never finishes): the usage gauge counts them, and admission and preemption see only the rest.
+        first_token_delay_s: every request waits at least this long after its arrival before it is
+            scheduled: it counts as waiting, and its queue time and time to first token grow.
+        token_delay_s: every engine step takes this much longer: every running sequence's inter-token gap.
+        preemptions_per_s: while sequences run, the scheduler preempts (recompute) the newest one at this
+            rate, as a KV cache under pressure from outside the model would; its work is redone.
+    """
+
+    kv_reserved: float = 0.0
+    first_token_delay_s: float = 0.0
+    token_delay_s: float = 0.0
+    preemptions_per_s: float = 0.0
+
+    def checked(self) -> Pressure:
+        """Itself, or ValueError naming the field out of range."""
+        if not 0.0 <= self.kv_reserved <= 1.0:
+            raise ValueError(f"kv_reserved must be a fraction 0-1 (got {self.kv_reserved})")
+        for name in ("first_token_delay_s", "token_delay_s", "preemptions_per_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (got {getattr(self, name)})")
+        return self
+
+
+@dataclass
 class StatsWindow:
     """Counts since the last periodic log line."""
 
@@ -94,6 +124,7 @@ class Engine:
         num_blocks: int,
         decode_time_scale: float,
         enable_prefix_caching: bool = True,
+        pressure: Pressure | None = None,
     ) -> None:
         self.roofline = roofline
         self.metrics = metrics
@@ -102,6 +133,8 @@ class Engine:
         self.num_blocks = max(1, num_blocks)
         self.scale = decode_time_scale
         self.prefix_caching = enable_prefix_caching
+        self.pressure = (pressure or Pressure()).checked()
+        self._next_preemption = 0.0
         self._cond = threading.Condition()
         self._waiting: collections.deque[GenRequest] = collections.deque()
         self._running: list[GenRequest] = []
@@ -116,6 +149,8 @@ class Engine:
 
     # --- control -------------------------------------------------------------
     def start(self) -> None:
+        with self._cond:
+            self._update_gauges()  # a KV cache held from outside shows before any request
         self._thread.start()
 
     def stop(self) -> None:
@@ -150,6 +185,14 @@ class Engine:
             self._update_gauges()
             self._cond.notify_all()
 
+    def set_pressure(self, pressure: Pressure) -> None:
+        """Change the outside load now (`Pressure`); the gauges show it at once."""
+        with self._cond:
+            self.pressure = pressure.checked()
+            self._next_preemption = 0.0
+            self._update_gauges()
+            self._cond.notify_all()
+
     def abort(self, req: GenRequest) -> None:
         """The client went away; the scheduler drops it at the next step."""
         with self._cond:
@@ -165,8 +208,11 @@ class Engine:
             return window, len(self._running), len(self._waiting), self._kv_usage(), rate
 
     # --- scheduling ----------------------------------------------------------
+    def _reserved_blocks(self) -> int:
+        return int(self.pressure.kv_reserved * self.num_blocks)
+
     def _kv_usage(self) -> float:
-        used = sum(math.ceil(r.computed / BLOCK_SIZE) for r in self._running)
+        used = self._reserved_blocks() + sum(math.ceil(r.computed / BLOCK_SIZE) for r in self._running)
         return min(1.0, used / self.num_blocks)
 
     def _update_gauges(self) -> None:
@@ -179,15 +225,13 @@ class Engine:
                 self.metrics.gpu_cache.set(usage)
 
     def _drop_aborted(self, now: float) -> None:
-        for req in [r for r in self._running if r.aborted]:
-            self._running.remove(req)
-            self._finish(req, "abort", now, notify=False)
-        for req in [r for r in self._waiting if r.aborted]:
-            self._waiting.remove(req)
-            self._finish(req, "abort", now, notify=False)
+        """A client's abort: dropped without stats, as vLLM's output processor pops the request before any
+        (output_processor.py:301-323 in 0.10.1.1, :517-579 in 0.31.0): request_success never counts it."""
+        self._running = [r for r in self._running if not r.aborted]
+        self._waiting = collections.deque(r for r in self._waiting if not r.aborted)
 
     def _free_blocks(self) -> int:
-        return self.num_blocks - sum(r.blocks_needed() for r in self._running)
+        return self.num_blocks - self._reserved_blocks() - sum(r.blocks_needed() for r in self._running)
 
     def _preempt_to_fit(self) -> None:
         """Recompute-preemption of the newest sequences while the KV cache overflows."""
@@ -197,6 +241,18 @@ class Engine:
             self._waiting.appendleft(victim)
             with self.metrics.lock:
                 self.metrics.preemptions.inc()
+
+    def _forced_preemption(self, now: float) -> None:
+        """`Pressure.preemptions_per_s`: preempt the newest running sequence (recompute) when one is due."""
+        rate = self.pressure.preemptions_per_s
+        if rate <= 0 or not self._running or now < self._next_preemption:
+            return
+        self._next_preemption = now + 1.0 / rate
+        victim = self._running.pop()
+        victim.computed = 0
+        self._waiting.appendleft(victim)
+        with self.metrics.lock:
+            self.metrics.preemptions.inc()
 
     def _prefix_lookup(self, req: GenRequest) -> None:
         """Count queries/hits once per request and skip the cached prefix's prefill."""
@@ -233,6 +289,8 @@ class Engine:
             req = self._waiting[0]
             if req.blocks_needed() > self._free_blocks() and self._running:
                 break
+            if req.scheduled_at is None and now < req.arrival + self.pressure.first_token_delay_s:
+                break  # Pressure.first_token_delay_s: not scheduled yet (the queue is FIFO)
             self._waiting.popleft()
             if req.scheduled_at is None:
                 req.scheduled_at = now
@@ -328,13 +386,16 @@ class Engine:
                 now = time.monotonic()
                 self._drop_aborted(now)
                 self._preempt_to_fit()
+                self._forced_preemption(now)
                 self._admit(now)
                 plan, batch_tokens, context = self._plan()
                 self._update_gauges()
-            if not plan:
-                continue
+                if not plan:  # waiting only (a first-token delay, or no room): look again shortly
+                    self._cond.wait(0.01)
+                    continue
             start = max(step_end, now)
-            step_end = start + self.roofline.step_seconds(batch_tokens, context) * self.scale
+            step = self.roofline.step_seconds(batch_tokens, context) * self.scale + self.pressure.token_delay_s
+            step_end = start + step
             self._sleep(step_end - time.monotonic())
             with self._cond:
                 if self.hung or self.dead or self._stop:

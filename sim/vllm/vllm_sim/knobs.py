@@ -93,6 +93,11 @@ class Knobs:
     fault_profiling_release_gib: float | None = None
     # VLLM_SIM_FAULT_PROFILING_RELEASE_TIMES: on the first N starts sharing the ledger (then memory is steady)
     fault_profiling_release_times: int = 1
+    # --- outside load that drives the service-level breaches (engine.Pressure; also POST /_sim/pressure) ---
+    pressure_kv_reserved: float = 0.0  # VLLM_SIM_PRESSURE_KV_RESERVED: fraction of KV blocks held from outside
+    pressure_first_token_delay_s: float = 0.0  # VLLM_SIM_PRESSURE_FIRST_TOKEN_DELAY_S: each request waits that long
+    pressure_token_delay_s: float = 0.0  # VLLM_SIM_PRESSURE_TOKEN_DELAY_S: added to every engine step
+    pressure_preemptions_per_s: float = 0.0  # VLLM_SIM_PRESSURE_PREEMPTIONS_PER_S: forced preemptions while running
     # --- environment seen by "vLLM" ---
     env: Mapping[str, str] = field(default_factory=dict)
 
@@ -140,6 +145,10 @@ class Knobs:
             fault_profiling_release_times=int(
                 _float(e, "VLLM_SIM_FAULT_PROFILING_RELEASE_TIMES", cls.fault_profiling_release_times)
             ),
+            pressure_kv_reserved=min(1.0, max(0.0, _float(e, "VLLM_SIM_PRESSURE_KV_RESERVED", 0.0))),
+            pressure_first_token_delay_s=max(0.0, _float(e, "VLLM_SIM_PRESSURE_FIRST_TOKEN_DELAY_S", 0.0)),
+            pressure_token_delay_s=max(0.0, _float(e, "VLLM_SIM_PRESSURE_TOKEN_DELAY_S", 0.0)),
+            pressure_preemptions_per_s=max(0.0, _float(e, "VLLM_SIM_PRESSURE_PREEMPTIONS_PER_S", 0.0)),
             env=e,
         )
 

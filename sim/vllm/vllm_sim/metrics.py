@@ -237,6 +237,7 @@ class VllmMetrics:
         tpot: bool = True,
         itl: bool = False,
         request_tpot: bool = False,
+        finish_reasons: Sequence[str] = FINISH_REASONS,
     ) -> None:
         base = (("model_name", model_name), ("engine", "0"))
         self.lock = threading.Lock()
@@ -266,7 +267,7 @@ class VllmMetrics:
             "Count of successfully processed requests.",
             base,
             extra="finished_reason",
-            extra_values=FINISH_REASONS,
+            extra_values=finish_reasons,
         )
         self.ttft = Histogram(
             "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", base, TTFT_BUCKETS

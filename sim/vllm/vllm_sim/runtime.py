@@ -20,7 +20,7 @@ from . import faults, loaders, model_files
 from .api import Protocol
 from .cli import ServeArgs
 from .compile_cache import CompileCache, compile_cache, disabled
-from .engine import Engine
+from .engine import Engine, Pressure
 from .failures import STAGE_ARGS, STAGE_LOAD_OOM, STAGE_PORT, StartupFailure
 from .knobs import GIB, Knobs
 from .ledger import Ledger, MemoryView, default_instance_name
@@ -541,6 +541,7 @@ class Runtime:
             tpot=self.b.tpot_metric,
             itl=self.b.itl_metric,
             request_tpot=self.b.request_tpot_metric,
+            finish_reasons=self.b.finish_reasons,
         )
         roofline = Roofline.from_knobs(self.knobs, weights_bytes, cfg.kv_bytes_per_token, cfg.active_params)
         engine = Engine(
@@ -551,6 +552,12 @@ class Runtime:
             plan.num_blocks,
             self.knobs.decode_time_scale,
             s.prefix_caching,
+            Pressure(
+                self.knobs.pressure_kv_reserved,
+                self.knobs.pressure_first_token_delay_s,
+                self.knobs.pressure_token_delay_s,
+                self.knobs.pressure_preemptions_per_s,
+            ),
         )
         protocol = Protocol(a.served_names, a.model, s.max_model_len, self.knobs.fault_empty_output)
         api_key = a.api_key or self.env.get("VLLM_API_KEY") or None

@@ -10,6 +10,7 @@ model loads, as with the real server.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import queue
 import socket
@@ -22,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .api import ApiError, ParsedRequest, Protocol, parse_json
-from .engine import Engine, Event, GenRequest
+from .engine import Engine, Event, GenRequest, Pressure
 from .logs import VllmLog
 from .metrics import CONTENT_TYPE, VllmMetrics
 
@@ -60,6 +61,8 @@ ROUTES: list[tuple[str, str]] = [
     ("/metrics", "GET"),
 ]
 _EVENT_POLL_S = 0.5
+#: The imitation's own admin route (not vLLM's): the outside load (engine.Pressure), read and set at run time.
+PRESSURE_PATH = "/_sim/pressure"
 
 
 @dataclass
@@ -177,6 +180,9 @@ class Handler(BaseHTTPRequestHandler):
             ("GET", "/metrics"): lambda: self._send(200, self.state.metrics.render().encode(), CONTENT_TYPE),
             ("POST", "/v1/chat/completions"): lambda: self._generate("chat", body),
             ("POST", "/v1/completions"): lambda: self._generate("completion", body),
+            ("GET", PRESSURE_PATH): self._pressure_now,
+            ("POST", PRESSURE_PATH): lambda: self._set_pressure(body),
+            ("DELETE", PRESSURE_PATH): lambda: self._set_pressure(b"{}"),
         }
         handler = routes.get(("GET" if method == "HEAD" else method, path))
         if handler is not None:
@@ -185,6 +191,20 @@ class Handler(BaseHTTPRequestHandler):
             self._json(405, {"detail": "Method Not Allowed"})
         else:
             self._json(404, {"detail": "Not Found"})
+
+    def _pressure_now(self) -> None:
+        self._json(200, dataclasses.asdict(self.state.engine.pressure))
+
+    def _set_pressure(self, raw: bytes) -> None:
+        """POST: the fields given replace the current ones, the rest are 0 (DELETE: all 0)."""
+        try:
+            fields = json.loads(raw or b"{}")
+            self.state.engine.set_pressure(Pressure(**{k: float(v) for k, v in fields.items()}))
+        except (ValueError, TypeError) as exc:
+            names = ", ".join(f.name for f in dataclasses.fields(Pressure))
+            self._json(400, {"detail": f"{exc}; the fields are {names}"})
+            return
+        self._pressure_now()
 
     def _health(self) -> None:
         if self.state.dead and self.state.dead_health == 503:

@@ -68,6 +68,7 @@ class Behaviour:
     tpot_metric: bool  # vllm:time_per_output_token_seconds served
     itl_metric: bool  # vllm:inter_token_latency_seconds (and TPOT's help says DEPRECATED)
     request_tpot_metric: bool  # vllm:request_time_per_output_token_seconds
+    finish_reasons: tuple[str, ...]  # vllm:request_success_total's finished_reason label sets (FINISH_REASON_STRINGS)
     # --- loaders (loaders.py) ---
     load_strategy_choices: tuple[str, ...] | None  # --safetensors-load-strategy: None = no such flag; () = any text
     load_strategy_default: str | None
@@ -131,6 +132,9 @@ V0_10_1_1 = Behaviour(
     tpot_metric=True,  # loggers.py:381
     itl_metric=False,
     request_tpot_metric=False,
+    # v1/engine/__init__.py:21 (every label set made at start, v1/metrics/loggers.py:298-301); 0.10.2-0.17.1 were not
+    # inspected for this and keep it
+    finish_reasons=("stop", "length", "abort"),
     load_strategy_choices=None,  # engine/arg_utils.py:566 (load group): no --safetensors-load-strategy in 0.10.1.1
     load_strategy_default=None,
     mmap_desc="Loading safetensors checkpoint shards",  # model_loader/weight_utils.py:469
@@ -253,6 +257,7 @@ V0_17_1 = replace(
 V0_31_0 = replace(
     V0_17_1,
     since="0.31.0",
+    finish_reasons=("stop", "length", "abort", "error", "repetition"),  # v1/engine/__init__.py:36; loggers.py:734-736
     engine_proc="EngineCore",  # vllm/v1/engine/utils.py:227 "EngineCore" without data parallelism (0.20.1: :145)
     raw_prefixed=False,  # vllm/logger.py:27-31: the prefix is in the log format; streams are not wrapped
     version_line=("api_utils.py:347", LOGO),  # entrypoints/serve/utils/api_utils.py:325-347

@@ -1,0 +1,236 @@
+"""Stuck, cancelled and crashed runs through a real worker and a real Prefect server: a deploy cancelled
+while its server loads, or whose flow-run process is SIGKILLed, ends Cancelled / Crashed and its container
+is gone (the on_cancellation / on_crashed hook, run by the worker: tasks/cleanup.py); a run whose process
+is frozen (SIGSTOP) is marked Crashed by the zombie automation (deployments/zombies.py).
+
+The deployments are made here, one per test, of the real flow (no `prefect deploy --all`: seconds saved,
+and nothing of the session's own deployments changed). Prefect's heartbeat is 30 s at least, so the zombie
+test scales the automation's window down to Prefect's floor for a Proactive trigger (10 s) and freezes the
+process right after its first heartbeat: what is tested is that silence marks the run Crashed through the
+server's own automation (the window's arithmetic is unit-tested).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import UUID
+
+import psutil
+import pytest
+from prefect import get_client
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+from prefect.settings import PREFECT_UI_URL
+from prefect.states import Cancelling
+
+from blocks.shared import LABEL_FLOW_RUN, WORK_POOL
+from deployments.dev.worker import Worker, start_worker, stop_worker
+from deployments.setup import ensure_work_pool
+from deployments.zombies import (
+    HEARTBEAT_ENV,
+    ZOMBIE_AUTOMATION,
+    ensure_heartbeats,
+    ensure_zombie_detection,
+    zombie_automation,
+    zombie_window_s,
+)
+from tasks.preflight import preflight
+from tests.integration.conftest import TEST_LABELS, target_containers
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def worker(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """The pool with its heartbeat (what setup does), and a worker on it, from this checkout."""
+    ensure_work_pool()
+    ensure_heartbeats()
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    started = start_worker(WORK_POOL, f"stuck-{uuid.uuid4().hex[:6]}", log, env=env)
+    yield started
+    stop_worker(started)
+
+
+def deployment_of(flow_name: str, entrypoint: str) -> UUID:
+    """A deployment of the real flow on the pool, run from this checkout (as `prefect deploy` makes it)."""
+    with get_client(sync_client=True) as client:
+        return client.create_deployment(
+            flow_id=client.create_flow_from_name(flow_name),
+            name=f"stuck-{uuid.uuid4().hex[:6]}",
+            entrypoint=entrypoint,
+            work_pool_name=WORK_POOL,
+            pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}],
+        )
+
+
+def run_deploy(target: str) -> UUID:
+    deployment = deployment_of("deploy-qwen", "flows/deploy.py:deploy_qwen")
+    with get_client(sync_client=True) as client:
+        return client.create_flow_run_from_deployment(deployment, parameters={"target": target}).id
+
+
+def state_of(run_id: UUID):
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id).state
+
+
+def wait_for(what: str, check, timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        time.sleep(0.3)
+    return found
+
+
+def run_containers(docker_client, target: str, run_id: UUID) -> list:
+    return [c for c in target_containers(docker_client, target) if c.labels.get(LABEL_FLOW_RUN) == str(run_id)]
+
+
+def hook_lines(run_id: UUID) -> list[str]:
+    """The run's log lines written by the cleanup hook (tasks/cleanup.py)."""
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    return [log.message for log in logs if "this run started" in log.message or "started no container" in log.message]
+
+
+def heartbeats_of(run_id: UUID) -> int:
+    """How many heartbeats of the run the server has stored (its event feed)."""
+    wanted = EventFilter(
+        event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]),
+    )
+    with get_client(sync_client=True) as client:
+        response = client._client.post("/events/filter", json={"filter": wanted.model_dump(mode="json"), "limit": 5})
+    response.raise_for_status()
+    return len(response.json()["events"])
+
+
+def flow_run_process(worker: Worker, run_id: UUID) -> psutil.Process | None:
+    """The worker's child that runs ``run_id`` (the flow-run process: PREFECT__FLOW_RUN_ID in its environment)."""
+    for child in psutil.Process(worker.pid).children(recursive=True):
+        try:
+            if child.environ().get("PREFECT__FLOW_RUN_ID") == str(run_id):
+                return child
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return None
+
+
+def loading_container(docker_client, target: str, run_id: UUID):
+    """The run's server, once docker runs it (the imitation then loads for tens of seconds)."""
+    return wait_for(
+        "the run's container",
+        lambda: [c for c in run_containers(docker_client, target, run_id) if c.status == "running"],
+    )[0]
+
+
+def test_a_deploy_cancelled_while_its_server_loads_removes_it(worker, project_target, docker_client):
+    target = project_target(time_scale=0.2)  # a load of about 40 s
+    run_id = run_deploy(target.name)
+    container = loading_container(docker_client, target.name, run_id)
+    with get_client(sync_client=True) as client:  # what the UI's Cancel does
+        client.set_flow_run_state(run_id, Cancelling(message="cancelled by the test"))
+    final = wait_for("Cancelled", lambda: (s := state_of(run_id)).is_final() and s)
+    assert final.is_cancelled(), final
+    wait_for("the container removed", lambda: not run_containers(docker_client, target.name, run_id), 30)
+    assert container.name not in [c.name for c in target_containers(docker_client, target.name)]
+    # the run's own cleanup (tasks/serve.py start_once removes a server that never served, on the worker's
+    # SIGTERM too) usually wins; the worker's on_cancellation hook then finds nothing left, or removes it
+    [line] = wait_for("the hook's log line", lambda: hook_lines(run_id), 10)
+    assert line in (
+        f"Cancelling: this run had started no container on {target.name}",
+        f"Cancelling: removed {container.name}, which this run started and which never served",
+    )
+
+
+def test_a_deploy_whose_process_is_killed_ends_crashed_and_its_server_is_removed(worker, project_target, docker_client):
+    target = project_target(time_scale=0.2)
+    run_id = run_deploy(target.name)
+    container = loading_container(docker_client, target.name, run_id)
+    process = wait_for("the flow-run process", lambda: flow_run_process(worker, run_id), 10)
+    process.send_signal(signal.SIGKILL)
+    final = wait_for("Crashed", lambda: (s := state_of(run_id)).is_final() and s)
+    assert final.is_crashed() and "-9" in (final.message or ""), final
+    # the worker runs the on_crashed hook in a process of its own: it removes what never served
+    wait_for("the container removed", lambda: not run_containers(docker_client, target.name, run_id), 60)
+    assert wait_for("the hook's log line", lambda: hook_lines(run_id), 10) == [
+        f"Crashed: removed {container.name}, which this run started and which never served"
+    ]
+
+
+def test_a_frozen_run_is_marked_crashed_by_the_zombie_automation(worker, project_target, webhook_receiver):
+    target = project_target(time_scale=0.2)
+    deployment = deployment_of("deploy-qwen", "flows/deploy.py:deploy_qwen")
+    # a block of its own: the session's vllm-alerts (if any) is left alone
+    block = CustomWebhookNotificationBlock(
+        name="zombie-test", url=webhook_receiver.url, json_data={"s": "{{subject}}", "b": "{{body}}"}
+    )
+    block_id = block.save(f"zombie-test-{uuid.uuid4().hex[:6]}")
+    with get_client(sync_client=True) as client:
+        automation = client.create_automation(zombie_automation([deployment], 10, block_id, PREFECT_UI_URL.value()))
+        run_id = client.create_flow_run_from_deployment(deployment, parameters={"target": target.name}).id
+    try:
+        # its first heartbeat, sent as the flow starts (the trigger judges only runs it heard beat once)
+        wait_for("a heartbeat", lambda: heartbeats_of(run_id), 20)
+        process = wait_for("the flow-run process", lambda: flow_run_process(worker, run_id), 10)
+        assert process.environ().get(HEARTBEAT_ENV) == "30"  # from the pool's base job template
+        process.send_signal(signal.SIGSTOP)  # frozen: no heartbeat, no state, its worker alive
+        crashed = wait_for("Crashed", lambda: (s := state_of(run_id)).is_crashed() and s, 40)
+        assert "no heartbeat for 10 s" in (crashed.message or ""), crashed
+        message = webhook_receiver.wait_for(lambda m: m["json"] is not None, 20)["json"]
+        assert f"target {target.name}) sent no heartbeat for 10 s" in message["b"], message
+        assert "deploy-qwen/stuck-" in message["s"] and "is stuck: marked Crashed" in message["s"], message
+        assert f"/runs/flow-run/{run_id}" in message["b"], message
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_automation(automation)
+        if (process := flow_run_process(worker, run_id)) is not None:
+            process.send_signal(signal.SIGKILL)  # a stopped process dies of SIGKILL too: nothing leaks
+            process.wait(10)
+    assert state_of(run_id).is_crashed()
+
+
+def test_setup_creates_one_zombie_automation_for_the_pools_deployments(worker):
+    deployment = deployment_of("stop-qwen", "flows/stop.py:stop_qwen")
+    try:
+        ensure_zombie_detection()
+        ensure_zombie_detection()  # a re-run replaces it
+        with get_client(sync_client=True) as client:
+            [automation] = client.read_automations_by_name(ZOMBIE_AUTOMATION)
+            pool = client.read_work_pool(WORK_POOL).base_job_template
+        assert f"prefect.deployment.{deployment}" in automation.trigger.match_related["prefect.resource.id"]
+        assert automation.trigger.within.total_seconds() == zombie_window_s() == 90
+        assert pool["variables"]["properties"]["env"]["default"][HEARTBEAT_ENV] == "30"
+    finally:
+        with get_client(sync_client=True) as client:  # the session's other runs are not judged by it
+            for automation in client.read_automations_by_name(ZOMBIE_AUTOMATION):
+                client.delete_automation(automation.id)
+
+
+def test_preflight_warns_of_a_host_without_oom_guard_until_one_runs(project_target, docker_client, sim_image):
+    target = project_target()
+    [warning] = [w for w in preflight(target, sim_image) if "OOM guard" in w]
+    assert "vllm issue 46307" in warning and "systemctl enable --now earlyoom" in warning
+    # any process named earlyoom on the docker host counts (the helper sees the host's processes)
+    guard = docker_client.containers.run(
+        sim_image,
+        ["sh", "-c", "cp /bin/sleep /tmp/earlyoom && exec /tmp/earlyoom 60"],
+        entrypoint=[],
+        detach=True,
+        remove=True,
+        network_mode="none",
+        labels=TEST_LABELS,
+    )
+    try:
+        wait_for("earlyoom running", lambda: "earlyoom" in guard.top()["Processes"][0][-1], 10)
+        assert not [w for w in preflight(target, sim_image) if "OOM guard" in w]
+    finally:
+        guard.remove(force=True)
