@@ -618,10 +618,14 @@ server's process ends (its PID 1 gets SIGTERM; docker restarts it and the restar
 uniformly random phase of the schedule; onset: the first /health that is not 200. Seconds:
 
 | target | phase: onset after the previous scheduled start | onset -> the detecting run's scheduled start | \
-scheduled -> Pending (negative: picked up ahead, the worker's prefetch) | Pending -> Running (the flow-run process) | \
-Running -> the event | event -> message | scheduled start -> message (d) | onset -> message |
+scheduled -> Pending (negative: picked up ahead) | Pending -> Running (its process started, held to the \
+scheduled start) | Running -> the event | event -> message | scheduled start -> message (d) | onset -> message |
 |---|---|---|---|---|---|---|---|---|
 {chr(10).join(sample_lines(samples))}
+
+The worker picks a run up ahead of its start (Prefect's worker prefetch, 10 s by default) and starts its process
+at once; the server holds the run Pending until its scheduled start (Prefect's orchestration rule
+WaitForScheduledTime), so the flow-run process's start is not in d.
 
 {check_30}{" Failed samples: " + "; ".join(failures) + "." if failures else ""}
 
