@@ -476,30 +476,14 @@ RULES: tuple[HealthRule, ...] = (
         "last unhealthy rule",
     ),
     HealthRule(
-        Condition.SLOW_ANSWER,
-        _D,
-        Layer.FUNCTION,
-        lambda c: _answer_latency_over(c, c.limits.answer_slow_s),
-        _slow_answer,
-        why="the degraded rules, most pressing first: what users feel now (a slow answer), then what is about to "
-        "hurt, then history",
-    ),
-    HealthRule(
-        Condition.SLOW_HEALTH,
-        _D,
-        Layer.LIVENESS,
-        lambda c: c.serving and c.obs.health_latency_s is not None and c.obs.health_latency_s > c.limits.health_slow_s,
-        _slow_health,
-        why="users feel it now too: a starved event loop delays every request",
-    ),
-    HealthRule(
         Condition.TTFT_P99,
         _D,
         Layer.SERVICE,
         lambda c: _over(c.levels.ttft_p99_s, c.limits.ttft_p99_s),
         _ttft_p99,
-        why="the service levels after the smoke answer and /health, what users feel first: p99 TTFT over the window "
-        "between checks (Thresholds.ttft_p99_s, vLLM's VllmTTFTP99TooHigh, llm-d's LLMDExtremeTTFT); no hold: "
+        why="the degraded rules, most pressing first; the service levels first of them, what users feel, measured "
+        "on their own requests (not one smoke sample): p99 TTFT over the window between checks "
+        "(Thresholds.ttft_p99_s, vLLM's VllmTTFTP99TooHigh, llm-d's LLMDExtremeTTFT); no hold: "
         "the window, minutes long, is already the span the sources' rate[5m] and for: 2m cover",
     ),
     HealthRule(
@@ -548,6 +532,23 @@ RULES: tuple[HealthRule, ...] = (
         _preemption_rate,
         why="about to hurt: work redone since the KV cache ran out, as a rate over the window (vLLM's "
         "VllmPreemptionSpike, llm-d's LLMDHighPreemptions: > 1/s); a few preemptions are the scheduler working",
+    ),
+    HealthRule(
+        Condition.SLOW_ANSWER,
+        _D,
+        Layer.FUNCTION,
+        lambda c: _answer_latency_over(c, c.limits.answer_slow_s),
+        _slow_answer,
+        why="after the service levels: one smoke answer is one sample, and when every request is slow (a long "
+        "queue, slow first tokens) the service-level rule that says why must decide, or no incident opens",
+    ),
+    HealthRule(
+        Condition.SLOW_HEALTH,
+        _D,
+        Layer.LIVENESS,
+        lambda c: c.serving and c.obs.health_latency_s is not None and c.obs.health_latency_s > c.limits.health_slow_s,
+        _slow_health,
+        why="users feel it now too: a starved event loop delays every request",
     ),
     HealthRule(
         Condition.LOW_HEADROOM,

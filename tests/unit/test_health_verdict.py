@@ -479,7 +479,8 @@ def test_every_degraded_condition_is_reported_the_first_decides():
         degraded="requested a, running b",
     )
     report = evaluate(obs)
-    assert report.condition is Condition.SLOW_ANSWER
+    # a service level first (measured on the users' own requests), then the smoke answer's one sample
+    assert report.condition is Condition.KV_CACHE_FULL
     assert len(report.also) == 6
     warned = {r.name for r in report.layers if r.verdict is LayerVerdict.WARN}
     assert warned == {Layer.FUNCTION, Layer.LIVENESS, Layer.SERVICE, Layer.HOST, Layer.CONTAINER, Layer.DESIRED}
@@ -503,14 +504,14 @@ def test_table_order():
         Condition.WEDGED,
         Condition.WRONG_ANSWER,
         Condition.ANSWER_TOO_SLOW,
-        Condition.SLOW_ANSWER,
-        Condition.SLOW_HEALTH,
         Condition.TTFT_P99,
         Condition.ITL_P99,
         Condition.ERROR_RATIO,
         Condition.QUEUE_LONG,
         Condition.KV_CACHE_FULL,
         Condition.PREEMPTION_RATE,
+        Condition.SLOW_ANSWER,
+        Condition.SLOW_HEALTH,
         Condition.LOW_HEADROOM,
         Condition.RESTARTED,
         Condition.RECOVERED_SPEC,
