@@ -15,6 +15,7 @@ from flows.deploy import deploy_qwen
 from flows.health import health_check
 from tasks.health.verdict import SERVICE_LEVEL_CONDITIONS, Condition, Verdict
 from tasks.state import health_state
+from tests.integration.conftest import messages_about
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +60,7 @@ def stored_events(api: str, target: str, names: list[str], count: int) -> list[d
         time.sleep(0.5)
 
 
-def test_slow_first_tokens_a_full_kv_cache_and_a_long_queue_breach_and_clear(make_sim_target, prefect_server):
+def test_slow_first_tokens_a_full_kv_cache_and_a_long_queue_breach_and_clear(make_sim_target, prefect_server, alerts):
     target = make_sim_target()
     deploy_qwen(target=target.name)
     endpoint = target.endpoint
@@ -82,6 +83,15 @@ def test_slow_first_tokens_a_full_kv_cache_and_a_long_queue_breach_and_clear(mak
     assert health_check(target=target.name, limits=LIMITS).verdict is Verdict.HEALTHY
     incident = stored_events(prefect_server, target.name, ["vllm.incident.opened", "vllm.incident.closed"], 2)
     assert sorted(e["event"] for e in incident) == ["vllm.incident.closed", "vllm.incident.opened"], incident
+    # the operator hears it once when it opens and once when it clears, through the notify automation
+    alerts.wait_for(lambda m: "RESOLVED" in ((m["json"] or {}).get("subject") or ""), 30)
+    told = messages_about(alerts, target.name)
+    assert [m["subject"].split(":")[0].split(" after")[0] for m in told] == [
+        f"[{target.name}] OPENED",
+        f"[{target.name}] RESOLVED",
+    ], told
+    opened = f"[{target.name}] OPENED: service level breached: service: p99 time to first token"
+    assert told[0]["subject"].startswith(opened), told[0]["subject"]
 
     # a KV cache held full: first seen, held 1 s at every check, then a breach; cleared at the first calm check
     pressure(endpoint, kv_reserved=0.99)
