@@ -24,7 +24,7 @@ import psutil
 import pytest
 from prefect import get_client
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, LogFilter, LogFilterFlowRunId
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.settings import PREFECT_UI_URL
 from prefect.states import Cancelling
@@ -45,6 +45,9 @@ from tests.integration.conftest import TEST_LABELS, target_containers
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
+#: The zombie test's window: its run's server must be loading (and the run frozen) within it after the
+#: first heartbeat, and it must end before the second (30 s later), which would keep the run alive.
+ZOMBIE_TEST_WINDOW_S = 20
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +97,14 @@ def run_containers(docker_client, target: str, run_id: UUID) -> list:
     return [c for c in target_containers(docker_client, target) if c.labels.get(LABEL_FLOW_RUN) == str(run_id)]
 
 
+def log_messages(run_id: UUID) -> list[str]:
+    with get_client(sync_client=True) as client:
+        return [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))]
+
+
 def hook_lines(run_id: UUID) -> list[str]:
     """The run's log lines written by the cleanup hook (tasks/cleanup.py)."""
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-    return [log.message for log in logs if "this run started" in log.message or "started no container" in log.message]
+    return [m for m in log_messages(run_id) if "this run started" in m or "started no container" in m]
 
 
 def heartbeats_of(run_id: UUID) -> int:
@@ -166,29 +172,66 @@ def test_a_deploy_whose_process_is_killed_ends_crashed_and_its_server_is_removed
     ]
 
 
-def test_a_frozen_run_is_marked_crashed_by_the_zombie_automation(worker, project_target, webhook_receiver):
-    target = project_target(time_scale=0.2)
+def clean_up_runs(deployment: UUID, run_id: UUID) -> list:
+    """The runs of the clean-up deployment for ``run_id`` (what the automation's third action started)."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment])))
+    return [r for r in runs if r.parameters.get("flow_run_id") == str(run_id)]
+
+
+def first_heartbeat_at(run_id: UUID) -> float:
+    """When (epoch seconds) the run's first heartbeat occurred, as the server stored it."""
+    wanted = EventFilter(
+        event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]),
+    )
+    with get_client(sync_client=True) as client:
+        page = client.read_events(filter=wanted, limit=5)
+    return min(e.occurred for e in page.events).timestamp()
+
+
+def test_a_frozen_run_is_marked_crashed_and_its_container_removed(
+    worker, project_target, webhook_receiver, docker_client
+):
+    target = project_target(time_scale=0.2)  # a load of about 40 s: it never passes the gate in the test
     deployment = deployment_of("deploy-qwen", "flows/deploy.py:deploy_qwen")
+    clean_up = deployment_of("clean-up-run", "flows/cleanup.py:clean_up_run")
     # a block of its own: the session's vllm-alerts (if any) is left alone
     block = CustomWebhookNotificationBlock(
         name="zombie-test", url=webhook_receiver.url, json_data={"s": "{{subject}}", "b": "{{body}}"}
     )
     block_id = block.save(f"zombie-test-{uuid.uuid4().hex[:6]}")
+    window = ZOMBIE_TEST_WINDOW_S
     with get_client(sync_client=True) as client:
-        automation = client.create_automation(zombie_automation([deployment], 10, block_id, PREFECT_UI_URL.value()))
+        automation = client.create_automation(
+            zombie_automation([deployment], window, block_id, PREFECT_UI_URL.value(), clean_up)
+        )
         run_id = client.create_flow_run_from_deployment(deployment, parameters={"target": target.name}).id
     try:
-        # its first heartbeat, sent as the flow starts (the trigger judges only runs it heard beat once)
+        # the trigger judges a run it heard beat once: its first heartbeat opens a window of `window` s
         wait_for("a heartbeat", lambda: heartbeats_of(run_id), 20)
+        container = loading_container(docker_client, target.name, run_id)
         process = wait_for("the flow-run process", lambda: flow_run_process(worker, run_id), 10)
         assert process.environ().get(HEARTBEAT_ENV) == "30"  # from the pool's base job template
         process.send_signal(signal.SIGSTOP)  # frozen: no heartbeat, no state, its worker alive
-        crashed = wait_for("Crashed", lambda: (s := state_of(run_id)).is_crashed() and s, 40)
-        assert "no heartbeat for 10 s" in (crashed.message or ""), crashed
+        frozen_after = time.time() - first_heartbeat_at(run_id)
+        print(f"frozen {frozen_after:.1f} s after the first heartbeat")
+        assert frozen_after < window - 2, f"the server started {frozen_after:.0f} s after the first heartbeat"
+        crashed = wait_for("Crashed", lambda: (s := state_of(run_id)).is_crashed() and s, window + 20)
+        assert f"no heartbeat for {window} s" in (crashed.message or ""), crashed
         message = webhook_receiver.wait_for(lambda m: m["json"] is not None, 20)["json"]
-        assert f"target {target.name}) sent no heartbeat for 10 s" in message["b"], message
+        assert f"target {target.name}) sent no heartbeat for {window} s" in message["b"], message
         assert "deploy-qwen/stuck-" in message["s"] and "is stuck: marked Crashed" in message["s"], message
         assert f"/runs/flow-run/{run_id}" in message["b"], message
+        # the frozen process runs no hook: the automation's clean-up-run removes what never served
+        t0 = time.monotonic()
+        wait_for("the container removed", lambda: not run_containers(docker_client, target.name, run_id), 30)
+        print(f"container removed {time.monotonic() - t0:.1f} s after Crashed was seen")
+        [cleaner] = clean_up_runs(clean_up, run_id)
+        assert cleaner.parameters == {"target": target.name, "flow_run_id": str(run_id)}
+        wait_for("clean-up-run Completed", lambda: state_of(cleaner.id).is_completed(), 20)
+        line = f"flow run {run_id}: removed {container.name}, which this run started and which never served"
+        wait_for("clean-up-run's log line", lambda: line in log_messages(cleaner.id), 10)
     finally:
         with get_client(sync_client=True) as client:
             client.delete_automation(automation)
