@@ -150,6 +150,9 @@ def zombie_automation(
         f" {ZOMBIE_AUTOMATION}; what happens to its container: docs/operator.md)"
     )
     actions: list[Any] = [ChangeFlowRunState(state=StateType.CRASHED, message=message)]
+    container_fate = (
+        f"is removed by a run of {CLEAN_UP_DEPLOYMENT}" if clean_up_id else "is left to the target's next health check"
+    )
     if alerts_block_id is not None:
         actions.append(
             SendNotification(
@@ -159,8 +162,8 @@ def zombie_automation(
                     "The flow run {{ flow_run.name }} of {{ flow.name }}/{{ deployment.name }} (target "
                     "{{ flow_run.parameters.target }}) sent no heartbeat for "
                     f"{within_s} s since {{{{ event.occurred }}}}: its process is frozen or gone, and it was "
-                    "marked Crashed. A container it was starting and that never served is removed by a run "
-                    f"of {CLEAN_UP_DEPLOYMENT} (docs/operator.md, 'Stuck, cancelled and crashed runs').\n"
+                    f"marked Crashed. A container it was starting and that never served {container_fate} "
+                    "(docs/operator.md, 'Stuck, cancelled and crashed runs').\n"
                     f"Flow run: {run_link(ui_url)}"
                 ),
             )

@@ -1,13 +1,14 @@
 """Stuck, cancelled and crashed runs through a real worker and a real Prefect server: a deploy cancelled
 while its server loads, or whose flow-run process is SIGKILLed, ends Cancelled / Crashed and its container
-is gone (the on_cancellation / on_crashed hook, run by the worker: tasks/cleanup.py); a run whose process
-is frozen (SIGSTOP) is marked Crashed by the zombie automation (deployments/zombies.py).
+is gone (the on_cancellation / on_crashed hook, run by the worker: tasks/cleanup.py), and a killed run's GPU
+slot is free at once; a run whose process is frozen (SIGSTOP) is marked Crashed by the zombie automation
+(deployments/zombies.py), which runs clean-up-run (flows/cleanup.py) to remove its container.
 
 The deployments are made here, one per test, of the real flow (no `prefect deploy --all`: seconds saved,
 and nothing of the session's own deployments changed). Prefect's heartbeat is 30 s at least, so the zombie
-test scales the automation's window down to Prefect's floor for a Proactive trigger (10 s) and freezes the
-process right after its first heartbeat: what is tested is that silence marks the run Crashed through the
-server's own automation (the window's arithmetic is unit-tested).
+test scales the automation's window down to `ZOMBIE_TEST_WINDOW_S` and freezes the process once its server
+loads, before that window ends: what is tested is that silence marks the run Crashed and removes its
+container through the server's own automation (the window's arithmetic is unit-tested).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from blocks.shared import LABEL_FLOW_RUN, WORK_POOL
 from deployments.dev.worker import Worker, start_worker, stop_worker
 from deployments.setup import ensure_work_pool
 from deployments.zombies import (
+    CLEAN_UP_DEPLOYMENT,
+    CLEAN_UP_PARAMETERS,
     HEARTBEAT_ENV,
     ZOMBIE_AUTOMATION,
     ensure_heartbeats,
@@ -40,7 +43,9 @@ from deployments.zombies import (
     zombie_automation,
     zombie_window_s,
 )
+from tasks.locks import gpu_lock
 from tasks.preflight import preflight
+from tasks.state import gpu_lease
 from tests.integration.conftest import TEST_LABELS, target_containers
 
 pytestmark = pytest.mark.integration
@@ -62,12 +67,12 @@ def worker(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     stop_worker(started)
 
 
-def deployment_of(flow_name: str, entrypoint: str) -> UUID:
+def deployment_of(flow_name: str, entrypoint: str, name: str | None = None) -> UUID:
     """A deployment of the real flow on the pool, run from this checkout (as `prefect deploy` makes it)."""
     with get_client(sync_client=True) as client:
         return client.create_deployment(
             flow_id=client.create_flow_from_name(flow_name),
-            name=f"stuck-{uuid.uuid4().hex[:6]}",
+            name=name or f"stuck-{uuid.uuid4().hex[:6]}",
             entrypoint=entrypoint,
             work_pool_name=WORK_POOL,
             pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}],
@@ -170,6 +175,13 @@ def test_a_deploy_whose_process_is_killed_ends_crashed_and_its_server_is_removed
     assert wait_for("the hook's log line", lambda: hook_lines(run_id), 10) == [
         f"Crashed: removed {container.name}, which this run started and which never served"
     ]
+    # its process is known gone: the hook freed the run's GPU slot, not left to the lease's 300 s
+    freed = f"Crashed: freed gpu:{target.name}, which this run held (its process is gone)"
+    wait_for("the slot freed", lambda: freed in log_messages(run_id), 10)
+    started = time.monotonic()
+    with gpu_lock(target.name, timeout_s=5):  # what the next deploy does first
+        assert gpu_lease(target.name) is not None
+    assert time.monotonic() - started < 5 and gpu_lease(target.name) is None
 
 
 def clean_up_runs(deployment: UUID, run_id: UUID) -> list:
@@ -243,13 +255,19 @@ def test_a_frozen_run_is_marked_crashed_and_its_container_removed(
 
 def test_setup_creates_one_zombie_automation_for_the_pools_deployments(worker):
     deployment = deployment_of("stop-qwen", "flows/stop.py:stop_qwen")
+    flow_name, name = CLEAN_UP_DEPLOYMENT.split("/")
+    clean_up = deployment_of(flow_name, "flows/cleanup.py:clean_up_run", name)  # as prefect.yaml's
     try:
         ensure_zombie_detection()
         ensure_zombie_detection()  # a re-run replaces it
         with get_client(sync_client=True) as client:
             [automation] = client.read_automations_by_name(ZOMBIE_AUTOMATION)
             pool = client.read_work_pool(WORK_POOL).base_job_template
-        assert f"prefect.deployment.{deployment}" in automation.trigger.match_related["prefect.resource.id"]
+        watched = automation.trigger.match_related["prefect.resource.id"]
+        assert f"prefect.deployment.{deployment}" in watched
+        assert f"prefect.deployment.{clean_up}" not in watched  # a clean-up is never judged
+        [run] = [a for a in automation.actions if a.type == "run-deployment"]
+        assert run.deployment_id == clean_up and run.parameters == CLEAN_UP_PARAMETERS
         assert automation.trigger.within.total_seconds() == zombie_window_s() == 90
         assert pool["variables"]["properties"]["env"]["default"][HEARTBEAT_ENV] == "30"
     finally:
