@@ -192,8 +192,10 @@ def worker_commands(fleet: FleetFile) -> list[str]:
 
 def register(fleet: FleetFile, env: Mapping[str, str] | None = None, cwd: Path = ROOT) -> Path:
     """Save every target's block (the file is the fleet's configuration: it overwrites them), its
-    `gpu:<target>` limit, the pool, and deploy the rendered deployments with `prefect deploy`."""
+    `gpu:<target>` limit, the pool, and deploy the rendered deployments with `prefect deploy`; then the
+    zombie-run automation again, so that it judges the new deployments' runs too (deployments/zombies.py)."""
     from deployments.setup import ensure_work_pool
+    from deployments.zombies import ensure_zombie_detection
     from tasks.locks import ensure_gpu_limit
 
     ensure_work_pool()
@@ -216,6 +218,7 @@ def register(fleet: FleetFile, env: Mapping[str, str] | None = None, cwd: Path =
             f"prefect deploy --prefect-file {path} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         )
     print(f"deployed {len(render(fleet)['deployments'])} deployments from {path}")
+    ensure_zombie_detection()
     return path
 
 

@@ -21,8 +21,17 @@ Which runs: the heartbeat event names the run's flow, deployment and tags, not i
 (prefect/flow_engine.py ``_build_heartbeat_event_template``), so the trigger matches the runs of the
 deployments on this project's pool (`pool_deployment_ids`, read when setup runs): exactly the runs that
 beat every `HEARTBEAT_S`. A run of another pool keeps Prefect's default (180 s) and is never judged by a
-window made for 30 s. A deployment added to the pool later is covered once setup runs again.
-What a Crashed mark does to the container and the GPU lock: tasks/cleanup.py.
+window made for 30 s. A deployment added to the pool later is covered once setup runs again (the
+fleet's ``register`` runs it too).
+
+The container: a run marked Crashed here has no process left to run its ``on_crashed`` hook, so the
+automation's third action runs `CLEAN_UP_DEPLOYMENT` (flows/cleanup.py) with the run's ``target`` and id,
+which removes what the run started and never served (tasks/cleanup.py). Its parameters are Prefect's
+``jinja`` kind, rendered to strings: a bare ``{{ flow_run.id }}`` is upgraded to a JSON template
+(``| tojson``), which fails on a UUID and on a missing ``target`` (prefect/server/events/actions.py
+``RunDeployment._upgrade_v1_templates``). ``flow_run`` resolves for a Proactive trigger: the triggering
+event is the run's last heartbeat, which names the run. That deployment's own runs are left out of the
+watched list: a clean-up is never judged, so it never starts another.
 """
 
 from __future__ import annotations
@@ -33,12 +42,13 @@ from typing import Any
 from uuid import UUID
 
 from prefect import get_client
-from prefect.automations import EventTrigger, Posture, SendNotification
+from prefect.automations import EventTrigger, Posture, RunDeployment, SendNotification
 from prefect.client.schemas.actions import WorkPoolUpdate
 from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
 from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import AutomationCore
+from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_UI_URL
 from prefect.workers.process import ProcessWorker
 
@@ -55,6 +65,13 @@ HEARTBEAT_S = 30
 MISSED_BEATS = 3
 #: The automation's name (replaced, never duplicated, by each setup).
 ZOMBIE_AUTOMATION = "crash-zombie-flow-runs"
+#: The deployment the automation runs to remove a stuck run's container (prefect.yaml, flows/cleanup.py).
+CLEAN_UP_DEPLOYMENT = "clean-up-run/zombie"
+#: clean-up-run's parameters, rendered from the crashed run (strings: Prefect's ``jinja`` kind).
+CLEAN_UP_PARAMETERS = {
+    "target": {"__prefect_kind": "jinja", "template": "{{ flow_run.parameters.target }}"},
+    "flow_run_id": {"__prefect_kind": "jinja", "template": "{{ flow_run.id }}"},
+}
 #: A heartbeat, or one of these final states, keeps a run alive in the trigger's eyes (the recipe's list).
 ALIVE_EVENTS = frozenset(
     {
@@ -93,11 +110,20 @@ def ensure_heartbeats(pool: str = WORK_POOL, heartbeat_s: int = HEARTBEAT_S) -> 
     return True
 
 
-def pool_deployment_ids(pool: str = WORK_POOL) -> list[UUID]:
-    """The deployments whose runs the pool starts (and so beat every `HEARTBEAT_S`)."""
+def pool_deployment_ids(pool: str = WORK_POOL, leave_out: UUID | None = None) -> list[UUID]:
+    """The deployments whose runs the pool starts (and so beat every `HEARTBEAT_S`), but ``leave_out``."""
     with get_client(sync_client=True) as client:
         deployments = client.read_deployments(work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])))
-    return sorted(d.id for d in deployments)
+    return sorted(d.id for d in deployments if d.id != leave_out)
+
+
+def clean_up_deployment_id() -> UUID | None:
+    """`CLEAN_UP_DEPLOYMENT`'s id; None before `prefect deploy --all` made it."""
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_deployment_by_name(CLEAN_UP_DEPLOYMENT).id
+        except ObjectNotFound:
+            return None
 
 
 def run_link(ui_url: str | None) -> str:
@@ -110,16 +136,23 @@ def run_link(ui_url: str | None) -> str:
 
 
 def zombie_automation(
-    deployment_ids: Iterable[UUID], within_s: int, alerts_block_id: UUID | None = None, ui_url: str | None = None
+    deployment_ids: Iterable[UUID],
+    within_s: int,
+    alerts_block_id: UUID | None = None,
+    ui_url: str | None = None,
+    clean_up_id: UUID | None = None,
 ) -> AutomationCore:
     """The automation (pure): after a heartbeat of a run of these deployments, nothing alive for
-    ``within_s`` -> Crashed, with a message; and a notification through the alerts block when given,
-    its link under ``ui_url`` (`run_link`)."""
+    ``within_s`` -> Crashed, with a message; a notification through the alerts block when given, its link
+    under ``ui_url`` (`run_link`); and a run of the clean-up deployment ``clean_up_id`` when given."""
     message = (
         f"no heartbeat for {within_s} s: the flow-run process is frozen or gone (automation"
         f" {ZOMBIE_AUTOMATION}; what happens to its container: docs/operator.md)"
     )
     actions: list[Any] = [ChangeFlowRunState(state=StateType.CRASHED, message=message)]
+    container_fate = (
+        f"is removed by a run of {CLEAN_UP_DEPLOYMENT}" if clean_up_id else "is left to the target's next health check"
+    )
     if alerts_block_id is not None:
         actions.append(
             SendNotification(
@@ -129,12 +162,14 @@ def zombie_automation(
                     "The flow run {{ flow_run.name }} of {{ flow.name }}/{{ deployment.name }} (target "
                     "{{ flow_run.parameters.target }}) sent no heartbeat for "
                     f"{within_s} s since {{{{ event.occurred }}}}: its process is frozen or gone, and it was "
-                    "marked Crashed. A deploy or recovery that was starting a container leaves it to the "
-                    "target's next health check (docs/operator.md, 'Stuck, cancelled and crashed runs').\n"
+                    f"marked Crashed. A container it was starting and that never served {container_fate} "
+                    "(docs/operator.md, 'Stuck, cancelled and crashed runs').\n"
                     f"Flow run: {run_link(ui_url)}"
                 ),
             )
         )
+    if clean_up_id is not None:
+        actions.append(RunDeployment(source="selected", deployment_id=clean_up_id, parameters=CLEAN_UP_PARAMETERS))
     return AutomationCore(
         name=ZOMBIE_AUTOMATION,
         description=f"Mark Crashed a run of the {WORK_POOL} pool's deployments silent for {within_s} s",
@@ -157,14 +192,17 @@ def zombie_automation(
 
 
 def ensure_zombie_automation(pool: str = WORK_POOL, within_s: int | None = None) -> UUID | None:
-    """Create (replace) `ZOMBIE_AUTOMATION` for the pool's deployments; None when the pool has none."""
-    ids = pool_deployment_ids(pool)
+    """Create (replace) `ZOMBIE_AUTOMATION` for the pool's deployments (`CLEAN_UP_DEPLOYMENT` left out,
+    and run by it when it exists); None when the pool has none."""
+    clean_up = clean_up_deployment_id()
+    ids = pool_deployment_ids(pool, leave_out=clean_up)
     with get_client(sync_client=True) as client:
         for old in client.read_automations_by_name(ZOMBIE_AUTOMATION):
             client.delete_automation(old.id)
         if not ids:
             return None
-        automation = zombie_automation(ids, within_s or zombie_window_s(), alerts_block_id(), PREFECT_UI_URL.value())
+        window = within_s or zombie_window_s()
+        automation = zombie_automation(ids, window, alerts_block_id(), PREFECT_UI_URL.value(), clean_up)
         return client.create_automation(automation)
 
 
@@ -180,3 +218,10 @@ def ensure_zombie_detection(pool: str = WORK_POOL) -> None:
             f"and notifies through {ALERTS_BLOCK}" if alerts_block_id() else f"(no {ALERTS_BLOCK} block: no message)"
         )
         print(f"automation {ZOMBIE_AUTOMATION}: a run silent for {zombie_window_s()} s is marked Crashed {notify}")
+        if clean_up_deployment_id() is None:
+            print(
+                f"  {CLEAN_UP_DEPLOYMENT} is not deployed: its container is left to the health checks"
+                " (run `prefect deploy --all`, then setup again)"
+            )
+        else:
+            print(f"  and its container is removed by a run of {CLEAN_UP_DEPLOYMENT}")

@@ -21,13 +21,14 @@ Who runs the hook (Prefect 3.9.1, a process worker; docs/operator.md "Stuck, can
   (prefect/runner/_flow_run_executor.py ``FlowRunExecutor.submit``).
 - **SIGTERM from anyone else**: the flow-run process sets Crashed and runs the hook itself.
 - **Marked Crashed by the zombie automation** (deployments/zombies.py: the process is frozen, or gone
-  with its worker or its machine): no process is left to run a hook. The container stays until the
-  target's next health check judges it: serving, it is the target's server; not serving, the check says
-  unhealthy and recover-vllm removes it (flows/recover.py ``_dead_server``) and starts the server again.
+  with its worker or its machine): no process is left to run a hook; the automation runs clean-up-run
+  (flows/cleanup.py), which removes the same containers through `remove_run_containers`.
 
-The GPU lock (tasks/locks.py) is not released here: its lease is only known to the process that took it.
-Once that process is gone the lease is no longer renewed and the server frees the slot when it expires
-(``lease_duration`` 300 s, then the repossessor's 15 s loop); a deploy started meanwhile waits for it.
+The GPU lock (tasks/locks.py): in the first three cases the run's process is known gone (the worker saw
+it exit, or stopped it; a process that ran the hook itself left its ``gpu_lock`` block before), so the
+hook frees the run's own GPU slot at once (`release_gpu_of_run`: only if the slot's recorded holder is
+this run) instead of leaving it to its lease. clean-up-run does not: a frozen process is not known gone
+and may still hold the GPU, so its slot frees when the lease expires (300 s without renewal).
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from docker.models.containers import Container
+from prefect import get_run_logger, task
 from prefect.logging.loggers import flow_run_logger
 
 from blocks.render import label_filters
 from blocks.shared import LABEL_FLOW_RUN
 from blocks.target import TargetMachine
 from tasks.container import docker_client, remove_managed
+from tasks.locks import gpu_limit_name, release_gpu_of_run
 
 #: docker's restart policy of a container created without one: the server has not passed the gate.
 UNARMED_POLICIES = frozenset({"", "no"})
@@ -94,10 +97,30 @@ def remove_containers_of_run(machine: TargetMachine, flow_run_id: str) -> tuple[
     return removed, kept
 
 
+def report_removal(logger: Any, why: str, target: str, removed: list[str], kept: list[str]) -> None:
+    """One log line per action on the run's containers (``why``: the run's state, or "zombie")."""
+    if removed:
+        logger.info("%s: removed %s, which this run started and which never served", why, ", ".join(removed))
+    if kept:
+        logger.info("%s: kept %s: it passed the readiness gate and serves %s", why, ", ".join(kept), target)
+    if not removed and not kept:
+        logger.info("%s: this run had started no container on %s", why, target)
+
+
+@task(name="remove-containers-of-run")
+def remove_run_containers(machine: TargetMachine, flow_run_id: str) -> list[str]:
+    """clean-up-run's one side effect (flows/cleanup.py): remove what the run ``flow_run_id`` started on
+    the target and never served, keep what passed the gate, one log line each; the names removed."""
+    removed, kept = remove_containers_of_run(machine, flow_run_id)
+    report_removal(get_run_logger(), f"flow run {flow_run_id}", machine.name, removed, kept)
+    return removed
+
+
 def remove_unserved_container(flow: Any, flow_run: Any, state: Any) -> None:
-    """``on_cancellation`` / ``on_crashed`` hook: remove the container the run was starting (see the
-    module docstring for who runs it, and when nothing can). The run's ``target`` parameter names the
-    target block; a hook never raises (Prefect would only log it), so a failure is one log line."""
+    """``on_cancellation`` / ``on_crashed`` hook: remove the container the run was starting, and free the
+    GPU slot the run held (see the module docstring for who runs it, and when nothing can). The run's
+    ``target`` parameter names the target block; a hook never raises (Prefect would only log it), so a
+    failure is one log line."""
     logger = flow_run_logger(flow_run, flow)
     target = (flow_run.parameters or {}).get("target")
     if not target:
@@ -115,10 +138,17 @@ def remove_unserved_container(flow: Any, flow_run: Any, state: Any) -> None:
             exc,
             target,
         )
+    else:
+        report_removal(logger, state.name, target, removed, kept)
+    _free_gpu_of_run(logger, state.name, target, str(flow_run.id))
+
+
+def _free_gpu_of_run(logger: Any, why: str, target: str, flow_run_id: str) -> None:
+    """The hook's second action: the run's GPU slot, freed now that its process is gone (one line)."""
+    try:
+        freed = release_gpu_of_run(target, flow_run_id)
+    except Exception as exc:  # noqa: BLE001 - a hook reports, it cannot fail the run again
+        logger.warning("%s: could not free %s: %s; it frees when its lease expires", why, gpu_limit_name(target), exc)
         return
-    if removed:
-        logger.info("%s: removed %s, which this run started and which never served", state.name, ", ".join(removed))
-    if kept:
-        logger.info("%s: kept %s: it passed the readiness gate and serves %s", state.name, ", ".join(kept), target)
-    if not removed and not kept:
-        logger.info("%s: this run had started no container on %s", state.name, target)
+    if freed:
+        logger.info("%s: freed %s, which this run held (its process is gone)", why, gpu_limit_name(target))

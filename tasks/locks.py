@@ -7,21 +7,45 @@ and two deploys at once on one machine would start two servers that fight for it
 
 The limit's name is defined once, in ``blocks.target.gpu_limit_name`` (also behind
 ``TargetMachine.concurrency_limit``); it is re-exported here for callers of this module.
+
+The GPU slot is taken through the client's lease calls (``increment_concurrency_slots_with_lease``,
+``renew_concurrency_lease``, ``release_concurrency_slots_with_lease``: the REST API behind Prefect's
+``concurrency()``), not through ``concurrency()`` itself, because that keeps the lease id to itself and
+no API finds a lease by its holder. The lease is recorded with the flow run that holds it
+(tasks/state.py `GpuLease`): when the run's process is known gone (the worker saw it killed, or stopped it
+for a cancellation), its cleanup hook frees the slot at once (`release_gpu_of_run`, tasks/cleanup.py)
+instead of leaving it to the lease (`GPU_LEASE_S` without renewal). A frozen process is not known gone:
+its slot is left to the lease (docs/operator.md "Stuck, cancelled and crashed runs").
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from uuid import UUID
 
+import httpx
 from prefect import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.logging import get_logger
+from prefect.runtime import flow_run
 
 from blocks.target import gpu_limit_name
+from tasks.state import GpuLease, forget_gpu_lease, gpu_lease, record_gpu_lease
 
-__all__ = ["ensure_gpu_limit", "gpu_limit_name", "gpu_lock", "incident_lock"]
+__all__ = ["ensure_gpu_limit", "gpu_limit_name", "gpu_lock", "incident_lock", "release_gpu_of_run"]
+
+#: The GPU slot's lease (s), ``concurrency()``'s default: the holder renews it every third of it, so a
+#: holder that died unseen frees the slot at most this long after its last renewal (plus the server's
+#: 15 s sweep).
+GPU_LEASE_S = 300
+#: HTTP 423 Locked: the limit's slot is taken (the server says when to ask again in Retry-After).
+_LOCKED = 423
 
 
 def ensure_gpu_limit(target_name: str) -> str:
@@ -43,9 +67,72 @@ def _ensure_limit(name: str) -> str:
 
 @contextmanager
 def gpu_lock(target_name: str, timeout_s: float | None = 3600) -> Iterator[None]:
-    """Hold the target's single GPU slot for the duration of the block."""
-    with concurrency(ensure_gpu_limit(target_name), occupy=1, timeout_seconds=timeout_s, strict=True):
+    """Hold the target's single GPU slot for the duration of the block, its lease renewed meanwhile and
+    recorded under the flow run (see the module docstring), released at the end."""
+    name = ensure_gpu_limit(target_name)
+    run_id = str(flow_run.id or "")
+    lease_id = _take_slot(name, run_id, timeout_s)
+    record_gpu_lease(target_name, GpuLease(flow_run_id=run_id, lease_id=lease_id))
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(name, lease_id, stop), name=f"lease-{name}", daemon=True)
+    renewer.start()
+    try:
         yield
+    finally:
+        stop.set()
+        renewer.join(timeout=5)
+        forget_gpu_lease(target_name, run_id)  # first: once released, the next holder records its own
+        with get_client(sync_client=True) as client:
+            client.release_concurrency_slots_with_lease(lease_id)
+
+
+def _take_slot(name: str, run_id: str, timeout_s: float | None) -> UUID:
+    """Wait for the limit's slot (asking again when the server's Retry-After says); its lease id."""
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(run_id)) if run_id else None
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            try:
+                response = client.increment_concurrency_slots_with_lease(
+                    names=[name], slots=1, mode="concurrency", lease_duration=GPU_LEASE_S, holder=holder
+                )
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != _LOCKED:
+                    raise
+                wait = float(exc.response.headers.get("Retry-After", 1))
+                if deadline is not None and time.monotonic() + wait > deadline:
+                    raise TimeoutError(
+                        f"{name} stayed taken for {timeout_s:.0f} s: another flow holds this target's GPU"
+                        " (Prefect UI: Concurrency); wait for it, or cancel it"
+                    ) from exc
+                time.sleep(wait)
+                continue
+            body = response.json()
+            if not body.get("limits"):  # a missing limit limits nothing: never run unguarded
+                raise RuntimeError(f"the concurrency limit {name} does not exist: run `python -m deployments.setup`")
+            return UUID(body["lease_id"])
+
+
+def _renew(name: str, lease_id: UUID, stop: threading.Event) -> None:
+    """Renew the lease every third of `GPU_LEASE_S` until ``stop`` (a thread of the holder's process)."""
+    while not stop.wait(GPU_LEASE_S / 3):
+        try:
+            with get_client(sync_client=True) as client:
+                client.renew_concurrency_lease(lease_id, lease_duration=GPU_LEASE_S)
+        except Exception as exc:  # noqa: BLE001 - the next renewal tries again; the lease lasts GPU_LEASE_S
+            get_logger("tasks.locks").warning("could not renew the lease of %s: %s", name, exc)
+
+
+def release_gpu_of_run(target_name: str, flow_run_id: str) -> bool:
+    """Free the target's GPU slot if the run ``flow_run_id`` holds it; True when it did. Only for a run
+    whose process is known gone (its cleanup hook, tasks/cleanup.py): another run's slot is never freed."""
+    lease = gpu_lease(target_name)
+    if lease is None or not lease.held_by(flow_run_id):
+        return False
+    forget_gpu_lease(target_name, flow_run_id)
+    with get_client(sync_client=True) as client:
+        client.release_concurrency_slots_with_lease(lease.lease_id)
+    return True
 
 
 @contextmanager

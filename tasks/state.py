@@ -23,7 +23,10 @@ name is defined here, once:
 - `vllm-recover-runs-<target>` (`RecoverRun`s): when recover-vllm ran and whether it ended healthy
   (the cap on recoveries that keep failing);
 - `vllm-incident-<target>` (`tasks.incidents.machine.IncidentState`): the open incident and when the
-  recent ones opened (tasks/incidents/track.py says why a Variable).
+  recent ones opened (tasks/incidents/track.py says why a Variable);
+- `vllm-gpu-lease-<target>` (`GpuLease`): which flow run holds the target's GPU slot and its lease, while
+  it holds it (tasks/locks.py): a run's cleanup hook frees the slot of its own run once its process is
+  known gone, and never another run's.
 
 Why every value stays small: Prefect refuses a Variable of more than 5,000 characters
 (`prefect.types.MAX_VARIABLE_VALUE_LENGTH`), so what grows (the health history) lives in an
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, TypeVar, cast
+from uuid import UUID
 
 from prefect.artifacts import Artifact
 from prefect.variables import Variable
@@ -53,6 +57,7 @@ DESIRED_PREFIX = "vllm-desired-"
 HEALTH_PREFIX = "vllm-health-"
 RECOVER_RUNS_PREFIX = "vllm-recover-runs-"
 INCIDENT_PREFIX = "vllm-incident-"
+GPU_LEASE_PREFIX = "vllm-gpu-lease-"
 KEEP_RECOVERIES = 10
 HEALTH_HISTORY = 48
 
@@ -242,3 +247,32 @@ def incident_state(target_name: str) -> IncidentState:
 
 def save_incident_state(target_name: str, state: IncidentState) -> None:
     Variable.set(INCIDENT_PREFIX + target_name, state.model_dump(mode="json"), overwrite=True)
+
+
+class GpuLease(BaseModel):
+    """The target's GPU slot, taken: by which flow run, under which lease of the ``gpu:<target>`` limit."""
+
+    flow_run_id: str
+    lease_id: UUID
+
+    def held_by(self, flow_run_id: str) -> bool:
+        """The slot is ``flow_run_id``'s (a lock taken outside a flow run, "", is nobody's to free)."""
+        return bool(flow_run_id) and self.flow_run_id == flow_run_id
+
+
+def gpu_lease(target_name: str) -> GpuLease | None:
+    """Who holds the target's GPU slot (None: nobody recorded)."""
+    return _read(GPU_LEASE_PREFIX + target_name, TypeAdapter(GpuLease | None), None)
+
+
+def record_gpu_lease(target_name: str, lease: GpuLease) -> None:
+    """Record the slot's holder; only the holder writes it (the slot has one holder at a time)."""
+    Variable.set(GPU_LEASE_PREFIX + target_name, lease.model_dump(mode="json"), overwrite=True)
+
+
+def forget_gpu_lease(target_name: str, flow_run_id: str) -> None:
+    """Remove the record if it is ``flow_run_id``'s, before its lease is released: once released, the
+    next holder records its own, which this must not remove."""
+    lease = gpu_lease(target_name)
+    if lease is not None and lease.flow_run_id == flow_run_id:  # "" too: the record of a lock outside a run
+        Variable.unset(GPU_LEASE_PREFIX + target_name)

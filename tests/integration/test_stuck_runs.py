@@ -1,13 +1,14 @@
 """Stuck, cancelled and crashed runs through a real worker and a real Prefect server: a deploy cancelled
 while its server loads, or whose flow-run process is SIGKILLed, ends Cancelled / Crashed and its container
-is gone (the on_cancellation / on_crashed hook, run by the worker: tasks/cleanup.py); a run whose process
-is frozen (SIGSTOP) is marked Crashed by the zombie automation (deployments/zombies.py).
+is gone (the on_cancellation / on_crashed hook, run by the worker: tasks/cleanup.py), and a killed run's GPU
+slot is free at once; a run whose process is frozen (SIGSTOP) is marked Crashed by the zombie automation
+(deployments/zombies.py), which runs clean-up-run (flows/cleanup.py) to remove its container.
 
 The deployments are made here, one per test, of the real flow (no `prefect deploy --all`: seconds saved,
 and nothing of the session's own deployments changed). Prefect's heartbeat is 30 s at least, so the zombie
-test scales the automation's window down to Prefect's floor for a Proactive trigger (10 s) and freezes the
-process right after its first heartbeat: what is tested is that silence marks the run Crashed through the
-server's own automation (the window's arithmetic is unit-tested).
+test scales the automation's window down to `ZOMBIE_TEST_WINDOW_S` and freezes the process once its server
+loads, before that window ends: what is tested is that silence marks the run Crashed and removes its
+container through the server's own automation (the window's arithmetic is unit-tested).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import psutil
 import pytest
 from prefect import get_client
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, LogFilter, LogFilterFlowRunId
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.settings import PREFECT_UI_URL
 from prefect.states import Cancelling
@@ -33,6 +34,8 @@ from blocks.shared import LABEL_FLOW_RUN, WORK_POOL
 from deployments.dev.worker import Worker, start_worker, stop_worker
 from deployments.setup import ensure_work_pool
 from deployments.zombies import (
+    CLEAN_UP_DEPLOYMENT,
+    CLEAN_UP_PARAMETERS,
     HEARTBEAT_ENV,
     ZOMBIE_AUTOMATION,
     ensure_heartbeats,
@@ -40,11 +43,16 @@ from deployments.zombies import (
     zombie_automation,
     zombie_window_s,
 )
+from tasks.locks import gpu_lock
 from tasks.preflight import preflight
+from tasks.state import gpu_lease
 from tests.integration.conftest import TEST_LABELS, target_containers
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
+#: The zombie test's window: its run's server must be loading (and the run frozen) within it after the
+#: first heartbeat, and it must end before the second (30 s later), which would keep the run alive.
+ZOMBIE_TEST_WINDOW_S = 20
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +67,12 @@ def worker(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     stop_worker(started)
 
 
-def deployment_of(flow_name: str, entrypoint: str) -> UUID:
+def deployment_of(flow_name: str, entrypoint: str, name: str | None = None) -> UUID:
     """A deployment of the real flow on the pool, run from this checkout (as `prefect deploy` makes it)."""
     with get_client(sync_client=True) as client:
         return client.create_deployment(
             flow_id=client.create_flow_from_name(flow_name),
-            name=f"stuck-{uuid.uuid4().hex[:6]}",
+            name=name or f"stuck-{uuid.uuid4().hex[:6]}",
             entrypoint=entrypoint,
             work_pool_name=WORK_POOL,
             pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}],
@@ -94,11 +102,14 @@ def run_containers(docker_client, target: str, run_id: UUID) -> list:
     return [c for c in target_containers(docker_client, target) if c.labels.get(LABEL_FLOW_RUN) == str(run_id)]
 
 
+def log_messages(run_id: UUID) -> list[str]:
+    with get_client(sync_client=True) as client:
+        return [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))]
+
+
 def hook_lines(run_id: UUID) -> list[str]:
     """The run's log lines written by the cleanup hook (tasks/cleanup.py)."""
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-    return [log.message for log in logs if "this run started" in log.message or "started no container" in log.message]
+    return [m for m in log_messages(run_id) if "this run started" in m or "started no container" in m]
 
 
 def heartbeats_of(run_id: UUID) -> int:
@@ -164,31 +175,75 @@ def test_a_deploy_whose_process_is_killed_ends_crashed_and_its_server_is_removed
     assert wait_for("the hook's log line", lambda: hook_lines(run_id), 10) == [
         f"Crashed: removed {container.name}, which this run started and which never served"
     ]
+    # its process is known gone: the hook freed the run's GPU slot, not left to the lease's 300 s
+    freed = f"Crashed: freed gpu:{target.name}, which this run held (its process is gone)"
+    wait_for("the slot freed", lambda: freed in log_messages(run_id), 10)
+    started = time.monotonic()
+    with gpu_lock(target.name, timeout_s=5):  # what the next deploy does first
+        assert gpu_lease(target.name) is not None
+    assert time.monotonic() - started < 5 and gpu_lease(target.name) is None
 
 
-def test_a_frozen_run_is_marked_crashed_by_the_zombie_automation(worker, project_target, webhook_receiver):
-    target = project_target(time_scale=0.2)
+def clean_up_runs(deployment: UUID, run_id: UUID) -> list:
+    """The runs of the clean-up deployment for ``run_id`` (what the automation's third action started)."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment])))
+    return [r for r in runs if r.parameters.get("flow_run_id") == str(run_id)]
+
+
+def first_heartbeat_at(run_id: UUID) -> float:
+    """When (epoch seconds) the run's first heartbeat occurred, as the server stored it."""
+    wanted = EventFilter(
+        event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]),
+    )
+    with get_client(sync_client=True) as client:
+        page = client.read_events(filter=wanted, limit=5)
+    return min(e.occurred for e in page.events).timestamp()
+
+
+def test_a_frozen_run_is_marked_crashed_and_its_container_removed(
+    worker, project_target, webhook_receiver, docker_client
+):
+    target = project_target(time_scale=0.2)  # a load of about 40 s: it never passes the gate in the test
     deployment = deployment_of("deploy-qwen", "flows/deploy.py:deploy_qwen")
+    clean_up = deployment_of("clean-up-run", "flows/cleanup.py:clean_up_run")
     # a block of its own: the session's vllm-alerts (if any) is left alone
     block = CustomWebhookNotificationBlock(
         name="zombie-test", url=webhook_receiver.url, json_data={"s": "{{subject}}", "b": "{{body}}"}
     )
     block_id = block.save(f"zombie-test-{uuid.uuid4().hex[:6]}")
+    window = ZOMBIE_TEST_WINDOW_S
     with get_client(sync_client=True) as client:
-        automation = client.create_automation(zombie_automation([deployment], 10, block_id, PREFECT_UI_URL.value()))
+        automation = client.create_automation(
+            zombie_automation([deployment], window, block_id, PREFECT_UI_URL.value(), clean_up)
+        )
         run_id = client.create_flow_run_from_deployment(deployment, parameters={"target": target.name}).id
     try:
-        # its first heartbeat, sent as the flow starts (the trigger judges only runs it heard beat once)
+        # the trigger judges a run it heard beat once: its first heartbeat opens a window of `window` s
         wait_for("a heartbeat", lambda: heartbeats_of(run_id), 20)
+        container = loading_container(docker_client, target.name, run_id)
         process = wait_for("the flow-run process", lambda: flow_run_process(worker, run_id), 10)
         assert process.environ().get(HEARTBEAT_ENV) == "30"  # from the pool's base job template
         process.send_signal(signal.SIGSTOP)  # frozen: no heartbeat, no state, its worker alive
-        crashed = wait_for("Crashed", lambda: (s := state_of(run_id)).is_crashed() and s, 40)
-        assert "no heartbeat for 10 s" in (crashed.message or ""), crashed
+        frozen_after = time.time() - first_heartbeat_at(run_id)
+        print(f"frozen {frozen_after:.1f} s after the first heartbeat")
+        assert frozen_after < window - 2, f"the server started {frozen_after:.0f} s after the first heartbeat"
+        crashed = wait_for("Crashed", lambda: (s := state_of(run_id)).is_crashed() and s, window + 20)
+        assert f"no heartbeat for {window} s" in (crashed.message or ""), crashed
         message = webhook_receiver.wait_for(lambda m: m["json"] is not None, 20)["json"]
-        assert f"target {target.name}) sent no heartbeat for 10 s" in message["b"], message
+        assert f"target {target.name}) sent no heartbeat for {window} s" in message["b"], message
         assert "deploy-qwen/stuck-" in message["s"] and "is stuck: marked Crashed" in message["s"], message
         assert f"/runs/flow-run/{run_id}" in message["b"], message
+        # the frozen process runs no hook: the automation's clean-up-run removes what never served
+        t0 = time.monotonic()
+        wait_for("the container removed", lambda: not run_containers(docker_client, target.name, run_id), 30)
+        print(f"container removed {time.monotonic() - t0:.1f} s after Crashed was seen")
+        [cleaner] = clean_up_runs(clean_up, run_id)
+        assert cleaner.parameters == {"target": target.name, "flow_run_id": str(run_id)}
+        wait_for("clean-up-run Completed", lambda: state_of(cleaner.id).is_completed(), 20)
+        line = f"flow run {run_id}: removed {container.name}, which this run started and which never served"
+        wait_for("clean-up-run's log line", lambda: line in log_messages(cleaner.id), 10)
     finally:
         with get_client(sync_client=True) as client:
             client.delete_automation(automation)
@@ -200,13 +255,19 @@ def test_a_frozen_run_is_marked_crashed_by_the_zombie_automation(worker, project
 
 def test_setup_creates_one_zombie_automation_for_the_pools_deployments(worker):
     deployment = deployment_of("stop-qwen", "flows/stop.py:stop_qwen")
+    flow_name, name = CLEAN_UP_DEPLOYMENT.split("/")
+    clean_up = deployment_of(flow_name, "flows/cleanup.py:clean_up_run", name)  # as prefect.yaml's
     try:
         ensure_zombie_detection()
         ensure_zombie_detection()  # a re-run replaces it
         with get_client(sync_client=True) as client:
             [automation] = client.read_automations_by_name(ZOMBIE_AUTOMATION)
             pool = client.read_work_pool(WORK_POOL).base_job_template
-        assert f"prefect.deployment.{deployment}" in automation.trigger.match_related["prefect.resource.id"]
+        watched = automation.trigger.match_related["prefect.resource.id"]
+        assert f"prefect.deployment.{deployment}" in watched
+        assert f"prefect.deployment.{clean_up}" not in watched  # a clean-up is never judged
+        [run] = [a for a in automation.actions if a.type == "run-deployment"]
+        assert run.deployment_id == clean_up and run.parameters == CLEAN_UP_PARAMETERS
         assert automation.trigger.within.total_seconds() == zombie_window_s() == 90
         assert pool["variables"]["properties"]["env"]["default"][HEARTBEAT_ENV] == "30"
     finally:

@@ -6,16 +6,21 @@ from __future__ import annotations
 import uuid
 
 import pytest
+import yaml
 from prefect.client.schemas.objects import StateType
-from prefect.events.actions import ChangeFlowRunState, SendNotification
+from prefect.events.actions import ChangeFlowRunState, RunDeployment, SendNotification
+from prefect.server.schemas.responses import FlowRunResponse
+from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
 from prefect.workers.process import ProcessWorker
 
 from blocks.engine import EngineSpec
 from blocks.render import container_kwargs, container_labels
-from blocks.shared import LABEL_FLOW_RUN
+from blocks.shared import LABEL_FLOW_RUN, WORK_POOL
 from blocks.target import TargetMachine
 from deployments.zombies import (
     ALIVE_EVENTS,
+    CLEAN_UP_DEPLOYMENT,
+    CLEAN_UP_PARAMETERS,
     HEARTBEAT_ENV,
     HEARTBEAT_S,
     ZOMBIE_AUTOMATION,
@@ -23,11 +28,13 @@ from deployments.zombies import (
     zombie_automation,
     zombie_window_s,
 )
+from flows.cleanup import clean_up_run
 from flows.deploy import deploy_qwen
 from flows.recover import recover_vllm
 from tasks.cleanup import RunContainer, remove_unserved_container, to_remove
 from tasks.container import restart_policy_after_ready
 from tasks.preflight import OOM_GUARDS, oom_guard_warning, running_oom_guard
+from tasks.state import GpuLease
 
 # ------------------------------------------------------------------------------ the hook's decision
 
@@ -110,6 +117,65 @@ def test_the_automation_notifies_only_through_an_existing_block():
     _, linked = zombie_automation([uuid.uuid4()], 90, block, "http://spark:4200/").actions
     assert isinstance(linked, SendNotification)
     assert linked.body.endswith("Flow run: http://spark:4200/runs/flow-run/{{ flow_run.id }}")
+
+
+def test_the_automation_runs_the_clean_up_deployment_with_the_crashed_runs_target_and_id():
+    clean_up = uuid.uuid4()
+    crash, run = zombie_automation([uuid.uuid4()], 90, None, None, clean_up).actions
+    assert isinstance(crash, ChangeFlowRunState) and isinstance(run, RunDeployment)
+    assert run.source == "selected" and run.deployment_id == clean_up and run.parameters == CLEAN_UP_PARAMETERS
+    assert len(zombie_automation([uuid.uuid4()], 90, uuid.uuid4(), None, clean_up).actions) == 3
+    assert len(zombie_automation([uuid.uuid4()], 90).actions) == 1  # not deployed yet: no clean-up
+
+
+@pytest.mark.parametrize(("parameters", "target"), [({"target": "sim"}, "sim"), ({"cache_dir": "/opt/hf"}, "")])
+def test_the_clean_up_parameters_render_to_strings_as_the_server_renders_them(parameters, target):
+    # the server renders RunDeployment's parameters with hydrate() and the flow run in the context
+    # (prefect/server/events/actions.py RunDeployment.render_parameters); a run without a target gives ""
+    run = FlowRunResponse(id=uuid.uuid4(), flow_id=uuid.uuid4(), name="stuck", parameters=parameters)
+    context = HydrationContext(render_jinja=True, raise_on_error=True, jinja_context={"flow_run": run})
+    assert hydrate(CLEAN_UP_PARAMETERS, context) == {"target": target, "flow_run_id": str(run.id)}
+
+
+def test_the_clean_up_deployment_is_in_prefect_yaml_once_for_every_target():
+    from deployments.fleet import PREFECT_YAML, spark_templates
+
+    flow_name, name = CLEAN_UP_DEPLOYMENT.split("/")
+    document = yaml.safe_load(PREFECT_YAML.read_text())
+    [deployment] = [d for d in document["deployments"] if d["entrypoint"] == "flows/cleanup.py:clean_up_run"]
+    assert deployment["name"] == name and clean_up_run.name == flow_name
+    assert "parameters" not in deployment and "schedules" not in deployment  # run by the automation only
+    assert deployment["work_pool"]["name"] == WORK_POOL
+    assert deployment not in spark_templates()  # a fleet adds no copy of it
+
+
+def test_the_hook_frees_only_its_own_runs_gpu_slot():
+    run = str(uuid.uuid4())
+    lease = GpuLease(flow_run_id=run, lease_id=uuid.uuid4())
+    assert lease.held_by(run)
+    assert not lease.held_by(str(uuid.uuid4()))  # another run's slot is never freed
+    assert not GpuLease(flow_run_id="", lease_id=uuid.uuid4()).held_by("")  # a lock taken outside a run
+
+
+def test_fleet_register_covers_its_deployments_with_the_zombie_automation(monkeypatch, tmp_path):
+    import subprocess
+
+    import deployments.fleet as fleet
+    import deployments.setup
+    import deployments.zombies
+    import tasks.locks
+
+    calls: list[str] = []
+    monkeypatch.setattr(deployments.setup, "ensure_work_pool", lambda: calls.append("pool"))
+    monkeypatch.setattr(TargetMachine, "save", lambda self, name, overwrite: calls.append(f"block {name}"))
+    monkeypatch.setattr(tasks.locks, "ensure_gpu_limit", lambda name: calls.append(f"limit {name}"))
+    monkeypatch.setattr(fleet, "write_rendered", lambda f: tmp_path / "fleet.prefect.yaml")
+    monkeypatch.setattr(
+        subprocess, "run", lambda *a, **kw: calls.append("deploy") or subprocess.CompletedProcess(a, 0, "", "")
+    )
+    monkeypatch.setattr(deployments.zombies, "ensure_zombie_detection", lambda: calls.append("zombies"))
+    fleet.register(fleet.FleetFile(fleet="sparks", targets={"spark-a": {}}))
+    assert calls == ["pool", "block spark-a", "limit spark-a", "deploy", "zombies"]
 
 
 def test_a_proactive_window_below_ten_seconds_is_refused():
