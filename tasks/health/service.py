@@ -117,8 +117,10 @@ def service_levels(now: MetricsSnapshot | None, before: MetricsSnapshot | None, 
 
 
 def _why_not(name: str, now: object, before: object, enough: bool, few: str) -> list[str]:
-    if now is None or before is None:
+    if now is None:
         return [f"{name} (its histogram's buckets not exported)"]
+    if before is None:  # the previous check's snapshot predates them (an upgrade), or it read none
+        return [f"{name} (no buckets in the previous check's snapshot: judged from the next check on)"]
     return [] if enough else [f"{name} ({few})"]
 
 
