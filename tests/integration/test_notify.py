@@ -140,7 +140,7 @@ def test_incident_messages_reach_the_webhook_and_a_rerun_replaces_where_they_go(
             assert isinstance(action, SendNotification) and action.block_document_id == alerts_block_id()
             incident("escalated", target, f"{target}: escalated")
             assert delivered(second, f"{target}: escalated")["json"]["body"] == f"{target}: escalated\nsecond line"
-            time.sleep(max(2.0, took))  # the old destination would have had it by now
+            time.sleep(max(1.0, took))  # the old destination would have had it by now
             assert mine(first, target) == [f"{target}: opened"]
 
             # off: no block, no automation, nothing sent
@@ -151,7 +151,7 @@ def test_incident_messages_reach_the_webhook_and_a_rerun_replaces_where_they_go(
             assert notifications_status().startswith("off; turn on with:")
             assert notify_main([]) == 0 and "notifications: off; turn on with:" in capsys.readouterr().out
             incident("closed", target, f"{target}: closed")
-            time.sleep(max(3.0, 2 * took))
+            time.sleep(max(1.5, 2 * took))
             assert mine(first, target) == [f"{target}: opened"] and mine(second, target) == [f"{target}: escalated"], (
                 automation_trail()
             )
