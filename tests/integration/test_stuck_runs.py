@@ -21,13 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
 
+import httpx
 import psutil
 import pytest
 from prefect import get_client
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, LogFilter, LogFilterFlowRunId
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
-from prefect.settings import PREFECT_UI_URL
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from prefect.states import Cancelling
 
 from blocks.shared import LABEL_FLOW_RUN, WORK_POOL
@@ -118,8 +119,9 @@ def heartbeats_of(run_id: UUID) -> int:
         event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
         resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]),
     )
-    with get_client(sync_client=True) as client:
-        response = client._client.post("/events/filter", json={"filter": wanted.model_dump(mode="json"), "limit": 5})
+    response = httpx.post(
+        f"{PREFECT_API_URL.value()}/events/filter", json={"filter": wanted.model_dump(mode="json"), "limit": 5}
+    )
     response.raise_for_status()
     return len(response.json()["events"])
 
