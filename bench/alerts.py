@@ -47,7 +47,6 @@ from bench.health import (
     PREFECT,
     SIGTERM_PID1,
     TOKEN,
-    WEDGE_LIMITS,
     Bench,
     CheckSeen,
     at_interval,
@@ -289,14 +288,11 @@ class Alerts:
         """bench/health.py's wedge: the engine deadlocks while /health and /v1/models answer 200."""
         from bench.recovery import READY_LINE, Watch
         from flows.deploy import deploy_qwen
-        from tasks.health.limits import Thresholds
 
-        limits = Thresholds(**WEDGE_LIMITS)
         row = FaultSeen(
             "wedge",
             f"wedge: the engine deadlocks ({HANG_AFTER_S:g} s after ready), /health and /v1/models still 200",
             f"the server's ready line (docker's timestamp) + {HANG_AFTER_S:g} s",
-            default_wait=(limits.answer_budget_s, Thresholds().answer_budget_s),
         )
         target = self.bench.target(
             "wedge", {"VLLM_SIM_FAULT_HANG_AFTER_S": str(HANG_AFTER_S), "VLLM_SIM_FAULT_HANG_SCOPE": "engine"}
@@ -314,7 +310,7 @@ class Alerts:
                 return row
             row.onset = ready + HANG_AFTER_S
             time.sleep(max(0.0, row.onset + 0.05 - time.time()))
-            self.until_message(row, target.name, limits)
+            self.until_message(row, target.name)  # the default limits: the stall is judged at 10 s
             return row
         finally:
             watch.close()
@@ -584,10 +580,10 @@ The check is `health_check(target)` called in process just after the onset, as a
 after it would; the split: onset -> the deciding check's start; its run time (the call's wall time); onset -> the
 `vllm.incident.opened` event (its `occurred`, emitted by the check); the event -> the message in the receiver (the
 server's trigger and its `send-notification` action, the webhook's POST); onset -> message. The wedge's checks run
-with a {WEDGE_LIMITS["answer_budget_s"]:g} s answer budget and a {WEDGE_LIMITS["wedge_window_s"]:g} s wedge window
-(as bench/health.py): a check of a wedged engine waits its whole answer budget for the smoke answer, so at the
-default {defaults.answer_budget_s:g} s the figure is measured - {WEDGE_LIMITS["answer_budget_s"]:g} +
-{defaults.answer_budget_s:g} s. The breach: the imitation's outside load (`POST {PRESSURE_PATH}`
+at the default limits: a check of a wedged engine streams its smoke question, gets no token for
+`first_token_stall_s` ({defaults.first_token_stall_s:g} s), reads /metrics, finds `generation_tokens_total` unchanged
+and stops waiting (tasks/health/smoke.py), rather than waiting out `answer_budget_s` ({defaults.answer_budget_s:g} s).
+The breach: the imitation's outside load (`POST {PRESSURE_PATH}`
 `first_token_delay_s`, docs/imitations.md) delays every first token by {SLO_DELAY_S:g} s, the bench sends
 {SLO_REQUESTS} requests at once (more than the default `min_window_requests`, {defaults.min_window_requests}, so the
 window's p99 is judged), the check runs with the TTFT line at {SLO_LINE_S:g} s (default
