@@ -47,7 +47,6 @@ from bench.health import (
     PREFECT,
     SIGTERM_PID1,
     TOKEN,
-    WEDGE_LIMITS,
     Bench,
     CheckSeen,
     at_interval,
@@ -289,14 +288,11 @@ class Alerts:
         """bench/health.py's wedge: the engine deadlocks while /health and /v1/models answer 200."""
         from bench.recovery import READY_LINE, Watch
         from flows.deploy import deploy_qwen
-        from tasks.health.limits import Thresholds
 
-        limits = Thresholds(**WEDGE_LIMITS)
         row = FaultSeen(
             "wedge",
             f"wedge: the engine deadlocks ({HANG_AFTER_S:g} s after ready), /health and /v1/models still 200",
             f"the server's ready line (docker's timestamp) + {HANG_AFTER_S:g} s",
-            default_wait=(limits.answer_budget_s, Thresholds().answer_budget_s),
         )
         target = self.bench.target(
             "wedge", {"VLLM_SIM_FAULT_HANG_AFTER_S": str(HANG_AFTER_S), "VLLM_SIM_FAULT_HANG_SCOPE": "engine"}
@@ -314,7 +310,7 @@ class Alerts:
                 return row
             row.onset = ready + HANG_AFTER_S
             time.sleep(max(0.0, row.onset + 0.05 - time.time()))
-            self.until_message(row, target.name, limits)
+            self.until_message(row, target.name)  # the default limits: the stall is judged at 10 s
             return row
         finally:
             watch.close()
@@ -350,10 +346,11 @@ class Alerts:
                 self.bench.check(target.name, line_only)  # the window starts here
                 http.post(PRESSURE_PATH, json={"first_token_delay_s": SLO_DELAY_S}).raise_for_status()
                 slow_requests(target.endpoint)
-                scaled_alike, _ = self.bench.check(target.name, alike)
-                slow_requests(target.endpoint)
                 row.onset = time.time()
                 self.until_message(row, target.name, line_only)
+                # after the measured one: a breach it opened first would leave the measured check no message to send
+                slow_requests(target.endpoint)
+                scaled_alike, _ = self.bench.check(target.name, alike)
                 http.delete(PRESSURE_PATH).raise_for_status()
             if any(opened_for(target.name)(m) and m["time"] < (row.onset or 0) for m in self.receiver.messages):
                 row.note += " the check with every limit scaled alike sent a message too;"
@@ -526,12 +523,12 @@ def combined_lines(rows: list[FaultSeen], samples: list[Sample], default_interva
         if r.key == "crash" and crash_d is not None:
             d, how = crash_d, f"{crash_d:.1f} s: scheduled start -> message, median of the {len(samples)} samples"
         elif r.total_default_s is not None and worker_overhead is not None:
-            d = worker_overhead + r.total_default_s
+            d, breach = worker_overhead + r.total_default_s, r.key == "breach"
             how = (
                 f"{d:.1f} s: the worker's scheduled start -> Running {worker_overhead:.1f} s + onset -> message"
                 f" in process {r.total_default_s:.1f} s"
                 + (" (at the default limits)" if r.default_wait else "")
-                + ("; one that every request feels: no message (above)" if r.key == "breach" else "")
+                + ("; one that every request feels: once the check's slow answer came (above)" if breach else "")
             )
         else:
             lines.append(f"| {r.label.split(':')[0]} | not measured | | | | | {anchor_cells(r.key)} |")
@@ -584,10 +581,10 @@ The check is `health_check(target)` called in process just after the onset, as a
 after it would; the split: onset -> the deciding check's start; its run time (the call's wall time); onset -> the
 `vllm.incident.opened` event (its `occurred`, emitted by the check); the event -> the message in the receiver (the
 server's trigger and its `send-notification` action, the webhook's POST); onset -> message. The wedge's checks run
-with a {WEDGE_LIMITS["answer_budget_s"]:g} s answer budget and a {WEDGE_LIMITS["wedge_window_s"]:g} s wedge window
-(as bench/health.py): a check of a wedged engine waits its whole answer budget for the smoke answer, so at the
-default {defaults.answer_budget_s:g} s the figure is measured - {WEDGE_LIMITS["answer_budget_s"]:g} +
-{defaults.answer_budget_s:g} s. The breach: the imitation's outside load (`POST {PRESSURE_PATH}`
+at the default limits: a check of a wedged engine streams its smoke question, gets no token for
+`first_token_stall_s` ({defaults.first_token_stall_s:g} s), reads /metrics, finds `generation_tokens_total` unchanged
+and stops waiting (tasks/health/smoke.py), rather than waiting out `answer_budget_s` ({defaults.answer_budget_s:g} s).
+The breach: the imitation's outside load (`POST {PRESSURE_PATH}`
 `first_token_delay_s`, docs/imitations.md) delays every first token by {SLO_DELAY_S:g} s, the bench sends
 {SLO_REQUESTS} requests at once (more than the default `min_window_requests`, {defaults.min_window_requests}, so the
 window's p99 is judged), the check runs with the TTFT line at {SLO_LINE_S:g} s (default
@@ -595,7 +592,7 @@ window's p99 is judged), the check runs with the TTFT line at {SLO_LINE_S:g} s (
 checks is the span), unlike a full KV cache (5 min) or a long queue (3 min), which would need minutes of holding.
 The breach's check waited the slow first token of its own smoke question too ({SLO_DELAY_S:g} s); "at the default
 limits" is a breach that the short smoke question does not feel (long prompts, long prefills): measured -
-{SLO_DELAY_S:g} s. One that every request feels sends nothing at the default limits (below).
+{SLO_DELAY_S:g} s. One that every request feels is named the same, once the check's own slow answer has come (below).
 
 | fault | onset (how its time is taken) | the checks after the onset: verdict (layer: condition), wall | \
 onset -> check start | check run time | onset -> event | event -> message | onset -> message | \
@@ -604,11 +601,10 @@ the same at the default limits | the message's subject |
 {chr(10).join(fault_lines(rows))}
 
 {alike_line} At the default limits a p99 TTFT over {defaults.ttft_p99_s:g} s that every request feels (a queue, a
-slow engine) makes the check's own smoke answer slower than `answer_slow_s` ({defaults.answer_slow_s:g} s), whose
-function-layer rule comes before the service-level rules in tasks/health/verdict.py's table: the verdict is degraded
-(`slow_answer`), which is not a service-level condition, so no incident opens and nothing is sent until the answer
-passes the budget ({defaults.answer_budget_s:g} s, unhealthy). A breach that only long prompts feel (the smoke
-question is short) is named `ttft_p99` and opens one.
+slow engine) makes the check's own smoke answer slower than `answer_slow_s` ({defaults.answer_slow_s:g} s) too, but
+the service-level rules come before `slow_answer` in tasks/health/verdict.py's table: the breach (`ttft_p99`) decides
+and opens the incident, once that answer has come. A breach that only long prompts feel (the smoke question is
+short) is named `ttft_p99` at once.
 
 ### At 30 s, end to end (the scheduler, the worker, the check, the automation, the webhook)
 

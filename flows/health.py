@@ -83,7 +83,11 @@ def health_check(
     container = inspect_container(resolved.docker_host, machine.name)
     # Health, readiness, function, progress: /health, /v1/models, the smoke question, /metrics.
     endpoints = probe_endpoints(
-        machine.endpoint, served, resolved.secrets.api_key, timeout_s=thresholds.answer_budget_s
+        machine.endpoint,
+        served,
+        resolved.secrets.api_key,
+        timeout_s=thresholds.answer_budget_s,
+        first_token_stall_s=thresholds.first_token_stall_s,
     )
     # The host: MemAvailable, read in the running server.
     server_id = container.container_id if container.exists and container.status == "running" else None
@@ -192,7 +196,10 @@ def _observation(
         models_listed=endpoints.models_listed,
         answer_ok=endpoints.answer_ok,
         answer_latency_s=endpoints.answer_latency_s,
-        answer_detail=f"answered {endpoints.answer!r}" if endpoints.answer_ok is False else None,
+        answer_detail=(endpoints.answer_error or f"answered {endpoints.answer!r}")
+        if endpoints.answer_ok is False
+        else None,
+        stalled_s=endpoints.stalled_s,
         metrics=metrics,
         previous=before.metrics,
         service=service,

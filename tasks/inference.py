@@ -57,9 +57,19 @@ def contains_expected(answer: str, expected: str = EXPECTED) -> bool:
     return re.search(rf"(?<!\d){re.escape(expected)}(?!\d)", answer) is not None
 
 
-def completion_request(served_name: str) -> dict[str, Any]:
-    """The body of the smoke question on /v1/completions: greedy, so the answer is deterministic."""
-    return {"model": served_name, "prompt": COMPLETION_PROMPT, "max_tokens": COMPLETION_MAX_TOKENS, "temperature": 0}
+def completion_request(served_name: str, stream: bool = False) -> dict[str, Any]:
+    """The body of the smoke question on /v1/completions: greedy, so the answer is deterministic.
+
+    ``stream``: answered as server-sent events, one chunk per token (the health check's form: its first
+    token shows the engine at work; tasks/health/smoke.py); the answer is their ``choices[0].text`` joined.
+    """
+    body: dict[str, Any] = {
+        "model": served_name,
+        "prompt": COMPLETION_PROMPT,
+        "max_tokens": COMPLETION_MAX_TOKENS,
+        "temperature": 0,
+    }
+    return {**body, "stream": True} if stream else body
 
 
 def _post(client: httpx.Client, path: str, body: dict) -> tuple[dict, float]:

@@ -204,6 +204,7 @@ LAYERS: tuple[LayerSpec, ...] = (
             generation_tokens_total=c.obs.metrics.generation_tokens_total if c.obs.metrics else None,
             generation_tokens_delta=c.delta("generation_tokens_total"),
             window_s=c.window_s,
+            stalled_s=c.obs.stalled_s,
             kv_cache_usage=c.obs.metrics.kv_cache_usage if c.obs.metrics else None,
         ),
     ),

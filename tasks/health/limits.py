@@ -50,6 +50,19 @@ class Thresholds(BaseModel):
             "(and matches the wedge window); the flow's HTTP timeout should be at least this"
         ),
     )
+    first_token_stall_s: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "no token of the smoke answer for this long -> /metrics is read, and generation_tokens_total "
+            "unchanged since the read just before the question (the check's own request in flight) -> wedged "
+            "(vllm issue 39863), without waiting out answer_budget_s: a decode step takes well under a second "
+            "and the 12*17 prompt's prefill milliseconds, and a busy server keeps generating tokens for its "
+            "other requests (then the check waits on, up to answer_budget_s). One prompt whose prefill alone "
+            "outlasts it (tens of thousands of tokens on a Spark, while nothing else decodes) looks the same: "
+            "recover-vllm asks again before it restarts anything. Judged at answer_budget_s when that is shorter"
+        ),
+    )
     health_slow_s: float = Field(
         5.0,
         gt=0,

@@ -50,6 +50,9 @@ class Observation:
         answer_ok: the smoke question (12*17) was answered 204; False also for an error or a timeout.
         answer_latency_s: how long the smoke answer took.
         answer_detail: what went wrong with it, in words (e.g. "answered '203'", "timed out after 60 s").
+        stalled_s: the smoke question waited this long without a token while ``generation_tokens_total``
+            did not move (tasks/health/smoke.py `engine_stalled`), and the check stopped waiting; None: not
+            stalled. ``metrics`` is then the read that showed it.
         metrics: this check's ``/metrics``, read after the smoke question (`tasks.vllm.metrics.parse_metrics`).
         previous: the previous check's snapshot (read after its smoke question): the wedge's reference and
             the start of the service-level window.
@@ -79,6 +82,7 @@ class Observation:
     answer_ok: bool | None = None
     answer_latency_s: float | None = None
     answer_detail: str | None = None
+    stalled_s: float | None = None
     metrics: MetricsSnapshot | None = None
     previous: MetricsSnapshot | None = None
     service: MetricsSnapshot | None = None
@@ -157,13 +161,22 @@ class Check:
         return counter_delta(getattr(self.obs.metrics, field), getattr(self.obs.previous, field))
 
     @property
-    def wedged(self) -> bool:
-        """Work in flight at both snapshots, far enough apart, and not one token generated.
+    def stalled(self) -> bool:
+        """The check's own question got no token for `Thresholds.first_token_stall_s` while the engine
+        generated for no one (`Observation.stalled_s`)."""
+        return self.obs.stalled_s is not None
 
-        Both ends, not only now: requests that arrived a second ago after an idle spell have not
-        produced a token yet, and that is no wedge. A counter that went down (a restart in
+    @property
+    def wedged(self) -> bool:
+        """Stalled within this check, or work in flight at both snapshots, far enough apart, and not one
+        token generated.
+
+        For the snapshots, both ends, not only now: requests that arrived a second ago after an idle spell
+        have not produced a token yet, and that is no wedge. A counter that went down (a restart in
         between) moved.
         """
+        if self.stalled:
+            return True
         cur, prev, window = self.obs.metrics, self.obs.previous, self.window_s
         if cur is None or prev is None or window is None or window < self.limits.wedge_window_s:
             return False

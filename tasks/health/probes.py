@@ -3,10 +3,12 @@ what the host has left. Each is a task that takes values and changes nothing; th
 pure `tasks.health.verdict.evaluate`.
 
 A check is cheap by design: one docker inspect, six small HTTP requests (/health, /version,
-/v1/models, /metrics, one 16-token completion, /metrics again) and one `docker exec` of the meminfo
-command in the running server. /metrics is read on both sides of the smoke question: the read before
-it ends the service-level window (tasks/health/service.py), so the check's own question is never in
-the figures; the read after it starts the next window and is the wedge's snapshot.
+/v1/models, /metrics, one 16-token completion streamed, /metrics again) and one `docker exec` of the
+meminfo command in the running server. /metrics is read on both sides of the smoke question: the read
+before it ends the service-level window (tasks/health/service.py), so the check's own question is never
+in the figures; the read after it starts the next window and is the wedge's snapshot. While no token of
+the answer comes, /metrics is read every `Thresholds.first_token_stall_s` too: an engine that generates
+for no one is stalled, and the check stops waiting (tasks/health/smoke.py).
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from prefect_docker.host import DockerHost
 from pydantic import BaseModel
 
 from tasks.container import docker_client, managed_containers
-from tasks.inference import completion_request, contains_expected, visible_answer
+from tasks.health.limits import Thresholds
+from tasks.health.smoke import ask_streamed
 from tasks.memory import MemInfo, MemoryReadError, exec_meminfo
-from tasks.vllm.api import COMPLETIONS_PATH, HEALTH_PATH, METRICS_PATH, auth_headers, lists_model
+from tasks.vllm.api import HEALTH_PATH, METRICS_PATH, auth_headers, lists_model
+from tasks.vllm.metrics import MetricsSnapshot, parse_metrics
+from tasks.vllm.versions import parse_vllm_version
 from tasks.vllm_version import read_server_version
 
 
@@ -49,6 +54,8 @@ class EndpointFacts(BaseModel):
     answer_ok: bool | None = None
     answer: str | None = None
     answer_latency_s: float | None = None
+    answer_error: str | None = None  # what went wrong with the answer, in words (None: answered)
+    stalled_s: float | None = None  # no token for this long while the engine stood still (tasks/health/smoke.py)
     metrics_text: str | None = None  # /metrics after the smoke question
     metrics_at: float | None = None  # when (epoch seconds)
     metrics_before_text: str | None = None  # /metrics before the smoke question
@@ -78,13 +85,22 @@ def inspect_container(docker_host: DockerHost, target_name: str) -> ContainerFac
 
 
 @task(name="probe-endpoints", cache_policy=NO_CACHE, task_run_name="probe-endpoints {base_url}")
-def probe_endpoints(base_url: str, served_name: str, api_key: str | None, timeout_s: float = 10.0) -> EndpointFacts:
+def probe_endpoints(
+    base_url: str,
+    served_name: str,
+    api_key: str | None,
+    timeout_s: float = 10.0,
+    first_token_stall_s: float | None = None,
+) -> EndpointFacts:
     """/health, then (whenever the API server answers) /version, then (only when /health answers 200)
-    /v1/models, /metrics, one tiny completion and /metrics again.
+    /v1/models, /metrics, the smoke question streamed and /metrics again.
 
     vLLM accepts no connection while it loads: no answer is a fact ("starting" or dead, the verdict
-    decides from the container's age), not an error.
+    decides from the container's age), not an error. The smoke answer may take ``timeout_s``; when no
+    token has come for ``first_token_stall_s`` (None: `Thresholds.first_token_stall_s`) and /metrics shows
+    the engine generating for no one, the check stops waiting: the engine is stalled (tasks/health/smoke.py).
     """
+    stall_s = Thresholds().first_token_stall_s if first_token_stall_s is None else first_token_stall_s
     facts = EndpointFacts()
     with httpx.Client(base_url=base_url, headers=auth_headers(api_key), timeout=timeout_s) as http:
         try:
@@ -98,18 +114,37 @@ def probe_endpoints(base_url: str, served_name: str, api_key: str | None, timeou
             return facts
         facts.models_listed = lists_model(http, served_name)
         facts.metrics_before_text, facts.metrics_before_at = _read_metrics(http)
-        try:
-            started = time.perf_counter()
-            # the deploy's smoke question, deterministic (greedy) and a few tokens long
-            response = http.post(COMPLETIONS_PATH, json=completion_request(served_name))
-            facts.answer_latency_s = round(time.perf_counter() - started, 4)
-            text = visible_answer(response.json()["choices"][0].get("text")) if response.status_code == 200 else ""
-            facts.answer = text[:80]
-            facts.answer_ok = contains_expected(text)
-        except (httpx.HTTPError, ValueError, KeyError, IndexError):
-            facts.answer_ok = False
-        facts.metrics_text, facts.metrics_at = _read_metrics(http)
+        reads: list[tuple[str | None, float]] = []  # /metrics read while waiting for the first token
+
+        def read_now() -> MetricsSnapshot | None:
+            reads.append(_read_metrics(http))
+            return _parsed(*reads[-1], facts.vllm_version)
+
+        before = _parsed(facts.metrics_before_text, facts.metrics_before_at, facts.vllm_version)
+        # the deploy's smoke question, deterministic (greedy) and a few tokens long, streamed
+        answer = ask_streamed(
+            http, served_name, budget_s=timeout_s, stall_s=stall_s, before=before, read_metrics=read_now
+        )
+        facts.answer_ok, facts.answer, facts.answer_latency_s = answer.ok, answer.answer, answer.latency_s
+        facts.answer_error, facts.stalled_s = answer.error, answer.stalled_s
+        # a stall's own read is the read after the question: the wedge's evidence and the next window's start
+        facts.metrics_text, facts.metrics_at = reads[-1] if answer.stalled_s is not None else _read_metrics(http)
     return facts
+
+
+def _parsed(text: str | None, at: float, vllm_version: str | None) -> MetricsSnapshot | None:
+    """/metrics's numbers by the server's vLLM (unknown or unreadable: every version's names); None: no
+    Prometheus text."""
+    if not text:
+        return None
+    try:
+        version = parse_vllm_version(vllm_version) if vllm_version else None
+    except ValueError:
+        version = None
+    try:
+        return parse_metrics(text, at, version)
+    except ValueError:
+        return None
 
 
 def _read_metrics(http: httpx.Client) -> tuple[str | None, float]:

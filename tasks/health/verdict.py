@@ -203,6 +203,13 @@ def _wedged(c: Check) -> str:
     cur = c.obs.metrics
     assert cur is not None
     health = f"/health says {c.obs.health_status}" if c.obs.health_status is not None else "/health does not answer"
+    if c.obs.stalled_s is not None:
+        in_flight = max(1, cur.in_flight or 0)  # the check's own at least (a frozen gauge may say 0)
+        return (
+            f"no token for {secs(c.obs.stalled_s)}, generation_tokens_total unchanged at "
+            f"{count(cur.generation_tokens_total)} with {count(in_flight)} request(s) in flight (the check's own "
+            f"{ARITHMETIC} included): the engine is wedged while {health} (vllm issue 39863)"
+        )
     return (
         f"requests running {count(cur.requests_running or 0)}, waiting {count(cur.requests_waiting or 0)}, "
         f"but generation_tokens_total stayed at {count(cur.generation_tokens_total)} for {secs(c.window_s or 0.0)}: "
@@ -454,8 +461,10 @@ RULES: tuple[HealthRule, ...] = (
         Layer.PROGRESS,
         lambda c: c.wedged,
         _wedged,
-        why="the engine behind a /health that may lie (vllm issue 39863); before the function rules: a wedged "
-        "engine also fails the smoke question, and the wedge is the root cause",
+        why="the engine behind a /health that may lie (vllm issue 39863): the check's own question got no token "
+        "for Thresholds.first_token_stall_s while generation_tokens_total stood still, or requests stayed in "
+        "flight without a token across Thresholds.wedge_window_s between checks; before the function rules: a "
+        "wedged engine also fails the smoke question, and the wedge is the root cause",
     ),
     HealthRule(
         Condition.WRONG_ANSWER,

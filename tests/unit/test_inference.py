@@ -25,6 +25,7 @@ def test_the_smoke_question_is_one_definition():
     body = completion_request("qwen3")
     assert body == {"model": "qwen3", "prompt": "12*17=", "max_tokens": 16, "temperature": 0}
     assert ARITHMETIC in QUESTION and contains_expected(str(12 * 17)) and EXPECTED == "204"
+    assert completion_request("qwen3", stream=True) == {**body, "stream": True}  # the health check's form
 
 
 def test_the_bearer_header_is_sent_only_with_a_key():

@@ -159,7 +159,9 @@ class Engine:
             self._cond.notify_all()
 
     def hang(self) -> None:
-        """Deadlock: no step ever completes again (VLLM_SIM_FAULT_HANG_AFTER_S)."""
+        """Deadlock: no step ever completes again (VLLM_SIM_FAULT_HANG_AFTER_S). /metrics keeps answering with
+        every counter and gauge frozen, as vLLM's API server does: it sets them only from the engine core's step
+        outputs (vllm/v1/engine/async_llm.py:385-428, vllm/v1/metrics/loggers.py:490-510 in 0.10.1.1)."""
         with self._cond:
             self.hung = True
 
@@ -182,7 +184,8 @@ class Engine:
                 )
                 return
             self._waiting.append(req)
-            self._update_gauges()
+            if not self.hung:  # vLLM sets its gauges from the engine core's steps: a hung engine's stay frozen
+                self._update_gauges()
             self._cond.notify_all()
 
     def set_pressure(self, pressure: Pressure) -> None:
