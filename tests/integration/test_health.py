@@ -3,6 +3,7 @@ state of a target and checks the verdict, the deciding layer, and what was publi
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -90,8 +91,8 @@ def test_a_wedged_engine_is_caught_by_the_progress_layer_while_health_says_200(m
     took = time.monotonic() - started
     assert report.verdict is Verdict.UNHEALTHY
     assert report.layer.value == "progress" and report.condition.value == "wedged", report.reason
-    assert report.reason.startswith("no token for 10 s, generation_tokens_total unchanged at"), report.reason
-    # no token for first_token_stall_s (10 s) and no token generated for anyone: not the 60 s answer budget
+    assert re.match(r"no token for \d+(\.\d)? s, generation_tokens_total unchanged at", report.reason), report.reason
+    # no token for first_token_stall_s (8 s) and no token generated for anyone: not the 60 s answer budget
     assert took < 20, f"the check took {took:.1f} s"
 
 

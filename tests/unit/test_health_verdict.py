@@ -387,15 +387,15 @@ def test_wedged_outranks_the_failed_smoke_question_it_causes():
 
 
 def stalled(**changes) -> Observation:
-    """The check's own question got no token for 10.2 s; /metrics read then: generation tokens at 1,234, the
+    """The check's own question got no token for 8.2 s; /metrics read then: generation tokens at 1,234, the
     gauges frozen at 0 (vLLM sets them from the engine core's steps), no previous snapshot (a first check)."""
     fields = dict(
         answer_ok=False,
         answer_latency_s=None,
-        answer_detail="no token for 10.2 s",
-        stalled_s=10.2,
+        answer_detail="no token for 8.2 s",
+        stalled_s=8.2,
         metrics=snap(NOW, generation_tokens_total=1_234),
-        service=snap(NOW - 10.3, generation_tokens_total=1_234),
+        service=snap(NOW - 8.3, generation_tokens_total=1_234),
         previous=None,
     )
     return healthy(**{**fields, **changes})
@@ -405,11 +405,11 @@ def test_a_stalled_first_token_is_the_one_wedge_rule_with_its_numbers():
     report = evaluate(stalled())
     assert (report.verdict, report.layer, report.condition) == (Verdict.UNHEALTHY, Layer.PROGRESS, Condition.WEDGED)
     assert report.reason == (
-        "no token for 10 s, generation_tokens_total unchanged at 1,234 with 1 request(s) in flight (the check's own "
+        "no token for 8.2 s, generation_tokens_total unchanged at 1,234 with 1 request(s) in flight (the check's own "
         "12*17 included): the engine is wedged while /health says 200 (vllm issue 39863)"
     )
-    assert any("no token for 10.2 s" in reason for reason in report.also)  # the function layer fails too
-    assert layer(report, Layer.PROGRESS).numbers["stalled_s"] == 10.2
+    assert any("no token for 8.2 s" in reason for reason in report.also)  # the function layer fails too
+    assert layer(report, Layer.PROGRESS).numbers["stalled_s"] == 8.2
     busy = stalled(metrics=snap(NOW, requests_running=4, requests_waiting=3, generation_tokens_total=1_234))
     assert "with 7 request(s) in flight" in evaluate(busy).reason
 
