@@ -383,7 +383,6 @@ def point_schedule(api, deployment_id, name: str, interval_s: float) -> None:
     for at once (``POST /deployments/{id}/schedule``, what the service calls) rather than waited for.
     """
     from prefect.client.schemas.schedules import IntervalSchedule
-    from prefect.settings import PREFECT_API_URL
 
     deployment = api.read_deployment(deployment_id)
     first, *rest = deployment.schedules
@@ -397,9 +396,8 @@ def point_schedule(api, deployment_id, name: str, interval_s: float) -> None:
         parameters={"target": name},
     )
     ahead = {"min_runs": 6, "max_runs": 12, "min_time": 6 * interval_s}
-    httpx.post(
-        f"{PREFECT_API_URL.value()}/deployments/{deployment_id}/schedule", json=ahead, timeout=30
-    ).raise_for_status()
+    # through the Prefect client, which retries a 503 (SQLite busy while the server's own scheduler writes)
+    api.request("POST", "/deployments/{id}/schedule", path_params={"id": deployment_id}, json=ahead).raise_for_status()
 
 
 def first_scheduled(api, deployment_id, name: str, timeout_s: float = 90.0) -> float | None:
