@@ -173,11 +173,8 @@ def endpoint_ready(base_url: str, served_name: str, api_key: str | None = None, 
 
 def serves(base_url: str, api_key: str | None = None, timeout: float = 2.0) -> bool:
     """Some server answers /health with 200 at ``base_url`` (whatever model it serves)."""
-    try:
-        with httpx.Client(base_url=base_url, timeout=timeout, headers=auth_headers(api_key)) as client:
-            return client.get(HEALTH_PATH).status_code == 200
-    except httpx.HTTPError:
-        return False
+    with httpx.Client(base_url=base_url, timeout=timeout, headers=auth_headers(api_key)) as client:
+        return _health_ok(client)
 
 
 class LogFollower:
@@ -493,10 +490,13 @@ def _drain(lines: queue.Queue, wait_s: float) -> Iterable[object]:
             return
 
 
-def _healthy(http: httpx.Client, served_name: str) -> bool:
+def _health_ok(http: httpx.Client) -> bool:
+    """/health answers 200 (no answer at all is False)."""
     try:
-        if http.get(HEALTH_PATH).status_code != 200:
-            return False
+        return http.get(HEALTH_PATH).status_code == 200
     except httpx.HTTPError:
         return False
-    return lists_model(http, served_name)
+
+
+def _healthy(http: httpx.Client, served_name: str) -> bool:
+    return _health_ok(http) and lists_model(http, served_name)
