@@ -59,6 +59,7 @@ class Signal:
         artifact: the key of the report the message links to (``health-spark``).
         by: for FIXED: who brought it back ("recover-vllm: dropped the page cache").
         opens_alone: for ESCALATE: with no incident open, open one already escalated.
+        vllm_version: the vLLM the event named, when it did (kept by an incident it opens).
     """
 
     effect: Effect
@@ -68,6 +69,7 @@ class Signal:
     artifact: str = ""
     by: str = ""
     opens_alone: bool = False
+    vllm_version: str | None = None
 
 
 class IncidentPolicy(BaseModel):
@@ -181,6 +183,7 @@ def _no_incident(
         cause=signal.cause,
         fix=signal.fix,
         artifact=signal.artifact,
+        vllm_version=signal.vllm_version,
         escalation=_words(signal) if signal.effect is Effect.ESCALATE else None,
         flapping=len(recent) > policy.flap_limit,
         opens_in_window=len(recent),

@@ -16,6 +16,7 @@ service event itself is emitted first.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,7 +63,7 @@ def report_service_event(
 
 def track_incident(target_name: str, what: ServiceEvent, payload: dict[str, Any], vllm_version: str | None) -> None:
     """Move the target's incident by one service event; emit the message it sends, if any."""
-    signal = signal_of(what, {**payload, "target": target_name})
+    signal = replace(signal_of(what, {**payload, "target": target_name}), vllm_version=vllm_version)
     if signal.effect is Effect.NONE:  # nothing to read or write (a check that sees it starting, ...)
         return
     now = time.time()
@@ -70,18 +71,10 @@ def track_incident(target_name: str, what: ServiceEvent, payload: dict[str, Any]
     with incident_lock(target_name):
         state = incident_state(target_name)
         new, notice = advance_incident(state, signal, now, incident_id, POLICY)
-        if notice is not None and notice.incident.vllm_version is None and vllm_version:
-            notice = _with_version(notice, vllm_version)
-            new = new.model_copy(update={"open": notice.incident}) if new.open is not None else new
         if new != state:
             save_incident_state(target_name, new)
     if notice is not None:
         _send(target_name, notice, vllm_version)
-
-
-def _with_version(notice: Notice, vllm_version: str) -> Notice:
-    incident = notice.incident.model_copy(update={"vllm_version": vllm_version})
-    return Notice(notice.event, incident, notice.signal, notice.now)
 
 
 def _send(target_name: str, notice: Notice, vllm_version: str | None) -> None:
