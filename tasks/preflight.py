@@ -82,6 +82,9 @@ def _docker_problems(client: docker.DockerClient, machine: TargetMachine, image:
     info = client.info()
     if machine.gpus == "all" and (problem := gpu_runtime_problem(info)):
         problems.append(problem)
+    # The port is tried before the containers are listed: a deploy of ours starting its server meanwhile
+    # (a second deploy waits for the GPU lock after its preflight) is then in the list, not "outside docker".
+    answers = port_answers(machine.client_host, machine.host_port)
     users = containers_on_port(client, machine.host_port)
     foreign = [u.container for u in users if not u.ours]
     if foreign:
@@ -89,7 +92,7 @@ def _docker_problems(client: docker.DockerClient, machine: TargetMachine, image:
             f"port {machine.host_port} is published by container(s) {', '.join(foreign)} that this project does not"
             f" manage: stop them (`docker stop {foreign[0]}`) or set another host_port on the target."
         )
-    elif not users and port_answers(machine.client_host, machine.host_port):
+    elif not users and answers:
         problems.append(
             f"port {machine.host_port} on {machine.client_host} is in use by a process outside docker: free it"
             f" (`ss -ltnp 'sport = :{machine.host_port}'` shows which) or set another host_port on the target."
