@@ -16,6 +16,10 @@ no API finds a lease by its holder. The lease is recorded with the flow run that
 for a cancellation), its cleanup hook frees the slot at once (`release_gpu_of_run`, tasks/cleanup.py)
 instead of leaving it to the lease (`GPU_LEASE_S` without renewal). A frozen process is not known gone:
 its slot is left to the lease (docs/operator.md "Stuck, cancelled and crashed runs").
+
+The incident slot is taken the same way (`_slot`), under the server's shortest lease. Every call that
+takes, renews or frees a slot retries a busy SQLite server in milliseconds (tasks/api_retry.py), not
+in the client's 2 s.
 """
 
 from __future__ import annotations
@@ -27,15 +31,14 @@ from contextlib import contextmanager
 from uuid import UUID
 
 import httpx
-from prefect import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
-from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.logging import get_logger
 from prefect.runtime import flow_run
 
 from blocks.target import gpu_limit_name
+from tasks.api_retry import prefect_client
 from tasks.state import GpuLease, forget_gpu_lease, gpu_lease, record_gpu_lease
 
 __all__ = ["ensure_gpu_limit", "gpu_limit_name", "gpu_lock", "incident_lock", "release_gpu_of_run"]
@@ -44,6 +47,8 @@ __all__ = ["ensure_gpu_limit", "gpu_limit_name", "gpu_lock", "incident_lock", "r
 #: holder that died unseen frees the slot at most this long after its last renewal (plus the server's
 #: 15 s sweep).
 GPU_LEASE_S = 300
+#: The incident slot's lease (s), the server's minimum: held for milliseconds, never renewed.
+INCIDENT_LEASE_S = 60
 #: HTTP 423 Locked: the limit's slot is taken (the server says when to ask again in Retry-After).
 _LOCKED = 423
 
@@ -54,7 +59,7 @@ def ensure_gpu_limit(target_name: str) -> str:
 
 
 def _ensure_limit(name: str) -> str:
-    with get_client(sync_client=True) as client:
+    with prefect_client() as client:
         try:
             client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
@@ -71,30 +76,39 @@ def gpu_lock(target_name: str, timeout_s: float | None = 3600) -> Iterator[None]
     recorded under the flow run (see the module docstring), released at the end."""
     name = ensure_gpu_limit(target_name)
     run_id = str(flow_run.id or "")
-    lease_id = _take_slot(name, run_id, timeout_s)
-    record_gpu_lease(target_name, GpuLease(flow_run_id=run_id, lease_id=lease_id))
-    stop = threading.Event()
-    renewer = threading.Thread(target=_renew, args=(name, lease_id, stop), name=f"lease-{name}", daemon=True)
-    renewer.start()
+    with _slot(name, run_id, GPU_LEASE_S, timeout_s) as lease_id:
+        record_gpu_lease(target_name, GpuLease(flow_run_id=run_id, lease_id=lease_id))
+        stop = threading.Event()
+        renewer = threading.Thread(target=_renew, args=(name, lease_id, stop), name=f"lease-{name}", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join(timeout=5)
+            forget_gpu_lease(target_name, run_id)  # first: once released, the next holder records its own
+
+
+@contextmanager
+def _slot(name: str, run_id: str, lease_s: float, timeout_s: float | None) -> Iterator[UUID]:
+    """Hold the limit's slot under a lease of ``lease_s`` (its id yielded), released at the end."""
+    lease_id = _take_slot(name, run_id, lease_s, timeout_s)
     try:
-        yield
+        yield lease_id
     finally:
-        stop.set()
-        renewer.join(timeout=5)
-        forget_gpu_lease(target_name, run_id)  # first: once released, the next holder records its own
-        with get_client(sync_client=True) as client:
+        with prefect_client() as client:
             client.release_concurrency_slots_with_lease(lease_id)
 
 
-def _take_slot(name: str, run_id: str, timeout_s: float | None) -> UUID:
+def _take_slot(name: str, run_id: str, lease_s: float, timeout_s: float | None) -> UUID:
     """Wait for the limit's slot (asking again when the server's Retry-After says); its lease id."""
     holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(run_id)) if run_id else None
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
+    with prefect_client() as client:
         while True:
             try:
                 response = client.increment_concurrency_slots_with_lease(
-                    names=[name], slots=1, mode="concurrency", lease_duration=GPU_LEASE_S, holder=holder
+                    names=[name], slots=1, mode="concurrency", lease_duration=lease_s, holder=holder
                 )
             except httpx.HTTPStatusError as exc:
                 if exc.response.status_code != _LOCKED:
@@ -102,8 +116,8 @@ def _take_slot(name: str, run_id: str, timeout_s: float | None) -> UUID:
                 wait = float(exc.response.headers.get("Retry-After", 1))
                 if deadline is not None and time.monotonic() + wait > deadline:
                     raise TimeoutError(
-                        f"{name} stayed taken for {timeout_s:.0f} s: another flow holds this target's GPU"
-                        " (Prefect UI: Concurrency); wait for it, or cancel it"
+                        f"{name} stayed taken for {timeout_s:.0f} s: another flow run holds it"
+                        " (Prefect UI: Concurrency); wait for it, or cancel that run"
                     ) from exc
                 time.sleep(wait)
                 continue
@@ -117,7 +131,7 @@ def _renew(name: str, lease_id: UUID, stop: threading.Event) -> None:
     """Renew the lease every third of `GPU_LEASE_S` until ``stop`` (a thread of the holder's process)."""
     while not stop.wait(GPU_LEASE_S / 3):
         try:
-            with get_client(sync_client=True) as client:
+            with prefect_client() as client:
                 client.renew_concurrency_lease(lease_id, lease_duration=GPU_LEASE_S)
         except Exception as exc:  # noqa: BLE001 - the next renewal tries again; the lease lasts GPU_LEASE_S
             get_logger("tasks.locks").warning("could not renew the lease of %s: %s", name, exc)
@@ -130,7 +144,7 @@ def release_gpu_of_run(target_name: str, flow_run_id: str) -> bool:
     if lease is None or not lease.held_by(flow_run_id):
         return False
     forget_gpu_lease(target_name, flow_run_id)
-    with get_client(sync_client=True) as client:
+    with prefect_client() as client:
         client.release_concurrency_slots_with_lease(lease.lease_id)
     return True
 
@@ -139,5 +153,5 @@ def release_gpu_of_run(target_name: str, flow_run_id: str) -> bool:
 def incident_lock(target_name: str, timeout_s: float = 30) -> Iterator[None]:
     """Hold the target's incident slot: a health check and a recovery reporting at once must not
     both read the incident, change it and write it back (tasks/incidents/track.py)."""
-    with concurrency(_ensure_limit(f"incident:{target_name}"), occupy=1, timeout_seconds=timeout_s, strict=True):
+    with _slot(_ensure_limit(f"incident:{target_name}"), str(flow_run.id or ""), INCIDENT_LEASE_S, timeout_s):
         yield

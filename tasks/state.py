@@ -40,10 +40,12 @@ from typing import Any, Literal, NamedTuple, TypeVar, cast
 from uuid import UUID
 
 from prefect.artifacts import Artifact
-from prefect.variables import Variable
+from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from pydantic import BaseModel, TypeAdapter, ValidationError, field_validator
 
 from blocks.engine import EngineSpec
+from tasks.api_retry import prefect_client
 from tasks.health.layers import Layer
 from tasks.health.verdict import Verdict
 from tasks.incidents.machine import IncidentState
@@ -114,7 +116,7 @@ _Model = TypeVar("_Model")
 
 def _read(name: str, kind: type[_Model] | TypeAdapter[_Model], empty: _Model) -> _Model:
     """The Variable ``name`` validated as ``kind``; ``empty`` when unset or unreadable."""
-    value = Variable.get(name, default=None)
+    value = _value(name)
     if value is None:
         return empty
     adapter = kind if isinstance(kind, TypeAdapter) else TypeAdapter(kind)
@@ -122,6 +124,34 @@ def _read(name: str, kind: type[_Model] | TypeAdapter[_Model], empty: _Model) ->
         return adapter.validate_python(value)
     except ValidationError:
         return empty
+
+
+def _value(name: str) -> Any:
+    """The Variable's value (None when unset), read through tasks/api_retry.py's client."""
+    with prefect_client() as client:
+        variable = client.read_variable_by_name(name)
+    return None if variable is None else variable.value
+
+
+def _write(name: str, value: Any) -> None:
+    """Set the Variable ``name`` (created or replaced), as ``Variable.set(..., overwrite=True)`` does,
+    through the client that retries a busy SQLite server in milliseconds (tasks/api_retry.py)."""
+    with prefect_client() as client:
+        if client.read_variable_by_name(name) is None:
+            try:
+                client.create_variable(VariableCreate(name=name, value=value))
+                return
+            except ObjectAlreadyExists:  # created meanwhile by a concurrent writer: replace it
+                pass
+        client.update_variable(VariableUpdate(name=name, value=value))
+
+
+def _unset(name: str) -> None:
+    with prefect_client() as client:
+        try:
+            client.delete_variable_by_name(name)
+        except ObjectNotFound:
+            pass
 
 
 def last_healthy_record(target_name: str) -> HealthyRecord:
@@ -159,13 +189,13 @@ def record_healthy(
     )
     value = record.model_dump(mode="json", exclude={"spec"})
     value["spec"] = spec.model_dump(mode="json", include=set(EngineSpec.model_fields))  # the fields, not the block's
-    Variable.set(LAST_HEALTHY_PREFIX + target_name, value, overwrite=True)
+    _write(LAST_HEALTHY_PREFIX + target_name, value)
     set_desired(target_name, "running")
 
 
 def recent_recoveries(target_name: str) -> list[RecoveryStep]:
     """The target's recent recovery steps, oldest first (a step that no longer validates is skipped)."""
-    value = Variable.get(RECOVERIES_PREFIX + target_name, default=None)
+    value = _value(RECOVERIES_PREFIX + target_name)
     items: list[Any] = value if isinstance(value, list) else []
     steps = []
     for item in items:
@@ -193,7 +223,7 @@ def remember_recoveries(target_name: str, steps: list[RecoveryStep]) -> None:
         }
         for s in kept
     ]
-    Variable.set(RECOVERIES_PREFIX + target_name, compact, overwrite=True)
+    _write(RECOVERIES_PREFIX + target_name, compact)
 
 
 def desired_state(target_name: str) -> DesiredState | None:
@@ -202,7 +232,7 @@ def desired_state(target_name: str) -> DesiredState | None:
 
 
 def set_desired(target_name: str, state: DesiredState) -> None:
-    Variable.set(DESIRED_PREFIX + target_name, state, overwrite=True)
+    _write(DESIRED_PREFIX + target_name, state)
 
 
 def health_state(target_name: str) -> HealthState:
@@ -212,7 +242,7 @@ def health_state(target_name: str) -> HealthState:
 
 def save_health_state(target_name: str, state: HealthState) -> None:
     """Save the check's small state (no history: see `health_history`)."""
-    Variable.set(HEALTH_PREFIX + target_name, state.model_dump(mode="json"), overwrite=True)
+    _write(HEALTH_PREFIX + target_name, state.model_dump(mode="json"))
 
 
 def health_history(target_name: str, key: str) -> list[dict[str, str]]:
@@ -232,12 +262,12 @@ def recover_runs(target_name: str) -> list[RecoverRun]:
 
 def record_recover_run(target_name: str, at: float, ended_healthy: bool) -> None:
     kept = [*recover_runs(target_name), RecoverRun(at, ended_healthy)][-KEEP_RECOVERIES:]
-    Variable.set(RECOVER_RUNS_PREFIX + target_name, _RUNS.dump_python(kept, mode="json"), overwrite=True)
+    _write(RECOVER_RUNS_PREFIX + target_name, _RUNS.dump_python(kept, mode="json"))
 
 
 def clear_recover_runs(target_name: str) -> None:
     """A person deployed: the cap on failing recoveries starts again."""
-    Variable.set(RECOVER_RUNS_PREFIX + target_name, [], overwrite=True)
+    _write(RECOVER_RUNS_PREFIX + target_name, [])
 
 
 def incident_state(target_name: str) -> IncidentState:
@@ -246,7 +276,7 @@ def incident_state(target_name: str) -> IncidentState:
 
 
 def save_incident_state(target_name: str, state: IncidentState) -> None:
-    Variable.set(INCIDENT_PREFIX + target_name, state.model_dump(mode="json"), overwrite=True)
+    _write(INCIDENT_PREFIX + target_name, state.model_dump(mode="json"))
 
 
 class GpuLease(BaseModel):
@@ -267,7 +297,7 @@ def gpu_lease(target_name: str) -> GpuLease | None:
 
 def record_gpu_lease(target_name: str, lease: GpuLease) -> None:
     """Record the slot's holder; only the holder writes it (the slot has one holder at a time)."""
-    Variable.set(GPU_LEASE_PREFIX + target_name, lease.model_dump(mode="json"), overwrite=True)
+    _write(GPU_LEASE_PREFIX + target_name, lease.model_dump(mode="json"))
 
 
 def forget_gpu_lease(target_name: str, flow_run_id: str) -> None:
@@ -275,4 +305,4 @@ def forget_gpu_lease(target_name: str, flow_run_id: str) -> None:
     next holder records its own, which this must not remove."""
     lease = gpu_lease(target_name)
     if lease is not None and lease.flow_run_id == flow_run_id:  # "" too: the record of a lock outside a run
-        Variable.unset(GPU_LEASE_PREFIX + target_name)
+        _unset(GPU_LEASE_PREFIX + target_name)

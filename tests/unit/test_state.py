@@ -15,7 +15,8 @@ from tasks.health.verdict import Verdict
 
 
 class _Variables:
-    """Prefect's Variable.get/set, in memory; values go through JSON as the server's do."""
+    """Prefect's Variable.get/set, in memory; values go through JSON as the server's do (the writes go
+    through tasks/api_retry.py's client in the product: the integration tests cover that path)."""
 
     values: dict[str, Any] = {}
 
@@ -32,7 +33,9 @@ class _Variables:
 @pytest.fixture(autouse=True)
 def variables(monkeypatch):
     monkeypatch.setattr(_Variables, "values", {})
-    monkeypatch.setattr(state, "Variable", _Variables)
+    monkeypatch.setattr(state, "_value", _Variables.get)
+    monkeypatch.setattr(state, "_write", lambda name, value: _Variables.set(name, value, overwrite=True))
+    monkeypatch.setattr(state, "_unset", lambda name: _Variables.values.pop(name, None))
     return _Variables.values
 
 
