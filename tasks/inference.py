@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from tasks.errors import SparkVllmError
+from tasks.tls import default_tls
 from tasks.vllm.api import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH, auth_headers
 
 THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
@@ -92,7 +93,9 @@ def smoke_inference(
     """Ask both endpoints the smoke question (12*17) and require its answer (204); an empty or wrong
     answer fails the deploy."""
     logger = get_run_logger()
-    with httpx.Client(base_url=base_url, headers=auth_headers(api_key), timeout=timeout_s) as client:
+    with httpx.Client(
+        verify=default_tls(), base_url=base_url, headers=auth_headers(api_key), timeout=timeout_s
+    ) as client:
         chat, chat_s = _post(
             client,
             CHAT_COMPLETIONS_PATH,
