@@ -68,6 +68,11 @@ def track_incident(target_name: str, what: ServiceEvent, payload: dict[str, Any]
         return
     now = time.time()
     incident_id = str(payload.get("since") or datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"))
+    # Read first without the lock: a signal that changes nothing (a healthy check with no incident open,
+    # most of them) is done, as if it came just before any concurrent writer. Else read again under it.
+    unlocked = incident_state(target_name)
+    if advance_incident(unlocked, signal, now, incident_id, POLICY) == (unlocked, None):
+        return
     with incident_lock(target_name):
         state = incident_state(target_name)
         new, notice = advance_incident(state, signal, now, incident_id, POLICY)
