@@ -17,9 +17,15 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[str]:
-    """Start a throwaway Prefect server for the session and point clients at it."""
-    from prefect.settings import PREFECT_API_URL
+    """Start a throwaway Prefect server for the session and point clients at it.
+
+    Flows the tests call in-process send no heartbeats: Prefect 3.9's heartbeat thread (on by default,
+    every 180 s) sleeps in 1 s steps and a flow run joins it at its end, so each run took up to 1 s
+    longer, about 4 minutes over the suite. Runs that a worker starts still beat: the work pool's base
+    job template sets their frequency (deployments/zombies.py; tests/integration/test_stuck_runs.py).
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_test_harness(server_startup_timeout=60), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield PREFECT_API_URL.value()
