@@ -21,8 +21,9 @@ def prefect_server() -> Iterator[str]:
 
     Flows the tests call in-process send no heartbeats: Prefect 3.9's heartbeat thread (on by default,
     every 180 s) sleeps in 1 s steps and a flow run joins it at its end, so each run took up to 1 s
-    longer (0.95 s for a flow of one task, measured with cProfile). Runs that a worker starts still beat: the work pool's base
-    job template sets their frequency (deployments/zombies.py; tests/integration/test_stuck_runs.py).
+    longer (0.95 s for a flow of one task, measured with cProfile). Runs that a worker starts still
+    beat: the work pool's base job template sets their frequency (deployments/zombies.py;
+    tests/integration/test_stuck_runs.py).
     """
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
