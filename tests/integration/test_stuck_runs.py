@@ -145,45 +145,45 @@ def loading_container(docker_client, target: str, run_id: UUID):
     )[0]
 
 
-def test_a_deploy_cancelled_while_its_server_loads_removes_it(worker, project_target, docker_client):
-    target = project_target(time_scale=0.2)  # a load of about 40 s
-    run_id = run_deploy(target.name)
-    container = loading_container(docker_client, target.name, run_id)
+def test_a_cancelled_deploy_and_a_killed_one_each_remove_the_server_they_were_starting(
+    worker, project_target, docker_client
+):
+    """Both at once, on two targets of one worker: one wait for loading servers serves both cases."""
+    cancelled, killed = project_target(time_scale=0.2), project_target(time_scale=0.2)  # loads of about 40 s
+    cancelled_run, killed_run = run_deploy(cancelled.name), run_deploy(killed.name)
+    cancelled_container = loading_container(docker_client, cancelled.name, cancelled_run)
+    killed_container = loading_container(docker_client, killed.name, killed_run)
+    process = wait_for("the flow-run process", lambda: flow_run_process(worker, killed_run), 10)
     with get_client(sync_client=True) as client:  # what the UI's Cancel does
-        client.set_flow_run_state(run_id, Cancelling(message="cancelled by the test"))
-    final = wait_for("Cancelled", lambda: (s := state_of(run_id)).is_final() and s)
+        client.set_flow_run_state(cancelled_run, Cancelling(message="cancelled by the test"))
+    process.send_signal(signal.SIGKILL)
+
+    final = wait_for("Cancelled", lambda: (s := state_of(cancelled_run)).is_final() and s)
     assert final.is_cancelled(), final
-    wait_for("the container removed", lambda: not run_containers(docker_client, target.name, run_id), 30)
-    assert container.name not in [c.name for c in target_containers(docker_client, target.name)]
+    wait_for("the container removed", lambda: not run_containers(docker_client, cancelled.name, cancelled_run), 30)
+    assert cancelled_container.name not in [c.name for c in target_containers(docker_client, cancelled.name)]
     # the run's own cleanup (tasks/serve.py start_once removes a server that never served, on the worker's
     # SIGTERM too) usually wins; the worker's on_cancellation hook then finds nothing left, or removes it
-    [line] = wait_for("the hook's log line", lambda: hook_lines(run_id), 10)
+    [line] = wait_for("the hook's log line", lambda: hook_lines(cancelled_run), 10)
     assert line in (
-        f"Cancelling: this run had started no container on {target.name}",
-        f"Cancelling: removed {container.name}, which this run started and which never served",
+        f"Cancelling: this run had started no container on {cancelled.name}",
+        f"Cancelling: removed {cancelled_container.name}, which this run started and which never served",
     )
 
-
-def test_a_deploy_whose_process_is_killed_ends_crashed_and_its_server_is_removed(worker, project_target, docker_client):
-    target = project_target(time_scale=0.2)
-    run_id = run_deploy(target.name)
-    container = loading_container(docker_client, target.name, run_id)
-    process = wait_for("the flow-run process", lambda: flow_run_process(worker, run_id), 10)
-    process.send_signal(signal.SIGKILL)
-    final = wait_for("Crashed", lambda: (s := state_of(run_id)).is_final() and s)
+    final = wait_for("Crashed", lambda: (s := state_of(killed_run)).is_final() and s)
     assert final.is_crashed() and "-9" in (final.message or ""), final
     # the worker runs the on_crashed hook in a process of its own: it removes what never served
-    wait_for("the container removed", lambda: not run_containers(docker_client, target.name, run_id), 60)
-    assert wait_for("the hook's log line", lambda: hook_lines(run_id), 10) == [
-        f"Crashed: removed {container.name}, which this run started and which never served"
+    wait_for("the container removed", lambda: not run_containers(docker_client, killed.name, killed_run), 60)
+    assert wait_for("the hook's log line", lambda: hook_lines(killed_run), 10) == [
+        f"Crashed: removed {killed_container.name}, which this run started and which never served"
     ]
     # its process is known gone: the hook freed the run's GPU slot, not left to the lease's 300 s
-    freed = f"Crashed: freed gpu:{target.name}, which this run held (its process is gone)"
-    wait_for("the slot freed", lambda: freed in log_messages(run_id), 10)
+    freed = f"Crashed: freed gpu:{killed.name}, which this run held (its process is gone)"
+    wait_for("the slot freed", lambda: freed in log_messages(killed_run), 10)
     started = time.monotonic()
-    with gpu_lock(target.name, timeout_s=5):  # what the next deploy does first
-        assert gpu_lease(target.name) is not None
-    assert time.monotonic() - started < 5 and gpu_lease(target.name) is None
+    with gpu_lock(killed.name, timeout_s=5):  # what the next deploy does first
+        assert gpu_lease(killed.name) is not None
+    assert time.monotonic() - started < 5 and gpu_lease(killed.name) is None
 
 
 def clean_up_runs(deployment: UUID, run_id: UUID) -> list:
