@@ -18,8 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from tasks.errors import SparkVllmError
-from tasks.tls import default_tls
-from tasks.vllm.api import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH, auth_headers
+from tasks.vllm.api import CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH, vllm_client
 
 THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
 #: The smoke question (the DGX Spark playbook's) and its answer: the deploy's smoke test and the
@@ -93,9 +92,7 @@ def smoke_inference(
     """Ask both endpoints the smoke question (12*17) and require its answer (204); an empty or wrong
     answer fails the deploy."""
     logger = get_run_logger()
-    with httpx.Client(
-        verify=default_tls(), base_url=base_url, headers=auth_headers(api_key), timeout=timeout_s
-    ) as client:
+    with vllm_client(base_url, api_key, timeout_s) as client:
         chat, chat_s = _post(
             client,
             CHAT_COMPLETIONS_PATH,

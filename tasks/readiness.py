@@ -37,8 +37,7 @@ from tasks.recovery.load_memory import loader_guard_cause, loader_transient_gib
 from tasks.recovery.sizing import margin_for
 from tasks.report import ProgressArtifact
 from tasks.secrets import scrub
-from tasks.tls import default_tls
-from tasks.vllm.api import HEALTH_PATH, auth_headers, lists_model
+from tasks.vllm.api import HEALTH_PATH, lists_model, vllm_client
 from tasks.vllm.failures import FailureCause, classify_failure, host_memory_guard_cause
 from tasks.vllm.logs import EventKind, LineSplitter, Phase, StartupStats, StartupTracker
 
@@ -168,17 +167,13 @@ def _container_stopped(container: Container, restarts_before: int) -> bool:
 
 def endpoint_ready(base_url: str, served_name: str, api_key: str | None = None, timeout: float = 2.0) -> bool:
     """Ready = /health answers 200 and /v1/models lists the served model."""
-    with httpx.Client(
-        verify=default_tls(), base_url=base_url, timeout=timeout, headers=auth_headers(api_key)
-    ) as client:
+    with vllm_client(base_url, api_key, timeout) as client:
         return _healthy(client, served_name)
 
 
 def serves(base_url: str, api_key: str | None = None, timeout: float = 2.0) -> bool:
     """Some server answers /health with 200 at ``base_url`` (whatever model it serves)."""
-    with httpx.Client(
-        verify=default_tls(), base_url=base_url, timeout=timeout, headers=auth_headers(api_key)
-    ) as client:
+    with vllm_client(base_url, api_key, timeout) as client:
         return _health_ok(client)
 
 
@@ -435,10 +430,7 @@ def _gate(
     """The gate's loop: take the log, check the container's state once a second and the host's
     memory at the guard's interval, ask /health; return when it serves, raise when it cannot."""
     gate = _Gate(logger, client, container, lines, timeouts, secrets, progress_key, guard, version)
-    headers = auth_headers(api_key)
-    with httpx.Client(
-        verify=default_tls(), base_url=base_url, timeout=max(timeouts.poll_interval_s, 1.0), headers=headers
-    ) as http:
+    with vllm_client(base_url, api_key, max(timeouts.poll_interval_s, 1.0)) as http:
         while True:
             # a new line wakes the loop at once, so /health is asked right after the server says it is up
             gate.take_queued(timeouts.poll_interval_s)

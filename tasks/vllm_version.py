@@ -27,8 +27,7 @@ from pydantic import BaseModel
 from blocks.target import TargetMachine
 from tasks.container import docker_client
 from tasks.memory import helper_container_kwargs
-from tasks.tls import default_tls
-from tasks.vllm.api import VERSION_PATH, version_from_body
+from tasks.vllm.api import VERSION_PATH, version_from_body, vllm_client
 from tasks.vllm.versions import (
     RUNBOOK_VERSION,
     VERSION_PROBE,
@@ -234,7 +233,7 @@ def read_server_version(http: httpx.Client) -> str | None:
 
 def fetch_server_version(base_url: str, timeout_s: float = 5.0) -> str | None:
     """`read_server_version` of the server at ``base_url``."""
-    with httpx.Client(verify=default_tls(), base_url=base_url, timeout=timeout_s) as http:
+    with vllm_client(base_url, timeout=timeout_s) as http:
         return read_server_version(http)
 
 

@@ -26,8 +26,7 @@ from tasks.container import docker_client, managed_containers
 from tasks.health.limits import Thresholds
 from tasks.health.smoke import ask_streamed
 from tasks.memory import MemInfo, MemoryReadError, exec_meminfo
-from tasks.tls import default_tls
-from tasks.vllm.api import HEALTH_PATH, METRICS_PATH, auth_headers, lists_model
+from tasks.vllm.api import HEALTH_PATH, METRICS_PATH, lists_model, vllm_client
 from tasks.vllm.metrics import MetricsSnapshot, parse_metrics
 from tasks.vllm.versions import parse_vllm_version
 from tasks.vllm_version import read_server_version
@@ -103,9 +102,7 @@ def probe_endpoints(
     """
     stall_s = Thresholds().first_token_stall_s if first_token_stall_s is None else first_token_stall_s
     facts = EndpointFacts()
-    with httpx.Client(
-        verify=default_tls(), base_url=base_url, headers=auth_headers(api_key), timeout=timeout_s
-    ) as http:
+    with vllm_client(base_url, api_key, timeout_s) as http:
         try:
             started = time.perf_counter()
             facts.health_status = http.get(HEALTH_PATH).status_code

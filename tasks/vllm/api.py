@@ -25,6 +25,8 @@ from typing import Any
 
 import httpx
 
+from tasks.tls import default_tls
+
 #: The model list: once it names the served model, requests for that name are accepted.
 MODELS_PATH = "/v1/models"
 #: Liveness: 200 while the API server and its engine live.
@@ -46,6 +48,12 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     Without a key the server checks nothing, so no header is sent (an empty dict).
     """
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def vllm_client(base_url: str, api_key: str | None = None, timeout: float = 10.0) -> httpx.Client:
+    """An HTTP client for the vLLM server at ``base_url``: the API key's header (`auth_headers`) and the
+    process's one TLS context (tasks/tls.py: httpx would load the CA bundle again for each client)."""
+    return httpx.Client(verify=default_tls(), base_url=base_url, headers=auth_headers(api_key), timeout=timeout)
 
 
 def lists_model(http: httpx.Client, served_name: str) -> bool:
