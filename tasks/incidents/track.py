@@ -25,7 +25,7 @@ from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
 
 from tasks.events import ServiceEvent, emit_incident_event, emit_service_event, service_event
-from tasks.incidents.machine import Effect, IncidentPolicy, Notice, advance_incident
+from tasks.incidents.machine import IncidentPolicy, Notice, advance_incident
 from tasks.incidents.messages import Links, message
 from tasks.incidents.signals import signal_of
 from tasks.locks import incident_lock
@@ -64,12 +64,11 @@ def report_service_event(
 def track_incident(target_name: str, what: ServiceEvent, payload: dict[str, Any], vllm_version: str | None) -> None:
     """Move the target's incident by one service event; emit the message it sends, if any."""
     signal = replace(signal_of(what, {**payload, "target": target_name}), vllm_version=vllm_version)
-    if signal.effect is Effect.NONE:  # nothing to read or write (a check that sees it starting, ...)
-        return
     now = time.time()
     incident_id = str(payload.get("since") or datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"))
     # Read first without the lock: a signal that changes nothing (a healthy check with no incident open,
-    # most of them) is done, as if it came just before any concurrent writer. Else read again under it.
+    # most of them; a check that sees it starting) is done, as if it came just before any concurrent
+    # writer. Else read again under it.
     unlocked = incident_state(target_name)
     if advance_incident(unlocked, signal, now, incident_id, POLICY) == (unlocked, None):
         return
