@@ -39,7 +39,7 @@ class _Busy(BaseHTTPRequestHandler):
 def server() -> Iterator[tuple[str, type[_Busy]]]:
     handler = type("Handler", (_Busy,), {"seen": []})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
     httpd.shutdown()
