@@ -154,6 +154,23 @@ def in_router(fleet: Fleet) -> set[str]:
     return {t for t in fleet.targets if TargetMachine.load(t).endpoint in urls}
 
 
+def endpoint_of(target: str) -> str:
+    from blocks.target import TargetMachine
+
+    return TargetMachine.load(target).endpoint
+
+
+def wait_for_router(fleet: Fleet, ok, timeout_s: float) -> None:
+    """Until ``ok(workers)`` holds for the router's {worker url: its own health probe's verdict}."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        workers = httpx.get(f"{router_url(fleet)}/workers", timeout=5).json()["workers"]
+        if ok({w["url"]: w["is_healthy"] for w in workers}):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the router's workers after {timeout_s} s: {workers}")
+
+
 def ask(fleet: Fleet, key: str | None) -> httpx.Response:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -266,9 +283,12 @@ def test_a_restarted_router_routes_to_every_healthy_target_again(fleet):
 def test_a_target_killed_under_load_leaves_the_router(fleet):
     with SteadyLoad(router_url(fleet), FLEET_KEY, MODEL) as load:
         time.sleep(1)
+        killed = time.time()
         fleet.container(fleet.b).stop(timeout=0)  # the Spark is gone: no server, no restart
-        time.sleep(6)  # the router's own health check (every second, 3 failures) stops sending there
+        # the router's own health check (every second, 3 failures in a row) stops sending there
+        wait_for_router(fleet, lambda workers: workers.get(endpoint_of(fleet.b)) is False, 15)
         stopped_sending = time.time()
+        print(f"the router stopped sending to the dead target {stopped_sending - killed:.1f} s after it died")
         state = health_check_fleet(targets=fleet.targets, fleet=fleet.name, run_checks=True, return_state=True)
         after = time.time()
         time.sleep(1)
@@ -279,7 +299,7 @@ def test_a_target_killed_under_load_leaves_the_router(fleet):
     # the failures are the requests b held when it died and the few before the router stopped sending there
     failed = load.tally.failed
     assert len(failed) <= 8, load.tally.failures()
-    assert all(sent < stopped_sending for sent, _, _ in failed), failed
+    assert all(killed - 5 < sent < stopped_sending for sent, _, _ in failed), failed
     assert not [r for r in load.tally.results if r[0] > after and r[2] != "200"]
     assert sum(1 for r in load.tally.results if r[0] > stopped_sending and r[2] == "200") > 10
 
