@@ -29,15 +29,17 @@ import argparse
 import copy
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from blocks.router import FleetRouter
 from blocks.shared import WORK_POOL
 from blocks.target import TargetMachine
+from tasks.events import ServiceEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = ROOT / "prefect.yaml"
@@ -71,6 +73,7 @@ class FleetFile(BaseModel):
 
     fleet: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9-]*$")
     targets: dict[str, dict[str, Any]] = Field(min_length=1)
+    router: dict[str, Any] | None = None  # the FleetRouter fields (docs/router.md); absent: no router
 
     @field_validator("targets")
     @classmethod
@@ -92,6 +95,28 @@ class FleetFile(BaseModel):
             raise ValueError("the targets file has invalid targets:\n  " + "\n  ".join(problems))
         return machines
 
+    def fleet_router(self) -> FleetRouter | None:
+        """The router section as a FleetRouter of this fleet's targets (None: no router).
+
+        Raises:
+            ValueError: an invalid field, or targets whose API keys differ from the router's (a client
+                sends one key through the router, and every Spark must accept it).
+        """
+        if self.router is None:
+            return None
+        try:
+            router = FleetRouter(**{**self.router, "fleet": self.fleet, "targets": list(self.targets)})
+        except ValidationError as exc:
+            details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"the targets file's router: {details}") from exc
+        keys = {name: m.api_key_secret for name, m in self.machines().items()}
+        if any(key != router.api_key_secret for key in keys.values()):
+            raise ValueError(
+                f"the router's api_key_secret is {router.api_key_secret!r} but the targets have {keys}: give the "
+                "router and every target the same Secret block (clients send one key through the router)"
+            )
+        return router
+
 
 def load_fleet_file(path: Path) -> FleetFile:
     """Read and validate a targets file (YAML); errors name the file and what to fix."""
@@ -107,6 +132,7 @@ def load_fleet_file(path: Path) -> FleetFile:
             "and `targets: {<name>: {<TargetMachine fields>}}` (docs/fleet.md)"
         ) from exc
     fleet.machines()
+    fleet.fleet_router()
     return fleet
 
 
@@ -140,6 +166,20 @@ def for_target(template: Mapping[str, Any], machine: TargetMachine) -> dict[str,
     return deployment
 
 
+def router_trigger(fleet: str, machines: Iterable[TargetMachine]) -> dict[str, Any]:
+    """health-check-fleet on a target's unhealthy verdict: the router drops it at once, not at the next
+    5-minute run (the router's own health check already stops sending to a dead Spark within seconds;
+    this takes it off the list). A recovered target rejoins at the next run, after a healthy check."""
+    return {
+        "type": "event",
+        "name": f"router-{fleet}-follows-health",
+        "enabled": True,
+        "expect": [ServiceEvent.UNHEALTHY.event],
+        "match": {"prefect.resource.id": [m.event_resource_id for m in machines]},
+        "parameters": {"run_checks": False},
+    }
+
+
 def render(fleet: FleetFile, prefect_yaml: Path = PREFECT_YAML) -> dict[str, Any]:
     """The fleet's prefect.yaml: every spark deployment per target, and the fleet flows."""
     machines = fleet.machines()
@@ -157,6 +197,8 @@ def render(fleet: FleetFile, prefect_yaml: Path = PREFECT_YAML) -> dict[str, Any
         }
         if interval:
             deployment["schedules"] = [{"interval": interval, "active": True}]
+        if _flow == "health-check-fleet" and fleet.router is not None:
+            deployment["triggers"] = [router_trigger(fleet.fleet, machines.values())]
         deployments.append(deployment)
     return {
         "name": f"spark-vllm-{fleet.fleet}",
@@ -203,6 +245,13 @@ def register(fleet: FleetFile, env: Mapping[str, str] | None = None, cwd: Path =
         machine.save(name, overwrite=True)
         ensure_gpu_limit(name)
         print(f"target {name}: block saved, limit gpu:{name}")
+    router = fleet.fleet_router()
+    if router is not None:
+        router.save(fleet.fleet, overwrite=True)
+        print(
+            f"router of {fleet.fleet}: block saved ({router.url}, {router.policy}); start it on the front "
+            f"machine: python -m deployments.router serve --fleet {fleet.fleet}"
+        )
     path = write_rendered(fleet)
     prefect = str(Path(sys.executable).with_name("prefect"))
     done = subprocess.run(

@@ -99,6 +99,14 @@ class DeployFailed(SparkVllmError):
     """The requested spec did not start; the first line says whether the target still has a server."""
 
 
+class RolledBack(DeployFailed):
+    """The requested spec failed and the target serves its last healthy spec again, gated again."""
+
+    def __init__(self, message: str, spec_hash: str) -> None:
+        super().__init__(message)
+        self.spec_hash = spec_hash
+
+
 class BenchGateFailed(SparkVllmError):
     """The new server answers but misses its spec's benchmark gate (`on_failure: fail`)."""
 
@@ -438,9 +446,10 @@ def _roll_back(
         },
         vllm_version=logged,
     )
-    return DeployFailed(
+    return RolledBack(
         f"rolled back: {machine.name} serves its last healthy spec {served.spec_hash} again; the new spec"
-        f" {failed_hash} {why}: {_first_line(failure)}"
+        f" {failed_hash} {why}: {_first_line(failure)}",
+        served.spec_hash,
     )
 
 
@@ -524,6 +533,7 @@ def _report_failure(
             verdict="failed",
             message=message[:500],
             endpoint=machine.endpoint,
+            spec_hash=exc.spec_hash if isinstance(exc, RolledBack) else None,  # what serves after the rollback
             vllm_version=version,
         )
     )

@@ -23,6 +23,8 @@ from blocks.target import TargetMachine
 from tasks.errors import SparkVllmError
 from tasks.fleet import TargetRun, fleet_row, now_epoch, run_on_target
 from tasks.report import artifact_key, markdown_table
+from tasks.router.report import publish_router_status, router_column
+from tasks.router.sync import Membership, drain, sync_router, undrain
 from tasks.state import health_state, last_healthy_record
 
 #: The per-target deployments the fleet flows run (their flow names; the deployment is <flow>/<target>).
@@ -47,8 +49,9 @@ def _deploy_parameters(
     return {**parameters, **(extra or {})}
 
 
-def _rows(runs: Mapping[str, TargetRun | None]) -> list[dict[str, Any]]:
-    """One row per target: this run's verdict, what serves (from the server's records), last check."""
+def _rows(runs: Mapping[str, TargetRun | None], membership: Membership | None = None) -> list[dict[str, Any]]:
+    """One row per target: this run's verdict, what serves (from the server's records), last check,
+    whether the fleet's router sends to it."""
     now = now_epoch()
     rows = []
     for target, run in runs.items():
@@ -56,13 +59,20 @@ def _rows(runs: Mapping[str, TargetRun | None]) -> list[dict[str, Any]]:
             endpoint = TargetMachine.named(target).endpoint
         except ValueError:
             endpoint = "(no target block)"
-        rows.append(fleet_row(target, endpoint, run, last_healthy_record(target), health_state(target), now))
+        row = fleet_row(target, endpoint, run, last_healthy_record(target), health_state(target), now)
+        rows.append({**row, "router": router_column(membership, target)})
     return rows
 
 
-def _table(fleet: str, kind: str, runs: Mapping[str, TargetRun | None], description: str) -> list[dict[str, Any]]:
+def _table(
+    fleet: str,
+    kind: str,
+    runs: Mapping[str, TargetRun | None],
+    description: str,
+    membership: Membership | None = None,
+) -> list[dict[str, Any]]:
     """The fleet table artifact `<kind>-<fleet>` of `_rows`."""
-    rows = _rows(runs)
+    rows = _rows(runs, membership)
     create_table_artifact(table=rows, key=artifact_key(kind, fleet), description=description)
     return rows
 
@@ -95,8 +105,13 @@ def deploy_fleet(
     }
     runs = {t: future.result() for t, future in futures.items()}
     failed = [r for r in runs.values() if not r.ok]
+    membership = sync_router(fleet)
     rows = _table(
-        fleet, "fleet", runs, f"deploy-fleet {fleet}: {len(targets) - len(failed)} of {len(targets)} deployed"
+        fleet,
+        "fleet",
+        runs,
+        f"deploy-fleet {fleet}: {len(targets) - len(failed)} of {len(targets)} deployed",
+        membership,
     )
     if failed:
         raise FleetDeployFailed(
@@ -120,8 +135,12 @@ def health_check_fleet(targets: list[str], fleet: str = "fleet", run_checks: boo
     if run_checks:
         futures = {t: run_on_target.submit(f"{HEALTH_FLOW}/{t}", t) for t in targets}
         runs = {t: future.result() for t, future in futures.items()}
-    rows = _table(fleet, "fleet-health", runs, f"health-check-fleet {fleet}")
-    verdicts = {row["target"]: row["last_health_check"] for row in rows}
+    membership = sync_router(fleet)
+    rows = _table(fleet, "fleet-health", runs, f"health-check-fleet {fleet}", membership)
+    publish_router_status(fleet, membership)
+    verdicts = {
+        row["target"]: f"{row['last_health_check']}{' ' + row['router'] if row['router'] else ''}" for row in rows
+    }
     get_run_logger().info("fleet %s: %s", fleet, ", ".join(f"{t} {v}" for t, v in verdicts.items()))
     return rows
 
@@ -139,9 +158,11 @@ def rolling_update(
 ) -> list[dict[str, Any]]:
     """Move every target to a new spec, one at a time, in order; stop at the first that fails.
 
-    Each target is deployed through deploy-qwen/<target> (its readiness gate, smoke test and the
-    spec's benchmark gate, with rollback to its last healthy spec on failure), then health-checked
-    (health-check/<target> must say healthy) before the next is touched. A failure leaves that
+    Each target is taken out of the fleet's router and drained (its running requests finish; the
+    other targets take the new ones), deployed through deploy-qwen/<target> (its readiness gate, smoke
+    test and the spec's benchmark gate, with rollback to its last healthy spec on failure), then
+    health-checked (health-check/<target> must say healthy) and put back in the router before the
+    next is touched: clients of the router see no failed request. A failure leaves that
     target on its last healthy spec (the deploy rolled it back) and the rest untouched, on the old
     spec; the report says which target runs which spec.
 
@@ -156,18 +177,25 @@ def rolling_update(
     common = _deploy_parameters(engine, preset, overrides, None)
     runs: dict[str, TargetRun | None] = {t: None for t in targets}
     steps: list[tuple[str, str]] = []
+    drains: dict[str, str] = {}
     stopped: str | None = None
+    if len(targets) == 1:
+        get_run_logger().warning(
+            "rolling-update of one target: the fleet has no server from its drain until it is back in the "
+            "router (requests meanwhile get 503 from the router); add a second target to update without a gap"
+        )
     for target in targets:
-        runs[target], problem = _update_one(
-            target, {**common, **(per_target or {}).get(target, {})}, health_check, stop_on_degraded
+        runs[target], problem, drained = _update_one(
+            fleet, target, {**common, **(per_target or {}).get(target, {})}, health_check, stop_on_degraded
         )
         steps.append((target, "updated" if problem is None else f"STOPPED: {problem}"))
+        drains[target] = drained
         if problem is not None:
             stopped = f"{target}: {problem}"
             break
     for target in targets[len(steps) :]:
         steps.append((target, "not attempted: still on the old spec"))
-    rows = _publish_update(fleet, runs, dict(steps), stopped)
+    rows = _publish_update(fleet, runs, dict(steps), drains, stopped)
     if stopped is not None:
         others = [f"{t}: {step}" for t, step in steps if not step.startswith("STOPPED")]
         raise RollingUpdateStopped(f"stopped at {stopped}" + (f"; {', '.join(others)}" if others else ""))
@@ -175,27 +203,43 @@ def rolling_update(
 
 
 def _update_one(
-    target: str, parameters: dict[str, Any], health_check: bool, stop_on_degraded: bool
-) -> tuple[TargetRun, str | None]:
-    """One step of a rolling update: deploy the target, then check it; the problem that stops the update, if any."""
+    fleet: str, target: str, parameters: dict[str, Any], health_check: bool, stop_on_degraded: bool
+) -> tuple[TargetRun, str | None, str]:
+    """One step of a rolling update: out of the router and drained, deployed, checked, back in the
+    router if it may serve; the problem that stops the update (if any) and what the drain did."""
+    drained = drain(fleet, target)
     run = run_on_target(f"{DEPLOY_FLOW}/{target}", target, parameters, with_outcome=True)
+    problem = _problem(run, target, health_check, stop_on_degraded)
+    undrain(fleet, target)
+    return run, problem, drained
+
+
+def _problem(run: TargetRun, target: str, health_check: bool, stop_on_degraded: bool) -> str | None:
+    """What stops the update after this target's deploy (None: it serves the new spec, healthy)."""
     if not run.ok:
-        return run, f"deploy {run.state.lower()}: {run.why}"
+        return f"deploy {run.state.lower()}: {run.why}"
     if stop_on_degraded and run.outcome is not None and run.outcome.degraded:
-        return run, f"deployed DEGRADED ({run.outcome.degraded})"
+        return f"deployed DEGRADED ({run.outcome.degraded})"
     if health_check:
         check = run_on_target(f"{HEALTH_FLOW}/{target}", target)
         health = health_state(target)
         if not check.ok or health.verdict != "healthy":
-            return run, f"health check after the deploy: {health.verdict or check.state} {health.reason}"
-    return run, None
+            return f"health check after the deploy: {health.verdict or check.state} {health.reason}"
+    return None
 
 
 def _publish_update(
-    fleet: str, runs: Mapping[str, TargetRun | None], steps: dict[str, str], stopped: str | None
+    fleet: str,
+    runs: Mapping[str, TargetRun | None],
+    steps: dict[str, str],
+    drains: dict[str, str],
+    stopped: str | None,
 ) -> list[dict[str, Any]]:
-    """The rolling update's table (a row per target: its step and what serves) and its report."""
-    rows = [{"target": row["target"], "step": steps[row["target"]], **row} for row in _rows(runs)]
+    """The rolling update's table (a row per target: its step, its drain and what serves) and its report."""
+    rows = [
+        {"target": row["target"], "step": steps[row["target"]], "drain": drains.get(row["target"], ""), **row}
+        for row in _rows(runs, sync_router(fleet))
+    ]
     done = "done" if stopped is None else "STOPPED"
     create_table_artifact(
         table=rows, key=artifact_key("rolling-update", fleet), description=f"rolling-update {fleet}: {done}"
@@ -209,8 +253,8 @@ def _publish_update(
                 f"# rolling-update {fleet}: {done}",
                 "",
                 markdown_table(
-                    ("target", "step", "runs spec", "degraded"),
-                    [(r["target"], r["step"], r["spec"], r["degraded"]) for r in rows],
+                    ("target", "step", "drain", "runs spec", "degraded", "router"),
+                    [(r["target"], r["step"], r["drain"], r["spec"], r["degraded"], r["router"]) for r in rows],
                 ),
             ]
         ),

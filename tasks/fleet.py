@@ -23,8 +23,9 @@ from typing import Any, Literal, cast
 from uuid import UUID
 
 from prefect import get_client, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import Artifact, create_table_artifact
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+from prefect.client.schemas.objects import Artifact as ArtifactResponse
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
@@ -84,6 +85,17 @@ def read_outcome(flow_run_id: UUID, target: str) -> DeployOutcome | None:
         return DeployOutcome.model_validate(rows[0]) if rows else None
     except ValidationError:  # not an outcome: none published
         return None
+
+
+def latest_outcome(target: str) -> tuple[DeployOutcome, float] | None:
+    """The target's last deploy-qwen outcome, whoever ran it, and when it was published (epoch s)."""
+    artifact = cast(ArtifactResponse | None, Artifact.get(artifact_key(OUTCOME_KEY, target)))  # sync/async dual
+    rows = table_rows(artifact.data) if artifact is not None else []
+    try:
+        outcome = DeployOutcome.model_validate(rows[0]) if rows else None
+    except ValidationError:
+        return None
+    return (outcome, artifact.created.timestamp()) if outcome is not None and artifact and artifact.created else None
 
 
 class TargetRun(BaseModel):

@@ -26,7 +26,9 @@ name is defined here, once:
   recent ones opened (tasks/incidents/track.py says why a Variable);
 - `vllm-gpu-lease-<target>` (`GpuLease`): which flow run holds the target's GPU slot and its lease, while
   it holds it (tasks/locks.py): a run's cleanup hook frees the slot of its own run once its process is
-  known gone, and never another run's.
+  known gone, and never another run's;
+- `vllm-router-draining-<fleet>` (a target name, unset when none): the target a rolling update took out of the
+  fleet's router to replace it; no other flow adds it back meanwhile (tasks/router/membership.py).
 
 Why every value stays small: Prefect refuses a Variable of more than 5,000 characters
 (`prefect.types.MAX_VARIABLE_VALUE_LENGTH`), so what grows (the health history) lives in an
@@ -60,6 +62,7 @@ HEALTH_PREFIX = "vllm-health-"
 RECOVER_RUNS_PREFIX = "vllm-recover-runs-"
 INCIDENT_PREFIX = "vllm-incident-"
 GPU_LEASE_PREFIX = "vllm-gpu-lease-"
+ROUTER_DRAINING_PREFIX = "vllm-router-draining-"
 KEEP_RECOVERIES = 10
 HEALTH_HISTORY = 48
 
@@ -306,3 +309,16 @@ def forget_gpu_lease(target_name: str, flow_run_id: str) -> None:
     lease = gpu_lease(target_name)
     if lease is not None and lease.flow_run_id == flow_run_id:  # "" too: the record of a lock outside a run
         _unset(GPU_LEASE_PREFIX + target_name)
+
+
+def router_draining(fleet: str) -> str | None:
+    """The target a rolling update of ``fleet`` is replacing (None: none)."""
+    return _read(ROUTER_DRAINING_PREFIX + fleet, TypeAdapter(str | None), None)
+
+
+def set_router_draining(fleet: str, target_name: str | None) -> None:
+    """Mark ``target_name`` as being replaced (None: the update is done with it)."""
+    if target_name is None:
+        _unset(ROUTER_DRAINING_PREFIX + fleet)
+    else:
+        _write(ROUTER_DRAINING_PREFIX + fleet, target_name)
