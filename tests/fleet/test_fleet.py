@@ -302,6 +302,26 @@ def test_a_target_killed_under_load_leaves_the_router(fleet):
     assert all(killed - 5 < sent < stopped_sending for sent, _, _ in failed), failed
     assert not [r for r in load.tally.results if r[0] > after and r[2] != "200"]
     assert sum(1 for r in load.tally.results if r[0] > stopped_sending and r[2] == "200") > 10
+    # b's unhealthy verdict also fired the fleet's automation: a health-check-fleet run of its own
+    wait_until("the automation's health-check-fleet run", lambda: automation_runs(fleet, after=killed), 30)
+
+
+def automation_runs(fleet: Fleet, after: float) -> list:
+    """health-check-fleet/<fleet> runs created after ``after`` by the router's automation."""
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(f"health-check-fleet/{fleet.name}")
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(deployment_id={"any_": [deployment.id]}), sort=FlowRunSort.START_TIME_ASC
+        )
+    return [r for r in runs if r.created.timestamp() > after and r.parameters.get("run_checks") is False]
+
+
+def wait_until(what: str, check, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        time.sleep(0.5)
+    return found
 
 
 def test_no_secret_in_the_routers_log_nor_the_workers(fleet):
