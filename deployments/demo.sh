@@ -4,7 +4,8 @@
 #         a process worker (one: never a second) -> `prefect deployment run deploy-qwen/sim --watch`,
 #         printing the flow run's own log lines, then its final state and the deploy report
 #         (every Prefect event: .demo/run-events.log)
-#   down: stop-qwen on the sim target, then the worker (bounded: SIGTERM, 20 s, then its process
+#         then the fleet's router in front of it (deployments/dev/router.py, docs/router.md)
+#   down: stop-qwen on the sim target, then the router and the worker (bounded: SIGTERM, 20 s, then its process
 #         tree is killed), the Hub imitation and the server.
 # State lives in .demo/ (Prefect database, model cache, memory ledger, logs, pids).
 # The worker is the operator's `prefect worker start`, started and stopped by deployments/dev/worker.py
@@ -123,6 +124,17 @@ print(f"{state.verdict.value if state.verdict else 'unknown'} since {state.since
       f"(health-check/sim {', '.join(every) or 'with no active schedule'}{following}, worker demo-worker)")
 PY
 )
+    ROUTER_PORT=${DEMO_ROUTER_PORT:-30000}
+    say "vllm-router in front (a fleet of one here; docs/router.md): the launcher an operator runs under systemd"
+    if ! alive "$DEMO/router.pid"; then
+        "$BIN/python" -c "from blocks.router import FleetRouter as R; R(fleet='sim', targets=['sim'], host='127.0.0.1', \
+port=$ROUTER_PORT, metrics_port=${DEMO_ROUTER_METRICS_PORT:-29000}).save('sim', overwrite=True)"
+        router=$("$BIN/python" -m deployments.dev.router start --fleet sim --log "$DEMO/router.log" --pid-file "$DEMO/router.pid") \
+            || router="did not start (.demo/router.log says why)"
+    else
+        router="already running (pid $(cat "$DEMO/router.pid"))"
+    fi
+    echo "  $router"
     UI=http://127.0.0.1:${DEMO_PREFECT_PORT:-4200}
     alerts=$("$BIN/python" -m deployments.notify 2>/dev/null) || alerts="unknown (python -m deployments.notify says)"
 
@@ -130,6 +142,7 @@ PY
 
 The imitation of vLLM serving Qwen/Qwen3-32B-FP8 is up:
   endpoint   http://127.0.0.1:18000/v1   (try: curl http://127.0.0.1:18000/v1/models)
+  router     http://127.0.0.1:${ROUTER_PORT}/v1   (the fleet's one URL; curl http://127.0.0.1:${ROUTER_PORT}/list_workers)
   verdict    ${verdict}
   alerts     ${alerts#notifications: }
   again      make demo   (keeps the server, the Hub and the worker; "unchanged" if nothing changed)
@@ -143,7 +156,7 @@ Where to look in the Prefect UI ($UI; docs/ui.md shows each page):
   events     $UI/events?resource=vllm.service.sim   (vllm.service.deployed, healthy, unhealthy, recovered, ...)
   schedule   $UI/deployments                        (health-check/sim every 5 minutes; recover-vllm/sim on unhealthy)
   memory     $UI/variables                          (vllm-health-sim, vllm-last-healthy-sim, vllm-desired-sim, ...)
-  terminal   .demo/run-events.log, .demo/health-events.log, .demo/worker.log, .demo/server.log
+  terminal   .demo/run-events.log, .demo/health-events.log, .demo/worker.log, .demo/server.log, .demo/router.log
 MSG
     if [ "$status" -ne 0 ]; then
         printf '\nhealth-check/sim did not complete: its report above says why (worker log: .demo/worker.log).\n' >&2
@@ -156,7 +169,8 @@ down() {
         say "stop-qwen on the sim target"
         "$BIN/python" -c "from flows.stop import stop_qwen; stop_qwen(target='sim', memory_timeout_s=10)" || true
     fi
-    say "worker"
+    say "router and worker"
+    "$BIN/python" -m deployments.dev.router stop --pid-file "$DEMO/router.pid"
     "$BIN/python" -m deployments.dev.worker stop "${WORKER[@]}"
     rm -f "$DEMO/worker.pid"  # an older demo's
     if alive "$DEMO/hub.pid"; then kill -- -"$(cat "$DEMO/hub.pid")" 2>/dev/null || kill "$(cat "$DEMO/hub.pid")" || true; fi

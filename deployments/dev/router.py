@@ -68,12 +68,46 @@ def start_router(fleet: str, log: Path, env: Mapping[str, str] | None = None, ti
 
 def stop_router(router: RouterProcess, grace_s: float = ROUTER_STOP_GRACE_S) -> None:
     """SIGTERM to the launcher (it stops the router), then kill whatever of the tree is left."""
+    stop_tree(router.process.pid, grace_s)
+    router.process.wait(5)
+
+
+def stop_tree(pid: int, grace_s: float = ROUTER_STOP_GRACE_S) -> None:
+    """SIGTERM to ``pid``, up to ``grace_s`` for it and its children to exit, then SIGKILL to the rest."""
     try:
-        tree = [psutil.Process(router.process.pid), *psutil.Process(router.process.pid).children(recursive=True)]
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+        root.terminate()
     except psutil.NoSuchProcess:
-        tree = []
-    router.process.terminate()
+        return
     _gone, alive = psutil.wait_procs(tree, timeout=grace_s)
     for proc in alive:
         proc.kill()
-    router.process.wait(5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`start --fleet F --log L --pid-file P` (returns once the router routes) and `stop --pid-file P`:
+    the demo's stand-in for systemd (deployments/demo.sh)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m deployments.dev.router")
+    parser.add_argument("command", choices=("start", "stop"))
+    parser.add_argument("--fleet", default="sim")
+    parser.add_argument("--log", type=Path, default=ROOT / ".demo" / "router.log")
+    parser.add_argument("--pid-file", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "start":
+        router = start_router(args.fleet, args.log)
+        args.pid_file.write_text(str(router.process.pid))
+        print(router.log_text().split(READY_MARK)[-1].splitlines()[0].strip())
+        return 0
+    try:
+        stop_tree(int(args.pid_file.read_text()))
+    except (OSError, ValueError):
+        pass  # no pid file: nothing started
+    args.pid_file.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
