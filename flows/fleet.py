@@ -32,6 +32,13 @@ DEPLOY_FLOW = "deploy-qwen"
 HEALTH_FLOW = "health-check"
 
 
+#: What a rolling update of one target means for clients (its log and its report say it).
+ONE_TARGET_GAP = (
+    "rolling-update of one target: clients have no server from its drain until it is back in the router "
+    "(the router answers 503 meanwhile, for as long as the deploy takes); add a second target to update without a gap"
+)
+
+
 class FleetDeployFailed(SparkVllmError):
     """Some targets did not deploy (the others did: the fleet table says which)."""
 
@@ -180,10 +187,7 @@ def rolling_update(
     drains: dict[str, str] = {}
     stopped: str | None = None
     if len(targets) == 1:
-        get_run_logger().warning(
-            "rolling-update of one target: the fleet has no server from its drain until it is back in the "
-            "router (requests meanwhile get 503 from the router); add a second target to update without a gap"
-        )
+        get_run_logger().warning(ONE_TARGET_GAP)
     for target in targets:
         runs[target], problem, drained = _update_one(
             fleet, target, {**common, **(per_target or {}).get(target, {})}, health_check, stop_on_degraded
@@ -256,6 +260,7 @@ def _publish_update(
                     ("target", "step", "drain", "runs spec", "degraded", "router"),
                     [(r["target"], r["step"], r["drain"], r["spec"], r["degraded"], r["router"]) for r in rows],
                 ),
+                *(["", f"**{ONE_TARGET_GAP}**"] if len(rows) == 1 else []),
             ]
         ),
     )
