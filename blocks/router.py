@@ -24,8 +24,10 @@ from pydantic import Field
 from tasks.vllm.api import METRICS_PATH
 
 #: The routing policies this project offers (vllm_router/router_args.py:165-173 has more: kv_aware
-#: needs vLLM's KV events, sticky_least_loaded session ids; neither is set up here).
-Policy = Literal["cache_aware", "round_robin", "power_of_two", "random", "consistent_hash"]
+#: needs vLLM's KV events, sticky_least_loaded session ids, neither set up here; power_of_two refuses to
+#: start without two workers, "Power-of-two policy requires at least 2 workers", and the launcher starts
+#: the router empty, then adds the healthy targets).
+Policy = Literal["cache_aware", "round_robin", "random", "consistent_hash"]
 
 
 class FleetRouter(Block):

@@ -43,7 +43,8 @@ def _run(router_args: Sequence[str]) -> None:
     launch_router(args)
 
 
-def _wait_listening(router: FleetRouter, proc: subprocess.Popen) -> None:
+def wait_listening(router: FleetRouter, proc: subprocess.Popen) -> None:
+    """Until the router answers /liveness; exits (SystemExit) when it died or stayed silent."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -72,7 +73,7 @@ def serve_router(fleet: str) -> int:
     proc = subprocess.Popen([sys.executable, "-m", "deployments.router", "run", "--", *router.router_args()], env=env)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: proc.terminate())
-    _wait_listening(router, proc)
+    wait_listening(router, proc)
     try:
         membership = follow_verdicts(fleet)
         members = ", ".join(membership.members) if membership else "none"

@@ -50,6 +50,12 @@ class Workload(BaseModel):
     prefix_len: int = Field(
         0, ge=0, description="the first N prompt tokens are the same in every request (prefix caching)"
     )
+    prefix_groups: int = Field(
+        1,
+        ge=1,
+        description="how many different shared prefixes (system prompts, conversations); each prompt "
+        "starts with one drawn at random (1: one prefix for all, as vllm bench's random dataset)",
+    )
     num_prompts: int | None = Field(None, ge=1, description="requests per level; None = 2 x concurrency, at least 4")
     ignore_eos: bool = Field(True, description="keep sampling past EOS so every output has output_len tokens")
     seed: int | None = Field(
@@ -66,6 +72,8 @@ class Workload(BaseModel):
                 f"prefix_len ({self.prefix_len}) must be <= input_len ({self.input_len}): the shared "
                 "prefix is part of the prompt; lower prefix_len or raise input_len"
             )
+        if self.prefix_groups > 1 and not self.prefix_len:
+            raise ValueError(f"prefix_groups ({self.prefix_groups}) needs a shared prefix: set prefix_len")
         return self
 
     def with_seed(self) -> Workload:
@@ -88,6 +96,8 @@ def make_prompts(workload: Workload, count: int, salt: int = 0) -> list[list[int
     Deterministic per (seed, salt) so two runs (two presets) send the same prompts; the salt keeps
     levels apart so a later level does not hit the prefix cache on an earlier level's prompts, and
     the prefix has a stream of its own so it is not the start of another workload's first prompt.
+    With `prefix_groups` > 1 each prompt takes one of that many prefixes, drawn from a third stream:
+    the first prefix and every prompt's own tokens are the same as with one group.
 
     Raises:
         ValueError: the workload has no seed yet (`Workload.with_seed()` gives it one).
@@ -95,10 +105,17 @@ def make_prompts(workload: Workload, count: int, salt: int = 0) -> list[list[int
     if workload.seed is None:
         raise ValueError("make_prompts needs a seeded workload: call workload.with_seed() first")
     low, high = PROMPT_TOKEN_RANGE
-    prefix = np.random.default_rng([workload.seed, salt, 1]).integers(low, high, size=workload.prefix_len).tolist()
+    prefixes = [
+        np.random.default_rng([workload.seed, salt, 1, *([group] if group else [])])
+        .integers(low, high, size=workload.prefix_len)
+        .tolist()
+        for group in range(workload.prefix_groups)
+    ]
+    groups = np.random.default_rng([workload.seed, salt, 3]).integers(0, workload.prefix_groups, size=count)
     rng = np.random.default_rng([workload.seed, salt, 2])
     return [
-        prefix + rng.integers(low, high, size=workload.input_len - workload.prefix_len).tolist() for _ in range(count)
+        prefixes[group] + rng.integers(low, high, size=workload.input_len - workload.prefix_len).tolist()
+        for group in groups.tolist()
     ]
 
 
