@@ -208,14 +208,16 @@ def rolling_update(
 
 def _update_one(
     fleet: str, target: str, parameters: dict[str, Any], health_check: bool, stop_on_degraded: bool
-) -> tuple[TargetRun, str | None, str]:
+) -> tuple[TargetRun | None, str | None, str]:
     """One step of a rolling update: out of the router and drained, deployed, checked, back in the
     router if it may serve; the problem that stops the update (if any) and what the drain did."""
     drained = drain(fleet, target)
+    if not drained.out:  # clients would keep sending to the server being replaced: touch nothing
+        return None, f"not drained, not touched: {drained.text}", drained.text
     run = run_on_target(f"{DEPLOY_FLOW}/{target}", target, parameters, with_outcome=True)
     problem = _problem(run, target, health_check, stop_on_degraded)
     undrain(fleet, target)
-    return run, problem, drained
+    return run, problem, drained.text
 
 
 def _problem(run: TargetRun, target: str, health_check: bool, stop_on_degraded: bool) -> str | None:

@@ -67,7 +67,7 @@ def follow_verdicts(fleet: str) -> Membership | None:
         _logger().info("fleet %s has no router (no vllm-fleet-router block %r): nothing to update", fleet, fleet)
         return None
     draining = router_draining(fleet)
-    evidence = [_evidence(t, draining) for t in router.targets]
+    evidence = [e for e in (_evidence(t, draining) for t in router.targets) if e is not None]
     urls = {item.target: item.url for item in evidence}
     try:
         change = _apply(fleet, router, evidence)
@@ -87,13 +87,19 @@ def follow_verdicts(fleet: str) -> Membership | None:
     )
 
 
-def _evidence(target: str, draining: str | None) -> MemberEvidence:
-    """What the server's records say of ``target``: its last health check and its last deploy."""
+def _evidence(target: str, draining: str | None) -> MemberEvidence | None:
+    """What the server's records say of ``target``: its last health check and its last deploy (None:
+    its target block is gone; the router's worker of it, if any, is then a stranger, left alone)."""
+    try:
+        url = TargetMachine.named(target).endpoint
+    except ValueError:
+        _logger().warning("router: target %s of the fleet has no target block: register the fleet again", target)
+        return None
     health = health_state(target)
     deploy = latest_outcome(target)
     return MemberEvidence(
         target=target,
-        url=TargetMachine.named(target).endpoint,
+        url=url,
         verdict=health.verdict,
         verdict_at=health.checked_at,
         deploy=deploy_evidence(deploy[0].verdict != "failed", deploy[0].spec_hash) if deploy else None,
@@ -121,19 +127,26 @@ def sync_router(fleet: str) -> Membership | None:
     return follow_verdicts(fleet)
 
 
-@task(name="router-drain", task_run_name="drain {target} from the router of {fleet}")
-def drain(fleet: str, target: str) -> str:
-    """Take ``target`` out of the router, then wait until its running requests finish (or the drain
-    timeout): nothing new reaches it, and nothing sent to it is cut off by its replacement.
+class Drain(BaseModel):
+    """How a drain went: ``out`` once the router no longer sends to the target (or there is no router)."""
 
-    Returns:
-        What the drain did, for the update's report ("drained in 2.1 s", "3 still running after 300 s").
-    """
+    out: bool
+    text: str  # for the update's report: "drained in 2.1 s", "3 still running after 300 s (cut off)"
+
+
+@task(name="router-drain", task_run_name="drain {target} from the router of {fleet}")
+def drain(fleet: str, target: str) -> Drain:
+    """Take ``target`` out of the router, then wait until its running requests finish (or the drain
+    timeout): nothing new reaches it, and nothing sent to it is cut off by its replacement. A router
+    the flow cannot tell is not drained from: the update must stop there (its clients would fail)."""
     router = load_router(fleet)
     if router is None:
-        return "no router"
+        return Drain(out=True, text="no router")
     set_router_draining(fleet, target)
-    follow_verdicts(fleet)
+    membership = follow_verdicts(fleet)
+    if membership is not None and membership.error:
+        set_router_draining(fleet, None)
+        return Drain(out=False, text=f"the router at {router.url} could not be told: {membership.error[:200]}")
     machine = TargetMachine.named(target)
     started = time.monotonic()
     running = _running(machine)
@@ -143,7 +156,7 @@ def drain(fleet: str, target: str) -> str:
     seconds = time.monotonic() - started
     done = f"drained in {seconds:.1f} s" if not running else f"{running} still running after {seconds:.0f} s (cut off)"
     _logger().info("router %s: %s out of the router, %s", fleet, target, done)
-    return done
+    return Drain(out=True, text=done)
 
 
 @task(name="router-undrain", task_run_name="{target} back in the router of {fleet} if it may serve")

@@ -275,6 +275,12 @@ def test_a_fleet_health_check_reports_both(fleet):
 
 def test_a_restarted_router_routes_to_every_healthy_target_again(fleet):
     stop_router(fleet.router)
+    # a rolling update that cannot take a target out of the router touches nothing
+    before = {t: fleet.container(t).labels[LABEL_SPEC_HASH] for t in fleet.targets}
+    state = rolling_update(targets=fleet.targets, fleet=fleet.name, overrides={"max_num_seqs": 48}, return_state=True)
+    assert state.is_failed() and f"stopped at {fleet.a}: not drained, not touched: the router at" in state.message
+    assert child_runs(state.state_details.flow_run_id) == []
+    assert {t: fleet.container(t).labels[LABEL_SPEC_HASH] for t in fleet.targets} == before
     fleet.router = start_router(fleet.name, fleet.router.log, fleet.env)  # starts empty; its launcher rebuilds it
     assert in_router(fleet) == set(fleet.targets)
     assert ask(fleet, FLEET_KEY).status_code == 200
