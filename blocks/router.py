@@ -21,6 +21,7 @@ from typing import Literal, cast
 from prefect.blocks.core import Block
 from pydantic import Field
 
+from blocks.shared import http_base
 from tasks.vllm.api import METRICS_PATH
 
 #: The routing policies this project offers (vllm_router/router_args.py:165-173 has more: kv_aware
@@ -105,14 +106,12 @@ class FleetRouter(Block):
     @property
     def url(self) -> str:
         """Base URL where the flows and the clients reach the router."""
-        host = f"[{self.client_host}]" if ":" in self.client_host else self.client_host
-        return f"http://{host}:{self.port}"
+        return http_base(self.client_host, self.port)
 
     @property
     def metrics_url(self) -> str:
         """The router's Prometheus endpoint (bound where the router listens)."""
-        host = f"[{self.client_host}]" if ":" in self.client_host else self.client_host
-        return f"http://{host}:{self.metrics_port}{METRICS_PATH}"  # vllm-router serves vLLM's route
+        return http_base(self.client_host, self.metrics_port) + METRICS_PATH  # vllm-router serves vLLM's route
 
     def router_args(self) -> list[str]:
         """`vllm-router`'s arguments for this block, the API key excepted (it never goes on a command

@@ -87,3 +87,10 @@ class ContainerIdentity(Protocol):
     def container_identity(self) -> dict[str, Any]:
         """The settings that shape the container, as JSON-able values (never secret values)."""
         ...
+
+
+def http_base(host: str, port: int) -> str:
+    """``http://host:port``, an IPv6 address in brackets (the target's server, the fleet's router)."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"

@@ -26,6 +26,7 @@ from blocks.shared import (
     SECRET_ENV_KEYS,
     WORK_POOL,
     check_container_name,
+    http_base,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -400,10 +401,7 @@ class TargetMachine(Block):
     @property
     def endpoint(self) -> str:
         """Base URL where the flow reaches the server, e.g. http://127.0.0.1:8000."""
-        host = self.client_host
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        return f"http://{host}:{self.host_port}"
+        return http_base(self.client_host, self.host_port)
 
     def container_identity(self) -> dict[str, Any]:
         """The target's fields that shape the container (input of the spec-hash label)."""

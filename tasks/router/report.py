@@ -9,7 +9,7 @@ from prefect.artifacts import create_table_artifact
 
 from tasks.report import artifact_key
 from tasks.router.api import RouterUnreachable, read_status, router_client
-from tasks.router.sync import Membership, load_router
+from tasks.router.sync import Membership
 
 #: The router's table artifact: `fleet-router-<fleet>`.
 ROUTER_ARTIFACT = "fleet-router"
@@ -29,21 +29,19 @@ def router_column(membership: Membership | None, target: str) -> str:
 def publish_router_status(fleet: str, membership: Membership | None) -> list[dict[str, Any]]:
     """The router's table (`fleet-router-<fleet>`): its /health, then a row per worker it lists, with the
     router's own health check of it and the requests it sent there."""
-    router = load_router(fleet)
-    if router is None or membership is None:
+    if membership is None:  # the fleet has no router
         return []
     try:
-        with router_client(router.url) as http:
-            status = read_status(http, router.metrics_url)
+        with router_client(membership.router) as http:
+            status = read_status(http, membership.metrics_url)
     except RouterUnreachable as err:
         rows: list[dict[str, Any]] = [
-            {"worker": router.url, "target": "(the router)", "health": f"unreachable: {err}", "requests": None}
+            {"worker": membership.router, "target": "(the router)", "health": f"unreachable: {err}", "requests": None}
         ]
     else:
         targets = {url: t for t, url in membership.urls.items()}
-        rows = [
-            {"worker": router.url, "target": "(the router)", "health": status.health, "requests": status.requests_total}
-        ]
+        front = {"worker": membership.router, "target": "(the router)", "health": status.health}
+        rows = [{**front, "requests": status.requests_total}]
         rows += [
             {
                 "worker": url,

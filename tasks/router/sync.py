@@ -50,6 +50,7 @@ class Membership(BaseModel):
     """The router's list after a sync: who is in, who is out and why, what was changed."""
 
     router: str  # its URL
+    metrics_url: str = ""  # its Prometheus endpoint
     urls: dict[str, str] = {}  # target -> the URL the router reaches it at
     error: str = ""  # the router could not be read or changed: nothing else here is known
     members: list[str] = []
@@ -73,11 +74,12 @@ def follow_verdicts(fleet: str) -> Membership | None:
         change = _apply(fleet, router, evidence)
     except (RouterUnreachable, httpx.HTTPError) as err:
         _logger().error("router %s: its workers could not be updated: %s", fleet, err)
-        return Membership(router=router.url, urls=urls, error=str(err)[:300])
+        return Membership(router=router.url, metrics_url=router.metrics_url, urls=urls, error=str(err)[:300])
     if change.strangers:
         _logger().warning("router %s also routes to %s, no target of the fleet (left alone)", fleet, change.strangers)
     return Membership(
         router=router.url,
+        metrics_url=router.metrics_url,
         urls=urls,
         members=list(change.members),
         reasons=dict(change.reasons),
